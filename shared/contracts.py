@@ -1,0 +1,141 @@
+"""Message contract v1: what upstream sends, what stages pass on, what every request ends with.
+
+The JSON Schema of these models is checked in under contracts/ (`onboard schema` prints it) so
+upstream teams can validate before they send. Unknown fields are rejected everywhere: a typo in
+an upstream field must fail loudly, not be ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+
+from shared.directory.ports import GroupKind
+
+CONTRACT_VERSION: Literal["1"] = "1"
+
+# Exchange limits (New-MailContact): Name 64 characters, DisplayName 256.
+DISPLAY_NAME_MAX = 256
+NAME_PART_MAX = 64
+
+DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=DISPLAY_NAME_MAX)]
+NamePart = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_PART_MAX)]
+# Ids travel in MessageIds and logs: keep them to a safe alphabet and Service Bus's 128-char limit.
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@-]{1,100}$")]
+SourceSystem = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class GroupRef(_Contract):
+    """The target group: exactly one of its SMTP address or its Entra object id."""
+
+    smtp_address: EmailStr | None = None
+    object_id: uuid.UUID | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> GroupRef:
+        if (self.smtp_address is None) == (self.object_id is None):
+            raise ValueError("give exactly one of smtp_address or object_id")
+        return self
+
+    def describe(self) -> str:
+        return str(self.object_id) if self.object_id else f"<{self.smtp_address}>"
+
+
+class OnboardingRequest(_Contract):
+    """What an upstream system puts on queue `create-contact`."""
+
+    contract_version: Literal["1"] = CONTRACT_VERSION
+    external_email: EmailStr
+    display_name: DisplayName
+    first_name: NamePart | None = None
+    last_name: NamePart | None = None
+    group: GroupRef
+    allow_external_senders: bool = Field(
+        default=True,
+        description="The person must be able to mail the group (fix 5.7.133 where policy allows).",
+    )
+    request_id: RequestId | None = Field(
+        default=None, description="Idempotency key; defaults to the Service Bus MessageId."
+    )
+    source_system: SourceSystem
+
+
+class ResolvedGroup(_Contract):
+    id: str
+    display_name: str
+    mail: str
+    kind: GroupKind
+
+
+class RecipientKind(StrEnum):
+    MAIL_CONTACT = "MailContact"
+    GUEST_USER = "GuestUser"
+
+
+class Recipient(_Contract):
+    """The directory object that represents the external person."""
+
+    kind: RecipientKind
+    id: str  # Exchange Guid for a mail contact, Entra object id for a guest
+    created: bool
+
+
+class StageName(StrEnum):
+    CREATE_CONTACT = "create-contact"
+    ADD_MEMBER = "add-member"
+    VERIFY_DELIVERY = "verify-delivery"
+
+
+class StageMessage(_Contract):
+    """State carried from one stage to the next (body of add-member and verify-delivery messages)."""
+
+    contract_version: Literal["1"] = CONTRACT_VERSION
+    request: OnboardingRequest  # request_id always set here
+    request_id: RequestId
+    group: ResolvedGroup
+    recipient: Recipient
+    reply_to: str | None = None
+    accepted_at: datetime
+    changes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+class OutcomeStatus(StrEnum):
+    SUCCEEDED = "Succeeded"
+    SUCCEEDED_WITH_WARNINGS = "SucceededWithWarnings"
+    FAILED = "Failed"
+
+
+class OutcomeEvent(_Contract):
+    """Published once per request to its ReplyTo queue, else to `onboarding-outcomes`."""
+
+    contract_version: Literal["1"] = CONTRACT_VERSION
+    request_id: str
+    source_system: str | None
+    status: OutcomeStatus
+    reason: str | None = Field(default=None, description="Dead-letter reason when status is Failed.")
+    description: str
+    stage: StageName
+    group: ResolvedGroup | None = None
+    recipient: Recipient | None = None
+    changes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    accepted_at: datetime | None = None
+    finished_at: datetime
+
+
+def contract_schemas() -> dict[str, Any]:
+    """The JSON Schemas upstream systems and consumers validate against."""
+    return {
+        "OnboardingRequest": OnboardingRequest.model_json_schema(),
+        "StageMessage": StageMessage.model_json_schema(),
+        "OutcomeEvent": OutcomeEvent.model_json_schema(),
+    }

@@ -1,0 +1,66 @@
+"""What a stage tells its function to do: exactly one decision per delivery.
+
+The function carries it out in a fixed order (send or schedule first, settle second), so a crash
+between the two leaves a duplicate, never a loss; every stage is idempotent, so duplicates are
+harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from shared.contracts import OutcomeEvent, StageMessage, StageName
+
+
+class DeadLetterReason(StrEnum):
+    """The documented vocabulary an operator acts on (README: "Dead-letter reasons")."""
+
+    INVALID_REQUEST = "InvalidRequest"
+    GROUP_NOT_FOUND = "GroupNotFound"
+    UNSUPPORTED_GROUP_KIND = "UnsupportedGroupKind"
+    POLICY_DENIED = "PolicyDenied"
+    ADDRESS_IN_USE_INTERNALLY = "AddressInUseInternally"
+    PERMISSION_DENIED = "PermissionDenied"
+    DIRECTORY_REJECTED = "DirectoryRejected"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the function decoded from the Service Bus envelope, independent of any SDK."""
+
+    message_id: str
+    request_id: str  # carried on our own messages; the MessageId for an upstream request
+    correlation_id: str
+    reply_to: str | None
+    attempt: int  # 1 for the first try of this stage, +1 per scheduled retry
+    first_attempt_at: datetime  # when this stage first saw the request: bounds total retry age
+
+
+@dataclass(frozen=True)
+class PassOn:
+    next_stage: StageName
+    message: StageMessage
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    delay: timedelta
+    cause: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: DeadLetterReason
+    description: str
+    outcome: OutcomeEvent
+
+
+@dataclass(frozen=True)
+class Finish:
+    outcome: OutcomeEvent
+
+
+Decision = PassOn | RetryLater | DeadLetter | Finish

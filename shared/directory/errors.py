@@ -1,0 +1,72 @@
+"""One exception hierarchy for both directory faces.
+
+Stages decide retry versus dead-letter by class alone, so adapters must map every HTTP status,
+OData error code and Exchange exception type onto exactly one of these.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Face = Literal["graph", "exchange"]
+
+
+class DirectoryError(Exception):
+    """Base class. `code` is Microsoft's error code or Exchange exception type."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        face: Face,
+        status: int | None = None,
+        code: str = "",
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.face = face
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        where = f"{self.face} {self.status}" if self.status else self.face
+        rid = f" (request-id {self.request_id})" if self.request_id else ""
+        return f"{where} {self.code}: {self.message}{rid}"
+
+
+class TransientDirectoryError(DirectoryError):
+    """Worth retrying later: 429, 5xx, timeouts, network failures."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ThrottledError(TransientDirectoryError):
+    """429: wait at least `retry_after` seconds."""
+
+
+class NotFoundError(DirectoryError):
+    """The object does not exist, or is not yet visible (replication lag)."""
+
+
+class AlreadyExistsError(DirectoryError):
+    """Already a member / already present."""
+
+
+class NameInUseError(AlreadyExistsError):
+    """New-MailContact: the Name is taken by another object."""
+
+
+class AddressInUseError(AlreadyExistsError):
+    """New-MailContact: the address is already a proxy address of another object."""
+
+
+class PermissionDeniedError(DirectoryError):
+    """401/403: the app lacks a right, or the token was refused."""
+
+
+class RejectedRequestError(DirectoryError):
+    """Any other 4xx: the directory refuses this request as it stands."""

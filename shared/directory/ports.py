@@ -1,0 +1,121 @@
+"""The two directory faces the stages talk to, as small interfaces.
+
+Graph cannot create mail contacts nor change distribution-group membership, so those calls go
+through Exchange Online. Stages depend only on these protocols; the adapters (graph.py,
+exchange.py) and the tests' fakes implement them. Every method raises a DirectoryError subclass
+(errors.py) on failure, never an SDK or HTTP exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal, Protocol
+
+
+class GroupKind(StrEnum):
+    """Derived from Graph's groupTypes / mailEnabled / securityEnabled (Graph groups overview)."""
+
+    MICROSOFT_365 = "Microsoft365"
+    DISTRIBUTION = "Distribution"
+    MAIL_ENABLED_SECURITY = "MailEnabledSecurity"
+    SECURITY = "Security"
+
+
+@dataclass(frozen=True)
+class DirectoryGroup:
+    id: str
+    display_name: str
+    mail: str | None
+    kind: GroupKind
+    is_dynamic: bool
+
+
+@dataclass(frozen=True)
+class DirectoryUser:
+    id: str
+    mail: str | None
+    user_type: Literal["Member", "Guest"]
+
+
+@dataclass(frozen=True)
+class MailContact:
+    """An Exchange mail contact. `identity` is what Exchange accepts as -Identity / -Member (its Guid)."""
+
+    identity: str
+    name: str
+    external_email_address: str  # bare address, without the "SMTP:" prefix
+    external_directory_object_id: str | None
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """A member as Exchange lists it: enough to match our contact by identity or address."""
+
+    identity: str
+    external_directory_object_id: str | None
+    email_address: str | None
+
+
+@dataclass(frozen=True)
+class SenderRestrictions:
+    """Who may mail a group (Get-DistributionGroup / Get-UnifiedGroup fields)."""
+
+    require_sender_authentication: bool
+    accept_messages_only_from: tuple[str, ...]
+    reject_messages_from: tuple[str, ...]
+    moderation_enabled: bool
+
+
+class GraphDirectory(Protocol):
+    async def get_group(self, group_id: str) -> DirectoryGroup | None: ...
+
+    async def find_group_by_mail(self, address: str) -> DirectoryGroup | None: ...
+
+    async def find_user_by_mail(self, address: str) -> DirectoryUser | None: ...
+
+    async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
+        """POST /invitations without an invitation mail; an existing guest is returned as is."""
+        ...
+
+    async def add_group_member(self, group_id: str, object_id: str) -> None:
+        """POST /groups/{id}/members/$ref. Raises AlreadyExistsError when already a member."""
+        ...
+
+    async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
+        """Every member's object id, following @odata.nextLink."""
+        ...
+
+
+class ExchangeDirectory(Protocol):
+    async def get_accepted_domains(self) -> frozenset[str]:
+        """The tenant's own domains, lower-case."""
+        ...
+
+    async def find_mail_contact(self, identity: str) -> MailContact | None: ...
+
+    async def new_mail_contact(
+        self,
+        *,
+        name: str,
+        external_email_address: str,
+        display_name: str,
+        first_name: str | None = None,
+        last_name: str | None = None,
+    ) -> MailContact:
+        """New-MailContact. Raises NameInUseError or AddressInUseError on a clash."""
+        ...
+
+    async def add_distribution_group_member(self, group: str, member: str) -> None:
+        """Add-DistributionGroupMember. Raises AlreadyExistsError when already a member."""
+        ...
+
+    async def list_distribution_group_members(self, group: str) -> list[GroupMember]: ...
+
+    async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
+        """Get-UnifiedGroup when `unified`, else Get-DistributionGroup."""
+        ...
+
+    async def set_require_sender_authentication(self, group: str, enabled: bool, *, unified: bool) -> None:
+        """Set-UnifiedGroup / Set-DistributionGroup -RequireSenderAuthenticationEnabled."""
+        ...

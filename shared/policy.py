@@ -1,0 +1,71 @@
+"""Which source systems may put whom into which group: deny unless listed.
+
+Loaded from a JSON file (setting ONBOARDING_POLICY_FILE). Groups are named by SMTP address or
+object id; "*" means any group. The file format is in the README.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ANY_GROUP = "*"
+
+
+def _lower_all(values: list[str]) -> frozenset[str]:
+    return frozenset(v.strip().lower() for v in values)
+
+
+class SourcePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed_groups: frozenset[str] = Field(min_length=1)
+
+    @field_validator("allowed_groups", mode="before")
+    @classmethod
+    def _normalise(cls, values: list[str]) -> frozenset[str]:
+        return _lower_all(values)
+
+
+class OnboardingPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: dict[str, SourcePolicy] = Field(default_factory=dict)
+    blocked_domains: frozenset[str] = frozenset()
+    sender_authentication_fix_allowed: frozenset[str] = Field(
+        default=frozenset(),
+        description="Groups whose RequireSenderAuthenticationEnabled the app may turn off (5.7.133 fix).",
+    )
+
+    @field_validator("blocked_domains", "sender_authentication_fix_allowed", mode="before")
+    @classmethod
+    def _normalise(cls, values: list[str]) -> frozenset[str]:
+        return _lower_all(values)
+
+    @classmethod
+    def load(cls, path: Path) -> OnboardingPolicy:
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except FileNotFoundError as error:
+            raise ValueError(f"policy file {path} does not exist") from error
+        except ValidationError as error:
+            raise ValueError(f"policy file {path} is invalid: {error}") from error
+
+    def domain_blocked(self, address: str) -> bool:
+        domain = address.rsplit("@", 1)[-1].lower()
+        return any(domain == blocked or domain.endswith("." + blocked) for blocked in self.blocked_domains)
+
+    def source_known(self, source_system: str) -> bool:
+        return source_system in self.sources
+
+    def group_allowed(self, source_system: str, group_id: str, group_mail: str | None) -> bool:
+        source = self.sources.get(source_system)
+        return source is not None and _matches(source.allowed_groups, group_id, group_mail)
+
+    def sender_authentication_fix_allowed_for(self, group_id: str, group_mail: str | None) -> bool:
+        return _matches(self.sender_authentication_fix_allowed, group_id, group_mail)
+
+
+def _matches(names: frozenset[str], group_id: str, group_mail: str | None) -> bool:
+    return ANY_GROUP in names or group_id.lower() in names or (group_mail or "").lower() in names

@@ -1,0 +1,59 @@
+"""Every setting the app reads, in one place (Functions app settings, environment or `.env`).
+
+Names and meanings are listed in the README's Settings table. A missing or malformed setting
+fails at start-up with pydantic's message naming it, never halfway through a request.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, HttpUrl, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The trigger bindings name this connection; the Functions host resolves it from app settings
+# `ServiceBusConnection` (connection string) or `ServiceBusConnection__fullyQualifiedNamespace`.
+SERVICEBUS_CONNECTION = "ServiceBusConnection"
+
+CredentialKind = Literal["managed-identity", "default", "sandbox"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ONBOARDING_", env_file=".env", extra="ignore", populate_by_name=True)
+
+    servicebus_connection_string: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices(SERVICEBUS_CONNECTION)
+    )
+    servicebus_namespace: str | None = Field(
+        default=None, validation_alias=AliasChoices(f"{SERVICEBUS_CONNECTION}__fullyQualifiedNamespace")
+    )
+    tenant_id: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")
+    tenant_domain: str = Field(
+        min_length=3, description="The tenant's initial domain (x.onmicrosoft.com), for Exchange's anchor header."
+    )
+    graph_base_url: HttpUrl = HttpUrl("https://graph.microsoft.com/v1.0")
+    exchange_base_url: HttpUrl = HttpUrl("https://outlook.office365.com")
+    directory_credential: CredentialKind = "managed-identity"
+    managed_identity_client_id: str | None = None
+    guest_redirect_url: HttpUrl = HttpUrl("https://myapplications.microsoft.com")
+    outcome_queue: str = Field(default="onboarding-outcomes", pattern=r"^[A-Za-z0-9._/-]{1,260}$")
+    policy_file: Path | None = None
+    retry_max_attempts: int = Field(default=8, ge=1, le=100)
+    retry_base_delay_seconds: float = Field(default=5.0, gt=0)
+    retry_max_delay_seconds: float = Field(default=900.0, gt=0)
+    retry_max_age_hours: float = Field(default=24.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_servicebus_route(self) -> Settings:
+        if (self.servicebus_connection_string is None) == (self.servicebus_namespace is None):
+            raise ValueError(
+                f"set exactly one of {SERVICEBUS_CONNECTION} (connection string) or "
+                f"{SERVICEBUS_CONNECTION}__fullyQualifiedNamespace (managed identity)"
+            )
+        return self
+
+    @property
+    def retry_max_age(self) -> timedelta:
+        return timedelta(hours=self.retry_max_age_hours)

@@ -1,0 +1,146 @@
+"""Hand-written in-memory directories for testing stage decisions (pure logic).
+
+End-to-end behaviour is tested against the tenant sandbox through the real clients; these fakes
+only let a test say "the directory answers X" in one line, including failures to inject.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from shared.directory.errors import AddressInUseError, AlreadyExistsError, DirectoryError, NameInUseError
+from shared.directory.ports import (
+    DirectoryGroup,
+    DirectoryUser,
+    GroupKind,
+    GroupMember,
+    MailContact,
+    SenderRestrictions,
+)
+
+
+@dataclass
+class FailureScript:
+    """Errors to raise, per method name, in order; each is used once."""
+
+    pending: dict[str, list[DirectoryError]] = field(default_factory=lambda: defaultdict(list))
+    calls: list[str] = field(default_factory=list)
+
+    def fail_next(self, method: str, *errors: DirectoryError) -> None:
+        self.pending[method].extend(errors)
+
+    def check(self, method: str) -> None:
+        self.calls.append(method)
+        if self.pending[method]:
+            raise self.pending[method].pop(0)
+
+
+class FakeGraph:
+    def __init__(self, script: FailureScript) -> None:
+        self.script = script
+        self.groups: dict[str, DirectoryGroup] = {}
+        self.users: dict[str, DirectoryUser] = {}
+        self.members: dict[str, set[str]] = defaultdict(set)
+
+    def add_group(self, kind: GroupKind, mail: str | None, *, dynamic: bool = False) -> DirectoryGroup:
+        group = DirectoryGroup(str(uuid.uuid4()), f"Group {mail}", mail, kind, dynamic)
+        self.groups[group.id] = group
+        return group
+
+    async def get_group(self, group_id: str) -> DirectoryGroup | None:
+        self.script.check("get_group")
+        return self.groups.get(group_id)
+
+    async def find_group_by_mail(self, address: str) -> DirectoryGroup | None:
+        self.script.check("find_group_by_mail")
+        return next((g for g in self.groups.values() if (g.mail or "").lower() == address.lower()), None)
+
+    async def find_user_by_mail(self, address: str) -> DirectoryUser | None:
+        self.script.check("find_user_by_mail")
+        return next((u for u in self.users.values() if (u.mail or "").lower() == address.lower()), None)
+
+    async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
+        self.script.check("invite_guest")
+        existing = await self.find_user_by_mail(address)
+        if existing:
+            return existing
+        user = DirectoryUser(str(uuid.uuid4()), address, "Guest")
+        self.users[user.id] = user
+        return user
+
+    async def add_group_member(self, group_id: str, object_id: str) -> None:
+        self.script.check("add_group_member")
+        if object_id in self.members[group_id]:
+            raise AlreadyExistsError("already a member", face="graph", status=400)
+        self.members[group_id].add(object_id)
+
+    async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
+        self.script.check("list_group_member_ids")
+        return frozenset(self.members[group_id])
+
+
+class FakeExchange:
+    def __init__(self, script: FailureScript) -> None:
+        self.script = script
+        self.accepted_domains = frozenset({"contoso.com"})
+        self.contacts: dict[str, MailContact] = {}
+        self.taken_names: set[str] = set()
+        self.addresses_of_other_objects: set[str] = set()  # mailboxes, users: not mail contacts
+        self.members: dict[str, set[str]] = defaultdict(set)
+        self.restrictions: dict[str, SenderRestrictions] = {}
+
+    async def get_accepted_domains(self) -> frozenset[str]:
+        self.script.check("get_accepted_domains")
+        return self.accepted_domains
+
+    async def find_mail_contact(self, identity: str) -> MailContact | None:
+        self.script.check("find_mail_contact")
+        return next(
+            (c for c in self.contacts.values() if identity.lower() in {c.identity, c.external_email_address.lower()}),
+            None,
+        )
+
+    async def new_mail_contact(
+        self,
+        *,
+        name: str,
+        external_email_address: str,
+        display_name: str,
+        first_name: str | None = None,
+        last_name: str | None = None,
+    ) -> MailContact:
+        self.script.check("new_mail_contact")
+        if name in self.taken_names:
+            raise NameInUseError(f'The name "{name}" is already being used.', face="exchange", status=400)
+        address = external_email_address.lower()
+        if address in self.addresses_of_other_objects or any(
+            c.external_email_address.lower() == address for c in self.contacts.values()
+        ):
+            raise AddressInUseError("proxy address already used", face="exchange", status=400)
+        contact = MailContact(str(uuid.uuid4()), name, external_email_address, str(uuid.uuid4()))
+        self.contacts[contact.identity] = contact
+        self.taken_names.add(name)
+        return contact
+
+    async def add_distribution_group_member(self, group: str, member: str) -> None:
+        self.script.check("add_distribution_group_member")
+        if member in self.members[group]:
+            raise AlreadyExistsError("already a member", face="exchange", status=400)
+        self.members[group].add(member)
+
+    async def list_distribution_group_members(self, group: str) -> list[GroupMember]:
+        self.script.check("list_distribution_group_members")
+        return [GroupMember(m, None, None) for m in self.members[group]]
+
+    async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
+        self.script.check("get_sender_restrictions")
+        return self.restrictions.get(group, SenderRestrictions(True, (), (), False))
+
+    async def set_require_sender_authentication(self, group: str, enabled: bool, *, unified: bool) -> None:
+        self.script.check("set_require_sender_authentication")
+        current = self.restrictions.get(group, SenderRestrictions(True, (), (), False))
+        self.restrictions[group] = SenderRestrictions(
+            enabled, current.accept_messages_only_from, current.reject_messages_from, current.moderation_enabled
+        )

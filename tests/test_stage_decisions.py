@@ -1,0 +1,330 @@
+"""Each stage's decisions, over hand-written fake directories (pure logic, no I/O)."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.contracts import OutcomeStatus, RecipientKind, StageMessage, StageName
+from shared.decisions import DeadLetter, DeadLetterReason, Delivery, Finish, PassOn, RetryLater
+from shared.directory.errors import NotFoundError, PermissionDeniedError, ThrottledError, TransientDirectoryError
+from shared.directory.ports import DirectoryUser, GroupKind, SenderRestrictions
+from shared.policy import OnboardingPolicy
+from shared.retry import RetryPolicy
+from shared.stages import StageDependencies, add_member, create_contact, verify_delivery
+from shared.stages.create_contact import contact_name_candidates
+from tests.fakes import FailureScript, FakeExchange, FakeGraph
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+class World:
+    def __init__(self) -> None:
+        self.script = FailureScript()
+        self.graph = FakeGraph(self.script)
+        self.exchange = FakeExchange(self.script)
+        self.policy = OnboardingPolicy.model_validate(
+            {"sources": {"hr": {"allowed_groups": ["*"]}}, "sender_authentication_fix_allowed": ["*"]}
+        )
+        self.dl = self.graph.add_group(GroupKind.DISTRIBUTION, "partners@contoso.com")
+        self.m365 = self.graph.add_group(GroupKind.MICROSOFT_365, "falcon@contoso.com")
+
+    @property
+    def deps(self) -> StageDependencies:
+        return StageDependencies(
+            graph=self.graph,
+            exchange=self.exchange,
+            policy=self.policy,
+            retry=RetryPolicy(max_attempts=3, random=random.Random(7)),
+            guest_redirect_url="https://myapplications.microsoft.com",
+            clock=lambda: NOW,
+        )
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def delivery(attempt: int = 1, first_attempt_at: datetime = NOW) -> Delivery:
+    return Delivery("msg-1", "req-1", "req-1", None, attempt, first_attempt_at)
+
+
+def request_body(**overrides: Any) -> bytes:
+    body: dict[str, Any] = {
+        "external_email": "jordan.reyes@fabrikam.example",
+        "display_name": "Jordan Reyes",
+        "group": {"smtp_address": "partners@contoso.com"},
+        "source_system": "hr",
+    }
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+async def pass_on(world: World, body: bytes) -> StageMessage:
+    decision = await create_contact(body, delivery(), world.deps)
+    assert isinstance(decision, PassOn), decision
+    assert decision.next_stage is StageName.ADD_MEMBER
+    return decision.message
+
+
+def assert_dead_letter(decision: object, reason: DeadLetterReason) -> DeadLetter:
+    assert isinstance(decision, DeadLetter), decision
+    assert decision.reason is reason
+    assert decision.outcome.status is OutcomeStatus.FAILED
+    assert decision.outcome.reason == reason
+    assert decision.outcome.description == decision.description
+    return decision
+
+
+# --- create-contact -------------------------------------------------------------------------
+
+
+async def test_distribution_group_gets_a_new_mail_contact(world: World) -> None:
+    message = await pass_on(world, request_body())
+    assert message.request_id == "req-1"
+    assert message.recipient.kind is RecipientKind.MAIL_CONTACT
+    assert message.recipient.created
+    (contact,) = world.exchange.contacts.values()
+    assert contact.name == "Jordan Reyes"
+    assert contact.identity == message.recipient.id
+    assert message.group.kind is GroupKind.DISTRIBUTION
+
+
+async def test_running_create_contact_twice_reuses_the_contact(world: World) -> None:
+    first = await pass_on(world, request_body())
+    second = await pass_on(world, request_body())
+    assert len(world.exchange.contacts) == 1
+    assert second.recipient.id == first.recipient.id
+    assert not second.recipient.created
+
+
+async def test_name_clash_with_another_person_gets_a_stable_unique_name(world: World) -> None:
+    world.exchange.taken_names.add("Jordan Reyes")  # someone else's object
+    message = await pass_on(world, request_body())
+    contact = world.exchange.contacts[message.recipient.id]
+    assert contact.name == contact_name_candidates("Jordan Reyes", "jordan.reyes@fabrikam.example")[1]
+    assert contact.name.startswith("Jordan Reyes (")
+    assert len(contact.name) <= 64
+
+
+def test_contact_names_fit_exchange_limit_and_depend_on_the_address() -> None:
+    long_name = "x" * 256
+    names = contact_name_candidates(long_name, "a@b.example")
+    assert all(len(name) <= 64 for name in names)
+    assert names != contact_name_candidates(long_name, "c@b.example")
+    assert names == contact_name_candidates(long_name, "A@B.example")
+
+
+async def test_address_taken_by_an_internal_user_is_refused(world: World) -> None:
+    world.exchange.addresses_of_other_objects.add("jordan.reyes@fabrikam.example")
+    world.graph.users["u1"] = DirectoryUser("u1", "jordan.reyes@fabrikam.example", "Member")
+    decision = await create_contact(request_body(), delivery(), world.deps)
+    assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
+
+
+async def test_address_in_use_but_contact_not_visible_yet_retries(world: World) -> None:
+    world.exchange.addresses_of_other_objects.add("jordan.reyes@fabrikam.example")
+    decision = await create_contact(request_body(), delivery(), world.deps)
+    assert isinstance(decision, RetryLater)
+    assert "not visible yet" in decision.cause
+
+
+async def test_microsoft_365_group_invites_a_guest_once(world: World) -> None:
+    body = request_body(group={"object_id": world.m365.id})
+    first = await pass_on(world, body)
+    second = await pass_on(world, body)
+    assert first.recipient.kind is RecipientKind.GUEST_USER
+    assert first.recipient.created
+    assert second.recipient.id == first.recipient.id
+    assert not second.recipient.created
+    assert world.script.calls.count("invite_guest") == 1
+    assert not world.exchange.contacts
+
+
+async def test_internal_member_is_not_invited_as_a_guest(world: World) -> None:
+    world.graph.users["u1"] = DirectoryUser("u1", "jordan.reyes@fabrikam.example", "Member")
+    decision = await create_contact(request_body(group={"object_id": world.m365.id}), delivery(), world.deps)
+    assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
+
+
+async def test_address_in_an_accepted_domain_is_refused(world: World) -> None:
+    decision = await create_contact(request_body(external_email="adele@contoso.com"), delivery(), world.deps)
+    assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
+    assert not world.exchange.contacts
+
+
+async def test_unknown_group_dead_letters_with_group_not_found(world: World) -> None:
+    decision = await create_contact(request_body(group={"smtp_address": "nobody@contoso.com"}), delivery(), world.deps)
+    dead = assert_dead_letter(decision, DeadLetterReason.GROUP_NOT_FOUND)
+    assert "nobody@contoso.com" in dead.description
+    assert dead.outcome.request_id == "req-1"
+    assert dead.outcome.source_system == "hr"
+
+
+@pytest.mark.parametrize(
+    ("kind", "mail", "dynamic"),
+    [(GroupKind.SECURITY, None, False), (GroupKind.MICROSOFT_365, "all@contoso.com", True)],
+)
+async def test_security_and_dynamic_groups_are_unsupported(
+    world: World, kind: GroupKind, mail: str | None, dynamic: bool
+) -> None:
+    group = world.graph.add_group(kind, mail, dynamic=dynamic)
+    decision = await create_contact(request_body(group={"object_id": group.id}), delivery(), world.deps)
+    assert_dead_letter(decision, DeadLetterReason.UNSUPPORTED_GROUP_KIND)
+
+
+@pytest.mark.parametrize(
+    ("policy", "overrides"),
+    [
+        ({"sources": {}}, {}),
+        ({"sources": {"hr": {"allowed_groups": ["other@contoso.com"]}}}, {}),
+        (
+            {"sources": {"hr": {"allowed_groups": ["*"]}}, "blocked_domains": ["fabrikam.example"]},
+            {"external_email": "x@sub.fabrikam.example"},
+        ),
+    ],
+    ids=["unknown-source", "group-not-listed", "blocked-domain"],
+)
+async def test_policy_violations_dead_letter_before_any_write(
+    world: World, policy: dict[str, Any], overrides: dict[str, Any]
+) -> None:
+    world.policy = OnboardingPolicy.model_validate(policy)
+    decision = await create_contact(request_body(**overrides), delivery(), world.deps)
+    assert_dead_letter(decision, DeadLetterReason.POLICY_DENIED)
+    assert "new_mail_contact" not in world.script.calls
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        (b"not json at all", "Invalid JSON"),
+        (request_body(favourite_colour="blue"), "favourite_colour"),
+        (request_body(external_email="not-an-address"), "external_email"),
+        (request_body(display_name="x" * 257), "display_name"),
+        (request_body(group={"smtp_address": "a@contoso.com", "object_id": "1" * 32}), "exactly one"),
+    ],
+    ids=["not-json", "unknown-field", "bad-email", "long-display-name", "two-group-refs"],
+)
+async def test_invalid_requests_dead_letter_with_a_specific_reason(world: World, body: bytes, mentions: str) -> None:
+    dead = assert_dead_letter(await create_contact(body, delivery(), world.deps), DeadLetterReason.INVALID_REQUEST)
+    assert mentions in dead.description
+    assert "jordan" not in dead.description.lower() or mentions == "external_email"
+    assert not world.script.calls
+
+
+async def test_throttling_retries_no_sooner_than_retry_after(world: World) -> None:
+    world.script.fail_next("find_group_by_mail", ThrottledError("slow down", face="graph", status=429, retry_after=30))
+    decision = await create_contact(request_body(), delivery(), world.deps)
+    assert isinstance(decision, RetryLater)
+    assert decision.delay >= timedelta(seconds=30)
+    assert "429" in decision.cause
+
+
+async def test_transient_failure_on_the_last_attempt_gives_up(world: World) -> None:
+    world.script.fail_next("find_group_by_mail", TransientDirectoryError("boom", face="graph", status=503))
+    decision = await create_contact(request_body(), delivery(attempt=3), world.deps)
+    dead = assert_dead_letter(decision, DeadLetterReason.RETRIES_EXHAUSTED)
+    assert "after 3 attempts" in dead.description
+
+
+async def test_refused_permission_dead_letters_with_the_fix(world: World) -> None:
+    world.script.fail_next("find_group_by_mail", PermissionDeniedError("forbidden", face="graph", status=403))
+    dead = assert_dead_letter(
+        await create_contact(request_body(), delivery(), world.deps), DeadLetterReason.PERMISSION_DENIED
+    )
+    assert "infra/README.md" in dead.description
+
+
+async def test_body_request_id_wins_over_the_message_id(world: World) -> None:
+    message = await pass_on(world, request_body(request_id="hr-42"))
+    assert message.request_id == "hr-42"
+    assert message.request.request_id == "hr-42"
+
+
+# --- add-member -----------------------------------------------------------------------------
+
+
+async def test_add_member_is_idempotent_for_distribution_groups(world: World) -> None:
+    message = await pass_on(world, request_body())
+    body = message.model_dump_json().encode()
+    for _ in range(2):
+        decision = await add_member(body, delivery(), world.deps)
+        assert isinstance(decision, PassOn)
+        assert decision.next_stage is StageName.VERIFY_DELIVERY
+    assert world.exchange.members["partners@contoso.com"] == {message.recipient.id}
+
+
+async def test_add_member_uses_graph_for_microsoft_365_groups(world: World) -> None:
+    message = await pass_on(world, request_body(group={"object_id": world.m365.id}))
+    decision = await add_member(message.model_dump_json().encode(), delivery(), world.deps)
+    assert isinstance(decision, PassOn)
+    assert world.graph.members[world.m365.id] == {message.recipient.id}
+    assert "add_distribution_group_member" not in world.script.calls
+
+
+async def test_not_found_right_after_create_is_replication_lag(world: World) -> None:
+    message = await pass_on(world, request_body())
+    world.script.fail_next("add_distribution_group_member", NotFoundError("Couldn't find object", face="exchange"))
+    decision = await add_member(message.model_dump_json().encode(), delivery(), world.deps)
+    assert isinstance(decision, RetryLater)
+    assert "replication lag" in decision.cause
+
+
+async def test_add_member_refuses_a_malformed_stage_message(world: World) -> None:
+    dead = assert_dead_letter(await add_member(b"{}", delivery(), world.deps), DeadLetterReason.INVALID_REQUEST)
+    assert "StageMessage" in dead.description
+
+
+# --- verify-delivery ------------------------------------------------------------------------
+
+
+async def member_message(world: World, **overrides: Any) -> bytes:
+    message = await pass_on(world, request_body(**overrides))
+    decision = await add_member(message.model_dump_json().encode(), delivery(), world.deps)
+    assert isinstance(decision, PassOn)
+    return decision.message.model_dump_json().encode()
+
+
+async def test_verify_fixes_sender_authentication_when_policy_allows(world: World) -> None:
+    decision = await verify_delivery(await member_message(world), delivery(), world.deps)
+    assert isinstance(decision, Finish)
+    assert decision.outcome.status is OutcomeStatus.SUCCEEDED
+    assert "RequireSenderAuthenticationEnabled" in decision.outcome.changes[0]
+    assert not world.exchange.restrictions["partners@contoso.com"].require_sender_authentication
+
+
+async def test_verify_warns_with_the_fix_when_policy_forbids_it(world: World) -> None:
+    world.policy = OnboardingPolicy.model_validate({"sources": {"hr": {"allowed_groups": ["*"]}}})
+    decision = await verify_delivery(await member_message(world), delivery(), world.deps)
+    assert isinstance(decision, Finish)
+    assert decision.outcome.status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS
+    assert "5.7.133" in decision.outcome.warnings[0]
+    assert "Set-DistributionGroup -Identity 'partners@contoso.com'" in decision.outcome.warnings[0]
+    assert "set_require_sender_authentication" not in world.script.calls
+
+
+async def test_verify_reports_moderation_and_accept_lists(world: World) -> None:
+    world.exchange.restrictions["partners@contoso.com"] = SenderRestrictions(False, ("someone-else",), (), True)
+    decision = await verify_delivery(await member_message(world), delivery(), world.deps)
+    assert isinstance(decision, Finish)
+    assert len(decision.outcome.warnings) == 2
+
+
+async def test_verify_retries_until_membership_is_visible(world: World) -> None:
+    body = await member_message(world)
+    world.exchange.members["partners@contoso.com"].clear()
+    decision = await verify_delivery(body, delivery(), world.deps)
+    assert isinstance(decision, RetryLater)
+    assert "not visible" in decision.cause
+
+
+async def test_verify_skips_sender_checks_when_not_asked(world: World) -> None:
+    decision = await verify_delivery(await member_message(world, allow_external_senders=False), delivery(), world.deps)
+    assert isinstance(decision, Finish)
+    assert not decision.outcome.changes
+    assert "get_sender_restrictions" not in world.script.calls
