@@ -1,0 +1,363 @@
+"""The AMQP 1.0 side: links, transfers, dispositions, CBS and the $management operations.
+
+Runs on proton's reactor thread and is the only code that touches the QueueStore. Facts about
+what the azure-servicebus SDK expects are in ../shared/reference/service-bus-and-functions.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from proton import Array, Condition, Data, Delivery, Endpoint, Handler, Link, Message
+from proton.reactor import Container
+
+from standins.servicebus_emulator import codec
+from standins.servicebus_emulator.store import EntityNotFound, LockLost, QueueStore
+
+logger = logging.getLogger("standins.servicebus_emulator")
+
+CBS_NODE = "$cbs"
+MANAGEMENT_SUFFIX = "/$management"
+INCOMING_CREDIT = 100
+TICK_SECONDS = 0.1  # how often lock expiry and scheduled messages are noticed
+NOT_FOUND = "amqp:not-found"
+LOCK_LOST = "com.microsoft:message-lock-lost"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def normalise_address(address: str | None) -> str:
+    """`amqps://host/queue`, `sb://host:port/Queue` and `queue` all name the same entity."""
+    text = address or ""
+    if "://" in text:
+        text = urlparse(text).path
+    return text.strip("/").lower()
+
+
+def _values(value: Any) -> list[Any]:
+    """AMQP arrays decode as proton Arrays, lists as lists."""
+    if isinstance(value, Array):
+        return list(value.elements)
+    return list(value or [])
+
+
+class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
+    def __init__(self, store: QueueStore, host: str, port: int, on_ready: Callable[[], None]) -> None:
+        super().__init__()
+        self.store = store
+        self._address = f"{host}:{port}"
+        self._on_ready = on_ready
+        self._consumers: dict[str, list[Link]] = defaultdict(list)
+        self._reply_links: list[Link] = []
+        self._acceptor: Any = None
+        self._stopping = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def on_reactor_init(self, event: Any) -> None:
+        self._acceptor = event.container.listen(self._address)
+        event.container.schedule(TICK_SECONDS, self)
+        self._on_ready()
+
+    def on_timer_task(self, event: Any) -> None:
+        if self._stopping:
+            return
+        self.store.expire_locks(utc_now())
+        self._pump_all()
+        event.container.schedule(TICK_SECONDS, self)
+
+    def on_stop_emulator(self, event: Any) -> None:
+        """Injected from another thread by ServiceBusEmulator.stop()."""
+        self._stopping = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+        container: Container = event.container
+        container.stop()
+
+    # --- endpoints ------------------------------------------------------------------------
+
+    def on_connection_remote_open(self, event: Any) -> None:
+        if event.connection.state & Endpoint.LOCAL_UNINIT:
+            event.connection.open()
+
+    def on_session_remote_open(self, event: Any) -> None:
+        if event.session.state & Endpoint.LOCAL_UNINIT:
+            event.session.open()
+
+    def on_link_remote_open(self, event: Any) -> None:
+        link: Link = event.link
+        if not link.state & Endpoint.LOCAL_UNINIT:
+            return
+        link.source.copy(link.remote_source)
+        link.target.copy(link.remote_target)
+        link.snd_settle_mode = link.remote_snd_settle_mode
+        link.rcv_settle_mode = link.remote_rcv_settle_mode
+        node = normalise_address(link.remote_source.address if link.is_sender else link.remote_target.address)
+        link.open()
+        if node == CBS_NODE.lower() or node.endswith(MANAGEMENT_SUFFIX):
+            setattr(link, "emulator_node", node)  # noqa: B010  # proton keeps attributes across wrappers
+            if link.is_sender:
+                self._reply_links.append(link)
+            else:
+                link.flow(INCOMING_CREDIT)
+            return
+        try:
+            queue = self.store.queue(node)
+        except EntityNotFound:
+            link.condition = Condition(NOT_FOUND, f"The messaging entity '{node}' could not be found.")
+            link.close()
+            return
+        if link.is_receiver and queue.is_dead_letter_queue:
+            link.condition = Condition("amqp:not-allowed", "Cannot send to a dead-letter queue.")
+            link.close()
+            return
+        setattr(link, "emulator_node", node)  # noqa: B010
+        if link.is_sender:
+            self._consumers[node].append(link)
+        else:
+            link.flow(INCOMING_CREDIT)
+
+    def on_link_remote_close(self, event: Any) -> None:
+        self._forget(event.link)
+        if not event.link.state & Endpoint.LOCAL_CLOSED:
+            event.link.close()
+
+    def on_session_remote_close(self, event: Any) -> None:
+        if not event.session.state & Endpoint.LOCAL_CLOSED:
+            event.session.close()
+
+    def on_connection_remote_close(self, event: Any) -> None:
+        if not event.connection.state & Endpoint.LOCAL_CLOSED:
+            event.connection.close()
+
+    def on_transport_closed(self, event: Any) -> None:
+        # A client that vanished: drop its links; its locked messages come back when locks expire.
+        for links in (*self._consumers.values(), self._reply_links):
+            links[:] = [link for link in links if link.connection != event.connection]
+
+    def _forget(self, link: Link) -> None:
+        for links in (*self._consumers.values(), self._reply_links):
+            if link in links:
+                links.remove(link)
+
+    def on_link_flow(self, event: Any) -> None:
+        link = event.link
+        if link.is_sender:
+            self._flush_replies(link)
+            node = getattr(link, "emulator_node", None)
+            if node in self._consumers:
+                self._pump(node)
+
+    # --- transfers ------------------------------------------------------------------------
+
+    def on_delivery(self, event: Any) -> None:
+        delivery: Delivery = event.delivery
+        link = delivery.link
+        if link.is_receiver:
+            if delivery.readable and not delivery.partial:
+                encoded = bytes(link.recv(delivery.pending) or b"")
+                link.advance()
+                self._on_incoming(link, delivery, encoded)
+                link.flow(1)
+        elif delivery.updated and not delivery.settled:
+            self._on_outcome(delivery)
+
+    def _on_incoming(self, link: Link, delivery: Delivery, encoded: bytes) -> None:
+        node = getattr(link, "emulator_node", "")
+        try:
+            if node == CBS_NODE.lower() or node.endswith(MANAGEMENT_SUFFIX):
+                self._on_request(link, node, codec.decode(encoded))
+            else:
+                for part in codec.split_batch(encoded):
+                    self._enqueue(node, part)
+                self._pump(node)
+            delivery.update(Delivery.ACCEPTED)
+        except Exception as error:  # a malformed message must not take the broker down
+            logger.warning("refused a transfer to %s: %s", node, error)
+            delivery.local.condition = Condition("amqp:decode-error", str(error))
+            delivery.update(Delivery.REJECTED)
+        delivery.settle()
+
+    def _enqueue(self, node: str, encoded: bytes) -> None:
+        message = codec.decode(encoded)
+        self.store.enqueue(node, encoded, codec.message_id_of(message), utc_now(), codec.scheduled_time_of(message))
+
+    def _on_outcome(self, delivery: Delivery) -> None:
+        token = getattr(delivery, "lock_token", None)
+        state = delivery.remote_state
+        try:
+            if token is None:
+                pass  # settled already (receive-and-delete) or not ours
+            elif state == Delivery.ACCEPTED:
+                self.store.complete(token)
+            elif state == Delivery.REJECTED:
+                info = _condition_info(delivery.remote.condition)
+                self.store.dead_letter(token, info.get("DeadLetterReason"), info.get("DeadLetterErrorDescription"))
+            elif state == Delivery.MODIFIED and delivery.remote.undeliverable:
+                self.store.defer(token)
+            elif state in (Delivery.MODIFIED, Delivery.RELEASED):
+                self.store.abandon(token)
+            else:
+                return  # not a terminal outcome yet
+            delivery.update(state)
+        except LockLost:
+            delivery.local.condition = Condition(LOCK_LOST, "The lock supplied is invalid or has expired.")
+            delivery.update(Delivery.REJECTED)
+        delivery.settle()
+        node = getattr(delivery.link, "emulator_node", None)
+        if node in self._consumers:
+            self._pump(node)
+
+    def _pump_all(self) -> None:
+        for node in list(self._consumers):
+            self._pump(node)
+
+    def _pump(self, node: str) -> None:
+        """Hand available messages to this queue's receivers while they have credit."""
+        now = utc_now()
+        for link in list(self._consumers.get(node, [])):
+            if link.state & (Endpoint.LOCAL_CLOSED | Endpoint.REMOTE_CLOSED):
+                self._forget(link)
+                continue
+            while link.credit > 0:
+                receive_and_delete = link.snd_settle_mode == Link.SND_SETTLED
+                stored = self.store.take_next(node, now) if receive_and_delete else self.store.lock_next(node, now)
+                if stored is None:
+                    return
+                token = stored.lock_token or uuid.uuid4()
+                delivery = link.delivery(codec.lock_token_tag(token))
+                link.stream(codec.for_delivery(stored, node).encode())
+                link.advance()
+                if receive_and_delete:
+                    delivery.settle()
+                else:
+                    setattr(delivery, "lock_token", token)  # noqa: B010
+
+    # --- CBS and $management ----------------------------------------------------------------
+
+    def _on_request(self, link: Link, node: str, request: Message) -> None:
+        if node == CBS_NODE.lower():
+            # Every key is accepted: the emulator's shared key is public anyway.
+            reply = Message(properties={"status-code": 202, "status-description": "Accepted"})
+        else:
+            reply = self._management(node.removesuffix(MANAGEMENT_SUFFIX), request)
+        reply.correlation_id = request.id
+        reply.address = request.reply_to
+        self._send_reply(link, node, request.reply_to, reply)
+
+    def _management(self, queue: str, request: Message) -> Message:
+        properties: dict[Any, Any] = dict(request.properties or {})
+        operation = str(properties.get("operation", ""))
+        raw_body: Any = request.body
+        body: dict[str, Any] = {str(k): v for k, v in raw_body.items()} if isinstance(raw_body, dict) else {}
+        now = utc_now()
+        try:
+            if operation == "com.microsoft:schedule-message":
+                numbers = []
+                for entry in _values(body.get("messages")):
+                    encoded = bytes(dict(entry)["message"])
+                    message = codec.decode(encoded)
+                    number = self.store.enqueue(
+                        queue, encoded, codec.message_id_of(message), now, codec.scheduled_time_of(message)
+                    )
+                    numbers.append(number or 0)
+                return _ok({"sequence-numbers": Array(Data.NULL, Data.LONG, *numbers)})
+            if operation == "com.microsoft:cancel-scheduled-message":
+                self.store.cancel_scheduled(queue, [int(n) for n in _values(body.get("sequence-numbers"))])
+                return _ok({})
+            if operation == "com.microsoft:renew-lock":
+                expirations = [
+                    codec.to_timestamp(self.store.renew_lock(_uuid(t), now)) for t in _values(body.get("lock-tokens"))
+                ]
+                return _ok({"expirations": Array(Data.NULL, Data.TIMESTAMP, *expirations)})
+            if operation == "com.microsoft:update-disposition":
+                self._update_disposition(body)
+                return _ok({})
+            if operation == "com.microsoft:peek-message":
+                start = int(body.get("from-sequence-number", 0))
+                peeked = self.store.peek(queue, start, int(body.get("message-count", 1)))
+                if not peeked:
+                    return _status(204, "No messages")
+                messages = [{"message": codec.for_delivery(m, queue).encode()} for m in peeked]
+                return _ok({"messages": messages})
+        except LockLost as error:
+            return _status(410, f"The lock supplied is invalid or has expired: {error}", LOCK_LOST)
+        except EntityNotFound as error:
+            return _status(404, f"The messaging entity '{error}' could not be found.", NOT_FOUND)
+        except (KeyError, TypeError, ValueError) as error:
+            return _status(400, f"Malformed {operation} request: {error}", "amqp:invalid-field")
+        return _status(501, f"Operation {operation!r} is not supported by this emulator.", "amqp:not-implemented")
+
+    def _update_disposition(self, body: dict[str, Any]) -> None:
+        status = str(body["disposition-status"])
+        for token in map(_uuid, _values(body.get("lock-tokens"))):
+            if status == "completed":
+                self.store.complete(token)
+            elif status == "abandoned":
+                self.store.abandon(token)
+            elif status == "defered":
+                self.store.defer(token)
+            elif status == "suspended":
+                self.store.dead_letter(token, body.get("deadletter-reason"), body.get("deadletter-description"))
+            else:
+                raise ValueError(f"unknown disposition-status {status!r}")
+
+    def _send_reply(self, request_link: Link, node: str, reply_to: str | None, reply: Message) -> None:
+        candidates = [
+            link
+            for link in self._reply_links
+            if link.connection == request_link.connection and getattr(link, "emulator_node", None) == node
+        ]
+        matching = [link for link in candidates if link.remote_target.address == reply_to] or candidates
+        if not matching:
+            logger.warning("no reply link for a request to %s", node)
+            return
+        link = matching[0]
+        _pending_replies(link).append(reply)
+        self._flush_replies(link)
+
+    def _flush_replies(self, link: Link) -> None:
+        pending = _pending_replies(link)
+        while pending and link.credit > 0:
+            delivery = pending.pop(0).send(link)
+            delivery.settle()
+
+
+def _pending_replies(link: Link) -> list[Message]:
+    """Replies waiting for credit; kept on the link itself (proton stores attributes in its record)."""
+    pending: list[Message] | None = getattr(link, "pending_replies", None)
+    if pending is None:
+        pending = []
+        setattr(link, "pending_replies", pending)  # noqa: B010
+    return pending
+
+
+def _ok(body: dict[str, Any]) -> Message:
+    message = _status(200, "OK")
+    message.body = body
+    return message
+
+
+def _status(code: int, description: str, condition: str | None = None) -> Message:
+    properties: dict[str, Any] = {"statusCode": code, "statusDescription": description}
+    if condition:
+        properties["errorCondition"] = condition
+    return Message(properties=properties)
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _condition_info(condition: Condition | None) -> dict[str, str]:
+    if condition is None or not condition.info:
+        return {}
+    return {str(k): str(v) for k, v in dict(condition.info).items()}

@@ -1,0 +1,102 @@
+"""The few AMQP encoding facts the broker needs, on top of python-qpid-proton's codec."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from proton import Data, Message, symbol, timestamp
+
+from standins.servicebus_emulator.store import StoredMessage
+
+SCHEDULED_ENQUEUE_TIME = symbol("x-opt-scheduled-enqueue-time")
+SEQUENCE_NUMBER = symbol("x-opt-sequence-number")
+ENQUEUED_TIME = symbol("x-opt-enqueued-time")
+LOCKED_UNTIL = symbol("x-opt-locked-until")
+DEAD_LETTER_SOURCE = symbol("x-opt-deadletter-source")
+
+_DATA_SECTION = 0x75
+
+
+def to_datetime(value: Any) -> datetime | None:
+    """AMQP timestamps are milliseconds since the epoch."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+def to_timestamp(value: datetime) -> timestamp:
+    return timestamp(int(value.timestamp() * 1000))
+
+
+def _sections(encoded: bytes) -> list[tuple[int, Any]]:
+    sections, position = [], 0
+    while position < len(encoded):
+        data = Data()
+        position += data.decode(encoded[position:])
+        data.rewind()
+        data.next()
+        described = data.get_object()
+        value = described.value
+        # Binary values are views into the decoder's buffer, which is freed with `data`: copy now.
+        sections.append((int(described.descriptor), bytes(value) if isinstance(value, memoryview) else value))
+    return sections
+
+
+def split_batch(encoded: bytes) -> list[bytes]:
+    """The messages inside one transfer.
+
+    The SDK sends a batch as a message of format 0x80013700: the first message's properties,
+    then one data section per message, each holding that message fully encoded. Proton does not
+    expose the transfer's message format, so a batch is recognised by that shape instead.
+    """
+    bodies = [bytes(value) for code, value in _sections(encoded) if code == _DATA_SECTION]
+    if bodies and all(_is_encoded_message(body) for body in bodies):
+        return bodies
+    return [encoded]
+
+
+def _is_encoded_message(data: bytes) -> bool:
+    # Every AMQP message starts with a described section: 0x00, smallulong 0x53, code 0x70-0x78.
+    return len(data) > 2 and data[:2] == b"\x00\x53" and 0x70 <= data[2] <= 0x78
+
+
+def decode(encoded: bytes) -> Message:
+    message = Message()
+    message.decode(encoded)
+    return message
+
+
+def message_id_of(message: Message) -> str | None:
+    return None if message.id is None else str(message.id)
+
+
+def scheduled_time_of(message: Message) -> datetime | None:
+    return to_datetime((message.annotations or {}).get(SCHEDULED_ENQUEUE_TIME))
+
+
+def for_delivery(stored: StoredMessage, queue_name: str) -> Message:
+    """The stored message with the annotations the broker owns, as Service Bus adds them."""
+    message = decode(stored.encoded)
+    annotations = dict(message.annotations or {})
+    annotations[SEQUENCE_NUMBER] = stored.sequence_number
+    annotations[ENQUEUED_TIME] = to_timestamp(stored.enqueued_at)
+    if stored.locked_until is not None:
+        annotations[LOCKED_UNTIL] = to_timestamp(stored.locked_until)
+    if stored.dead_letter_reason is not None or stored.dead_letter_description is not None:
+        annotations[DEAD_LETTER_SOURCE] = queue_name
+        properties: dict[Any, Any] = dict(message.properties or {})
+        properties["DeadLetterReason"] = stored.dead_letter_reason or ""
+        properties["DeadLetterErrorDescription"] = stored.dead_letter_description or ""
+        message.properties = properties
+    message.annotations = annotations
+    message.delivery_count = stored.delivery_count
+    return message
+
+
+def lock_token_tag(token: uuid.UUID) -> bytes:
+    # The SDK reads the lock token back as uuid.UUID(bytes_le=delivery_tag).
+    return token.bytes_le

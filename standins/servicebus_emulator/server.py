@@ -1,0 +1,78 @@
+"""ServiceBusEmulator: the broker on its own thread, started and stopped from any other thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import TracebackType
+
+from proton.reactor import ApplicationEvent, Container, EventInjector
+
+from standins.servicebus_emulator.broker import Broker
+from standins.servicebus_emulator.config import EmulatorConfig
+from standins.servicebus_emulator.store import QueueStore
+
+START_TIMEOUT_SECONDS = 10
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ServiceBusEmulator:
+    def __init__(self, config: EmulatorConfig, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config
+        self.host = host
+        self.port = port or free_port(host)
+        self.store = QueueStore(config)
+        self._ready = threading.Event()
+        self._injector = EventInjector()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    @property
+    def connection_string(self) -> str:
+        """The connection string of Microsoft's emulator, with this port."""
+        return (
+            f"Endpoint=sb://localhost:{self.port};SharedAccessKeyName=RootManageSharedAccessKey;"
+            "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;"
+        )
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        broker = Broker(self.store, self.host, self.port, self._ready.set)
+        container = Container(broker)
+        container.selectable(self._injector)
+        self._thread = threading.Thread(target=self._run, args=(container,), name="servicebus-emulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT_SECONDS) or self._failure:
+            self.stop()
+            raise RuntimeError(f"the Service Bus emulator did not start on {self.host}:{self.port}: {self._failure}")
+
+    def _run(self, container: Container) -> None:
+        try:
+            container.run()
+        except BaseException as error:  # reported by start(); the thread must not die silently
+            self._failure = error
+            self._ready.set()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._injector.trigger(ApplicationEvent("stop_emulator"))
+        self._thread.join(timeout=10)
+        self._injector.close()
+        self._thread = None
+
+    def __enter__(self) -> ServiceBusEmulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,204 @@
+"""Queue semantics without any protocol: peek-lock, settlement, scheduling, dead-lettering, duplicates.
+
+Only the broker thread touches a QueueStore, so it needs no locks. Messages are kept as the
+encoded AMQP bytes the sender produced; the broker adds the broker-owned annotations on delivery.
+In memory for now: a SQLite-backed store with the same methods is what makes it durable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from standins.servicebus_emulator.config import EmulatorConfig, QueueConfig
+
+DEAD_LETTER_SUFFIX = "/$deadletterqueue"
+MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+
+
+class EntityNotFound(KeyError):
+    """No queue of that name is configured."""
+
+
+class LockLost(KeyError):
+    """The lock token is unknown or expired (the SDK reports MessageLockLostError)."""
+
+
+@dataclass
+class StoredMessage:
+    sequence_number: int
+    encoded: bytes
+    message_id: str | None
+    enqueued_at: datetime
+    visible_at: datetime
+    delivery_count: int = 0  # deliveries before the current one, as AMQP's header counts them
+    lock_token: uuid.UUID | None = None
+    locked_until: datetime | None = None
+    deferred: bool = False
+    dead_letter_reason: str | None = None
+    dead_letter_description: str | None = None
+
+    @property
+    def scheduled(self) -> bool:
+        return self.visible_at > self.enqueued_at
+
+
+@dataclass
+class Queue:
+    config: QueueConfig
+    is_dead_letter_queue: bool = False
+    messages: dict[int, StoredMessage] = field(default_factory=dict)  # insertion order = sequence order
+    seen_message_ids: dict[str, datetime] = field(default_factory=dict)
+
+    def is_duplicate(self, message_id: str | None, now: datetime) -> bool:
+        if not self.config.requires_duplicate_detection or message_id is None:
+            return False
+        window = self.config.duplicate_detection_history_time_window
+        self.seen_message_ids = {k: t for k, t in self.seen_message_ids.items() if now - t < window}
+        if message_id in self.seen_message_ids:
+            return True
+        self.seen_message_ids[message_id] = now
+        return False
+
+    def available(self, now: datetime) -> Iterator[StoredMessage]:
+        return (m for m in self.messages.values() if m.visible_at <= now and m.lock_token is None and not m.deferred)
+
+
+class QueueStore:
+    def __init__(self, config: EmulatorConfig) -> None:
+        self._queues: dict[str, Queue] = {}
+        for queue_config in config.queues:
+            name = queue_config.name.lower()
+            self._queues[name] = Queue(queue_config)
+            self._queues[name + DEAD_LETTER_SUFFIX] = Queue(queue_config, is_dead_letter_queue=True)
+        self._sequence = itertools.count(1)
+        self._locks: dict[uuid.UUID, tuple[str, int]] = {}
+
+    def queue(self, name: str) -> Queue:
+        try:
+            return self._queues[name.lower()]
+        except KeyError:
+            raise EntityNotFound(name) from None
+
+    def queue_names(self) -> list[str]:
+        return list(self._queues)
+
+    def enqueue(
+        self, name: str, encoded: bytes, message_id: str | None, now: datetime, visible_at: datetime | None = None
+    ) -> int | None:
+        """Store a sent message; None when duplicate detection drops it (the send still succeeds)."""
+        queue = self.queue(name)
+        if queue.is_dead_letter_queue:
+            raise EntityNotFound(f"{name}: cannot send to a dead-letter queue")
+        if queue.is_duplicate(message_id, now):
+            return None
+        sequence_number = next(self._sequence)
+        queue.messages[sequence_number] = StoredMessage(
+            sequence_number, encoded, message_id, now, max(now, visible_at or now)
+        )
+        return sequence_number
+
+    def cancel_scheduled(self, name: str, sequence_numbers: list[int]) -> None:
+        queue = self.queue(name)
+        for number in sequence_numbers:
+            message = queue.messages.get(number)
+            if message is not None and message.scheduled and message.lock_token is None:
+                del queue.messages[number]
+
+    def lock_next(self, name: str, now: datetime) -> StoredMessage | None:
+        queue = self.queue(name)
+        message = next(queue.available(now), None)
+        if message is None:
+            return None
+        message.lock_token = uuid.uuid4()
+        message.locked_until = now + queue.config.lock_duration
+        self._locks[message.lock_token] = (name.lower(), message.sequence_number)
+        return message
+
+    def take_next(self, name: str, now: datetime) -> StoredMessage | None:
+        """Receive-and-delete: the message leaves the queue as it is handed out."""
+        queue = self.queue(name)
+        message = next(queue.available(now), None)
+        if message is not None:
+            del queue.messages[message.sequence_number]
+        return message
+
+    def peek(self, name: str, from_sequence_number: int, count: int) -> list[StoredMessage]:
+        queue = self.queue(name)
+        return [m for m in queue.messages.values() if m.sequence_number >= from_sequence_number][:count]
+
+    def _locked(self, token: uuid.UUID) -> tuple[Queue, StoredMessage]:
+        try:
+            name, sequence_number = self._locks[token]
+            queue = self._queues[name]
+            return queue, queue.messages[sequence_number]
+        except KeyError:
+            raise LockLost(str(token)) from None
+
+    def _unlock(self, message: StoredMessage) -> None:
+        if message.lock_token is not None:
+            self._locks.pop(message.lock_token, None)
+        message.lock_token = None
+        message.locked_until = None
+
+    def complete(self, token: uuid.UUID) -> None:
+        queue, message = self._locked(token)
+        self._unlock(message)
+        del queue.messages[message.sequence_number]
+
+    def abandon(self, token: uuid.UUID) -> None:
+        queue, message = self._locked(token)
+        self._failed_delivery(queue, message)
+
+    def defer(self, token: uuid.UUID) -> None:
+        _, message = self._locked(token)
+        self._unlock(message)
+        message.deferred = True
+
+    def dead_letter(self, token: uuid.UUID, reason: str | None, description: str | None) -> None:
+        queue, message = self._locked(token)
+        self._move_to_dead_letters(queue, message, reason, description)
+
+    def renew_lock(self, token: uuid.UUID, now: datetime) -> datetime:
+        queue, message = self._locked(token)
+        message.locked_until = now + queue.config.lock_duration
+        return message.locked_until
+
+    def expire_locks(self, now: datetime) -> list[str]:
+        """Return messages whose lock ran out; names of queues that gained available messages."""
+        touched = []
+        for token, (name, sequence_number) in list(self._locks.items()):
+            queue = self._queues[name]
+            message = queue.messages[sequence_number]
+            if message.locked_until is not None and message.locked_until <= now:
+                del self._locks[token]
+                self._failed_delivery(queue, message)
+                touched.append(name)
+        return touched
+
+    def _failed_delivery(self, queue: Queue, message: StoredMessage) -> None:
+        self._unlock(message)
+        message.delivery_count += 1
+        if message.delivery_count >= queue.config.max_delivery_count and not queue.is_dead_letter_queue:
+            self._move_to_dead_letters(
+                queue,
+                message,
+                MAX_DELIVERY_COUNT_EXCEEDED,
+                f"Message could not be consumed after {queue.config.max_delivery_count} delivery attempts.",
+            )
+
+    def _move_to_dead_letters(
+        self, queue: Queue, message: StoredMessage, reason: str | None, description: str | None
+    ) -> None:
+        self._unlock(message)
+        del queue.messages[message.sequence_number]
+        if queue.is_dead_letter_queue:
+            return  # Service Bus: dead-lettering from the DLQ removes the message
+        dead_letters = self._queues[queue.config.name.lower() + DEAD_LETTER_SUFFIX]
+        message.dead_letter_reason = reason
+        message.dead_letter_description = description
+        message.deferred = False
+        dead_letters.messages[message.sequence_number] = message

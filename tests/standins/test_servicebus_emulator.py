@@ -1,0 +1,213 @@
+"""The Service Bus emulator, driven by the real azure-servicebus SDK (sync and aio)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
+from azure.servicebus import aio as servicebus_aio
+from azure.servicebus.exceptions import ServiceBusError
+
+from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
+
+QUEUE = "create-contact"
+StartEmulator = Callable[[EmulatorConfig], ServiceBusEmulator]
+
+
+def client(emulator: ServiceBusEmulator) -> ServiceBusClient:
+    return ServiceBusClient.from_connection_string(emulator.connection_string)
+
+
+def send(emulator: ServiceBusEmulator, *messages: ServiceBusMessage, queue: str = QUEUE) -> None:
+    with client(emulator) as sb, sb.get_queue_sender(queue) as sender:
+        sender.send_messages(list(messages) if len(messages) > 1 else messages[0])
+
+
+def test_every_property_round_trips(servicebus_emulator: ServiceBusEmulator) -> None:
+    send(
+        servicebus_emulator,
+        ServiceBusMessage(
+            b'{"a": 1}',
+            message_id="m-1",
+            correlation_id="corr-1",
+            reply_to="replies",
+            subject="subject-1",
+            content_type="application/json",
+            to="someone",
+            time_to_live=timedelta(minutes=5),
+            application_properties={"attempt": "2", "count": 7},
+        ),
+    )
+    with client(servicebus_emulator) as sb, sb.get_queue_receiver(QUEUE) as receiver:
+        (message,) = receiver.receive_messages(max_message_count=5, max_wait_time=5)
+        assert b"".join(message.body) == b'{"a": 1}'
+        assert (message.message_id, message.correlation_id, message.reply_to) == ("m-1", "corr-1", "replies")
+        assert (message.subject, message.content_type, message.to) == ("subject-1", "application/json", "someone")
+        assert message.time_to_live == timedelta(minutes=5)
+        assert message.application_properties == {b"attempt": b"2", b"count": 7}
+        assert message.sequence_number == 1
+        assert message.enqueued_time_utc is not None
+        assert message.locked_until_utc is not None and message.locked_until_utc > datetime.now(UTC)
+        receiver.complete_message(message)
+        assert receiver.receive_messages(max_message_count=5, max_wait_time=1) == []
+
+
+def test_batch_send_delivers_each_message(servicebus_emulator: ServiceBusEmulator) -> None:
+    send(servicebus_emulator, *(ServiceBusMessage(f"body-{i}", message_id=f"id-{i}") for i in range(5)))
+    with client(servicebus_emulator) as sb, sb.get_queue_receiver(QUEUE) as receiver:
+        received = []
+        while len(received) < 5 and (batch := receiver.receive_messages(max_message_count=10, max_wait_time=3)):
+            received += batch
+        assert [(m.message_id, str(m)) for m in received] == [(f"id-{i}", f"body-{i}") for i in range(5)]
+        assert [m.sequence_number for m in received] == [1, 2, 3, 4, 5]
+
+
+def test_abandon_redelivers_with_a_higher_delivery_count(servicebus_emulator: ServiceBusEmulator) -> None:
+    send(servicebus_emulator, ServiceBusMessage("x", message_id="a-1"))
+    with client(servicebus_emulator) as sb, sb.get_queue_receiver(QUEUE) as receiver:
+        (first,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)
+        receiver.abandon_message(first)
+        (again,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)
+        assert again.message_id == "a-1"
+        assert again.delivery_count == 1
+        assert again.lock_token != first.lock_token
+        receiver.complete_message(again)
+
+
+def test_dead_letter_keeps_reason_and_description(servicebus_emulator: ServiceBusEmulator) -> None:
+    send(servicebus_emulator, ServiceBusMessage(b"{oops", message_id="d-1"))
+    with client(servicebus_emulator) as sb:
+        with sb.get_queue_receiver(QUEUE) as receiver:
+            (message,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)
+            receiver.dead_letter_message(message, reason="InvalidRequest", error_description="not JSON")
+            assert receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
+        with sb.get_queue_receiver(QUEUE, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dead_letters:
+            (peeked,) = dead_letters.peek_messages(max_message_count=5)
+            assert peeked.message_id == "d-1"
+            (dead,) = dead_letters.receive_messages(max_message_count=5, max_wait_time=5)
+            assert (dead.dead_letter_reason, dead.dead_letter_error_description) == ("InvalidRequest", "not JSON")
+            assert b"".join(dead.body) == b"{oops"
+            dead_letters.complete_message(dead)
+
+
+def test_expired_lock_redelivers_and_max_delivery_count_dead_letters(start_emulator: StartEmulator) -> None:
+    config = EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=1), max_delivery_count=2)
+    emulator = start_emulator(config)
+    send(emulator, ServiceBusMessage("slow", message_id="l-1"))
+    with client(emulator) as sb:
+        with sb.get_queue_receiver(QUEUE) as receiver:
+            (first,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)
+            (second,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)  # after the lock expired
+            assert second.message_id == "l-1" and second.delivery_count == 1
+            with pytest.raises(ServiceBusError):
+                receiver.complete_message(first)  # its lock is gone
+            assert receiver.receive_messages(max_message_count=1, max_wait_time=3) == []
+        with sb.get_queue_receiver(QUEUE, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dead_letters:
+            (dead,) = dead_letters.receive_messages(max_message_count=1, max_wait_time=5)
+            assert dead.dead_letter_reason == "MaxDeliveryCountExceeded"
+
+
+def test_scheduled_messages_wait_and_can_be_cancelled(servicebus_emulator: ServiceBusEmulator) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=3)
+    with client(servicebus_emulator) as sb:
+        with sb.get_queue_sender(QUEUE) as sender:
+            sender.send_messages(ServiceBusMessage("by-annotation", message_id="s-1", scheduled_enqueue_time_utc=soon))
+            (kept,) = sender.schedule_messages(ServiceBusMessage("by-management", message_id="s-2"), soon)
+            (cancelled,) = sender.schedule_messages(ServiceBusMessage("cancelled", message_id="s-3"), soon)
+            sender.cancel_scheduled_messages(cancelled)
+            assert kept > 0
+        with sb.get_queue_receiver(QUEUE) as receiver:
+            received: list[tuple[str | None, datetime]] = []
+            while len(received) < 2 and datetime.now(UTC) < soon + timedelta(seconds=10):
+                for message in receiver.receive_messages(max_message_count=5, max_wait_time=1):
+                    received.append((message.message_id, datetime.now(UTC)))
+                    receiver.complete_message(message)
+            assert sorted(message_id or "" for message_id, _ in received) == ["s-1", "s-2"]
+            assert all(at >= soon for _, at in received), "a scheduled message arrived early"
+            assert receiver.receive_messages(max_message_count=5, max_wait_time=1) == []  # s-3 stays cancelled
+
+
+def test_duplicate_message_ids_are_dropped(servicebus_emulator: ServiceBusEmulator) -> None:
+    send(servicebus_emulator, ServiceBusMessage("one", message_id="same"))
+    send(servicebus_emulator, ServiceBusMessage("two", message_id="same"))
+    with (
+        client(servicebus_emulator) as sb,
+        sb.get_queue_receiver(QUEUE, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE) as receiver,
+    ):
+        received = receiver.receive_messages(max_message_count=5, max_wait_time=2)
+        assert [str(m) for m in received] == ["one"]
+        assert receiver.receive_messages(max_message_count=5, max_wait_time=1) == []  # deleted on receipt
+
+
+def test_unknown_queue_is_an_error(servicebus_emulator: ServiceBusEmulator) -> None:
+    no_retries = ServiceBusClient.from_connection_string(servicebus_emulator.connection_string, retry_total=0)
+    with no_retries as sb, pytest.raises(ServiceBusError):
+        with sb.get_queue_sender("no-such-queue") as sender:
+            sender.send_messages(ServiceBusMessage("x"))
+
+
+def test_concurrent_receivers_never_share_a_message(servicebus_emulator: ServiceBusEmulator) -> None:
+    send(servicebus_emulator, *(ServiceBusMessage(str(i), message_id=f"c-{i}") for i in range(20)))
+    seen: list[list[str]] = [[], []]
+
+    def drain(index: int) -> None:
+        with client(servicebus_emulator) as sb, sb.get_queue_receiver(QUEUE) as receiver:
+            while batch := receiver.receive_messages(max_message_count=3, max_wait_time=2):
+                for message in batch:
+                    seen[index].append(message.message_id or "")
+                    receiver.complete_message(message)
+
+    workers = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert sorted(seen[0] + seen[1]) == sorted(f"c-{i}" for i in range(20))
+    assert not set(seen[0]) & set(seen[1])
+
+
+async def test_async_client_settles_through_the_same_semantics(servicebus_emulator: ServiceBusEmulator) -> None:
+    async with servicebus_aio.ServiceBusClient.from_connection_string(servicebus_emulator.connection_string) as sb:
+        async with sb.get_queue_sender(QUEUE) as sender:
+            await sender.send_messages(
+                [ServiceBusMessage("a", message_id="x-1"), ServiceBusMessage("b", message_id="x-2")]
+            )
+        async with sb.get_queue_receiver(QUEUE) as receiver:
+            messages = await receiver.receive_messages(max_message_count=2, max_wait_time=5)
+            messages += await receiver.receive_messages(max_message_count=2, max_wait_time=1)
+            assert {m.message_id for m in messages} == {"x-1", "x-2"}
+            first, second = messages
+            await receiver.renew_message_lock(first)
+            await receiver.complete_message(first)
+            await receiver.dead_letter_message(second, reason="R", error_description="D")
+        async with sb.get_queue_receiver(QUEUE, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dead_letters:
+            (dead,) = await dead_letters.receive_messages(max_message_count=5, max_wait_time=5)
+            assert dead.message_id == second.message_id and dead.dead_letter_reason == "R"
+
+
+def test_a_client_sending_garbage_does_not_stop_the_others(servicebus_emulator: ServiceBusEmulator) -> None:
+    with socket.create_connection(("127.0.0.1", servicebus_emulator.port), timeout=5) as rogue:
+        rogue.sendall(b"AMQP\x00\x01\x00\x00" + b"\xff" * 64)
+    send(servicebus_emulator, ServiceBusMessage("still here", message_id="g-1"))
+    with client(servicebus_emulator) as sb, sb.get_queue_receiver(QUEUE) as receiver:
+        (message,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)
+        assert str(message) == "still here"
+
+
+def test_config_file_errors_are_specific(tmp_path: Path) -> None:
+    bad = tmp_path / "Config.json"
+    bad.write_text(
+        json.dumps(
+            {"UserConfig": {"Namespaces": [{"Queues": [{"Name": "q", "Properties": {"LockDuration": "1 minute"}}]}]}}
+        )
+    )
+    with pytest.raises(ValueError, match="ISO 8601"):
+        EmulatorConfig.load(bad)
+    with pytest.raises(ValueError, match="does not exist"):
+        EmulatorConfig.load(tmp_path / "absent.json")
