@@ -1,0 +1,108 @@
+"""`onboard demo`: the whole product on the local stand-ins, one sample request per group kind.
+
+Each sample states the outcome it must reach; the demo succeeds only when every one does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from azure.servicebus.aio import ServiceBusClient
+from rich.console import Console
+from rich.table import Table
+
+from cli.upstream import collect_outcomes, submit
+from shared.contracts import GroupRef, OnboardingRequest, OutcomeEvent, OutcomeStatus
+from shared.settings import SERVICEBUS_CONNECTION
+from standins.stack import local_stack, running_host
+
+OUTCOME_QUEUE = "onboarding-outcomes"
+
+
+@dataclass(frozen=True)
+class Sample:
+    title: str
+    request: OnboardingRequest
+    expected_status: OutcomeStatus
+    expected_reason: str | None = None
+
+    def met_by(self, outcome: OutcomeEvent | None) -> bool:
+        return outcome is not None and outcome.status == self.expected_status and outcome.reason == self.expected_reason
+
+
+def _request(request_id: str, email: str, name: str, group: str) -> OnboardingRequest:
+    first, _, last = name.partition(" ")
+    return OnboardingRequest(
+        request_id=request_id,
+        external_email=email,
+        display_name=name,
+        first_name=first,
+        last_name=last or None,
+        group=GroupRef(smtp_address=group),
+        source_system="demo-hr",
+    )
+
+
+SAMPLES = (
+    Sample(
+        "Distribution group (5.7.133 fix applied)",
+        _request("demo-dg-1", "jordan.reyes@fabrikam.example", "Jordan Reyes", "partners@contoso.com"),
+        OutcomeStatus.SUCCEEDED,
+    ),
+    Sample(
+        "Mail-enabled security group",
+        _request("demo-mesg-1", "mei.tanaka@northwind.example", "Mei Tanaka", "suppliers-secure@contoso.com"),
+        OutcomeStatus.SUCCEEDED,
+    ),
+    Sample(
+        "Microsoft 365 group (guest)",
+        _request("demo-m365-1", "sam.okafor@tailspin.example", "Sam Okafor", "project-falcon@contoso.com"),
+        OutcomeStatus.SUCCEEDED,
+    ),
+    Sample(
+        "Unknown group",
+        _request("demo-unknown-1", "lee.chen@fabrikam.example", "Lee Chen", "no-such-group@contoso.com"),
+        OutcomeStatus.FAILED,
+        "GroupNotFound",
+    ),
+)
+
+
+async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
+    """Start the stack, submit the samples, print their outcomes; True when every sample met its expectation."""
+    with local_stack() as stack:
+        console.print(
+            f"[dim]Service Bus emulator on port {stack.emulator.port}, tenant sandbox at {stack.sandbox.base_url}[/]"
+        )
+        async with running_host(stack.environment) as host:
+            console.print(f"[dim]Local host runs {', '.join(t.function_name for t in host.triggers)}[/]")
+            async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
+                ids = await submit(client, (sample.request for sample in SAMPLES))
+                console.print(f"Submitted {len(ids)} requests to queue create-contact; waiting for outcomes...")
+                outcomes = await collect_outcomes(client, OUTCOME_QUEUE, ids, within_seconds=within_seconds)
+    console.print(_outcome_table(outcomes))
+    met = [sample.met_by(outcomes.get(str(sample.request.request_id))) for sample in SAMPLES]
+    console.print(f"{sum(met)} of {len(SAMPLES)} samples reached their expected outcome.")
+    return all(met)
+
+
+def _outcome_table(outcomes: dict[str, OutcomeEvent]) -> Table:
+    table = Table(title="Onboarding outcomes", show_lines=True)
+    for column in ("Sample", "Group", "Recipient", "Outcome", "Details", "As expected"):
+        table.add_column(column, overflow="fold")
+    for sample in SAMPLES:
+        outcome = outcomes.get(str(sample.request.request_id))
+        if outcome is None:
+            table.add_row(sample.title, sample.request.group.describe(), "-", "no outcome", "timed out", "[red]no[/]")
+            continue
+        group = (
+            f"{outcome.group.display_name} ({outcome.group.kind})" if outcome.group else sample.request.group.describe()
+        )
+        recipient = (
+            f"{outcome.recipient.kind}{' (new)' if outcome.recipient.created else ''}" if outcome.recipient else "-"
+        )
+        status = outcome.status + (f": {outcome.reason}" if outcome.reason else "")
+        details = "\n".join((*outcome.changes, *outcome.warnings)) or outcome.description
+        ok = "[green]yes[/]" if sample.met_by(outcome) else "[red]no[/]"
+        table.add_row(sample.title, group, recipient, status, details, ok)
+    return table

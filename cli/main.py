@@ -1,0 +1,168 @@
+"""`onboard`: run the demo, the stand-ins or the local host; submit a request; print the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from azure.servicebus.aio import ServiceBusClient
+from pydantic import ValidationError
+from rich.console import Console
+
+from shared.contracts import OnboardingRequest, contract_schemas
+from shared.logs import LOG_FORMAT, install_safe_log_records
+from shared.settings import SERVICEBUS_CONNECTION, Settings
+
+app = typer.Typer(help="Onboard external people into Microsoft 365 groups.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _configure_logging(verbose: bool) -> None:
+    install_safe_log_records()
+    logging.basicConfig(format=LOG_FORMAT, level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    # The AMQP and HTTP stacks are chatty at INFO: keep them to warnings unless asked.
+    for noisy in ("azure", "uamqp", "httpx", "uvicorn", "proton"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _until_interrupted() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+@app.command()
+def demo(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all outcomes.")] = 90.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the pipeline's log.")] = False,
+) -> None:
+    """Start the stand-ins and the local host, onboard one sample per group kind, print the outcomes."""
+    from cli.demo import run_demo
+
+    _configure_logging(verbose)
+    try:
+        succeeded = asyncio.run(run_demo(console, within_seconds=timeout))
+    except KeyboardInterrupt:
+        errors.print("Interrupted; everything started was stopped.")
+        raise typer.Exit(130) from None
+    raise typer.Exit(0 if succeeded else 1)
+
+
+@app.command()
+def sandbox(
+    servicebus_port: Annotated[int, typer.Option(help="AMQP port of the Service Bus emulator.")] = 5672,
+    tenant_port: Annotated[int, typer.Option(help="HTTP port of the tenant sandbox.")] = 8765,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the Service Bus emulator and the tenant sandbox in the foreground; print the settings a client needs."""
+    from standins.stack import local_stack
+
+    _configure_logging(verbose)
+
+    async def serve() -> None:
+        with local_stack(servicebus_port=servicebus_port, sandbox_port=tenant_port) as stack:
+            console.print("# Stand-ins are running. Settings for `onboard host` / `onboard submit` (e.g. in .env):")
+            for name, value in stack.environment.items():
+                console.print(f"{name}={value}", highlight=False, soft_wrap=True)
+            console.print("# Ctrl-C stops both.")
+            await _until_interrupted().wait()
+
+    asyncio.run(serve())
+
+
+@app.command()
+def host(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True) -> None:
+    """Run function_app.py's triggers against the configured namespace and tenant (emulator or Azure)."""
+    from shared.bootstrap import close_services
+    from standins.local_host import LocalHost, load_function_app
+
+    _configure_logging(verbose)
+    _load_settings()
+
+    async def serve() -> None:
+        local_host = LocalHost(load_function_app())
+        try:
+            await local_host.run(_until_interrupted())
+        finally:
+            await close_services()
+
+    asyncio.run(serve())
+
+
+@app.command()
+def submit(
+    email: Annotated[str, typer.Option(help="The external person's email address.")],
+    display_name: Annotated[str, typer.Option(help="Name shown in the address book.")],
+    group: Annotated[str, typer.Option(help="Target group: SMTP address or object id.")],
+    source_system: Annotated[str, typer.Option(help="Who is asking (must be listed in the policy).")],
+    first_name: Annotated[str | None, typer.Option()] = None,
+    last_name: Annotated[str | None, typer.Option()] = None,
+    request_id: Annotated[str | None, typer.Option(help="Idempotency key; defaults to a new id.")] = None,
+    no_external_senders: Annotated[
+        bool, typer.Option("--no-external-senders", help="The person need not be able to mail the group.")
+    ] = False,
+    reply_to: Annotated[str | None, typer.Option(help="Queue for the outcome event.")] = None,
+) -> None:
+    """Validate one request and put it on queue create-contact."""
+    from cli.upstream import submit as submit_requests
+
+    settings = _load_settings()
+    target = {"smtp_address": group} if "@" in group else {"object_id": group}
+    try:
+        request = OnboardingRequest.model_validate(
+            {
+                "external_email": email,
+                "display_name": display_name,
+                "first_name": first_name,
+                "last_name": last_name,
+                "group": target,
+                "source_system": source_system,
+                "request_id": request_id,
+                "allow_external_senders": not no_external_senders,
+            }
+        )
+    except ValidationError as error:
+        errors.print(f"[red]Invalid request:[/] {error}")
+        raise typer.Exit(2) from None
+    if settings.servicebus_connection_string is None:
+        errors.print(f"[red]{SERVICEBUS_CONNECTION} (a connection string) is needed to submit.[/]")
+        raise typer.Exit(2)
+
+    async def send() -> list[str]:
+        assert settings.servicebus_connection_string is not None
+        async with ServiceBusClient.from_connection_string(
+            settings.servicebus_connection_string.get_secret_value()
+        ) as client:
+            return await submit_requests(client, [request], reply_to=reply_to)
+
+    (sent_id,) = asyncio.run(send())
+    console.print(f"Submitted request {sent_id}.")
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
+) -> None:
+    """Print the JSON Schema of contract v1 (request, stage message, outcome event)."""
+    text = json.dumps(contract_schemas(), indent=2, sort_keys=True) + "\n"
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings()  # fields come from the environment / .env
+    except ValidationError as error:
+        errors.print(f"[red]Settings are incomplete or invalid[/] (see README, Settings):\n{error}")
+        raise typer.Exit(2) from None

@@ -1,0 +1,1 @@
+"""One blueprint per stage; each function only decodes, runs its stage and settles."""

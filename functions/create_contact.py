@@ -1,0 +1,27 @@
+"""Stage 1: make sure the external person exists as a mail contact or guest.
+
+Thin by design: decode, call the stage in shared/stages/create_contact.py, carry out its decision.
+"""
+
+import azure.functions as func
+import azurefunctions.extensions.bindings.servicebus as servicebus
+
+from shared import stages
+from shared.bootstrap import stage_runner
+from shared.contracts import StageName
+from shared.settings import SERVICEBUS_CONNECTION
+
+bp = func.Blueprint()
+
+
+@bp.service_bus_queue_trigger(
+    arg_name="message",
+    queue_name=StageName.CREATE_CONTACT.value,
+    connection=SERVICEBUS_CONNECTION,
+    auto_complete_messages=False,
+)
+async def create_contact(
+    message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
+) -> None:
+    runner = await stage_runner(StageName.CREATE_CONTACT, stages.create_contact)
+    await runner.run(message, message_actions)

@@ -1,0 +1,27 @@
+"""Stage 3: prove mail flows both ways, apply the 5.7.133 fix if allowed, publish the outcome.
+
+Thin by design: decode, call the stage in shared/stages/verify_delivery.py, carry out its decision.
+"""
+
+import azure.functions as func
+import azurefunctions.extensions.bindings.servicebus as servicebus
+
+from shared import stages
+from shared.bootstrap import stage_runner
+from shared.contracts import StageName
+from shared.settings import SERVICEBUS_CONNECTION
+
+bp = func.Blueprint()
+
+
+@bp.service_bus_queue_trigger(
+    arg_name="message",
+    queue_name=StageName.VERIFY_DELIVERY.value,
+    connection=SERVICEBUS_CONNECTION,
+    auto_complete_messages=False,
+)
+async def verify_delivery(
+    message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
+) -> None:
+    runner = await stage_runner(StageName.VERIFY_DELIVERY, stages.verify_delivery)
+    await runner.run(message, message_actions)

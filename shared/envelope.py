@@ -1,0 +1,116 @@
+"""Service Bus envelopes: read a received message's body and headers; build the messages we send.
+
+Our own bookkeeping travels in application properties (request id, attempt, first attempt
+time) so the body stays exactly the contract. MessageIds are derived from the request id, so a
+re-sent message is dropped by the queue's duplicate detection instead of doing the work twice.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
+from azure.servicebus.amqp import AmqpMessageBodyType
+
+from shared.contracts import OutcomeEvent, StageMessage, StageName
+from shared.decisions import Delivery
+
+REQUEST_ID = "onboarding-request-id"
+ATTEMPT = "onboarding-attempt"
+FIRST_ATTEMPT_AT = "onboarding-first-attempt-at"
+JSON = "application/json"
+
+
+class EnvelopeError(ValueError):
+    """The envelope itself is unusable (not the body): dead-letter as InvalidRequest."""
+
+
+def read_body(message: ServiceBusReceivedMessage) -> bytes:
+    """The body as bytes, whether it came as data sections or as an AMQP string/bytes value."""
+    if message.body_type == AmqpMessageBodyType.DATA:
+        return b"".join(message.body)
+    if message.body_type == AmqpMessageBodyType.VALUE and isinstance(message.body, str | bytes):
+        return message.body.encode() if isinstance(message.body, str) else message.body
+    raise EnvelopeError(f"the body is an AMQP {message.body_type.value} section; send JSON as data or a string")
+
+
+def read_delivery(message: ServiceBusReceivedMessage, now: datetime) -> Delivery:
+    properties = _text_keys(message.application_properties)
+    message_id = message.message_id or f"seq-{message.sequence_number}"
+    request_id = _text(properties.get(REQUEST_ID)) or message_id
+    attempt_text = _text(properties.get(ATTEMPT)) or "1"
+    if not attempt_text.isdigit() or int(attempt_text) < 1:
+        raise EnvelopeError(f"application property {ATTEMPT} must be a positive whole number")
+    first_text = _text(properties.get(FIRST_ATTEMPT_AT))
+    try:
+        first_attempt_at = datetime.fromisoformat(first_text) if first_text else now
+    except ValueError as error:
+        raise EnvelopeError(f"application property {FIRST_ATTEMPT_AT} must be an ISO 8601 time") from error
+    return Delivery(
+        message_id=message_id,
+        request_id=request_id,
+        correlation_id=message.correlation_id or request_id,
+        reply_to=message.reply_to,
+        attempt=int(attempt_text),
+        first_attempt_at=first_attempt_at if first_attempt_at.tzinfo else first_attempt_at.replace(tzinfo=UTC),
+    )
+
+
+def next_stage_message(stage: StageName, body: StageMessage, delivery: Delivery) -> ServiceBusMessage:
+    return _message(
+        body.model_dump_json().encode(),
+        message_id=f"{delivery.request_id}/{stage}",
+        delivery=delivery,
+        properties={REQUEST_ID: delivery.request_id},
+    )
+
+
+def retry_message(stage: StageName, body: bytes, delivery: Delivery) -> ServiceBusMessage:
+    """The same body again, one attempt later; the first attempt time bounds the total age."""
+    attempt = delivery.attempt + 1
+    return _message(
+        body,
+        message_id=f"{delivery.request_id}/{stage}/{attempt}",
+        delivery=delivery,
+        properties={
+            REQUEST_ID: delivery.request_id,
+            ATTEMPT: str(attempt),
+            FIRST_ATTEMPT_AT: delivery.first_attempt_at.isoformat(),
+        },
+    )
+
+
+def outcome_message(outcome: OutcomeEvent, delivery: Delivery) -> ServiceBusMessage:
+    return _message(
+        outcome.model_dump_json().encode(),
+        message_id=f"{delivery.request_id}/outcome",
+        delivery=delivery,
+        properties={REQUEST_ID: delivery.request_id},
+        subject=f"onboarding.{outcome.status}",
+    )
+
+
+def _message(
+    body: bytes, *, message_id: str, delivery: Delivery, properties: dict[str, str], subject: str | None = None
+) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        body,
+        message_id=message_id,
+        correlation_id=delivery.correlation_id,
+        reply_to=delivery.reply_to,
+        content_type=JSON,
+        subject=subject,
+        application_properties=dict(properties),  # type: ignore[arg-type]
+    )
+
+
+def _text_keys(properties: dict[Any, Any] | None) -> dict[str, Any]:
+    # The SDK hands application property keys back as bytes (b"onboarding-attempt").
+    return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in (properties or {}).items()}
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,116 @@
+"""Runs one stage for one received message and carries out its decision.
+
+Order matters: the next message (or the scheduled retry, or the outcome) is sent first and the
+received message is settled second. A crash in between leaves a duplicate, which the stable
+MessageIds and idempotent stages make harmless; the other order could lose the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from azure.servicebus import ServiceBusReceivedMessage
+
+from shared import envelope
+from shared.contracts import StageName
+from shared.decisions import DeadLetter, DeadLetterReason, Decision, Delivery, Finish, PassOn, RetryLater
+from shared.logs import request_context
+from shared.outbox import ServiceBusOutbox
+from shared.stages import StageDependencies
+from shared.stages.common import Progress
+
+logger = logging.getLogger("onboarding.runner")
+
+Stage = Callable[[bytes, Delivery, StageDependencies], Awaitable[Decision]]
+
+
+class MessageActions(Protocol):
+    """The settlement half of azurefunctions-extensions-bindings-servicebus' ServiceBusMessageActions."""
+
+    def complete(self, message: Any) -> None: ...
+
+    def abandon(self, message: Any) -> None: ...
+
+    def deadletter(
+        self,
+        message: Any,
+        deadletter_reason: str | None = None,
+        deadletter_error_description: str | None = None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class StageRunner:
+    stage_name: StageName
+    stage: Stage
+    dependencies: StageDependencies
+    outbox: ServiceBusOutbox
+    outcome_queue: str
+
+    async def run(self, message: ServiceBusReceivedMessage, actions: MessageActions) -> Decision:
+        now = self.dependencies.clock()
+        try:
+            delivery = envelope.read_delivery(message, now)
+            body = envelope.read_body(message)
+        except envelope.EnvelopeError as error:
+            return await self._refuse_envelope(message, actions, str(error))
+        with request_context(delivery.request_id, delivery.correlation_id):
+            try:
+                decision = await self.stage(body, delivery, self.dependencies)
+                await self._carry_out(decision, body, delivery, message, actions)
+            except Exception:
+                # A bug or an unreachable Service Bus: let Service Bus redeliver (MaxDeliveryCount, then its DLQ).
+                logger.exception("stage %s failed unexpectedly; abandoning for redelivery", self.stage_name)
+                actions.abandon(message)
+                raise
+            return decision
+
+    async def _carry_out(
+        self,
+        decision: Decision,
+        body: bytes,
+        delivery: Delivery,
+        message: ServiceBusReceivedMessage,
+        actions: MessageActions,
+    ) -> None:
+        stage_name, outbox = self.stage_name, self.outbox
+        match decision:
+            case PassOn(next_stage, stage_message):
+                await outbox.send(next_stage, envelope.next_stage_message(next_stage, stage_message, delivery))
+                logger.info("%s done (attempt %d); passed on to %s", stage_name, delivery.attempt, next_stage)
+                actions.complete(message)
+            case RetryLater(delay, cause):
+                at = self.dependencies.clock() + delay
+                await outbox.schedule(stage_name, envelope.retry_message(stage_name, body, delivery), at)
+                logger.warning(
+                    "%s attempt %d will retry in %.1f s: %s", stage_name, delivery.attempt, delay.total_seconds(), cause
+                )
+                actions.complete(message)
+            case DeadLetter(reason, description, outcome):
+                await outbox.send(self._outcome_queue(delivery), envelope.outcome_message(outcome, delivery))
+                logger.error("%s dead-lettered %s: %s", stage_name, reason, description)
+                actions.deadletter(message, deadletter_reason=reason, deadletter_error_description=description)
+            case Finish(outcome):
+                await outbox.send(self._outcome_queue(delivery), envelope.outcome_message(outcome, delivery))
+                logger.info("%s finished: %s", stage_name, outcome.status)
+                actions.complete(message)
+
+    def _outcome_queue(self, delivery: Delivery) -> str:
+        return delivery.reply_to or self.outcome_queue
+
+    async def _refuse_envelope(
+        self, message: ServiceBusReceivedMessage, actions: MessageActions, problem: str
+    ) -> Decision:
+        """An envelope we cannot even read: keep the message intact in the DLQ and say why."""
+        message_id = message.message_id or f"seq-{message.sequence_number}"
+        now = self.dependencies.clock()
+        delivery = Delivery(message_id, message_id, message.correlation_id or message_id, message.reply_to, 1, now)
+        decision = Progress(self.stage_name, delivery, self.dependencies).dead_letter(
+            DeadLetterReason.INVALID_REQUEST, f"The message envelope is unusable: {problem}."
+        )
+        with request_context(delivery.request_id, delivery.correlation_id):
+            await self._carry_out(decision, b"", delivery, message, actions)
+        return decision

@@ -1,0 +1,227 @@
+"""A local stand-in for the Azure Functions host, for the Service Bus triggers of function_app.py.
+
+It discovers the triggers with `app.get_functions()`, receives from whatever namespace the
+trigger's connection setting names (the emulator, or a real namespace in Azure) with the real
+azure-servicebus SDK, and calls each function with the argument types the Azure host passes: an
+azure.servicebus ServiceBusReceivedMessage and an object with ServiceBusMessageActions' methods
+that settles through the SDK receiver. host.json's maxConcurrentCalls bounds the concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+import os
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azure.functions.decorators.servicebus import ServiceBusQueueTrigger
+from azure.identity.aio import DefaultAzureCredential
+from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+
+logger = logging.getLogger("onboarding.local_host")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MAX_CONCURRENT_CALLS = 16  # the Functions Service Bus extension's default
+
+
+@dataclass(frozen=True)
+class QueueTrigger:
+    function_name: str
+    queue_name: str
+    connection: str
+    auto_complete: bool
+    message_parameter: str
+    actions_parameter: str | None
+    user_function: Callable[..., Any]
+
+
+def discover_triggers(app: func.FunctionApp) -> list[QueueTrigger]:
+    triggers = []
+    for function in app.get_functions():
+        trigger = function.get_trigger()
+        if not isinstance(trigger, ServiceBusQueueTrigger):
+            continue
+        user_function = function.get_user_function()
+        triggers.append(
+            QueueTrigger(
+                function_name=function.get_function_name() or user_function.__name__,
+                queue_name=trigger.queue_name,
+                connection=trigger.connection,
+                auto_complete=trigger.get_dict_repr().get("autoCompleteMessages", True) is not False,
+                message_parameter=trigger.name,
+                actions_parameter=_actions_parameter(user_function, trigger.name),
+                user_function=user_function,
+            )
+        )
+    return triggers
+
+
+def _actions_parameter(user_function: Callable[..., Any], message_parameter: str) -> str | None:
+    for name, parameter in inspect.signature(user_function).parameters.items():
+        annotation = parameter.annotation
+        annotation_name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        if name != message_parameter and "ServiceBusMessageActions" in annotation_name:
+            return name
+    return None
+
+
+def load_function_app(module_name: str = "function_app") -> func.FunctionApp:
+    module = importlib.import_module(module_name)
+    app = getattr(module, "app", None)
+    if not isinstance(app, func.FunctionApp):
+        raise RuntimeError(f"{module_name}.py defines no `app = func.FunctionApp()`")
+    return app
+
+
+def max_concurrent_calls(host_json: Path = PROJECT_ROOT / "host.json") -> int:
+    try:
+        config = json.loads(host_json.read_text())
+    except FileNotFoundError:
+        return DEFAULT_MAX_CONCURRENT_CALLS
+    value = config.get("extensions", {}).get("serviceBus", {}).get("maxConcurrentCalls", DEFAULT_MAX_CONCURRENT_CALLS)
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{host_json}: extensions.serviceBus.maxConcurrentCalls must be a positive integer")
+    return value
+
+
+class LocalMessageActions:
+    """ServiceBusMessageActions' methods, settling through the SDK receiver.
+
+    The Azure host settles over gRPC while the function waits; here each call is queued and
+    awaited, in order, as soon as the function returns, so "send next, then settle" still holds.
+    """
+
+    def __init__(self, receiver: ServiceBusReceiver) -> None:
+        self._receiver = receiver
+        self._pending: list[Coroutine[Any, Any, None]] = []
+
+    @property
+    def settled(self) -> bool:
+        return bool(self._pending)
+
+    def complete(self, message: ServiceBusReceivedMessage) -> None:
+        self._pending.append(self._receiver.complete_message(message))
+
+    def abandon(self, message: ServiceBusReceivedMessage) -> None:
+        self._pending.append(self._receiver.abandon_message(message))
+
+    def deadletter(
+        self,
+        message: ServiceBusReceivedMessage,
+        deadletter_reason: str | None = None,
+        deadletter_error_description: str | None = None,
+    ) -> None:
+        self._pending.append(
+            self._receiver.dead_letter_message(
+                message, reason=deadletter_reason, error_description=deadletter_error_description
+            )
+        )
+
+    def defer(self, message: ServiceBusReceivedMessage) -> None:
+        self._pending.append(self._receiver.defer_message(message))
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for settlement in pending:
+            await settlement
+
+
+class LocalHost:
+    def __init__(
+        self,
+        app: func.FunctionApp,
+        *,
+        environment: Mapping[str, str] = os.environ,
+        concurrency: int | None = None,
+        receive_wait_seconds: float = 1.0,
+    ) -> None:
+        self._triggers = discover_triggers(app)
+        if not self._triggers:
+            raise RuntimeError("the function app has no Service Bus triggers")
+        self._environment = environment
+        self._concurrency = concurrency or max_concurrent_calls()
+        self._receive_wait = receive_wait_seconds
+        self.invocations = 0
+
+    @property
+    def triggers(self) -> list[QueueTrigger]:
+        return list(self._triggers)
+
+    def _client(self, connection: str) -> ServiceBusClient:
+        connection_string = self._environment.get(connection)
+        if connection_string:
+            return ServiceBusClient.from_connection_string(connection_string)
+        namespace = self._environment.get(f"{connection}__fullyQualifiedNamespace")
+        if namespace:
+            return ServiceBusClient(namespace, DefaultAzureCredential())
+        raise RuntimeError(
+            f"connection {connection!r}: set {connection} (connection string) or "
+            f"{connection}__fullyQualifiedNamespace (identity-based)"
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Receive and invoke until `stop` is set; then finish in-flight invocations and close."""
+        clients: dict[str, ServiceBusClient] = {}
+        try:
+            for trigger in self._triggers:
+                clients.setdefault(trigger.connection, self._client(trigger.connection))
+            async with asyncio.TaskGroup() as group:
+                for trigger in self._triggers:
+                    group.create_task(self._pump(trigger, clients[trigger.connection], stop))
+        finally:
+            for client in clients.values():
+                await client.close()
+
+    async def _pump(self, trigger: QueueTrigger, client: ServiceBusClient, stop: asyncio.Event) -> None:
+        logger.info("listening on queue %s for function %s", trigger.queue_name, trigger.function_name)
+        async with client.get_queue_receiver(trigger.queue_name) as receiver:
+            while not stop.is_set():
+                messages = await receiver.receive_messages(
+                    max_message_count=self._concurrency, max_wait_time=self._receive_wait
+                )
+                if messages:
+                    await asyncio.gather(*(self._invoke(trigger, receiver, message) for message in messages))
+
+    async def _invoke(
+        self, trigger: QueueTrigger, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
+    ) -> None:
+        actions = LocalMessageActions(receiver)
+        arguments: dict[str, Any] = {trigger.message_parameter: message}
+        if trigger.actions_parameter:
+            arguments[trigger.actions_parameter] = actions
+        self.invocations += 1
+        failed = False
+        try:
+            result = trigger.user_function(**arguments)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("function %s failed", trigger.function_name)
+            failed = True
+        settlement_requested = actions.settled
+        try:
+            await actions.flush()
+        except Exception:
+            # As in Azure: a settlement that fails (lock lost) leaves the message to be redelivered.
+            logger.exception("settling a message of %s failed", trigger.function_name)
+            return
+        if failed and (trigger.auto_complete or not settlement_requested):
+            await _settle_quietly(receiver.abandon_message(message))
+        elif not failed and trigger.auto_complete:
+            await _settle_quietly(receiver.complete_message(message))
+
+
+async def _settle_quietly(settlement: Coroutine[Any, Any, None]) -> None:
+    """The host's own settlement after the function's: the message may already be settled."""
+    try:
+        await settlement
+    except Exception as error:  # the SDK raises MessageAlreadySettled and lock errors alike
+        logger.debug("host settlement skipped: %s", error)

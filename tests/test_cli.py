@@ -1,0 +1,49 @@
+"""The README's product command: `onboard demo` exits 0 only when every sample met its outcome."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+
+def test_demo_prints_every_outcome_and_exits_zero() -> None:
+    result = CliRunner().invoke(app, ["demo", "--timeout", "60"])
+    assert result.exit_code == 0, result.output
+    for text in ("Partners", "Suppliers (secure)", "Project Falcon", "GroupNotFound", "4 of 4 samples"):
+        assert text in result.output
+
+
+def test_submit_refuses_an_invalid_request_before_sending(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "ServiceBusConnection",
+        "Endpoint=sb://localhost:1;SharedAccessKeyName=a;SharedAccessKey=b;UseDevelopmentEmulator=true;",
+    )
+    monkeypatch.setenv("ONBOARDING_TENANT_ID", "11111111-2222-3333-4444-555555555555")
+    monkeypatch.setenv("ONBOARDING_TENANT_DOMAIN", "contoso.onmicrosoft.com")
+    result = CliRunner().invoke(
+        app,
+        [
+            "submit",
+            "--email",
+            "not-an-address",
+            "--display-name",
+            "X",
+            "--group",
+            "g@contoso.com",
+            "--source-system",
+            "hr",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "external_email" in result.output
+
+
+def test_host_names_missing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ServiceBusConnection", "ONBOARDING_TENANT_ID", "ONBOARDING_TENANT_DOMAIN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir("/")  # no .env here
+    result = CliRunner().invoke(app, ["host"])
+    assert result.exit_code == 2
+    assert "tenant_id" in result.output

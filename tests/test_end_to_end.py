@@ -1,0 +1,147 @@
+"""The whole pipeline on the local stand-ins: emulator, tenant sandbox, local host, real SDKs.
+
+Requests go onto queue create-contact with the real azure-servicebus SDK; the local host runs
+function_app.py's triggers; the end state is read back from the sandbox through the project's
+own Graph and Exchange clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+from azure.servicebus import ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient
+from shared.directory.credentials import SandboxCredential
+from shared.directory.exchange import ExchangeOnlineClient
+from shared.directory.graph import MsGraphDirectory
+
+from cli.demo import SAMPLES, _request
+from cli.upstream import collect_outcomes, submit
+from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus, RecipientKind
+from shared.settings import SERVICEBUS_CONNECTION
+from standins.stack import LocalStack, local_stack, running_host
+
+OUTCOMES = "onboarding-outcomes"
+
+
+@pytest.fixture
+def stack() -> Iterator[LocalStack]:
+    with local_stack() as running:
+        yield running
+
+
+@dataclass
+class Readback:
+    graph: MsGraphDirectory
+    exchange: ExchangeOnlineClient
+
+
+@pytest.fixture
+async def readback(stack: LocalStack) -> AsyncIterator[Readback]:
+    credential = SandboxCredential(tenant_id=stack.sandbox.tenant_id)
+    graph = MsGraphDirectory(credential, base_url=stack.sandbox.graph_base_url)
+    exchange = ExchangeOnlineClient(
+        credential,
+        tenant_id=stack.sandbox.tenant_id,
+        base_url=stack.sandbox.exchange_base_url,
+        anchor_domain=stack.sandbox.tenant_domain,
+    )
+    yield Readback(graph, exchange)
+    await graph.close()
+    await exchange.close()
+
+
+async def onboard(stack: LocalStack, requests: list[OnboardingRequest]) -> dict[str, OutcomeEvent]:
+    async with (
+        running_host(stack.environment),
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+    ):
+        ids = await submit(client, requests)
+        return await collect_outcomes(client, OUTCOMES, ids, within_seconds=60)
+
+
+async def test_every_group_kind_ends_in_the_right_state(stack: LocalStack, readback: Readback) -> None:
+    outcomes = await onboard(stack, [sample.request for sample in SAMPLES])
+    assert len(outcomes) == len(SAMPLES)
+    for sample in SAMPLES:
+        outcome = outcomes[str(sample.request.request_id)]
+        assert sample.met_by(outcome), outcome
+
+    dg = outcomes["demo-dg-1"]
+    assert dg.recipient is not None
+    assert dg.recipient.kind is RecipientKind.MAIL_CONTACT
+    contact = await readback.exchange.find_mail_contact("jordan.reyes@fabrikam.example")
+    assert contact is not None
+    assert contact.identity == dg.recipient.id
+    members = await readback.exchange.list_distribution_group_members("partners@contoso.com")
+    assert [m.identity for m in members].count(contact.identity) == 1
+    restrictions = await readback.exchange.get_sender_restrictions("partners@contoso.com", unified=False)
+    assert restrictions.require_sender_authentication is False
+    assert any("RequireSenderAuthenticationEnabled" in change for change in dg.changes)
+
+    mesg = outcomes["demo-mesg-1"]
+    assert mesg.recipient is not None
+    assert mesg.recipient.kind is RecipientKind.MAIL_CONTACT
+    members = await readback.exchange.list_distribution_group_members("suppliers-secure@contoso.com")
+    assert mesg.recipient.id in {m.identity for m in members}
+
+    m365 = outcomes["demo-m365-1"]
+    assert m365.recipient is not None
+    assert m365.recipient.kind is RecipientKind.GUEST_USER
+    guest = await readback.graph.find_user_by_mail("sam.okafor@tailspin.example")
+    assert guest is not None
+    assert guest.user_type == "Guest"
+    assert guest.id == m365.recipient.id
+    assert m365.group is not None
+    assert guest.id in await readback.graph.list_group_member_ids(m365.group.id)
+    assert await readback.exchange.find_mail_contact("sam.okafor@tailspin.example") is None
+
+
+async def test_unknown_group_is_dead_lettered_with_a_reason(stack: LocalStack) -> None:
+    request = _request("e2e-unknown", "lee.chen@fabrikam.example", "Lee Chen", "no-such-group@contoso.com")
+    outcomes = await onboard(stack, [request])
+    outcome = outcomes["e2e-unknown"]
+    assert outcome.status is OutcomeStatus.FAILED
+    assert outcome.reason == "GroupNotFound"
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        client.get_queue_receiver("create-contact", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,
+    ):
+        (dead,) = await dlq.receive_messages(max_message_count=5, max_wait_time=5)
+        assert dead.dead_letter_reason == "GroupNotFound"
+        assert "no-such-group@contoso.com" in (dead.dead_letter_error_description or "")
+        assert dead.message_id == "e2e-unknown"
+        await dlq.complete_message(dead)
+
+
+async def test_running_the_same_request_twice_changes_nothing_more(stack: LocalStack, readback: Readback) -> None:
+    first = _request("e2e-repeat-1", "ana.silva@fabrikam.example", "Ana Silva", "partners@contoso.com")
+    again = first.model_copy(update={"request_id": "e2e-repeat-2"})  # same person, new request
+    outcomes = await onboard(stack, [first])
+    outcomes |= await onboard(stack, [again])
+    assert {o.status for o in outcomes.values()} == {OutcomeStatus.SUCCEEDED}
+    assert outcomes["e2e-repeat-2"].recipient is not None
+    assert outcomes["e2e-repeat-2"].recipient.created is False
+    members = await readback.exchange.list_distribution_group_members("partners@contoso.com")
+    contact = await readback.exchange.find_mail_contact("ana.silva@fabrikam.example")
+    assert contact is not None
+    assert [m.identity for m in members].count(contact.identity) == 1
+
+
+async def test_invalid_body_is_kept_intact_in_the_dead_letter_queue(stack: LocalStack) -> None:
+    from azure.servicebus import ServiceBusMessage
+
+    async with (
+        running_host(stack.environment),
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+    ):
+        async with client.get_queue_sender("create-contact") as sender:
+            await sender.send_messages(ServiceBusMessage(b"{not json", message_id="e2e-garbage"))
+        outcomes = await collect_outcomes(client, OUTCOMES, ["e2e-garbage"], within_seconds=30)
+        async with client.get_queue_receiver("create-contact", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
+            (dead,) = await dlq.receive_messages(max_message_count=5, max_wait_time=5)
+            assert b"".join(dead.body) == b"{not json"
+            assert dead.dead_letter_reason == "InvalidRequest"
+    assert outcomes["e2e-garbage"].reason == "InvalidRequest"
