@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
-from shared.directory.credentials import SandboxCredential
-from shared.directory.exchange import ExchangeOnlineClient
-from shared.directory.graph import MsGraphDirectory
 
 from cli.demo import SAMPLES, _request
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus, RecipientKind
+from shared.directory.credentials import SandboxCredential
+from shared.directory.exchange import ExchangeOnlineClient
+from shared.directory.graph import MsGraphDirectory
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack, running_host
 
