@@ -18,7 +18,7 @@ from proton import Array, Condition, Data, Delivery, Endpoint, Handler, Link, Me
 from proton.reactor import Container
 
 from standins.servicebus_emulator import codec
-from standins.servicebus_emulator.store import EntityNotFound, LockLost, QueueStore
+from standins.servicebus_emulator.store import EntityNotFound, LockLost, QueueStore, StoredMessage
 
 logger = logging.getLogger("standins.servicebus_emulator")
 
@@ -281,13 +281,20 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             if operation == "com.microsoft:update-disposition":
                 self._update_disposition(body)
                 return _ok({})
+            if operation == "com.microsoft:receive-by-sequence-number":
+                numbers = [int(n) for n in _values(body.get("sequence-numbers"))]
+                # receiver-settle-mode 0 (first) is how the SDK spells receive-and-delete.
+                delete = int(body.get("receiver-settle-mode", 1)) == 0
+                deferred = self.store.receive_deferred(queue, numbers, now, delete=delete)
+                if not deferred:
+                    return _status(204, "No messages")
+                return _ok({"messages": [_encoded_entry(m, queue) for m in deferred]})
             if operation == "com.microsoft:peek-message":
                 start = int(body.get("from-sequence-number", 0))
                 peeked = self.store.peek(queue, start, int(body.get("message-count", 1)))
                 if not peeked:
                     return _status(204, "No messages")
-                messages = [{"message": codec.for_delivery(m, queue).encode()} for m in peeked]
-                return _ok({"messages": messages})
+                return _ok({"messages": [_encoded_entry(m, queue) for m in peeked]})
         except LockLost as error:
             return _status(410, f"The lock supplied is invalid or has expired: {error}", LOCK_LOST)
         except EntityNotFound as error:
@@ -338,6 +345,14 @@ def _pending_replies(link: Link) -> list[Message]:
         pending = []
         setattr(link, "pending_replies", pending)  # noqa: B010
     return pending
+
+
+def _encoded_entry(stored: StoredMessage, queue: str) -> dict[str, Any]:
+    """One entry of a management reply's `messages` list; a locked message carries its lock token."""
+    entry: dict[str, Any] = {"message": codec.for_delivery(stored, queue).encode()}
+    if stored.lock_token is not None:
+        entry["lock-token"] = stored.lock_token
+    return entry
 
 
 def _ok(body: dict[str, Any]) -> Message:

@@ -113,10 +113,13 @@ class QueueStore:
         message = next(queue.available(now), None)
         if message is None:
             return None
+        self._lock(name, queue, message, now)
+        return message
+
+    def _lock(self, name: str, queue: Queue, message: StoredMessage, now: datetime) -> None:
         message.lock_token = uuid.uuid4()
         message.locked_until = now + queue.config.lock_duration
         self._locks[message.lock_token] = (name.lower(), message.sequence_number)
-        return message
 
     def take_next(self, name: str, now: datetime) -> StoredMessage | None:
         """Receive-and-delete: the message leaves the queue as it is handed out."""
@@ -125,6 +128,20 @@ class QueueStore:
         if message is not None:
             del queue.messages[message.sequence_number]
         return message
+
+    def receive_deferred(
+        self, name: str, sequence_numbers: list[int], now: datetime, *, delete: bool
+    ) -> list[StoredMessage]:
+        """Hand out deferred messages by sequence number: locked (peek-lock) or removed (receive-and-delete)."""
+        queue = self.queue(name)
+        found = [queue.messages[n] for n in sequence_numbers if n in queue.messages]
+        deferred = [m for m in found if m.deferred and m.lock_token is None]
+        for message in deferred:
+            if delete:
+                del queue.messages[message.sequence_number]
+            else:
+                self._lock(name, queue, message, now)
+        return deferred
 
     def peek(self, name: str, from_sequence_number: int, count: int) -> list[StoredMessage]:
         queue = self.queue(name)

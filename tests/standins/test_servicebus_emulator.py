@@ -10,7 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
+from azure.servicebus import (
+    ServiceBusClient,
+    ServiceBusMessage,
+    ServiceBusReceivedMessage,
+    ServiceBusReceiveMode,
+    ServiceBusSubQueue,
+)
 from azure.servicebus import aio as servicebus_aio
 from azure.servicebus.exceptions import ServiceBusError
 
@@ -61,7 +67,7 @@ def test_every_property_round_trips(servicebus_emulator: ServiceBusEmulator) -> 
 def test_batch_send_delivers_each_message(servicebus_emulator: ServiceBusEmulator) -> None:
     send(servicebus_emulator, *(ServiceBusMessage(f"body-{i}", message_id=f"id-{i}") for i in range(5)))
     with client(servicebus_emulator) as sb, sb.get_queue_receiver(QUEUE) as receiver:
-        received = []
+        received: list[ServiceBusReceivedMessage] = []
         while len(received) < 5 and (batch := receiver.receive_messages(max_message_count=10, max_wait_time=3)):
             received += batch
         assert [(m.message_id, str(m)) for m in received] == [(f"id-{i}", f"body-{i}") for i in range(5)]
@@ -211,3 +217,24 @@ def test_config_file_errors_are_specific(tmp_path: Path) -> None:
         EmulatorConfig.load(bad)
     with pytest.raises(ValueError, match="does not exist"):
         EmulatorConfig.load(tmp_path / "absent.json")
+
+
+def test_peek_reads_without_locking_and_deferred_messages_come_back_by_sequence_number(
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
+    send(servicebus_emulator, ServiceBusMessage("p", message_id="p-1"), ServiceBusMessage("q", message_id="p-2"))
+    with client(servicebus_emulator) as sb, sb.get_queue_receiver(QUEUE) as receiver:
+        peeked = receiver.peek_messages(max_message_count=5)
+        assert [m.message_id for m in peeked] == ["p-1", "p-2"]
+        received: list[ServiceBusReceivedMessage] = []
+        while len(received) < 2 and (batch := receiver.receive_messages(max_message_count=2, max_wait_time=3)):
+            received += batch  # peek locked nothing: both arrive
+        first, second = sorted(received, key=lambda m: m.sequence_number or 0)
+        receiver.defer_message(first)
+        receiver.complete_message(second)
+        assert receiver.receive_messages(max_message_count=5, max_wait_time=1) == []  # deferred stays aside
+        (deferred,) = receiver.receive_deferred_messages([first.sequence_number or 0])
+        assert deferred.message_id == "p-1"
+        receiver.complete_message(deferred)  # settled through $management: a deferred message has no link
+        assert receiver.receive_deferred_messages([first.sequence_number or 0]) == []
+        assert receiver.peek_messages(max_message_count=5) == []
