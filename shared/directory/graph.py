@@ -1,0 +1,228 @@
+"""Microsoft Graph v1.0 through msgraph-sdk: groups, users, guest invitations, Microsoft 365 membership.
+
+The SDK's retry handler is kept only for brief waits (max_in_process_retry_delay): it would
+otherwise sleep for as long as Retry-After says (up to 180 s), holding a Functions worker. Longer
+throttling and outages surface as ThrottledError / TransientDirectoryError, and the stage turns
+them into a scheduled Service Bus retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import httpx
+from azure.core.credentials_async import AsyncTokenCredential
+from kiota_abstractions.api_error import APIError
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from kiota_http.kiota_client_factory import KiotaClientFactory
+from kiota_http.middleware import RetryHandler
+from kiota_http.middleware.options import RetryHandlerOption
+from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
+from msgraph.generated.models.group import Group
+from msgraph.generated.models.invitation import Invitation
+from msgraph.generated.models.reference_create import ReferenceCreate
+from msgraph.generated.models.user import User
+from msgraph.generated.users.users_request_builder import UsersRequestBuilder
+from msgraph.graph_request_adapter import GraphRequestAdapter
+from msgraph.graph_service_client import GraphServiceClient
+from msgraph_core import GraphClientFactory
+
+from shared.directory.errors import (
+    AlreadyExistsError,
+    DirectoryError,
+    NotFoundError,
+    PermissionDeniedError,
+    RejectedRequestError,
+    ThrottledError,
+    TransientDirectoryError,
+)
+from shared.directory.ports import DirectoryGroup, DirectoryUser, GroupKind
+
+SCOPE = "https://graph.microsoft.com/.default"
+DIRECTORY_OBJECTS = "https://graph.microsoft.com/v1.0/directoryObjects/"
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+MAX_PAGES = 500
+T = TypeVar("T")
+
+
+def group_kind(group: Group) -> GroupKind:
+    """The table in Graph's groups overview: groupTypes, mailEnabled, securityEnabled."""
+    if "Unified" in (group.group_types or []):
+        return GroupKind.MICROSOFT_365
+    if group.mail_enabled and group.security_enabled:
+        return GroupKind.MAIL_ENABLED_SECURITY
+    if group.mail_enabled:
+        return GroupKind.DISTRIBUTION
+    return GroupKind.SECURITY
+
+
+def _odata_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class BriefRetryHandler(RetryHandler):
+    """The SDK's RetryHandler, but a wait longer than `max_wait` is not taken in-process.
+
+    The stock handler sleeps for whatever Retry-After says (up to 180 s), holding a Functions
+    worker; here such a 429/503/504 comes back to the caller, which schedules a Service Bus retry.
+    """
+
+    def __init__(self, options: RetryHandlerOption, *, max_wait: float) -> None:
+        super().__init__(options=options)
+        self._max_wait = max_wait
+
+    def get_delay_time(self, retry_count: int, response: httpx.Response | None = None, delay: float = 0) -> float:
+        wait = float(super().get_delay_time(retry_count, response, delay))
+        return wait if wait <= self._max_wait else float(RetryHandlerOption.MAX_DELAY)
+
+
+class MsGraphDirectory:
+    def __init__(
+        self,
+        credential: AsyncTokenCredential,
+        *,
+        base_url: str = "https://graph.microsoft.com/v1.0",
+        http_client: httpx.AsyncClient | None = None,
+        max_in_process_retries: int = 1,
+        max_in_process_retry_delay: float = 2.0,
+    ) -> None:
+        host = urlparse(base_url).hostname or "graph.microsoft.com"
+        auth = AzureIdentityAuthenticationProvider(credential, scopes=[SCOPE], allowed_hosts=[host])
+        retry = BriefRetryHandler(
+            RetryHandlerOption(delay=0, max_retries=max_in_process_retries, should_retry=max_in_process_retries > 0),
+            max_wait=max_in_process_retry_delay,
+        )
+        middleware = [
+            retry if isinstance(m, RetryHandler) else m for m in KiotaClientFactory.get_default_middleware(None)
+        ]
+        self._owns_client = http_client is None
+        self._http = GraphClientFactory.create_with_custom_middleware(
+            middleware, client=http_client or httpx.AsyncClient(timeout=TIMEOUT)
+        )
+        adapter = GraphRequestAdapter(auth, client=self._http)
+        adapter.base_url = base_url.rstrip("/")
+        self._client = GraphServiceClient(request_adapter=adapter)
+
+    async def close(self) -> None:
+        """Closes the http client only if this object created it."""
+        if self._owns_client:
+            await self._http.aclose()
+
+    async def get_group(self, group_id: str) -> DirectoryGroup | None:
+        try:
+            group = await self._call(self._client.groups.by_group_id(group_id).get)
+        except NotFoundError:
+            return None
+        return _directory_group(group) if group else None
+
+    async def find_group_by_mail(self, address: str) -> DirectoryGroup | None:
+        query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(filter=f"mail eq {_odata_string(address)}")
+        page = await self._call(lambda: self._client.groups.get(RequestConfiguration(query_parameters=query)))
+        groups = page.value if page and page.value else []
+        return _directory_group(groups[0]) if groups else None
+
+    async def find_user_by_mail(self, address: str) -> DirectoryUser | None:
+        query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(filter=f"mail eq {_odata_string(address)}")
+        page = await self._call(lambda: self._client.users.get(RequestConfiguration(query_parameters=query)))
+        users = page.value if page and page.value else []
+        return _directory_user(users[0]) if users else None
+
+    async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
+        invitation = Invitation(
+            invited_user_email_address=address,
+            invited_user_display_name=display_name,
+            invite_redirect_url=redirect_url,
+            send_invitation_message=False,
+        )
+        created = await self._call(lambda: self._client.invitations.post(invitation))
+        if created is None or created.invited_user is None or not created.invited_user.id:
+            raise RejectedRequestError("the invitation came back without invitedUser.id", face="graph")
+        return DirectoryUser(created.invited_user.id, address, "Guest")
+
+    async def add_group_member(self, group_id: str, object_id: str) -> None:
+        reference = ReferenceCreate(odata_id=DIRECTORY_OBJECTS + object_id)
+        await self._call(lambda: self._client.groups.by_group_id(group_id).members.ref.post(reference))
+
+    async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
+        members = self._client.groups.by_group_id(group_id).members
+        page = await self._call(members.get)
+        ids: set[str] = set()
+        for _ in range(MAX_PAGES):
+            if page is None:
+                break
+            ids.update(member.id for member in page.value or [] if member.id)
+            if not page.odata_next_link:
+                break
+            next_link = page.odata_next_link
+            page = await self._call(lambda link=next_link: members.with_url(link).get())  # type: ignore[misc]
+        return frozenset(ids)
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await operation()
+        except APIError as error:
+            raise _classify(error) from error
+        except httpx.TimeoutException as error:
+            raise TransientDirectoryError("Graph request timed out", face="graph") from error
+        except httpx.TransportError as error:
+            raise TransientDirectoryError(f"Graph network error {type(error).__name__}", face="graph") from error
+
+
+def _directory_group(group: Group) -> DirectoryGroup:
+    if not group.id:
+        raise RejectedRequestError("Graph returned a group without id", face="graph")
+    return DirectoryGroup(
+        id=group.id,
+        display_name=group.display_name or "",
+        mail=group.mail,
+        kind=group_kind(group),
+        is_dynamic="DynamicMembership" in (group.group_types or []),
+    )
+
+
+def _directory_user(user: User) -> DirectoryUser:
+    if not user.id:
+        raise RejectedRequestError("Graph returned a user without id", face="graph")
+    return DirectoryUser(user.id, user.mail, "Guest" if (user.user_type or "").lower() == "guest" else "Member")
+
+
+def _classify(error: APIError) -> DirectoryError:
+    status = error.response_status_code or 0
+    headers: Any = error.response_headers or {}
+    odata = getattr(error, "error", None)
+    code = str(getattr(odata, "code", "") or "")
+    message = str(getattr(odata, "message", "") or error.message or "Graph request failed")
+    inner = getattr(odata, "inner_error", None)
+    request_id = getattr(inner, "request_id", None) or _header(headers, "request-id")
+    common: dict[str, Any] = {"face": "graph", "status": status, "code": code, "request_id": request_id}
+    if status == 429:
+        return ThrottledError(message, retry_after=_seconds(_header(headers, "retry-after")), **common)
+    if status >= 500 or status == 408:
+        return TransientDirectoryError(message, retry_after=_seconds(_header(headers, "retry-after")), **common)
+    if status in (401, 403):
+        return PermissionDeniedError(message, **common)
+    if status == 404:
+        return NotFoundError(message, **common)
+    if status == 400 and "already exist" in message:
+        return AlreadyExistsError(message, **common)
+    return RejectedRequestError(message, **common)
+
+
+def _header(headers: Any, name: str) -> str | None:
+    try:
+        value = headers.get(name) or headers.get(name.title())
+    except AttributeError:
+        return None
+    if isinstance(value, list | tuple | set):
+        value = next(iter(value), None)
+    return None if value is None else str(value)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

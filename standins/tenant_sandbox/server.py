@@ -1,0 +1,91 @@
+"""TenantSandbox: the model plus both faces served by uvicorn on a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+
+from standins.tenant_sandbox.faces import Faults, RequestLog, build_app
+from standins.tenant_sandbox.model import Directory, TenantSeed
+
+START_TIMEOUT = 10.0
+
+
+class TenantSandbox:
+    def __init__(self, seed: TenantSeed, *, host: str = "127.0.0.1", port: int = 0, page_size: int = 100) -> None:
+        self.seed = seed
+        self.host = host
+        self.directory = Directory(seed)
+        self.request_log: RequestLog = []
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.port: int = self._socket.getsockname()[1]
+        self.faults = Faults()
+        app = build_app(self.directory, self.request_log, self.faults, page_size=page_size)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def graph_base_url(self) -> str:
+        return self.base_url + "/v1.0"
+
+    @property
+    def exchange_base_url(self) -> str:
+        return self.base_url
+
+    @property
+    def tenant_id(self) -> str:
+        return self.seed.tenant.id
+
+    @property
+    def tenant_domain(self) -> str:
+        return self.seed.tenant.initial_domain
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="tenant-sandbox", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the tenant sandbox did not start")
+            time.sleep(0.01)
+
+    def serve_forever(self) -> None:
+        self._server.run(sockets=[self._socket])
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._socket.close()
+
+    def __enter__(self) -> TenantSandbox:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,142 @@
+"""The tenant sandbox itself: lifecycle, seed, and the Graph / Exchange wire shapes others rely on."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydantic
+import pytest
+
+from standins.tenant_sandbox import TenantSandbox, TenantSeed
+
+TOKEN = {"Authorization": "Bearer eyJhbGciOiJub25lIn0.eyJ0aWQiOiJ4In0."}
+
+
+def _invoke(sandbox: TenantSandbox, cmdlet: str, **parameters: Any) -> httpx.Response:
+    return httpx.post(
+        f"{sandbox.exchange_base_url}/adminapi/beta/{sandbox.tenant_id}/InvokeCommand",
+        json={"CmdletInput": {"CmdletName": cmdlet, "Parameters": parameters}},
+        headers=TOKEN,
+    )
+
+
+def test_demo_seed_has_the_documented_tenant() -> None:
+    seed = TenantSeed.demo()
+    assert seed.tenant.name == "Contoso" and seed.tenant.initial_domain == "contoso.onmicrosoft.com"
+    assert set(seed.tenant.domains) == {"contoso.com", "contoso.onmicrosoft.com"}
+    kinds = {g.display_name: (g.kind.value, g.require_sender_authentication, g.dynamic) for g in seed.groups}
+    assert kinds["Partners"] == ("Distribution", True, False)
+    assert kinds["Suppliers (secure)"] == ("MailEnabledSecurity", False, False)
+    assert kinds["Project Falcon"] == ("Microsoft365", True, False)
+    assert kinds["Finance Team"][0] == "Security"
+    assert kinds["All Staff"][0] == "Microsoft365" and kinds["All Staff"][2]
+
+
+def test_bad_seed_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "seed.json"
+    bad.write_text(json.dumps({"tenant": {"id": "nope", "name": "x", "initial_domain": "x", "domains": []}}))
+    with pytest.raises(pydantic.ValidationError):
+        TenantSeed.load(bad)
+    with pytest.raises(ValueError, match="does not exist"):
+        TenantSeed.load(tmp_path / "missing.json")
+
+
+def test_start_stop_frees_the_port_and_is_idempotent() -> None:
+    sandbox = TenantSandbox(TenantSeed.demo())
+    sandbox.start()
+    port = sandbox.port
+    assert sandbox.base_url == f"http://127.0.0.1:{port}" and sandbox.graph_base_url.endswith("/v1.0")
+    sandbox.stop()
+    sandbox.stop()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
+
+
+def test_graph_401_without_token_has_graph_error_shape(tenant_sandbox: TenantSandbox) -> None:
+    response = httpx.get(f"{tenant_sandbox.graph_base_url}/groups?$filter=mail eq 'partners@contoso.com'")
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == "InvalidAuthenticationToken"
+    assert set(error["innerError"]) == {"date", "request-id", "client-request-id"}
+    assert tenant_sandbox.request_log[-1][:3] == ("graph", "GET /v1.0/groups", 401)
+
+
+def test_graph_filter_unescapes_doubled_quotes(tenant_sandbox: TenantSandbox) -> None:
+    tenant_sandbox.directory.add_guest("o'brien@fabrikam.example", "O'Brien")
+    response = httpx.get(
+        f"{tenant_sandbox.graph_base_url}/users",
+        params={"$filter": "mail eq 'O''Brien@fabrikam.example'"},
+        headers=TOKEN,
+    )
+    assert [u["displayName"] for u in response.json()["value"]] == ["O'Brien"]
+    bad = httpx.get(f"{tenant_sandbox.graph_base_url}/users", params={"$filter": "startswith(mail,'o')"}, headers=TOKEN)
+    assert bad.status_code == 400
+
+
+def test_org_contact_is_listed_as_org_contact_and_cannot_join_m365_group(tenant_sandbox: TenantSandbox) -> None:
+    created = _invoke(tenant_sandbox, "New-MailContact", Name="C", ExternalEmailAddress="c@fabrikam.example")
+    contact_id = created.json()["value"][0]["ExternalDirectoryObjectId"]
+    partners = tenant_sandbox.directory.group_by_identity("Partners")
+    falcon = tenant_sandbox.directory.group_by_identity("Project Falcon")
+    assert partners and falcon
+    assert _invoke(tenant_sandbox, "Add-DistributionGroupMember", Identity="Partners", Member="C").status_code == 200
+    members = httpx.get(f"{tenant_sandbox.graph_base_url}/groups/{partners.id}/members", headers=TOKEN).json()
+    assert members["value"][0]["@odata.type"] == "#microsoft.graph.orgContact"
+    assert members["value"][0]["id"] == contact_id
+    refused = httpx.post(
+        f"{tenant_sandbox.graph_base_url}/groups/{falcon.id}/members/$ref",
+        json={"@odata.id": f"https://graph.microsoft.com/v1.0/directoryObjects/{contact_id}"},
+        headers=TOKEN,
+    )
+    assert refused.status_code == 400 and contact_id not in falcon.members
+
+
+def test_exchange_error_shape_and_literal_parameters(tenant_sandbox: TenantSandbox) -> None:
+    missing = _invoke(tenant_sandbox, "Get-MailContact", Identity="ghost")
+    assert missing.status_code == 404
+    error = missing.json()["error"]
+    assert error["message"] == "Error executing cmdlet"
+    error_id, exception_type, text = error["details"][0]["message"].split("|", 2)
+    assert error_id and exception_type.endswith(".ManagementObjectNotFoundException") and "'ghost'" in text
+    name = 'x"; Remove-MailContact -Identity * -Confirm:$false; "$(whoami)'
+    created = _invoke(tenant_sandbox, "New-MailContact", Name=name[:64], ExternalEmailAddress="SMTP:z@fabrikam.example")
+    assert created.status_code == 200
+    assert created.json()["value"][0]["Name"] == name[:64]
+    assert (
+        _invoke(tenant_sandbox, "New-MailContact", Name="n" * 65, ExternalEmailAddress="q@f.example").status_code == 400
+    )
+    assert _invoke(tenant_sandbox, "Invoke-Expression", Command="whoami").status_code == 400
+
+
+def test_exchange_refuses_another_tenant(tenant_sandbox: TenantSandbox) -> None:
+    response = httpx.post(
+        f"{tenant_sandbox.exchange_base_url}/adminapi/beta/00000000-0000-0000-0000-000000000000/InvokeCommand",
+        json={"CmdletInput": {"CmdletName": "Get-AcceptedDomain", "Parameters": {}}},
+        headers=TOKEN,
+    )
+    assert response.status_code == 400
+
+
+def test_module_entry_point_prints_settings() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "standins.tenant_sandbox", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline().strip() for _ in range(4)]
+        assert f"ONBOARDING_GRAPH_BASE_URL=http://127.0.0.1:{port}/v1.0" in lines
+        assert any(line.startswith("ONBOARDING_TENANT_ID=") for line in lines)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
