@@ -1,4 +1,8 @@
-"""Sending to Service Bus: one client per process, one cached sender per queue."""
+"""Sending to Service Bus: one client per process, one cached sender per queue.
+
+An aio sender opens its link lazily on first use, and two coroutines opening it at once break it
+(the SDK is not safe for concurrent use of one handler), so each queue's sender has its own lock.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,7 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 class ServiceBusOutbox:
     def __init__(self, client: ServiceBusClient) -> None:
         self._client = client
-        self._senders: dict[str, ServiceBusSender] = {}
-        self._lock = asyncio.Lock()
+        self._senders: dict[str, tuple[ServiceBusSender, asyncio.Lock]] = {}
 
     @classmethod
     def from_connection_string(cls, connection_string: str) -> ServiceBusOutbox:
@@ -24,20 +27,23 @@ class ServiceBusOutbox:
     def from_namespace(cls, namespace: str, credential: AsyncTokenCredential) -> ServiceBusOutbox:
         return cls(ServiceBusClient(namespace, credential))
 
-    async def _sender(self, queue: str) -> ServiceBusSender:
-        async with self._lock:
-            if queue not in self._senders:
-                self._senders[queue] = self._client.get_queue_sender(queue)
-            return self._senders[queue]
+    def _sender(self, queue: str) -> tuple[ServiceBusSender, asyncio.Lock]:
+        if queue not in self._senders:  # no await in between: atomic on the event loop
+            self._senders[queue] = (self._client.get_queue_sender(queue), asyncio.Lock())
+        return self._senders[queue]
 
     async def send(self, queue: str, message: ServiceBusMessage) -> None:
-        await (await self._sender(queue)).send_messages(message)
+        sender, lock = self._sender(queue)
+        async with lock:
+            await sender.send_messages(message)
 
     async def schedule(self, queue: str, message: ServiceBusMessage, at: datetime) -> None:
-        await (await self._sender(queue)).schedule_messages(message, at)
+        sender, lock = self._sender(queue)
+        async with lock:
+            await sender.schedule_messages(message, at)
 
     async def close(self) -> None:
-        for sender in self._senders.values():
+        for sender, _ in self._senders.values():
             await sender.close()
         self._senders.clear()
         await self._client.close()

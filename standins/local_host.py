@@ -10,6 +10,7 @@ that settles through the SDK receiver. host.json's maxConcurrentCalls bounds the
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import inspect
 import json
@@ -43,7 +44,8 @@ class QueueTrigger:
     user_function: Callable[..., Any]
 
 
-def discover_triggers(app: func.FunctionApp) -> list[QueueTrigger]:
+@functools.cache  # get_functions() refuses to run twice on one app ("not a unique function name")
+def discover_triggers(app: func.FunctionApp) -> tuple[QueueTrigger, ...]:
     triggers = []
     for function in app.get_functions():
         trigger = function.get_trigger()
@@ -61,7 +63,7 @@ def discover_triggers(app: func.FunctionApp) -> list[QueueTrigger]:
                 user_function=user_function,
             )
         )
-    return triggers
+    return tuple(triggers)
 
 
 def _actions_parameter(user_function: Callable[..., Any], message_parameter: str) -> str | None:

@@ -9,7 +9,7 @@ from cli.main import app
 
 
 def test_demo_prints_every_outcome_and_exits_zero() -> None:
-    result = CliRunner().invoke(app, ["demo", "--timeout", "60"])
+    result = CliRunner().invoke(app, ["demo", "--timeout", "60"], env={"COLUMNS": "240"})
     assert result.exit_code == 0, result.output
     for text in ("Partners", "Suppliers (secure)", "Project Falcon", "GroupNotFound", "4 of 4 samples"):
         assert text in result.output
