@@ -12,17 +12,16 @@ from shared.contracts import StageName
 from shared.decisions import DeadLetter, Decision, Delivery, PassOn
 from shared.directory.errors import AlreadyExistsError, DirectoryError
 from shared.directory.ports import GroupKind
-from shared.stages.common import Progress, StageDependencies, parse_stage_message
+from shared.stages.common import StageDependencies, resume_from
 
 STAGE = StageName.ADD_MEMBER
 
 
 async def add_member(body: bytes, delivery: Delivery, deps: StageDependencies) -> Decision:
-    progress = Progress(STAGE, delivery, deps)
-    message = parse_stage_message(body, progress)
-    if isinstance(message, DeadLetter):
-        return message
-    progress = Progress.resume(STAGE, delivery, deps, message)
+    resumed = resume_from(STAGE, body, delivery, deps)
+    if isinstance(resumed, DeadLetter):
+        return resumed
+    progress, message = resumed
     group, recipient = message.group, message.recipient
     try:
         if group.kind is GroupKind.MICROSOFT_365:

@@ -150,11 +150,15 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def parse_stage_message(body: bytes, progress: Progress) -> StageMessage | DeadLetter:
+def resume_from(
+    stage: StageName, body: bytes, delivery: Delivery, deps: StageDependencies
+) -> tuple[Progress, StageMessage] | DeadLetter:
+    """Parse the previous stage's message and pick up its progress; a malformed one dead-letters."""
     try:
-        return StageMessage.model_validate_json(body)
+        message = StageMessage.model_validate_json(body)
     except ValidationError as error:
-        return progress.dead_letter(
+        return Progress(stage, delivery, deps).dead_letter(
             DeadLetterReason.INVALID_REQUEST,
             f"The stage message is not a valid contract v1 StageMessage: {describe_validation_error(error)}",
         )
+    return Progress.resume(stage, delivery, deps, message), message

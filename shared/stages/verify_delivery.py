@@ -12,17 +12,16 @@ from shared.contracts import Recipient, ResolvedGroup, StageName
 from shared.decisions import DeadLetter, Decision, Delivery
 from shared.directory.errors import DirectoryError
 from shared.directory.ports import GroupKind, SenderRestrictions
-from shared.stages.common import Progress, StageDependencies, parse_stage_message
+from shared.stages.common import Progress, StageDependencies, resume_from
 
 STAGE = StageName.VERIFY_DELIVERY
 
 
 async def verify_delivery(body: bytes, delivery: Delivery, deps: StageDependencies) -> Decision:
-    progress = Progress(STAGE, delivery, deps)
-    message = parse_stage_message(body, progress)
-    if isinstance(message, DeadLetter):
-        return message
-    progress = Progress.resume(STAGE, delivery, deps, message)
+    resumed = resume_from(STAGE, body, delivery, deps)
+    if isinstance(resumed, DeadLetter):
+        return resumed
+    progress, message = resumed
     try:
         if not await _is_member(message.group, message.recipient, str(message.request.external_email), deps):
             return progress.retry_or_give_up("the new membership is not visible yet (replication lag)")
