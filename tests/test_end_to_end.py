@@ -7,6 +7,7 @@ own Graph and Exchange clients.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -145,3 +146,25 @@ async def test_invalid_body_is_kept_intact_in_the_dead_letter_queue(stack: Local
             assert b"".join(dead.body) == b"{not json"
             assert dead.dead_letter_reason == "InvalidRequest"
     assert outcomes["e2e-garbage"].reason == "InvalidRequest"
+
+
+async def test_throttling_becomes_a_scheduled_retry_that_succeeds(stack: LocalStack) -> None:
+    # Retry-After 3 s is beyond the clients' in-process budget: the stage must schedule a retry.
+    stack.sandbox.faults.throttle_next("exchange", retry_after=3, count=2)
+    stack.sandbox.faults.throttle_next("graph", retry_after=3, count=1)
+    request = _request("e2e-throttled", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
+    started = time.monotonic()
+    outcome = (await onboard(stack, [request]))["e2e-throttled"]
+    assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
+    assert time.monotonic() - started >= 3 * 3  # three waits, none shorter than Retry-After
+    assert sum(1 for _, _, status, _ in stack.sandbox.request_log if status == 429) == 3
+
+
+async def test_a_throttling_storm_ends_in_retries_exhausted() -> None:
+    with local_stack(settings={"ONBOARDING_RETRY_MAX_ATTEMPTS": "2"}) as limited:
+        limited.sandbox.faults.throttle_next("graph", retry_after=1, count=10)
+        request = _request("e2e-storm", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
+        outcome = (await onboard(limited, [request]))["e2e-storm"]
+    assert outcome.status is OutcomeStatus.FAILED
+    assert outcome.reason == "RetriesExhausted"
+    assert "after 2 attempts" in outcome.description
