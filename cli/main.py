@@ -61,6 +61,9 @@ def demo(
 def sandbox(
     servicebus_port: Annotated[int, typer.Option(help="AMQP port of the Service Bus emulator.")] = 5672,
     tenant_port: Annotated[int, typer.Option(help="HTTP port of the tenant sandbox.")] = 8765,
+    database: Annotated[
+        Path, typer.Option(help="SQLite file where the emulator keeps messages across restarts.")
+    ] = Path(".onboard/servicebus.db"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the Service Bus emulator and the tenant sandbox in the foreground; print the settings a client needs."""
@@ -69,7 +72,9 @@ def sandbox(
     _configure_logging(verbose)
 
     async def serve() -> None:
-        with local_stack(servicebus_port=servicebus_port, sandbox_port=tenant_port) as stack:
+        with local_stack(
+            servicebus_port=servicebus_port, servicebus_database=database, sandbox_port=tenant_port
+        ) as stack:
             console.print("# Stand-ins are running. Settings for `onboard host` / `onboard submit` (e.g. in .env):")
             for name, value in stack.environment.items():
                 console.print(f"{name}={value}", highlight=False, soft_wrap=True)

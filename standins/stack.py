@@ -36,10 +36,13 @@ def local_stack(
     emulator_config: EmulatorConfig | None = None,
     policy_file: Path = DEMO_POLICY,
     servicebus_port: int = 0,
+    servicebus_database: Path | None = None,
     sandbox_port: int = 0,
     settings: Mapping[str, str] | None = None,
 ) -> Iterator[LocalStack]:
-    emulator = ServiceBusEmulator(emulator_config or EmulatorConfig.default(), port=servicebus_port)
+    emulator = ServiceBusEmulator(
+        emulator_config or EmulatorConfig.default(), port=servicebus_port, database=servicebus_database
+    )
     sandbox = TenantSandbox(seed or TenantSeed.demo(), port=sandbox_port)
     try:
         emulator.start()

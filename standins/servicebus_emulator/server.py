@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 from types import TracebackType
 
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from standins.servicebus_emulator.broker import Broker
 from standins.servicebus_emulator.config import EmulatorConfig
+from standins.servicebus_emulator.sqlite_log import SqliteMessageLog
 from standins.servicebus_emulator.store import QueueStore
 
 START_TIMEOUT_SECONDS = 10
@@ -23,11 +25,17 @@ def free_port(host: str) -> int:
 
 
 class ServiceBusEmulator:
-    def __init__(self, config: EmulatorConfig, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, config: EmulatorConfig, *, host: str = "127.0.0.1", port: int = 0, database: Path | None = None
+    ) -> None:
+        """`database`: a SQLite file that keeps messages across restarts; None keeps them in memory."""
         self.config = config
         self.host = host
         self.port = port or free_port(host)
-        self.store = QueueStore(config)
+        self._log = SqliteMessageLog(database) if database else None
+        self.store = QueueStore(config, self._log)
+        if self._log:
+            self.store.restore(*self._log.load())
         self._ready = threading.Event()
         self._injector = EventInjector()
         self._thread: threading.Thread | None = None
@@ -67,6 +75,8 @@ class ServiceBusEmulator:
         self._thread.join(timeout=10)
         self._injector.close()
         self._thread = None
+        if self._log:
+            self._log.close()
 
     def __enter__(self) -> ServiceBusEmulator:
         self.start()

@@ -2,7 +2,8 @@
 
 Only the broker thread touches a QueueStore, so it needs no locks. Messages are kept as the
 encoded AMQP bytes the sender produced; the broker adds the broker-owned annotations on delivery.
-In memory for now: a SQLite-backed store with the same methods is what makes it durable.
+Kept in memory; with a MessageLog (sqlite_log.py) every change is also written, before the
+broker acknowledges it, so an emulator restart loses nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from standins.servicebus_emulator.config import EmulatorConfig, QueueConfig
 
@@ -46,12 +48,37 @@ class StoredMessage:
         return self.visible_at > self.enqueued_at
 
 
+class MessageLog(Protocol):
+    """Where a durable store writes every change before the broker acknowledges it."""
+
+    def saved(self, queue: str, message: StoredMessage) -> None: ...
+
+    def removed(self, sequence_number: int) -> None: ...
+
+    def seen(self, queue: str, message_id: str, at: datetime) -> None: ...
+
+
 @dataclass
 class Queue:
+    name: str
     config: QueueConfig
     is_dead_letter_queue: bool = False
+    log: MessageLog | None = None
     messages: dict[int, StoredMessage] = field(default_factory=dict)  # insertion order = sequence order
     seen_message_ids: dict[str, datetime] = field(default_factory=dict)
+
+    def put(self, message: StoredMessage) -> None:
+        self.messages[message.sequence_number] = message
+        self.save(message)
+
+    def remove(self, message: StoredMessage) -> None:
+        del self.messages[message.sequence_number]
+        if self.log:
+            self.log.removed(message.sequence_number)
+
+    def save(self, message: StoredMessage) -> None:
+        if self.log:
+            self.log.saved(self.name, message)
 
     def is_duplicate(self, message_id: str | None, now: datetime) -> bool:
         if not self.config.requires_duplicate_detection or message_id is None:
@@ -61,6 +88,8 @@ class Queue:
         if message_id in self.seen_message_ids:
             return True
         self.seen_message_ids[message_id] = now
+        if self.log:
+            self.log.seen(self.name, message_id, now)
         return False
 
     def available(self, now: datetime) -> Iterator[StoredMessage]:
@@ -68,14 +97,26 @@ class Queue:
 
 
 class QueueStore:
-    def __init__(self, config: EmulatorConfig) -> None:
+    def __init__(self, config: EmulatorConfig, log: MessageLog | None = None) -> None:
         self._queues: dict[str, Queue] = {}
         for queue_config in config.queues:
             name = queue_config.name.lower()
-            self._queues[name] = Queue(queue_config)
-            self._queues[name + DEAD_LETTER_SUFFIX] = Queue(queue_config, is_dead_letter_queue=True)
+            dead_letters = name + DEAD_LETTER_SUFFIX
+            self._queues[name] = Queue(name, queue_config, log=log)
+            self._queues[dead_letters] = Queue(dead_letters, queue_config, is_dead_letter_queue=True, log=log)
         self._sequence = itertools.count(1)
         self._locks: dict[uuid.UUID, tuple[str, int]] = {}
+
+    def restore(self, messages: list[tuple[str, StoredMessage]], seen: list[tuple[str, str, datetime]]) -> None:
+        """Reload what a durable log kept. Locks are not kept: a message locked at the stop is available again."""
+        for name, message in messages:
+            if name in self._queues:
+                self._queues[name].messages[message.sequence_number] = message
+        for name, message_id, at in seen:
+            if name in self._queues:
+                self._queues[name].seen_message_ids[message_id] = at
+        last = max((message.sequence_number for _, message in messages), default=0)
+        self._sequence = itertools.count(last + 1)
 
     def queue(self, name: str) -> Queue:
         try:
@@ -96,9 +137,7 @@ class QueueStore:
         if queue.is_duplicate(message_id, now):
             return None
         sequence_number = next(self._sequence)
-        queue.messages[sequence_number] = StoredMessage(
-            sequence_number, encoded, message_id, now, max(now, visible_at or now)
-        )
+        queue.put(StoredMessage(sequence_number, encoded, message_id, now, max(now, visible_at or now)))
         return sequence_number
 
     def cancel_scheduled(self, name: str, sequence_numbers: list[int]) -> None:
@@ -106,7 +145,7 @@ class QueueStore:
         for number in sequence_numbers:
             message = queue.messages.get(number)
             if message is not None and message.scheduled and message.lock_token is None:
-                del queue.messages[number]
+                queue.remove(message)
 
     def lock_next(self, name: str, now: datetime) -> StoredMessage | None:
         queue = self.queue(name)
@@ -126,7 +165,7 @@ class QueueStore:
         queue = self.queue(name)
         message = next(queue.available(now), None)
         if message is not None:
-            del queue.messages[message.sequence_number]
+            queue.remove(message)
         return message
 
     def receive_deferred(
@@ -138,7 +177,7 @@ class QueueStore:
         deferred = [m for m in found if m.deferred and m.lock_token is None]
         for message in deferred:
             if delete:
-                del queue.messages[message.sequence_number]
+                queue.remove(message)
             else:
                 self._lock(name, queue, message, now)
         return deferred
@@ -164,16 +203,17 @@ class QueueStore:
     def complete(self, token: uuid.UUID) -> None:
         queue, message = self._locked(token)
         self._unlock(message)
-        del queue.messages[message.sequence_number]
+        queue.remove(message)
 
     def abandon(self, token: uuid.UUID) -> None:
         queue, message = self._locked(token)
         self._failed_delivery(queue, message)
 
     def defer(self, token: uuid.UUID) -> None:
-        _, message = self._locked(token)
+        queue, message = self._locked(token)
         self._unlock(message)
         message.deferred = True
+        queue.save(message)
 
     def dead_letter(self, token: uuid.UUID, reason: str | None, description: str | None) -> None:
         queue, message = self._locked(token)
@@ -199,6 +239,7 @@ class QueueStore:
     def _failed_delivery(self, queue: Queue, message: StoredMessage) -> None:
         self._unlock(message)
         message.delivery_count += 1
+        queue.save(message)
         if message.delivery_count >= queue.config.max_delivery_count and not queue.is_dead_letter_queue:
             self._move_to_dead_letters(
                 queue,
@@ -211,11 +252,12 @@ class QueueStore:
         self, queue: Queue, message: StoredMessage, reason: str | None, description: str | None
     ) -> None:
         self._unlock(message)
-        del queue.messages[message.sequence_number]
         if queue.is_dead_letter_queue:
-            return  # Service Bus: dead-lettering from the DLQ removes the message
+            queue.remove(message)  # Service Bus: dead-lettering from the DLQ removes the message
+            return
+        del queue.messages[message.sequence_number]  # the row moves with put() below
         dead_letters = self._queues[queue.config.name.lower() + DEAD_LETTER_SUFFIX]
         message.dead_letter_reason = reason
         message.dead_letter_description = description
         message.deferred = False
-        dead_letters.messages[message.sequence_number] = message
+        dead_letters.put(message)

@@ -238,3 +238,28 @@ def test_peek_reads_without_locking_and_deferred_messages_come_back_by_sequence_
         receiver.complete_message(deferred)  # settled through $management: a deferred message has no link
         assert receiver.receive_deferred_messages([first.sequence_number or 0]) == []
         assert receiver.peek_messages(max_message_count=5) == []
+
+
+def test_a_restart_loses_nothing_that_was_acknowledged(tmp_path: Path) -> None:
+    database = tmp_path / "servicebus.db"
+    config = EmulatorConfig.default()
+    with ServiceBusEmulator(config, database=database) as before:
+        send(before, *(ServiceBusMessage(f"m{i}", message_id=f"r-{i}") for i in range(3)))
+        with client(before) as sb:
+            with sb.get_queue_receiver(QUEUE) as receiver:
+                first, second = receiver.receive_messages(max_message_count=2, max_wait_time=5)
+                receiver.complete_message(first)
+                receiver.dead_letter_message(second, reason="Kept", error_description="across restarts")
+                (held,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)
+                assert held.message_id == "r-2"  # locked, never settled: the restart must release it
+    with ServiceBusEmulator(config, database=database) as after:
+        send(after, ServiceBusMessage("again", message_id="r-0"))  # still a duplicate after the restart
+        send(after, ServiceBusMessage("new", message_id="r-3"))
+        with client(after) as sb:
+            with sb.get_queue_receiver(QUEUE, receive_mode=ServiceBusReceiveMode.RECEIVE_AND_DELETE) as receiver:
+                received = receiver.receive_messages(max_message_count=5, max_wait_time=3)
+                received += receiver.receive_messages(max_message_count=5, max_wait_time=1)
+            assert [(m.message_id, m.sequence_number) for m in received] == [("r-2", 3), ("r-3", 4)]
+            with sb.get_queue_receiver(QUEUE, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dead_letters:
+                (dead,) = dead_letters.peek_messages(max_message_count=5)
+                assert (dead.message_id, dead.dead_letter_reason) == ("r-1", "Kept")

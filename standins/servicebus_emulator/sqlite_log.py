@@ -1,0 +1,92 @@
+"""A durable MessageLog in SQLite: each change is committed before the broker acknowledges it."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+
+from standins.servicebus_emulator.store import StoredMessage
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    sequence_number INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    encoded BLOB NOT NULL,
+    message_id TEXT,
+    enqueued_at TEXT NOT NULL,
+    visible_at TEXT NOT NULL,
+    delivery_count INTEGER NOT NULL,
+    deferred INTEGER NOT NULL,
+    dead_letter_reason TEXT,
+    dead_letter_description TEXT
+);
+CREATE TABLE IF NOT EXISTS seen_message_ids (
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (queue, message_id)
+);
+"""
+
+
+class SqliteMessageLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit: every statement is durable on return. Only the broker thread writes.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def saved(self, queue: str, message: StoredMessage) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.sequence_number,
+                queue,
+                message.encoded,
+                message.message_id,
+                message.enqueued_at.isoformat(),
+                message.visible_at.isoformat(),
+                message.delivery_count,
+                int(message.deferred),
+                message.dead_letter_reason,
+                message.dead_letter_description,
+            ),
+        )
+
+    def removed(self, sequence_number: int) -> None:
+        self._db.execute("DELETE FROM messages WHERE sequence_number = ?", (sequence_number,))
+
+    def seen(self, queue: str, message_id: str, at: datetime) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO seen_message_ids VALUES (?, ?, ?)", (queue, message_id, at.isoformat())
+        )
+
+    def load(self) -> tuple[list[tuple[str, StoredMessage]], list[tuple[str, str, datetime]]]:
+        messages = [
+            (
+                row[1],
+                StoredMessage(
+                    sequence_number=row[0],
+                    encoded=bytes(row[2]),
+                    message_id=row[3],
+                    enqueued_at=datetime.fromisoformat(row[4]),
+                    visible_at=datetime.fromisoformat(row[5]),
+                    delivery_count=row[6],
+                    deferred=bool(row[7]),
+                    dead_letter_reason=row[8],
+                    dead_letter_description=row[9],
+                ),
+            )
+            for row in self._db.execute("SELECT * FROM messages ORDER BY sequence_number")
+        ]
+        seen = [
+            (queue, message_id, datetime.fromisoformat(at))
+            for queue, message_id, at in self._db.execute("SELECT queue, message_id, seen_at FROM seen_message_ids")
+        ]
+        return messages, seen
+
+    def close(self) -> None:
+        self._db.close()
