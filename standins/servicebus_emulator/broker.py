@@ -167,7 +167,9 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
                 link.advance()
                 self._on_incoming(link, delivery, encoded)
                 link.flow(1)
-        elif delivery.updated and not delivery.settled:
+        elif delivery.updated:
+            # Also when the client settled first: the SDK releases, pre-settled, every message that
+            # arrives outside a receive call, and that message must be unlocked at once.
             self._on_outcome(delivery)
 
     def _on_incoming(self, link: Link, delivery: Delivery, encoded: bytes) -> None:
@@ -203,10 +205,13 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
                 self.store.dead_letter(token, info.get("DeadLetterReason"), info.get("DeadLetterErrorDescription"))
             elif state == Delivery.MODIFIED and delivery.remote.undeliverable:
                 self.store.defer(token)
-            elif state in (Delivery.MODIFIED, Delivery.RELEASED):
+            elif state == Delivery.MODIFIED:
                 self.store.abandon(token)
+            elif state == Delivery.RELEASED:
+                self.store.release(token)
             else:
                 return  # not a terminal outcome yet
+            setattr(delivery, "lock_token", None)  # noqa: B010  # one outcome per delivery
             delivery.update(state)
         except LockLost:
             delivery.local.condition = Condition(LOCK_LOST, "The lock supplied is invalid or has expired.")

@@ -209,6 +209,11 @@ class QueueStore:
         queue, message = self._locked(token)
         self._failed_delivery(queue, message)
 
+    def release(self, token: uuid.UUID) -> None:
+        """AMQP released: the message was never handed to the application; no delivery is counted."""
+        _, message = self._locked(token)
+        self._unlock(message)
+
     def defer(self, token: uuid.UUID) -> None:
         queue, message = self._locked(token)
         self._unlock(message)

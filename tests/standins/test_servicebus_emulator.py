@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -263,3 +264,22 @@ def test_a_restart_loses_nothing_that_was_acknowledged(tmp_path: Path) -> None:
             with sb.get_queue_receiver(QUEUE, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dead_letters:
                 (dead,) = dead_letters.peek_messages(max_message_count=5)
                 assert (dead.message_id, dead.dead_letter_reason) == ("r-1", "Kept")
+
+
+async def test_a_message_released_between_receive_calls_is_available_at_once(
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
+    cs = servicebus_emulator.connection_string
+    async with (
+        servicebus_aio.ServiceBusClient.from_connection_string(cs) as sb,
+        sb.get_queue_receiver(QUEUE) as idle,
+        sb.get_queue_receiver(QUEUE) as other,
+    ):
+        assert await idle.receive_messages(max_message_count=5, max_wait_time=0.5) == []  # leaves credit open
+        async with sb.get_queue_sender(QUEUE) as sender:
+            await sender.send_messages(ServiceBusMessage("between calls", message_id="between"))
+        await asyncio.sleep(0.5)  # the idle receiver is handed the message and releases it, pre-settled
+        (message,) = await other.receive_messages(max_message_count=1, max_wait_time=5)  # not after the lock expires
+        assert message.message_id == "between"
+        assert not message.delivery_count  # a release is not a failed delivery
+        await other.complete_message(message)
