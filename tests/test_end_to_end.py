@@ -168,3 +168,18 @@ async def test_a_throttling_storm_ends_in_retries_exhausted() -> None:
     assert outcome.status is OutcomeStatus.FAILED
     assert outcome.reason == "RetriesExhausted"
     assert "after 2 attempts" in outcome.description
+
+
+async def test_replication_lag_is_waited_out_for_contacts_and_guests(stack: LocalStack, readback: Readback) -> None:
+    stack.sandbox.directory.replication_lag_seconds = 2
+    requests = [
+        _request("e2e-lag-dg", "noor.ali@fabrikam.example", "Noor Ali", "partners@contoso.com"),
+        _request("e2e-lag-m365", "noor.ali@tailspin.example", "Noor Ali", "project-falcon@contoso.com"),
+    ]
+    outcomes = await onboard(stack, requests)
+    assert {o.status for o in outcomes.values()} == {OutcomeStatus.SUCCEEDED}, outcomes
+    not_found = [entry for entry in stack.sandbox.request_log if entry[2] in (400, 404)]
+    assert not_found, "the lag should have made at least one add-member attempt fail first"
+    guest = await readback.graph.find_user_by_mail("noor.ali@tailspin.example")
+    assert guest is not None
+    assert guest.id in await readback.graph.list_group_member_ids("7c1d2e3f-0003-4b5c-8d9e-0f1a2b3c4d03")

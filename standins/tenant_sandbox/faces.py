@@ -127,7 +127,8 @@ class GraphFace:
             return graph_error(request, 400, "Request_UnsupportedQuery", "Unsupported Query.")
         with self.d.lock:
             user = self.d.user_by_mail(address)
-            return JSONResponse({"value": [_user_json(user)] if user else []})
+            visible = user is not None and self.d.replicated(user)
+            return JSONResponse({"value": [_user_json(user)] if user and visible else []})
 
     def _missing(self, request: Request, object_id: str) -> JSONResponse:
         return graph_error(
@@ -180,7 +181,8 @@ class GraphFace:
                     "Request_BadRequest",
                     "Cannot Update a mail-enabled security groups and or distribution list.",
                 )
-            if not self.d.object_exists(object_id):
+            replica = self.d.users.get(object_id) or self.d.contacts.get(object_id)
+            if not self.d.object_exists(object_id) or (replica is not None and not self.d.replicated(replica)):
                 return self._missing(request, object_id)
             if object_id in group.members:
                 return graph_error(
@@ -405,9 +407,9 @@ class ExchangeFace:
     def _recipient_id(self, identity: str) -> str | None:
         contact = self.d.contact_by_identity(identity)
         if contact:
-            return contact.external_directory_object_id
+            return contact.external_directory_object_id if self.d.replicated(contact) else None
         user = self.d.users.get(identity) or self.d.user_by_mail(identity)
-        return user.id if user else None
+        return user.id if user and self.d.replicated(user) else None
 
     def add_member(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         identity = self._required(parameters, "Identity")

@@ -14,6 +14,7 @@ Seed format (see demo_tenant.json):
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,7 @@ class User:
     display_name: str
     mail: str
     user_type: str
+    replicated_at: float = 0.0  # time.monotonic() from which Graph sees a new guest
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Contact:
     external_email_address: str
     first_name: str | None
     last_name: str | None
+    replicated_at: float = 0.0  # time.monotonic() from which Graph and Add-DistributionGroupMember see it
 
 
 @dataclass
@@ -110,6 +113,8 @@ class Group:
 class Directory:
     def __init__(self, seed: TenantSeed) -> None:
         self.lock = threading.RLock()
+        # Seconds a new contact or guest stays invisible to Graph and to Add-DistributionGroupMember.
+        self.replication_lag_seconds = 0.0
         self.tenant = seed.tenant
         self.users = {u.id: User(u.id, u.display_name, u.mail, u.user_type) for u in seed.users}
         self.contacts: dict[str, Contact] = {}  # by external directory object id
@@ -173,14 +178,30 @@ class Directory:
     def add_contact(
         self, name: str, display_name: str, address: str, first_name: str | None, last_name: str | None
     ) -> Contact:
-        contact = Contact(str(uuid.uuid4()), str(uuid.uuid4()), name, display_name, address, first_name, last_name)
+        contact = Contact(
+            str(uuid.uuid4()),
+            str(uuid.uuid4()),
+            name,
+            display_name,
+            address,
+            first_name,
+            last_name,
+            self._replicated_at(),
+        )
         self.contacts[contact.external_directory_object_id] = contact
         return contact
 
     def add_guest(self, address: str, display_name: str) -> User:
-        guest = User(str(uuid.uuid4()), display_name, address, "Guest")
+        guest = User(str(uuid.uuid4()), display_name, address, "Guest", self._replicated_at())
         self.users[guest.id] = guest
         return guest
+
+    def _replicated_at(self) -> float:
+        return time.monotonic() + self.replication_lag_seconds
+
+    def replicated(self, obj: User | Contact) -> bool:
+        """Entra replication lag: a new object is not yet visible to the other face and to lookups."""
+        return time.monotonic() >= obj.replicated_at
 
     def object_exists(self, object_id: str) -> bool:
         return object_id in self.users or object_id in self.contacts or object_id in self.groups

@@ -16,10 +16,19 @@ START_TIMEOUT = 10.0
 
 
 class TenantSandbox:
-    def __init__(self, seed: TenantSeed, *, host: str = "127.0.0.1", port: int = 0, page_size: int = 100) -> None:
+    def __init__(
+        self,
+        seed: TenantSeed,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        page_size: int = 100,
+        replication_lag_seconds: float = 0.0,
+    ) -> None:
         self.seed = seed
         self.host = host
         self.directory = Directory(seed)
+        self.directory.replication_lag_seconds = replication_lag_seconds
         self.request_log: RequestLog = []
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -93,6 +95,20 @@ async def test_add_contact_to_group_then_list_and_already_member(
     assert raised.value.code == "MemberAlreadyExistsException"
     stored = tenant_sandbox.directory.group_by_identity(group)
     assert stored is not None and stored.members == [contact.external_directory_object_id]
+
+
+async def test_a_new_contact_is_not_found_by_add_member_until_replicated(
+    tenant_sandbox: TenantSandbox, exchange_directory: ExchangeOnlineClient
+) -> None:
+    tenant_sandbox.directory.replication_lag_seconds = 0.5
+    contact = await exchange_directory.new_mail_contact(
+        name="Lag", external_email_address="lag@fabrikam.example", display_name="Lag"
+    )
+    assert await exchange_directory.find_mail_contact("lag@fabrikam.example") == contact  # Exchange sees it at once
+    with pytest.raises(NotFoundError):
+        await exchange_directory.add_distribution_group_member("partners@contoso.com", contact.identity)
+    await asyncio.sleep(0.6)
+    await exchange_directory.add_distribution_group_member("partners@contoso.com", contact.identity)
 
 
 async def test_unknown_group_or_member_is_not_found(exchange_directory: ExchangeOnlineClient) -> None:
