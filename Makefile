@@ -32,5 +32,12 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# Prints numbers; nothing is asserted (see README, Benchmarks).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.servicebus_emulator
+	$(BIN)/python -m benchmarks.servicebus_emulator --database $(VENV)/bench-servicebus.db --messages 2000
+	rm -f $(VENV)/bench-servicebus.db*
+	$(BIN)/python -m benchmarks.tenant_sandbox
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
