@@ -61,23 +61,36 @@ def demo(
 def sandbox(
     servicebus_port: Annotated[int, typer.Option(help="AMQP port of the Service Bus emulator.")] = 5672,
     tenant_port: Annotated[int, typer.Option(help="HTTP port of the tenant sandbox.")] = 8765,
-    database: Annotated[
-        Path, typer.Option(help="SQLite file where the emulator keeps messages across restarts.")
-    ] = Path(".onboard/servicebus.db"),
+    state_dir: Annotated[
+        Path,
+        typer.Option(help="Where the emulator's messages and the tenant's objects are kept across restarts (SQLite)."),
+    ] = Path(".onboard"),
+    seed: Annotated[Path | None, typer.Option(help="Tenant seed JSON for a new tenant (default: the demo)")] = None,
+    knobs: Annotated[Path | None, typer.Option(help="Sandbox knobs JSON: latency, throttling, faults")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the Service Bus emulator and the tenant sandbox in the foreground; print the settings a client needs."""
     from standins.stack import local_stack
+    from standins.tenant_sandbox import Knobs, TenantSeed
 
     _configure_logging(verbose)
+    state_dir.mkdir(parents=True, exist_ok=True)
 
     async def serve() -> None:
         with local_stack(
-            servicebus_port=servicebus_port, servicebus_database=database, sandbox_port=tenant_port
+            seed=TenantSeed.load(seed) if seed else None,
+            sandbox_knobs=Knobs.load(knobs) if knobs else None,
+            servicebus_port=servicebus_port,
+            servicebus_database=state_dir / "servicebus.db",
+            sandbox_port=tenant_port,
+            sandbox_database=state_dir / "tenant.db",
         ) as stack:
             console.print("# Stand-ins are running. Settings for `onboard host` / `onboard submit` (e.g. in .env):")
             for name, value in stack.environment.items():
                 console.print(f"{name}={value}", highlight=False, soft_wrap=True)
+            console.print(
+                f"# Sandbox knobs and request log: {stack.sandbox.base_url}/_sandbox/knobs, /faults, /requests"
+            )
             console.print("# Ctrl-C stops both.")
             await _until_interrupted().wait()
 

@@ -17,7 +17,7 @@ from shared.bootstrap import close_services
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.local_host import LocalHost, load_function_app
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
-from standins.tenant_sandbox import TenantSandbox, TenantSeed
+from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
 
 DEMO_POLICY = Path(__file__).with_name("demo_policy.json")
 
@@ -38,12 +38,16 @@ def local_stack(
     servicebus_port: int = 0,
     servicebus_database: Path | None = None,
     sandbox_port: int = 0,
+    sandbox_database: Path | None = None,
+    sandbox_knobs: Knobs | None = None,
     settings: Mapping[str, str] | None = None,
 ) -> Iterator[LocalStack]:
     emulator = ServiceBusEmulator(
         emulator_config or EmulatorConfig.default(), port=servicebus_port, database=servicebus_database
     )
-    sandbox = TenantSandbox(seed or TenantSeed.demo(), port=sandbox_port)
+    sandbox = TenantSandbox(
+        seed or TenantSeed.demo(), port=sandbox_port, database=sandbox_database, knobs=sandbox_knobs
+    )
     try:
         emulator.start()
         sandbox.start()

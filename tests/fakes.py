@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from shared.directory.errors import AddressInUseError, AlreadyExistsError, DirectoryError, NameInUseError
 from shared.directory.ports import (
@@ -18,6 +19,7 @@ from shared.directory.ports import (
     GroupMember,
     MailContact,
     SenderRestrictions,
+    TraceEntry,
 )
 
 
@@ -43,6 +45,7 @@ class FakeGraph:
         self.groups: dict[str, DirectoryGroup] = {}
         self.users: dict[str, DirectoryUser] = {}
         self.members: dict[str, set[str]] = defaultdict(set)
+        self.sent: list[tuple[str, str, str]] = []  # (sender, recipient, subject)
 
     def add_group(self, kind: GroupKind, mail: str | None, *, dynamic: bool = False) -> DirectoryGroup:
         group = DirectoryGroup(str(uuid.uuid4()), f"Group {mail}", mail, kind, dynamic)
@@ -80,6 +83,10 @@ class FakeGraph:
         self.script.check("list_group_member_ids")
         return frozenset(self.members[group_id])
 
+    async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
+        self.script.check("send_mail")
+        self.sent.append((sender, recipient, subject))
+
 
 class FakeExchange:
     def __init__(self, script: FailureScript) -> None:
@@ -90,6 +97,7 @@ class FakeExchange:
         self.addresses_of_other_objects: set[str] = set()  # mailboxes, users: not mail contacts
         self.members: dict[str, set[str]] = defaultdict(set)
         self.restrictions: dict[str, SenderRestrictions] = {}
+        self.traces: list[TraceEntry] = []
 
     async def get_accepted_domains(self) -> frozenset[str]:
         self.script.check("get_accepted_domains")
@@ -144,3 +152,7 @@ class FakeExchange:
         self.restrictions[group] = SenderRestrictions(
             enabled, current.accept_messages_only_from, current.reject_messages_from, current.moderation_enabled
         )
+
+    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
+        self.script.check("message_trace")
+        return [t for t in self.traces if t.recipient.lower() == recipient.lower() and start <= t.received <= end]

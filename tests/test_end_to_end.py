@@ -150,8 +150,8 @@ async def test_invalid_body_is_kept_intact_in_the_dead_letter_queue(stack: Local
 
 async def test_throttling_becomes_a_scheduled_retry_that_succeeds(stack: LocalStack) -> None:
     # Retry-After 3 s is beyond the clients' in-process budget: the stage must schedule a retry.
-    stack.sandbox.faults.throttle_next("exchange", retry_after=3, count=2)
-    stack.sandbox.faults.throttle_next("graph", retry_after=3, count=1)
+    stack.sandbox.inject("exchange", 429, retry_after=3, count=2)
+    stack.sandbox.inject("graph", 429, retry_after=3, count=1)
     request = _request("e2e-throttled", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
     started = time.monotonic()
     outcome = (await onboard(stack, [request]))["e2e-throttled"]
@@ -162,7 +162,7 @@ async def test_throttling_becomes_a_scheduled_retry_that_succeeds(stack: LocalSt
 
 async def test_a_throttling_storm_ends_in_retries_exhausted() -> None:
     with local_stack(settings={"ONBOARDING_RETRY_MAX_ATTEMPTS": "2"}) as limited:
-        limited.sandbox.faults.throttle_next("graph", retry_after=1, count=10)
+        limited.sandbox.inject("graph", 429, retry_after=1, count=10)
         request = _request("e2e-storm", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
         outcome = (await onboard(limited, [request]))["e2e-storm"]
     assert outcome.status is OutcomeStatus.FAILED
@@ -171,7 +171,7 @@ async def test_a_throttling_storm_ends_in_retries_exhausted() -> None:
 
 
 async def test_replication_lag_is_waited_out_for_contacts_and_guests(stack: LocalStack, readback: Readback) -> None:
-    stack.sandbox.directory.replication_lag_seconds = 2
+    stack.sandbox.set_knobs(replication_lag_seconds=2)
     requests = [
         _request("e2e-lag-dg", "noor.ali@fabrikam.example", "Noor Ali", "partners@contoso.com"),
         _request("e2e-lag-m365", "noor.ali@tailspin.example", "Noor Ali", "project-falcon@contoso.com"),

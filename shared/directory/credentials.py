@@ -26,6 +26,12 @@ def resource_of(scope: str) -> str:
     return f"{parsed.scheme}://{parsed.netloc}"
 
 
+def mint_sandbox_token(audience: str, tenant_id: str, expires_on: int) -> str:
+    """An unsigned JWT-shaped token with the claims the sandbox checks (aud, tid, exp)."""
+    payload = {"aud": audience, "tid": tenant_id, "exp": expires_on}
+    return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(payload)}."
+
+
 class SandboxCredential(AsyncTokenCredential):
     """Unsigned, JWT-shaped tokens that only the local tenant sandbox accepts.
 
@@ -45,8 +51,8 @@ class SandboxCredential(AsyncTokenCredential):
         **kwargs: Any,
     ) -> AccessToken:
         expires_on = int(time.time()) + TOKEN_LIFETIME_SECONDS
-        payload = {"aud": resource_of(scopes[0]) if scopes else "", "tid": self._tenant_id, "exp": expires_on}
-        return AccessToken(f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(payload)}.", expires_on)
+        audience = resource_of(scopes[0]) if scopes else ""
+        return AccessToken(mint_sandbox_token(audience, self._tenant_id, expires_on), expires_on)
 
     async def close(self) -> None:
         return None

@@ -9,6 +9,7 @@ in the error detail (`ErrorId|ExceptionType|text`).
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from shared.directory.errors import (
     ThrottledError,
     TransientDirectoryError,
 )
-from shared.directory.ports import GroupMember, MailContact, SenderRestrictions
+from shared.directory.ports import GroupMember, MailContact, SenderRestrictions, TraceEntry
 
 SCOPE = "https://outlook.office365.com/.default"
 # The well-known system mailbox every tenant has; the module anchors its requests on it.
@@ -169,6 +170,27 @@ class ExchangeOnlineClient:
     async def set_require_sender_authentication(self, group: str, enabled: bool, *, unified: bool) -> None:
         cmdlet = "Set-UnifiedGroup" if unified else "Set-DistributionGroup"
         await self.invoke(cmdlet, {"Identity": group, "RequireSenderAuthenticationEnabled": enabled})
+
+    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
+        parameters = {
+            "SenderAddress": sender,
+            "RecipientAddress": recipient,
+            "StartDate": start.astimezone(UTC).isoformat(),
+            "EndDate": end.astimezone(UTC).isoformat(),
+        }
+        rows = await self.invoke("Get-MessageTraceV2", parameters)
+        entries: list[TraceEntry] = []
+        for row in rows:
+            try:
+                received = datetime.fromisoformat(str(row["Received"]).replace("Z", "+00:00"))
+                entries.append(
+                    TraceEntry(str(row["MessageId"]), str(row["RecipientAddress"]), str(row["Status"]), received)
+                )
+            except (KeyError, ValueError) as error:
+                raise RejectedRequestError(
+                    f"Get-MessageTraceV2 returned a malformed row ({error})", face="exchange"
+                ) from error
+        return entries
 
 
 def _json(response: httpx.Response) -> Any:

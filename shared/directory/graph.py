@@ -21,10 +21,16 @@ from kiota_http.kiota_client_factory import KiotaClientFactory
 from kiota_http.middleware import RetryHandler
 from kiota_http.middleware.options import RetryHandlerOption
 from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
+from msgraph.generated.models.body_type import BodyType
+from msgraph.generated.models.email_address import EmailAddress
 from msgraph.generated.models.group import Group
 from msgraph.generated.models.invitation import Invitation
+from msgraph.generated.models.item_body import ItemBody
+from msgraph.generated.models.message import Message
+from msgraph.generated.models.recipient import Recipient
 from msgraph.generated.models.reference_create import ReferenceCreate
 from msgraph.generated.models.user import User
+from msgraph.generated.users.item.send_mail.send_mail_post_request_body import SendMailPostRequestBody
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
@@ -159,6 +165,20 @@ class MsGraphDirectory:
             next_link = page.odata_next_link
             page = await self._call(lambda link=next_link: members.with_url(link).get())  # type: ignore[misc]
         return frozenset(ids)
+
+    async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
+        message = Message(
+            subject=subject,
+            body=ItemBody(content_type=BodyType.Text, content=text),
+            to_recipients=[Recipient(email_address=EmailAddress(address=recipient))],
+        )
+        body = SendMailPostRequestBody(message=message, save_to_sent_items=False)
+        await self._call(lambda: self._client.users.by_user_id(sender).send_mail.post(body))
+
+    @property
+    def sdk(self) -> GraphServiceClient:
+        """The configured GraphServiceClient, for calls this port does not wrap (contract tests)."""
+        return self._client
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         try:

@@ -9,6 +9,7 @@ exchange.py) and the tests' fakes implement them. Every method raises a Director
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal, Protocol
 
@@ -67,6 +68,16 @@ class SenderRestrictions:
     moderation_enabled: bool
 
 
+@dataclass(frozen=True)
+class TraceEntry:
+    """One Get-MessageTraceV2 row: what happened to a message for one recipient."""
+
+    message_id: str
+    recipient: str
+    status: str  # Delivered, Failed, Pending, GettingStatus, Expanded, FilteredAsSpam, Quarantined, None
+    received: datetime
+
+
 class GraphDirectory(Protocol):
     async def get_group(self, group_id: str) -> DirectoryGroup | None: ...
 
@@ -84,6 +95,10 @@ class GraphDirectory(Protocol):
 
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         """Every member's object id, following @odata.nextLink."""
+        ...
+
+    async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
+        """POST /users/{sender}/sendMail (202); the message is accepted, not yet delivered."""
         ...
 
 
@@ -118,4 +133,8 @@ class ExchangeDirectory(Protocol):
 
     async def set_require_sender_authentication(self, group: str, enabled: bool, *, unified: bool) -> None:
         """Set-UnifiedGroup / Set-DistributionGroup -RequireSenderAuthenticationEnabled."""
+        ...
+
+    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
+        """Get-MessageTraceV2 for one sender and recipient, newest first (at most 10 days per query)."""
         ...

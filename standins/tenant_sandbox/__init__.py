@@ -3,7 +3,8 @@
 Seed format: see model.py's docstring and demo_tenant.json.
 """
 
+from standins.tenant_sandbox.knobs import Knobs, ScriptedFault
 from standins.tenant_sandbox.model import Directory, TenantSeed
 from standins.tenant_sandbox.server import TenantSandbox
 
-__all__ = ["Directory", "TenantSandbox", "TenantSeed"]
+__all__ = ["Directory", "Knobs", "ScriptedFault", "TenantSandbox", "TenantSeed"]

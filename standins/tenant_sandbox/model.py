@@ -1,14 +1,17 @@
 """One directory behind both faces: what Graph and Exchange see is the same users, contacts and groups.
 
-The seed is a JSON file (format below, validated with pydantic). The model is in memory, one per
-sandbox, guarded by one lock because the HTTP faces run on uvicorn's thread while tests read it.
+The seed is a JSON file (format below, validated with pydantic). The objects live in memory for
+speed and are written through to SQLite (store.py) on every change, so a sandbox started on the
+same database file comes back with its state. One lock guards both, because the HTTP faces run on
+uvicorn's thread while tests read the model.
 
 Seed format (see demo_tenant.json):
     {"tenant": {"id": GUID, "name": str, "initial_domain": "x.onmicrosoft.com", "domains": [str]},
      "users": [{"id", "display_name", "mail", "user_type": "Member"|"Guest"}],
      "groups": [{"id", "display_name", "mail"?, "kind": "Microsoft365"|"Distribution"|"MailEnabledSecurity"|"Security",
                  "dynamic"?, "require_sender_authentication"?, "accept_messages_only_from"?,
-                 "reject_messages_from"?, "moderation_enabled"?, "members"?: [object ids]}]}
+                 "reject_messages_from"?, "moderation_enabled"?, "managed_by"?: [str],
+                 "members"?: [object ids]}]}
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.directory.ports import GroupKind
+from standins.tenant_sandbox.knobs import Knobs
+from standins.tenant_sandbox.store import DocumentStore
 
 DEMO_SEED = Path(__file__).with_name("demo_tenant.json")
 
@@ -55,6 +60,7 @@ class SeedGroup(_Seed):
     accept_messages_only_from: tuple[str, ...] = ()
     reject_messages_from: tuple[str, ...] = ()
     moderation_enabled: bool = False
+    managed_by: tuple[str, ...] = ()
     members: tuple[str, ...] = ()
 
 
@@ -81,7 +87,7 @@ class User:
     display_name: str
     mail: str
     user_type: str
-    replicated_at: float = 0.0  # time.monotonic() from which Graph sees a new guest
+    replicated_at: float = 0.0  # time.time() from which Graph sees a new guest
 
 
 @dataclass
@@ -93,7 +99,7 @@ class Contact:
     external_email_address: str
     first_name: str | None
     last_name: str | None
-    replicated_at: float = 0.0  # time.monotonic() from which Graph and Add-DistributionGroupMember see it
+    replicated_at: float = 0.0  # time.time() from which Graph and Add-DistributionGroupMember see it
 
 
 @dataclass
@@ -107,32 +113,101 @@ class Group:
     accept_messages_only_from: list[str]
     reject_messages_from: list[str]
     moderation_enabled: bool
+    managed_by: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)  # object ids, in the order added
 
 
+@dataclass
+class TraceRow:
+    """One Get-MessageTraceV2 row: a message to one recipient."""
+
+    message_trace_id: str
+    message_id: str  # the Internet message id, <...@tenant>
+    sender: str
+    recipient: str
+    subject: str
+    received: float  # time.time() of the send
+    status: Literal["Delivered", "Failed"]
+    visible_at: float  # message trace lags behind the send
+    size: int
+
+
+_KINDS: dict[str, type[User] | type[Contact] | type[Group] | type[TraceRow]] = {
+    "user": User,
+    "contact": Contact,
+    "group": Group,
+    "trace": TraceRow,
+}
+
+
 class Directory:
-    def __init__(self, seed: TenantSeed) -> None:
+    def __init__(self, seed: TenantSeed, store: DocumentStore | None = None, knobs: Knobs | None = None) -> None:
         self.lock = threading.RLock()
-        # Seconds a new contact or guest stays invisible to Graph and to Add-DistributionGroupMember.
-        self.replication_lag_seconds = 0.0
+        self.knobs = knobs or Knobs()
         self.tenant = seed.tenant
-        self.users = {u.id: User(u.id, u.display_name, u.mail, u.user_type) for u in seed.users}
+        self.store = store or DocumentStore()
+        self.users: dict[str, User] = {}
         self.contacts: dict[str, Contact] = {}  # by external directory object id
-        self.groups = {
-            g.id: Group(
-                g.id,
-                g.display_name,
-                g.mail,
-                g.kind,
-                g.dynamic,
-                g.require_sender_authentication,
-                list(g.accept_messages_only_from),
-                list(g.reject_messages_from),
-                g.moderation_enabled,
-                list(g.members),
+        self.groups: dict[str, Group] = {}
+        self.traces: dict[str, TraceRow] = {}
+        stored_tenant = self.store.get_meta("tenant_id")
+        if stored_tenant is None:
+            self._plant(seed)
+        elif stored_tenant != seed.tenant.id:
+            raise ValueError(f"the sandbox database holds tenant {stored_tenant}, not the seed's {seed.tenant.id}")
+        else:
+            self._load()
+
+    def _plant(self, seed: TenantSeed) -> None:
+        for u in seed.users:
+            self._save(User(u.id, u.display_name, u.mail, u.user_type))
+        for g in seed.groups:
+            self._save(
+                Group(
+                    g.id,
+                    g.display_name,
+                    g.mail,
+                    g.kind,
+                    g.dynamic,
+                    g.require_sender_authentication,
+                    list(g.accept_messages_only_from),
+                    list(g.reject_messages_from),
+                    g.moderation_enabled,
+                    list(g.managed_by),
+                    list(g.members),
+                )
             )
-            for g in seed.groups
-        }
+        self.store.set_meta("tenant_id", seed.tenant.id)
+
+    def _load(self) -> None:
+        for row in self.store.all("user"):
+            self._remember(User(**row))
+        for row in self.store.all("contact"):
+            self._remember(Contact(**row))
+        for row in self.store.all("group"):
+            self._remember(Group(**{**row, "kind": GroupKind(row["kind"])}))
+        for row in self.store.all("trace"):
+            self._remember(TraceRow(**row))
+
+    def _remember(self, obj: User | Contact | Group | TraceRow) -> None:
+        match obj:
+            case User():
+                self.users[obj.id] = obj
+            case Contact():
+                self.contacts[obj.external_directory_object_id] = obj
+            case Group():
+                self.groups[obj.id] = obj
+            case TraceRow():
+                self.traces[obj.message_trace_id] = obj
+
+    def _save(self, obj: User | Contact | Group | TraceRow) -> None:
+        """Write-through: the in-memory object and its SQLite row change together."""
+        self._remember(obj)
+        kind = next(k for k, cls in _KINDS.items() if isinstance(obj, cls))
+        body: dict[str, Any] = asdict(obj)
+        self.store.put(kind, _key(obj), body)
+
+    # Reads
 
     def accepted_domains(self) -> list[str]:
         return list(self.tenant.domains)
@@ -167,13 +242,41 @@ class Directory:
         if contact and contact.external_email_address.lower() == address.lower():
             return contact.name
         user = self.user_by_mail(address)
-        return user.display_name if user else None
+        if user:
+            return user.display_name
+        group = self.group_by_mail(address)
+        return group.display_name if group else None
 
     def name_taken(self, name: str) -> bool:
         lowered = name.lower()
         return any(c.name.lower() == lowered for c in self.contacts.values()) or any(
             g.display_name.lower() == lowered for g in self.groups.values()
         )
+
+    def replicated(self, obj: User | Contact) -> bool:
+        """Entra replication lag: a new object is not yet visible to the other face and to lookups."""
+        return time.time() >= obj.replicated_at
+
+    def object_exists(self, object_id: str) -> bool:
+        return object_id in self.users or object_id in self.contacts or object_id in self.groups
+
+    def groups_with_member(self, object_id: str) -> list[Group]:
+        return [g for g in self.groups.values() if object_id in g.members]
+
+    def trace_rows(self, sender: str | None, recipient: str | None, start: float, end: float) -> list[TraceRow]:
+        """Rows Get-MessageTraceV2 would show now: only those past the trace lag, newest first."""
+        now = time.time()
+        rows = [
+            row
+            for row in self.traces.values()
+            if row.visible_at <= now
+            and start <= row.received <= end
+            and (sender is None or row.sender.lower() == sender.lower())
+            and (recipient is None or row.recipient.lower() == recipient.lower())
+        ]
+        return sorted(rows, key=lambda row: row.received, reverse=True)
+
+    # Writes: each is committed to the store before the face answers.
 
     def add_contact(
         self, name: str, display_name: str, address: str, first_name: str | None, last_name: str | None
@@ -188,20 +291,64 @@ class Directory:
             last_name,
             self._replicated_at(),
         )
-        self.contacts[contact.external_directory_object_id] = contact
+        self._save(contact)
         return contact
+
+    def update_contact(self, contact: Contact) -> None:
+        self._save(contact)
+
+    def remove_contact(self, contact: Contact) -> None:
+        object_id = contact.external_directory_object_id
+        for group in self.groups_with_member(object_id):
+            self.remove_member(group, object_id)
+        del self.contacts[object_id]
+        self.store.delete("contact", object_id)
 
     def add_guest(self, address: str, display_name: str) -> User:
         guest = User(str(uuid.uuid4()), display_name, address, "Guest", self._replicated_at())
-        self.users[guest.id] = guest
+        self._save(guest)
         return guest
 
+    def add_member(self, group: Group, object_id: str) -> None:
+        group.members.append(object_id)
+        self._save(group)
+
+    def remove_member(self, group: Group, object_id: str) -> None:
+        group.members.remove(object_id)
+        self._save(group)
+
+    def update_group(self, group: Group) -> None:
+        self._save(group)
+
+    def send_mail(self, sender: User, recipients: list[str], subject: str, size: int) -> str:
+        """Accept a message for delivery; its trace rows say Delivered or Failed (bounce_domains) after a lag."""
+        sent = time.time()
+        message_id = f"<{uuid.uuid4().hex}@{self.tenant.initial_domain}>"
+        for recipient in recipients:
+            status: Literal["Delivered", "Failed"] = "Failed" if self.knobs.bounces(recipient) else "Delivered"
+            row = TraceRow(
+                str(uuid.uuid4()),
+                message_id,
+                sender.mail,
+                recipient,
+                subject,
+                sent,
+                status,
+                sent + self.knobs.trace_lag_seconds,
+                size,
+            )
+            self._save(row)
+        return message_id
+
     def _replicated_at(self) -> float:
-        return time.monotonic() + self.replication_lag_seconds
+        return time.time() + self.knobs.replication_lag_seconds
 
-    def replicated(self, obj: User | Contact) -> bool:
-        """Entra replication lag: a new object is not yet visible to the other face and to lookups."""
-        return time.monotonic() >= obj.replicated_at
 
-    def object_exists(self, object_id: str) -> bool:
-        return object_id in self.users or object_id in self.contacts or object_id in self.groups
+def _key(obj: User | Contact | Group | TraceRow) -> str:
+    match obj:
+        case Contact():
+            return obj.external_directory_object_id
+        case TraceRow():
+            return obj.message_trace_id
+        case _:
+            return obj.id

@@ -5,12 +5,17 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 
-from standins.tenant_sandbox.faces import Faults, RequestLog, build_app
+from shared.directory.credentials import TOKEN_LIFETIME_SECONDS, mint_sandbox_token
+from standins.tenant_sandbox.app import AUDIENCES, RequestLog, apply_knobs, build_app
+from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault
 from standins.tenant_sandbox.model import Directory, TenantSeed
+from standins.tenant_sandbox.store import DocumentStore
 
 START_TIMEOUT = 10.0
 
@@ -23,19 +28,20 @@ class TenantSandbox:
         host: str = "127.0.0.1",
         port: int = 0,
         page_size: int = 100,
-        replication_lag_seconds: float = 0.0,
+        knobs: Knobs | None = None,
+        database: Path | None = None,
     ) -> None:
+        """`database`: a SQLite file that keeps the tenant across restarts; None is a fresh in-memory tenant."""
         self.seed = seed
         self.host = host
-        self.directory = Directory(seed)
-        self.directory.replication_lag_seconds = replication_lag_seconds
-        self.request_log: RequestLog = []
+        self.gate = Gate(knobs)
+        self.directory = Directory(seed, DocumentStore(database or ":memory:"), self.gate.knobs)
+        self.request_log = RequestLog()
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.port: int = self._socket.getsockname()[1]
-        self.faults = Faults()
-        app = build_app(self.directory, self.request_log, self.faults, page_size=page_size)
+        app = build_app(self.directory, self.request_log, self.gate, page_size=page_size)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
@@ -60,6 +66,25 @@ class TenantSandbox:
     @property
     def tenant_domain(self) -> str:
         return self.seed.tenant.initial_domain
+
+    def authorization(self, face: Face) -> dict[str, str]:
+        """An Authorization header this sandbox accepts for `face` (for curl, tests and benchmarks)."""
+        audience = min(a for a in AUDIENCES[face] if a.startswith("https://"))
+        token = mint_sandbox_token(audience, self.tenant_id, int(time.time()) + TOKEN_LIFETIME_SECONDS)
+        return {"Authorization": f"Bearer {token}"}
+
+    def set_knobs(self, **changes: Any) -> Knobs:
+        """Change some knobs while running (the admin endpoint does the same over HTTP)."""
+        knobs = Knobs.model_validate({**self.gate.knobs.model_dump(), **changes})
+        apply_knobs(self.directory, self.gate, knobs)
+        return knobs
+
+    def inject(
+        self, face: Face, status: int, *, count: int = 1, operation: str | None = None, retry_after: int | None = None
+    ) -> None:
+        """The next `count` requests to `face` (or to one cmdlet / Graph route on it) answer `status`."""
+        fault = {"face": face, "status": status, "count": count, "operation": operation, "retry_after": retry_after}
+        self.gate.script(ScriptedFault.model_validate(fault))
 
     def start(self) -> None:
         if self._thread is not None:
@@ -86,6 +111,7 @@ class TenantSandbox:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._socket.close()
+        self.directory.store.close()
 
     def __enter__(self) -> TenantSandbox:
         self.start()

@@ -100,7 +100,7 @@ async def test_add_contact_to_group_then_list_and_already_member(
 async def test_a_new_contact_is_not_found_by_add_member_until_replicated(
     tenant_sandbox: TenantSandbox, exchange_directory: ExchangeOnlineClient
 ) -> None:
-    tenant_sandbox.directory.replication_lag_seconds = 0.5
+    tenant_sandbox.set_knobs(replication_lag_seconds=0.5)
     contact = await exchange_directory.new_mail_contact(
         name="Lag", external_email_address="lag@fabrikam.example", display_name="Lag"
     )
@@ -230,7 +230,7 @@ async def test_refused_token_is_permission_denied(tenant_sandbox: TenantSandbox)
 
 
 async def test_throttled(tenant_sandbox: TenantSandbox, exchange_directory: ExchangeOnlineClient) -> None:
-    tenant_sandbox.faults.throttle_next("exchange", retry_after=17)
+    tenant_sandbox.inject("exchange", 429, retry_after=17)
     with pytest.raises(ThrottledError) as raised:
         await exchange_directory.get_accepted_domains()
     assert raised.value.retry_after == 17

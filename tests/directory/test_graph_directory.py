@@ -138,14 +138,14 @@ async def test_refused_token_is_permission_denied(tenant_sandbox: TenantSandbox)
 
 
 async def test_throttling_beyond_the_in_process_budget_is_returned(tenant_sandbox: TenantSandbox) -> None:
-    tenant_sandbox.faults.throttle_next("graph", retry_after=30)
+    tenant_sandbox.inject("graph", 429, retry_after=30)
     graph = MsGraphDirectory(SandboxCredential(tenant_sandbox.tenant_id), base_url=tenant_sandbox.graph_base_url)
     try:
         with pytest.raises(ThrottledError) as raised:
             await graph.find_user_by_mail("adele.vance@contoso.com")
         assert raised.value.retry_after == 30
         # a short Retry-After is absorbed in-process by the SDK's retry handler
-        tenant_sandbox.faults.throttle_next("graph", retry_after=1)
+        tenant_sandbox.inject("graph", 429, retry_after=1)
         assert await graph.find_user_by_mail("adele.vance@contoso.com") is not None
     finally:
         await graph.close()

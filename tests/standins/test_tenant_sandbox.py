@@ -15,14 +15,12 @@ import pytest
 
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
 
-TOKEN = {"Authorization": "Bearer eyJhbGciOiJub25lIn0.eyJ0aWQiOiJ4In0."}
-
 
 def _invoke(sandbox: TenantSandbox, cmdlet: str, **parameters: Any) -> httpx.Response:
     return httpx.post(
         f"{sandbox.exchange_base_url}/adminapi/beta/{sandbox.tenant_id}/InvokeCommand",
         json={"CmdletInput": {"CmdletName": cmdlet, "Parameters": parameters}},
-        headers=TOKEN,
+        headers=sandbox.authorization("exchange"),
     )
 
 
@@ -72,10 +70,14 @@ def test_graph_filter_unescapes_doubled_quotes(tenant_sandbox: TenantSandbox) ->
     response = httpx.get(
         f"{tenant_sandbox.graph_base_url}/users",
         params={"$filter": "mail eq 'O''Brien@fabrikam.example'"},
-        headers=TOKEN,
+        headers=tenant_sandbox.authorization("graph"),
     )
     assert [u["displayName"] for u in response.json()["value"]] == ["O'Brien"]
-    bad = httpx.get(f"{tenant_sandbox.graph_base_url}/users", params={"$filter": "startswith(mail,'o')"}, headers=TOKEN)
+    bad = httpx.get(
+        f"{tenant_sandbox.graph_base_url}/users",
+        params={"$filter": "startswith(mail,'o')"},
+        headers=tenant_sandbox.authorization("graph"),
+    )
     assert bad.status_code == 400
 
 
@@ -86,13 +88,15 @@ def test_org_contact_is_listed_as_org_contact_and_cannot_join_m365_group(tenant_
     falcon = tenant_sandbox.directory.group_by_identity("Project Falcon")
     assert partners and falcon
     assert _invoke(tenant_sandbox, "Add-DistributionGroupMember", Identity="Partners", Member="C").status_code == 200
-    members = httpx.get(f"{tenant_sandbox.graph_base_url}/groups/{partners.id}/members", headers=TOKEN).json()
+    members = httpx.get(
+        f"{tenant_sandbox.graph_base_url}/groups/{partners.id}/members", headers=tenant_sandbox.authorization("graph")
+    ).json()
     assert members["value"][0]["@odata.type"] == "#microsoft.graph.orgContact"
     assert members["value"][0]["id"] == contact_id
     refused = httpx.post(
         f"{tenant_sandbox.graph_base_url}/groups/{falcon.id}/members/$ref",
         json={"@odata.id": f"https://graph.microsoft.com/v1.0/directoryObjects/{contact_id}"},
-        headers=TOKEN,
+        headers=tenant_sandbox.authorization("graph"),
     )
     assert refused.status_code == 400 and contact_id not in falcon.members
 
@@ -118,7 +122,7 @@ def test_exchange_refuses_another_tenant(tenant_sandbox: TenantSandbox) -> None:
     response = httpx.post(
         f"{tenant_sandbox.exchange_base_url}/adminapi/beta/00000000-0000-0000-0000-000000000000/InvokeCommand",
         json={"CmdletInput": {"CmdletName": "Get-AcceptedDomain", "Parameters": {}}},
-        headers=TOKEN,
+        headers=tenant_sandbox.authorization("exchange"),
     )
     assert response.status_code == 400
 

@@ -1,0 +1,251 @@
+"""The sandbox's HTTP app: both faces behind one gate (auth, knobs, request log), plus /_sandbox admin.
+
+Order for each Microsoft request: authenticate as the face would (401), then the gate's verdict
+(latency, then a scripted fault, token bucket or random 5xx), then the face. Every answer is
+logged with the face, the operation (cmdlet name or Graph route) and its status. /_sandbox is the
+admin endpoint, outside the Microsoft paths, for changing knobs and reading the log while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+from pydantic import TypeAdapter, ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
+
+from standins.tenant_sandbox.exchange_face import ExchangeFace, exchange_error
+from standins.tenant_sandbox.graph_face import GraphFace, graph_error
+from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault, Verdict
+from standins.tenant_sandbox.model import Directory
+
+# A token's aud: the resource URI or the first-party app id, as Entra issues either.
+AUDIENCES: dict[Face, frozenset[str]] = {
+    "graph": frozenset({"https://graph.microsoft.com", "00000003-0000-0000-c000-000000000000"}),
+    "exchange": frozenset({"https://outlook.office365.com", "00000002-0000-0ff1-ce00-000000000000"}),
+}
+ADMIN_PREFIX = "/_sandbox"
+_GRAPH_5XX = {
+    500: ("generalException", "An unexpected error occurred."),
+    502: ("badGateway", "The server received an invalid response from an upstream server."),
+    503: ("serviceNotAvailable", "The service is temporarily unavailable. Please retry later."),
+    504: ("gatewayTimeout", "The operation timed out."),
+}
+
+
+class LoggedRequest(NamedTuple):
+    face: str
+    operation: str  # a cmdlet name, or "METHOD /v1.0/route/{id}"
+    status: int
+    seconds: float
+
+
+class RequestLog:
+    """Thread-safe: the app appends on uvicorn's thread while tests and benchmarks read."""
+
+    def __init__(self) -> None:
+        self._entries: list[LoggedRequest] = []
+        self._lock = threading.Lock()
+
+    def append(self, entry: LoggedRequest) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def entries(self) -> list[LoggedRequest]:
+        with self._lock:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __iter__(self) -> Any:
+        return iter(self.entries())
+
+    def __len__(self) -> int:
+        return len(self.entries())
+
+    def __getitem__(self, index: int) -> LoggedRequest:
+        return self.entries()[index]
+
+
+def _claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT-shaped token, or None when it is not one. Signatures are not checked here."""
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[1]:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def refuse_token(request: Request, face: Face, tenant_id: str) -> Response | None:
+    """Microsoft's 401 for a missing, malformed, wrong-audience or wrong-tenant token; None when it is fine."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        problem = "Access token is empty."
+    elif (claims := _claims(token.strip())) is None:
+        problem = "IDX14100: JWT is not well formed, there are no dots (.) or the payload is not JSON."
+    elif claims.get("aud") not in AUDIENCES[face]:
+        problem = "Access token validation failure. Invalid audience."
+    elif claims.get("tid") != tenant_id:
+        problem = "Access token validation failure. Invalid tenant."
+    else:
+        return None
+    if face == "graph":
+        return graph_error(request, 401, "InvalidAuthenticationToken", problem)
+    return JSONResponse(
+        {"error": {"code": "Unauthorized", "message": problem}},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+def _verdict_response(request: Request, face: Face, verdict: Verdict, tenant_id: str) -> Response:
+    status = verdict.status
+    assert status is not None
+    if status == 429:
+        if face == "graph":
+            response: Response = graph_error(
+                request, 429, "TooManyRequests", "Too many requests, please retry after the time in Retry-After."
+            )
+            response.headers["x-ms-throttle-scope"] = f"Tenant_Application/ReadWrite/{tenant_id}/sandbox"
+            response.headers["x-ms-throttle-information"] = "ResourceUnitLimitExceeded"
+        else:
+            response = JSONResponse(
+                {"error": {"code": "TooManyRequests", "message": "Too many requests."}}, status_code=429
+            )
+        response.headers["Retry-After"] = str(verdict.retry_after or 1)
+        return response
+    if face == "graph":
+        code, message = _GRAPH_5XX[status]
+        response = graph_error(request, status, code, message)
+    else:
+        response = exchange_error(
+            status, "ServiceUnavailable", "System.Net.WebException", "The service is unavailable."
+        )
+    if verdict.retry_after is not None:
+        response.headers["Retry-After"] = str(verdict.retry_after)
+    return response
+
+
+class Admin:
+    """/_sandbox: the knobs and the request log, over HTTP, for `onboard sandbox` and benchmarks."""
+
+    def __init__(self, directory: Directory, gate: Gate, log: RequestLog) -> None:
+        self.directory, self.gate, self.log = directory, gate, log
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(f"{ADMIN_PREFIX}/knobs", self.get_knobs, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/knobs", self.put_knobs, methods=["PUT", "PATCH"]),
+            Route(f"{ADMIN_PREFIX}/faults", self.get_faults, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/faults", self.add_fault, methods=["POST"]),
+            Route(f"{ADMIN_PREFIX}/faults", self.clear_faults, methods=["DELETE"]),
+            Route(f"{ADMIN_PREFIX}/requests", self.get_requests, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/requests", self.clear_requests, methods=["DELETE"]),
+        ]
+
+    async def get_knobs(self, request: Request) -> Response:
+        return JSONResponse(self.gate.knobs.model_dump(mode="json"))
+
+    async def put_knobs(self, request: Request) -> Response:
+        """PUT replaces every knob; PATCH changes only the ones given."""
+        try:
+            changes = await request.json()
+            base = self.gate.knobs.model_dump() if request.method == "PATCH" else {}
+            knobs = Knobs.model_validate({**base, **changes})
+        except ValidationError as error:
+            return JSONResponse({"error": error.errors(include_url=False, include_context=False)}, status_code=422)
+        except (ValueError, TypeError):
+            return JSONResponse({"error": "the body must be a JSON object of knobs"}, status_code=422)
+        apply_knobs(self.directory, self.gate, knobs)
+        return JSONResponse(knobs.model_dump(mode="json"))
+
+    async def get_faults(self, request: Request) -> Response:
+        return JSONResponse([fault.model_dump(mode="json") for fault in self.gate.pending_script()])
+
+    async def add_fault(self, request: Request) -> Response:
+        try:
+            faults = TypeAdapter(list[ScriptedFault] | ScriptedFault).validate_json(await request.body())
+        except ValidationError as error:
+            return JSONResponse({"error": error.errors(include_url=False, include_context=False)}, status_code=422)
+        for fault in faults if isinstance(faults, list) else [faults]:
+            self.gate.script(fault)
+        return JSONResponse([fault.model_dump(mode="json") for fault in self.gate.pending_script()], status_code=201)
+
+    async def clear_faults(self, request: Request) -> Response:
+        self.gate.clear_script()
+        return Response(status_code=204)
+
+    async def get_requests(self, request: Request) -> Response:
+        return JSONResponse([entry._asdict() for entry in self.log.entries()])
+
+    async def clear_requests(self, request: Request) -> Response:
+        self.log.clear()
+        return Response(status_code=204)
+
+
+def apply_knobs(directory: Directory, gate: Gate, knobs: Knobs) -> None:
+    with directory.lock:
+        directory.knobs = knobs
+    gate.knobs = knobs
+
+
+def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: int = 100) -> Starlette:
+    graph = GraphFace(directory, page_size)
+    exchange = ExchangeFace(directory, page_size)
+    admin = Admin(directory, gate, log)
+    graph_routes = graph.routes()
+    tenant_id = directory.tenant.id
+
+    async def operation_of(request: Request, face: Face) -> str:
+        if face == "exchange":
+            try:
+                return str(json.loads(await request.body())["CmdletInput"]["CmdletName"])
+            except (ValueError, KeyError, TypeError):
+                return "InvokeCommand"
+        route = next((r for r in graph_routes if r.matches(request.scope)[0] is Match.FULL), None)
+        return f"{request.method} {route.path if route else request.url.path}"
+
+    async def gate_and_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith(ADMIN_PREFIX):
+            return await call_next(request)
+        started = time.perf_counter()
+        face: Face = "graph" if request.url.path.startswith("/v1.0") else "exchange"
+        operation = await operation_of(request, face)
+        response = refuse_token(request, face, tenant_id)
+        if response is None:
+            verdict = gate.decide(face, operation)
+            if verdict.delay_seconds:
+                await asyncio.sleep(verdict.delay_seconds)
+            if verdict.status is not None:
+                response = _verdict_response(request, face, verdict, tenant_id)
+            else:
+                response = await call_next(request)
+            if face == "graph":
+                response.headers["x-ms-resource-unit"] = "1"
+                if verdict.throttle_percentage is not None and verdict.throttle_percentage >= 80:
+                    response.headers["x-ms-throttle-limit-percentage"] = f"{verdict.throttle_percentage / 100:.1f}"
+        log.append(LoggedRequest(face, operation, response.status_code, time.perf_counter() - started))
+        return response
+
+    app = Starlette(
+        routes=graph_routes + exchange.routes() + admin.routes(),
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=gate_and_log)],
+    )
+    graph.app = app
+    return app

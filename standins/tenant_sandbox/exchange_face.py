@@ -1,0 +1,387 @@
+"""The Exchange face: the InvokeCommand endpoint the ExchangeOnlineManagement module calls.
+
+Answers are {"value": [...]} with @odata.nextLink paging; failures carry "ErrorId|ExceptionType|text"
+in error.details[0].message with Microsoft's exception types and texts. Parameters are data: a
+display name full of quotes, semicolons or $(...) is stored as written, never evaluated.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shared.directory.ports import GroupKind
+from standins.tenant_sandbox.model import Contact, Directory, Group, TraceRow, User
+
+_EX = "Microsoft.Exchange.Configuration.Tasks."
+NOT_FOUND = _EX + "ManagementObjectNotFoundException"
+MEMBER_EXISTS = "Microsoft.Exchange.Management.Tasks.MemberAlreadyExistsException"
+MEMBER_MISSING = "Microsoft.Exchange.Management.Tasks.MemberNotFoundException"
+NAME_IN_USE = "Microsoft.Exchange.Data.Directory.ADObjectAlreadyExistsException"
+ADDRESS_IN_USE = "Microsoft.Exchange.Data.Directory.ProxyAddressExistsException"
+INVALID_VALUE = "Microsoft.Exchange.Data.DataValidationException"
+BAD_PARAMETER = "System.Management.Automation.ParameterBindingException"
+TRACE_MAX_DAYS = 10  # Get-MessageTraceV2: at most 10 days per query, within the last 90
+TRACE_DEFAULT_ROWS, TRACE_MAX_ROWS = 1000, 5000
+
+Cmdlet = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
+class CmdletError(Exception):
+    def __init__(self, exception_type: str, text: str, status: int = 400) -> None:
+        super().__init__(text)
+        self.exception_type = exception_type
+        self.text = text
+        self.status = status
+
+
+def exchange_error(status: int, code: str, exception_type: str, text: str) -> JSONResponse:
+    error_id = uuid.uuid4().hex[:8].upper()
+    detail = {"code": "Client", "target": "", "message": f"{error_id}|{exception_type}|{text}"}
+    body = {
+        "error": {
+            "code": code,
+            "message": "Error executing cmdlet",
+            "details": [detail],
+            "innererror": {"message": text, "type": exception_type},
+        }
+    }
+    return JSONResponse(body, status_code=status, headers={"request-id": str(uuid.uuid4())})
+
+
+def _not_found(identity: str, tenant: str) -> CmdletError:
+    return CmdletError(
+        NOT_FOUND,
+        f"The operation couldn't be performed because object '{identity}' couldn't be found on '{tenant}'.",
+        404,
+    )
+
+
+def _contact_json(contact: Contact) -> dict[str, Any]:
+    return {
+        "Guid": contact.guid,
+        "Identity": contact.name,
+        "Name": contact.name,
+        "DisplayName": contact.display_name,
+        "ExternalEmailAddress": "SMTP:" + contact.external_email_address,
+        "PrimarySmtpAddress": contact.external_email_address,
+        "FirstName": contact.first_name or "",
+        "LastName": contact.last_name or "",
+        "ExternalDirectoryObjectId": contact.external_directory_object_id,
+        "RecipientType": "MailContact",
+        "RecipientTypeDetails": "MailContact",
+    }
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    kind = "UserMailbox" if user.user_type == "Member" else "MailUser"
+    return {
+        "Guid": user.id,
+        "Identity": user.display_name,
+        "Name": user.display_name,
+        "DisplayName": user.display_name,
+        "PrimarySmtpAddress": user.mail,
+        "ExternalDirectoryObjectId": user.id,
+        "RecipientType": kind,
+        "RecipientTypeDetails": "GuestMailUser" if user.user_type == "Guest" else kind,
+    }
+
+
+def _group_json(group: Group) -> dict[str, Any]:
+    details = {
+        GroupKind.MICROSOFT_365: "GroupMailbox",
+        GroupKind.DISTRIBUTION: "MailUniversalDistributionGroup",
+        GroupKind.MAIL_ENABLED_SECURITY: "MailUniversalSecurityGroup",
+        GroupKind.SECURITY: "UniversalSecurityGroup",
+    }[group.kind]
+    return {
+        "Guid": group.id,
+        "Identity": group.display_name,
+        "Name": group.display_name,
+        "DisplayName": group.display_name,
+        "PrimarySmtpAddress": group.mail,
+        "ExternalDirectoryObjectId": group.id,
+        "RecipientType": details,
+        "RecipientTypeDetails": details,
+        "RequireSenderAuthenticationEnabled": group.require_sender_authentication,
+        "AcceptMessagesOnlyFromSendersOrMembers": list(group.accept_messages_only_from),
+        "RejectMessagesFromSendersOrMembers": list(group.reject_messages_from),
+        "ModerationEnabled": group.moderation_enabled,
+        "ManagedBy": list(group.managed_by),
+    }
+
+
+def _trace_json(row: TraceRow) -> dict[str, Any]:
+    return {
+        "MessageTraceId": row.message_trace_id,
+        "MessageId": row.message_id,
+        "Received": datetime.fromtimestamp(row.received, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "SenderAddress": row.sender,
+        "RecipientAddress": row.recipient,
+        "Subject": row.subject,
+        "Status": row.status,
+        "Size": row.size,
+        "FromIP": "127.0.0.1",
+        "ToIP": None,
+    }
+
+
+class ExchangeFace:
+    def __init__(self, directory: Directory, page_size: int) -> None:
+        self.d = directory
+        self.page_size = page_size
+        self.cmdlets: dict[str, Cmdlet] = {
+            "Get-AcceptedDomain": self.get_accepted_domain,
+            "New-MailContact": self.new_mail_contact,
+            "Get-MailContact": self.get_mail_contact,
+            "Set-MailContact": self.set_mail_contact,
+            "Remove-MailContact": self.remove_mail_contact,
+            "Get-Recipient": self.get_recipient,
+            "Add-DistributionGroupMember": self.add_member,
+            "Remove-DistributionGroupMember": self.remove_member,
+            "Get-DistributionGroupMember": self.get_members,
+            "Get-DistributionGroup": lambda p: self.get_group(p, unified=False),
+            "Set-DistributionGroup": lambda p: self.set_group(p, unified=False),
+            "Get-UnifiedGroup": lambda p: self.get_group(p, unified=True),
+            "Set-UnifiedGroup": lambda p: self.set_group(p, unified=True),
+            "Get-MessageTraceV2": self.get_message_trace,
+        }
+
+    def routes(self) -> list[Route]:
+        return [Route("/adminapi/beta/{tenant}/InvokeCommand", self.invoke, methods=["POST"])]
+
+    async def invoke(self, request: Request) -> Response:
+        if request.path_params["tenant"] != self.d.tenant.id:
+            return exchange_error(400, "TenantNotFound", NOT_FOUND, "The tenant is not known.")
+        try:
+            payload = await request.json()
+            cmdlet_input = payload["CmdletInput"]
+            name = str(cmdlet_input["CmdletName"])
+            parameters = dict(cmdlet_input.get("Parameters") or {})
+        except (ValueError, KeyError, TypeError):
+            return exchange_error(400, "BadRequest", "System.ArgumentException", "CmdletInput is required.")
+        handler = self.cmdlets.get(name)
+        if handler is None:
+            text = f"The term '{name}' is not recognized as a name of a cmdlet."
+            return exchange_error(400, "BadRequest", "System.Management.Automation.CommandNotFoundException", text)
+        try:
+            with self.d.lock:
+                rows = handler(parameters)
+        except CmdletError as error:
+            return exchange_error(error.status, "BadRequest", error.exception_type, error.text)
+        skip_text = request.query_params.get("$skip", "0")
+        skip = int(skip_text) if skip_text.isdigit() else 0
+        body: dict[str, Any] = {"value": rows[skip : skip + self.page_size]}
+        if skip + self.page_size < len(rows):
+            body["@odata.nextLink"] = f"{request.url.replace(query='')}?$skip={skip + self.page_size}"
+        return JSONResponse(body)
+
+    def _required(self, parameters: dict[str, Any], name: str) -> str:
+        value = parameters.get(name)
+        if value is None or str(value) == "":
+            raise CmdletError(BAD_PARAMETER, f"Cannot bind argument to parameter '{name}' because it is null or empty.")
+        return str(value)
+
+    def _contact(self, parameters: dict[str, Any]) -> Contact:
+        identity = self._required(parameters, "Identity")
+        contact = self.d.contact_by_identity(identity)
+        if contact is None:
+            raise _not_found(identity, self.d.tenant.initial_domain)
+        return contact
+
+    def get_accepted_domain(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        initial = self.d.tenant.initial_domain.lower()
+        return [
+            {
+                "DomainName": domain,
+                "Name": domain,
+                "DomainType": "Authoritative",
+                "InitialDomain": domain.lower() == initial,
+            }
+            for domain in self.d.accepted_domains()
+        ]
+
+    # Mail contacts
+
+    def _check_names(self, name: str, display_name: str) -> None:
+        if len(name) > 64:
+            raise CmdletError(
+                INVALID_VALUE,
+                f"The length of the property is too long. The maximum length is 64 and the length of the value provided is {len(name)}.",
+            )
+        if len(display_name) > 256:
+            raise CmdletError(INVALID_VALUE, "The length of DisplayName exceeds 256.")
+
+    def new_mail_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        name = self._required(parameters, "Name")
+        address = self._required(parameters, "ExternalEmailAddress")
+        address = address.split(":", 1)[1] if address.lower().startswith("smtp:") else address
+        display_name = str(parameters.get("DisplayName") or name)
+        self._check_names(name, display_name)
+        if "@" not in address:
+            raise CmdletError(INVALID_VALUE, f'"{address}" isn\'t a valid SMTP address.')
+        if self.d.name_taken(name):
+            raise CmdletError(NAME_IN_USE, f'The name "{name}" is already being used. Please try another name.')
+        owner = self.d.address_owner(address)
+        if owner is not None:
+            raise CmdletError(
+                ADDRESS_IN_USE,
+                f'The proxy address "SMTP:{address}" is already being used by the proxy addresses or LegacyExchangeDN of '
+                f'"{owner}". Please choose another proxy address.',
+            )
+        first, last = parameters.get("FirstName"), parameters.get("LastName")
+        contact = self.d.add_contact(
+            name, display_name, address, str(first) if first else None, str(last) if last else None
+        )
+        return [_contact_json(contact)]
+
+    def get_mail_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        if "Identity" not in parameters:
+            return [_contact_json(c) for c in self.d.contacts.values()]
+        return [_contact_json(self._contact(parameters))]
+
+    def set_mail_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        contact = self._contact(parameters)
+        display_name = str(parameters.get("DisplayName", contact.display_name))
+        name = str(parameters.get("Name", contact.name))
+        self._check_names(name, display_name)
+        if name.lower() != contact.name.lower() and self.d.name_taken(name):
+            raise CmdletError(NAME_IN_USE, f'The name "{name}" is already being used. Please try another name.')
+        contact.name, contact.display_name = name, display_name
+        for field, key in (("first_name", "FirstName"), ("last_name", "LastName")):
+            if key in parameters:
+                setattr(contact, field, str(parameters[key]) if parameters[key] else None)
+        self.d.update_contact(contact)
+        return []
+
+    def remove_mail_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        self.d.remove_contact(self._contact(parameters))
+        return []
+
+    def get_recipient(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Any mail recipient by address, name or id: a contact, a user, or a group."""
+        identity = self._required(parameters, "Identity")
+        contact = self.d.contact_by_identity(identity)
+        if contact is not None:
+            return [_contact_json(contact)]
+        user = self.d.users.get(identity) or self.d.user_by_mail(identity)
+        if user is not None:
+            return [_user_json(user)]
+        group = self.d.group_by_identity(identity)
+        if group is not None and group.mail:
+            return [_group_json(group)]
+        raise _not_found(identity, self.d.tenant.initial_domain)
+
+    # Groups and membership
+
+    def _exchange_group(self, identity: str, *, unified: bool) -> Group:
+        group = self.d.group_by_identity(identity)
+        mail_group = (
+            (GroupKind.MICROSOFT_365,) if unified else (GroupKind.DISTRIBUTION, GroupKind.MAIL_ENABLED_SECURITY)
+        )
+        if group is None or group.kind not in mail_group:
+            raise _not_found(identity, self.d.tenant.initial_domain)
+        return group
+
+    def _recipient_id(self, identity: str) -> str | None:
+        contact = self.d.contact_by_identity(identity)
+        if contact:
+            return contact.external_directory_object_id if self.d.replicated(contact) else None
+        user = self.d.users.get(identity) or self.d.user_by_mail(identity)
+        return user.id if user and self.d.replicated(user) else None
+
+    def _member(self, identity: str) -> str:
+        object_id = self._recipient_id(identity)
+        if object_id is None:
+            raise CmdletError(
+                NOT_FOUND,
+                f'Couldn\'t find object "{identity}". Please make sure that it was spelled correctly or specify a different object.',
+                404,
+            )
+        return object_id
+
+    def add_member(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        group = self._exchange_group(self._required(parameters, "Identity"), unified=False)
+        member = self._required(parameters, "Member")
+        object_id = self._member(member)
+        if object_id in group.members:
+            raise CmdletError(
+                MEMBER_EXISTS, f'The recipient "{member}" is already a member of the group "{group.display_name}".'
+            )
+        self.d.add_member(group, object_id)
+        return []
+
+    def remove_member(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        group = self._exchange_group(self._required(parameters, "Identity"), unified=False)
+        member = self._required(parameters, "Member")
+        object_id = self._member(member)
+        if object_id not in group.members:
+            raise CmdletError(
+                MEMBER_MISSING, f'The recipient "{member}" isn\'t a member of the group "{group.display_name}".'
+            )
+        self.d.remove_member(group, object_id)
+        return []
+
+    def get_members(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        group = self._exchange_group(self._required(parameters, "Identity"), unified=False)
+        rows: list[dict[str, Any]] = []
+        for object_id in group.members:
+            if object_id in self.d.contacts:
+                rows.append(_contact_json(self.d.contacts[object_id]))
+            elif object_id in self.d.users:
+                rows.append(_user_json(self.d.users[object_id]))
+        return rows
+
+    def get_group(self, parameters: dict[str, Any], *, unified: bool) -> list[dict[str, Any]]:
+        group = self._exchange_group(self._required(parameters, "Identity"), unified=unified)
+        return [_group_json(group)]
+
+    def set_group(self, parameters: dict[str, Any], *, unified: bool) -> list[dict[str, Any]]:
+        group = self._exchange_group(self._required(parameters, "Identity"), unified=unified)
+        if "RequireSenderAuthenticationEnabled" in parameters:
+            value = parameters["RequireSenderAuthenticationEnabled"]
+            if not isinstance(value, bool):
+                raise CmdletError(BAD_PARAMETER, "Cannot convert value to type System.Boolean.")
+            group.require_sender_authentication = value
+            self.d.update_group(group)
+        return []
+
+    # Message trace
+
+    def _date(self, parameters: dict[str, Any], name: str, default: datetime) -> datetime:
+        value = parameters.get(name)
+        if value is None:
+            return default
+        try:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError as error:
+            raise CmdletError(BAD_PARAMETER, f'Cannot convert value "{value}" to type System.DateTime.') from error
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    def get_message_trace(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        end = self._date(parameters, "EndDate", now)
+        start = self._date(parameters, "StartDate", end - timedelta(days=2))
+        if end - start > timedelta(days=TRACE_MAX_DAYS) or start < now - timedelta(days=90) or start > end:
+            raise CmdletError(
+                "System.ArgumentException",
+                "The time range must be within the last 90 days and at most 10 days long, with StartDate before EndDate.",
+            )
+        size = parameters.get("ResultSize", TRACE_DEFAULT_ROWS)
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= TRACE_MAX_ROWS:
+            raise CmdletError(BAD_PARAMETER, f"ResultSize must be a number from 1 to {TRACE_MAX_ROWS}.")
+        sender = parameters.get("SenderAddress")
+        recipient = parameters.get("RecipientAddress")
+        rows = self.d.trace_rows(
+            str(sender) if sender else None,
+            str(recipient) if recipient else None,
+            start.timestamp(),
+            end.timestamp(),
+        )
+        return [_trace_json(row) for row in rows[:size]]

@@ -1,0 +1,369 @@
+"""The Graph face: a v1.0 subset over the directory, with Graph's status codes and error bodies.
+
+Errors are {"error":{"code","message","innerError":{"date","request-id","client-request-id"}}}
+(/work/shared/reference/microsoft-365.md). Org contacts are read-only here, as in Graph; mail
+contacts are made through the Exchange face. Parameters are data and never evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from shared.directory.ports import GroupKind
+from standins.tenant_sandbox.model import Contact, Directory, Group, User
+
+_FILTER = re.compile(r"^\s*mail\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
+BATCH_LIMIT = 20
+
+
+def graph_error(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    request_id = str(uuid.uuid4())
+    inner = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        "request-id": request_id,
+        "client-request-id": request.headers.get("client-request-id", request_id),
+    }
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "innerError": inner}},
+        status_code=status,
+        headers={"request-id": request_id},
+    )
+
+
+def _group_json(group: Group) -> dict[str, Any]:
+    types = ["Unified"] if group.kind is GroupKind.MICROSOFT_365 else []
+    if group.dynamic:
+        types.append("DynamicMembership")
+    return {
+        "@odata.type": "#microsoft.graph.group",
+        "id": group.id,
+        "displayName": group.display_name,
+        "mail": group.mail,
+        "mailEnabled": group.kind is not GroupKind.SECURITY,
+        "securityEnabled": group.kind in (GroupKind.SECURITY, GroupKind.MAIL_ENABLED_SECURITY),
+        "groupTypes": types,
+    }
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {
+        "@odata.type": "#microsoft.graph.user",
+        "id": user.id,
+        "displayName": user.display_name,
+        "mail": user.mail,
+        "userType": user.user_type,
+        "otherMails": [user.mail] if user.user_type == "Guest" else [],
+    }
+
+
+def _contact_json(contact: Contact) -> dict[str, Any]:
+    return {
+        "@odata.type": "#microsoft.graph.orgContact",
+        "id": contact.external_directory_object_id,
+        "displayName": contact.display_name,
+        "mail": contact.external_email_address,
+        "givenName": contact.first_name,
+        "surname": contact.last_name,
+        "proxyAddresses": ["SMTP:" + contact.external_email_address],
+    }
+
+
+def _field(body: Any, name: str, default: Any = KeyError) -> Any:
+    """Graph reads JSON property names case-insensitively (msgraph-sdk sends sendMail's "Message")."""
+    if not isinstance(body, dict):
+        raise TypeError("expected a JSON object")
+    for key, value in body.items():
+        if key.lower() == name.lower():
+            return value
+    if default is KeyError:
+        raise KeyError(name)
+    return default
+
+
+def _select(request: Request, row: dict[str, Any]) -> dict[str, Any]:
+    """$select=a,b keeps only those properties, as Graph does."""
+    wanted = {name.strip() for name in request.query_params.get("$select", "").split(",") if name.strip()}
+    return {k: v for k, v in row.items() if k in wanted} if wanted else row
+
+
+class GraphFace:
+    def __init__(self, directory: Directory, page_size: int) -> None:
+        self.d = directory
+        self.page_size = page_size
+        self.app: ASGIApp | None = None  # set by build_app; $batch replays inner requests through it
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1.0/groups", self.list_groups, methods=["GET"]),
+            Route("/v1.0/groups/{id}", self.get_group, methods=["GET"]),
+            Route("/v1.0/groups/{id}/members", self.list_members, methods=["GET"]),
+            Route("/v1.0/groups/{id}/members/$ref", self.add_member, methods=["POST"]),
+            Route("/v1.0/contacts", self.list_contacts, methods=["GET"]),
+            Route("/v1.0/contacts", self.refuse_contact_write, methods=["POST"]),
+            Route("/v1.0/contacts/{id}", self.get_contact, methods=["GET"]),
+            Route("/v1.0/contacts/{id}", self.refuse_contact_write, methods=["PATCH", "DELETE"]),
+            Route("/v1.0/contacts/{id}/memberOf", self.contact_member_of, methods=["GET"]),
+            Route("/v1.0/users", self.list_users, methods=["GET"]),
+            Route("/v1.0/users/{id}", self.get_user, methods=["GET"]),
+            Route("/v1.0/users/{id}/sendMail", self.send_mail, methods=["POST"]),
+            Route("/v1.0/invitations", self.invite, methods=["POST"]),
+            Route("/v1.0/$batch", self.batch, methods=["POST"]),
+        ]
+
+    def _mail_filter(self, request: Request) -> str | None:
+        match = _FILTER.match(request.query_params.get("$filter", ""))
+        return match.group(1).replace("''", "'") if match else None
+
+    def _unsupported_query(self, request: Request) -> JSONResponse:
+        return graph_error(request, 400, "Request_UnsupportedQuery", "Unsupported Query.")
+
+    def _missing(self, request: Request, object_id: str) -> JSONResponse:
+        return graph_error(
+            request,
+            404,
+            "Request_ResourceNotFound",
+            f"Resource '{object_id}' does not exist or one of its queried reference-property objects are not present.",
+        )
+
+    def _page(self, request: Request, rows: list[dict[str, Any]]) -> JSONResponse:
+        """One page of rows with @odata.nextLink carrying a $skiptoken, like Graph's directory lists."""
+        token = request.query_params.get("$skiptoken", "0")
+        if not token.isdigit():
+            return graph_error(request, 400, "Request_BadRequest", "Invalid $skiptoken.")
+        skip = int(token)
+        body: dict[str, Any] = {"value": [_select(request, row) for row in rows[skip : skip + self.page_size]]}
+        if skip + self.page_size < len(rows):
+            params = {k: v for k, v in request.query_params.items() if k != "$skiptoken"}
+            params["$skiptoken"] = str(skip + self.page_size)
+            body["@odata.nextLink"] = str(request.url.replace_query_params(**params))
+        return JSONResponse(body)
+
+    # Groups
+
+    async def list_groups(self, request: Request) -> Response:
+        if "$filter" not in request.query_params:
+            with self.d.lock:
+                return self._page(request, [_group_json(g) for g in self.d.groups.values()])
+        address = self._mail_filter(request)
+        if address is None:
+            return self._unsupported_query(request)
+        with self.d.lock:
+            group = self.d.group_by_mail(address)
+            return self._page(request, [_group_json(group)] if group else [])
+
+    async def get_group(self, request: Request) -> Response:
+        group_id = request.path_params["id"]
+        with self.d.lock:
+            group = self.d.groups.get(group_id)
+            return JSONResponse(_select(request, _group_json(group))) if group else self._missing(request, group_id)
+
+    async def list_members(self, request: Request) -> Response:
+        group_id = request.path_params["id"]
+        with self.d.lock:
+            group = self.d.groups.get(group_id)
+            if group is None:
+                return self._missing(request, group_id)
+            rows: list[dict[str, Any]] = []
+            for object_id in group.members:
+                if object_id in self.d.users:
+                    rows.append(_user_json(self.d.users[object_id]))
+                elif object_id in self.d.contacts:
+                    rows.append(_contact_json(self.d.contacts[object_id]))
+            return self._page(request, rows)
+
+    async def add_member(self, request: Request) -> Response:
+        group_id = request.path_params["id"]
+        try:
+            payload = await request.json()
+            reference = str(payload["@odata.id"])
+        except (ValueError, KeyError, TypeError):
+            return graph_error(request, 400, "Request_BadRequest", "Invalid request body: @odata.id is required.")
+        object_id = reference.rstrip("/").rsplit("/", 1)[-1]
+        with self.d.lock:
+            group = self.d.groups.get(group_id)
+            if group is None:
+                return self._missing(request, group_id)
+            if group.kind in (GroupKind.DISTRIBUTION, GroupKind.MAIL_ENABLED_SECURITY):
+                return graph_error(
+                    request,
+                    400,
+                    "Request_BadRequest",
+                    "Cannot Update a mail-enabled security groups and or distribution list.",
+                )
+            replica = self.d.users.get(object_id) or self.d.contacts.get(object_id)
+            if not self.d.object_exists(object_id) or (replica is not None and not self.d.replicated(replica)):
+                return self._missing(request, object_id)
+            if object_id in group.members:
+                return graph_error(
+                    request,
+                    400,
+                    "Request_BadRequest",
+                    "One or more added object references already exist for the following modified properties: 'members'.",
+                )
+            if group.kind is GroupKind.MICROSOFT_365 and object_id in self.d.contacts:
+                return graph_error(
+                    request, 400, "Request_BadRequest", "An org contact cannot be a member of a Microsoft 365 group."
+                )
+            self.d.add_member(group, object_id)
+        return Response(status_code=204)
+
+    # Org contacts: read-only in Graph
+
+    def _visible_contact(self, object_id: str) -> Contact | None:
+        contact = self.d.contacts.get(object_id)
+        return contact if contact is not None and self.d.replicated(contact) else None
+
+    async def list_contacts(self, request: Request) -> Response:
+        address = self._mail_filter(request) if "$filter" in request.query_params else None
+        if "$filter" in request.query_params and address is None:
+            return self._unsupported_query(request)
+        with self.d.lock:
+            contacts = [c for c in self.d.contacts.values() if self.d.replicated(c)]
+            if address is not None:
+                contacts = [c for c in contacts if c.external_email_address.lower() == address.lower()]
+            return self._page(request, [_contact_json(c) for c in contacts])
+
+    async def get_contact(self, request: Request) -> Response:
+        object_id = request.path_params["id"]
+        with self.d.lock:
+            contact = self._visible_contact(object_id)
+            return (
+                JSONResponse(_select(request, _contact_json(contact))) if contact else self._missing(request, object_id)
+            )
+
+    async def contact_member_of(self, request: Request) -> Response:
+        object_id = request.path_params["id"]
+        with self.d.lock:
+            if self._visible_contact(object_id) is None:
+                return self._missing(request, object_id)
+            return self._page(request, [_group_json(g) for g in self.d.groups_with_member(object_id)])
+
+    async def refuse_contact_write(self, request: Request) -> Response:
+        operation = {"POST": "Create", "PATCH": "Update", "DELETE": "Delete"}[request.method]
+        return graph_error(
+            request,
+            400,
+            "Request_BadRequest",
+            f"Data contract version does not allow '{operation}' operations against instances of resource 'OrgContact'.",
+        )
+
+    # Users, guests and mail
+
+    async def list_users(self, request: Request) -> Response:
+        address = self._mail_filter(request)
+        if address is None:
+            return self._unsupported_query(request)
+        with self.d.lock:
+            user = self.d.user_by_mail(address)
+            visible = user is not None and self.d.replicated(user)
+            return self._page(request, [_user_json(user)] if user and visible else [])
+
+    def _user(self, id_or_mail: str) -> User | None:
+        user = self.d.users.get(id_or_mail) or self.d.user_by_mail(id_or_mail)
+        return user if user is not None and self.d.replicated(user) else None
+
+    async def get_user(self, request: Request) -> Response:
+        key = request.path_params["id"]
+        with self.d.lock:
+            user = self._user(key)
+            return JSONResponse(_select(request, _user_json(user))) if user else self._missing(request, key)
+
+    async def send_mail(self, request: Request) -> Response:
+        key = request.path_params["id"]
+        try:
+            message = _field(await request.json(), "message")
+            subject = str(_field(message, "subject", ""))
+            recipients = [
+                str(_field(_field(r, "emailAddress"), "address")) for r in _field(message, "toRecipients", []) or []
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return graph_error(request, 400, "ErrorInvalidRequest", "The request body is not a valid sendMail payload.")
+        if not recipients or any("@" not in address for address in recipients):
+            return graph_error(request, 400, "ErrorInvalidRecipients", "At least one recipient is not valid.")
+        with self.d.lock:
+            sender = self._user(key)
+            if sender is None:
+                return graph_error(request, 404, "ErrorInvalidUser", f"The requested user '{key}' is invalid.")
+            if sender.user_type != "Member":
+                return graph_error(
+                    request,
+                    404,
+                    "MailboxNotEnabledForRESTAPI",
+                    "The mailbox is either inactive, soft-deleted, or hosted on-premise.",
+                )
+            self.d.send_mail(sender, recipients, subject, size=len(json.dumps(message)))
+        return Response(status_code=202)
+
+    async def invite(self, request: Request) -> Response:
+        try:
+            payload = await request.json()
+            address = str(payload["invitedUserEmailAddress"])
+            redirect = str(payload["inviteRedirectUrl"])
+        except (ValueError, KeyError, TypeError):
+            return graph_error(
+                request, 400, "BadRequest", "invitedUserEmailAddress and inviteRedirectUrl are required."
+            )
+        if "@" not in address:
+            return graph_error(request, 400, "BadRequest", "The invited user email address is invalid.")
+        display_name = str(payload.get("invitedUserDisplayName") or address)
+        with self.d.lock:
+            user = self.d.user_by_mail(address) or self.d.add_guest(address, display_name)
+        invitation = {
+            "@odata.type": "#microsoft.graph.invitation",
+            "id": str(uuid.uuid4()),
+            "inviteRedeemUrl": f"https://login.microsoftonline.com/redeem?rd={uuid.uuid4().hex}",
+            "invitedUserDisplayName": display_name,
+            "invitedUserEmailAddress": address,
+            "inviteRedirectUrl": redirect,
+            "sendInvitationMessage": bool(payload.get("sendInvitationMessage", False)),
+            "invitedUserType": user.user_type,
+            "status": "PendingAcceptance",
+            "invitedUser": {"id": user.id},
+        }
+        return JSONResponse(invitation, status_code=201)
+
+    # JSON batching
+
+    async def batch(self, request: Request) -> Response:
+        """Each inner request goes through the whole app (auth, knobs, log) on its own, as in Graph."""
+        try:
+            payload = await request.json()
+            inner = payload["requests"]
+            if not isinstance(inner, list) or not all(isinstance(r, dict) and "id" in r and "url" in r for r in inner):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return graph_error(request, 400, "BadRequest", "Invalid batch payload.")
+        if len(inner) > BATCH_LIMIT:
+            return graph_error(
+                request,
+                400,
+                "BadRequest",
+                f"Invalid batch payload. Number of requests exceeds the maximum of {BATCH_LIMIT}.",
+            )
+        assert self.app is not None
+        transport = httpx.ASGITransport(app=self.app)
+        base = f"{request.url.scheme}://{request.url.netloc}/v1.0"
+        forwarded = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "client-request-id")}
+        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+            responses = [await self._one(client, forwarded, r) for r in inner]
+        return JSONResponse({"responses": responses})
+
+    async def _one(self, client: httpx.AsyncClient, forwarded: dict[str, str], inner: dict[str, Any]) -> dict[str, Any]:
+        headers = {**forwarded, **{str(k): str(v) for k, v in (inner.get("headers") or {}).items()}}
+        url = "/" + str(inner["url"]).lstrip("/")
+        answer = await client.request(
+            str(inner.get("method", "GET")).upper(), url, headers=headers, json=inner.get("body")
+        )
+        keep = {k: v for k, v in answer.headers.items() if k.lower() in ("retry-after", "content-type", "location")}
+        body = answer.json() if answer.content else None
+        return {"id": str(inner["id"]), "status": answer.status_code, "headers": keep, "body": body}

@@ -1,0 +1,169 @@
+"""Realism knobs: how unkind the sandbox is. Set at start (JSON file or arguments) or live over /_sandbox.
+
+Every knob defaults to "off", so tests opt into latency, throttling and faults explicitly. The
+shapes are validated with pydantic, so a bad knob file or admin request gets a specific 422.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Face = Literal["graph", "exchange"]
+FACES: tuple[Face, ...] = ("graph", "exchange")
+
+
+class _Knob(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Throttle(_Knob):
+    """A token bucket: `burst` requests at once, refilled at `requests_per_second`."""
+
+    requests_per_second: float = Field(gt=0)
+    burst: int = Field(default=1, ge=1)
+
+
+class ErrorRate(_Knob):
+    """A fraction of requests that fail with `status` (Microsoft's 5xx bodies), chosen at random."""
+
+    rate: float = Field(ge=0, le=1)
+    status: Literal[500, 502, 503, 504] = 503
+
+
+class Knobs(_Knob):
+    latency_ms: float = Field(default=0, ge=0, description="fixed delay added to every request")
+    jitter_ms: float = Field(default=0, ge=0, description="plus a uniform random delay up to this")
+    replication_lag_seconds: float = Field(
+        default=0, ge=0, description="a new contact or guest is invisible to Graph and to Add-DistributionGroupMember"
+    )
+    throttle: dict[Face, Throttle] = Field(default_factory=dict, description="token bucket per face; absent = none")
+    error_rate: dict[Face, ErrorRate] = Field(default_factory=dict)
+    bounce_domains: tuple[str, ...] = Field(default=(), description="mail to these domains fails (trace: Failed)")
+    trace_lag_seconds: float = Field(default=0, ge=0, description="a sent message shows in Get-MessageTraceV2 after")
+    random_seed: int | None = Field(default=None, description="fix the jitter and error-rate dice")
+
+    @classmethod
+    def load(cls, path: Path) -> Knobs:
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except FileNotFoundError as error:
+            raise ValueError(f"knobs file {path} does not exist") from error
+
+    def bounces(self, address: str) -> bool:
+        domain = address.rsplit("@", 1)[-1].lower()
+        return domain in {d.lower() for d in self.bounce_domains}
+
+
+class ScriptedFault(_Knob):
+    """The next `count` requests to `face` (for one operation, or any) answer `status`."""
+
+    face: Face
+    operation: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None, description="a cmdlet (New-MailContact) or Graph route (POST /v1.0/invitations); None = any"
+    )
+    status: Literal[429, 500, 502, 503, 504]
+    count: int = Field(default=1, ge=1, le=10_000)
+    retry_after: int | None = Field(default=None, ge=0, description="seconds; 429 answers always carry one")
+
+
+@dataclass
+class _Bucket:
+    rate: float
+    capacity: int
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> float | None:
+        """None when a token was taken; otherwise the seconds until one is free."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        return (1 - self.tokens) / self.rate
+
+    def used_percentage(self) -> float:
+        return 100.0 * (1 - self.tokens / self.capacity)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate decided for one request before the face sees it."""
+
+    delay_seconds: float
+    status: int | None = None  # None: let the face answer
+    retry_after: int | None = None
+    throttle_percentage: float | None = None  # Graph's x-ms-throttle-limit-percentage, when a bucket is set
+
+
+class Gate:
+    """Applies the knobs to each request: latency, token buckets, error rates and scripted faults."""
+
+    def __init__(self, knobs: Knobs | None = None) -> None:
+        self._lock = threading.Lock()
+        self._script: list[ScriptedFault] = []
+        self.knobs = knobs or Knobs()
+
+    @property
+    def knobs(self) -> Knobs:
+        return self._knobs
+
+    @knobs.setter
+    def knobs(self, knobs: Knobs) -> None:
+        with self._lock:
+            self._knobs = knobs
+            self._random = random.Random(knobs.random_seed)  # noqa: S311 - fault dice, not security
+            now = time.monotonic()
+            self._buckets = {
+                face: _Bucket(t.requests_per_second, t.burst, float(t.burst), now) for face, t in knobs.throttle.items()
+            }
+
+    def script(self, fault: ScriptedFault) -> None:
+        with self._lock:
+            self._script.append(fault)
+
+    def pending_script(self) -> list[ScriptedFault]:
+        with self._lock:
+            return list(self._script)
+
+    def clear_script(self) -> None:
+        with self._lock:
+            self._script.clear()
+
+    def decide(self, face: Face, operation: str) -> Verdict:
+        with self._lock:
+            knobs = self._knobs
+            delay = knobs.latency_ms / 1000 + self._random.uniform(0, knobs.jitter_ms / 1000)
+            if (scripted := self._take_scripted(face, operation)) is not None:
+                retry_after = scripted.retry_after
+                if scripted.status == 429 and retry_after is None:
+                    retry_after = 1
+                return Verdict(delay, scripted.status, retry_after)
+            percentage = None
+            if (bucket := self._buckets.get(face)) is not None:
+                wait = bucket.take(time.monotonic())
+                percentage = bucket.used_percentage()
+                if wait is not None:
+                    return Verdict(delay, 429, max(1, math.ceil(wait)), 100.0)
+            rate = knobs.error_rate.get(face)
+            if rate is not None and self._random.random() < rate.rate:
+                return Verdict(delay, rate.status, None, percentage)
+            return Verdict(delay, None, None, percentage)
+
+    def _take_scripted(self, face: Face, operation: str) -> ScriptedFault | None:
+        for index, fault in enumerate(self._script):
+            if fault.face == face and fault.operation in (None, operation):
+                if fault.count == 1:
+                    del self._script[index]
+                else:
+                    self._script[index] = fault.model_copy(update={"count": fault.count - 1})
+                return fault
+        return None
