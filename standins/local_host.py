@@ -4,7 +4,8 @@ It discovers the triggers with `app.get_functions()`, receives from whatever nam
 trigger's connection setting names (the emulator, or a real namespace in Azure) with the real
 azure-servicebus SDK, and calls each function with the argument types the Azure host passes: an
 azure.servicebus ServiceBusReceivedMessage and an object with ServiceBusMessageActions' methods
-that settles through the SDK receiver. host.json's maxConcurrentCalls bounds the concurrency.
+that settles through the SDK receiver. host.json's maxConcurrentCalls bounds the concurrency, and
+locks are renewed while a function runs, up to maxAutoLockRenewalDuration.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ import azure.functions as func
 from azure.functions.decorators.servicebus import ServiceBusQueueTrigger
 from azure.identity.aio import DefaultAzureCredential
 from azure.servicebus import ServiceBusReceivedMessage
-from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient, ServiceBusReceiver
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 logger = logging.getLogger("onboarding.local_host")
 
@@ -83,15 +86,26 @@ def load_function_app(module_name: str = "function_app") -> func.FunctionApp:
     return app
 
 
-def max_concurrent_calls(host_json: Path = PROJECT_ROOT / "host.json") -> int:
+class ServiceBusHostOptions(BaseModel):
+    """host.json's extensions.serviceBus, as far as the local host honours it (defaults: the extension's)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    max_concurrent_calls: int = Field(default=DEFAULT_MAX_CONCURRENT_CALLS, ge=1, alias="maxConcurrentCalls")
+    max_auto_lock_renewal_duration: timedelta = Field(
+        default=timedelta(minutes=5), ge=timedelta(0), alias="maxAutoLockRenewalDuration"
+    )
+
+
+def host_options(host_json: Path = PROJECT_ROOT / "host.json") -> ServiceBusHostOptions:
     try:
         config = json.loads(host_json.read_text())
     except FileNotFoundError:
-        return DEFAULT_MAX_CONCURRENT_CALLS
-    value = config.get("extensions", {}).get("serviceBus", {}).get("maxConcurrentCalls", DEFAULT_MAX_CONCURRENT_CALLS)
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{host_json}: extensions.serviceBus.maxConcurrentCalls must be a positive integer")
-    return value
+        return ServiceBusHostOptions()
+    try:
+        return ServiceBusHostOptions.model_validate(config.get("extensions", {}).get("serviceBus", {}))
+    except ValidationError as error:
+        raise ValueError(f"{host_json}: extensions.serviceBus: {error}") from error
 
 
 class LocalMessageActions:
@@ -149,7 +163,8 @@ class LocalHost:
         if not self._triggers:
             raise RuntimeError("the function app has no Service Bus triggers")
         self._environment = environment
-        self._concurrency = concurrency or max_concurrent_calls()
+        self._options = host_options()
+        self._concurrency = concurrency or self._options.max_concurrent_calls
         self._receive_wait = receive_wait_seconds
         self.invocations = 0
 
@@ -184,17 +199,32 @@ class LocalHost:
 
     async def _pump(self, trigger: QueueTrigger, client: ServiceBusClient, stop: asyncio.Event) -> None:
         logger.info("listening on queue %s for function %s", trigger.queue_name, trigger.function_name)
+        # As the Functions host does, locks are renewed while a function runs (maxAutoLockRenewalDuration).
+        renewer = AutoLockRenewer(
+            max_lock_renewal_duration=self._options.max_auto_lock_renewal_duration.total_seconds()
+        )
         async with client.get_queue_receiver(trigger.queue_name) as receiver:
-            while not stop.is_set():
-                messages = await receiver.receive_messages(
-                    max_message_count=self._concurrency, max_wait_time=self._receive_wait
-                )
-                if messages:
-                    await asyncio.gather(*(self._invoke(trigger, receiver, message) for message in messages))
+            try:
+                while not stop.is_set():
+                    messages = await receiver.receive_messages(
+                        max_message_count=self._concurrency, max_wait_time=self._receive_wait
+                    )
+                    if messages:
+                        await asyncio.gather(
+                            *(self._invoke(trigger, receiver, message, renewer) for message in messages)
+                        )
+            finally:
+                await renewer.close()
 
     async def _invoke(
-        self, trigger: QueueTrigger, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
+        self,
+        trigger: QueueTrigger,
+        receiver: ServiceBusReceiver,
+        message: ServiceBusReceivedMessage,
+        renewer: AutoLockRenewer,
     ) -> None:
+        if self._options.max_auto_lock_renewal_duration:
+            renewer.register(receiver, message)
         actions = LocalMessageActions(receiver)
         arguments: dict[str, Any] = {trigger.message_parameter: message}
         if trigger.actions_parameter:

@@ -20,6 +20,11 @@ from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
 
 DEMO_POLICY = Path(__file__).with_name("demo_policy.json")
+# The demo tenant's welcome mailbox; the sandbox's message trace needs seconds, not minutes.
+WELCOME_SETTINGS = {
+    "ONBOARDING_WELCOME_SENDER": "welcome@contoso.com",
+    "ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS": "1",
+}
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,9 @@ AUDIENCES: dict[Face, frozenset[str]] = {
     "exchange": frozenset({"https://outlook.office365.com", "00000002-0000-0ff1-ce00-000000000000"}),
 }
 ADMIN_PREFIX = "/_sandbox"
-_GRAPH_5XX = {
+_GRAPH_ERRORS = {
+    400: ("Request_BadRequest", "The request was rejected (injected by the sandbox)."),
+    403: ("Authorization_RequestDenied", "Insufficient privileges to complete the operation."),
     500: ("generalException", "An unexpected error occurred."),
     502: ("badGateway", "The server received an invalid response from an upstream server."),
     503: ("serviceNotAvailable", "The service is temporarily unavailable. Please retry later."),
@@ -131,12 +133,17 @@ def _verdict_response(request: Request, face: Face, verdict: Verdict, tenant_id:
         response.headers["Retry-After"] = str(verdict.retry_after or 1)
         return response
     if face == "graph":
-        code, message = _GRAPH_5XX[status]
+        code, message = _GRAPH_ERRORS[status]
         response = graph_error(request, status, code, message)
+    elif status == 400:
+        text = "The request was rejected (injected by the sandbox)."
+        response = exchange_error(400, "BadRequest", "Microsoft.Exchange.Configuration.Tasks.TaskException", text)
+    elif status == 403:
+        text = "The caller does not have a role that allows this cmdlet."
+        response = exchange_error(403, "Forbidden", "System.UnauthorizedAccessException", text)
     else:
-        response = exchange_error(
-            status, "ServiceUnavailable", "System.Net.WebException", "The service is unavailable."
-        )
+        text = "The service is unavailable."
+        response = exchange_error(status, "ServiceUnavailable", "System.Net.WebException", text)
     if verdict.retry_after is not None:
         response.headers["Retry-After"] = str(verdict.retry_after)
     return response
@@ -230,12 +237,14 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
         response = refuse_token(request, face, tenant_id)
         if response is None:
             verdict = gate.decide(face, operation)
-            if verdict.delay_seconds:
-                await asyncio.sleep(verdict.delay_seconds)
+            # Half the latency before the face acts and half after, as on a real network: a write
+            # is done while its caller still waits for the answer (a caller can die in between).
+            await asyncio.sleep(verdict.delay_seconds / 2)
             if verdict.status is not None:
                 response = _verdict_response(request, face, verdict, tenant_id)
             else:
                 response = await call_next(request)
+            await asyncio.sleep(verdict.delay_seconds / 2)
             if face == "graph":
                 response.headers["x-ms-resource-unit"] = "1"
                 if verdict.throttle_percentage is not None and verdict.throttle_percentage >= 80:

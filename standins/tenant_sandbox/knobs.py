@@ -63,13 +63,17 @@ class Knobs(_Knob):
 
 
 class ScriptedFault(_Knob):
-    """The next `count` requests to `face` (for one operation, or any) answer `status`."""
+    """The next `count` requests to `face` (for one operation, or any) answer `status`.
+
+    400 and 403 answer with the face's generic refusal (a rejected change, a missing role), for
+    exercising how callers treat permanent failures.
+    """
 
     face: Face
     operation: Annotated[str, Field(min_length=1)] | None = Field(
         default=None, description="a cmdlet (New-MailContact) or Graph route (POST /v1.0/invitations); None = any"
     )
-    status: Literal[429, 500, 502, 503, 504]
+    status: Literal[400, 403, 429, 500, 502, 503, 504]
     count: int = Field(default=1, ge=1, le=10_000)
     retry_after: int | None = Field(default=None, ge=0, description="seconds; 429 answers always carry one")
 

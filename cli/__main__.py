@@ -1,0 +1,5 @@
+"""python -m cli ...: the same as the `onboard` command (for environments without the script on PATH)."""
+
+from cli.main import app
+
+app()
