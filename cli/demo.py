@@ -14,7 +14,7 @@ from rich.table import Table
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import GroupRef, OnboardingRequest, OutcomeEvent, OutcomeStatus
 from shared.settings import SERVICEBUS_CONNECTION
-from standins.stack import local_stack, running_host
+from standins.stack import WELCOME_SETTINGS, local_stack, running_host
 
 OUTCOME_QUEUE = "onboarding-outcomes"
 
@@ -70,7 +70,8 @@ SAMPLES = (
 
 async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
     """Start the stack, submit the samples, print their outcomes; True when every sample met its expectation."""
-    with local_stack() as stack:
+    with local_stack(settings=WELCOME_SETTINGS) as stack:
+        stack.sandbox.set_knobs(trace_lag_seconds=2)  # the welcome message shows in message trace a little later
         console.print(
             f"[dim]Service Bus emulator on port {stack.emulator.port}, tenant sandbox at {stack.sandbox.base_url}[/]"
         )
@@ -102,7 +103,7 @@ def _outcome_table(outcomes: dict[str, OutcomeEvent]) -> Table:
             f"{outcome.recipient.kind}{' (new)' if outcome.recipient.created else ''}" if outcome.recipient else "-"
         )
         status = outcome.status + (f": {outcome.reason}" if outcome.reason else "")
-        details = "\n".join((*outcome.changes, *outcome.warnings)) or outcome.description
+        details = "\n".join((outcome.description, *outcome.changes, *outcome.warnings))
         ok = "[green]yes[/]" if sample.met_by(outcome) else "[red]no[/]"
         table.add_row(sample.title, group, recipient, status, details, ok)
     return table

@@ -70,7 +70,7 @@ def sandbox(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the Service Bus emulator and the tenant sandbox in the foreground; print the settings a client needs."""
-    from standins.stack import local_stack
+    from standins.stack import WELCOME_SETTINGS, local_stack
     from standins.tenant_sandbox import Knobs, TenantSeed
 
     _configure_logging(verbose)
@@ -84,6 +84,7 @@ def sandbox(
             servicebus_database=state_dir / "servicebus.db",
             sandbox_port=tenant_port,
             sandbox_database=state_dir / "tenant.db",
+            settings=WELCOME_SETTINGS,
         ) as stack:
             console.print("# Stand-ins are running. Settings for `onboard host` / `onboard submit` (e.g. in .env):")
             for name, value in stack.environment.items():

@@ -21,6 +21,7 @@ from shared.retry import RetryPolicy
 from shared.runner import Stage, StageRunner
 from shared.settings import Settings
 from shared.stages import StageDependencies
+from shared.stages.common import WelcomeMail
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,23 @@ def build_services(settings: Settings) -> Services:
         max_delay=timedelta(seconds=settings.retry_max_delay_seconds),
         max_age=settings.retry_max_age,
     )
+    welcome = (
+        WelcomeMail(
+            sender=str(settings.welcome_sender),
+            subject=settings.welcome_subject,
+            check_interval=timedelta(seconds=settings.welcome_check_interval_seconds),
+            deadline=timedelta(minutes=settings.welcome_deadline_minutes),
+        )
+        if settings.welcome_sender
+        else None
+    )
     dependencies = StageDependencies(
-        graph=graph, exchange=exchange, policy=policy, retry=retry, guest_redirect_url=str(settings.guest_redirect_url)
+        graph=graph,
+        exchange=exchange,
+        policy=policy,
+        retry=retry,
+        guest_redirect_url=str(settings.guest_redirect_url),
+        welcome=welcome,
     )
     return Services(settings, dependencies, outbox, graph, exchange)
 
@@ -90,4 +106,12 @@ async def close_services() -> None:
 
 async def stage_runner(stage_name: StageName, stage: Stage) -> StageRunner:
     services = await get_services()
-    return StageRunner(stage_name, stage, services.stage_dependencies, services.outbox, services.settings.outcome_queue)
+    settings = services.settings
+    return StageRunner(
+        stage_name,
+        stage,
+        services.stage_dependencies,
+        services.outbox,
+        settings.outcome_queue,
+        settings.servicebus_max_delivery_count,
+    )

@@ -94,6 +94,13 @@ class StageName(StrEnum):
     VERIFY_DELIVERY = "verify-delivery"
 
 
+class WelcomeCheck(_Contract):
+    """A welcome message was sent; verify-delivery re-checks its message trace until it is settled."""
+
+    sent_at: datetime
+    checks: int = Field(default=1, ge=1, description="Which scheduled re-check this message is.")
+
+
 class StageMessage(_Contract):
     """State carried from one stage to the next (body of add-member and verify-delivery messages)."""
 
@@ -106,6 +113,7 @@ class StageMessage(_Contract):
     accepted_at: datetime
     changes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    welcome: WelcomeCheck | None = None
 
 
 class OutcomeStatus(StrEnum):

@@ -25,6 +25,8 @@ class DeadLetterReason(StrEnum):
     PERMISSION_DENIED = "PermissionDenied"
     DIRECTORY_REJECTED = "DirectoryRejected"
     RETRIES_EXHAUSTED = "RetriesExhausted"
+    DELIVERY_FAILED = "DeliveryFailed"
+    PROCESSING_FAILED = "ProcessingFailed"
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,16 @@ class Delivery:
     reply_to: str | None
     attempt: int  # 1 for the first try of this stage, +1 per scheduled retry
     first_attempt_at: datetime  # when this stage first saw the request: bounds total retry age
+    phase: str = ""  # a stage run again on purpose (a welcome-mail re-check) has its own MessageIds
 
 
 @dataclass(frozen=True)
 class PassOn:
+    """Send `message` to `next_stage`, at once or after `delay` (a scheduled re-check of the same stage)."""
+
     next_stage: StageName
     message: StageMessage
+    delay: timedelta | None = None
 
 
 @dataclass(frozen=True)

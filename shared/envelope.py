@@ -19,6 +19,7 @@ from shared.decisions import Delivery
 REQUEST_ID = "onboarding-request-id"
 ATTEMPT = "onboarding-attempt"
 FIRST_ATTEMPT_AT = "onboarding-first-attempt-at"
+PHASE = "onboarding-phase"
 JSON = "application/json"
 
 
@@ -54,30 +55,43 @@ def read_delivery(message: ServiceBusReceivedMessage, now: datetime) -> Delivery
         reply_to=message.reply_to,
         attempt=int(attempt_text),
         first_attempt_at=first_attempt_at if first_attempt_at.tzinfo else first_attempt_at.replace(tzinfo=UTC),
+        phase=_text(properties.get(PHASE)) or "",
     )
 
 
+def phase_of(body: StageMessage) -> str:
+    """A welcome-mail re-check runs verify-delivery again: each has its own phase, hence its own MessageIds."""
+    return f"welcome-check-{body.welcome.checks}" if body.welcome else ""
+
+
+def _stage_key(request_id: str, stage: StageName, phase: str) -> str:
+    return f"{request_id}/{stage}/{phase}" if phase else f"{request_id}/{stage}"
+
+
 def next_stage_message(stage: StageName, body: StageMessage, delivery: Delivery) -> ServiceBusMessage:
+    phase = phase_of(body)
+    properties = {REQUEST_ID: delivery.request_id} | ({PHASE: phase} if phase else {})
     return _message(
         body.model_dump_json().encode(),
-        message_id=f"{delivery.request_id}/{stage}",
+        message_id=_stage_key(delivery.request_id, stage, phase),
         delivery=delivery,
-        properties={REQUEST_ID: delivery.request_id},
+        properties=properties,
     )
 
 
 def retry_message(stage: StageName, body: bytes, delivery: Delivery) -> ServiceBusMessage:
     """The same body again, one attempt later; the first attempt time bounds the total age."""
     attempt = delivery.attempt + 1
+    properties = {
+        REQUEST_ID: delivery.request_id,
+        ATTEMPT: str(attempt),
+        FIRST_ATTEMPT_AT: delivery.first_attempt_at.isoformat(),
+    } | ({PHASE: delivery.phase} if delivery.phase else {})
     return _message(
         body,
-        message_id=f"{delivery.request_id}/{stage}/{attempt}",
+        message_id=f"{_stage_key(delivery.request_id, stage, delivery.phase)}/{attempt}",
         delivery=delivery,
-        properties={
-            REQUEST_ID: delivery.request_id,
-            ATTEMPT: str(attempt),
-            FIRST_ATTEMPT_AT: delivery.first_attempt_at.isoformat(),
-        },
+        properties=properties,
     )
 
 

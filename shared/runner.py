@@ -49,6 +49,7 @@ class StageRunner:
     dependencies: StageDependencies
     outbox: ServiceBusOutbox
     outcome_queue: str
+    max_delivery_count: int = 10  # the queues' MaxDeliveryCount (infra); the last delivery reports a crash
 
     async def run(self, message: ServiceBusReceivedMessage, actions: MessageActions) -> Decision:
         now = self.dependencies.clock()
@@ -61,12 +62,38 @@ class StageRunner:
             try:
                 decision = await self.stage(body, delivery, self.dependencies)
                 await self._carry_out(decision, body, delivery, message, actions)
-            except Exception:
-                # A bug or an unreachable Service Bus: let Service Bus redeliver (MaxDeliveryCount, then its DLQ).
-                logger.exception("stage %s failed unexpectedly; abandoning for redelivery", self.stage_name)
-                actions.abandon(message)
-                raise
+            except Exception as error:
+                if not self._is_last_delivery(message):
+                    # A bug or a passing outage: let Service Bus redeliver the message.
+                    logger.exception("stage %s failed unexpectedly; abandoning for redelivery", self.stage_name)
+                    actions.abandon(message)
+                    raise
+                return await self._give_up_after_crashes(error, delivery, message, actions)
             return decision
+
+    def _is_last_delivery(self, message: ServiceBusReceivedMessage) -> bool:
+        # The SDK hands over AMQP's delivery-count: earlier deliveries, 0 on the first.
+        return (message.delivery_count or 0) + 1 >= self.max_delivery_count
+
+    async def _give_up_after_crashes(
+        self, error: Exception, delivery: Delivery, message: ServiceBusReceivedMessage, actions: MessageActions
+    ) -> Decision:
+        """Service Bus would dead-letter silently after this delivery: do it ourselves, with an outcome."""
+        logger.exception("stage %s failed on its last delivery; dead-lettering with an outcome", self.stage_name)
+        decision = Progress(self.stage_name, delivery, self.dependencies).dead_letter(
+            DeadLetterReason.PROCESSING_FAILED,
+            f"Stage {self.stage_name} failed unexpectedly on each of its {self.max_delivery_count} deliveries "
+            f"(last error: {type(error).__name__}). Find the request id in the logs, fix the cause, then "
+            "resubmit the message from this dead-letter queue.",
+        )
+        try:
+            await self._carry_out(decision, b"", delivery, message, actions)
+        except Exception:
+            # Cannot even report (Service Bus unreachable): abandon, and Service Bus dead-letters it.
+            logger.exception("could not report the failure of stage %s", self.stage_name)
+            actions.abandon(message)
+            raise
+        return decision
 
     async def _carry_out(
         self,
@@ -78,9 +105,14 @@ class StageRunner:
     ) -> None:
         stage_name, outbox = self.stage_name, self.outbox
         match decision:
-            case PassOn(next_stage, stage_message):
-                await outbox.send(next_stage, envelope.next_stage_message(next_stage, stage_message, delivery))
-                logger.info("%s done (attempt %d); passed on to %s", stage_name, delivery.attempt, next_stage)
+            case PassOn(next_stage, stage_message, delay):
+                outgoing = envelope.next_stage_message(next_stage, stage_message, delivery)
+                if delay is None:
+                    await outbox.send(next_stage, outgoing)
+                    logger.info("%s done (attempt %d); passed on to %s", stage_name, delivery.attempt, next_stage)
+                else:
+                    await outbox.schedule(next_stage, outgoing, self.dependencies.clock() + delay)
+                    logger.info("%s will run %s again in %.1f s", stage_name, next_stage, delay.total_seconds())
                 actions.complete(message)
             case RetryLater(delay, cause):
                 at = self.dependencies.clock() + delay

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, HttpUrl, SecretStr, model_validator
+from pydantic import AliasChoices, EmailStr, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The trigger bindings name this connection; the Functions host resolves it from app settings
@@ -39,11 +39,20 @@ class Settings(BaseSettings):
     managed_identity_client_id: str | None = None
     guest_redirect_url: HttpUrl = HttpUrl("https://myapplications.microsoft.com")
     outcome_queue: str = Field(default="onboarding-outcomes", pattern=r"^[A-Za-z0-9._/-]{1,260}$")
+    servicebus_max_delivery_count: int = Field(
+        default=10, ge=1, le=2000, description="The queues' MaxDeliveryCount: the last delivery reports a crash."
+    )
     policy_file: Path | None = None
     retry_max_attempts: int = Field(default=8, ge=1, le=100)
     retry_base_delay_seconds: float = Field(default=5.0, gt=0)
     retry_max_delay_seconds: float = Field(default=900.0, gt=0)
     retry_max_age_hours: float = Field(default=24.0, gt=0)
+    welcome_sender: EmailStr | None = Field(
+        default=None, description="Mailbox that sends the welcome message; unset = no welcome message."
+    )
+    welcome_subject: str = Field(default="Welcome to {group}", min_length=1, max_length=255)
+    welcome_check_interval_seconds: float = Field(default=300.0, gt=0, le=3600)
+    welcome_deadline_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60)
 
     @model_validator(mode="after")
     def _one_servicebus_route(self) -> Settings:

@@ -8,59 +8,16 @@ own Graph and Exchange clients.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
-import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
 from cli.demo import SAMPLES, _request
-from cli.upstream import collect_outcomes, submit
-from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus, RecipientKind
-from shared.directory.credentials import SandboxCredential
-from shared.directory.exchange import ExchangeOnlineClient
-from shared.directory.graph import MsGraphDirectory
+from cli.upstream import collect_outcomes
+from shared.contracts import OutcomeStatus, RecipientKind
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack, running_host
-
-OUTCOMES = "onboarding-outcomes"
-
-
-@pytest.fixture
-def stack() -> Iterator[LocalStack]:
-    with local_stack() as running:
-        yield running
-
-
-@dataclass
-class Readback:
-    graph: MsGraphDirectory
-    exchange: ExchangeOnlineClient
-
-
-@pytest.fixture
-async def readback(stack: LocalStack) -> AsyncIterator[Readback]:
-    credential = SandboxCredential(tenant_id=stack.sandbox.tenant_id)
-    graph = MsGraphDirectory(credential, base_url=stack.sandbox.graph_base_url)
-    exchange = ExchangeOnlineClient(
-        credential,
-        tenant_id=stack.sandbox.tenant_id,
-        base_url=stack.sandbox.exchange_base_url,
-        anchor_domain=stack.sandbox.tenant_domain,
-    )
-    yield Readback(graph, exchange)
-    await graph.close()
-    await exchange.close()
-
-
-async def onboard(stack: LocalStack, requests: list[OnboardingRequest]) -> dict[str, OutcomeEvent]:
-    async with (
-        running_host(stack.environment),
-        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
-    ):
-        ids = await submit(client, requests)
-        return await collect_outcomes(client, OUTCOMES, ids, within_seconds=60)
+from tests.fixtures.pipeline import OUTCOMES, Readback, onboard
 
 
 async def test_every_group_kind_ends_in_the_right_state(stack: LocalStack, readback: Readback) -> None:

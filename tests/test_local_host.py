@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from standins.local_host import discover_triggers, load_function_app, max_concurrent_calls
+from standins.local_host import discover_triggers, host_options, load_function_app
 
 
 def test_discovers_one_explicitly_settled_trigger_per_stage() -> None:
@@ -21,13 +22,17 @@ def test_discovers_one_explicitly_settled_trigger_per_stage() -> None:
         assert trigger.function_name == trigger.queue_name.replace("-", "_")
 
 
-def test_concurrency_comes_from_host_json(tmp_path: Path) -> None:
-    assert (
-        max_concurrent_calls()
-        == json.loads(Path("host.json").read_text())["extensions"]["serviceBus"]["maxConcurrentCalls"]
-    )
+def test_concurrency_and_lock_renewal_come_from_host_json(tmp_path: Path) -> None:
+    service_bus = json.loads(Path("host.json").read_text())["extensions"]["serviceBus"]
+    options = host_options()
+    assert options.max_concurrent_calls == service_bus["maxConcurrentCalls"]
+    assert options.max_auto_lock_renewal_duration == timedelta(minutes=5)
     host_json = tmp_path / "host.json"
     host_json.write_text(json.dumps({"extensions": {"serviceBus": {"maxConcurrentCalls": 0}}}))
     with pytest.raises(ValueError, match="maxConcurrentCalls"):
-        max_concurrent_calls(host_json)
-    assert max_concurrent_calls(tmp_path / "absent.json") == 16
+        host_options(host_json)
+    host_json.write_text(json.dumps({"extensions": {"serviceBus": {"maxAutoLockRenewalDuration": "soon"}}}))
+    with pytest.raises(ValueError, match="maxAutoLockRenewalDuration"):
+        host_options(host_json)
+    defaults = host_options(tmp_path / "absent.json")
+    assert (defaults.max_concurrent_calls, defaults.max_auto_lock_renewal_duration) == (16, timedelta(minutes=5))

@@ -12,10 +12,11 @@ import pytest
 from shared.contracts import OutcomeStatus, RecipientKind, StageMessage, StageName
 from shared.decisions import DeadLetter, DeadLetterReason, Delivery, Finish, PassOn, RetryLater
 from shared.directory.errors import NotFoundError, PermissionDeniedError, ThrottledError, TransientDirectoryError
-from shared.directory.ports import DirectoryUser, GroupKind, SenderRestrictions
+from shared.directory.ports import DirectoryUser, GroupKind, SenderRestrictions, TraceEntry
 from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
 from shared.stages import StageDependencies, add_member, create_contact, verify_delivery
+from shared.stages.common import WelcomeMail
 from shared.stages.create_contact import contact_name_candidates
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
 
@@ -32,6 +33,8 @@ class World:
         )
         self.dl = self.graph.add_group(GroupKind.DISTRIBUTION, "partners@contoso.com")
         self.m365 = self.graph.add_group(GroupKind.MICROSOFT_365, "falcon@contoso.com")
+        self.welcome: WelcomeMail | None = None
+        self.now = NOW
 
     @property
     def deps(self) -> StageDependencies:
@@ -41,7 +44,8 @@ class World:
             policy=self.policy,
             retry=RetryPolicy(max_attempts=3, random=random.Random(7)),
             guest_redirect_url="https://myapplications.microsoft.com",
-            clock=lambda: NOW,
+            welcome=self.welcome,
+            clock=lambda: self.now,
         )
 
 
@@ -328,3 +332,68 @@ async def test_verify_skips_sender_checks_when_not_asked(world: World) -> None:
     assert isinstance(decision, Finish)
     assert not decision.outcome.changes
     assert "get_sender_restrictions" not in world.script.calls
+
+
+# --- verify-delivery: the welcome message -------------------------------------------------
+
+WELCOME = WelcomeMail("welcome@contoso.com", "Welcome to {group}", timedelta(minutes=5), timedelta(hours=1))
+PERSON = "jordan.reyes@fabrikam.example"
+
+
+async def welcome_sent(world: World) -> PassOn:
+    world.welcome = WELCOME
+    decision = await verify_delivery(await member_message(world), delivery(), world.deps)
+    assert isinstance(decision, PassOn)
+    return decision
+
+
+def trace(world: World, status: str) -> None:
+    world.exchange.traces.append(TraceEntry("<m1@contoso.onmicrosoft.com>", PERSON, status, world.now))
+
+
+async def test_welcome_is_sent_once_then_rechecked_on_a_schedule(world: World) -> None:
+    decision = await welcome_sent(world)
+    assert world.graph.sent == [("welcome@contoso.com", PERSON, "Welcome to Group partners@contoso.com")]
+    assert decision.next_stage is StageName.VERIFY_DELIVERY and decision.delay == WELCOME.check_interval
+    assert decision.message.welcome is not None and decision.message.welcome.checks == 1
+    assert "RequireSenderAuthenticationEnabled" in decision.message.changes[0]  # carried to the outcome
+
+
+async def test_welcome_delivered_finishes_without_repeating_the_checks(world: World) -> None:
+    message = (await welcome_sent(world)).message
+    world.script.calls.clear()
+    world.now += timedelta(minutes=5)
+    trace(world, "Delivered")
+    decision = await verify_delivery(message.model_dump_json().encode(), delivery(), world.deps)
+    assert isinstance(decision, Finish) and decision.outcome.status is OutcomeStatus.SUCCEEDED
+    assert "welcome message was delivered" in decision.outcome.description
+    assert decision.outcome.changes == message.changes
+    assert world.script.calls == ["message_trace"]
+    assert len(world.graph.sent) == 1
+
+
+async def test_welcome_bounce_dead_letters_with_delivery_failed(world: World) -> None:
+    message = (await welcome_sent(world)).message
+    trace(world, "Failed")
+    decision = await verify_delivery(message.model_dump_json().encode(), delivery(), world.deps)
+    dead = assert_dead_letter(decision, DeadLetterReason.DELIVERY_FAILED)
+    assert "message trace: Failed" in dead.description
+
+
+async def test_welcome_not_traced_yet_is_rechecked_until_the_deadline(world: World) -> None:
+    message = (await welcome_sent(world)).message
+    trace(world, "Pending")
+    world.now += timedelta(minutes=5)
+    again = await verify_delivery(message.model_dump_json().encode(), delivery(), world.deps)
+    assert isinstance(again, PassOn) and again.message.welcome is not None and again.message.welcome.checks == 2
+    world.now += WELCOME.deadline
+    late = await verify_delivery(again.message.model_dump_json().encode(), delivery(), world.deps)
+    assert isinstance(late, Finish) and late.outcome.status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS
+    assert "not confirmed" in late.outcome.warnings[-1] and "Pending" in late.outcome.warnings[-1]
+
+
+async def test_welcome_trace_throttled_retries(world: World) -> None:
+    message = (await welcome_sent(world)).message
+    world.script.fail_next("message_trace", ThrottledError("slow down", face="exchange", status=429, retry_after=30))
+    decision = await verify_delivery(message.model_dump_json().encode(), delivery(), world.deps)
+    assert isinstance(decision, RetryLater) and decision.delay >= timedelta(seconds=30)

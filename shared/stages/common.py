@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -16,6 +16,7 @@ from shared.contracts import (
     ResolvedGroup,
     StageMessage,
     StageName,
+    WelcomeCheck,
 )
 from shared.decisions import DeadLetter, DeadLetterReason, Decision, Delivery, Finish, RetryLater
 from shared.directory.errors import (
@@ -34,12 +35,23 @@ def utc_now() -> datetime:
 
 
 @dataclass(frozen=True)
+class WelcomeMail:
+    """The optional welcome message and how long verify-delivery waits for its message trace."""
+
+    sender: str
+    subject: str  # "{group}" is replaced with the group's display name
+    check_interval: timedelta
+    deadline: timedelta
+
+
+@dataclass(frozen=True)
 class StageDependencies:
     graph: GraphDirectory
     exchange: ExchangeDirectory
     policy: OnboardingPolicy
     retry: RetryPolicy
     guest_redirect_url: str
+    welcome: WelcomeMail | None = None
     clock: Callable[[], datetime] = utc_now
 
 
@@ -56,6 +68,7 @@ class Progress:
     accepted_at: datetime | None = None
     changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    welcome: WelcomeCheck | None = None
 
     @classmethod
     def resume(cls, stage: StageName, delivery: Delivery, deps: StageDependencies, message: StageMessage) -> Progress:
@@ -69,6 +82,7 @@ class Progress:
             accepted_at=message.accepted_at,
             changes=list(message.changes),
             warnings=list(message.warnings),
+            welcome=message.welcome,
         )
 
     def _outcome(self, status: OutcomeStatus, description: str, reason: str | None = None) -> OutcomeEvent:
@@ -123,6 +137,7 @@ class Progress:
             accepted_at=self.accepted_at,
             changes=tuple(self.changes),
             warnings=tuple(self.warnings),
+            welcome=self.welcome,
         )
 
     def on_directory_error(self, error: DirectoryError, *, not_found_is_lag: bool = False) -> Decision:

@@ -4,17 +4,31 @@ Seeds, last paragraphs: if the external person cannot mail the group, the group 
 accepts mail from authenticated (internal) senders, and external mail bounces with
 550 5.7.133. Where policy allows, turn RequireSenderAuthenticationEnabled off and record the
 change; otherwise finish with a warning that names the fix.
+
+With a welcome sender configured, the stage then mails the person and re-runs itself on a
+schedule (PassOn to itself, its own MessageIds) to read Get-MessageTraceV2 until the message is
+Delivered, fails (DeliveryFailed), or the deadline passes (a warning). The membership and sender
+checks are not repeated on those re-checks: their results travel in the message.
 """
 
 from __future__ import annotations
 
-from shared.contracts import Recipient, ResolvedGroup, StageName
-from shared.decisions import DeadLetter, Decision, Delivery
+from datetime import timedelta
+
+from shared.contracts import Recipient, ResolvedGroup, StageMessage, StageName, WelcomeCheck
+from shared.decisions import DeadLetter, DeadLetterReason, Decision, Delivery, PassOn
 from shared.directory.errors import DirectoryError
 from shared.directory.ports import GroupKind, SenderRestrictions
-from shared.stages.common import Progress, StageDependencies, resume_from
+from shared.stages.common import Progress, StageDependencies, WelcomeMail, resume_from
 
 STAGE = StageName.VERIFY_DELIVERY
+WELCOME_TEXT = (
+    "Hello {name},\n\nYou have been added to {group} ({group_mail}). You will receive its mail, and "
+    "mail you send to {group_mail} reaches its members.\n"
+)
+UNDELIVERED = {"Failed", "FilteredAsSpam", "Quarantined"}
+# Message trace may date a message a little before our clock did.
+TRACE_SLACK = timedelta(minutes=5)
 
 
 async def verify_delivery(body: bytes, delivery: Delivery, deps: StageDependencies) -> Decision:
@@ -22,14 +36,56 @@ async def verify_delivery(body: bytes, delivery: Delivery, deps: StageDependenci
     if isinstance(resumed, DeadLetter):
         return resumed
     progress, message = resumed
+    member = f"{message.recipient.kind} is a member of {message.group.display_name!r}."
     try:
+        if message.welcome is not None and deps.welcome is not None:
+            return await _check_welcome(progress, message, deps.welcome, member)
         if not await _is_member(message.group, message.recipient, str(message.request.external_email), deps):
             return progress.retry_or_give_up("the new membership is not visible yet (replication lag)")
         if message.request.allow_external_senders:
             await _make_group_accept_external_mail(message.group, message.recipient, progress)
+        if deps.welcome is not None:
+            return await _send_welcome(progress, message, deps.welcome)
     except DirectoryError as error:
         return progress.on_directory_error(error, not_found_is_lag=True)
-    return progress.finish(f"{message.recipient.kind} is a member of {message.group.display_name!r}.")
+    return progress.finish(member)
+
+
+async def _send_welcome(progress: Progress, message: StageMessage, welcome: WelcomeMail) -> PassOn:
+    """Send, then schedule the first trace check. A crash in between re-sends: at least once, not exactly."""
+    group = message.group
+    text = WELCOME_TEXT.format(name=message.request.display_name, group=group.display_name, group_mail=group.mail)
+    subject = welcome.subject.replace("{group}", group.display_name)
+    await progress.deps.graph.send_mail(welcome.sender, str(message.request.external_email), subject, text)
+    progress.welcome = WelcomeCheck(sent_at=progress.deps.clock())
+    return PassOn(STAGE, progress.stage_message(), welcome.check_interval)
+
+
+async def _check_welcome(progress: Progress, message: StageMessage, welcome: WelcomeMail, member: str) -> Decision:
+    assert message.welcome is not None
+    now = progress.deps.clock()
+    sent_at = message.welcome.sent_at
+    address = str(message.request.external_email)
+    trace = await progress.deps.exchange.message_trace(welcome.sender, address, sent_at - TRACE_SLACK, now)
+    statuses = {entry.status for entry in trace}
+    if "Delivered" in statuses:
+        return progress.finish(f"{member} The welcome message was delivered (message trace).")
+    if failed := sorted(statuses & UNDELIVERED):
+        return progress.dead_letter(
+            DeadLetterReason.DELIVERY_FAILED,
+            f"{member} But the welcome message was not delivered (message trace: {', '.join(failed)}), so mail "
+            "to this person does not arrive. Check the address with the requester; correct it and resubmit, "
+            "or remove the contact or guest.",
+        )
+    if now - sent_at >= welcome.deadline:
+        seen = ", ".join(sorted(statuses)) or "no trace rows yet"
+        progress.warnings.append(
+            f"Delivery of the welcome message was not confirmed within {welcome.deadline} ({seen}); "
+            "check Get-MessageTraceV2 for it later."
+        )
+        return progress.finish(member)
+    progress.welcome = message.welcome.model_copy(update={"checks": message.welcome.checks + 1})
+    return PassOn(STAGE, progress.stage_message(), welcome.check_interval)
 
 
 async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, deps: StageDependencies) -> bool:

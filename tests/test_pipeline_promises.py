@@ -1,0 +1,228 @@
+"""The pipeline's promises when the world misbehaves, through the local host, the emulator and the sandbox.
+
+Each test sets a sandbox knob or an emulator setting, sends real requests with the SDK, and reads
+the outcome events and the tenant back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from datetime import timedelta
+
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient
+
+from cli.demo import _request
+from cli.upstream import collect_outcomes, submit
+from shared.contracts import GroupRef, OutcomeEvent, OutcomeStatus, StageName
+from shared.decisions import Decision, Delivery
+from shared.outbox import ServiceBusOutbox
+from shared.policy import OnboardingPolicy
+from shared.retry import RetryPolicy
+from shared.runner import StageRunner
+from shared.settings import SERVICEBUS_CONNECTION
+from shared.stages import StageDependencies
+from standins.local_host import LocalMessageActions
+from standins.servicebus_emulator import EmulatorConfig
+from standins.stack import LocalStack, local_stack, running_host
+from tests.fakes import FailureScript, FakeExchange, FakeGraph
+from tests.fixtures.pipeline import OUTCOMES, Readback, onboard
+
+PARTNERS = "partners@contoso.com"
+BOARD = "board@contoso.com"  # a distribution group no source system may target (demo policy)
+FINANCE_TEAM_ID = "7c1d2e3f-0004-4b5c-8d9e-0f1a2b3c4d04"
+
+
+async def dead_lettered(stack: LocalStack, queue: str) -> list[ServiceBusReceivedMessage]:
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        client.get_queue_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,
+    ):
+        return list(await dlq.peek_messages(max_message_count=50))
+
+
+async def test_each_refusal_dead_letters_with_its_reason(stack: LocalStack) -> None:
+    security = _request("r-security", "ann@fabrikam.example", "Ann Lee", PARTNERS).model_copy(
+        update={"group": GroupRef(object_id=FINANCE_TEAM_ID)}
+    )
+    expected = {
+        "r-unknown-group": ("GroupNotFound", _request("r-unknown-group", "a@fabrikam.example", "A B", "x@contoso.com")),
+        "r-security": ("UnsupportedGroupKind", security),
+        "r-dynamic": (
+            "UnsupportedGroupKind",
+            _request("r-dynamic", "b@fabrikam.example", "B C", "all-staff@contoso.com"),
+        ),
+        "r-source": (
+            "PolicyDenied",
+            _request("r-source", "c@fabrikam.example", "C D", PARTNERS).model_copy(update={"source_system": "crm"}),
+        ),
+        "r-blocked": ("PolicyDenied", _request("r-blocked", "d@blocked.example", "D E", PARTNERS)),
+        "r-group-not-allowed": ("PolicyDenied", _request("r-group-not-allowed", "e@fabrikam.example", "E F", BOARD)),
+        "r-accepted-domain": (
+            "AddressInUseInternally",
+            _request("r-accepted-domain", "f@contoso.com", "F G", PARTNERS),
+        ),
+        "r-internal-user": (
+            "AddressInUseInternally",
+            _request("r-internal-user", "adele.vance@contoso.com", "Adele Vance", "project-falcon@contoso.com"),
+        ),
+    }
+    outcomes = await onboard(stack, [request for _, request in expected.values()])
+    assert {rid: (o.status, o.reason) for rid, o in outcomes.items()} == {
+        rid: (OutcomeStatus.FAILED, reason) for rid, (reason, _) in expected.items()
+    }
+    reasons = {m.message_id: m.dead_letter_reason for m in await dead_lettered(stack, "create-contact")}
+    assert reasons == {rid: reason for rid, (reason, _) in expected.items()}
+    assert not stack.sandbox.directory.contacts, "no refusal may leave a contact behind"
+
+
+async def test_permission_and_rejection_are_permanent(stack: LocalStack) -> None:
+    stack.sandbox.inject("exchange", 403, operation="New-MailContact")
+    outcome = (await onboard(stack, [_request("r-403", "g@fabrikam.example", "G H", PARTNERS)]))["r-403"]
+    assert (outcome.status, outcome.reason) == (OutcomeStatus.FAILED, "PermissionDenied")
+    assert "Exchange.ManageAsApp" in outcome.description
+    stack.sandbox.inject("exchange", 400, operation="Add-DistributionGroupMember")
+    outcome = (await onboard(stack, [_request("r-400", "h@fabrikam.example", "H I", PARTNERS)]))["r-400"]
+    assert (outcome.status, outcome.reason, outcome.stage) == (
+        OutcomeStatus.FAILED,
+        "DirectoryRejected",
+        StageName.ADD_MEMBER,
+    )
+    assert [m.dead_letter_reason for m in await dead_lettered(stack, "add-member")] == ["DirectoryRejected"]
+
+
+async def test_5xx_bursts_are_retried_to_success(stack: LocalStack, readback: Readback) -> None:
+    stack.sandbox.inject("exchange", 503, count=3, operation="New-MailContact")
+    stack.sandbox.inject("exchange", 500, count=2, operation="Add-DistributionGroupMember")
+    stack.sandbox.inject("graph", 502, count=2)
+    outcome = (await onboard(stack, [_request("r-5xx", "i@fabrikam.example", "I J", PARTNERS)]))["r-5xx"]
+    assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
+    creates = [e.status for e in stack.sandbox.request_log if e.operation == "New-MailContact"]
+    assert creates == [503, 503, 503, 200]
+    contact = await readback.exchange.find_mail_contact("i@fabrikam.example")
+    members = await readback.exchange.list_distribution_group_members(PARTNERS)
+    assert contact is not None and [m.identity for m in members] == [contact.identity]
+
+
+async def test_welcome_mail_is_confirmed_by_message_trace_or_fails() -> None:
+    welcome = {
+        "ONBOARDING_WELCOME_SENDER": "welcome@contoso.com",
+        "ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS": "0.5",
+    }
+    with local_stack(settings=welcome) as stack:
+        stack.sandbox.set_knobs(trace_lag_seconds=1.5, bounce_domains=["bounce.example"])
+        requests = [
+            _request("w-ok", "kai@fabrikam.example", "Kai Berg", PARTNERS),
+            _request("w-bounce", "lou@bounce.example", "Lou Ng", PARTNERS),
+        ]
+        outcomes = await onboard(stack, requests)
+        checks = [e for e in stack.sandbox.request_log if e.operation == "Get-MessageTraceV2"]
+        verify_dlq = await dead_lettered(stack, "verify-delivery")
+    assert outcomes["w-ok"].status is OutcomeStatus.SUCCEEDED, outcomes["w-ok"]
+    assert "welcome message was delivered" in outcomes["w-ok"].description
+    assert (outcomes["w-bounce"].status, outcomes["w-bounce"].reason) == (OutcomeStatus.FAILED, "DeliveryFailed")
+    assert len(checks) >= 4, "each message is re-checked until its trace row appears"
+    assert [m.dead_letter_reason for m in verify_dlq] == ["DeliveryFailed"]
+
+
+async def test_a_stage_that_crashes_on_every_delivery_ends_with_an_outcome(stack: LocalStack) -> None:
+    async def crashing_stage(body: bytes, delivery: Delivery, deps: StageDependencies) -> Decision:
+        raise RuntimeError("a bug")
+
+    connection = stack.environment[SERVICEBUS_CONNECTION]
+    async with ServiceBusClient.from_connection_string(connection) as client:
+        outbox = ServiceBusOutbox.from_connection_string(connection)
+        runner = StageRunner(StageName.ADD_MEMBER, crashing_stage, _dependencies(), outbox, OUTCOMES, 3)
+        async with client.get_queue_sender("add-member") as sender:
+            await sender.send_messages(ServiceBusMessage(b"{}", message_id="crash-1/add-member"))
+        attempts = []
+        async with client.get_queue_receiver("add-member") as receiver:
+            for _ in range(3):
+                (message,) = await receiver.receive_messages(max_message_count=1, max_wait_time=10)
+                attempts.append(message.delivery_count or 0)  # AMQP: an absent header means 0
+                actions = LocalMessageActions(receiver)
+                with contextlib.suppress(RuntimeError):
+                    await runner.run(message, actions)
+                await actions.flush()
+        await outbox.close()
+        outcome = (await collect_outcomes(client, OUTCOMES, ["crash-1/add-member"], within_seconds=10))[
+            "crash-1/add-member"
+        ]
+    assert attempts == [0, 1, 2]
+    assert (outcome.status, outcome.reason) == (OutcomeStatus.FAILED, "ProcessingFailed")
+    assert "RuntimeError" in outcome.description
+    (dead,) = await dead_lettered(stack, "add-member")
+    assert dead.dead_letter_reason == "ProcessingFailed" and b"".join(dead.body) == b"{}"
+
+
+def _dependencies() -> StageDependencies:
+    script = FailureScript()
+    return StageDependencies(FakeGraph(script), FakeExchange(script), OnboardingPolicy(), RetryPolicy(), "https://x")
+
+
+async def test_locks_are_renewed_while_a_slow_stage_runs(readback: Readback) -> None:
+    short_locks = EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=5))
+    with local_stack(emulator_config=short_locks) as stack:
+        stack.sandbox.set_knobs(latency_ms=2000)
+        async with (
+            running_host(stack.environment) as host,
+            ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        ):
+            ids = await submit(client, [_request("slow-1", "mo@fabrikam.example", "Mo Ra", PARTNERS)])
+            outcome = (await collect_outcomes(client, OUTCOMES, ids, within_seconds=90))["slow-1"]
+            invocations = host.invocations
+    assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
+    assert invocations == 3, "a lock that expired mid-stage would have redelivered a message"
+
+
+async def test_a_worker_killed_mid_stage_loses_and_duplicates_nothing(readback: Readback) -> None:
+    short_locks = EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=5))
+    with local_stack(emulator_config=short_locks) as stack:
+        stack.sandbox.set_knobs(latency_ms=2000)
+        connection = stack.environment[SERVICEBUS_CONNECTION]
+        async with ServiceBusClient.from_connection_string(connection) as client:
+            ids = await submit(client, [_request("kill-1", "vi@fabrikam.example", "Vi Sun", PARTNERS)])
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli",
+            "host",
+            env={**os.environ, **stack.environment},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            # Kill the worker after New-MailContact has created the contact but before its answer arrives.
+            deadline = time.monotonic() + 60
+            while stack.sandbox.directory.contact_by_identity("vi@fabrikam.example") is None:
+                assert time.monotonic() < deadline and worker.returncode is None, "the worker never created the contact"
+                await asyncio.sleep(0.02)
+            os.killpg(worker.pid, signal.SIGKILL)
+        finally:
+            await asyncio.wait_for(worker.wait(), timeout=10)
+        stack.sandbox.set_knobs(latency_ms=0)
+        outcomes = await _resume(stack, ids)
+        members = stack.sandbox.directory.group_by_identity(PARTNERS)
+        contacts = [
+            c for c in stack.sandbox.directory.contacts.values() if c.external_email_address == "vi@fabrikam.example"
+        ]
+        creates = [e.status for e in stack.sandbox.request_log if e.operation == "New-MailContact"]
+    outcome = outcomes["kill-1"]
+    assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
+    assert outcome.recipient is not None and outcome.recipient.created is False  # found, not made twice
+    assert len(contacts) == 1 and creates == [200]
+    assert members is not None and members.members.count(contacts[0].external_directory_object_id) == 1
+
+
+async def _resume(stack: LocalStack, ids: list[str]) -> dict[str, OutcomeEvent]:
+    async with (
+        running_host(stack.environment),
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+    ):
+        return await collect_outcomes(client, OUTCOMES, ids, within_seconds=60)
