@@ -70,7 +70,9 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
     def on_timer_task(self, event: Any) -> None:
         if self._stopping:
             return
-        self.store.expire_locks(utc_now())
+        now = utc_now()
+        self.store.expire_locks(now)
+        self.store.expire_messages(now)
         self._pump_all()
         event.container.schedule(TICK_SECONDS, self)
 
@@ -190,7 +192,14 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
 
     def _enqueue(self, node: str, encoded: bytes) -> None:
         message = codec.decode(encoded)
-        self.store.enqueue(node, encoded, codec.message_id_of(message), utc_now(), codec.scheduled_time_of(message))
+        self.store.enqueue(
+            node,
+            encoded,
+            codec.message_id_of(message),
+            utc_now(),
+            codec.scheduled_time_of(message),
+            codec.time_to_live_of(message),
+        )
 
     def _on_outcome(self, delivery: Delivery) -> None:
         token = getattr(delivery, "lock_token", None)
@@ -271,7 +280,12 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
                     encoded = bytes(dict(entry)["message"])
                     message = codec.decode(encoded)
                     number = self.store.enqueue(
-                        queue, encoded, codec.message_id_of(message), now, codec.scheduled_time_of(message)
+                        queue,
+                        encoded,
+                        codec.message_id_of(message),
+                        now,
+                        codec.scheduled_time_of(message),
+                        codec.time_to_live_of(message),
                     )
                     numbers.append(number or 0)
                 return _ok({"sequence-numbers": Array(Data.NULL, Data.LONG, *numbers)})
