@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
-from proton import Array, Condition, Data, Delivery, Endpoint, Handler, Link, Message
+from proton import Array, Condition, Data, Delivery, Endpoint, Handler, Link, Message, symbol
 from proton.reactor import Container
 
 from standins.servicebus_emulator import codec
@@ -27,6 +27,8 @@ MANAGEMENT_SUFFIX = "/$management"
 INCOMING_CREDIT = 100
 TICK_SECONDS = 0.1  # how often lock expiry and scheduled messages are noticed
 NOT_FOUND = "amqp:not-found"
+MAX_MESSAGE_SIZE = 256 * 1024  # the Standard tier's limit, advertised on every link a client sends on
+MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
 LOCK_LOST = "com.microsoft:message-lock-lost"
 
 
@@ -103,6 +105,8 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         link.snd_settle_mode = link.remote_snd_settle_mode
         link.rcv_settle_mode = link.remote_rcv_settle_mode
         node = normalise_address(link.remote_source.address if link.is_sender else link.remote_target.address)
+        if link.is_receiver:
+            link.max_message_size = MAX_MESSAGE_SIZE  # the SDK sizes its batches by what the attach says
         link.open()
         if node == CBS_NODE.lower() or node.endswith(MANAGEMENT_SUFFIX):
             setattr(link, "emulator_node", node)  # noqa: B010  # proton keeps attributes across wrappers
@@ -164,7 +168,15 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         delivery: Delivery = event.delivery
         link = delivery.link
         if link.is_receiver:
-            if delivery.readable and not delivery.partial:
+            if delivery.aborted:  # the sender gave up mid-transfer: nothing arrived
+                delivery.settle()
+                link.flow(1)
+            elif delivery.readable and self._discard_if_oversize(link, delivery):
+                if not delivery.partial:
+                    link.advance()
+                    self._refuse_oversize(link, delivery)
+                    link.flow(1)
+            elif delivery.readable and not delivery.partial:
                 encoded = bytes(link.recv(delivery.pending) or b"")
                 link.advance()
                 self._on_incoming(link, delivery, encoded)
@@ -173,6 +185,26 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             # Also when the client settled first: the SDK releases, pre-settled, every message that
             # arrives outside a receive call, and that message must be unlocked at once.
             self._on_outcome(delivery)
+
+    def _discard_if_oversize(self, link: Link, delivery: Delivery) -> bool:
+        """A client that ignores the advertised limit: drop its bytes as they come, keep only the count."""
+        discarded: int = getattr(delivery, "discarded_bytes", 0)
+        if not discarded and delivery.pending <= (link.max_message_size or delivery.pending):
+            return False
+        discarded += len(link.recv(delivery.pending) or b"")
+        setattr(delivery, "discarded_bytes", discarded)  # noqa: B010
+        return True
+
+    def _refuse_oversize(self, link: Link, delivery: Delivery) -> None:
+        size: int = getattr(delivery, "discarded_bytes", 0)
+        logger.warning("refused a %d-byte message to %s", size, getattr(link, "emulator_node", ""))
+        delivery.local.condition = _rejection(
+            MESSAGE_SIZE_EXCEEDED,
+            f"The received message (size: {size} bytes) exceeds the limit ({link.max_message_size} bytes) "
+            "currently allowed on the link.",
+        )
+        delivery.update(Delivery.REJECTED)
+        delivery.settle()
 
     def _on_incoming(self, link: Link, delivery: Delivery, encoded: bytes) -> None:
         node = getattr(link, "emulator_node", "")
@@ -186,7 +218,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             delivery.update(Delivery.ACCEPTED)
         except Exception as error:  # a malformed message must not take the broker down
             logger.warning("refused a transfer to %s: %s", node, error)
-            delivery.local.condition = Condition("amqp:decode-error", str(error))
+            delivery.local.condition = _rejection("amqp:decode-error", str(error))
             delivery.update(Delivery.REJECTED)
         delivery.settle()
 
@@ -223,7 +255,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             setattr(delivery, "lock_token", None)  # noqa: B010  # one outcome per delivery
             delivery.update(state)
         except LockLost:
-            delivery.local.condition = Condition(LOCK_LOST, "The lock supplied is invalid or has expired.")
+            delivery.local.condition = _rejection(LOCK_LOST, "The lock supplied is invalid or has expired.")
             delivery.update(Delivery.REJECTED)
         delivery.settle()
         node = getattr(delivery.link, "emulator_node", None)
@@ -385,6 +417,12 @@ def _status(code: int, description: str, condition: str | None = None) -> Messag
     if condition:
         properties["errorCondition"] = condition
     return Message(properties=properties)
+
+
+def _rejection(name: str, description: str) -> Condition:
+    """An error for a rejected outcome. It carries an info map, as Service Bus's do: the SDK reads all
+    three fields of the error and fails on a shorter list."""
+    return Condition(name, description, {symbol("com.microsoft:tracking-id"): str(uuid.uuid4())})
 
 
 def _uuid(value: Any) -> uuid.UUID:
