@@ -144,6 +144,15 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         if not event.connection.state & Endpoint.LOCAL_CLOSED:
             event.connection.close()
 
+    def on_transport_tail_closed(self, event: Any) -> None:
+        # Nothing more will arrive. After a malformed frame proton stops reading but keeps the
+        # socket open, waiting on output it never writes: close it so the client is dropped.
+        # A client that closed properly, or an error proton reports itself, still gets its reply.
+        connection = event.connection
+        closed_properly = connection is not None and connection.state & Endpoint.REMOTE_CLOSED
+        if not closed_properly and event.transport.condition is None:
+            event.transport.close_head()
+
     def on_transport_closed(self, event: Any) -> None:
         # A client that vanished: drop its links; its locked messages come back when locks expire.
         for links in (*self._consumers.values(), self._reply_links):
