@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
-from proton import Array, Condition, Data, Delivery, Endpoint, Handler, Link, Message, symbol
-from proton.reactor import Container
+from proton import Array, Condition, Connection, Data, Delivery, Endpoint, Handler, Link, Message, symbol
 
 from standins.servicebus_emulator import codec
 from standins.servicebus_emulator.store import EntityNotFound, LockLost, QueueStore, StoredMessage
@@ -26,6 +25,7 @@ CBS_NODE = "$cbs"
 MANAGEMENT_SUFFIX = "/$management"
 INCOMING_CREDIT = 100
 TICK_SECONDS = 0.1  # how often lock expiry and scheduled messages are noticed
+STOP_GRACE_SECONDS = 0.2  # for the forced-close frames to leave before the sockets are dropped
 NOT_FOUND = "amqp:not-found"
 MAX_MESSAGE_SIZE = 256 * 1024  # the Standard tier's limit, advertised on every link a client sends on
 MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
@@ -52,19 +52,30 @@ def _values(value: Any) -> list[Any]:
 
 
 class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
-    def __init__(self, store: QueueStore, host: str, port: int, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: QueueStore,
+        host: str,
+        port: int,
+        on_ready: Callable[[], None],
+        on_stopped: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__()
         self.store = store
         self._address = f"{host}:{port}"
         self._on_ready = on_ready
+        self._on_stopped = on_stopped
+        self._connections: set[Connection] = set()
         self._consumers: dict[str, list[Link]] = defaultdict(list)
         self._reply_links: list[Link] = []
         self._acceptor: Any = None
+        self._container: Any = None  # an injected event does not carry it
         self._stopping = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def on_reactor_init(self, event: Any) -> None:
+        self._container = event.container
         self._acceptor = event.container.listen(self._address)
         event.container.schedule(TICK_SECONDS, self)
         self._on_ready()
@@ -79,14 +90,33 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         event.container.schedule(TICK_SECONDS, self)
 
     def on_stop_emulator(self, event: Any) -> None:
-        """Injected from another thread by ServiceBusEmulator.stop()."""
+        """Injected from another thread by ServiceBusEmulator.stop().
+
+        Container.stop() would leave the listening socket and every client's socket open (a new
+        emulator could not take the port; clients would wait on a dead peer). Instead: stop
+        listening, tell each client the connection is forced closed, and shortly after drop
+        whatever is still open; the container then ends once nothing is left.
+        """
         self._stopping = True
         if self._acceptor is not None:
             self._acceptor.close()
-        container: Container = event.container
-        container.stop()
+        for connection in self._connections:
+            connection.condition = _error("amqp:connection:forced", "The Service Bus emulator is stopping.")
+            connection.close()
+        self._container.schedule(STOP_GRACE_SECONDS, _StopFinisher(self))
+
+    def finish_stop(self) -> None:
+        for connection in self._connections:
+            transport = connection.transport
+            if transport is not None:
+                transport.close_tail()
+                transport.close_head()
+        self._on_stopped()
 
     # --- endpoints ------------------------------------------------------------------------
+
+    def on_connection_init(self, event: Any) -> None:
+        self._connections.add(event.connection)
 
     def on_connection_remote_open(self, event: Any) -> None:
         if event.connection.state & Endpoint.LOCAL_UNINIT:
@@ -118,11 +148,11 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         try:
             queue = self.store.queue(node)
         except EntityNotFound:
-            link.condition = Condition(NOT_FOUND, f"The messaging entity '{node}' could not be found.")
+            link.condition = _error(NOT_FOUND, f"The messaging entity '{node}' could not be found.")
             link.close()
             return
         if link.is_receiver and queue.is_dead_letter_queue:
-            link.condition = Condition("amqp:not-allowed", "Cannot send to a dead-letter queue.")
+            link.condition = _error("amqp:not-allowed", "Cannot send to a dead-letter queue.")
             link.close()
             return
         setattr(link, "emulator_node", node)  # noqa: B010
@@ -157,6 +187,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         # A client that vanished: drop its links; its locked messages come back when locks expire.
         for links in (*self._consumers.values(), self._reply_links):
             links[:] = [link for link in links if link.connection != event.connection]
+        self._connections.discard(event.connection)
 
     def _forget(self, link: Link) -> None:
         for links in (*self._consumers.values(), self._reply_links):
@@ -207,7 +238,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
     def _refuse_oversize(self, link: Link, delivery: Delivery) -> None:
         size: int = getattr(delivery, "discarded_bytes", 0)
         logger.warning("refused a %d-byte message to %s", size, getattr(link, "emulator_node", ""))
-        delivery.local.condition = _rejection(
+        delivery.local.condition = _error(
             MESSAGE_SIZE_EXCEEDED,
             f"The received message (size: {size} bytes) exceeds the limit ({link.max_message_size} bytes) "
             "currently allowed on the link.",
@@ -227,7 +258,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             delivery.update(Delivery.ACCEPTED)
         except Exception as error:  # a malformed message must not take the broker down
             logger.warning("refused a transfer to %s: %s", node, error)
-            delivery.local.condition = _rejection("amqp:decode-error", str(error))
+            delivery.local.condition = _error("amqp:decode-error", str(error))
             delivery.update(Delivery.REJECTED)
         delivery.settle()
 
@@ -264,7 +295,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             setattr(delivery, "lock_token", None)  # noqa: B010  # one outcome per delivery
             delivery.update(state)
         except LockLost:
-            delivery.local.condition = _rejection(LOCK_LOST, "The lock supplied is invalid or has expired.")
+            delivery.local.condition = _error(LOCK_LOST, "The lock supplied is invalid or has expired.")
             delivery.update(Delivery.REJECTED)
         delivery.settle()
         node = getattr(delivery.link, "emulator_node", None)
@@ -398,6 +429,15 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             delivery.settle()
 
 
+class _StopFinisher(Handler):  # type: ignore[misc]
+    def __init__(self, broker: Broker) -> None:
+        super().__init__()
+        self._broker = broker
+
+    def on_timer_task(self, event: Any) -> None:
+        self._broker.finish_stop()
+
+
 def _pending_replies(link: Link) -> list[Message]:
     """Replies waiting for credit; kept on the link itself (proton stores attributes in its record)."""
     pending: list[Message] | None = getattr(link, "pending_replies", None)
@@ -428,9 +468,9 @@ def _status(code: int, description: str, condition: str | None = None) -> Messag
     return Message(properties=properties)
 
 
-def _rejection(name: str, description: str) -> Condition:
-    """An error for a rejected outcome. It carries an info map, as Service Bus's do: the SDK reads all
-    three fields of the error and fails on a shorter list."""
+def _error(name: str, description: str) -> Condition:
+    """An AMQP error with an info map, as Service Bus sends them: the SDK reads all three fields of
+    an error (in a rejected outcome, a detach or a close) and fails on a shorter list."""
     return Condition(name, description, {symbol("com.microsoft:tracking-id"): str(uuid.uuid4())})
 
 
