@@ -331,13 +331,24 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
 
     def _on_request(self, link: Link, node: str, request: Message) -> None:
         if node == CBS_NODE.lower():
-            # Every key is accepted: the emulator's shared key is public anyway.
-            reply = Message(properties={"status-code": 202, "status-description": "Accepted"})
+            reply = self._put_token(request)
         else:
             reply = self._management(node.removesuffix(MANAGEMENT_SUFFIX), request)
         reply.correlation_id = request.id
         reply.address = request.reply_to
         self._send_reply(link, node, request.reply_to, reply)
+
+    def _put_token(self, request: Message) -> Message:
+        """Every key is accepted (the emulator's shared key is public anyway), but, as in Service Bus,
+        a token for an entity that does not exist is refused with 404: the SDK's first sign of it."""
+        audience = str(dict(request.properties or {}).get("name", ""))
+        entity = normalise_address(audience).removesuffix(MANAGEMENT_SUFFIX)
+        if entity:
+            try:
+                self.store.queue(entity)
+            except EntityNotFound:
+                return _cbs_status(404, f"The messaging entity '{audience}' could not be found.")
+        return _cbs_status(202, "Accepted")
 
     def _management(self, queue: str, request: Message) -> Message:
         properties: dict[Any, Any] = dict(request.properties or {})
@@ -466,6 +477,11 @@ def _status(code: int, description: str, condition: str | None = None) -> Messag
     if condition:
         properties["errorCondition"] = condition
     return Message(properties=properties)
+
+
+def _cbs_status(code: int, description: str) -> Message:
+    # $cbs spells its status properties differently from $management.
+    return Message(properties={"status-code": code, "status-description": description})
 
 
 def _error(name: str, description: str) -> Condition:
