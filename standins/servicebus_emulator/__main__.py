@@ -1,30 +1,47 @@
-"""`python -m standins.servicebus_emulator [--port 5672] [--config Config.json]`: run in the foreground."""
+"""`python -m standins.servicebus_emulator [--port 5672] [--config Config.json] [--database FILE]`."""
 
 from __future__ import annotations
 
-import argparse
 import signal
 import threading
 from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
 
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 
+app = typer.Typer(add_completion=False, help="Run the Service Bus emulator in the foreground until Ctrl+C.")
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=5672)
-    parser.add_argument("--config", type=Path, help="Config.json in the format of Microsoft's emulator")
-    parser.add_argument("--database", type=Path, help="SQLite file that keeps messages across restarts")
-    arguments = parser.parse_args()
-    config = EmulatorConfig.load(arguments.config) if arguments.config else EmulatorConfig.default()
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Loopback port (Microsoft's emulator uses 5672)")] = 5672,
+    config: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Config.json in the format of Microsoft's emulator"),
+    ] = None,
+    database: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="SQLite file that keeps messages across restarts")
+    ] = None,
+) -> None:
+    try:
+        queues = EmulatorConfig.load(config) if config else EmulatorConfig.default()
+    except ValueError as error:  # a readable message, not a traceback
+        raise typer.BadParameter(str(error), param_hint="--config") from error
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with ServiceBusEmulator(config, port=arguments.port, database=arguments.database) as emulator:
-        print(f"Service Bus emulator on 127.0.0.1:{emulator.port}; queues: {', '.join(q.name for q in config.queues)}")
+    console = Console()
+    with ServiceBusEmulator(queues, port=port, database=database) as emulator:
+        console.print(
+            f"Service Bus emulator on 127.0.0.1:{emulator.port}; queues: {', '.join(q.name for q in queues.queues)}"
+        )
+        # Plain print: the line is meant to be copied or parsed as it is.
         print(f"ServiceBusConnection={emulator.connection_string}", flush=True)
         stop.wait()
 
 
 if __name__ == "__main__":
-    main()
+    app()

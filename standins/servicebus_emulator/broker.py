@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
-from proton import Array, Condition, Data, Delivery, Endpoint, Handler, Link, Message
-from proton.reactor import Container
+from proton import Array, Condition, Connection, Data, Delivery, Endpoint, Handler, Link, Message, symbol
 
 from standins.servicebus_emulator import codec
 from standins.servicebus_emulator.store import EntityNotFound, LockLost, QueueStore, StoredMessage
@@ -26,7 +25,10 @@ CBS_NODE = "$cbs"
 MANAGEMENT_SUFFIX = "/$management"
 INCOMING_CREDIT = 100
 TICK_SECONDS = 0.1  # how often lock expiry and scheduled messages are noticed
+STOP_GRACE_SECONDS = 0.2  # for the forced-close frames to leave before the sockets are dropped
 NOT_FOUND = "amqp:not-found"
+MAX_MESSAGE_SIZE = 256 * 1024  # the Standard tier's limit, advertised on every link a client sends on
+MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
 LOCK_LOST = "com.microsoft:message-lock-lost"
 
 
@@ -50,19 +52,30 @@ def _values(value: Any) -> list[Any]:
 
 
 class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
-    def __init__(self, store: QueueStore, host: str, port: int, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: QueueStore,
+        host: str,
+        port: int,
+        on_ready: Callable[[], None],
+        on_stopped: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__()
         self.store = store
         self._address = f"{host}:{port}"
         self._on_ready = on_ready
+        self._on_stopped = on_stopped
+        self._connections: set[Connection] = set()
         self._consumers: dict[str, list[Link]] = defaultdict(list)
         self._reply_links: list[Link] = []
         self._acceptor: Any = None
+        self._container: Any = None  # an injected event does not carry it
         self._stopping = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def on_reactor_init(self, event: Any) -> None:
+        self._container = event.container
         self._acceptor = event.container.listen(self._address)
         event.container.schedule(TICK_SECONDS, self)
         self._on_ready()
@@ -70,19 +83,40 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
     def on_timer_task(self, event: Any) -> None:
         if self._stopping:
             return
-        self.store.expire_locks(utc_now())
+        now = utc_now()
+        self.store.expire_locks(now)
+        self.store.expire_messages(now)
         self._pump_all()
         event.container.schedule(TICK_SECONDS, self)
 
     def on_stop_emulator(self, event: Any) -> None:
-        """Injected from another thread by ServiceBusEmulator.stop()."""
+        """Injected from another thread by ServiceBusEmulator.stop().
+
+        Container.stop() would leave the listening socket and every client's socket open (a new
+        emulator could not take the port; clients would wait on a dead peer). Instead: stop
+        listening, tell each client the connection is forced closed, and shortly after drop
+        whatever is still open; the container then ends once nothing is left.
+        """
         self._stopping = True
         if self._acceptor is not None:
             self._acceptor.close()
-        container: Container = event.container
-        container.stop()
+        for connection in self._connections:
+            connection.condition = _error("amqp:connection:forced", "The Service Bus emulator is stopping.")
+            connection.close()
+        self._container.schedule(STOP_GRACE_SECONDS, _StopFinisher(self))
+
+    def finish_stop(self) -> None:
+        for connection in self._connections:
+            transport = connection.transport
+            if transport is not None:
+                transport.close_tail()
+                transport.close_head()
+        self._on_stopped()
 
     # --- endpoints ------------------------------------------------------------------------
+
+    def on_connection_init(self, event: Any) -> None:
+        self._connections.add(event.connection)
 
     def on_connection_remote_open(self, event: Any) -> None:
         if event.connection.state & Endpoint.LOCAL_UNINIT:
@@ -101,6 +135,8 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         link.snd_settle_mode = link.remote_snd_settle_mode
         link.rcv_settle_mode = link.remote_rcv_settle_mode
         node = normalise_address(link.remote_source.address if link.is_sender else link.remote_target.address)
+        if link.is_receiver:
+            link.max_message_size = MAX_MESSAGE_SIZE  # the SDK sizes its batches by what the attach says
         link.open()
         if node == CBS_NODE.lower() or node.endswith(MANAGEMENT_SUFFIX):
             setattr(link, "emulator_node", node)  # noqa: B010  # proton keeps attributes across wrappers
@@ -112,11 +148,11 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         try:
             queue = self.store.queue(node)
         except EntityNotFound:
-            link.condition = Condition(NOT_FOUND, f"The messaging entity '{node}' could not be found.")
+            link.condition = _error(NOT_FOUND, f"The messaging entity '{node}' could not be found.")
             link.close()
             return
         if link.is_receiver and queue.is_dead_letter_queue:
-            link.condition = Condition("amqp:not-allowed", "Cannot send to a dead-letter queue.")
+            link.condition = _error("amqp:not-allowed", "Cannot send to a dead-letter queue.")
             link.close()
             return
         setattr(link, "emulator_node", node)  # noqa: B010
@@ -138,10 +174,20 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         if not event.connection.state & Endpoint.LOCAL_CLOSED:
             event.connection.close()
 
+    def on_transport_tail_closed(self, event: Any) -> None:
+        # Nothing more will arrive. After a malformed frame proton stops reading but keeps the
+        # socket open, waiting on output it never writes: close it so the client is dropped.
+        # A client that closed properly, or an error proton reports itself, still gets its reply.
+        connection = event.connection
+        closed_properly = connection is not None and connection.state & Endpoint.REMOTE_CLOSED
+        if not closed_properly and event.transport.condition is None:
+            event.transport.close_head()
+
     def on_transport_closed(self, event: Any) -> None:
         # A client that vanished: drop its links; its locked messages come back when locks expire.
         for links in (*self._consumers.values(), self._reply_links):
             links[:] = [link for link in links if link.connection != event.connection]
+        self._connections.discard(event.connection)
 
     def _forget(self, link: Link) -> None:
         for links in (*self._consumers.values(), self._reply_links):
@@ -162,7 +208,15 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         delivery: Delivery = event.delivery
         link = delivery.link
         if link.is_receiver:
-            if delivery.readable and not delivery.partial:
+            if delivery.aborted:  # the sender gave up mid-transfer: nothing arrived
+                delivery.settle()
+                link.flow(1)
+            elif delivery.readable and self._discard_if_oversize(link, delivery):
+                if not delivery.partial:
+                    link.advance()
+                    self._refuse_oversize(link, delivery)
+                    link.flow(1)
+            elif delivery.readable and not delivery.partial:
                 encoded = bytes(link.recv(delivery.pending) or b"")
                 link.advance()
                 self._on_incoming(link, delivery, encoded)
@@ -171,6 +225,26 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             # Also when the client settled first: the SDK releases, pre-settled, every message that
             # arrives outside a receive call, and that message must be unlocked at once.
             self._on_outcome(delivery)
+
+    def _discard_if_oversize(self, link: Link, delivery: Delivery) -> bool:
+        """A client that ignores the advertised limit: drop its bytes as they come, keep only the count."""
+        discarded: int = getattr(delivery, "discarded_bytes", 0)
+        if not discarded and delivery.pending <= (link.max_message_size or delivery.pending):
+            return False
+        discarded += len(link.recv(delivery.pending) or b"")
+        setattr(delivery, "discarded_bytes", discarded)  # noqa: B010
+        return True
+
+    def _refuse_oversize(self, link: Link, delivery: Delivery) -> None:
+        size: int = getattr(delivery, "discarded_bytes", 0)
+        logger.warning("refused a %d-byte message to %s", size, getattr(link, "emulator_node", ""))
+        delivery.local.condition = _error(
+            MESSAGE_SIZE_EXCEEDED,
+            f"The received message (size: {size} bytes) exceeds the limit ({link.max_message_size} bytes) "
+            "currently allowed on the link.",
+        )
+        delivery.update(Delivery.REJECTED)
+        delivery.settle()
 
     def _on_incoming(self, link: Link, delivery: Delivery, encoded: bytes) -> None:
         node = getattr(link, "emulator_node", "")
@@ -184,13 +258,20 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             delivery.update(Delivery.ACCEPTED)
         except Exception as error:  # a malformed message must not take the broker down
             logger.warning("refused a transfer to %s: %s", node, error)
-            delivery.local.condition = Condition("amqp:decode-error", str(error))
+            delivery.local.condition = _error("amqp:decode-error", str(error))
             delivery.update(Delivery.REJECTED)
         delivery.settle()
 
     def _enqueue(self, node: str, encoded: bytes) -> None:
         message = codec.decode(encoded)
-        self.store.enqueue(node, encoded, codec.message_id_of(message), utc_now(), codec.scheduled_time_of(message))
+        self.store.enqueue(
+            node,
+            encoded,
+            codec.message_id_of(message),
+            utc_now(),
+            codec.scheduled_time_of(message),
+            codec.time_to_live_of(message),
+        )
 
     def _on_outcome(self, delivery: Delivery) -> None:
         token = getattr(delivery, "lock_token", None)
@@ -214,7 +295,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             setattr(delivery, "lock_token", None)  # noqa: B010  # one outcome per delivery
             delivery.update(state)
         except LockLost:
-            delivery.local.condition = Condition(LOCK_LOST, "The lock supplied is invalid or has expired.")
+            delivery.local.condition = _error(LOCK_LOST, "The lock supplied is invalid or has expired.")
             delivery.update(Delivery.REJECTED)
         delivery.settle()
         node = getattr(delivery.link, "emulator_node", None)
@@ -250,13 +331,24 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
 
     def _on_request(self, link: Link, node: str, request: Message) -> None:
         if node == CBS_NODE.lower():
-            # Every key is accepted: the emulator's shared key is public anyway.
-            reply = Message(properties={"status-code": 202, "status-description": "Accepted"})
+            reply = self._put_token(request)
         else:
             reply = self._management(node.removesuffix(MANAGEMENT_SUFFIX), request)
         reply.correlation_id = request.id
         reply.address = request.reply_to
         self._send_reply(link, node, request.reply_to, reply)
+
+    def _put_token(self, request: Message) -> Message:
+        """Every key is accepted (the emulator's shared key is public anyway), but, as in Service Bus,
+        a token for an entity that does not exist is refused with 404: the SDK's first sign of it."""
+        audience = str(dict(request.properties or {}).get("name", ""))
+        entity = normalise_address(audience).removesuffix(MANAGEMENT_SUFFIX)
+        if entity:
+            try:
+                self.store.queue(entity)
+            except EntityNotFound:
+                return _cbs_status(404, f"The messaging entity '{audience}' could not be found.")
+        return _cbs_status(202, "Accepted")
 
     def _management(self, queue: str, request: Message) -> Message:
         properties: dict[Any, Any] = dict(request.properties or {})
@@ -271,7 +363,12 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
                     encoded = bytes(dict(entry)["message"])
                     message = codec.decode(encoded)
                     number = self.store.enqueue(
-                        queue, encoded, codec.message_id_of(message), now, codec.scheduled_time_of(message)
+                        queue,
+                        encoded,
+                        codec.message_id_of(message),
+                        now,
+                        codec.scheduled_time_of(message),
+                        codec.time_to_live_of(message),
                     )
                     numbers.append(number or 0)
                 return _ok({"sequence-numbers": Array(Data.NULL, Data.LONG, *numbers)})
@@ -343,6 +440,15 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             delivery.settle()
 
 
+class _StopFinisher(Handler):  # type: ignore[misc]
+    def __init__(self, broker: Broker) -> None:
+        super().__init__()
+        self._broker = broker
+
+    def on_timer_task(self, event: Any) -> None:
+        self._broker.finish_stop()
+
+
 def _pending_replies(link: Link) -> list[Message]:
     """Replies waiting for credit; kept on the link itself (proton stores attributes in its record)."""
     pending: list[Message] | None = getattr(link, "pending_replies", None)
@@ -371,6 +477,17 @@ def _status(code: int, description: str, condition: str | None = None) -> Messag
     if condition:
         properties["errorCondition"] = condition
     return Message(properties=properties)
+
+
+def _cbs_status(code: int, description: str) -> Message:
+    # $cbs spells its status properties differently from $management.
+    return Message(properties={"status-code": code, "status-description": description})
+
+
+def _error(name: str, description: str) -> Condition:
+    """An AMQP error with an info map, as Service Bus sends them: the SDK reads all three fields of
+    an error (in a rejected outcome, a detach or a close) and fails on a shorter list."""
+    return Condition(name, description, {symbol("com.microsoft:tracking-id"): str(uuid.uuid4())})
 
 
 def _uuid(value: Any) -> uuid.UUID:

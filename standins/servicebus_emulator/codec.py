@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from proton import Data, Message, symbol, timestamp
@@ -76,6 +76,11 @@ def message_id_of(message: Message) -> str | None:
 
 def scheduled_time_of(message: Message) -> datetime | None:
     return to_datetime((message.annotations or {}).get(SCHEDULED_ENQUEUE_TIME))
+
+
+def time_to_live_of(message: Message) -> timedelta | None:
+    """The header's ttl (proton reports seconds, 0 when absent)."""
+    return timedelta(seconds=message.ttl) if message.ttl else None
 
 
 def for_delivery(stored: StoredMessage, queue_name: str) -> Message:

@@ -52,7 +52,7 @@ class ServiceBusEmulator:
     def start(self) -> None:
         if self._thread is not None:
             return
-        broker = Broker(self.store, self.host, self.port, self._ready.set)
+        broker = Broker(self.store, self.host, self.port, self._ready.set, on_stopped=self._injector.close)
         container = Container(broker)
         container.selectable(self._injector)
         self._thread = threading.Thread(target=self._run, args=(container,), name="servicebus-emulator", daemon=True)

@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS messages (
     delivery_count INTEGER NOT NULL,
     deferred INTEGER NOT NULL,
     dead_letter_reason TEXT,
-    dead_letter_description TEXT
+    dead_letter_description TEXT,
+    expires_at TEXT
 );
 CREATE TABLE IF NOT EXISTS seen_message_ids (
     queue TEXT NOT NULL,
@@ -38,10 +39,15 @@ class SqliteMessageLog:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        if "expires_at" not in columns:  # a database written before messages expired: they never do
+            self._db.execute("ALTER TABLE messages ADD COLUMN expires_at TEXT")
 
     def saved(self, queue: str, message: StoredMessage) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO messages (sequence_number, queue, encoded, message_id, enqueued_at, visible_at,"
+            " delivery_count, deferred, dead_letter_reason, dead_letter_description, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message.sequence_number,
                 queue,
@@ -53,6 +59,7 @@ class SqliteMessageLog:
                 int(message.deferred),
                 message.dead_letter_reason,
                 message.dead_letter_description,
+                message.expires_at.isoformat() if message.expires_at else None,
             ),
         )
 
@@ -78,9 +85,14 @@ class SqliteMessageLog:
                     deferred=bool(row[7]),
                     dead_letter_reason=row[8],
                     dead_letter_description=row[9],
+                    expires_at=datetime.fromisoformat(row[10]) if row[10] else None,
                 ),
             )
-            for row in self._db.execute("SELECT * FROM messages ORDER BY sequence_number")
+            for row in self._db.execute(
+                "SELECT sequence_number, queue, encoded, message_id, enqueued_at, visible_at, delivery_count,"
+                " deferred, dead_letter_reason, dead_letter_description, expires_at"
+                " FROM messages ORDER BY sequence_number"
+            )
         ]
         seen = [
             (queue, message_id, datetime.fromisoformat(at))

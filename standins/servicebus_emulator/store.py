@@ -12,13 +12,16 @@ import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from standins.servicebus_emulator.config import EmulatorConfig, QueueConfig
 
 DEAD_LETTER_SUFFIX = "/$deadletterqueue"
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+# What Service Bus sets on a message it dead-letters for expiry.
+TTL_EXPIRED = "TTLExpiredException"
+TTL_EXPIRED_DESCRIPTION = "The message expired and was dead lettered."
 
 
 class EntityNotFound(KeyError):
@@ -42,10 +45,14 @@ class StoredMessage:
     deferred: bool = False
     dead_letter_reason: str | None = None
     dead_letter_description: str | None = None
+    expires_at: datetime | None = None
 
     @property
     def scheduled(self) -> bool:
         return self.visible_at > self.enqueued_at
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 class MessageLog(Protocol):
@@ -93,7 +100,21 @@ class Queue:
         return False
 
     def available(self, now: datetime) -> Iterator[StoredMessage]:
-        return (m for m in self.messages.values() if m.visible_at <= now and m.lock_token is None and not m.deferred)
+        # An expired message is never handed out, even before the next tick moves it away.
+        return (
+            m
+            for m in self.messages.values()
+            if m.visible_at <= now and m.lock_token is None and not m.deferred and not self.expires(m, now)
+        )
+
+    def expires(self, message: StoredMessage, now: datetime) -> bool:
+        """Time-to-live is not observed in a dead-letter queue, nor while a message is locked or deferred."""
+        return (
+            not self.is_dead_letter_queue
+            and message.lock_token is None
+            and not message.deferred
+            and message.expired(now)
+        )
 
 
 class QueueStore:
@@ -128,7 +149,13 @@ class QueueStore:
         return list(self._queues)
 
     def enqueue(
-        self, name: str, encoded: bytes, message_id: str | None, now: datetime, visible_at: datetime | None = None
+        self,
+        name: str,
+        encoded: bytes,
+        message_id: str | None,
+        now: datetime,
+        visible_at: datetime | None = None,
+        time_to_live: timedelta | None = None,
     ) -> int | None:
         """Store a sent message; None when duplicate detection drops it (the send still succeeds)."""
         queue = self.queue(name)
@@ -137,7 +164,15 @@ class QueueStore:
         if queue.is_duplicate(message_id, now):
             return None
         sequence_number = next(self._sequence)
-        queue.put(StoredMessage(sequence_number, encoded, message_id, now, max(now, visible_at or now)))
+        visible = max(now, visible_at or now)
+        # The queue's default is also the ceiling; a scheduled message's clock starts when it is enqueued.
+        default = queue.config.default_message_time_to_live
+        lifetime = min(time_to_live, default) if time_to_live and time_to_live > timedelta(0) else default
+        try:
+            expires_at: datetime | None = visible + lifetime
+        except OverflowError:  # TimeSpan.MaxValue, Service Bus's "never"
+            expires_at = None
+        queue.put(StoredMessage(sequence_number, encoded, message_id, now, visible, expires_at=expires_at))
         return sequence_number
 
     def cancel_scheduled(self, name: str, sequence_numbers: list[int]) -> None:
@@ -240,6 +275,15 @@ class QueueStore:
                 self._failed_delivery(queue, message)
                 touched.append(name)
         return touched
+
+    def expire_messages(self, now: datetime) -> None:
+        """Dead-letter (when the queue says so) or drop every message whose time-to-live ran out."""
+        for queue in self._queues.values():
+            for message in [m for m in queue.messages.values() if queue.expires(m, now)]:
+                if queue.config.dead_lettering_on_message_expiration:
+                    self._move_to_dead_letters(queue, message, TTL_EXPIRED, TTL_EXPIRED_DESCRIPTION)
+                else:
+                    queue.remove(message)
 
     def _failed_delivery(self, queue: Queue, message: StoredMessage) -> None:
         self._unlock(message)

@@ -19,7 +19,7 @@ from azure.servicebus import (
     ServiceBusSubQueue,
 )
 from azure.servicebus import aio as servicebus_aio
-from azure.servicebus.exceptions import ServiceBusError
+from azure.servicebus.exceptions import ServiceBusAuthenticationError, ServiceBusError
 
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 
@@ -152,11 +152,23 @@ def test_duplicate_message_ids_are_dropped(servicebus_emulator: ServiceBusEmulat
         assert receiver.receive_messages(max_message_count=5, max_wait_time=1) == []  # deleted on receipt
 
 
-def test_unknown_queue_is_an_error(servicebus_emulator: ServiceBusEmulator) -> None:
+def test_unknown_queue_is_refused_at_put_token_as_service_bus_does(servicebus_emulator: ServiceBusEmulator) -> None:
     no_retries = ServiceBusClient.from_connection_string(servicebus_emulator.connection_string, retry_total=0)
-    with no_retries as sb, pytest.raises(ServiceBusError):
-        with sb.get_queue_sender("no-such-queue") as sender:
+    with no_retries as sb:
+        with pytest.raises(ServiceBusAuthenticationError) as on_send, sb.get_queue_sender("no-such-queue") as sender:
             sender.send_messages(ServiceBusMessage("x"))
+        with (
+            pytest.raises(ServiceBusAuthenticationError) as on_receive,
+            sb.get_queue_receiver("no-such-queue") as receiver,
+        ):
+            receiver.receive_messages(max_wait_time=1)
+        with sb.get_queue_sender("create-contact") as sender:  # the same client still works for a real queue
+            sender.send_messages(ServiceBusMessage("x"))
+    for raised in (on_send.value, on_receive.value):
+        refusal = raised.inner_exception  # the put-token answer, as Azure Service Bus gives it
+        assert getattr(refusal, "status_code", None) == 404
+        assert "The messaging entity 'sb://localhost:" in str(refusal)
+        assert "/no-such-queue' could not be found." in str(refusal)
 
 
 def test_concurrent_receivers_never_share_a_message(servicebus_emulator: ServiceBusEmulator) -> None:
