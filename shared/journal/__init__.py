@@ -1,0 +1,7 @@
+"""Status journal: every transition of every request, in SQLite locally or Azure Table Storage."""
+
+from shared.journal.model import RequestState, Transition, TransitionKind
+from shared.journal.ports import Journal
+from shared.journal.sqlite import SqliteJournal
+
+__all__ = ["Journal", "RequestState", "SqliteJournal", "Transition", "TransitionKind"]
