@@ -3,5 +3,6 @@
 from shared.journal.model import RequestState, Transition, TransitionKind
 from shared.journal.ports import Journal
 from shared.journal.sqlite import SqliteJournal
+from shared.journal.table_storage import TableStorageJournal
 
-__all__ = ["Journal", "RequestState", "SqliteJournal", "Transition", "TransitionKind"]
+__all__ = ["Journal", "RequestState", "SqliteJournal", "TableStorageJournal", "Transition", "TransitionKind"]
