@@ -1,0 +1,103 @@
+"""`onboard status`: one request's history, or where the latest requests stand, from the journal."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from shared.contracts import OutcomeStatus
+from shared.journal import Journal, RequestState, Transition, TransitionKind
+
+_STYLES = {
+    TransitionKind.PASSED_ON: "cyan",
+    TransitionKind.RETRY_SCHEDULED: "yellow",
+    TransitionKind.DEAD_LETTERED: "red",
+    TransitionKind.FINISHED: "green",
+    TransitionKind.CRASHED: "bold red",
+}
+
+
+def _time(at: datetime, *, milliseconds: bool = True) -> str:
+    # Milliseconds tell apart transitions of one request; a summary fits 80 columns without them.
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z" if milliseconds else at.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def state_of(state: RequestState) -> str:
+    """A finished request is told apart by its outcome (warnings matter); otherwise the last decision."""
+    if state.last_decision is TransitionKind.FINISHED and state.last_outcome_status is not None:
+        return f"{TransitionKind.FINISHED} ({state.last_outcome_status})"
+    return str(state.last_decision)
+
+
+def _state_text(state: RequestState) -> Text:
+    style = _STYLES[state.last_decision]
+    if state.last_outcome_status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS:
+        style = "yellow"
+    return Text(state_of(state), style=style)
+
+
+def render_history(transitions: Sequence[Transition], *, request_id: str | None = None) -> RenderableType:
+    """A table of one request's transitions, oldest first: time, stage, decision, attempt, cause."""
+    about = f"request {request_id}" if request_id else "this request"
+    if not transitions:
+        return Text(f"No transitions recorded for {about}.", style="yellow")
+    table = Table(title=f"History of {about}", title_justify="left")
+    table.add_column("Time (UTC)", no_wrap=True)
+    table.add_column("Stage", no_wrap=True)
+    table.add_column("Decision", no_wrap=True)
+    table.add_column("Attempt", justify="right")
+    table.add_column("Cause")
+    for transition in transitions:
+        # Text, not markup: a cause may hold brackets (exception text) that rich would interpret.
+        table.add_row(
+            _time(transition.at),
+            str(transition.stage),
+            Text(str(transition.decision), style=_STYLES[transition.decision]),
+            str(transition.attempt),
+            Text(transition.cause or ""),
+        )
+    return table
+
+
+def render_summary(states: Sequence[RequestState]) -> RenderableType:
+    """Counts by state, then the latest transition of each request (newest first, as given)."""
+    if not states:
+        return Text("The journal holds no requests yet.", style="yellow")
+    counts = Counter(state_of(state) for state in states)
+    heading = Text(f"The latest {len(states)} request{'s' if len(states) != 1 else ''} by state", style="italic")
+    by_state = Table()
+    by_state.add_column("State")
+    by_state.add_column("Requests", justify="right")
+    for label, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        by_state.add_row(label, str(count))
+
+    latest = Table()
+    latest.add_column("Request", no_wrap=True)
+    latest.add_column("State", no_wrap=True)
+    latest.add_column("Stage", no_wrap=True)
+    latest.add_column("At (UTC)", no_wrap=True)
+    latest.add_column("Transitions", justify="right")
+    for state in states:
+        latest.add_row(
+            Text(state.request_id),
+            _state_text(state),
+            str(state.last_stage),
+            _time(state.last_at, milliseconds=False),
+            str(state.attempts),
+        )
+    return Group(heading, by_state, Text("Latest transition per request", style="italic"), latest)
+
+
+async def status_report(journal: Journal, request_id: str | None = None, *, limit: int = 50) -> RenderableType:
+    """Read what `onboard status` prints, then close the journal."""
+    try:
+        if request_id is not None:
+            return render_history(await journal.history(request_id), request_id=request_id)
+        return render_summary(await journal.summary(limit))
+    finally:
+        await journal.close()

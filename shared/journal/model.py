@@ -1,0 +1,111 @@
+"""What the journal stores: one row per transition a stage's delivery went through.
+
+A transition is written once per delivery a stage handled, so a redelivered message (after a
+crash) appears twice, at two different times: that is the history an operator needs to see.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from shared.contracts import OutcomeStatus, StageName
+from shared.logs import mask_emails
+
+# Azure Table Storage refuses / \ # ? and control characters in a PartitionKey; SQLite does not
+# care, but both adapters must accept the same ids. Wider than contracts.RequestId on purpose: an
+# unreadable envelope is journalled under its raw MessageId.
+JournalRequestId = Annotated[str, StringConstraints(pattern=r"^[^/\\#?\x00-\x1f\x7f-\x9f]{1,256}$")]
+
+CAUSE_MAX = 2000  # a cause is a reason plus a short description, not a body dump
+ATTEMPT_MAX = 999_999  # the key pads attempts to six digits
+
+
+class TransitionKind(StrEnum):
+    """What the runner did with one delivery (the decision, plus the crash that decided nothing)."""
+
+    PASSED_ON = "passed-on"
+    RETRY_SCHEDULED = "retry-scheduled"
+    DEAD_LETTERED = "dead-lettered"
+    FINISHED = "finished"
+    CRASHED = "crashed"  # unexpected error: the message was abandoned for Service Bus to redeliver
+
+
+# Only these end a request with an outcome event, so only they may carry its status.
+_WITH_OUTCOME = frozenset({TransitionKind.DEAD_LETTERED, TransitionKind.FINISHED})
+
+
+class Transition(BaseModel):
+    """One delivery's transition. `cause` must not hold an address or a secret: the caller masks
+    (addresses are masked here again, as a second line of defence)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: JournalRequestId
+    stage: StageName
+    decision: TransitionKind
+    attempt: int = Field(ge=1, le=ATTEMPT_MAX)
+    cause: str | None = Field(
+        default=None,
+        max_length=CAUSE_MAX,
+        description="Retry cause, dead-letter reason and description, outcome status, or the exception type.",
+    )
+    outcome_status: OutcomeStatus | None = None
+    at: AwareDatetime
+
+    @field_validator("cause")
+    @classmethod
+    def _mask(cls, cause: str | None) -> str | None:
+        return None if cause is None else mask_emails(cause)
+
+    @field_validator("at")
+    @classmethod
+    def _utc(cls, at: datetime) -> datetime:
+        return at.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _outcome_only_when_ending(self) -> Transition:
+        if self.outcome_status is not None and self.decision not in _WITH_OUTCOME:
+            raise ValueError(f"outcome_status is only recorded with {sorted(_WITH_OUTCOME)}, not {self.decision}")
+        return self
+
+    @property
+    def key(self) -> str:
+        """Sortable identity within a request: time, then stage, attempt and kind.
+
+        Recording a transition with the same request id and key again replaces the row (last write
+        wins), so a retried journal write never duplicates a transition. Both adapters use it.
+        """
+        return f"{self.at:%Y%m%dT%H%M%S%fZ}_{self.stage}_{self.attempt:06d}_{self.decision}"
+
+
+class RequestState(BaseModel):
+    """Where one request stands: its latest transition and how many transitions it has had."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: str
+    last_stage: StageName
+    last_decision: TransitionKind
+    last_at: AwareDatetime
+    last_outcome_status: OutcomeStatus | None = None
+    attempts: int = Field(ge=1, description="Transitions recorded: deliveries handled across all stages.")
+
+    @classmethod
+    def of(cls, latest: Transition, attempts: int) -> RequestState:
+        return cls(
+            request_id=latest.request_id,
+            last_stage=latest.stage,
+            last_decision=latest.decision,
+            last_at=latest.at,
+            last_outcome_status=latest.outcome_status,
+            attempts=attempts,
+        )
+
+
+def check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"summary limit must be at least 1, not {limit}")

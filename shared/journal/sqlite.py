@@ -1,0 +1,118 @@
+"""The journal in one SQLite file (or in memory), for local runs and tests.
+
+sqlite3 blocks, so every call runs in a worker thread (asyncio.to_thread) on one connection
+opened with check_same_thread=False; a lock keeps those calls one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shared.journal.model import RequestState, Transition, check_limit
+
+T = TypeVar("T")
+
+MEMORY = ":memory:"
+
+# (request_id, row_key) is the primary key: row_key = Transition.key (time, stage, attempt, kind), the
+# same identity as Table Storage's RowKey, so re-recording a transition replaces its row.
+# `at` is ISO 8601 in UTC with microseconds: it sorts as text.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transitions (
+    request_id     TEXT NOT NULL,
+    row_key        TEXT NOT NULL,
+    stage          TEXT NOT NULL,
+    decision       TEXT NOT NULL,
+    attempt        INTEGER NOT NULL,
+    cause          TEXT,
+    outcome_status TEXT,
+    at             TEXT NOT NULL,
+    PRIMARY KEY (request_id, row_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS transitions_by_time ON transitions (at);
+"""
+
+# Plain literals (no f-strings): the queries take values only through placeholders.
+_INSERT = """
+    INSERT OR REPLACE INTO transitions (request_id, row_key, stage, decision, attempt, cause, outcome_status, at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_HISTORY = """
+    SELECT request_id, row_key, stage, decision, attempt, cause, outcome_status, at
+    FROM transitions WHERE request_id = ? ORDER BY row_key
+"""
+# The latest row per request is the one with the greatest row_key (keys start with the time).
+_SUMMARY = """
+    SELECT t.request_id, t.row_key, t.stage, t.decision, t.attempt, t.cause, t.outcome_status, t.at, counts.n
+    FROM transitions AS t
+    JOIN (SELECT request_id, MAX(row_key) AS last_key, COUNT(*) AS n FROM transitions GROUP BY request_id) AS counts
+      ON t.request_id = counts.request_id AND t.row_key = counts.last_key
+    ORDER BY t.row_key DESC, t.request_id
+    LIMIT ?
+"""
+
+
+class SqliteJournal:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != MEMORY:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            if self.path != MEMORY:
+                # WAL: the CLI can read while the host writes.
+                self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA busy_timeout=5000")
+            self._connection.executescript(_SCHEMA)
+
+    async def record(self, transition: Transition) -> None:
+        row = (
+            transition.request_id,
+            transition.key,
+            transition.stage.value,
+            transition.decision.value,
+            transition.attempt,
+            transition.cause,
+            transition.outcome_status.value if transition.outcome_status else None,
+            transition.at.isoformat(timespec="microseconds"),
+        )
+        await self._run(lambda c: c.execute(_INSERT, row))
+
+    async def history(self, request_id: str) -> list[Transition]:
+        rows = await self._run(lambda c: c.execute(_HISTORY, (request_id,)).fetchall())
+        return [_transition(row) for row in rows]
+
+    async def summary(self, limit: int = 50) -> list[RequestState]:
+        check_limit(limit)
+        rows = await self._run(lambda c: c.execute(_SUMMARY, (limit,)).fetchall())
+        return [RequestState.of(_transition(row[:-1]), attempts=row[-1]) for row in rows]
+
+    async def close(self) -> None:
+        await self._run(lambda c: c.close())
+
+    async def _run(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return call(self._connection)
+
+        return await asyncio.to_thread(locked)
+
+
+def _transition(row: tuple[Any, ...]) -> Transition:
+    request_id, _key, stage, decision, attempt, cause, outcome_status, at = row
+    return Transition(
+        request_id=request_id,
+        stage=stage,
+        decision=decision,
+        attempt=attempt,
+        cause=cause,
+        outcome_status=outcome_status,
+        at=datetime.fromisoformat(at),
+    )

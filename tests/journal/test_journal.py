@@ -1,0 +1,244 @@
+"""One contract for both journals: SQLite (a file in tmp_path) and Table Storage (Azurite)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from shared.contracts import OutcomeStatus, StageName
+from shared.journal import (
+    Journal,
+    JournalSettingError,
+    SqliteJournal,
+    TableStorageJournal,
+    Transition,
+    TransitionKind,
+    open_journal,
+)
+from shared.journal.sqlite import MEMORY
+from tests.fixtures.azurite import Azurite
+
+T0 = datetime(2026, 11, 23, 9, 0, 0, 123456, tzinfo=UTC)
+_tables = itertools.count()
+
+
+def transition(
+    request_id: str,
+    seconds: float,
+    stage: StageName = StageName.CREATE_CONTACT,
+    decision: TransitionKind = TransitionKind.PASSED_ON,
+    attempt: int = 1,
+    cause: str | None = None,
+    outcome_status: OutcomeStatus | None = None,
+) -> Transition:
+    return Transition(
+        request_id=request_id,
+        stage=stage,
+        decision=decision,
+        attempt=attempt,
+        cause=cause,
+        outcome_status=outcome_status,
+        at=T0 + timedelta(seconds=seconds),
+    )
+
+
+@pytest.fixture(params=["sqlite", "table-storage"])
+async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
+    if request.param == "sqlite":
+        opened = open_journal(f"sqlite://{tmp_path}/journal.db")
+    else:
+        azurite: Azurite = request.getfixturevalue("azurite")
+        # One table per test: the emulator lives for the whole session.
+        opened = open_journal(f"tables:TableName=journal{next(_tables)};{azurite.connection_string}")
+    assert opened is not None
+    yield opened
+    await opened.close()
+
+
+async def test_history_is_in_time_order_with_every_field(journal: Journal) -> None:
+    retry = transition("hr-1", 5, StageName.ADD_MEMBER, TransitionKind.RETRY_SCHEDULED, 1, cause="Throttled (429)")
+    first = transition("hr-1", 0)
+    finished = transition(
+        "hr-1",
+        65,
+        StageName.VERIFY_DELIVERY,
+        TransitionKind.FINISHED,
+        1,
+        cause="Succeeded",
+        outcome_status=OutcomeStatus.SUCCEEDED,
+    )
+    second_try = transition("hr-1", 35, StageName.ADD_MEMBER, TransitionKind.PASSED_ON, 2)
+    for recorded in (retry, finished, first, second_try):  # out of order on purpose
+        await journal.record(recorded)
+
+    assert await journal.history("hr-1") == [first, retry, second_try, finished]
+
+
+async def test_history_keeps_requests_apart_and_is_empty_for_an_unknown_id(journal: Journal) -> None:
+    await journal.record(transition("hr-1", 0))
+    await journal.record(transition("hr-10", 1))
+
+    assert [t.request_id for t in await journal.history("hr-1")] == ["hr-1"]
+    assert await journal.history("hr-unknown") == []
+
+
+async def test_recording_the_same_transition_again_is_idempotent(journal: Journal) -> None:
+    crash = transition("hr-2", 0, StageName.ADD_MEMBER, TransitionKind.CRASHED, 3, cause="KeyError")
+    await journal.record(crash)
+    await journal.record(crash)
+    assert await journal.history("hr-2") == [crash]
+
+    # Same key (time, stage, attempt, kind): the last write wins, also for a cause it no longer has.
+    corrected = crash.model_copy(update={"cause": None})
+    await journal.record(corrected)
+    assert await journal.history("hr-2") == [corrected]
+    (state,) = await journal.summary()
+    assert state.attempts == 1
+
+
+async def test_summary_is_the_latest_transition_per_request_newest_first(journal: Journal) -> None:
+    await journal.record(transition("hr-a", 0))
+    await journal.record(transition("hr-a", 10, StageName.ADD_MEMBER, TransitionKind.RETRY_SCHEDULED, cause="Lag"))
+    await journal.record(
+        transition(
+            "hr-b",
+            5,
+            StageName.CREATE_CONTACT,
+            TransitionKind.DEAD_LETTERED,
+            cause="GroupNotFound: no group <g***@contoso.com>",
+            outcome_status=OutcomeStatus.FAILED,
+        )
+    )
+    await journal.record(transition("hr-c", 20, StageName.ADD_MEMBER, TransitionKind.CRASHED, 2, cause="TimeoutError"))
+
+    states = await journal.summary(limit=10)
+
+    assert [(s.request_id, s.last_stage, s.last_decision, s.attempts) for s in states] == [
+        ("hr-c", StageName.ADD_MEMBER, TransitionKind.CRASHED, 1),
+        ("hr-a", StageName.ADD_MEMBER, TransitionKind.RETRY_SCHEDULED, 2),
+        ("hr-b", StageName.CREATE_CONTACT, TransitionKind.DEAD_LETTERED, 1),
+    ]
+    assert states[1].last_at == T0 + timedelta(seconds=10)
+    assert states[2].last_outcome_status is OutcomeStatus.FAILED
+    assert [s.request_id for s in await journal.summary(limit=2)] == ["hr-c", "hr-a"]
+
+
+async def test_summary_of_an_empty_journal_is_empty_and_a_limit_below_one_is_refused(journal: Journal) -> None:
+    assert await journal.summary() == []
+    with pytest.raises(ValueError, match="at least 1"):
+        await journal.summary(limit=0)
+
+
+async def test_times_come_back_in_utc_to_the_microsecond(journal: Journal) -> None:
+    local = datetime(2026, 11, 23, 10, 0, 0, 1, tzinfo=timezone(timedelta(hours=1)))
+    await journal.record(
+        Transition(
+            request_id="hr-3", stage=StageName.CREATE_CONTACT, decision=TransitionKind.PASSED_ON, attempt=1, at=local
+        )
+    )
+
+    (stored,) = await journal.history("hr-3")
+    assert stored.at == local
+    assert stored.at.utcoffset() == timedelta(0)
+    assert stored.at.microsecond == 1
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+def test_a_cause_never_keeps_an_email_address() -> None:
+    masked = transition("hr-4", 0, cause="DirectoryRejected: jordan.reyes@fabrikam.example is in use")
+    assert masked.cause == "DirectoryRejected: j***@fabrikam.example is in use"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("attempt", 0),
+        ("request_id", "a/b"),  # Table Storage refuses / in a PartitionKey
+        ("request_id", ""),
+        ("at", datetime(2026, 11, 23, 9, 0)),  # naive: no way to tell when it was
+        ("cause", "x" * 2001),
+    ],
+)
+def test_a_malformed_transition_is_refused(field: str, value: object) -> None:
+    fields: dict[str, object] = {
+        "request_id": "hr-5",
+        "stage": "create-contact",
+        "decision": "passed-on",
+        "attempt": 1,
+        "at": T0,
+    }
+    fields[field] = value
+    with pytest.raises(ValidationError, match=field):
+        Transition.model_validate(fields)
+
+
+def test_only_an_ending_transition_carries_an_outcome_status() -> None:
+    with pytest.raises(ValidationError, match="outcome_status"):
+        transition("hr-6", 0, decision=TransitionKind.RETRY_SCHEDULED, outcome_status=OutcomeStatus.FAILED)
+
+
+# --- the setting ------------------------------------------------------------------------------
+
+
+async def test_no_setting_means_no_journal() -> None:
+    assert open_journal(None) is None
+    assert open_journal("  ") is None
+
+
+async def test_sqlite_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    absolute = tmp_path / "absolute.db"
+    for setting, path in [
+        ("sqlite::memory:", MEMORY),
+        (f"sqlite://{absolute}", str(absolute)),  # sqlite:///tmp/…: three slashes, as in file URLs
+        ("sqlite:relative/journal.db", "relative/journal.db"),
+    ]:
+        opened = open_journal(setting)
+        assert isinstance(opened, SqliteJournal), setting
+        assert opened.path == path
+        await opened.record(transition("hr-7", 0))
+        await opened.close()
+    assert absolute.exists()
+    assert (tmp_path / "relative" / "journal.db").exists()
+
+
+async def test_an_endpoint_setting_uses_the_given_token_credential() -> None:
+    from shared.directory.credentials import SandboxCredential
+
+    opened = open_journal("https://onboarding.table.core.windows.net/Journal", credential=SandboxCredential("t"))
+    assert isinstance(opened, TableStorageJournal)
+    assert opened.table_name == "Journal"
+    assert opened.endpoint == "https://onboarding.table.core.windows.net"
+    await opened.close()  # no request was made: nothing reaches the network
+
+
+SECRET = "c2VjcmV0LWtleS10aGF0LW11c3Qtbm90LWxlYWs="
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("postgres://db/journal", "unknown form"),
+        (f"DefaultEndpointsProtocol=https;AccountName=a;AccountKey={SECRET}", "prefix tables:TableName="),
+        ("sqlite:", "needs a file path"),
+        ("sqlite://host/journal.db", "takes no host"),
+        ("http://onboarding.table.core.windows.net/Journal", "use https://"),
+        ("https://onboarding.table.core.windows.net", "names no table"),
+        ("https://onboarding.table.core.windows.net/journal-1", "table name is 3 to 63 letters or digits"),
+        ("https://onboarding.table.core.windows.net/Journal?sv=2024&sig=abc", "takes no query"),
+        (f"tables:AccountName=a;AccountKey={SECRET}", "exactly one TableName"),
+        (f"tables:TableName=j;AccountName=a;AccountKey={SECRET}", "table name is 3 to 63"),
+        (f"tables:TableName=Journal;Nonsense={SECRET}", "connection string is not usable"),
+    ],
+)
+def test_a_bad_setting_names_the_problem_and_never_echoes_a_key(setting: str, message: str) -> None:
+    with pytest.raises(JournalSettingError, match=message) as raised:
+        open_journal(setting)
+    assert SECRET not in str(raised.value)
