@@ -17,9 +17,9 @@ $(STAMP): $(BIN)/python requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Azurite's table service, for the journal's Table Storage tests. 3.37.0 declares Node >= 22 but its
-# table service runs on Node 20 (npm only warns: EBADENGINE); 3.35.0 is the newest declaring Node 20.
-AZURITE_VERSION := 3.37.0
+# Azurite's table service, for the journal's Table Storage tests. 3.35.0 is the newest release that
+# declares Node 20 support (3.36 wants Node 21, 3.37 Node 22).
+AZURITE_VERSION := 3.35.0
 AZURITE_STAMP := $(VENV)/node/.installed-azurite-$(AZURITE_VERSION)
 
 $(AZURITE_STAMP): $(BIN)/python
