@@ -11,8 +11,10 @@ from azure.servicebus.aio import ServiceBusClient
 from rich.console import Console
 from rich.table import Table
 
+from cli.status import status_report
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import GroupRef, OnboardingRequest, OutcomeEvent, OutcomeStatus
+from shared.journal import SqliteJournal
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import WELCOME_SETTINGS, local_stack, running_host
 
@@ -81,7 +83,11 @@ async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
                 ids = await submit(client, (sample.request for sample in SAMPLES))
                 console.print(f"Submitted {len(ids)} requests to queue create-contact; waiting for outcomes...")
                 outcomes = await collect_outcomes(client, OUTCOME_QUEUE, ids, within_seconds=within_seconds)
+        first_id = str(SAMPLES[0].request.request_id)
+        history = await status_report(SqliteJournal(stack.journal_database), first_id)
     console.print(_outcome_table(outcomes))
+    console.print(history)
+    console.print("[dim]`onboard status [REQUEST_ID]` reads the same journal (ONBOARDING_JOURNAL) for any request.[/]")
     met = [sample.met_by(outcomes.get(str(sample.request.request_id))) for sample in SAMPLES]
     console.print(f"{sum(met)} of {len(SAMPLES)} samples reached their expected outcome.")
     return all(met)

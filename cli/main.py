@@ -19,6 +19,8 @@ from shared.contracts import OnboardingRequest, contract_schemas
 from shared.logs import LOG_FORMAT, install_safe_log_records
 from shared.settings import SERVICEBUS_CONNECTION, Settings
 
+DEFAULT_STATE_DIR = Path(".onboard")  # `onboard sandbox` keeps its SQLite files here
+
 app = typer.Typer(help="Onboard external people into Microsoft 365 groups.", no_args_is_help=True)
 console = Console()
 errors = Console(stderr=True)
@@ -64,7 +66,7 @@ def sandbox(
     state_dir: Annotated[
         Path,
         typer.Option(help="Where the emulator's messages and the tenant's objects are kept across restarts (SQLite)."),
-    ] = Path(".onboard"),
+    ] = DEFAULT_STATE_DIR,
     seed: Annotated[Path | None, typer.Option(help="Tenant seed JSON for a new tenant (default: the demo)")] = None,
     knobs: Annotated[Path | None, typer.Option(help="Sandbox knobs JSON: latency, throttling, faults")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -84,6 +86,7 @@ def sandbox(
             servicebus_database=state_dir / "servicebus.db",
             sandbox_port=tenant_port,
             sandbox_database=state_dir / "tenant.db",
+            journal_database=state_dir / "journal.db",
             settings=WELCOME_SETTINGS,
         ) as stack:
             console.print("# Stand-ins are running. Settings for `onboard host` / `onboard submit` (e.g. in .env):")
@@ -165,6 +168,45 @@ def submit(
 
     (sent_id,) = asyncio.run(send())
     console.print(f"Submitted request {sent_id}.")
+
+
+@app.command()
+def status(
+    request_id: Annotated[
+        str | None, typer.Argument(help="One request's history; omit for a summary by state.")
+    ] = None,
+    journal: Annotated[
+        str,
+        typer.Option(
+            envvar="ONBOARDING_JOURNAL",
+            show_envvar=True,
+            show_default=True,
+            help="The journal setting the app uses (sqlite:<path>, https://<account>.table.core.windows.net/<table>, "
+            "tables:TableName=<table>;<connection string>).",
+        ),
+    ] = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}",
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Requests in the summary, newest first.")] = 50,
+) -> None:
+    """Print one request's transitions (stage, decision, attempt, cause), or where the latest requests stand."""
+    from cli.status import status_report
+    from shared.journal import JournalSettingError, open_journal, sqlite_file
+
+    try:
+        local_file = sqlite_file(journal)
+        if local_file is not None and not local_file.exists():
+            errors.print(
+                f"[red]No journal at {local_file}.[/] Run `onboard sandbox` (it keeps one in {DEFAULT_STATE_DIR}/) "
+                "or set ONBOARDING_JOURNAL to the journal the app writes."
+            )
+            raise typer.Exit(2)
+        # Table Storage by URL signs in as the operator (DefaultAzureCredential: az login), who needs
+        # "Storage Table Data Reader" on the table.
+        opened = open_journal(journal)
+    except JournalSettingError as error:
+        errors.print(f"[red]{error}[/]")
+        raise typer.Exit(2) from None
+    assert opened is not None  # the option has a default
+    console.print(asyncio.run(status_report(opened, request_id, limit=limit)))
 
 
 @app.command()

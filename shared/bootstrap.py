@@ -14,6 +14,7 @@ from shared.contracts import StageName
 from shared.directory.credentials import build_credential
 from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.graph import MsGraphDirectory
+from shared.journal import Journal, open_journal
 from shared.logs import install_safe_log_records
 from shared.outbox import ServiceBusOutbox
 from shared.policy import OnboardingPolicy
@@ -31,11 +32,14 @@ class Services:
     outbox: ServiceBusOutbox
     graph: MsGraphDirectory
     exchange: ExchangeOnlineClient
+    journal: Journal | None
 
     async def close(self) -> None:
         await self.outbox.close()
         await self.graph.close()
         await self.exchange.close()
+        if self.journal is not None:
+            await self.journal.close()
 
 
 _services: Services | None = None
@@ -83,7 +87,9 @@ def build_services(settings: Settings) -> Services:
         guest_redirect_url=str(settings.guest_redirect_url),
         welcome=welcome,
     )
-    return Services(settings, dependencies, outbox, graph, exchange)
+    # Table Storage in Azure uses the app's managed identity, like every other client here.
+    journal = open_journal(settings.journal.get_secret_value() if settings.journal else None, credential)
+    return Services(settings, dependencies, outbox, graph, exchange, journal)
 
 
 async def get_services() -> Services:
@@ -114,4 +120,5 @@ async def stage_runner(stage_name: StageName, stage: Stage) -> StageRunner:
         services.outbox,
         settings.outcome_queue,
         settings.servicebus_max_delivery_count,
+        services.journal,
     )

@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 from azure.servicebus import ServiceBusReceivedMessage
 
 from shared import envelope
-from shared.contracts import StageName
+from shared.contracts import OutcomeStatus, StageName
 from shared.decisions import DeadLetter, DeadLetterReason, Decision, Delivery, Finish, PassOn, RetryLater
+from shared.journal import Journal, Transition, TransitionKind
+from shared.journal.model import CAUSE_MAX
 from shared.logs import request_context
 from shared.outbox import ServiceBusOutbox
 from shared.stages import StageDependencies
@@ -50,6 +53,7 @@ class StageRunner:
     outbox: ServiceBusOutbox
     outcome_queue: str
     max_delivery_count: int = 10  # the queues' MaxDeliveryCount (infra); the last delivery reports a crash
+    journal: Journal | None = None
 
     async def run(self, message: ServiceBusReceivedMessage, actions: MessageActions) -> Decision:
         now = self.dependencies.clock()
@@ -67,8 +71,10 @@ class StageRunner:
                     # A bug or a passing outage: let Service Bus redeliver the message.
                     logger.exception("stage %s failed unexpectedly; abandoning for redelivery", self.stage_name)
                     actions.abandon(message)
+                    await self._journal(delivery, TransitionKind.CRASHED, f"{type(error).__name__}; redelivery follows")
                     raise
-                return await self._give_up_after_crashes(error, delivery, message, actions)
+                decision = await self._give_up_after_crashes(error, delivery, message, actions)
+            await self._journal_decision(delivery, decision)
             return decision
 
     def _is_last_delivery(self, message: ServiceBusReceivedMessage) -> bool:
@@ -145,4 +151,43 @@ class StageRunner:
         )
         with request_context(delivery.request_id, delivery.correlation_id):
             await self._carry_out(decision, b"", delivery, message, actions)
+            await self._journal_decision(delivery, decision)
         return decision
+
+    async def _journal_decision(self, delivery: Delivery, decision: Decision) -> None:
+        match decision:
+            case PassOn(next_stage, _, None):
+                await self._journal(delivery, TransitionKind.PASSED_ON, f"to {next_stage}")
+            case PassOn(next_stage, _, timedelta() as delay):
+                when = f"in {delay.total_seconds():.1f} s"
+                cause = f"check again {when}" if next_stage == self.stage_name else f"to {next_stage} {when}"
+                await self._journal(delivery, TransitionKind.PASSED_ON, cause)
+            case RetryLater(delay, cause):
+                seconds = delay.total_seconds()
+                await self._journal(delivery, TransitionKind.RETRY_SCHEDULED, f"in {seconds:.1f} s: {cause}")
+            case DeadLetter(reason, description, outcome):
+                await self._journal(delivery, TransitionKind.DEAD_LETTERED, f"{reason}: {description}", outcome.status)
+            case Finish(outcome):
+                summary = "; ".join((outcome.status, *outcome.warnings))
+                await self._journal(delivery, TransitionKind.FINISHED, summary, outcome.status)
+
+    async def _journal(
+        self, delivery: Delivery, kind: TransitionKind, cause: str | None, outcome_status: OutcomeStatus | None = None
+    ) -> None:
+        """Written after the message is settled: the journal is a record, never a reason to redo work,
+        so a journal that is down costs a log line, not a retry."""
+        if self.journal is None:
+            return
+        try:
+            transition = Transition(
+                request_id=delivery.request_id,
+                stage=self.stage_name,
+                decision=kind,
+                attempt=delivery.attempt,
+                cause=None if cause is None else cause[:CAUSE_MAX],
+                outcome_status=outcome_status,
+                at=self.dependencies.clock(),
+            )
+            await self.journal.record(transition)
+        except Exception as error:
+            logger.warning("could not journal %s of stage %s: %s", kind, self.stage_name, type(error).__name__)

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     welcome_subject: str = Field(default="Welcome to {group}", min_length=1, max_length=255)
     welcome_check_interval_seconds: float = Field(default=300.0, gt=0, le=3600)
     welcome_deadline_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60)
+    journal: SecretStr | None = Field(
+        default=None,
+        description="Status journal: sqlite:<path>, https://<account>.table.core.windows.net/<table>, "
+        "or tables:TableName=<table>;<connection string>. Secret: the last form holds a key.",
+    )
 
     @model_validator(mode="after")
     def _one_servicebus_route(self) -> Settings:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class LocalStack:
     emulator: ServiceBusEmulator
     sandbox: TenantSandbox
     environment: dict[str, str]  # the app settings a client of this stack needs
+    journal_database: Path  # what `onboard status` reads (ONBOARDING_JOURNAL in `environment`)
 
 
 @contextmanager
@@ -45,15 +47,21 @@ def local_stack(
     sandbox_port: int = 0,
     sandbox_database: Path | None = None,
     sandbox_knobs: Knobs | None = None,
+    journal_database: Path | None = None,
     settings: Mapping[str, str] | None = None,
 ) -> Iterator[LocalStack]:
+    """Start the stand-ins; without a database path each keeps its state only while it runs."""
     emulator = ServiceBusEmulator(
         emulator_config or EmulatorConfig.default(), port=servicebus_port, database=servicebus_database
     )
     sandbox = TenantSandbox(
         seed or TenantSeed.demo(), port=sandbox_port, database=sandbox_database, knobs=sandbox_knobs
     )
-    try:
+    with ExitStack() as cleanup:
+        cleanup.callback(emulator.stop)  # run last to first: the sandbox stops before the emulator
+        cleanup.callback(sandbox.stop)
+        if journal_database is None:
+            journal_database = Path(cleanup.enter_context(tempfile.TemporaryDirectory())) / "journal.db"
         emulator.start()
         sandbox.start()
         environment = {
@@ -67,12 +75,10 @@ def local_stack(
             # Replication lag in the sandbox is seconds, not minutes: retry on that scale locally.
             "ONBOARDING_RETRY_BASE_DELAY_SECONDS": "0.5",
             "ONBOARDING_RETRY_MAX_DELAY_SECONDS": "5",
+            "ONBOARDING_JOURNAL": f"sqlite:{journal_database.resolve()}",
             **(settings or {}),
         }
-        yield LocalStack(emulator, sandbox, environment)
-    finally:
-        sandbox.stop()
-        emulator.stop()
+        yield LocalStack(emulator, sandbox, environment, journal_database)
 
 
 @contextmanager

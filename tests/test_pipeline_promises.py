@@ -21,6 +21,7 @@ from cli.demo import _request
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import GroupRef, OutcomeEvent, OutcomeStatus, StageName
 from shared.decisions import Decision, Delivery
+from shared.journal import SqliteJournal, TransitionKind
 from shared.outbox import ServiceBusOutbox
 from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
@@ -137,9 +138,10 @@ async def test_a_stage_that_crashes_on_every_delivery_ends_with_an_outcome(stack
     connection = stack.environment[SERVICEBUS_CONNECTION]
     async with ServiceBusClient.from_connection_string(connection) as client:
         outbox = ServiceBusOutbox.from_connection_string(connection)
-        runner = StageRunner(StageName.ADD_MEMBER, crashing_stage, _dependencies(), outbox, OUTCOMES, 3)
+        journal = SqliteJournal(":memory:")
+        runner = StageRunner(StageName.ADD_MEMBER, crashing_stage, _dependencies(), outbox, OUTCOMES, 3, journal)
         async with client.get_queue_sender("add-member") as sender:
-            await sender.send_messages(ServiceBusMessage(b"{}", message_id="crash-1/add-member"))
+            await sender.send_messages(ServiceBusMessage(b"{}", message_id="crash-1"))
         attempts = []
         async with client.get_queue_receiver("add-member") as receiver:
             for _ in range(3):
@@ -150,12 +152,16 @@ async def test_a_stage_that_crashes_on_every_delivery_ends_with_an_outcome(stack
                     await runner.run(message, actions)
                 await actions.flush()
         await outbox.close()
-        outcome = (await collect_outcomes(client, OUTCOMES, ["crash-1/add-member"], within_seconds=10))[
-            "crash-1/add-member"
-        ]
+        history = await journal.history("crash-1")
+        outcome = (await collect_outcomes(client, OUTCOMES, ["crash-1"], within_seconds=10))["crash-1"]
     assert attempts == [0, 1, 2]
     assert (outcome.status, outcome.reason) == (OutcomeStatus.FAILED, "ProcessingFailed")
     assert "RuntimeError" in outcome.description
+    assert [(t.decision, t.cause) for t in history][:2] == [
+        (TransitionKind.CRASHED, "RuntimeError; redelivery follows")
+    ] * 2
+    assert history[2].decision is TransitionKind.DEAD_LETTERED and history[2].outcome_status is OutcomeStatus.FAILED
+    assert (history[2].cause or "").startswith("ProcessingFailed: ")
     (dead,) = await dead_lettered(stack, "add-member")
     assert dead.dead_letter_reason == "ProcessingFailed" and b"".join(dead.body) == b"{}"
 

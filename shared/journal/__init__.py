@@ -1,6 +1,6 @@
 """Status journal: every transition of every request, in SQLite locally or Azure Table Storage."""
 
-from shared.journal.factory import JournalSettingError, open_journal
+from shared.journal.factory import JournalSettingError, open_journal, sqlite_file
 from shared.journal.model import RequestState, Transition, TransitionKind
 from shared.journal.ports import Journal
 from shared.journal.sqlite import SqliteJournal
@@ -15,4 +15,5 @@ __all__ = [
     "Transition",
     "TransitionKind",
     "open_journal",
+    "sqlite_file",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -67,6 +68,16 @@ def open_journal(setting: str | None, credential: AsyncTokenCredential | None = 
             )
             # Never echo the value: it may be a connection string with a key.
             raise JournalSettingError(f"journal setting has an unknown form{hint}; expected {FORMS}")
+
+
+def sqlite_file(setting: str) -> Path | None:
+    """The file a sqlite: setting names (None for other forms and :memory:), for readers that must
+    not create an empty journal where they expected one."""
+    scheme, _, rest = setting.strip().partition(":")
+    if scheme.lower() != "sqlite":
+        return None
+    path = _sqlite_path(rest)
+    return None if path == MEMORY else Path(path)
 
 
 def _sqlite_path(rest: str) -> str:

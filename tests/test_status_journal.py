@@ -1,0 +1,98 @@
+"""The status journal as the pipeline writes it and `onboard status` reads it, on the local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from cli.demo import _request
+from cli.main import app
+from shared.contracts import OutcomeStatus, StageName
+from shared.journal import SqliteJournal, TransitionKind
+from standins.stack import LocalStack, local_stack
+from tests.fixtures.pipeline import onboard
+
+PARTNERS = "partners@contoso.com"
+WIDE = {"COLUMNS": "220"}  # rich wraps to the terminal; keep each row on one line for the asserts
+
+
+async def status_command(arguments: list[str], env: dict[str, str]) -> Result:
+    # The command runs its own event loop (asyncio.run): give it a thread of its own.
+    return await asyncio.to_thread(CliRunner().invoke, app, arguments, env=env)
+
+
+async def test_each_transition_is_journalled_and_onboard_status_prints_it(stack: LocalStack) -> None:
+    stack.sandbox.inject("exchange", 503, count=1, operation="New-MailContact")
+    outcomes = await onboard(
+        stack,
+        [
+            _request("j-ok", "ana@fabrikam.example", "Ana Lind", PARTNERS),
+            _request("j-unknown", "bo@fabrikam.example", "Bo Ek", "no-such-group@contoso.com"),
+        ],
+    )
+    assert outcomes["j-ok"].status is OutcomeStatus.SUCCEEDED, outcomes["j-ok"]
+
+    journal = SqliteJournal(stack.journal_database)
+    ok, unknown = await journal.history("j-ok"), await journal.history("j-unknown")
+    await journal.close()
+    assert [(t.stage, t.decision, t.attempt) for t in ok] == [
+        (StageName.CREATE_CONTACT, TransitionKind.RETRY_SCHEDULED, 1),
+        (StageName.CREATE_CONTACT, TransitionKind.PASSED_ON, 2),
+        (StageName.ADD_MEMBER, TransitionKind.PASSED_ON, 1),
+        (StageName.VERIFY_DELIVERY, TransitionKind.FINISHED, 1),
+    ]
+    assert "503" in (ok[0].cause or "")
+    assert ok[-1].outcome_status is OutcomeStatus.SUCCEEDED
+    assert [(t.decision, t.outcome_status) for t in unknown] == [(TransitionKind.DEAD_LETTERED, OutcomeStatus.FAILED)]
+    assert (unknown[0].cause or "").startswith("GroupNotFound: ")
+    assert all("ana@fabrikam.example" not in (t.cause or "") for t in ok), "addresses stay out of the journal"
+
+    env = {"ONBOARDING_JOURNAL": stack.environment["ONBOARDING_JOURNAL"], **WIDE}
+    history = await status_command(["status", "j-ok"], env)
+    assert history.exit_code == 0, history.output
+    assert "History of request j-ok" in history.output
+    assert [line.split("│")[3].strip() for line in history.output.splitlines() if "│ 2" in line] == [
+        "retry-scheduled",
+        "passed-on",
+        "passed-on",
+        "finished",
+    ]
+    summary = await status_command(["status"], env)
+    assert summary.exit_code == 0, summary.output
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip() for line in summary.output.splitlines() if "│ j-" in line
+    }
+    assert rows == {"j-ok": "finished (Succeeded)", "j-unknown": "dead-lettered"}
+
+
+def test_onboard_status_explains_a_missing_or_malformed_journal(tmp_path: Path) -> None:
+    missing = CliRunner().invoke(app, ["status"], env={"ONBOARDING_JOURNAL": f"sqlite:{tmp_path / 'none.db'}", **WIDE})
+    assert missing.exit_code == 2
+    assert "No journal at" in missing.output and "onboard sandbox" in missing.output
+    assert not (tmp_path / "none.db").exists(), "reading must not create an empty journal"
+    malformed = CliRunner().invoke(
+        app, ["status"], env={"ONBOARDING_JOURNAL": "AccountName=x;AccountKey=c2VjcmV0;", **WIDE}
+    )
+    assert malformed.exit_code == 2
+    assert "unknown form" in malformed.output and "c2VjcmV0" not in malformed.output
+
+
+async def test_a_journal_that_refuses_writes_costs_a_log_line_not_the_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = tmp_path / "journal.db"
+    SqliteJournal(database)  # the schema, then a trigger that fails every write as a full disk would
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON transitions BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    with local_stack(journal_database=database) as stack, caplog.at_level(logging.WARNING, "onboarding.runner"):
+        outcomes = await onboard(stack, [_request("j-nolog", "cy@fabrikam.example", "Cy Ho", PARTNERS)])
+    assert outcomes["j-nolog"].status is OutcomeStatus.SUCCEEDED, outcomes["j-nolog"]
+    failures = [r.getMessage() for r in caplog.records if "could not journal" in r.getMessage()]
+    assert len(failures) == 3, failures  # create-contact, add-member, verify-delivery
