@@ -3,6 +3,11 @@
 import azure.functions as func
 
 from functions import add_member, create_contact, verify_delivery
+from shared.logs import install_safe_log_records
+from shared.telemetry import configure_telemetry
+
+install_safe_log_records()  # before anything logs: addresses masked, request ids on every record
+configure_telemetry()  # Azure Monitor, only when APPLICATIONINSIGHTS_CONNECTION_STRING is set
 
 app = func.FunctionApp()
 for stage in (create_contact, add_member, verify_delivery):
