@@ -232,3 +232,18 @@ async def _resume(stack: LocalStack, ids: list[str]) -> dict[str, OutcomeEvent]:
         ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
     ):
         return await collect_outcomes(client, OUTCOMES, ids, within_seconds=60)
+
+
+async def test_where_the_policy_forbids_the_5_7_133_fix_the_request_ends_with_a_warning_naming_it(
+    stack: LocalStack, readback: Readback
+) -> None:
+    secure = "suppliers-secure@contoso.com"  # not in the demo policy's sender_authentication_fix_allowed
+    await readback.exchange.set_require_sender_authentication(secure, True, unified=False)
+    outcome = (await onboard(stack, [_request("r-nofix", "gus@fabrikam.example", "Gus Hall", secure)]))["r-nofix"]
+    assert outcome.status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS, outcome
+    (warning,) = outcome.warnings
+    assert "550 5.7.133" in warning
+    assert f"Set-DistributionGroup -Identity '{secure}' -RequireSenderAuthenticationEnabled $false" in warning
+    assert outcome.changes == ()
+    restrictions = await readback.exchange.get_sender_restrictions(secure, unified=False)
+    assert restrictions.require_sender_authentication is True, "the group was left as it was"
