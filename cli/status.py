@@ -51,7 +51,7 @@ def render_history(transitions: Sequence[Transition], *, request_id: str | None 
     table.add_column("Stage", no_wrap=True)
     table.add_column("Decision", no_wrap=True)
     table.add_column("Attempt", justify="right")
-    table.add_column("Cause")
+    table.add_column("Cause", overflow="fold")  # a stage name must stay readable in 80 columns
     for transition in transitions:
         # Text, not markup: a cause may hold brackets (exception text) that rich would interpret.
         table.add_row(
