@@ -6,11 +6,13 @@ import asyncio
 import json
 import logging
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from azure.core.exceptions import AzureError
 from azure.servicebus.aio import ServiceBusClient
 from pydantic import ValidationError
 from rich.console import Console
@@ -202,11 +204,20 @@ def status(
         # Table Storage by URL signs in as the operator (DefaultAzureCredential: az login), who needs
         # "Storage Table Data Reader" on the table.
         opened = open_journal(journal)
+        if opened is None:
+            errors.print("[red]No journal named:[/] set ONBOARDING_JOURNAL or --journal.")
+            raise typer.Exit(2)
+        report = asyncio.run(status_report(opened, request_id, limit=limit))
     except JournalSettingError as error:
         errors.print(f"[red]{error}[/]")
         raise typer.Exit(2) from None
-    assert opened is not None  # the option has a default
-    console.print(asyncio.run(status_report(opened, request_id, limit=limit)))
+    except (AzureError, sqlite3.DatabaseError) as error:
+        # Unreachable storage, a missing role, a file that is not a journal: one line, no traceback.
+        errors.print(
+            f"[red]Could not read the journal:[/] {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        )
+        raise typer.Exit(1) from None
+    console.print(report)
 
 
 @app.command()

@@ -80,6 +80,11 @@ def test_onboard_status_explains_a_missing_or_malformed_journal(tmp_path: Path) 
     )
     assert malformed.exit_code == 2
     assert "unknown form" in malformed.output and "c2VjcmV0" not in malformed.output
+    not_a_journal = tmp_path / "notes.db"
+    not_a_journal.write_text("these are notes, not SQLite")
+    unreadable = CliRunner().invoke(app, ["status"], env={"ONBOARDING_JOURNAL": f"sqlite:{not_a_journal}", **WIDE})
+    assert unreadable.exit_code == 1
+    assert "DatabaseError" in unreadable.output and "Traceback" not in unreadable.output
 
 
 async def test_a_journal_that_refuses_writes_costs_a_log_line_not_the_request(
