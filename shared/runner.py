@@ -174,8 +174,8 @@ class StageRunner:
     async def _journal(
         self, delivery: Delivery, kind: TransitionKind, cause: str | None, outcome_status: OutcomeStatus | None = None
     ) -> None:
-        """Written after the message is settled: the journal is a record, never a reason to redo work,
-        so a journal that is down costs a log line, not a retry."""
+        """Written once the decision is carried out (next message sent, settlement asked for): the
+        journal is a record, never a reason to redo work, so a journal that is down costs a log line."""
         if self.journal is None:
             return
         try:

@@ -10,8 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, EmailStr, Field, HttpUrl, SecretStr, model_validator
+from pydantic import AliasChoices, EmailStr, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.journal.factory import parse_journal_setting
 
 # The trigger bindings name this connection; the Functions host resolves it from app settings
 # `ServiceBusConnection` (connection string) or `ServiceBusConnection__fullyQualifiedNamespace`.
@@ -21,7 +23,10 @@ CredentialKind = Literal["managed-identity", "default", "sandbox"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ONBOARDING_", env_file=".env", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused value may be a connection string with a key.
+    model_config = SettingsConfigDict(
+        env_prefix="ONBOARDING_", env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     servicebus_connection_string: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices(SERVICEBUS_CONNECTION)
@@ -58,6 +63,12 @@ class Settings(BaseSettings):
         description="Status journal: sqlite:<path>, https://<account>.table.core.windows.net/<table>, "
         "or tables:TableName=<table>;<connection string>. Secret: the last form holds a key.",
     )
+
+    @field_validator("journal")
+    @classmethod
+    def _journal_form(cls, journal: SecretStr | None) -> SecretStr | None:
+        parse_journal_setting(journal.get_secret_value() if journal else None)  # fail at start-up, not per message
+        return journal
 
     @model_validator(mode="after")
     def _one_servicebus_route(self) -> Settings:

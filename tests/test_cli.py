@@ -47,3 +47,17 @@ def test_host_names_missing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(app, ["host"])
     assert result.exit_code == 2
     assert "tenant_id" in result.output
+
+
+def test_host_refuses_a_malformed_journal_setting_at_start_without_echoing_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir("/")  # no .env here
+    monkeypatch.setenv("ServiceBusConnection", "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v")
+    monkeypatch.setenv("ONBOARDING_TENANT_ID", "00000000-0000-0000-0000-000000000000")
+    monkeypatch.setenv("ONBOARDING_TENANT_DOMAIN", "contoso.onmicrosoft.com")
+    monkeypatch.setenv("ONBOARDING_JOURNAL", "AccountName=x;AccountKey=c2VjcmV0a2V5;")
+    result = CliRunner().invoke(app, ["host"], env={"COLUMNS": "240"})
+    assert result.exit_code == 2
+    assert "journal setting has an unknown form" in result.output
+    assert "c2VjcmV0a2V5" not in result.output

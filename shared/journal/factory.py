@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,18 +29,36 @@ class JournalSettingError(ValueError):
     """The journal setting is malformed. The message never repeats a connection string."""
 
 
-def open_journal(setting: str | None, credential: AsyncTokenCredential | None = None) -> Journal | None:
-    """Open the journal a setting value names; None (or blank) means no journal.
+@dataclass(frozen=True)
+class SqliteTarget:
+    path: str  # a file path or ":memory:"
+
+
+@dataclass(frozen=True)
+class EndpointTarget:
+    endpoint: str
+    table: str
+
+
+@dataclass(frozen=True)
+class ConnectionStringTarget:
+    table: str
+    connection_string: str = field(repr=False)  # holds a key
+
+
+JournalTarget = SqliteTarget | EndpointTarget | ConnectionStringTarget
+
+
+def parse_journal_setting(setting: str | None) -> JournalTarget | None:
+    """What a setting value names, without opening anything (settings validation uses this too).
 
     - ``sqlite:///var/lib/onboard/journal.db``: an absolute path (three slashes, as in file URLs);
       ``sqlite:journal.db``: a path relative to the working directory; ``sqlite::memory:``.
-    - ``https://<account>.table.core.windows.net/<table>``: Azure Table Storage with a token
-      credential, the one given or else a DefaultAzureCredential owned (and closed) by the
-      journal. The identity needs "Storage Table Data Contributor".
+    - ``https://<account>.table.core.windows.net/<table>``: Azure Table Storage with a token credential.
     - ``tables:TableName=<table>;<connection string>``: Table Storage (or Azurite) with a
       connection string; TableName is ours and is removed before the SDK sees the rest.
 
-    The table is created on first use. Raises JournalSettingError naming what is wrong.
+    None (or blank) means no journal. Raises JournalSettingError naming what is wrong.
     """
     if setting is None or not setting.strip():
         return None
@@ -47,14 +66,11 @@ def open_journal(setting: str | None, credential: AsyncTokenCredential | None = 
     scheme, _, rest = value.partition(":")
     match scheme.lower():
         case "sqlite":
-            return SqliteJournal(_sqlite_path(rest))
+            return SqliteTarget(_sqlite_path(rest))
         case "https":
-            endpoint, table = _endpoint_and_table(value)
-            if credential is not None:
-                return TableStorageJournal.from_endpoint(endpoint, table, credential)
-            return TableStorageJournal.from_endpoint(endpoint, table, DefaultAzureCredential(), owns_credential=True)
+            return EndpointTarget(*_endpoint_and_table(value))
         case "tables":
-            return _from_connection_string(rest)
+            return _table_and_connection_string(rest)
         case "http":
             raise JournalSettingError(
                 "journal setting: use https:// for a Table Storage endpoint (tokens are only sent over TLS); "
@@ -70,14 +86,38 @@ def open_journal(setting: str | None, credential: AsyncTokenCredential | None = 
             raise JournalSettingError(f"journal setting has an unknown form{hint}; expected {FORMS}")
 
 
+def open_journal(setting: str | None, credential: AsyncTokenCredential | None = None) -> Journal | None:
+    """Open the journal a setting value names (forms: `parse_journal_setting`); None means no journal.
+
+    Table Storage by URL uses the credential given, or else a DefaultAzureCredential owned (and
+    closed) by the journal; the identity needs "Storage Table Data Contributor". The table is
+    created on first use.
+    """
+    match parse_journal_setting(setting):
+        case None:
+            return None
+        case SqliteTarget(path):
+            return SqliteJournal(path)
+        case EndpointTarget(endpoint, table):
+            if credential is not None:
+                return TableStorageJournal.from_endpoint(endpoint, table, credential)
+            return TableStorageJournal.from_endpoint(endpoint, table, DefaultAzureCredential(), owns_credential=True)
+        case ConnectionStringTarget(table, connection_string):
+            try:
+                return TableStorageJournal.from_connection_string(connection_string, table)
+            except ValueError:
+                # The SDK's message may quote the connection string; ours does not.
+                raise JournalSettingError(
+                    "journal setting tables: the connection string is not usable (it needs AccountName and "
+                    "AccountKey, and TableEndpoint for Azurite)"
+                ) from None
+
+
 def sqlite_file(setting: str) -> Path | None:
     """The file a sqlite: setting names (None for other forms and :memory:), for readers that must
     not create an empty journal where they expected one."""
-    scheme, _, rest = setting.strip().partition(":")
-    if scheme.lower() != "sqlite":
-        return None
-    path = _sqlite_path(rest)
-    return None if path == MEMORY else Path(path)
+    target = parse_journal_setting(setting)
+    return Path(target.path) if isinstance(target, SqliteTarget) and target.path != MEMORY else None
 
 
 def _sqlite_path(rest: str) -> str:
@@ -116,7 +156,7 @@ def _endpoint_and_table(url: str) -> tuple[str, str]:
     return f"https://{parts.netloc}{prefix}", table
 
 
-def _from_connection_string(rest: str) -> TableStorageJournal:
+def _table_and_connection_string(rest: str) -> ConnectionStringTarget:
     pairs = [pair for pair in rest.split(";") if pair.strip()]
     tables = [pair for pair in pairs if pair.strip().lower().startswith("tablename=")]
     if len(tables) != 1:
@@ -126,12 +166,4 @@ def _from_connection_string(rest: str) -> TableStorageJournal:
     table = tables[0].split("=", 1)[1].strip()
     if not _TABLE_NAME.match(table):
         raise JournalSettingError(f"journal setting names table {table!r}: a table name is {_TABLE_NAME_RULE}")
-    connection_string = ";".join(pair for pair in pairs if pair not in tables)
-    try:
-        return TableStorageJournal.from_connection_string(connection_string, table)
-    except ValueError:
-        # The SDK's message may quote the connection string; ours does not.
-        raise JournalSettingError(
-            "journal setting tables: the connection string is not usable (it needs AccountName and AccountKey, "
-            "and TableEndpoint for Azurite)"
-        ) from None
+    return ConnectionStringTarget(table, ";".join(pair for pair in pairs if pair not in tables))
