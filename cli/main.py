@@ -78,12 +78,20 @@ def sandbox(
     from standins.tenant_sandbox import Knobs, TenantSeed
 
     _configure_logging(verbose)
+    try:
+        tenant_seed = TenantSeed.load(seed) if seed else None
+    except ValueError as error:  # pydantic's ValidationError included: one readable message
+        raise typer.BadParameter(str(error), param_hint="--seed") from None
+    try:
+        sandbox_knobs = Knobs.load(knobs) if knobs else None
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--knobs") from None
     state_dir.mkdir(parents=True, exist_ok=True)
 
     async def serve() -> None:
         with local_stack(
-            seed=TenantSeed.load(seed) if seed else None,
-            sandbox_knobs=Knobs.load(knobs) if knobs else None,
+            seed=tenant_seed,
+            sandbox_knobs=sandbox_knobs,
             servicebus_port=servicebus_port,
             servicebus_database=state_dir / "servicebus.db",
             sandbox_port=tenant_port,

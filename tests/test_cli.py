@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -61,3 +63,15 @@ def test_host_refuses_a_malformed_journal_setting_at_start_without_echoing_its_k
     assert result.exit_code == 2
     assert "journal setting has an unknown form" in result.output
     assert "c2VjcmV0a2V5" not in result.output
+
+
+def test_sandbox_refuses_bad_knobs_and_seed_files_before_starting_anything(tmp_path: Path) -> None:
+    knobs = tmp_path / "knobs.json"
+    knobs.write_text('{"latency_ms": -5}')
+    state = tmp_path / "state"
+    refused = CliRunner().invoke(app, ["sandbox", "--knobs", str(knobs), "--state-dir", str(state)])
+    assert refused.exit_code == 2
+    assert "Invalid value for --knobs" in refused.output and "latency_ms" in refused.output
+    missing = CliRunner().invoke(app, ["sandbox", "--seed", str(tmp_path / "none.json"), "--state-dir", str(state)])
+    assert missing.exit_code == 2 and "Invalid value for --seed" in missing.output
+    assert not state.exists(), "nothing was started or created"
