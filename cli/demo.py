@@ -32,7 +32,8 @@ class Sample:
         return outcome is not None and outcome.status == self.expected_status and outcome.reason == self.expected_reason
 
 
-def _request(request_id: str, email: str, name: str, group: str) -> OnboardingRequest:
+def demo_request(request_id: str, email: str, name: str, group: str) -> OnboardingRequest:
+    """A request from the demo policy's source system (also what the tests submit)."""
     first, _, last = name.partition(" ")
     return OnboardingRequest(
         request_id=request_id,
@@ -48,22 +49,22 @@ def _request(request_id: str, email: str, name: str, group: str) -> OnboardingRe
 SAMPLES = (
     Sample(
         "Distribution group (5.7.133 fix applied)",
-        _request("demo-dg-1", "jordan.reyes@fabrikam.example", "Jordan Reyes", "partners@contoso.com"),
+        demo_request("demo-dg-1", "jordan.reyes@fabrikam.example", "Jordan Reyes", "partners@contoso.com"),
         OutcomeStatus.SUCCEEDED,
     ),
     Sample(
         "Mail-enabled security group",
-        _request("demo-mesg-1", "mei.tanaka@northwind.example", "Mei Tanaka", "suppliers-secure@contoso.com"),
+        demo_request("demo-mesg-1", "mei.tanaka@northwind.example", "Mei Tanaka", "suppliers-secure@contoso.com"),
         OutcomeStatus.SUCCEEDED,
     ),
     Sample(
         "Microsoft 365 group (guest)",
-        _request("demo-m365-1", "sam.okafor@tailspin.example", "Sam Okafor", "project-falcon@contoso.com"),
+        demo_request("demo-m365-1", "sam.okafor@tailspin.example", "Sam Okafor", "project-falcon@contoso.com"),
         OutcomeStatus.SUCCEEDED,
     ),
     Sample(
         "Unknown group",
-        _request("demo-unknown-1", "lee.chen@fabrikam.example", "Lee Chen", "no-such-group@contoso.com"),
+        demo_request("demo-unknown-1", "lee.chen@fabrikam.example", "Lee Chen", "no-such-group@contoso.com"),
         OutcomeStatus.FAILED,
         "GroupNotFound",
     ),

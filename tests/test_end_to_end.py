@@ -12,7 +12,7 @@ import time
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
-from cli.demo import SAMPLES, _request
+from cli.demo import SAMPLES, demo_request
 from cli.upstream import collect_outcomes
 from shared.contracts import OutcomeStatus, RecipientKind
 from shared.settings import SERVICEBUS_CONNECTION
@@ -58,7 +58,7 @@ async def test_every_group_kind_ends_in_the_right_state(stack: LocalStack, readb
 
 
 async def test_unknown_group_is_dead_lettered_with_a_reason(stack: LocalStack) -> None:
-    request = _request("e2e-unknown", "lee.chen@fabrikam.example", "Lee Chen", "no-such-group@contoso.com")
+    request = demo_request("e2e-unknown", "lee.chen@fabrikam.example", "Lee Chen", "no-such-group@contoso.com")
     outcomes = await onboard(stack, [request])
     outcome = outcomes["e2e-unknown"]
     assert outcome.status is OutcomeStatus.FAILED
@@ -75,7 +75,7 @@ async def test_unknown_group_is_dead_lettered_with_a_reason(stack: LocalStack) -
 
 
 async def test_running_the_same_request_twice_changes_nothing_more(stack: LocalStack, readback: Readback) -> None:
-    first = _request("e2e-repeat-1", "ana.silva@fabrikam.example", "Ana Silva", "partners@contoso.com")
+    first = demo_request("e2e-repeat-1", "ana.silva@fabrikam.example", "Ana Silva", "partners@contoso.com")
     again = first.model_copy(update={"request_id": "e2e-repeat-2"})  # same person, new request
     outcomes = await onboard(stack, [first])
     outcomes |= await onboard(stack, [again])
@@ -109,7 +109,7 @@ async def test_throttling_becomes_a_scheduled_retry_that_succeeds(stack: LocalSt
     # Retry-After 3 s is beyond the clients' in-process budget: the stage must schedule a retry.
     stack.sandbox.inject("exchange", 429, retry_after=3, count=2)
     stack.sandbox.inject("graph", 429, retry_after=3, count=1)
-    request = _request("e2e-throttled", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
+    request = demo_request("e2e-throttled", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
     started = time.monotonic()
     outcome = (await onboard(stack, [request]))["e2e-throttled"]
     assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
@@ -120,7 +120,7 @@ async def test_throttling_becomes_a_scheduled_retry_that_succeeds(stack: LocalSt
 async def test_a_throttling_storm_ends_in_retries_exhausted() -> None:
     with local_stack(settings={"ONBOARDING_RETRY_MAX_ATTEMPTS": "2"}) as limited:
         limited.sandbox.inject("graph", 429, retry_after=1, count=10)
-        request = _request("e2e-storm", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
+        request = demo_request("e2e-storm", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
         outcome = (await onboard(limited, [request]))["e2e-storm"]
     assert outcome.status is OutcomeStatus.FAILED
     assert outcome.reason == "RetriesExhausted"
@@ -130,8 +130,8 @@ async def test_a_throttling_storm_ends_in_retries_exhausted() -> None:
 async def test_replication_lag_is_waited_out_for_contacts_and_guests(stack: LocalStack, readback: Readback) -> None:
     stack.sandbox.set_knobs(replication_lag_seconds=2)
     requests = [
-        _request("e2e-lag-dg", "noor.ali@fabrikam.example", "Noor Ali", "partners@contoso.com"),
-        _request("e2e-lag-m365", "noor.ali@tailspin.example", "Noor Ali", "project-falcon@contoso.com"),
+        demo_request("e2e-lag-dg", "noor.ali@fabrikam.example", "Noor Ali", "partners@contoso.com"),
+        demo_request("e2e-lag-m365", "noor.ali@tailspin.example", "Noor Ali", "project-falcon@contoso.com"),
     ]
     outcomes = await onboard(stack, requests)
     assert {o.status for o in outcomes.values()} == {OutcomeStatus.SUCCEEDED}, outcomes

@@ -17,7 +17,7 @@ from datetime import timedelta
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
-from cli.demo import _request
+from cli.demo import demo_request
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import GroupRef, OutcomeEvent, OutcomeStatus, StageName
 from shared.decisions import Decision, Delivery
@@ -48,29 +48,35 @@ async def dead_lettered(stack: LocalStack, queue: str) -> list[ServiceBusReceive
 
 
 async def test_each_refusal_dead_letters_with_its_reason(stack: LocalStack) -> None:
-    security = _request("r-security", "ann@fabrikam.example", "Ann Lee", PARTNERS).model_copy(
+    security = demo_request("r-security", "ann@fabrikam.example", "Ann Lee", PARTNERS).model_copy(
         update={"group": GroupRef(object_id=FINANCE_TEAM_ID)}
     )
     expected = {
-        "r-unknown-group": ("GroupNotFound", _request("r-unknown-group", "a@fabrikam.example", "A B", "x@contoso.com")),
+        "r-unknown-group": (
+            "GroupNotFound",
+            demo_request("r-unknown-group", "a@fabrikam.example", "A B", "x@contoso.com"),
+        ),
         "r-security": ("UnsupportedGroupKind", security),
         "r-dynamic": (
             "UnsupportedGroupKind",
-            _request("r-dynamic", "b@fabrikam.example", "B C", "all-staff@contoso.com"),
+            demo_request("r-dynamic", "b@fabrikam.example", "B C", "all-staff@contoso.com"),
         ),
         "r-source": (
             "PolicyDenied",
-            _request("r-source", "c@fabrikam.example", "C D", PARTNERS).model_copy(update={"source_system": "crm"}),
+            demo_request("r-source", "c@fabrikam.example", "C D", PARTNERS).model_copy(update={"source_system": "crm"}),
         ),
-        "r-blocked": ("PolicyDenied", _request("r-blocked", "d@blocked.example", "D E", PARTNERS)),
-        "r-group-not-allowed": ("PolicyDenied", _request("r-group-not-allowed", "e@fabrikam.example", "E F", BOARD)),
+        "r-blocked": ("PolicyDenied", demo_request("r-blocked", "d@blocked.example", "D E", PARTNERS)),
+        "r-group-not-allowed": (
+            "PolicyDenied",
+            demo_request("r-group-not-allowed", "e@fabrikam.example", "E F", BOARD),
+        ),
         "r-accepted-domain": (
             "AddressInUseInternally",
-            _request("r-accepted-domain", "f@contoso.com", "F G", PARTNERS),
+            demo_request("r-accepted-domain", "f@contoso.com", "F G", PARTNERS),
         ),
         "r-internal-user": (
             "AddressInUseInternally",
-            _request("r-internal-user", "adele.vance@contoso.com", "Adele Vance", "project-falcon@contoso.com"),
+            demo_request("r-internal-user", "adele.vance@contoso.com", "Adele Vance", "project-falcon@contoso.com"),
         ),
     }
     outcomes = await onboard(stack, [request for _, request in expected.values()])
@@ -84,11 +90,11 @@ async def test_each_refusal_dead_letters_with_its_reason(stack: LocalStack) -> N
 
 async def test_permission_and_rejection_are_permanent(stack: LocalStack) -> None:
     stack.sandbox.inject("exchange", 403, operation="New-MailContact")
-    outcome = (await onboard(stack, [_request("r-403", "g@fabrikam.example", "G H", PARTNERS)]))["r-403"]
+    outcome = (await onboard(stack, [demo_request("r-403", "g@fabrikam.example", "G H", PARTNERS)]))["r-403"]
     assert (outcome.status, outcome.reason) == (OutcomeStatus.FAILED, "PermissionDenied")
     assert "Exchange.ManageAsApp" in outcome.description
     stack.sandbox.inject("exchange", 400, operation="Add-DistributionGroupMember")
-    outcome = (await onboard(stack, [_request("r-400", "h@fabrikam.example", "H I", PARTNERS)]))["r-400"]
+    outcome = (await onboard(stack, [demo_request("r-400", "h@fabrikam.example", "H I", PARTNERS)]))["r-400"]
     assert (outcome.status, outcome.reason, outcome.stage) == (
         OutcomeStatus.FAILED,
         "DirectoryRejected",
@@ -101,7 +107,7 @@ async def test_5xx_bursts_are_retried_to_success(stack: LocalStack, readback: Re
     stack.sandbox.inject("exchange", 503, count=3, operation="New-MailContact")
     stack.sandbox.inject("exchange", 500, count=2, operation="Add-DistributionGroupMember")
     stack.sandbox.inject("graph", 502, count=2)
-    outcome = (await onboard(stack, [_request("r-5xx", "i@fabrikam.example", "I J", PARTNERS)]))["r-5xx"]
+    outcome = (await onboard(stack, [demo_request("r-5xx", "i@fabrikam.example", "I J", PARTNERS)]))["r-5xx"]
     assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
     creates = [e.status for e in stack.sandbox.request_log if e.operation == "New-MailContact"]
     assert creates == [503, 503, 503, 200]
@@ -118,8 +124,8 @@ async def test_welcome_mail_is_confirmed_by_message_trace_or_fails() -> None:
     with local_stack(settings=welcome) as stack:
         stack.sandbox.set_knobs(trace_lag_seconds=1.5, bounce_domains=["bounce.example"])
         requests = [
-            _request("w-ok", "kai@fabrikam.example", "Kai Berg", PARTNERS),
-            _request("w-bounce", "lou@bounce.example", "Lou Ng", PARTNERS),
+            demo_request("w-ok", "kai@fabrikam.example", "Kai Berg", PARTNERS),
+            demo_request("w-bounce", "lou@bounce.example", "Lou Ng", PARTNERS),
         ]
         outcomes = await onboard(stack, requests)
         checks = [e for e in stack.sandbox.request_log if e.operation == "Get-MessageTraceV2"]
@@ -179,7 +185,7 @@ async def test_locks_are_renewed_while_a_slow_stage_runs(readback: Readback) -> 
             running_host(stack.environment) as host,
             ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
         ):
-            ids = await submit(client, [_request("slow-1", "mo@fabrikam.example", "Mo Ra", PARTNERS)])
+            ids = await submit(client, [demo_request("slow-1", "mo@fabrikam.example", "Mo Ra", PARTNERS)])
             outcome = (await collect_outcomes(client, OUTCOMES, ids, within_seconds=90))["slow-1"]
             invocations = host.invocations
     assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
@@ -192,7 +198,7 @@ async def test_a_worker_killed_mid_stage_loses_and_duplicates_nothing(readback: 
         stack.sandbox.set_knobs(latency_ms=2000)
         connection = stack.environment[SERVICEBUS_CONNECTION]
         async with ServiceBusClient.from_connection_string(connection) as client:
-            ids = await submit(client, [_request("kill-1", "vi@fabrikam.example", "Vi Sun", PARTNERS)])
+            ids = await submit(client, [demo_request("kill-1", "vi@fabrikam.example", "Vi Sun", PARTNERS)])
         worker = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -239,7 +245,7 @@ async def test_where_the_policy_forbids_the_5_7_133_fix_the_request_ends_with_a_
 ) -> None:
     secure = "suppliers-secure@contoso.com"  # not in the demo policy's sender_authentication_fix_allowed
     await readback.exchange.set_require_sender_authentication(secure, True, unified=False)
-    outcome = (await onboard(stack, [_request("r-nofix", "gus@fabrikam.example", "Gus Hall", secure)]))["r-nofix"]
+    outcome = (await onboard(stack, [demo_request("r-nofix", "gus@fabrikam.example", "Gus Hall", secure)]))["r-nofix"]
     assert outcome.status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS, outcome
     (warning,) = outcome.warnings
     assert "550 5.7.133" in warning

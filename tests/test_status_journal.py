@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from cli.demo import _request
+from cli.demo import demo_request
 from cli.main import app
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal import SqliteJournal, TransitionKind
@@ -31,8 +31,8 @@ async def test_each_transition_is_journalled_and_onboard_status_prints_it(stack:
     outcomes = await onboard(
         stack,
         [
-            _request("j-ok", "ana@fabrikam.example", "Ana Lind", PARTNERS),
-            _request("j-unknown", "bo@fabrikam.example", "Bo Ek", "no-such-group@contoso.com"),
+            demo_request("j-ok", "ana@fabrikam.example", "Ana Lind", PARTNERS),
+            demo_request("j-unknown", "bo@fabrikam.example", "Bo Ek", "no-such-group@contoso.com"),
         ],
     )
     assert outcomes["j-ok"].status is OutcomeStatus.SUCCEEDED, outcomes["j-ok"]
@@ -97,7 +97,7 @@ async def test_a_journal_that_refuses_writes_costs_a_log_line_not_the_request(
             "CREATE TRIGGER refuse BEFORE INSERT ON transitions BEGIN SELECT RAISE(ABORT, 'disk full'); END"
         )
     with local_stack(journal_database=database) as stack, caplog.at_level(logging.WARNING, "onboarding.runner"):
-        outcomes = await onboard(stack, [_request("j-nolog", "cy@fabrikam.example", "Cy Ho", PARTNERS)])
+        outcomes = await onboard(stack, [demo_request("j-nolog", "cy@fabrikam.example", "Cy Ho", PARTNERS)])
     assert outcomes["j-nolog"].status is OutcomeStatus.SUCCEEDED, outcomes["j-nolog"]
     failures = [r.getMessage() for r in caplog.records if "could not journal" in r.getMessage()]
     assert len(failures) == 3, failures  # create-contact, add-member, verify-delivery
