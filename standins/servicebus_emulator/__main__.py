@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 
@@ -33,12 +32,8 @@ def serve(
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    console = Console()
     with ServiceBusEmulator(queues, port=port, database=database) as emulator:
-        console.print(
-            f"Service Bus emulator on 127.0.0.1:{emulator.port}; queues: {', '.join(q.name for q in queues.queues)}"
-        )
-        # Plain print: the line is meant to be copied or parsed as it is.
+        print(f"Service Bus emulator on 127.0.0.1:{emulator.port}; queues: {', '.join(q.name for q in queues.queues)}")
         print(f"ServiceBusConnection={emulator.connection_string}", flush=True)
         stop.wait()
 

@@ -7,6 +7,7 @@ what the azure-servicebus SDK expects are in ../shared/reference/service-bus-and
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -84,9 +85,12 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         if self._stopping:
             return
         now = utc_now()
-        self.store.expire_locks(now)
-        self.store.expire_messages(now)
-        self._pump_all()
+        try:
+            self.store.expire_locks(now)
+            self.store.expire_messages(now)
+            self._pump_all()
+        except Exception:  # e.g. a full disk under the durable store: log, keep serving, try again
+            logger.exception("the emulator's periodic work failed; retrying on the next tick")
         event.container.schedule(TICK_SECONDS, self)
 
     def on_stop_emulator(self, event: Any) -> None:
@@ -148,7 +152,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         try:
             queue = self.store.queue(node)
         except EntityNotFound:
-            link.condition = _error(NOT_FOUND, f"The messaging entity '{node}' could not be found.")
+            link.condition = _error(NOT_FOUND, _not_found(node))
             link.close()
             return
         if link.is_receiver and queue.is_dead_letter_queue:
@@ -229,7 +233,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
     def _discard_if_oversize(self, link: Link, delivery: Delivery) -> bool:
         """A client that ignores the advertised limit: drop its bytes as they come, keep only the count."""
         discarded: int = getattr(delivery, "discarded_bytes", 0)
-        if not discarded and delivery.pending <= (link.max_message_size or delivery.pending):
+        if not discarded and delivery.pending <= MAX_MESSAGE_SIZE:
             return False
         discarded += len(link.recv(delivery.pending) or b"")
         setattr(delivery, "discarded_bytes", discarded)  # noqa: B010
@@ -240,7 +244,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         logger.warning("refused a %d-byte message to %s", size, getattr(link, "emulator_node", ""))
         delivery.local.condition = _error(
             MESSAGE_SIZE_EXCEEDED,
-            f"The received message (size: {size} bytes) exceeds the limit ({link.max_message_size} bytes) "
+            f"The received message (size: {size} bytes) exceeds the limit ({MAX_MESSAGE_SIZE} bytes) "
             "currently allowed on the link.",
         )
         delivery.update(Delivery.REJECTED)
@@ -252,23 +256,29 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             if node == CBS_NODE.lower() or node.endswith(MANAGEMENT_SUFFIX):
                 self._on_request(link, node, codec.decode(encoded))
             else:
+                now = utc_now()
                 for part in codec.split_batch(encoded):
-                    self._enqueue(node, part)
+                    self._enqueue(node, part, now)
                 self._pump(node)
             delivery.update(Delivery.ACCEPTED)
+        except sqlite3.Error as error:  # the durable store failed: our fault, not the message's
+            logger.error("could not store a transfer to %s: %s", node, error)
+            delivery.local.condition = _error("amqp:internal-error", "The emulator could not store the message.")
+            delivery.update(Delivery.REJECTED)
         except Exception as error:  # a malformed message must not take the broker down
             logger.warning("refused a transfer to %s: %s", node, error)
             delivery.local.condition = _error("amqp:decode-error", str(error))
             delivery.update(Delivery.REJECTED)
         delivery.settle()
 
-    def _enqueue(self, node: str, encoded: bytes) -> None:
+    def _enqueue(self, node: str, encoded: bytes, now: datetime) -> int | None:
+        """A sent message (a transfer or schedule-message): its id, schedule and time-to-live come from it."""
         message = codec.decode(encoded)
-        self.store.enqueue(
+        return self.store.enqueue(
             node,
             encoded,
             codec.message_id_of(message),
-            utc_now(),
+            now,
             codec.scheduled_time_of(message),
             codec.time_to_live_of(message),
         )
@@ -347,7 +357,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             try:
                 self.store.queue(entity)
             except EntityNotFound:
-                return _cbs_status(404, f"The messaging entity '{audience}' could not be found.")
+                return _cbs_status(404, _not_found(audience))
         return _cbs_status(202, "Accepted")
 
     def _management(self, queue: str, request: Message) -> Message:
@@ -360,17 +370,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
             if operation == "com.microsoft:schedule-message":
                 numbers = []
                 for entry in _values(body.get("messages")):
-                    encoded = bytes(dict(entry)["message"])
-                    message = codec.decode(encoded)
-                    number = self.store.enqueue(
-                        queue,
-                        encoded,
-                        codec.message_id_of(message),
-                        now,
-                        codec.scheduled_time_of(message),
-                        codec.time_to_live_of(message),
-                    )
-                    numbers.append(number or 0)
+                    numbers.append(self._enqueue(queue, bytes(dict(entry)["message"]), now) or 0)
                 return _ok({"sequence-numbers": Array(Data.NULL, Data.LONG, *numbers)})
             if operation == "com.microsoft:cancel-scheduled-message":
                 self.store.cancel_scheduled(queue, [int(n) for n in _values(body.get("sequence-numbers"))])
@@ -400,7 +400,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
         except LockLost as error:
             return _status(410, f"The lock supplied is invalid or has expired: {error}", LOCK_LOST)
         except EntityNotFound as error:
-            return _status(404, f"The messaging entity '{error}' could not be found.", NOT_FOUND)
+            return _status(404, _not_found(str(error.args[0])), NOT_FOUND)  # str() of a KeyError adds quotes
         except (KeyError, TypeError, ValueError) as error:
             return _status(400, f"Malformed {operation} request: {error}", "amqp:invalid-field")
         return _status(501, f"Operation {operation!r} is not supported by this emulator.", "amqp:not-implemented")
@@ -477,6 +477,10 @@ def _status(code: int, description: str, condition: str | None = None) -> Messag
     if condition:
         properties["errorCondition"] = condition
     return Message(properties=properties)
+
+
+def _not_found(entity: str) -> str:
+    return f"The messaging entity '{entity}' could not be found."
 
 
 def _cbs_status(code: int, description: str) -> Message:

@@ -67,18 +67,20 @@ class EmulatorConfig(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> EmulatorConfig:
+        document = _read_json(path)
         try:
-            document = _read_json(path)
-            namespaces = document["UserConfig"]["Namespaces"]
-            queues = [
-                QueueConfig.model_validate({"Name": q["Name"], **q.get("Properties", {})})
-                for ns in namespaces
-                for q in ns.get("Queues", [])
-            ]
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{path}: expected UserConfig.Namespaces[].Queues[] ({error})") from error
-        except ValidationError as error:
-            raise ValueError(f"{path}: invalid queue: {error}") from error
+            entries = [q for ns in document["UserConfig"]["Namespaces"] for q in ns.get("Queues", [])]
+            named = [(str(q["Name"]), q.get("Properties", {})) for q in entries]
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"{path}: expected UserConfig.Namespaces[].Queues[] with a Name each ({type(error).__name__}: {error})"
+            ) from error
+        queues = []
+        for name, properties in named:
+            try:
+                queues.append(QueueConfig.model_validate({"Name": name, **properties}))
+            except (ValidationError, TypeError) as error:
+                raise ValueError(f"{path}: queue {name!r} is invalid: {error}") from error
         return cls(queues=tuple(queues))
 
     def with_overrides(self, **changes: Any) -> EmulatorConfig:

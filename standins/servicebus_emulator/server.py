@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ from standins.servicebus_emulator.config import EmulatorConfig
 from standins.servicebus_emulator.sqlite_log import SqliteMessageLog
 from standins.servicebus_emulator.store import QueueStore
 
+logger = logging.getLogger("standins.servicebus_emulator")
 START_TIMEOUT_SECONDS = 10
 
 
@@ -64,7 +66,8 @@ class ServiceBusEmulator:
     def _run(self, container: Container) -> None:
         try:
             container.run()
-        except BaseException as error:  # reported by start(); the thread must not die silently
+        except BaseException as error:  # reported by start(), and logged: the thread must not die silently
+            logger.exception("the Service Bus emulator stopped unexpectedly")
             self._failure = error
             self._ready.set()
 
@@ -73,7 +76,7 @@ class ServiceBusEmulator:
             return
         self._injector.trigger(ApplicationEvent("stop_emulator"))
         self._thread.join(timeout=10)
-        self._injector.close()
+        self._injector.close()  # already closed by a clean stop; this covers a reactor that died
         self._thread = None
         if self._log:
             self._log.close()

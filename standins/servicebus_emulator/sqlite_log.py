@@ -22,6 +22,13 @@ CREATE TABLE IF NOT EXISTS messages (
     dead_letter_description TEXT,
     expires_at TEXT
 );
+-- The highest sequence number ever stored, kept by a trigger in the same statement (no extra write):
+-- completed messages leave `messages`, and their numbers must not be handed out again after a restart.
+CREATE TABLE IF NOT EXISTS last_sequence (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS keep_last_sequence AFTER INSERT ON messages BEGIN
+    INSERT INTO last_sequence VALUES (1, NEW.sequence_number)
+    ON CONFLICT (id) DO UPDATE SET value = MAX(value, excluded.value);
+END;
 CREATE TABLE IF NOT EXISTS seen_message_ids (
     queue TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -71,7 +78,8 @@ class SqliteMessageLog:
             "INSERT OR REPLACE INTO seen_message_ids VALUES (?, ?, ?)", (queue, message_id, at.isoformat())
         )
 
-    def load(self) -> tuple[list[tuple[str, StoredMessage]], list[tuple[str, str, datetime]]]:
+    def load(self) -> tuple[list[tuple[str, StoredMessage]], list[tuple[str, str, datetime]], int]:
+        """What `QueueStore.restore` takes: the messages, the duplicate-detection history, the last sequence number."""
         messages = [
             (
                 row[1],
@@ -98,7 +106,8 @@ class SqliteMessageLog:
             (queue, message_id, datetime.fromisoformat(at))
             for queue, message_id, at in self._db.execute("SELECT queue, message_id, seen_at FROM seen_message_ids")
         ]
-        return messages, seen
+        last = self._db.execute("SELECT value FROM last_sequence WHERE id = 1").fetchone()
+        return messages, seen, last[0] if last else 0
 
     def close(self) -> None:
         self._db.close()

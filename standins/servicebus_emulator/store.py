@@ -100,11 +100,13 @@ class Queue:
         return False
 
     def available(self, now: datetime) -> Iterator[StoredMessage]:
-        # An expired message is never handed out, even before the next tick moves it away.
+        # An expired message is never handed out, even before the next tick moves it away
+        # (a dead-letter queue does not observe time-to-live).
+        observes_ttl = not self.is_dead_letter_queue
         return (
             m
             for m in self.messages.values()
-            if m.visible_at <= now and m.lock_token is None and not m.deferred and not self.expires(m, now)
+            if m.visible_at <= now and m.lock_token is None and not m.deferred and not (observes_ttl and m.expired(now))
         )
 
     def expires(self, message: StoredMessage, now: datetime) -> bool:
@@ -128,15 +130,22 @@ class QueueStore:
         self._sequence = itertools.count(1)
         self._locks: dict[uuid.UUID, tuple[str, int]] = {}
 
-    def restore(self, messages: list[tuple[str, StoredMessage]], seen: list[tuple[str, str, datetime]]) -> None:
-        """Reload what a durable log kept. Locks are not kept: a message locked at the stop is available again."""
+    def restore(
+        self,
+        messages: list[tuple[str, StoredMessage]],
+        seen: list[tuple[str, str, datetime]],
+        last_sequence_number: int = 0,
+    ) -> None:
+        """Reload what a durable log kept. Locks are not kept: a message locked at the stop is available again.
+        Numbering carries on after the highest number ever handed out, also one whose message is gone."""
         for name, message in messages:
             if name in self._queues:
                 self._queues[name].messages[message.sequence_number] = message
         for name, message_id, at in seen:
             if name in self._queues:
                 self._queues[name].seen_message_ids[message_id] = at
-        last = max((message.sequence_number for _, message in messages), default=0)
+        last = max((message.sequence_number for _, message in messages), default=last_sequence_number)
+        last = max(last, last_sequence_number)
         self._sequence = itertools.count(last + 1)
 
     def queue(self, name: str) -> Queue:
@@ -167,7 +176,7 @@ class QueueStore:
         visible = max(now, visible_at or now)
         # The queue's default is also the ceiling; a scheduled message's clock starts when it is enqueued.
         default = queue.config.default_message_time_to_live
-        lifetime = min(time_to_live, default) if time_to_live and time_to_live > timedelta(0) else default
+        lifetime = min(time_to_live, default) if time_to_live else default
         try:
             expires_at: datetime | None = visible + lifetime
         except OverflowError:  # TimeSpan.MaxValue, Service Bus's "never"
@@ -279,6 +288,8 @@ class QueueStore:
     def expire_messages(self, now: datetime) -> None:
         """Dead-letter (when the queue says so) or drop every message whose time-to-live ran out."""
         for queue in self._queues.values():
+            if queue.is_dead_letter_queue:
+                continue
             for message in [m for m in queue.messages.values() if queue.expires(m, now)]:
                 if queue.config.dead_lettering_on_message_expiration:
                     self._move_to_dead_letters(queue, message, TTL_EXPIRED, TTL_EXPIRED_DESCRIPTION)

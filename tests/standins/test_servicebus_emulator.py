@@ -226,10 +226,13 @@ def test_config_file_errors_are_specific(tmp_path: Path) -> None:
             {"UserConfig": {"Namespaces": [{"Queues": [{"Name": "q", "Properties": {"LockDuration": "1 minute"}}]}]}}
         )
     )
-    with pytest.raises(ValueError, match="ISO 8601"):
+    with pytest.raises(ValueError, match=r"queue 'q' is invalid(.|\n)*ISO 8601"):
         EmulatorConfig.load(bad)
     with pytest.raises(ValueError, match="does not exist"):
         EmulatorConfig.load(tmp_path / "absent.json")
+    bad.write_text(json.dumps({"UserConfig": {"Namespaces": ["sbemulatorns"]}}))
+    with pytest.raises(ValueError, match=r"expected UserConfig\.Namespaces\[\]\.Queues\[\]"):
+        EmulatorConfig.load(bad)
 
 
 def test_peek_reads_without_locking_and_deferred_messages_come_back_by_sequence_number(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus import aio as servicebus_aio
 
 from standins.servicebus_emulator import EmulatorConfig, QueueConfig, ServiceBusEmulator
+from standins.servicebus_emulator.store import QueueStore
 
 StartEmulator = Callable[[EmulatorConfig], ServiceBusEmulator]
 DEAD_LETTERING = "expiring"  # DeadLetteringOnMessageExpiration: true
@@ -113,3 +114,15 @@ def test_expiry_survives_a_restart(tmp_path: Path) -> None:
         with ServiceBusClient.from_connection_string(after.connection_string) as sb:
             dead = receive_one(sb, DEAD_LETTERING, dead_letters=True)
             assert (dead.message_id, dead.dead_letter_reason) == ("r-1", "TTLExpiredException")
+
+
+def test_an_expired_message_is_never_handed_out_even_before_the_tick_moves_it() -> None:
+    # Pure queue logic, at chosen instants: no tick runs here at all.
+    store = QueueStore(expiry_config())
+    sent = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    store.enqueue(DEAD_LETTERING, b"x", "m-1", sent, time_to_live=timedelta(seconds=1))
+    store.enqueue(DEAD_LETTERING, b"y", "m-2", sent, time_to_live=timedelta(minutes=5))
+    later = sent + timedelta(seconds=2)
+    first = store.lock_next(DEAD_LETTERING, later)
+    assert first is not None and first.message_id == "m-2", "the expired m-1 was skipped"
+    assert store.lock_next(DEAD_LETTERING, later) is None

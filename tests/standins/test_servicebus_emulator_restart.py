@@ -68,3 +68,29 @@ def test_a_restart_mid_run_loses_no_acknowledged_message(tmp_path: Path) -> None
     assert sorted(completed) == sorted(before_ids + after_ids), "an acknowledged message went missing"
     assert len(after_sequence_numbers) == len(after_ids)
     assert min(after_sequence_numbers) > highest_before, "sequence numbers went backwards after the restart"
+
+
+def test_sequence_numbers_are_never_reused_after_a_restart_even_when_the_queue_was_empty(tmp_path: Path) -> None:
+    database = tmp_path / "servicebus.db"
+    config = EmulatorConfig.default()
+    with (
+        ServiceBusEmulator(config, database=database) as first,
+        ServiceBusClient.from_connection_string(first.connection_string) as sb,
+    ):
+        with sb.get_queue_sender(QUEUE) as sender:
+            sender.send_messages([ServiceBusMessage(f"m{i}", message_id=f"m{i}") for i in range(3)])
+        with sb.get_queue_receiver(QUEUE) as receiver:
+            done: list[str] = []
+            deadline = time.monotonic() + DEADLINE_SECONDS
+            while len(done) < 3 and time.monotonic() < deadline:
+                complete_all(receiver, receiver.receive_messages(max_message_count=3, max_wait_time=2), done)
+            assert len(done) == 3
+    with (
+        ServiceBusEmulator(config, database=database) as second,
+        ServiceBusClient.from_connection_string(second.connection_string) as sb,
+    ):
+        with sb.get_queue_sender(QUEUE) as sender:
+            sender.send_messages(ServiceBusMessage("after", message_id="after"))
+        with sb.get_queue_receiver(QUEUE) as receiver:
+            (message,) = receiver.peek_messages(max_message_count=1)
+    assert (message.sequence_number or 0) > 3, "a completed message's number came back"
