@@ -14,6 +14,7 @@ import binascii
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -56,8 +57,9 @@ class LoggedRequest(NamedTuple):
 class RequestLog:
     """Thread-safe: the app appends on uvicorn's thread while tests and benchmarks read."""
 
-    def __init__(self) -> None:
-        self._entries: list[LoggedRequest] = []
+    def __init__(self, keep: int = 100_000) -> None:
+        # Bounded: `onboard sandbox` may run for days; the newest entries are the ones to read.
+        self._entries: deque[LoggedRequest] = deque(maxlen=keep)
         self._lock = threading.Lock()
 
     def append(self, entry: LoggedRequest) -> None:
@@ -105,6 +107,8 @@ def refuse_token(request: Request, face: Face, tenant_id: str) -> Response | Non
         problem = "Access token validation failure. Invalid audience."
     elif claims.get("tid") != tenant_id:
         problem = "Access token validation failure. Invalid tenant."
+    elif not isinstance(claims.get("exp"), int) or claims["exp"] <= time.time():
+        problem = "Lifetime validation failed, the token is expired."
     else:
         return None
     if face == "graph":

@@ -28,16 +28,19 @@ BATCH_LIMIT = 20
 
 def graph_error(request: Request, status: int, code: str, message: str) -> JSONResponse:
     request_id = str(uuid.uuid4())
+    body = _error_body(code, message, request_id, request.headers.get("client-request-id", request_id))
+    return JSONResponse(body, status_code=status, headers={"request-id": request_id})
+
+
+def _error_body(code: str, message: str, request_id: str = "", client_request_id: str = "") -> dict[str, Any]:
+    """Graph's OData error, with the innerError Microsoft adds (request-id, date, client-request-id)."""
+    request_id = request_id or str(uuid.uuid4())
     inner = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
         "request-id": request_id,
-        "client-request-id": request.headers.get("client-request-id", request_id),
+        "client-request-id": client_request_id or request_id,
     }
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "innerError": inner}},
-        status_code=status,
-        headers={"request-id": request_id},
-    )
+    return {"error": {"code": code, "message": message, "innerError": inner}}
 
 
 def _group_json(group: Group) -> dict[str, Any]:
@@ -359,11 +362,23 @@ class GraphFace:
         return JSONResponse({"responses": responses})
 
     async def _one(self, client: httpx.AsyncClient, forwarded: dict[str, str], inner: dict[str, Any]) -> dict[str, Any]:
-        headers = {**forwarded, **{str(k): str(v) for k, v in (inner.get("headers") or {}).items()}}
-        url = "/" + str(inner["url"]).lstrip("/")
+        """One inner request's answer; a bad inner request gets its own 400 entry, never fails the batch."""
+        request_id, url, extra = str(inner["id"]), str(inner["url"]), inner.get("headers") or {}
+        if not isinstance(extra, dict) or "://" in url:
+            problem = (
+                "Invalid request: headers must be an object"
+                if not isinstance(extra, dict)
+                else ("Invalid request: url must be relative to the version, such as /users/{id}")
+            )
+            return {"id": request_id, "status": 400, "headers": {}, "body": _error_body("BadRequest", problem)}
+        headers = {**forwarded, **{str(k): str(v) for k, v in extra.items()}}
         answer = await client.request(
-            str(inner.get("method", "GET")).upper(), url, headers=headers, json=inner.get("body")
+            str(inner.get("method", "GET")).upper(), "/" + url.lstrip("/"), headers=headers, json=inner.get("body")
         )
         keep = {k: v for k, v in answer.headers.items() if k.lower() in ("retry-after", "content-type", "location")}
-        body = answer.json() if answer.content else None
-        return {"id": str(inner["id"]), "status": answer.status_code, "headers": keep, "body": body}
+        try:
+            body = answer.json() if answer.content else None
+        except ValueError:  # a route Graph does not have: Starlette answered in plain text
+            body = _error_body("BadRequest", f"Resource not found for the segment '{url.strip('/').split('/')[0]}'.")
+            keep["content-type"] = "application/json"
+        return {"id": request_id, "status": answer.status_code, "headers": keep, "body": body}

@@ -16,18 +16,23 @@ Seed format (see demo_tenant.json):
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.directory.ports import GroupKind
 from standins.tenant_sandbox.knobs import Knobs
 from standins.tenant_sandbox.store import DocumentStore
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEMO_SEED = Path(__file__).with_name("demo_tenant.json")
 
@@ -140,6 +145,18 @@ _KINDS: dict[str, type[User] | type[Contact] | type[Group] | type[TraceRow]] = {
 }
 
 
+def _locked(method: Callable[Concatenate[Directory, P], R]) -> Callable[Concatenate[Directory, P], R]:
+    """Every public read and write holds the directory's lock: the HTTP faces run on the server's
+    threads while tests and the admin endpoint read from others (an RLock: the faces nest)."""
+
+    def wrapper(self: Directory, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
 class Directory:
     def __init__(self, seed: TenantSeed, store: DocumentStore | None = None, knobs: Knobs | None = None) -> None:
         self.lock = threading.RLock()
@@ -209,15 +226,19 @@ class Directory:
 
     # Reads
 
+    @_locked
     def accepted_domains(self) -> list[str]:
         return list(self.tenant.domains)
 
+    @_locked
     def user_by_mail(self, address: str) -> User | None:
         return next((u for u in self.users.values() if u.mail.lower() == address.lower()), None)
 
+    @_locked
     def group_by_mail(self, address: str) -> Group | None:
         return next((g for g in self.groups.values() if (g.mail or "").lower() == address.lower()), None)
 
+    @_locked
     def group_by_identity(self, identity: str) -> Group | None:
         """Exchange -Identity: address, name, or id."""
         key = identity.lower()
@@ -225,6 +246,7 @@ class Directory:
             (g for g in self.groups.values() if key in {(g.mail or "").lower(), g.display_name.lower()}), None
         )
 
+    @_locked
     def contact_by_identity(self, identity: str) -> Contact | None:
         key = identity.lower()
         return next(
@@ -236,6 +258,7 @@ class Directory:
             None,
         )
 
+    @_locked
     def address_owner(self, address: str) -> str | None:
         """The name of the object that already has this address, if any."""
         contact = self.contact_by_identity(address)
@@ -247,22 +270,27 @@ class Directory:
         group = self.group_by_mail(address)
         return group.display_name if group else None
 
+    @_locked
     def name_taken(self, name: str) -> bool:
         lowered = name.lower()
         return any(c.name.lower() == lowered for c in self.contacts.values()) or any(
             g.display_name.lower() == lowered for g in self.groups.values()
         )
 
+    @_locked
     def replicated(self, obj: User | Contact) -> bool:
         """Entra replication lag: a new object is not yet visible to the other face and to lookups."""
         return time.time() >= obj.replicated_at
 
+    @_locked
     def object_exists(self, object_id: str) -> bool:
         return object_id in self.users or object_id in self.contacts or object_id in self.groups
 
+    @_locked
     def groups_with_member(self, object_id: str) -> list[Group]:
         return [g for g in self.groups.values() if object_id in g.members]
 
+    @_locked
     def trace_rows(self, sender: str | None, recipient: str | None, start: float, end: float) -> list[TraceRow]:
         """Rows Get-MessageTraceV2 would show now: only those past the trace lag, newest first."""
         now = time.time()
@@ -278,6 +306,7 @@ class Directory:
 
     # Writes: each is committed to the store before the face answers.
 
+    @_locked
     def add_contact(
         self, name: str, display_name: str, address: str, first_name: str | None, last_name: str | None
     ) -> Contact:
@@ -294,9 +323,11 @@ class Directory:
         self._save(contact)
         return contact
 
+    @_locked
     def update_contact(self, contact: Contact) -> None:
         self._save(contact)
 
+    @_locked
     def remove_contact(self, contact: Contact) -> None:
         object_id = contact.external_directory_object_id
         for group in self.groups_with_member(object_id):
@@ -304,22 +335,27 @@ class Directory:
         del self.contacts[object_id]
         self.store.delete("contact", object_id)
 
+    @_locked
     def add_guest(self, address: str, display_name: str) -> User:
         guest = User(str(uuid.uuid4()), display_name, address, "Guest", self._replicated_at())
         self._save(guest)
         return guest
 
+    @_locked
     def add_member(self, group: Group, object_id: str) -> None:
         group.members.append(object_id)
         self._save(group)
 
+    @_locked
     def remove_member(self, group: Group, object_id: str) -> None:
         group.members.remove(object_id)
         self._save(group)
 
+    @_locked
     def update_group(self, group: Group) -> None:
         self._save(group)
 
+    @_locked
     def send_mail(self, sender: User, recipients: list[str], subject: str, size: int) -> str:
         """Accept a message for delivery; its trace rows say Delivered or Failed (bounce_domains) after a lag."""
         sent = time.time()

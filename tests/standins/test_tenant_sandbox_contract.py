@@ -6,11 +6,14 @@ Each test names the Microsoft behaviour it holds the sandbox to (reference: micr
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from azure.core.credentials import AccessToken
 from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.contacts.contacts_request_builder import ContactsRequestBuilder
@@ -19,7 +22,7 @@ from msgraph.generated.models.org_contact import OrgContact
 from msgraph_core.requests.batch_request_content import BatchRequestContent
 from msgraph_core.requests.batch_request_item import BatchRequestItem
 
-from shared.directory.credentials import SandboxCredential
+from shared.directory.credentials import SandboxCredential, mint_sandbox_token, resource_of
 from shared.directory.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -187,6 +190,30 @@ async def test_batch_inner_statuses_are_independent(
     statuses = answer.get_response_status_codes()
     assert statuses == {"user": 200, "missing": 404, "group": 429}
     assert answer.responses["group"].headers["retry-after"] == "7"
+
+
+def test_a_bad_inner_request_gets_its_own_answer_and_the_batch_goes_on(tenant_sandbox: TenantSandbox) -> None:
+    requests = [
+        {"id": "unknown-route", "method": "GET", "url": "/no-such-segment/x"},
+        {"id": "bad-headers", "method": "GET", "url": f"/users/{ADELE}", "headers": ["not", "an", "object"]},
+        {"id": "absolute", "method": "GET", "url": f"https://graph.microsoft.com/v1.0/users/{ADELE}"},
+        {"id": "fine", "method": "GET", "url": f"/users/{ADELE}"},
+    ]
+    response = httpx.post(
+        f"{tenant_sandbox.graph_base_url}/$batch",
+        json={"requests": requests},
+        headers=tenant_sandbox.authorization("graph"),
+    )
+    assert response.status_code == 200
+    answers = {r["id"]: r for r in response.json()["responses"]}
+    assert {k: a["status"] for k, a in answers.items()} == {
+        "unknown-route": 404,
+        "bad-headers": 400,
+        "absolute": 400,
+        "fine": 200,
+    }
+    assert "no-such-segment" in answers["unknown-route"]["body"]["error"]["message"]
+    assert all("request-id" in answers[k]["body"]["error"]["innerError"] for k in ("bad-headers", "absolute"))
 
 
 def test_batch_of_more_than_20_is_refused(tenant_sandbox: TenantSandbox) -> None:
@@ -392,38 +419,48 @@ def test_missing_or_malformed_token_is_401(tenant_sandbox: TenantSandbox, header
     assert problem in response.json()["error"]["message"]
 
 
-class _GraphTokenForEverything(SandboxCredential):
-    async def get_token(self, *scopes: str, **kwargs: object):  # type: ignore[no-untyped-def]
-        return await super().get_token("https://graph.microsoft.com/.default")
+class _AzureManagementToken(SandboxCredential):
+    async def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        return await super().get_token("https://management.azure.com/.default")
 
 
-async def test_token_for_the_wrong_audience_is_refused(tenant_sandbox: TenantSandbox) -> None:
+class _ExpiredToken(SandboxCredential):
+    async def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        expired = int(time.time()) - 60
+        return AccessToken(mint_sandbox_token(resource_of(scopes[0]), self._tenant_id, expired), expired)
+
+
+OTHER_TENANT = "00000000-0000-0000-0000-000000000001"
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        pytest.param(lambda tenant: _AzureManagementToken(tenant), id="wrong-audience"),
+        pytest.param(lambda tenant: SandboxCredential(OTHER_TENANT), id="another-tenant"),
+        pytest.param(lambda tenant: _ExpiredToken(tenant), id="expired"),
+    ],
+)
+async def test_a_token_that_is_not_for_this_call_is_refused_by_both_faces(
+    tenant_sandbox: TenantSandbox, refused: Callable[[str], SandboxCredential]
+) -> None:
+    credential = refused(tenant_sandbox.tenant_id)
+    graph = MsGraphDirectory(credential, base_url=tenant_sandbox.graph_base_url)
     exchange = ExchangeOnlineClient(
-        _GraphTokenForEverything(tenant_sandbox.tenant_id),
+        credential,
         tenant_id=tenant_sandbox.tenant_id,
         anchor_domain=tenant_sandbox.tenant_domain,
         base_url=tenant_sandbox.exchange_base_url,
     )
     try:
-        with pytest.raises(PermissionDeniedError) as raised:
+        with pytest.raises(PermissionDeniedError) as by_graph:
+            await graph.get_group(PARTNERS)
+        with pytest.raises(PermissionDeniedError) as by_exchange:
             await exchange.get_accepted_domains()
     finally:
-        await exchange.close()
-    assert raised.value.status == 401
-
-
-async def test_token_for_another_tenant_is_refused(tenant_sandbox: TenantSandbox) -> None:
-    graph = MsGraphDirectory(
-        SandboxCredential("00000000-0000-0000-0000-000000000001"), base_url=tenant_sandbox.graph_base_url
-    )
-    try:
-        with pytest.raises(PermissionDeniedError):
-            await graph.get_group(PARTNERS)
-    finally:
         await graph.close()
-
-
-# 6. The request log counts directory calls
+        await exchange.close()
+    assert (by_graph.value.status, by_exchange.value.status) == (401, 401)
 
 
 @pytest.fixture
@@ -435,6 +472,7 @@ def counted(tenant_sandbox: TenantSandbox) -> TenantSandbox:
 async def test_request_log_names_face_operation_status_and_latency(
     counted: TenantSandbox, graph_directory: MsGraphDirectory, exchange_directory: ExchangeOnlineClient
 ) -> None:
+    counted.set_knobs(latency_ms=150)
     await graph_directory.find_group_by_mail("partners@contoso.com")
     await exchange_directory.find_mail_contact("ghost")
     entries = counted.request_log.entries()
@@ -442,4 +480,4 @@ async def test_request_log_names_face_operation_status_and_latency(
         ("graph", "GET /v1.0/groups", 200),
         ("exchange", "Get-MailContact", 404),
     ]
-    assert all(e.seconds >= 0 for e in entries)
+    assert all(e.seconds >= 0.15 for e in entries), "the logged latency includes the knob's"
