@@ -1,7 +1,7 @@
 """The AMQP 1.0 side: links, transfers, dispositions, CBS and the $management operations.
 
 Runs on proton's reactor thread and is the only code that touches the QueueStore. Facts about
-what the azure-servicebus SDK expects are in ../shared/reference/service-bus-and-functions.md.
+what the azure-servicebus SDK expects, and their sources: docs/service-bus-facts.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The Graph face: a v1.0 subset over the directory, with Graph's status codes and error bodies.
 
 Errors are {"error":{"code","message","innerError":{"date","request-id","client-request-id"}}}
-(/work/shared/reference/microsoft-365.md). Org contacts are read-only here, as in Graph; mail
-contacts are made through the Exchange face. Parameters are data and never evaluated.
+(facts and their sources: docs/microsoft-365-facts.md). Org contacts are read-only here, as in
+Graph; mail contacts are made through the Exchange face. Parameters are data and never evaluated.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from shared.directory.ports import GroupKind
+from shared.contracts import GroupKind
 from standins.tenant_sandbox.model import Contact, Directory, Group, User
 
 _FILTER = re.compile(r"^\s*mail\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
