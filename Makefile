@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck check bench clean
+.PHONY: demo test test-fast lint typecheck check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: $(STAMP)
 
 test: $(STAMP) $(AZURITE_STAMP)
 	$(BIN)/python -m pytest
+
+# The pure tests only (no emulator, sandbox, Azurite or child process): seconds, for the edit loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not stack"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

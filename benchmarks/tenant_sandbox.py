@@ -12,8 +12,8 @@ from collections import Counter
 
 import httpx
 
-from shared.directory.credentials import SandboxCredential
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
+from standins.tenant_sandbox.credential import SandboxCredential
 
 
 async def burst(sandbox: TenantSandbox, requests: int, concurrency: int) -> tuple[Counter[int], float]:

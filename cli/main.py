@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -116,9 +117,11 @@ def host(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True) -> No
     """Run function_app.py's triggers against the configured namespace and tenant (emulator or Azure)."""
     from shared.bootstrap import close_services
     from standins.local_host import LocalHost, load_function_app
+    from standins.stack import supply_sandbox_credential
 
     _configure_logging(verbose)
     _load_settings()
+    supply_sandbox_credential(os.environ)
 
     async def serve() -> None:
         local_host = LocalHost(load_function_app())

@@ -1,6 +1,7 @@
 """Stage 1: make sure the external person exists as a mail contact or guest.
 
-Thin by design: decode, call the stage in shared/stages/create_contact.py, carry out its decision.
+Thin by design: the runner decodes the message, calls the stage in
+shared/stages/create_contact.py, and carries out its decision.
 """
 
 import azure.functions as func
@@ -8,7 +9,6 @@ import azurefunctions.extensions.bindings.servicebus as servicebus
 
 from shared import stages
 from shared.bootstrap import stage_runner
-from shared.contracts import StageName
 from shared.settings import SERVICEBUS_CONNECTION
 
 bp = func.Blueprint()
@@ -16,12 +16,12 @@ bp = func.Blueprint()
 
 @bp.service_bus_queue_trigger(
     arg_name="message",
-    queue_name=StageName.CREATE_CONTACT.value,
+    queue_name=stages.CREATE_CONTACT.name.value,
     connection=SERVICEBUS_CONNECTION,
     auto_complete_messages=False,
 )
 async def create_contact(
     message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
 ) -> None:
-    runner = await stage_runner(StageName.CREATE_CONTACT, stages.create_contact)
+    runner = await stage_runner(stages.CREATE_CONTACT)
     await runner.run(message, message_actions)

@@ -1,6 +1,7 @@
 """Stage 3: prove mail flows both ways, apply the 5.7.133 fix if allowed, publish the outcome.
 
-Thin by design: decode, call the stage in shared/stages/verify_delivery.py, carry out its decision.
+Thin by design: the runner decodes the message, calls the stage in
+shared/stages/verify_delivery.py, and carries out its decision.
 """
 
 import azure.functions as func
@@ -8,7 +9,6 @@ import azurefunctions.extensions.bindings.servicebus as servicebus
 
 from shared import stages
 from shared.bootstrap import stage_runner
-from shared.contracts import StageName
 from shared.settings import SERVICEBUS_CONNECTION
 
 bp = func.Blueprint()
@@ -16,12 +16,12 @@ bp = func.Blueprint()
 
 @bp.service_bus_queue_trigger(
     arg_name="message",
-    queue_name=StageName.VERIFY_DELIVERY.value,
+    queue_name=stages.VERIFY_DELIVERY.name.value,
     connection=SERVICEBUS_CONNECTION,
     auto_complete_messages=False,
 )
 async def verify_delivery(
     message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
 ) -> None:
-    runner = await stage_runner(StageName.VERIFY_DELIVERY, stages.verify_delivery)
+    runner = await stage_runner(stages.VERIFY_DELIVERY)
     await runner.run(message, message_actions)

@@ -1,95 +1,138 @@
 """Wires settings to clients once per process; every invocation reuses them.
 
 Created lazily on the first invocation, inside the event loop that runs the functions, because
-the async SDK clients bind to that loop.
+the async SDK clients bind to that loop. Adapters can be handed in (cosmicpython's bootstrap):
+tests pass them to `build_services`, and a host that runs the app off Azure (the local host)
+registers them once with `configure_services`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
-from shared.contracts import StageName
+from azure.core.credentials_async import AsyncTokenCredential
+
 from shared.directory.credentials import build_credential
 from shared.directory.exchange import ExchangeOnlineClient
-from shared.directory.graph import MsGraphDirectory
+from shared.directory.ports import ExchangeDirectory, GraphDirectory
 from shared.journal import Journal, open_journal
 from shared.logs import install_safe_log_records
 from shared.outbox import ServiceBusOutbox
 from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
-from shared.runner import Stage, StageRunner
+from shared.runner import Outbox, StageRunner
 from shared.settings import Settings
-from shared.stages import StageDependencies
-from shared.stages.common import WelcomeMail
+from shared.stages import Stage, StageDependencies, WelcomeMail
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
     stage_dependencies: StageDependencies
-    outbox: ServiceBusOutbox
-    graph: MsGraphDirectory
-    exchange: ExchangeOnlineClient
+    outbox: Outbox
     journal: Journal | None
+    closers: tuple[Callable[[], Awaitable[Any]], ...] = field(default=(), repr=False)
 
     async def close(self) -> None:
-        await self.outbox.close()
-        await self.graph.close()
-        await self.exchange.close()
-        if self.journal is not None:
-            await self.journal.close()
+        """Close everything build_services opened (not what was handed in), the credential last."""
+        for close in self.closers:
+            await close()
 
 
-_services: Services | None = None
-_lock = asyncio.Lock()
+def build_services(
+    settings: Settings,
+    *,
+    credential: AsyncTokenCredential | None = None,
+    graph: GraphDirectory | None = None,
+    exchange: ExchangeDirectory | None = None,
+    outbox: Outbox | None = None,
+    journal: Journal | None = None,
+    policy: OnboardingPolicy | None = None,
+) -> Services:
+    """Every adapter from the settings, except those given; `close` closes only what was built here."""
+    closers: list[Callable[[], Awaitable[Any]]] = []
+    if credential is None:
+        if settings.directory_credential == "sandbox":
+            raise RuntimeError(
+                "ONBOARDING_DIRECTORY_CREDENTIAL=sandbox: the sandbox credential is supplied by the local host "
+                "(standins); it cannot be built from settings"
+            )
+        credential = build_credential(settings.directory_credential, client_id=settings.managed_identity_client_id)
+        closers.append(credential.close)
+    if graph is None:
+        from shared.directory.graph import MsGraphDirectory  # msgraph-sdk is the heaviest import: only when used
 
-
-def build_services(settings: Settings) -> Services:
-    credential = build_credential(
-        settings.directory_credential, client_id=settings.managed_identity_client_id, tenant_id=settings.tenant_id
-    )
-    graph = MsGraphDirectory(credential, base_url=str(settings.graph_base_url).rstrip("/"))
-    exchange = ExchangeOnlineClient(
-        credential,
-        tenant_id=settings.tenant_id,
-        base_url=str(settings.exchange_base_url).rstrip("/"),
-        anchor_domain=settings.tenant_domain,
-    )
-    if settings.servicebus_connection_string is not None:
-        outbox = ServiceBusOutbox.from_connection_string(settings.servicebus_connection_string.get_secret_value())
-    else:
-        assert settings.servicebus_namespace is not None  # Settings guarantees one of the two
-        outbox = ServiceBusOutbox.from_namespace(settings.servicebus_namespace, credential)
-    policy = OnboardingPolicy.load(settings.policy_file) if settings.policy_file else OnboardingPolicy()
-    retry = RetryPolicy(
-        max_attempts=settings.retry_max_attempts,
-        base_delay=timedelta(seconds=settings.retry_base_delay_seconds),
-        max_delay=timedelta(seconds=settings.retry_max_delay_seconds),
-        max_age=settings.retry_max_age,
-    )
-    welcome = (
-        WelcomeMail(
-            sender=str(settings.welcome_sender),
-            subject=settings.welcome_subject,
-            check_interval=timedelta(seconds=settings.welcome_check_interval_seconds),
-            deadline=timedelta(minutes=settings.welcome_deadline_minutes),
+        built_graph = MsGraphDirectory(credential, base_url=str(settings.graph_base_url).rstrip("/"))
+        closers.insert(0, built_graph.close)
+        graph = built_graph
+    if exchange is None:
+        built_exchange = ExchangeOnlineClient(
+            credential,
+            tenant_id=settings.tenant_id,
+            base_url=str(settings.exchange_base_url).rstrip("/"),
+            anchor_domain=settings.tenant_domain,
         )
-        if settings.welcome_sender
-        else None
-    )
+        closers.insert(0, built_exchange.close)
+        exchange = built_exchange
+    if outbox is None:
+        if settings.servicebus_connection_string is not None:
+            connection_string = settings.servicebus_connection_string.get_secret_value()
+            built_outbox = ServiceBusOutbox.from_connection_string(connection_string)
+        else:
+            assert settings.servicebus_namespace is not None  # Settings guarantees one of the two
+            built_outbox = ServiceBusOutbox.from_namespace(settings.servicebus_namespace, credential)
+        closers.insert(0, built_outbox.close)
+        outbox = built_outbox
+    if journal is None:
+        # Table Storage in Azure uses the app's managed identity, like every other client here.
+        journal = open_journal(settings.journal.get_secret_value() if settings.journal else None, credential)
+        if journal is not None:
+            closers.insert(0, journal.close)
     dependencies = StageDependencies(
         graph=graph,
         exchange=exchange,
-        policy=policy,
-        retry=retry,
+        policy=policy or _policy(settings),
+        retry=RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            base_delay=timedelta(seconds=settings.retry_base_delay_seconds),
+            max_delay=timedelta(seconds=settings.retry_max_delay_seconds),
+            max_age=settings.retry_max_age,
+        ),
         guest_redirect_url=str(settings.guest_redirect_url),
-        welcome=welcome,
+        welcome=_welcome(settings),
     )
-    # Table Storage in Azure uses the app's managed identity, like every other client here.
-    journal = open_journal(settings.journal.get_secret_value() if settings.journal else None, credential)
-    return Services(settings, dependencies, outbox, graph, exchange, journal)
+    return Services(settings, dependencies, outbox, journal, tuple(closers))
+
+
+def _policy(settings: Settings) -> OnboardingPolicy:
+    return OnboardingPolicy.load(settings.policy_file) if settings.policy_file else OnboardingPolicy()
+
+
+def _welcome(settings: Settings) -> WelcomeMail | None:
+    if not settings.welcome_sender:
+        return None
+    return WelcomeMail(
+        sender=str(settings.welcome_sender),
+        subject=settings.welcome_subject,
+        check_interval=timedelta(seconds=settings.welcome_check_interval_seconds),
+        deadline=timedelta(minutes=settings.welcome_deadline_minutes),
+    )
+
+
+_services: Services | None = None
+_overrides: dict[str, Any] = {}
+_lock = asyncio.Lock()
+
+
+def configure_services(**overrides: Any) -> None:
+    """For a host that runs the app off Azure: adapters the process's services are built with
+    (keywords of build_services). Takes effect at the next build; close_services clears them."""
+    _overrides.clear()
+    _overrides.update(overrides)
 
 
 async def get_services() -> Services:
@@ -97,7 +140,7 @@ async def get_services() -> Services:
     async with _lock:
         if _services is None:
             install_safe_log_records()
-            _services = build_services(Settings())  # fields come from the environment
+            _services = build_services(Settings(), **_overrides)  # fields come from the environment
         return _services
 
 
@@ -108,13 +151,13 @@ async def close_services() -> None:
         if _services is not None:
             await _services.close()
             _services = None
+        _overrides.clear()
 
 
-async def stage_runner(stage_name: StageName, stage: Stage) -> StageRunner:
+async def stage_runner(stage: Stage[Any]) -> StageRunner:
     services = await get_services()
     settings = services.settings
     return StageRunner(
-        stage_name,
         stage,
         services.stage_dependencies,
         services.outbox,

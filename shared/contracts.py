@@ -14,8 +14,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
-from shared.directory.ports import GroupKind
-
 CONTRACT_VERSION: Literal["1"] = "1"
 
 # Exchange limits (New-MailContact): Name 64 characters, DisplayName 256.
@@ -27,6 +25,30 @@ NamePart = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 # Ids travel in MessageIds and logs: keep them to a safe alphabet and Service Bus's 128-char limit.
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@-]{1,100}$")]
 SourceSystem = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+
+class GroupKind(StrEnum):
+    """Derived from Graph's groupTypes / mailEnabled / securityEnabled (Graph groups overview)."""
+
+    MICROSOFT_365 = "Microsoft365"
+    DISTRIBUTION = "Distribution"
+    MAIL_ENABLED_SECURITY = "MailEnabledSecurity"
+    SECURITY = "Security"
+
+
+class DeadLetterReason(StrEnum):
+    """The documented vocabulary an operator acts on (README: "Dead-letter reasons")."""
+
+    INVALID_REQUEST = "InvalidRequest"
+    GROUP_NOT_FOUND = "GroupNotFound"
+    UNSUPPORTED_GROUP_KIND = "UnsupportedGroupKind"
+    POLICY_DENIED = "PolicyDenied"
+    ADDRESS_IN_USE_INTERNALLY = "AddressInUseInternally"
+    PERMISSION_DENIED = "PermissionDenied"
+    DIRECTORY_REJECTED = "DirectoryRejected"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    DELIVERY_FAILED = "DeliveryFailed"
+    PROCESSING_FAILED = "ProcessingFailed"
 
 
 class _Contract(BaseModel):
@@ -129,7 +151,7 @@ class OutcomeEvent(_Contract):
     request_id: str
     source_system: str | None
     status: OutcomeStatus
-    reason: str | None = Field(default=None, description="Dead-letter reason when status is Failed.")
+    reason: DeadLetterReason | None = Field(default=None, description="Dead-letter reason when status is Failed.")
     description: str
     stage: StageName
     group: ResolvedGroup | None = None

@@ -9,24 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
-from shared.contracts import OutcomeEvent, StageMessage, StageName
-
-
-class DeadLetterReason(StrEnum):
-    """The documented vocabulary an operator acts on (README: "Dead-letter reasons")."""
-
-    INVALID_REQUEST = "InvalidRequest"
-    GROUP_NOT_FOUND = "GroupNotFound"
-    UNSUPPORTED_GROUP_KIND = "UnsupportedGroupKind"
-    POLICY_DENIED = "PolicyDenied"
-    ADDRESS_IN_USE_INTERNALLY = "AddressInUseInternally"
-    PERMISSION_DENIED = "PermissionDenied"
-    DIRECTORY_REJECTED = "DirectoryRejected"
-    RETRIES_EXHAUSTED = "RetriesExhausted"
-    DELIVERY_FAILED = "DeliveryFailed"
-    PROCESSING_FAILED = "ProcessingFailed"
+from shared.contracts import DeadLetterReason, OutcomeEvent, StageMessage, StageName
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,18 @@ re-sent message is dropped by the queue's duplicate detection instead of doing t
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
-from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
+from azure.servicebus import ServiceBusMessage
 from azure.servicebus.amqp import AmqpMessageBodyType
+from pydantic import ValidationError
 
-from shared.contracts import OutcomeEvent, StageMessage, StageName
+from shared.contracts import OnboardingRequest, OutcomeEvent, StageMessage, StageName
 from shared.decisions import Delivery
+
+Input = TypeVar("Input", OnboardingRequest, StageMessage)
 
 REQUEST_ID = "onboarding-request-id"
 ATTEMPT = "onboarding-attempt"
@@ -23,11 +27,90 @@ PHASE = "onboarding-phase"
 JSON = "application/json"
 
 
+class ReceivedMessage(Protocol):
+    """What the pipeline reads of a received message (azure.servicebus' ServiceBusReceivedMessage)."""
+
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def sequence_number(self) -> int | None: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def reply_to(self) -> str | None: ...
+    @property
+    def delivery_count(self) -> int | None: ...
+    @property
+    def application_properties(self) -> dict[str | bytes, Any] | None: ...
+    @property
+    def body_type(self) -> AmqpMessageBodyType: ...
+    @property
+    def body(self) -> Any: ...
+
+
 class EnvelopeError(ValueError):
     """The envelope itself is unusable (not the body): dead-letter as InvalidRequest."""
 
 
-def read_body(message: ServiceBusReceivedMessage) -> bytes:
+class UnreadableMessage(Exception):
+    """A message no stage can read: dead-letter it as InvalidRequest with `description`."""
+
+    def __init__(self, delivery: Delivery, description: str) -> None:
+        super().__init__(description)
+        self.delivery = delivery
+        self.description = description
+
+
+@dataclass(frozen=True)
+class Inbound(Generic[Input]):
+    """A received message, decoded once: the typed contract, its envelope, and the body as sent."""
+
+    payload: Input
+    delivery: Delivery
+    body: bytes  # a retry re-sends exactly this
+
+
+def decode(message: ReceivedMessage, reads: type[Input], now: datetime) -> Inbound[Input]:
+    """The one place where a received message becomes typed input; raises UnreadableMessage."""
+    try:
+        delivery = read_delivery(message, now)
+    except EnvelopeError as error:
+        raise UnreadableMessage(
+            _fallback_delivery(message, now), f"The message envelope is unusable: {error}."
+        ) from None
+    try:
+        body = read_body(message)
+    except EnvelopeError as error:
+        raise UnreadableMessage(delivery, f"The message envelope is unusable: {error}.") from None
+    try:
+        payload = reads.model_validate_json(body)
+    except ValidationError as error:
+        what = "request" if reads is OnboardingRequest else "stage message"
+        description = f"The {what} is not a valid contract v1 {reads.__name__}: {describe_validation_error(error)}"
+        raise UnreadableMessage(delivery, description) from None
+    if isinstance(payload, OnboardingRequest) and payload.request_id and payload.request_id != delivery.request_id:
+        delivery = _with_request_id(delivery, payload.request_id)
+    return Inbound(payload, delivery, body)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, naming the field; input values are left out (they may hold addresses)."""
+    problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()]
+    return "; ".join(problems)
+
+
+def _with_request_id(delivery: Delivery, request_id: str) -> Delivery:
+    """The body's request_id is the request's identity; the correlation id follows it unless upstream set one."""
+    defaulted = delivery.correlation_id == delivery.request_id
+    return replace(delivery, request_id=request_id, correlation_id=request_id if defaulted else delivery.correlation_id)
+
+
+def _fallback_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
+    message_id = message.message_id or f"seq-{message.sequence_number}"
+    return Delivery(message_id, message_id, message.correlation_id or message_id, message.reply_to, 1, now)
+
+
+def read_body(message: ReceivedMessage) -> bytes:
     """The body as bytes, whether it came as data sections or as an AMQP string/bytes value."""
     if message.body_type == AmqpMessageBodyType.DATA:
         return b"".join(message.body)
@@ -36,7 +119,7 @@ def read_body(message: ServiceBusReceivedMessage) -> bytes:
     raise EnvelopeError(f"the body is an AMQP {message.body_type.value} section; send JSON as data or a string")
 
 
-def read_delivery(message: ServiceBusReceivedMessage, now: datetime) -> Delivery:
+def read_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
     properties = _text_keys(message.application_properties)
     message_id = message.message_id or f"seq-{message.sequence_number}"
     request_id = _text(properties.get(REQUEST_ID)) or message_id
@@ -119,7 +202,7 @@ def _message(
     )
 
 
-def _text_keys(properties: dict[Any, Any] | None) -> dict[str, Any]:
+def _text_keys(properties: dict[str | bytes, Any] | None) -> dict[str, Any]:
     # The SDK hands application property keys back as bytes (b"onboarding-attempt").
     return {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in (properties or {}).items()}
 

@@ -1,37 +1,46 @@
-"""Runs one stage for one received message and carries out its decision.
+"""Carries out one stage's decision for one received message, and nothing else.
 
 Order matters: the next message (or the scheduled retry, or the outcome) is sent first and the
 received message is settled second. A crash in between leaves a duplicate, which the stable
 MessageIds and idempotent stages make harmless; the other order could lose the request.
+
+Three failures are kept apart, because each means something different:
+- the stage raised, or sending its result failed: nothing was settled, so the message is
+  abandoned and comes back (on its last delivery: dead-lettered as ProcessingFailed, with an outcome);
+- settling failed (lock lost, host shutting down): the work is done and the message comes back
+  by itself; that is a log line, never a crash with a contradicting outcome;
+- the journal failed: it is a record, never a reason to redo work; a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
-from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus import ServiceBusMessage
 
 from shared import envelope
-from shared.contracts import OutcomeStatus, StageName
-from shared.decisions import DeadLetter, DeadLetterReason, Decision, Delivery, Finish, PassOn, RetryLater
-from shared.journal import Journal, Transition, TransitionKind
-from shared.journal.model import CAUSE_MAX
+from shared.contracts import DeadLetterReason, OutcomeStatus, StageName
+from shared.decisions import DeadLetter, Decision, Delivery, Finish, PassOn, RetryLater
+from shared.journal.model import CAUSE_MAX, Transition, TransitionKind
+from shared.journal.ports import Journal
 from shared.logs import request_context
-from shared.outbox import ServiceBusOutbox
-from shared.stages import StageDependencies
-from shared.stages.common import Progress
+from shared.outcomes import dead_letter
+from shared.progress import Progress, Turn
+from shared.stages import Stage, StageDependencies
 
 logger = logging.getLogger("onboarding.runner")
 
-Stage = Callable[[bytes, Delivery, StageDependencies], Awaitable[Decision]]
-
 
 class MessageActions(Protocol):
-    """The settlement half of azurefunctions-extensions-bindings-servicebus' ServiceBusMessageActions."""
+    """The settlement half of azurefunctions-extensions-bindings-servicebus' ServiceBusMessageActions.
+
+    On the Functions host each call is a blocking gRPC call that raises at once when it fails.
+    """
 
     def complete(self, message: Any) -> None: ...
 
@@ -45,137 +54,183 @@ class MessageActions(Protocol):
     ) -> None: ...
 
 
+class Outbox(Protocol):
+    async def send(self, queue: str, message: ServiceBusMessage) -> None: ...
+
+    async def schedule(self, queue: str, message: ServiceBusMessage, at: datetime) -> None: ...
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What carrying out one decision means: one message to send, one settlement, one journal row."""
+
+    queue: str
+    message: ServiceBusMessage
+    send_at: datetime | None  # None: at once
+    settlement: Literal["complete", "deadletter"]
+    transition: TransitionKind
+    cause: str
+    outcome_status: OutcomeStatus | None = None
+    dead_letter_reason: DeadLetterReason | None = None
+    dead_letter_description: str | None = None
+
+
 @dataclass(frozen=True)
 class StageRunner:
-    stage_name: StageName
-    stage: Stage
+    stage: Stage[Any]
     dependencies: StageDependencies
-    outbox: ServiceBusOutbox
+    outbox: Outbox
     outcome_queue: str
     max_delivery_count: int = 10  # the queues' MaxDeliveryCount (infra); the last delivery reports a crash
     journal: Journal | None = None
 
-    async def run(self, message: ServiceBusReceivedMessage, actions: MessageActions) -> Decision:
+    @property
+    def stage_name(self) -> StageName:
+        return self.stage.name
+
+    async def run(self, message: envelope.ReceivedMessage, actions: MessageActions) -> Decision:
         now = self.dependencies.clock()
         try:
-            delivery = envelope.read_delivery(message, now)
-            body = envelope.read_body(message)
-        except envelope.EnvelopeError as error:
-            return await self._refuse_envelope(message, actions, str(error))
+            inbound = envelope.decode(message, self.stage.reads, now)
+        except envelope.UnreadableMessage as unreadable:
+            refusal = dead_letter(
+                Turn(self.stage_name, unreadable.delivery, now),
+                Progress(),
+                DeadLetterReason.INVALID_REQUEST,
+                unreadable.description,
+            )
+            with request_context(unreadable.delivery.request_id, unreadable.delivery.correlation_id):
+                return await self._carry_out(refusal, unreadable.delivery, b"", message, actions)
+        delivery = inbound.delivery
         with request_context(delivery.request_id, delivery.correlation_id):
             try:
-                decision = await self.stage(body, delivery, self.dependencies)
-                await self._carry_out(decision, body, delivery, message, actions)
+                decision = await self.stage.handle(inbound.payload, delivery, self.dependencies)
             except Exception as error:
-                if not self._is_last_delivery(message):
-                    # A bug or a passing outage: let Service Bus redeliver the message.
-                    logger.exception("stage %s failed unexpectedly; abandoning for redelivery", self.stage_name)
-                    actions.abandon(message)
-                    await self._journal(delivery, TransitionKind.CRASHED, f"{type(error).__name__}; redelivery follows")
-                    raise
-                decision = await self._give_up_after_crashes(error, delivery, message, actions)
-            await self._journal_decision(delivery, decision)
-            return decision
+                return await self._after_crash(error, delivery, message, actions)
+            return await self._carry_out(decision, delivery, inbound.body, message, actions)
 
-    def _is_last_delivery(self, message: ServiceBusReceivedMessage) -> bool:
-        # The SDK hands over AMQP's delivery-count: earlier deliveries, 0 on the first.
-        return (message.delivery_count or 0) + 1 >= self.max_delivery_count
-
-    async def _give_up_after_crashes(
-        self, error: Exception, delivery: Delivery, message: ServiceBusReceivedMessage, actions: MessageActions
+    async def _carry_out(
+        self,
+        decision: Decision,
+        delivery: Delivery,
+        body: bytes,
+        message: envelope.ReceivedMessage,
+        actions: MessageActions,
+        *,
+        reporting_a_crash: bool = False,
     ) -> Decision:
-        """Service Bus would dead-letter silently after this delivery: do it ourselves, with an outcome."""
+        effect = self.effect_of(decision, delivery, body)
+        try:
+            if effect.send_at is None:
+                await self.outbox.send(effect.queue, effect.message)
+            else:
+                await self.outbox.schedule(effect.queue, effect.message, effect.send_at)
+        except Exception as error:
+            if not reporting_a_crash:
+                # Nothing is settled yet: the same as a crash of the stage.
+                return await self._after_crash(error, delivery, message, actions)
+            # Cannot even report (Service Bus unreachable): abandon, and Service Bus dead-letters it.
+            logger.exception("could not report the failure of stage %s", self.stage_name)
+            await self._settle(actions.abandon, message)
+            raise
+        log = logger.error if effect.settlement == "deadletter" else logger.info
+        log("%s attempt %d %s: %s", self.stage_name, delivery.attempt, effect.transition, effect.cause)
+        if effect.settlement == "complete":
+            await self._settle(actions.complete, message)
+        else:
+            await self._settle(
+                actions.deadletter,
+                message,
+                deadletter_reason=effect.dead_letter_reason,
+                deadletter_error_description=effect.dead_letter_description,
+            )
+        await self._journal(delivery, effect.transition, effect.cause, effect.outcome_status)
+        return decision
+
+    def effect_of(self, decision: Decision, delivery: Delivery, body: bytes) -> Effect:
+        """The one place that says what each decision sends, how it settles, and what it records."""
+        now = self.dependencies.clock()
+        match decision:
+            case PassOn(next_stage, stage_message, delay):
+                outgoing = envelope.next_stage_message(next_stage, stage_message, delivery)
+                if delay is None:
+                    return Effect(next_stage, outgoing, None, "complete", TransitionKind.PASSED_ON, f"to {next_stage}")
+                when = f"in {delay.total_seconds():.1f} s"
+                cause = f"check again {when}" if next_stage == self.stage_name else f"to {next_stage} {when}"
+                return Effect(next_stage, outgoing, now + delay, "complete", TransitionKind.PASSED_ON, cause)
+            case RetryLater(delay, cause):
+                retry = envelope.retry_message(self.stage_name, body, delivery)
+                when = f"in {delay.total_seconds():.1f} s: {cause}"
+                return Effect(self.stage_name, retry, now + delay, "complete", TransitionKind.RETRY_SCHEDULED, when)
+            case DeadLetter(reason, description, outcome):
+                return Effect(
+                    self._outcome_queue(delivery),
+                    envelope.outcome_message(outcome, delivery),
+                    None,
+                    "deadletter",
+                    TransitionKind.DEAD_LETTERED,
+                    f"{reason}: {description}",
+                    outcome.status,
+                    reason,
+                    description,
+                )
+            case Finish(outcome):
+                return Effect(
+                    self._outcome_queue(delivery),
+                    envelope.outcome_message(outcome, delivery),
+                    None,
+                    "complete",
+                    TransitionKind.FINISHED,
+                    "; ".join((outcome.status, *outcome.warnings)),
+                    outcome.status,
+                )
+
+    async def _after_crash(
+        self, error: Exception, delivery: Delivery, message: envelope.ReceivedMessage, actions: MessageActions
+    ) -> Decision:
+        if not self._is_last_delivery(message):
+            # A bug or a passing outage: let Service Bus redeliver the message.
+            logger.exception("stage %s failed unexpectedly; abandoning for redelivery", self.stage_name)
+            await self._settle(actions.abandon, message)
+            await self._journal(delivery, TransitionKind.CRASHED, f"{type(error).__name__}; redelivery follows")
+            raise error
+        # Service Bus would dead-letter silently after this delivery: do it ourselves, with an outcome.
         logger.exception("stage %s failed on its last delivery; dead-lettering with an outcome", self.stage_name)
-        decision = Progress(self.stage_name, delivery, self.dependencies).dead_letter(
+        give_up = dead_letter(
+            Turn(self.stage_name, delivery, self.dependencies.clock()),
+            Progress(),
             DeadLetterReason.PROCESSING_FAILED,
             f"Stage {self.stage_name} failed unexpectedly on each of its {self.max_delivery_count} deliveries "
             f"(last error: {type(error).__name__}). Find the request id in the logs, fix the cause, then "
             "resubmit the message from this dead-letter queue.",
         )
-        try:
-            await self._carry_out(decision, b"", delivery, message, actions)
-        except Exception:
-            # Cannot even report (Service Bus unreachable): abandon, and Service Bus dead-letters it.
-            logger.exception("could not report the failure of stage %s", self.stage_name)
-            actions.abandon(message)
-            raise
-        return decision
+        return await self._carry_out(give_up, delivery, b"", message, actions, reporting_a_crash=True)
 
-    async def _carry_out(
-        self,
-        decision: Decision,
-        body: bytes,
-        delivery: Delivery,
-        message: ServiceBusReceivedMessage,
-        actions: MessageActions,
-    ) -> None:
-        stage_name, outbox = self.stage_name, self.outbox
-        match decision:
-            case PassOn(next_stage, stage_message, delay):
-                outgoing = envelope.next_stage_message(next_stage, stage_message, delivery)
-                if delay is None:
-                    await outbox.send(next_stage, outgoing)
-                    logger.info("%s done (attempt %d); passed on to %s", stage_name, delivery.attempt, next_stage)
-                else:
-                    await outbox.schedule(next_stage, outgoing, self.dependencies.clock() + delay)
-                    logger.info("%s will run %s again in %.1f s", stage_name, next_stage, delay.total_seconds())
-                actions.complete(message)
-            case RetryLater(delay, cause):
-                at = self.dependencies.clock() + delay
-                await outbox.schedule(stage_name, envelope.retry_message(stage_name, body, delivery), at)
-                logger.warning(
-                    "%s attempt %d will retry in %.1f s: %s", stage_name, delivery.attempt, delay.total_seconds(), cause
-                )
-                actions.complete(message)
-            case DeadLetter(reason, description, outcome):
-                await outbox.send(self._outcome_queue(delivery), envelope.outcome_message(outcome, delivery))
-                logger.error("%s dead-lettered %s: %s", stage_name, reason, description)
-                actions.deadletter(message, deadletter_reason=reason, deadletter_error_description=description)
-            case Finish(outcome):
-                await outbox.send(self._outcome_queue(delivery), envelope.outcome_message(outcome, delivery))
-                logger.info("%s finished: %s", stage_name, outcome.status)
-                actions.complete(message)
+    def _is_last_delivery(self, message: envelope.ReceivedMessage) -> bool:
+        # The SDK hands over AMQP's delivery-count: earlier deliveries, 0 on the first.
+        return (message.delivery_count or 0) + 1 >= self.max_delivery_count
 
     def _outcome_queue(self, delivery: Delivery) -> str:
         return delivery.reply_to or self.outcome_queue
 
-    async def _refuse_envelope(
-        self, message: ServiceBusReceivedMessage, actions: MessageActions, problem: str
-    ) -> Decision:
-        """An envelope we cannot even read: keep the message intact in the DLQ and say why."""
-        message_id = message.message_id or f"seq-{message.sequence_number}"
-        now = self.dependencies.clock()
-        delivery = Delivery(message_id, message_id, message.correlation_id or message_id, message.reply_to, 1, now)
-        decision = Progress(self.stage_name, delivery, self.dependencies).dead_letter(
-            DeadLetterReason.INVALID_REQUEST, f"The message envelope is unusable: {problem}."
-        )
-        with request_context(delivery.request_id, delivery.correlation_id):
-            await self._carry_out(decision, b"", delivery, message, actions)
-            await self._journal_decision(delivery, decision)
-        return decision
-
-    async def _journal_decision(self, delivery: Delivery, decision: Decision) -> None:
-        match decision:
-            case PassOn(next_stage, _, None):
-                await self._journal(delivery, TransitionKind.PASSED_ON, f"to {next_stage}")
-            case PassOn(next_stage, _, timedelta() as delay):
-                when = f"in {delay.total_seconds():.1f} s"
-                cause = f"check again {when}" if next_stage == self.stage_name else f"to {next_stage} {when}"
-                await self._journal(delivery, TransitionKind.PASSED_ON, cause)
-            case RetryLater(delay, cause):
-                seconds = delay.total_seconds()
-                await self._journal(delivery, TransitionKind.RETRY_SCHEDULED, f"in {seconds:.1f} s: {cause}")
-            case DeadLetter(reason, description, outcome):
-                await self._journal(delivery, TransitionKind.DEAD_LETTERED, f"{reason}: {description}", outcome.status)
-            case Finish(outcome):
-                summary = "; ".join((outcome.status, *outcome.warnings))
-                await self._journal(delivery, TransitionKind.FINISHED, summary, outcome.status)
+    async def _settle(self, settle: Callable[..., None], message: envelope.ReceivedMessage, **arguments: Any) -> bool:
+        """Settle off the event loop (the host's calls block); a failure is logged, never a crash."""
+        try:
+            await asyncio.to_thread(settle, message, **arguments)
+        except Exception as error:
+            logger.warning(
+                "%s could not settle the message (%s): Service Bus delivers it again once its lock expires; "
+                "the stages are idempotent, so nothing is done twice",
+                self.stage_name,
+                type(error).__name__,
+            )
+            return False
+        return True
 
     async def _journal(
-        self, delivery: Delivery, kind: TransitionKind, cause: str | None, outcome_status: OutcomeStatus | None = None
+        self, delivery: Delivery, kind: TransitionKind, cause: str, outcome_status: OutcomeStatus | None = None
     ) -> None:
-        """Written once the decision is carried out (next message sent, settlement asked for): the
-        journal is a record, never a reason to redo work, so a journal that is down costs a log line."""
+        """Written once the decision is carried out: a journal that is down costs a log line."""
         if self.journal is None:
             return
         try:
@@ -184,7 +239,7 @@ class StageRunner:
                 stage=self.stage_name,
                 decision=kind,
                 attempt=delivery.attempt,
-                cause=None if cause is None else cause[:CAUSE_MAX],
+                cause=cause[:CAUSE_MAX],
                 outcome_status=outcome_status,
                 at=self.dependencies.clock(),
             )

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, EmailStr, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.journal.factory import parse_journal_setting
+from shared.journal.setting import parse_journal_setting
 
 # The trigger bindings name this connection; the Functions host resolves it from app settings
 # `ServiceBusConnection` (connection string) or `ServiceBusConnection__fullyQualifiedNamespace`.
@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     graph_base_url: HttpUrl = HttpUrl("https://graph.microsoft.com/v1.0")
     exchange_base_url: HttpUrl = HttpUrl("https://outlook.office365.com")
     directory_credential: CredentialKind = "managed-identity"
+    allow_sandbox_credential: bool = Field(
+        default=False, description="Local flag: only the local stand-ins may use directory_credential=sandbox."
+    )
     managed_identity_client_id: str | None = None
     guest_redirect_url: HttpUrl = HttpUrl("https://myapplications.microsoft.com")
     outcome_queue: str = Field(default="onboarding-outcomes", pattern=r"^[A-Za-z0-9._/-]{1,260}$")
@@ -76,6 +79,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"set exactly one of {SERVICEBUS_CONNECTION} (connection string) or "
                 f"{SERVICEBUS_CONNECTION}__fullyQualifiedNamespace (managed identity)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sandbox_only_locally(self) -> Settings:
+        if self.directory_credential == "sandbox" and not self.allow_sandbox_credential:
+            raise ValueError(
+                "ONBOARDING_DIRECTORY_CREDENTIAL=sandbox is for the local stand-ins only "
+                "(they also set ONBOARDING_ALLOW_SANDBOX_CREDENTIAL=true); in Azure use managed-identity"
             )
         return self
 

@@ -14,11 +14,12 @@ from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.bootstrap import close_services
+from shared.bootstrap import close_services, configure_services
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.local_host import LocalHost, load_function_app
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
+from standins.tenant_sandbox.credential import SandboxCredential
 
 DEMO_POLICY = Path(__file__).with_name("demo_policy.json")
 # The demo tenant's welcome mailbox; the sandbox's message trace needs seconds, not minutes.
@@ -71,6 +72,7 @@ def local_stack(
             "ONBOARDING_GRAPH_BASE_URL": sandbox.graph_base_url,
             "ONBOARDING_EXCHANGE_BASE_URL": sandbox.exchange_base_url,
             "ONBOARDING_DIRECTORY_CREDENTIAL": "sandbox",
+            "ONBOARDING_ALLOW_SANDBOX_CREDENTIAL": "true",
             "ONBOARDING_POLICY_FILE": str(policy_file),
             # Replication lag in the sandbox is seconds, not minutes: retry on that scale locally.
             "ONBOARDING_RETRY_BASE_DELAY_SECONDS": "0.5",
@@ -96,10 +98,17 @@ def app_settings(environment: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def supply_sandbox_credential(environment: Mapping[str, str]) -> None:
+    """The app cannot build the sandbox's credential from settings (it is no production code): hand it over."""
+    if environment.get("ONBOARDING_DIRECTORY_CREDENTIAL") == "sandbox":
+        configure_services(credential=SandboxCredential(environment.get("ONBOARDING_TENANT_ID", "")))
+
+
 @asynccontextmanager
 async def running_host(environment: Mapping[str, str], *, concurrency: int | None = None) -> AsyncIterator[LocalHost]:
     """The local Functions host running function_app.py against `environment` until the block ends."""
     with app_settings(environment):
+        supply_sandbox_credential(environment)
         host = LocalHost(load_function_app(), environment=environment, concurrency=concurrency)
         stop = asyncio.Event()
         task = asyncio.create_task(host.run(stop))

@@ -10,17 +10,22 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+from azure.servicebus import ServiceBusMessage
+from azure.servicebus.amqp import AmqpMessageBodyType
+
+from shared.contracts import GroupKind
 from shared.directory.errors import AddressInUseError, AlreadyExistsError, DirectoryError, NameInUseError
 from shared.directory.ports import (
     DirectoryGroup,
     DirectoryUser,
-    GroupKind,
     GroupMember,
     MailContact,
     SenderRestrictions,
     TraceEntry,
 )
+from shared.journal import RequestState, Transition
 
 
 @dataclass
@@ -156,3 +161,91 @@ class FakeExchange:
     async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
         self.script.check("message_trace")
         return [t for t in self.traces if t.recipient.lower() == recipient.lower() and start <= t.received <= end]
+
+
+# --- recording fakes for the runner (dramatiq's stub broker: record what a worker did) -------
+
+
+@dataclass
+class FakeReceivedMessage:
+    """The fields of azure.servicebus' ServiceBusReceivedMessage that the pipeline reads."""
+
+    body: Any = b"{}"
+    message_id: str | None = "msg-1"
+    sequence_number: int | None = 1
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    delivery_count: int | None = 0
+    application_properties: dict[str | bytes, Any] | None = None
+    body_type: AmqpMessageBodyType = AmqpMessageBodyType.DATA
+
+    def __post_init__(self) -> None:
+        if self.body_type is AmqpMessageBodyType.DATA and isinstance(self.body, bytes):
+            self.body = [self.body]  # the SDK hands data sections over as a list of bytes
+
+
+class Recorder:
+    """One ordered log for every fake below, so a test can check what happened before what."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+        self.sent: list[tuple[str, ServiceBusMessage, datetime | None]] = []
+        self.failing: set[str] = set()  # names of operations that raise
+
+    def happen(self, *event: str) -> None:
+        self.events.append(event)
+        if event[0] in self.failing:
+            raise RuntimeError(f"{event[0]} failed")
+
+    def kinds(self) -> list[str]:
+        return [event[0] for event in self.events]
+
+
+class RecordingOutbox:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    async def send(self, queue: str, message: ServiceBusMessage) -> None:
+        self.recorder.happen("send", queue, str(message.message_id))
+        self.recorder.sent.append((queue, message, None))
+
+    async def schedule(self, queue: str, message: ServiceBusMessage, at: datetime) -> None:
+        self.recorder.happen("schedule", queue, str(message.message_id))
+        self.recorder.sent.append((queue, message, at))
+
+
+class RecordingActions:
+    """ServiceBusMessageActions' methods: blocking calls that raise at once when told to fail."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def complete(self, message: Any) -> None:
+        self.recorder.happen("complete")
+
+    def abandon(self, message: Any) -> None:
+        self.recorder.happen("abandon")
+
+    def deadletter(
+        self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
+    ) -> None:
+        self.recorder.happen("deadletter", str(deadletter_reason))
+
+
+class RecordingJournal:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.transitions: list[Transition] = []
+
+    async def record(self, transition: Transition) -> None:
+        self.recorder.happen("journal", transition.decision)
+        self.transitions.append(transition)
+
+    async def history(self, request_id: str) -> list[Transition]:
+        return [t for t in self.transitions if t.request_id == request_id]
+
+    async def summary(self, limit: int = 50) -> list[RequestState]:
+        return []
+
+    async def close(self) -> None:
+        return None

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from cli.main import app
 
 
+@pytest.mark.stack
 def test_demo_prints_every_outcome_and_exits_zero() -> None:
     result = CliRunner().invoke(app, ["demo", "--timeout", "60"], env={"COLUMNS": "240"})
     assert result.exit_code == 0, result.output

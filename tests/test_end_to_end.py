@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
@@ -18,6 +19,8 @@ from shared.contracts import OutcomeStatus, RecipientKind
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fixtures.pipeline import OUTCOMES, Readback, onboard
+
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 
 async def test_every_group_kind_ends_in_the_right_state(stack: LocalStack, readback: Readback) -> None:

@@ -14,12 +14,12 @@ import sys
 import time
 from datetime import timedelta
 
+import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
-from cli.demo import demo_request
 from cli.upstream import collect_outcomes, submit
-from shared.contracts import GroupRef, OutcomeEvent, OutcomeStatus, StageName
+from shared.contracts import GroupRef, OnboardingRequest, OutcomeEvent, OutcomeStatus, StageName
 from shared.decisions import Decision, Delivery
 from shared.journal import SqliteJournal, TransitionKind
 from shared.outbox import ServiceBusOutbox
@@ -27,12 +27,16 @@ from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
 from shared.runner import StageRunner
 from shared.settings import SERVICEBUS_CONNECTION
-from shared.stages import StageDependencies
+from shared.stages import Stage, StageDependencies
 from standins.local_host import LocalMessageActions
 from standins.servicebus_emulator import EmulatorConfig
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
 from tests.fixtures.pipeline import OUTCOMES, Readback, onboard
+from tests.samples import sample_request as demo_request
+from tests.samples import sample_request_json
+
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 PARTNERS = "partners@contoso.com"
 BOARD = "board@contoso.com"  # a distribution group no source system may target (demo policy)
@@ -138,16 +142,19 @@ async def test_welcome_mail_is_confirmed_by_message_trace_or_fails() -> None:
 
 
 async def test_a_stage_that_crashes_on_every_delivery_ends_with_an_outcome(stack: LocalStack) -> None:
-    async def crashing_stage(body: bytes, delivery: Delivery, deps: StageDependencies) -> Decision:
+    async def crashing_stage(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
         raise RuntimeError("a bug")
+
+    crashing = Stage(StageName.ADD_MEMBER, OnboardingRequest, crashing_stage)
+    body = sample_request_json()
 
     connection = stack.environment[SERVICEBUS_CONNECTION]
     async with ServiceBusClient.from_connection_string(connection) as client:
         outbox = ServiceBusOutbox.from_connection_string(connection)
         journal = SqliteJournal(":memory:")
-        runner = StageRunner(StageName.ADD_MEMBER, crashing_stage, _dependencies(), outbox, OUTCOMES, 3, journal)
+        runner = StageRunner(crashing, _dependencies(), outbox, OUTCOMES, 3, journal)
         async with client.get_queue_sender("add-member") as sender:
-            await sender.send_messages(ServiceBusMessage(b"{}", message_id="crash-1"))
+            await sender.send_messages(ServiceBusMessage(body, message_id="crash-1"))
         attempts = []
         async with client.get_queue_receiver("add-member") as receiver:
             for _ in range(3):
@@ -169,7 +176,7 @@ async def test_a_stage_that_crashes_on_every_delivery_ends_with_an_outcome(stack
     assert history[2].decision is TransitionKind.DEAD_LETTERED and history[2].outcome_status is OutcomeStatus.FAILED
     assert (history[2].cause or "").startswith("ProcessingFailed: ")
     (dead,) = await dead_lettered(stack, "add-member")
-    assert dead.dead_letter_reason == "ProcessingFailed" and b"".join(dead.body) == b"{}"
+    assert dead.dead_letter_reason == "ProcessingFailed" and b"".join(dead.body) == body
 
 
 def _dependencies() -> StageDependencies:

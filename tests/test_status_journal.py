@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from cli.demo import demo_request
 from cli.main import app
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal import SqliteJournal, TransitionKind
 from standins.stack import LocalStack, local_stack
 from tests.fixtures.pipeline import onboard
+from tests.samples import sample_request as demo_request
+
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 PARTNERS = "partners@contoso.com"
 WIDE = {"COLUMNS": "220"}  # rich wraps to the terminal; keep each row on one line for the asserts

@@ -21,6 +21,7 @@ import pytest
 from shared.telemetry import INSTRUMENTED_LIBRARIES, TelemetrySettingError, configure_telemetry, ingestion_credential
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.stack  # the tests run function_app.py in a child process
 
 CHILD = """
 import logging, os

@@ -6,7 +6,7 @@ OData error code and Exchange exception type onto exactly one of these.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 Face = Literal["graph", "exchange"]
 
@@ -70,3 +70,35 @@ class PermissionDeniedError(DirectoryError):
 
 class RejectedRequestError(DirectoryError):
     """Any other 4xx: the directory refuses this request as it stands."""
+
+
+def classify_status(
+    status: int,
+    message: str,
+    *,
+    face: Face,
+    code: str = "",
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    recognised: type[DirectoryError] | None = None,
+) -> DirectoryError:
+    """The one ladder from an HTTP answer to an error class, for both faces.
+
+    `recognised` is what the face read from the body (an Exchange exception type, a Graph error
+    message); the status wins over it only where the status alone decides: throttling, outages,
+    and refused rights.
+    """
+    common: dict[str, Any] = {"face": face, "status": status, "code": code, "request_id": request_id}
+    if status == 429:
+        return ThrottledError(message, retry_after=retry_after, **common)
+    if status == 408 or status >= 500:
+        return TransientDirectoryError(message, retry_after=retry_after, **common)
+    if status in (401, 403):
+        return PermissionDeniedError(message, **common)
+    if recognised is not None:
+        return recognised(message, **common)
+    if status == 404:
+        return NotFoundError(message, **common)
+    if status == 409:
+        return AlreadyExistsError(message, **common)
+    return RejectedRequestError(message, **common)

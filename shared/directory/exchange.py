@@ -21,10 +21,9 @@ from shared.directory.errors import (
     DirectoryError,
     NameInUseError,
     NotFoundError,
-    PermissionDeniedError,
     RejectedRequestError,
-    ThrottledError,
     TransientDirectoryError,
+    classify_status,
 )
 from shared.directory.ports import GroupMember, MailContact, SenderRestrictions, TraceEntry
 
@@ -235,19 +234,15 @@ def _classify(cmdlet: str, response: httpx.Response, request_id: str) -> Directo
         if len(parts) == 3
         else (error.get("message") if isinstance(error, dict) else "") or response.reason_phrase
     )
-    common: dict[str, Any] = {"face": "exchange", "status": status, "code": exception_type, "request_id": request_id}
-    message = f"{cmdlet}: {text}"
-    if status == 429:
-        return ThrottledError(message, retry_after=_retry_after(response), **common)
-    if status >= 500 or status == 408:
-        return TransientDirectoryError(message, retry_after=_retry_after(response), **common)
-    if status in (401, 403):
-        return PermissionDeniedError(message, **common)
-    if exception_type in _ERROR_BY_EXCEPTION:
-        return _ERROR_BY_EXCEPTION[exception_type](message, **common)
-    if status == 404:
-        return NotFoundError(message, **common)
-    return RejectedRequestError(message, **common)
+    return classify_status(
+        status,
+        f"{cmdlet}: {text}",
+        face="exchange",
+        code=exception_type,
+        request_id=request_id,
+        retry_after=_retry_after(response),
+        recognised=_ERROR_BY_EXCEPTION.get(exception_type),
+    )
 
 
 def _retry_after(response: httpx.Response) -> float | None:

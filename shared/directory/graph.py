@@ -36,16 +36,16 @@ from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
 from msgraph_core import GraphClientFactory
 
+from shared.contracts import GroupKind
 from shared.directory.errors import (
     AlreadyExistsError,
     DirectoryError,
     NotFoundError,
-    PermissionDeniedError,
     RejectedRequestError,
-    ThrottledError,
     TransientDirectoryError,
+    classify_status,
 )
-from shared.directory.ports import DirectoryGroup, DirectoryUser, GroupKind
+from shared.directory.ports import DirectoryGroup, DirectoryUser
 
 SCOPE = "https://graph.microsoft.com/.default"
 DIRECTORY_OBJECTS = "https://graph.microsoft.com/v1.0/directoryObjects/"
@@ -216,19 +216,16 @@ def _classify(error: APIError) -> DirectoryError:
     code = str(getattr(odata, "code", "") or "")
     message = str(getattr(odata, "message", "") or error.message or "Graph request failed")
     inner = getattr(odata, "inner_error", None)
-    request_id = getattr(inner, "request_id", None) or _header(headers, "request-id")
-    common: dict[str, Any] = {"face": "graph", "status": status, "code": code, "request_id": request_id}
-    if status == 429:
-        return ThrottledError(message, retry_after=_seconds(_header(headers, "retry-after")), **common)
-    if status >= 500 or status == 408:
-        return TransientDirectoryError(message, retry_after=_seconds(_header(headers, "retry-after")), **common)
-    if status in (401, 403):
-        return PermissionDeniedError(message, **common)
-    if status == 404:
-        return NotFoundError(message, **common)
-    if status == 400 and "already exist" in message:
-        return AlreadyExistsError(message, **common)
-    return RejectedRequestError(message, **common)
+    return classify_status(
+        status,
+        message,
+        face="graph",
+        code=code,
+        request_id=getattr(inner, "request_id", None) or _header(headers, "request-id"),
+        retry_after=_seconds(_header(headers, "retry-after")),
+        # Graph answers "already a member" with 400 Request_BadRequest, not 409.
+        recognised=AlreadyExistsError if status == 400 and "already exist" in message else None,
+    )
 
 
 def _header(headers: Any, name: str) -> str | None:

@@ -10,17 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Literal, Protocol
 
-
-class GroupKind(StrEnum):
-    """Derived from Graph's groupTypes / mailEnabled / securityEnabled (Graph groups overview)."""
-
-    MICROSOFT_365 = "Microsoft365"
-    DISTRIBUTION = "Distribution"
-    MAIL_ENABLED_SECURITY = "MailEnabledSecurity"
-    SECURITY = "Security"
+from shared.contracts import GroupKind
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,22 @@
-"""Status journal: every transition of every request, in SQLite locally or Azure Table Storage."""
+"""Status journal: every transition of every request, in SQLite locally or Azure Table Storage.
 
-from shared.journal.factory import JournalSettingError, open_journal, sqlite_file
+The Table Storage adapter lives in shared.journal.table_storage and is imported only where used.
+"""
+
+from shared.journal.factory import open_journal
 from shared.journal.model import RequestState, Transition, TransitionKind
 from shared.journal.ports import Journal
+from shared.journal.setting import JournalSettingError, parse_journal_setting, sqlite_file
 from shared.journal.sqlite import SqliteJournal
-from shared.journal.table_storage import TableStorageJournal
 
 __all__ = [
     "Journal",
     "JournalSettingError",
     "RequestState",
     "SqliteJournal",
-    "TableStorageJournal",
     "Transition",
     "TransitionKind",
     "open_journal",
+    "parse_journal_setting",
     "sqlite_file",
 ]

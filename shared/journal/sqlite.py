@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shared.journal.model import RequestState, Transition, check_limit
+from shared.journal.setting import MEMORY
 
 T = TypeVar("T")
 
-MEMORY = ":memory:"
 
 # (request_id, row_key) is the primary key: row_key = Transition.key (time, stage, attempt, kind), the
 # same identity as Table Storage's RowKey, so re-recording a transition replaces its row.

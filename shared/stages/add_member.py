@@ -8,20 +8,17 @@ the guest is added through Graph. "Already a member" is success, so a rerun chan
 
 from __future__ import annotations
 
-from shared.contracts import StageName
-from shared.decisions import DeadLetter, Decision, Delivery, PassOn
+from shared.contracts import GroupKind, StageMessage, StageName
+from shared.decisions import Decision, Delivery, PassOn
 from shared.directory.errors import AlreadyExistsError, DirectoryError
-from shared.directory.ports import GroupKind
-from shared.stages.common import StageDependencies, resume_from
+from shared.failures import decide_on_directory_error
+from shared.progress import Progress, Turn
+from shared.stages.dependencies import StageDependencies
 
 STAGE = StageName.ADD_MEMBER
 
 
-async def add_member(body: bytes, delivery: Delivery, deps: StageDependencies) -> Decision:
-    resumed = resume_from(STAGE, body, delivery, deps)
-    if isinstance(resumed, DeadLetter):
-        return resumed
-    progress, message = resumed
+async def add_member(message: StageMessage, delivery: Delivery, deps: StageDependencies) -> Decision:
     group, recipient = message.group, message.recipient
     try:
         if group.kind is GroupKind.MICROSOFT_365:
@@ -31,5 +28,6 @@ async def add_member(body: bytes, delivery: Delivery, deps: StageDependencies) -
     except AlreadyExistsError:
         pass  # an earlier run (or a person) already added it: the state we want
     except DirectoryError as error:
-        return progress.on_directory_error(error, not_found_is_lag=True)
+        turn = Turn(STAGE, delivery, deps.clock())
+        return decide_on_directory_error(turn, Progress.of(message), deps.retry, error, not_found_is_lag=True)
     return PassOn(StageName.VERIFY_DELIVERY, message)

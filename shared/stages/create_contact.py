@@ -1,20 +1,11 @@
-"""Stage 1: validate the request, resolve the group, apply policy, make sure the recipient exists.
-
-Seeds, step 1: "create a mail contact for the external user" (distribution and mail-enabled
-security groups, through Exchange); a Microsoft 365 group takes the person as a B2B guest
-instead (through Graph). Safe to run twice: an existing contact or guest for the same address is
-reused, never duplicated, and never someone else's object.
-"""
-
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
-
-from pydantic import ValidationError
 
 from shared.contracts import (
     NAME_PART_MAX,
+    DeadLetterReason,
+    GroupKind,
     GroupRef,
     OnboardingRequest,
     Recipient,
@@ -22,67 +13,74 @@ from shared.contracts import (
     ResolvedGroup,
     StageName,
 )
-from shared.decisions import DeadLetterReason, Decision, Delivery, PassOn
+from shared.decisions import Decision, Delivery, PassOn
 from shared.directory.errors import AddressInUseError, DirectoryError, NameInUseError
-from shared.directory.ports import DirectoryGroup, GroupKind
-from shared.stages.common import Progress, StageDependencies, describe_validation_error
+from shared.directory.ports import DirectoryGroup
+from shared.failures import decide_on_directory_error, retry_or_give_up
+from shared.outcomes import dead_letter
+from shared.progress import Progress, Turn
+from shared.stages.dependencies import StageDependencies
 
 STAGE = StageName.CREATE_CONTACT
 _FIX_HINT_KINDS = "distribution groups, mail-enabled security groups and Microsoft 365 groups"
 
 
-async def create_contact(body: bytes, delivery: Delivery, deps: StageDependencies) -> Decision:
-    progress = Progress(STAGE, delivery, deps, accepted_at=deps.clock())
-    try:
-        request = OnboardingRequest.model_validate_json(body)
-    except ValidationError as error:
-        return progress.dead_letter(
-            DeadLetterReason.INVALID_REQUEST,
-            f"The request is not a valid contract v1 OnboardingRequest: {describe_validation_error(error)}",
-        )
-    if request.request_id and request.request_id != delivery.request_id:
-        # The body's id wins over the envelope's; later messages carry it in their envelope.
-        progress.delivery = delivery = _with_request_id(delivery, request.request_id)
-    progress.request = request.model_copy(update={"request_id": delivery.request_id})
-
+async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
+    """`delivery.request_id` is already the request's identity (the body's request_id, else the MessageId)."""
+    turn = Turn(STAGE, delivery, deps.clock())
+    progress = Progress(request=request.model_copy(update={"request_id": delivery.request_id}), accepted_at=turn.now)
     denied = _policy_refusal_before_lookup(request, deps)
     if denied:
-        return progress.dead_letter(DeadLetterReason.POLICY_DENIED, denied)
+        return dead_letter(turn, progress, DeadLetterReason.POLICY_DENIED, denied)
     try:
-        return await _create(request, progress)
+        return await _create(request, _Run(turn, progress, deps))
     except DirectoryError as error:
-        return progress.on_directory_error(error)
+        return decide_on_directory_error(turn, progress, deps.retry, error)
 
 
-async def _create(request: OnboardingRequest, progress: Progress) -> Decision:
-    deps = progress.deps
+class _Run:
+    """This delivery's turn, what it has gathered and its dependencies, so helpers take one argument."""
+
+    def __init__(self, turn: Turn, progress: Progress, deps: StageDependencies) -> None:
+        self.turn, self.progress, self.deps = turn, progress, deps
+
+    def dead_letter(self, reason: DeadLetterReason, description: str) -> Decision:
+        return dead_letter(self.turn, self.progress, reason, description)
+
+    def pass_on(self, recipient: Recipient) -> PassOn:
+        self.progress.recipient = recipient
+        return PassOn(StageName.ADD_MEMBER, self.progress.stage_message(self.turn.delivery))
+
+
+async def _create(request: OnboardingRequest, run: _Run) -> Decision:
+    deps = run.deps
     group = await _find_group(request.group, deps)
     if group is None:
-        return progress.dead_letter(
+        return run.dead_letter(
             DeadLetterReason.GROUP_NOT_FOUND,
             f"No group {request.group.describe()} exists in the tenant. Check the group's address or id.",
         )
     unsupported = _unsupported_kind(group)
     if unsupported:
-        return progress.dead_letter(DeadLetterReason.UNSUPPORTED_GROUP_KIND, unsupported)
+        return run.dead_letter(DeadLetterReason.UNSUPPORTED_GROUP_KIND, unsupported)
     assert group.mail is not None  # every supported kind is mail-enabled
-    progress.group = ResolvedGroup(id=group.id, display_name=group.display_name, mail=group.mail, kind=group.kind)
+    run.progress.group = ResolvedGroup(id=group.id, display_name=group.display_name, mail=group.mail, kind=group.kind)
     if not deps.policy.group_allowed(request.source_system, group.id, group.mail):
-        return progress.dead_letter(
+        return run.dead_letter(
             DeadLetterReason.POLICY_DENIED,
             f"Source system {request.source_system!r} may not add members to group {group.display_name!r}. "
             "Add the group to its allowed_groups in the policy file if this is intended.",
         )
     address = str(request.external_email)
     if address.rsplit("@", 1)[1].lower() in await deps.exchange.get_accepted_domains():
-        return progress.dead_letter(
+        return run.dead_letter(
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
             "The address is in one of the tenant's own accepted domains: internal people are added "
             "as users, not as external contacts.",
         )
     if group.kind is GroupKind.MICROSOFT_365:
-        return await _ensure_guest(request, address, progress)
-    return await _ensure_mail_contact(request, address, progress)
+        return await _ensure_guest(request, address, run)
+    return await _ensure_mail_contact(request, address, run)
 
 
 async def _find_group(ref: GroupRef, deps: StageDependencies) -> DirectoryGroup | None:
@@ -113,11 +111,11 @@ def _policy_refusal_before_lookup(request: OnboardingRequest, deps: StageDepende
     return None
 
 
-async def _ensure_mail_contact(request: OnboardingRequest, address: str, progress: Progress) -> Decision:
-    exchange = progress.deps.exchange
+async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _Run) -> Decision:
+    exchange = run.deps.exchange
     existing = await exchange.find_mail_contact(address)
     if existing is not None:
-        return _pass_on(progress, Recipient(kind=RecipientKind.MAIL_CONTACT, id=existing.identity, created=False))
+        return run.pass_on(Recipient(kind=RecipientKind.MAIL_CONTACT, id=existing.identity, created=False))
     for name in contact_name_candidates(request.display_name, address):
         try:
             contact = await exchange.new_mail_contact(
@@ -130,48 +128,43 @@ async def _ensure_mail_contact(request: OnboardingRequest, address: str, progres
         except NameInUseError:
             continue  # someone else's object has this name: try our next, address-derived name
         except AddressInUseError:
-            return await _address_taken(address, progress)
-        return _pass_on(progress, Recipient(kind=RecipientKind.MAIL_CONTACT, id=contact.identity, created=True))
-    return progress.dead_letter(
+            return await _address_taken(address, run)
+        return run.pass_on(Recipient(kind=RecipientKind.MAIL_CONTACT, id=contact.identity, created=True))
+    return run.dead_letter(
         DeadLetterReason.DIRECTORY_REJECTED,
         "Every candidate contact name is already used by other objects. Rename or remove the clashing "
         "contacts, or send a more specific display name.",
     )
 
 
-async def _address_taken(address: str, progress: Progress) -> Decision:
+async def _address_taken(address: str, run: _Run) -> Decision:
     """The address exists already: ours from an earlier run (not yet visible), or someone else's."""
-    exchange = progress.deps.exchange
-    contact = await exchange.find_mail_contact(address)
+    contact = await run.deps.exchange.find_mail_contact(address)
     if contact is not None:
-        return _pass_on(progress, Recipient(kind=RecipientKind.MAIL_CONTACT, id=contact.identity, created=False))
-    user = await progress.deps.graph.find_user_by_mail(address)
+        return run.pass_on(Recipient(kind=RecipientKind.MAIL_CONTACT, id=contact.identity, created=False))
+    user = await run.deps.graph.find_user_by_mail(address)
     if user is not None and user.user_type == "Member":
-        return progress.dead_letter(
+        return run.dead_letter(
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
             "The address belongs to an internal user of this tenant; add that user to the group instead.",
         )
-    return progress.retry_or_give_up("the address is in use but its mail contact is not visible yet")
+    cause = "the address is in use but its mail contact is not visible yet"
+    return retry_or_give_up(run.turn, run.progress, run.deps.retry, cause)
 
 
-async def _ensure_guest(request: OnboardingRequest, address: str, progress: Progress) -> Decision:
-    graph = progress.deps.graph
+async def _ensure_guest(request: OnboardingRequest, address: str, run: _Run) -> Decision:
+    graph = run.deps.graph
     user = await graph.find_user_by_mail(address)
     if user is not None and user.user_type == "Member":
-        return progress.dead_letter(
+        return run.dead_letter(
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
             "The address belongs to an internal user of this tenant; add that user to the group instead.",
         )
     if user is not None:
-        return _pass_on(progress, Recipient(kind=RecipientKind.GUEST_USER, id=user.id, created=False))
+        return run.pass_on(Recipient(kind=RecipientKind.GUEST_USER, id=user.id, created=False))
     # An invitation for an address that is already a guest returns that guest: safe to repeat.
-    guest = await graph.invite_guest(address, request.display_name, progress.deps.guest_redirect_url)
-    return _pass_on(progress, Recipient(kind=RecipientKind.GUEST_USER, id=guest.id, created=True))
-
-
-def _pass_on(progress: Progress, recipient: Recipient) -> PassOn:
-    progress.recipient = recipient
-    return PassOn(StageName.ADD_MEMBER, progress.stage_message())
+    guest = await graph.invite_guest(address, request.display_name, run.deps.guest_redirect_url)
+    return run.pass_on(Recipient(kind=RecipientKind.GUEST_USER, id=guest.id, created=True))
 
 
 def contact_name_candidates(display_name: str, address: str) -> list[str]:
@@ -185,9 +178,3 @@ def contact_name_candidates(display_name: str, address: str) -> list[str]:
         suffix = f" ({digest[:width]})"
         candidates.append(display_name[: NAME_PART_MAX - len(suffix)].strip() + suffix)
     return candidates
-
-
-def _with_request_id(delivery: Delivery, request_id: str) -> Delivery:
-    # The correlation id defaults to the request id, so it follows the body's id unless upstream set one.
-    defaulted = delivery.correlation_id == delivery.request_id
-    return replace(delivery, request_id=request_id, correlation_id=request_id if defaulted else delivery.correlation_id)

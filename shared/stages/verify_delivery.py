@@ -13,13 +13,25 @@ checks are not repeated on those re-checks: their results travel in the message.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
-from shared.contracts import Recipient, ResolvedGroup, StageMessage, StageName, WelcomeCheck
-from shared.decisions import DeadLetter, DeadLetterReason, Decision, Delivery, PassOn
+from shared.contracts import (
+    DeadLetterReason,
+    GroupKind,
+    Recipient,
+    ResolvedGroup,
+    StageMessage,
+    StageName,
+    WelcomeCheck,
+)
+from shared.decisions import Decision, Delivery, PassOn
 from shared.directory.errors import DirectoryError
-from shared.directory.ports import GroupKind, SenderRestrictions
-from shared.stages.common import Progress, StageDependencies, WelcomeMail, resume_from
+from shared.directory.ports import SenderRestrictions
+from shared.failures import decide_on_directory_error, retry_or_give_up
+from shared.outcomes import dead_letter, finish
+from shared.progress import Progress, Turn
+from shared.stages.dependencies import StageDependencies, WelcomeMail
 
 STAGE = StageName.VERIFY_DELIVERY
 WELCOME_TEXT = (
@@ -31,47 +43,57 @@ UNDELIVERED = {"Failed", "FilteredAsSpam", "Quarantined"}
 TRACE_SLACK = timedelta(minutes=5)
 
 
-async def verify_delivery(body: bytes, delivery: Delivery, deps: StageDependencies) -> Decision:
-    resumed = resume_from(STAGE, body, delivery, deps)
-    if isinstance(resumed, DeadLetter):
-        return resumed
-    progress, message = resumed
+@dataclass(frozen=True)
+class _Run:
+    turn: Turn
+    progress: Progress
+    message: StageMessage
+    deps: StageDependencies
+
+
+async def verify_delivery(message: StageMessage, delivery: Delivery, deps: StageDependencies) -> Decision:
+    run = _Run(Turn(STAGE, delivery, deps.clock()), Progress.of(message), message, deps)
+    turn, progress = run.turn, run.progress
     member = f"{message.recipient.kind} is a member of {message.group.display_name!r}."
     try:
         if message.welcome is not None and deps.welcome is not None:
-            return await _check_welcome(progress, message, deps.welcome, member)
+            return await _check_welcome(run, deps.welcome, member)
         if not await _is_member(message.group, message.recipient, str(message.request.external_email), deps):
-            return progress.retry_or_give_up("the new membership is not visible yet (replication lag)")
+            cause = "the new membership is not visible yet (replication lag)"
+            return retry_or_give_up(turn, progress, deps.retry, cause)
         if message.request.allow_external_senders:
-            await _make_group_accept_external_mail(message.group, message.recipient, progress)
+            await _make_group_accept_external_mail(message.group, message.recipient, run)
         if deps.welcome is not None:
-            return await _send_welcome(progress, message, deps.welcome)
+            return await _send_welcome(run, deps.welcome)
     except DirectoryError as error:
-        return progress.on_directory_error(error, not_found_is_lag=True)
-    return progress.finish(member)
+        return decide_on_directory_error(turn, progress, deps.retry, error, not_found_is_lag=True)
+    return finish(turn, progress, member)
 
 
-async def _send_welcome(progress: Progress, message: StageMessage, welcome: WelcomeMail) -> PassOn:
+async def _send_welcome(run: _Run, welcome: WelcomeMail) -> PassOn:
     """Send, then schedule the first trace check. A crash in between re-sends: at least once, not exactly."""
-    group = message.group
+    message, group = run.message, run.message.group
     text = WELCOME_TEXT.format(name=message.request.display_name, group=group.display_name, group_mail=group.mail)
     subject = welcome.subject.replace("{group}", group.display_name)
-    await progress.deps.graph.send_mail(welcome.sender, str(message.request.external_email), subject, text)
-    progress.welcome = WelcomeCheck(sent_at=progress.deps.clock())
-    return PassOn(STAGE, progress.stage_message(), welcome.check_interval)
+    await run.deps.graph.send_mail(welcome.sender, str(message.request.external_email), subject, text)
+    run.progress.welcome = WelcomeCheck(sent_at=run.deps.clock())
+    return PassOn(STAGE, run.progress.stage_message(run.turn.delivery), welcome.check_interval)
 
 
-async def _check_welcome(progress: Progress, message: StageMessage, welcome: WelcomeMail, member: str) -> Decision:
+async def _check_welcome(run: _Run, welcome: WelcomeMail, member: str) -> Decision:
+    message, progress, turn = run.message, run.progress, run.turn
     assert message.welcome is not None
-    now = progress.deps.clock()
+    now = turn.now
     sent_at = message.welcome.sent_at
     address = str(message.request.external_email)
-    trace = await progress.deps.exchange.message_trace(welcome.sender, address, sent_at - TRACE_SLACK, now)
+    trace = await run.deps.exchange.message_trace(welcome.sender, address, sent_at - TRACE_SLACK, now)
     statuses = {entry.status for entry in trace}
     if "Delivered" in statuses:
-        return progress.finish(f"{member} The welcome message was delivered (message trace).")
+        return finish(turn, progress, f"{member} The welcome message was delivered (message trace).")
     if failed := sorted(statuses & UNDELIVERED):
-        return progress.dead_letter(
+        return dead_letter(
+            turn,
+            progress,
             DeadLetterReason.DELIVERY_FAILED,
             f"{member} But the welcome message was not delivered (message trace: {', '.join(failed)}), so mail "
             "to this person does not arrive. Check the address with the requester; correct it and resubmit, "
@@ -83,9 +105,9 @@ async def _check_welcome(progress: Progress, message: StageMessage, welcome: Wel
             f"Delivery of the welcome message was not confirmed within {welcome.deadline} ({seen}); "
             "check Get-MessageTraceV2 for it later."
         )
-        return progress.finish(member)
+        return finish(turn, progress, member)
     progress.welcome = message.welcome.model_copy(update={"checks": message.welcome.checks + 1})
-    return PassOn(STAGE, progress.stage_message(), welcome.check_interval)
+    return PassOn(STAGE, progress.stage_message(turn.delivery), welcome.check_interval)
 
 
 async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, deps: StageDependencies) -> bool:
@@ -97,12 +119,12 @@ async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, d
     )
 
 
-async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Recipient, progress: Progress) -> None:
-    exchange = progress.deps.exchange
+async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Recipient, run: _Run) -> None:
+    exchange, progress = run.deps.exchange, run.progress
     unified = group.kind is GroupKind.MICROSOFT_365
     restrictions = await exchange.get_sender_restrictions(group.mail, unified=unified)
     if restrictions.require_sender_authentication:
-        if progress.deps.policy.sender_authentication_fix_allowed_for(group.id, group.mail):
+        if run.deps.policy.sender_authentication_fix_allowed_for(group.id, group.mail):
             await exchange.set_require_sender_authentication(group.mail, False, unified=unified)
             progress.changes.append(
                 f"RequireSenderAuthenticationEnabled on {group.display_name!r} changed from True to False "

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shared.directory.ports import GroupKind
+from shared.contracts import GroupKind
 from standins.tenant_sandbox.model import Contact, Directory, Group, TraceRow, User
 
 _EX = "Microsoft.Exchange.Configuration.Tasks."

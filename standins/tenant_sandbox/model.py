@@ -27,7 +27,7 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.directory.ports import GroupKind
+from shared.contracts import GroupKind
 from standins.tenant_sandbox.knobs import Knobs
 from standins.tenant_sandbox.store import DocumentStore
 

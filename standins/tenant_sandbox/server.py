@@ -11,8 +11,8 @@ from typing import Any
 
 import uvicorn
 
-from shared.directory.credentials import TOKEN_LIFETIME_SECONDS, mint_sandbox_token
 from standins.tenant_sandbox.app import AUDIENCES, RequestLog, apply_knobs, build_app
+from standins.tenant_sandbox.credential import TOKEN_LIFETIME_SECONDS, mint_sandbox_token
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault
 from standins.tenant_sandbox.model import Directory, TenantSeed
 from standins.tenant_sandbox.store import DocumentStore

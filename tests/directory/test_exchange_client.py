@@ -7,7 +7,6 @@ import asyncio
 import httpx
 import pytest
 
-from shared.directory.credentials import SandboxCredential
 from shared.directory.errors import (
     AddressInUseError,
     AlreadyExistsError,
@@ -19,6 +18,7 @@ from shared.directory.errors import (
 )
 from shared.directory.exchange import ANCHOR_MAILBOX, ExchangeOnlineClient
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
+from standins.tenant_sandbox.credential import SandboxCredential
 
 HOSTILE = 'Robert\'); DROP TABLE--; "$(Remove-Mailbox -Identity *)" `whoami`'
 
@@ -154,6 +154,7 @@ async def test_unified_group_sender_restrictions(
         await exchange_directory.get_sender_restrictions("partners@contoso.com", unified=True)
 
 
+@pytest.mark.stack
 async def test_members_are_paged_with_next_link() -> None:
     with TenantSandbox(TenantSeed.demo(), page_size=2) as sandbox:
         client = ExchangeOnlineClient(

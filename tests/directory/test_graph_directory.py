@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.directory.credentials import SandboxCredential
+from shared.contracts import GroupKind
 from shared.directory.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -13,8 +13,8 @@ from shared.directory.errors import (
     ThrottledError,
 )
 from shared.directory.graph import MsGraphDirectory
-from shared.directory.ports import GroupKind
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
+from standins.tenant_sandbox.credential import SandboxCredential
 
 REDIRECT = "https://myapps.microsoft.com"
 
@@ -99,6 +99,7 @@ async def test_graph_refuses_distribution_and_mail_enabled_security(
     assert adele.id not in tenant_sandbox.directory.groups[_group_id(tenant_sandbox, group)].members
 
 
+@pytest.mark.stack
 async def test_list_members_follows_next_links() -> None:
     seed = TenantSeed.demo()
     with TenantSandbox(seed, page_size=1) as sandbox:

@@ -15,12 +15,12 @@ from shared.journal import (
     Journal,
     JournalSettingError,
     SqliteJournal,
-    TableStorageJournal,
     Transition,
     TransitionKind,
     open_journal,
 )
-from shared.journal.sqlite import MEMORY
+from shared.journal.setting import MEMORY
+from shared.journal.table_storage import TableStorageJournal
 from tests.fixtures.azurite import Azurite
 
 T0 = datetime(2026, 11, 23, 9, 0, 0, 123456, tzinfo=UTC)
@@ -47,7 +47,7 @@ def transition(
     )
 
 
-@pytest.fixture(params=["sqlite", "table-storage"])
+@pytest.fixture(params=["sqlite", pytest.param("table-storage", marks=pytest.mark.stack)])
 async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
     if request.param == "sqlite":
         opened = open_journal(f"sqlite://{tmp_path}/journal.db")
@@ -210,7 +210,7 @@ async def test_sqlite_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_an_endpoint_setting_uses_the_given_token_credential() -> None:
-    from shared.directory.credentials import SandboxCredential
+    from standins.tenant_sandbox.credential import SandboxCredential
 
     opened = open_journal("https://onboarding.table.core.windows.net/Journal", credential=SandboxCredential("t"))
     assert isinstance(opened, TableStorageJournal)

@@ -23,6 +23,8 @@ from azure.servicebus.exceptions import ServiceBusAuthenticationError, ServiceBu
 
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
+
 QUEUE = "create-contact"
 StartEmulator = Callable[[EmulatorConfig], ServiceBusEmulator]
 

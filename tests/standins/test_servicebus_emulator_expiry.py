@@ -7,11 +7,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus import aio as servicebus_aio
 
 from standins.servicebus_emulator import EmulatorConfig, QueueConfig, ServiceBusEmulator
 from standins.servicebus_emulator.store import QueueStore
+
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 StartEmulator = Callable[[EmulatorConfig], ServiceBusEmulator]
 DEAD_LETTERING = "expiring"  # DeadLetteringOnMessageExpiration: true

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus import ServiceBusReceiver as Receiver
 
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
+
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 QUEUE = "create-contact"
 DEADLINE_SECONDS = 30

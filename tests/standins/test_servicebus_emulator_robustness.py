@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceivedMessage
 from proton import Connection, Message, Transport
 from proton.utils import BlockingConnection
 
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
+
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 QUEUE = "create-contact"
 StartEmulator = Callable[[EmulatorConfig], ServiceBusEmulator]

@@ -11,6 +11,8 @@ from proton.utils import BlockingConnection
 
 from standins.servicebus_emulator import ServiceBusEmulator
 
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
+
 QUEUE = "create-contact"
 KB = 1024
 

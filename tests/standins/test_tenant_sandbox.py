@@ -15,6 +15,8 @@ import pytest
 
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
 
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
+
 
 def _invoke(sandbox: TenantSandbox, cmdlet: str, **parameters: Any) -> httpx.Response:
     return httpx.post(

@@ -22,7 +22,6 @@ from msgraph.generated.models.org_contact import OrgContact
 from msgraph_core.requests.batch_request_content import BatchRequestContent
 from msgraph_core.requests.batch_request_item import BatchRequestItem
 
-from shared.directory.credentials import SandboxCredential, mint_sandbox_token, resource_of
 from shared.directory.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -34,6 +33,9 @@ from shared.directory.errors import (
 from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.graph import MsGraphDirectory
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
+from standins.tenant_sandbox.credential import SandboxCredential, mint_sandbox_token, resource_of
+
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 PARTNERS = "7c1d2e3f-0001-4b5c-8d9e-0f1a2b3c4d01"
 ADELE = "0b6a9c1e-1111-4a4e-9b1a-5f7c2d3e4a01"

@@ -1,0 +1,58 @@
+"""Failure classification: which directory errors retry later and which end the request.
+
+Stages call these by name; adapters have already mapped every HTTP answer onto one class of the
+directory error hierarchy (shared/directory/errors.py), so the choice here is by class alone.
+"""
+
+from __future__ import annotations
+
+from shared.contracts import DeadLetterReason
+from shared.decisions import DeadLetter, Decision, RetryLater
+from shared.directory.errors import DirectoryError, NotFoundError, PermissionDeniedError, TransientDirectoryError
+from shared.outcomes import dead_letter
+from shared.progress import Progress, Turn
+from shared.retry import RetryPolicy
+
+
+def retry_or_give_up(
+    turn: Turn, progress: Progress, retry: RetryPolicy, cause: str, retry_after: float | None = None
+) -> RetryLater | DeadLetter:
+    """A scheduled retry, or RetriesExhausted once the attempts or the total age are used up."""
+    delivery = turn.delivery
+    delay = retry.next_delay(
+        attempt=delivery.attempt, first_attempt_at=delivery.first_attempt_at, now=turn.now, retry_after=retry_after
+    )
+    if delay is None:
+        return dead_letter(
+            turn,
+            progress,
+            DeadLetterReason.RETRIES_EXHAUSTED,
+            f"Gave up at stage {turn.stage} after {delivery.attempt} attempts: {cause}. "
+            "Fix the cause, then resubmit the request.",
+        )
+    return RetryLater(delay, cause)
+
+
+def decide_on_directory_error(
+    turn: Turn, progress: Progress, retry: RetryPolicy, error: DirectoryError, *, not_found_is_lag: bool = False
+) -> Decision:
+    """Transient failures (and, right after our own writes, "not found") retry; the rest stop."""
+    if isinstance(error, TransientDirectoryError):
+        return retry_or_give_up(turn, progress, retry, str(error), error.retry_after)
+    if isinstance(error, NotFoundError) and not_found_is_lag:
+        return retry_or_give_up(turn, progress, retry, f"not visible yet (replication lag): {error}")
+    if isinstance(error, PermissionDeniedError):
+        return dead_letter(
+            turn,
+            progress,
+            DeadLetterReason.PERMISSION_DENIED,
+            f"The app's identity was refused by {error.face}: {error}. Grant the rights listed in "
+            "infra/README.md (Graph application permissions, Exchange.ManageAsApp and the "
+            "Exchange Recipient Administrator role), then resubmit.",
+        )
+    return dead_letter(
+        turn,
+        progress,
+        DeadLetterReason.DIRECTORY_REJECTED,
+        f"{error.face} refused the change: {error}. Check the group and the request, then resubmit.",
+    )

@@ -1,0 +1,37 @@
+"""Outcome building: the one event each request ends with, and the two decisions that publish it."""
+
+from __future__ import annotations
+
+from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus
+from shared.decisions import DeadLetter, Finish
+from shared.progress import Progress, Turn
+
+
+def outcome_event(
+    turn: Turn, progress: Progress, status: OutcomeStatus, description: str, reason: DeadLetterReason | None = None
+) -> OutcomeEvent:
+    return OutcomeEvent(
+        request_id=turn.delivery.request_id,
+        source_system=progress.request.source_system if progress.request else None,
+        status=status,
+        reason=reason,
+        description=description,
+        stage=turn.stage,
+        group=progress.group,
+        recipient=progress.recipient,
+        changes=tuple(progress.changes),
+        warnings=tuple(progress.warnings),
+        accepted_at=progress.accepted_at,
+        finished_at=turn.now,
+    )
+
+
+def dead_letter(turn: Turn, progress: Progress, reason: DeadLetterReason, description: str) -> DeadLetter:
+    """Stop here: the message goes to the dead-letter queue and the request fails with `reason`."""
+    return DeadLetter(reason, description, outcome_event(turn, progress, OutcomeStatus.FAILED, description, reason))
+
+
+def finish(turn: Turn, progress: Progress, description: str) -> Finish:
+    """The request is done: Succeeded, or SucceededWithWarnings when anything was noted on the way."""
+    status = OutcomeStatus.SUCCEEDED_WITH_WARNINGS if progress.warnings else OutcomeStatus.SUCCEEDED
+    return Finish(outcome_event(turn, progress, status, description))

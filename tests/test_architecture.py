@@ -1,0 +1,77 @@
+"""Dependencies point one way: contracts import no adapter, triggers load no storage SDK, the
+sandbox credential is not in the deployed package, and bootstrap takes adapters as overrides."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from shared.bootstrap import build_services
+from shared.settings import SERVICEBUS_CONNECTION, Settings
+from tests.fakes import FailureScript, FakeExchange, FakeGraph, Recorder, RecordingJournal, RecordingOutbox
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYED = ("function_app.py", "functions", "shared")
+SETTINGS = {
+    SERVICEBUS_CONNECTION: "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;",
+    "tenant_id": "00000000-0000-0000-0000-000000000001",
+    "tenant_domain": "contoso.onmicrosoft.com",
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_contracts_import_nothing_of_the_project_but_pydantic_models() -> None:
+    assert not {m for m in imported_modules(ROOT / "shared" / "contracts.py") if m.startswith("shared")}
+
+
+def test_the_deployed_package_never_imports_the_stand_ins_or_the_command_line() -> None:
+    files = [ROOT / "function_app.py", *(ROOT / "functions").rglob("*.py"), *(ROOT / "shared").rglob("*.py")]
+    offenders = {
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in files
+        for module in imported_modules(path)
+        if module.split(".")[0] in {"standins", "cli", "tests"}
+    }
+    assert not offenders
+
+
+def test_importing_the_trigger_modules_loads_no_table_storage_sdk() -> None:
+    probe = (
+        "import sys, function_app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('standins', 'cli') or m.startswith('azure.data.tables')))"
+    )
+    child = subprocess.run(  # noqa: S603  # our own interpreter and a constant script
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert child.stdout.strip() == "[]"
+
+
+def test_production_settings_cannot_select_the_sandbox_credential() -> None:
+    with pytest.raises(ValidationError, match="local stand-ins only"):
+        Settings.model_validate({**SETTINGS, "directory_credential": "sandbox"})
+    allowed = Settings.model_validate({**SETTINGS, "directory_credential": "sandbox", "allow_sandbox_credential": True})
+    with pytest.raises(RuntimeError, match="supplied by the local host"):
+        build_services(allowed)
+
+
+async def test_build_services_uses_the_adapters_it_is_given_and_closes_only_its_own() -> None:
+    recorder, script = Recorder(), FailureScript()
+    graph, exchange = FakeGraph(script), FakeExchange(script)
+    outbox, journal = RecordingOutbox(recorder), RecordingJournal(recorder)
+    services = build_services(
+        Settings.model_validate(SETTINGS), graph=graph, exchange=exchange, outbox=outbox, journal=journal
+    )
+    assert services.stage_dependencies.graph is graph and services.stage_dependencies.exchange is exchange
+    assert services.outbox is outbox and services.journal is journal
+    assert len(services.closers) == 1, "only the credential it built itself"
+    await services.close()

@@ -1,0 +1,263 @@
+"""The runner carries out decisions, with recording fakes for the outbox, the settlement and the journal.
+
+Pure logic, no I/O: the same runner runs against the emulator in the stack tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from azure.servicebus.amqp import AmqpMessageBodyType
+
+from shared.contracts import (
+    DeadLetterReason,
+    GroupKind,
+    OnboardingRequest,
+    OutcomeEvent,
+    OutcomeStatus,
+    Recipient,
+    RecipientKind,
+    ResolvedGroup,
+    StageName,
+)
+from shared.decisions import Decision, Delivery, Finish, PassOn, RetryLater
+from shared.envelope import ATTEMPT, REQUEST_ID
+from shared.journal import TransitionKind
+from shared.outcomes import dead_letter, finish
+from shared.policy import OnboardingPolicy
+from shared.progress import Progress, Turn
+from shared.retry import RetryPolicy
+from shared.runner import StageRunner
+from shared.stages import Stage, StageDependencies
+from tests.fakes import (
+    FailureScript,
+    FakeExchange,
+    FakeGraph,
+    FakeReceivedMessage,
+    Recorder,
+    RecordingActions,
+    RecordingJournal,
+    RecordingOutbox,
+)
+from tests.samples import sample_request_json
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+OUTCOMES = "onboarding-outcomes"
+
+
+def dependencies() -> StageDependencies:
+    script = FailureScript()
+    return StageDependencies(
+        FakeGraph(script), FakeExchange(script), OnboardingPolicy(), RetryPolicy(), "https://x", clock=lambda: NOW
+    )
+
+
+class Harness:
+    def __init__(self, decide: Any, *, max_delivery_count: int = 3) -> None:
+        self.recorder = Recorder()
+        self.seen: list[tuple[OnboardingRequest, Delivery]] = []
+
+        async def handle(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
+            self.seen.append((request, delivery))
+            result: Decision = decide(Turn(StageName.CREATE_CONTACT, delivery, NOW), request)
+            return result
+
+        self.journal = RecordingJournal(self.recorder)
+        self.runner = StageRunner(
+            Stage(StageName.CREATE_CONTACT, OnboardingRequest, handle),
+            dependencies(),
+            RecordingOutbox(self.recorder),
+            OUTCOMES,
+            max_delivery_count,
+            self.journal,
+        )
+
+    async def run(self, message: FakeReceivedMessage) -> Decision:
+        return await self.runner.run(message, RecordingActions(self.recorder))
+
+    def outcome(self) -> OutcomeEvent:
+        ((_, message, _),) = [sent for sent in self.recorder.sent if str(sent[1].message_id).endswith("/outcome")]
+        return OutcomeEvent.model_validate_json(b"".join(message.body))
+
+
+def a_finish(turn: Turn, request: OnboardingRequest) -> Decision:
+    return finish(turn, Progress(request=request), "done")
+
+
+def raises(turn: Turn, request: OnboardingRequest) -> Decision:
+    raise RuntimeError("a bug")
+
+
+# --- each decision: send first, settle second, journal last --------------------------------
+
+
+def _stage_message_of(turn: Turn, request: OnboardingRequest) -> Decision:
+    progress = Progress(
+        request=request,
+        group=ResolvedGroup(id="g", display_name="G", mail="g@contoso.com", kind=GroupKind.DISTRIBUTION),
+        recipient=Recipient(kind=RecipientKind.MAIL_CONTACT, id="c", created=True),
+        accepted_at=NOW,
+    )
+    return PassOn(StageName.ADD_MEMBER, progress.stage_message(turn.delivery))
+
+
+@pytest.mark.parametrize(
+    ("decide", "expected", "journalled"),
+    [
+        (_stage_message_of, [("send", "add-member", "msg-1/add-member"), ("complete",)], TransitionKind.PASSED_ON),
+        (
+            lambda turn, request: RetryLater(timedelta(seconds=30), "throttled"),
+            [("schedule", "create-contact", "msg-1/create-contact/2"), ("complete",)],
+            TransitionKind.RETRY_SCHEDULED,
+        ),
+        (
+            lambda turn, request: dead_letter(turn, Progress(), DeadLetterReason.GROUP_NOT_FOUND, "no group"),
+            [("send", OUTCOMES, "msg-1/outcome"), ("deadletter", "GroupNotFound")],
+            TransitionKind.DEAD_LETTERED,
+        ),
+        (a_finish, [("send", OUTCOMES, "msg-1/outcome"), ("complete",)], TransitionKind.FINISHED),
+    ],
+    ids=["pass-on", "retry-later", "dead-letter", "finish"],
+)
+async def test_each_decision_sends_then_settles_then_journals(
+    decide: Any, expected: list[tuple[str, ...]], journalled: TransitionKind
+) -> None:
+    harness = Harness(decide)
+    await harness.run(FakeReceivedMessage(sample_request_json()))
+    assert harness.recorder.events == [*expected, ("journal", journalled)]
+
+
+async def test_a_retry_is_scheduled_one_attempt_later_with_the_same_body() -> None:
+    harness = Harness(lambda turn, request: RetryLater(timedelta(seconds=30), "throttled"))
+    body = sample_request_json()
+    await harness.run(FakeReceivedMessage(body))
+    ((_, retry, at),) = harness.recorder.sent
+    assert at == NOW + timedelta(seconds=30)
+    assert b"".join(retry.body) == body
+    assert retry.application_properties is not None
+    assert retry.application_properties[ATTEMPT] == "2"
+    assert retry.application_properties[REQUEST_ID] == "msg-1"
+
+
+async def test_the_outcome_goes_to_the_reply_to_queue() -> None:
+    harness = Harness(a_finish)
+    await harness.run(FakeReceivedMessage(sample_request_json(), reply_to="hr-outcomes"))
+    assert harness.recorder.events[0] == ("send", "hr-outcomes", "msg-1/outcome")
+
+
+# --- typed input: the message is decoded once, before the stage ------------------------------
+
+
+async def test_the_bodys_request_id_is_the_identity_of_everything_that_follows() -> None:
+    harness = Harness(a_finish)
+    await harness.run(FakeReceivedMessage(sample_request_json(request_id="hr-42"), message_id="sb-1"))
+    ((_, delivery),) = harness.seen
+    assert (delivery.request_id, delivery.correlation_id) == ("hr-42", "hr-42")
+    assert harness.recorder.events[0] == ("send", OUTCOMES, "hr-42/outcome")
+    assert harness.outcome().request_id == "hr-42"
+    assert harness.journal.transitions[0].request_id == "hr-42"
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        (b"not json at all", "Invalid JSON"),
+        (sample_request_json(favourite_colour="blue"), "favourite_colour"),
+        (sample_request_json(external_email="not-an-address"), "external_email"),
+        (sample_request_json(display_name="x" * 257), "display_name"),
+        (sample_request_json(group={"smtp_address": "a@contoso.com", "object_id": "1" * 32}), "exactly one"),
+    ],
+    ids=["not-json", "unknown-field", "bad-email", "long-display-name", "two-group-refs"],
+)
+async def test_an_unreadable_request_is_refused_once_before_any_stage_runs(body: bytes, mentions: str) -> None:
+    harness = Harness(a_finish)
+    await harness.run(FakeReceivedMessage(body))
+    assert not harness.seen
+    assert harness.recorder.kinds() == ["send", "deadletter", "journal"]
+    outcome = harness.outcome()
+    assert (outcome.status, outcome.reason) == (OutcomeStatus.FAILED, DeadLetterReason.INVALID_REQUEST)
+    assert mentions in outcome.description
+    assert "jordan" not in outcome.description.lower() or mentions == "external_email"
+
+
+async def test_an_unusable_envelope_is_refused_with_what_is_wrong() -> None:
+    harness = Harness(a_finish)
+    await harness.run(
+        FakeReceivedMessage(sample_request_json(), application_properties={ATTEMPT.encode(): "minus one"})
+    )
+    assert harness.recorder.kinds() == ["send", "deadletter", "journal"]
+    assert ATTEMPT in harness.outcome().description
+
+
+async def test_an_amqp_value_body_that_is_not_text_is_refused() -> None:
+    harness = Harness(a_finish)
+    await harness.run(FakeReceivedMessage({"a": 1}, body_type=AmqpMessageBodyType.VALUE))
+    assert harness.outcome().reason == DeadLetterReason.INVALID_REQUEST
+    assert "AMQP value" in harness.outcome().description
+
+
+# --- failures kept apart ---------------------------------------------------------------------
+
+
+async def test_a_journal_that_fails_costs_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    harness = Harness(a_finish)
+    harness.recorder.failing.add("journal")
+    decision = await harness.run(FakeReceivedMessage(sample_request_json()))
+    assert isinstance(decision, Finish)
+    assert harness.recorder.kinds() == ["send", "complete", "journal"]
+    assert "could not journal" in caplog.text
+
+
+async def test_a_failed_settlement_is_not_a_crash(caplog: pytest.LogCaptureFixture) -> None:
+    harness = Harness(a_finish)
+    harness.recorder.failing.add("complete")
+    with caplog.at_level(logging.WARNING):
+        decision = await harness.run(FakeReceivedMessage(sample_request_json()))
+    assert isinstance(decision, Finish)
+    # No abandon, no second (contradicting) outcome: the message simply comes back.
+    assert harness.recorder.kinds() == ["send", "complete", "journal"]
+    assert "could not settle" in caplog.text
+
+
+async def test_a_crash_before_the_last_delivery_abandons_for_redelivery() -> None:
+    harness = Harness(raises)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await harness.run(FakeReceivedMessage(sample_request_json(), delivery_count=1))
+    assert harness.recorder.events == [("abandon",), ("journal", TransitionKind.CRASHED)]
+
+
+async def test_a_crash_on_the_last_delivery_dead_letters_with_an_outcome() -> None:
+    harness = Harness(raises, max_delivery_count=3)
+    decision = await harness.run(FakeReceivedMessage(sample_request_json(), delivery_count=2))
+    assert harness.recorder.events == [
+        ("send", OUTCOMES, "msg-1/outcome"),
+        ("deadletter", "ProcessingFailed"),
+        ("journal", TransitionKind.DEAD_LETTERED),
+    ]
+    assert harness.outcome().reason == DeadLetterReason.PROCESSING_FAILED
+    assert "RuntimeError" in harness.outcome().description
+    assert decision.outcome.reason == DeadLetterReason.PROCESSING_FAILED  # type: ignore[union-attr]
+
+
+async def test_a_send_that_fails_is_a_crash_nothing_is_settled_as_done() -> None:
+    harness = Harness(a_finish)
+    harness.recorder.failing.add("send")
+    with pytest.raises(RuntimeError, match="send failed"):
+        await harness.run(FakeReceivedMessage(sample_request_json()))
+    assert harness.recorder.kinds() == ["send", "abandon", "journal"]
+
+
+async def test_when_even_the_failure_cannot_be_reported_the_message_is_abandoned() -> None:
+    harness = Harness(raises, max_delivery_count=3)
+    harness.recorder.failing.add("send")
+    with pytest.raises(RuntimeError, match="send failed"):
+        await harness.run(FakeReceivedMessage(sample_request_json(), delivery_count=2))
+    assert harness.recorder.kinds() == ["send", "abandon"]
+
+
+def test_sample_request_json_is_a_valid_request() -> None:
+    assert OnboardingRequest.model_validate(json.loads(sample_request_json())).source_system == "demo-hr"
