@@ -13,10 +13,10 @@ from rich.table import Table
 
 from cli.status import status_report
 from cli.upstream import collect_outcomes, submit
-from shared.contracts import GroupRef, OnboardingRequest, OutcomeEvent, OutcomeStatus
+from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus
 from shared.journal import SqliteJournal
 from shared.settings import SERVICEBUS_CONNECTION
-from standins.stack import WELCOME_SETTINGS, local_stack, running_host
+from standins.stack import WELCOME_SETTINGS, demo_request, local_stack, running_host
 
 OUTCOME_QUEUE = "onboarding-outcomes"
 
@@ -30,20 +30,6 @@ class Sample:
 
     def met_by(self, outcome: OutcomeEvent | None) -> bool:
         return outcome is not None and outcome.status == self.expected_status and outcome.reason == self.expected_reason
-
-
-def demo_request(request_id: str, email: str, name: str, group: str) -> OnboardingRequest:
-    """A request from the demo policy's source system (also what the tests submit)."""
-    first, _, last = name.partition(" ")
-    return OnboardingRequest(
-        request_id=request_id,
-        external_email=email,
-        display_name=name,
-        first_name=first,
-        last_name=last or None,
-        group=GroupRef(smtp_address=group),
-        source_system="demo-hr",
-    )
 
 
 SAMPLES = (

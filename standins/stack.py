@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.bootstrap import close_services, configure_services
+from shared.contracts import GroupRef, OnboardingRequest
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.local_host import LocalHost, load_function_app
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
@@ -27,6 +28,20 @@ WELCOME_SETTINGS = {
     "ONBOARDING_WELCOME_SENDER": "welcome@contoso.com",
     "ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS": "1",
 }
+
+
+def demo_request(request_id: str, email: str, name: str, group: str) -> OnboardingRequest:
+    """A request from the demo policy's source system for `name` <`email`> into `group` (an SMTP address)."""
+    first, _, last = name.partition(" ")
+    return OnboardingRequest(
+        request_id=request_id,
+        external_email=email,
+        display_name=name,
+        first_name=first,
+        last_name=last or None,
+        group=GroupRef(smtp_address=group),
+        source_system="demo-hr",
+    )
 
 
 @dataclass(frozen=True)

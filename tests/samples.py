@@ -5,23 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.contracts import GroupRef, OnboardingRequest
+from standins.stack import demo_request as sample_request
 
 PARTNERS = "partners@contoso.com"  # a distribution group in the demo tenant
 
-
-def sample_request(request_id: str, email: str, name: str, group: str = PARTNERS) -> OnboardingRequest:
-    """A valid request for `name` <`email`> into `group` (an SMTP address)."""
-    first, _, last = name.partition(" ")
-    return OnboardingRequest(
-        request_id=request_id,
-        external_email=email,
-        display_name=name,
-        first_name=first,
-        last_name=last or None,
-        group=GroupRef(smtp_address=group),
-        source_system="demo-hr",
-    )
+__all__ = ["PARTNERS", "sample_request", "sample_request_json"]
 
 
 def sample_request_json(**overrides: Any) -> bytes:
