@@ -122,7 +122,7 @@ resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
 
 // The app's only identity: Service Bus, Storage (host, deployment package, journal), Application
 // Insights, and later Microsoft Graph and Exchange Online (granted by `onboard grant`).
-module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.6.0' = {
+module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.2' = {
   name: 'identity'
   scope: rg
   params: {
@@ -132,7 +132,7 @@ module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.6.0
   }
 }
 
-module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.16.1' = {
+module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.12.0' = {
   name: 'loganalytics'
   scope: rg
   params: {
@@ -146,7 +146,7 @@ module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.16.1' = 
   }
 }
 
-module appInsights 'br/public:avm/res/insights/component:0.8.0' = {
+module appInsights 'br/public:avm/res/insights/component:0.4.1' = {
   name: 'appinsights'
   scope: rg
   params: {
@@ -168,7 +168,7 @@ module appInsights 'br/public:avm/res/insights/component:0.8.0' = {
   }
 }
 
-module storage 'br/public:avm/res/storage/storage-account:0.33.0' = {
+module storage 'br/public:avm/res/storage/storage-account:0.29.0' = {
   name: 'storage'
   scope: rg
   params: {
@@ -228,7 +228,7 @@ module storage 'br/public:avm/res/storage/storage-account:0.33.0' = {
   }
 }
 
-module serviceBus 'br/public:avm/res/service-bus/namespace:0.17.0' = {
+module serviceBus 'br/public:avm/res/service-bus/namespace:0.15.1' = {
   name: 'servicebus'
   scope: rg
   params: {
@@ -269,7 +269,7 @@ module serviceBus 'br/public:avm/res/service-bus/namespace:0.17.0' = {
   }
 }
 
-module plan 'br/public:avm/res/web/serverfarm:0.7.0' = {
+module plan 'br/public:avm/res/web/serverfarm:0.5.0' = {
   name: 'plan'
   scope: rg
   params: {

@@ -70,7 +70,7 @@ var alwaysReady = [for functionName in serviceBusFunctionNames: {
   instanceCount: alwaysReadyInstances
 }]
 
-module site 'br/public:avm/res/web/site:0.24.0' = {
+module site 'br/public:avm/res/web/site:0.19.3' = {
   name: 'site'
   params: {
     name: name
