@@ -29,7 +29,7 @@ param policyFile string
 // The trigger bindings' connection name (SERVICEBUS_CONNECTION in shared/settings.py) must prefix
 // the ServiceBusConnection__* settings below; tests/infra/test_function_bindings.py checks both.
 var appSettings = {
-  // Host storage (leases, diagnostics) through the identity, per service endpoint.
+  // Host storage (AzureWebJobsStorage) through the identity, one endpoint per storage service.
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identityClientId
   AzureWebJobsStorage__blobServiceUri: storageEndpoints.blob
@@ -59,7 +59,7 @@ var policySetting = empty(policyFile) ? {} : {
   ONBOARDING_POLICY_FILE: policyFile
 }
 
-// Flex Consumption's app settings are a list of name/value pairs.
+// siteConfig.appSettings takes a list of name/value pairs.
 var siteAppSettings = [for setting in items(union(appSettings, policySetting)): {
   name: setting.key
   value: setting.value
