@@ -26,10 +26,18 @@ $(AZURITE_STAMP): $(BIN)/python
 	npm install --prefix $(VENV)/node --no-audit --no-fund azurite@$(AZURITE_VERSION)
 	touch $(AZURITE_STAMP)
 
+# checkov for tests/infra, in its own venv: it pins packaging<24 (pytest 9 needs >=24) and an older
+# pycep-parser than the dev extra's.
+CHECKOV_STAMP := $(VENV)/checkov/.installed
+$(CHECKOV_STAMP): $(BIN)/python tests/infra/checkov-requirements.txt
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet -r tests/infra/checkov-requirements.txt
+	touch $(CHECKOV_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/onboard demo
 
-test: $(STAMP) $(AZURITE_STAMP)
+test: $(STAMP) $(AZURITE_STAMP) $(CHECKOV_STAMP)
 	$(BIN)/python -m pytest
 
 # The pure tests only (no emulator, sandbox, Azurite or child process): seconds, for the edit loop.

@@ -1,0 +1,324 @@
+// Everything `azd up` provisions for the onboarding app: a Flex Consumption (FC1) function app that
+// reaches Service Bus, Storage and Application Insights with one user-assigned managed identity and
+// no keys. Modeled on Azure-Samples/functions-e2e-sb-vnet (minus its VNet, private endpoints and
+// Premium Service Bus). Steps from an empty subscription: docs/deploy.md.
+//
+// Syntax note: tests/infra parses these files with pycep-parser, and checkov reads them with an
+// older pycep-parser that silently skips what it cannot parse. Keep to syntax both read: no
+// nullable types (`string?`), `import`, `func`, user-defined types or `deployer()`.
+
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name: names the resource group and seeds the unique suffix of every resource.')
+param environmentName string
+
+@minLength(1)
+@description('Region of every resource; it must offer the Flex Consumption plan (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Python version of the function app (functionAppConfig.runtime.version).')
+param pythonVersion string = '3.11'
+
+@minLength(36)
+@maxLength(36)
+@description('ONBOARDING_TENANT_ID: GUID of the Microsoft 365 tenant whose groups the app manages.')
+param onboardingTenantId string
+
+@minLength(3)
+@description('ONBOARDING_TENANT_DOMAIN: the tenant\'s initial domain, <tenant>.onmicrosoft.com.')
+param onboardingTenantDomain string
+
+@description('ONBOARDING_POLICY_FILE: path of the policy file deployed with the code (for example policy.json). Empty leaves the setting out: the app then denies every request.')
+param policyFile string = ''
+
+// Scale that respects the tenant: every concurrent invocation may call Graph and Exchange Online.
+// Per Service Bus function, at most maximumInstanceCount x maxConcurrentCalls messages run at once
+// (docs/deploy.md, "Scale arithmetic").
+@minValue(1)
+@maxValue(1000)
+@description('Flex Consumption maximumInstanceCount: on-demand instances per function (each Service Bus function scales on its own).')
+param maximumInstanceCount int = 4
+
+@minValue(1)
+@maxValue(1000)
+@description('Messages one instance processes at once: overrides host.json extensions.serviceBus.maxConcurrentCalls.')
+param maxConcurrentCalls int = 8
+
+@minValue(0)
+@maxValue(10)
+@description('Always-ready instances per Service Bus function (0: scale to zero, so the first message after idle waits for a cold start). Billed while idle.')
+param alwaysReadyInstances int = 0
+
+@description('Optional object id of an operator (user) who runs `onboard submit` and `onboard status` against Azure: gets Azure Service Bus Data Sender on the namespace and Storage Table Data Reader on the storage account. Empty: no operator rights.')
+param operatorPrincipalId string = ''
+
+// The queues' MaxDeliveryCount. The app reads the same number (ONBOARDING_SERVICEBUS_MAX_DELIVERY_COUNT)
+// to know a delivery is the last one, so both come from this one variable.
+var maxDeliveryCount = 10
+
+// Exactly the queue properties of the local Service Bus emulator's config
+// (standins/servicebus_emulator/config.json); tests/infra/test_function_bindings.py compares them.
+// deadLetteringOnMessageExpiration and requiresDuplicateDetection are spelled out because the AVM
+// queue module's defaults differ (true and false).
+var queueProperties = {
+  maxDeliveryCount: maxDeliveryCount
+  lockDuration: 'PT1M'
+  defaultMessageTimeToLive: 'P14D'
+  deadLetteringOnMessageExpiration: false
+  requiresDuplicateDetection: true
+  duplicateDetectionHistoryTimeWindow: 'PT10M'
+  requiresSession: false
+  authorizationRules: []
+}
+var outcomeQueueName = 'onboarding-outcomes'
+var queueNames = [
+  'create-contact'
+  'add-member'
+  'verify-delivery'
+  outcomeQueueName
+]
+var queues = [for queueName in queueNames: union({ name: queueName }, queueProperties)]
+
+// The Service Bus-triggered functions of function_app.py, for always-ready instances
+// (Flex names a function's scale group `function:<name>`).
+var serviceBusFunctionNames = [
+  'create_contact'
+  'add_member'
+  'verify_delivery'
+]
+
+var journalTableName = 'onboardingjournal'
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = 'func-onboarding-${resourceToken}'
+// Flex Consumption reads the app package from this blob container.
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
+
+// Role definition ids (built-in roles, the same in every tenant).
+var roles = {
+  serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
+  serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  storageTableDataReader: '76199698-9eea-4c19-bc75-cec21354c6b6'
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+}
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+// The app's only identity: Service Bus, Storage (host, deployment package, journal), Application
+// Insights, and later Microsoft Graph and Exchange Online (granted by `onboard grant`).
+module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.2' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: 'id-onboarding-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.12.0' = {
+  name: 'loganalytics'
+  scope: rg
+  params: {
+    name: 'log-${resourceToken}'
+    location: location
+    tags: tags
+    dataRetention: 30
+    features: {
+      disableLocalAuth: true
+    }
+  }
+}
+
+module appInsights 'br/public:avm/res/insights/component:0.4.1' = {
+  name: 'appinsights'
+  scope: rg
+  params: {
+    name: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+    kind: 'web'
+    applicationType: 'web'
+    workspaceResourceId: logAnalytics.outputs.resourceId
+    // Entra ID only: the host and the app sign in with the identity (APPLICATIONINSIGHTS_AUTHENTICATION_STRING).
+    disableLocalAuth: true
+    roleAssignments: [
+      {
+        principalId: identity.outputs.principalId
+        principalType: 'ServicePrincipal'
+        roleDefinitionIdOrName: roles.monitoringMetricsPublisher
+      }
+    ]
+  }
+}
+
+module storage 'br/public:avm/res/storage/storage-account:0.29.0' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    kind: 'StorageV2'
+    skuName: 'Standard_LRS'
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    allowBlobPublicAccess: false
+    minimumTlsVersion: 'TLS1_2'
+    dnsEndpointType: 'Standard'
+    // No VNet: the app reaches storage over the public endpoint, with Entra ID only. The module's
+    // default network rules (deny) would lock the app out.
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+    blobServices: {
+      containers: [
+        {
+          name: deploymentContainerName
+        }
+      ]
+      deleteRetentionPolicyEnabled: true
+      deleteRetentionPolicyDays: 7
+      containerDeleteRetentionPolicyEnabled: true
+      containerDeleteRetentionPolicyDays: 7
+    }
+    tableServices: {
+      tables: [
+        {
+          name: journalTableName
+        }
+      ]
+    }
+    roleAssignments: concat([
+      {
+        principalId: identity.outputs.principalId
+        principalType: 'ServicePrincipal'
+        roleDefinitionIdOrName: roles.storageBlobDataOwner
+      }
+      {
+        principalId: identity.outputs.principalId
+        principalType: 'ServicePrincipal'
+        roleDefinitionIdOrName: roles.storageTableDataContributor
+      }
+    ], empty(operatorPrincipalId) ? [] : [
+      {
+        principalId: operatorPrincipalId
+        principalType: 'User'
+        roleDefinitionIdOrName: roles.storageTableDataReader
+      }
+    ])
+  }
+}
+
+module serviceBus 'br/public:avm/res/service-bus/namespace:0.15.1' = {
+  name: 'servicebus'
+  scope: rg
+  params: {
+    name: 'sb-${resourceToken}'
+    location: location
+    tags: tags
+    // Standard: duplicate detection and scheduled messages, which the stages rely on.
+    skuObject: {
+      name: 'Standard'
+    }
+    // The module defaults to zone redundancy, which needs Premium.
+    zoneRedundant: false
+    minimumTlsVersion: '1.2'
+    publicNetworkAccess: 'Enabled'
+    // Entra ID only. The template declares no SAS rule (the module would declare
+    // RootManageSharedAccessKey); the one the service creates by itself is unusable with local auth off.
+    disableLocalAuth: true
+    authorizationRules: []
+    queues: queues
+    roleAssignments: concat([
+      {
+        principalId: identity.outputs.principalId
+        principalType: 'ServicePrincipal'
+        roleDefinitionIdOrName: roles.serviceBusDataReceiver
+      }
+      {
+        principalId: identity.outputs.principalId
+        principalType: 'ServicePrincipal'
+        roleDefinitionIdOrName: roles.serviceBusDataSender
+      }
+    ], empty(operatorPrincipalId) ? [] : [
+      {
+        principalId: operatorPrincipalId
+        principalType: 'User'
+        roleDefinitionIdOrName: roles.serviceBusDataSender
+      }
+    ])
+  }
+}
+
+module plan 'br/public:avm/res/web/serverfarm:0.5.0' = {
+  name: 'plan'
+  scope: rg
+  params: {
+    name: 'plan-${resourceToken}'
+    location: location
+    tags: tags
+    kind: 'functionapp'
+    skuName: 'FC1'
+    reserved: true
+  }
+}
+
+module functionApp 'app/function-app.bicep' = {
+  name: 'functionapp'
+  scope: rg
+  params: {
+    name: functionAppName
+    location: location
+    tags: tags
+    planResourceId: plan.outputs.resourceId
+    identityResourceId: identity.outputs.resourceId
+    identityClientId: identity.outputs.clientId
+    storageEndpoints: storage.outputs.serviceEndpoints
+    deploymentContainerName: deploymentContainerName
+    journalTableName: journalTableName
+    appInsightsConnectionString: appInsights.outputs.connectionString
+    serviceBusNamespaceName: serviceBus.outputs.name
+    outcomeQueueName: outcomeQueueName
+    maxDeliveryCount: maxDeliveryCount
+    pythonVersion: pythonVersion
+    maximumInstanceCount: maximumInstanceCount
+    maxConcurrentCalls: maxConcurrentCalls
+    alwaysReadyInstances: alwaysReadyInstances
+    serviceBusFunctionNames: serviceBusFunctionNames
+    onboardingTenantId: onboardingTenantId
+    onboardingTenantDomain: onboardingTenantDomain
+    policyFile: policyFile
+  }
+}
+
+// azd stores these in .azure/<env>/.env (`azd env get-values`).
+output AZURE_LOCATION string = location
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output APPLICATIONINSIGHTS_NAME string = appInsights.outputs.name
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+// The identity to grant Microsoft Graph and Exchange Online rights to (`onboard grant`).
+output ONBOARDING_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output ONBOARDING_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+// For `onboard submit` and `onboard status` from an operator's machine.
+output SERVICEBUS_FULLY_QUALIFIED_NAMESPACE string = '${serviceBus.outputs.name}.servicebus.windows.net'
+output ONBOARDING_JOURNAL string = '${storage.outputs.serviceEndpoints.table}${journalTableName}'

@@ -1,0 +1,198 @@
+"""The Bicep templates under infra/: they parse, azd's parameter file matches them, and the settings
+that keep the deployment keyless are in place.
+
+No Bicep compiler is available here, so these are checks on the parsed source (pycep-parser), not a
+compilation. The resources themselves come from Azure Verified Modules in the Bicep registry, which
+checkov cannot open (tests/infra/test_checkov.py): the security settings passed to those modules
+are therefore asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra.bicep import INFRA, Ref, bicep_files, function_app_template, main_template, parse
+
+ROLE_IDS = {
+    "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Azure Service Bus Data Receiver",
+    "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39": "Azure Service Bus Data Sender",
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+    "76199698-9eea-4c19-bc75-cec21354c6b6": "Storage Table Data Reader",
+    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+}
+APP_IDENTITY = Ref("identity.outputs.principalId")
+APP_IDENTITY_ID = Ref("identity.outputs.resourceId")
+APP_IDENTITY_CLIENT_ID = Ref("identity.outputs.clientId")
+
+
+def test_infra_has_templates() -> None:
+    assert INFRA / "main.bicep" in bicep_files()
+    assert INFRA / "app" / "function-app.bicep" in bicep_files()
+
+
+@pytest.mark.parametrize("path", bicep_files(), ids=lambda path: str(path.relative_to(INFRA)))
+def test_template_parses(path: Path) -> None:
+    try:
+        parse(path)
+    except Exception as error:
+        pytest.fail(f"pycep-parser cannot parse infra/{path.relative_to(INFRA)}:\n{error}", pytrace=False)
+
+
+def test_parameter_file_sets_every_parameter_from_the_azd_environment() -> None:
+    """azd substitutes ${VAR}; an unset VAR leaves the Bicep default in force (Azure/azure-dev#2896)."""
+    file = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert set(file) == set(main_template().parameters)
+    for name, entry in file.items():
+        assert re.fullmatch(r"\$\{[A-Z][A-Z0-9_]*\}", entry["value"]), (
+            f"{name}: use a plain ${{VAR}}, so the default stays in infra/main.bicep alone"
+        )
+
+
+def _site(**main_parameters: Any) -> dict[str, Any]:
+    app = function_app_template(**main_parameters)
+    return app.evaluate(app.module_params("site"))  # type: ignore[no-any-return]
+
+
+def test_python_version_is_one_parameter_defaulting_to_311() -> None:
+    assert main_template().parameters["pythonVersion"]["default"] == "3.11"
+    assert _site()["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.11"}
+    assert _site(pythonVersion="3.12")["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.12"}
+
+
+def test_storage_accepts_identities_only() -> None:
+    main = main_template()
+    storage = main.evaluate(main.module_params("storage"))
+    assert storage["allowSharedKeyAccess"] is False
+    assert storage["defaultToOAuthAuthentication"] is True
+    assert storage["allowBlobPublicAccess"] is False
+    assert storage["minimumTlsVersion"] == "TLS1_2"
+    assert storage["tableServices"]["tables"] == [{"name": "onboardingjournal"}]
+
+
+def test_service_bus_is_standard_with_local_auth_off_and_no_sas_rule() -> None:
+    main = main_template()
+    service_bus = main.evaluate(main.module_params("serviceBus"))
+    assert service_bus["skuObject"]["name"] == "Standard"  # duplicate detection and scheduling
+    assert service_bus["disableLocalAuth"] is True
+    assert service_bus["authorizationRules"] == []
+    for queue in service_bus["queues"]:
+        assert queue["authorizationRules"] == [], queue["name"]
+
+
+def test_monitoring_accepts_entra_id_only() -> None:
+    main = main_template()
+    assert main.evaluate(main.module_params("appInsights"))["disableLocalAuth"] is True
+    assert main.evaluate(main.module_params("logAnalytics"))["features"]["disableLocalAuth"] is True
+
+
+def test_function_app_is_flex_consumption_with_a_user_assigned_identity() -> None:
+    main = main_template()
+    plan = main.evaluate(main.module_params("plan"))
+    assert (plan["skuName"], plan["reserved"]) == ("FC1", True)
+    site = _site()
+    assert site["serverFarmResourceId"] == Ref("plan.outputs.resourceId")
+    assert site["managedIdentities"] == {"userAssignedResourceIds": [APP_IDENTITY_ID]}
+    assert site["httpsOnly"] is True
+    assert site["tags"]["'azd-service-name'"] == "onboarding"  # azure.yaml's service name
+    config = site["functionAppConfig"]
+    assert config["deployment"]["storage"]["type"] == "blobContainer"
+    assert config["deployment"]["storage"]["authentication"] == {
+        "type": "UserAssignedIdentity",
+        "userAssignedIdentityResourceId": APP_IDENTITY_ID,
+    }
+    assert config["scaleAndConcurrency"]["instanceMemoryMB"] == 2048
+
+
+def _role_assignments(module: str, **parameters: Any) -> set[tuple[object, str]]:
+    main = main_template(**parameters)
+    assignments = main.evaluate(main.module_params(module)["roleAssignments"])
+    return {(entry["principalId"], ROLE_IDS[entry["roleDefinitionIdOrName"]]) for entry in assignments}
+
+
+def test_identity_has_exactly_the_documented_azure_rights() -> None:
+    assert _role_assignments("serviceBus") == {
+        (APP_IDENTITY, "Azure Service Bus Data Receiver"),
+        (APP_IDENTITY, "Azure Service Bus Data Sender"),
+    }
+    assert _role_assignments("storage") == {
+        (APP_IDENTITY, "Storage Blob Data Owner"),
+        (APP_IDENTITY, "Storage Table Data Contributor"),
+    }
+    assert _role_assignments("appInsights") == {(APP_IDENTITY, "Monitoring Metrics Publisher")}
+
+
+def test_operator_rights_only_when_an_operator_is_named() -> None:
+    operator = "00000000-0000-0000-0000-00000000beef"
+    assert _role_assignments("serviceBus", operatorPrincipalId=operator) - _role_assignments("serviceBus") == {
+        (operator, "Azure Service Bus Data Sender")
+    }
+    assert _role_assignments("storage", operatorPrincipalId=operator) - _role_assignments("storage") == {
+        (operator, "Storage Table Data Reader")
+    }
+
+
+def _app_settings(**main_parameters: Any) -> dict[str, Any]:
+    return {setting["name"]: setting["value"] for setting in _site(**main_parameters)["siteConfig"]["appSettings"]}
+
+
+def test_app_settings_hold_no_secret() -> None:
+    settings = _app_settings(policyFile="policy.json")
+    for name in ("AzureWebJobsStorage", "ServiceBusConnection"):
+        assert name not in settings, f"{name}: a connection string; use the identity-based {name}__* settings"
+    for name, value in settings.items():
+        text = value if isinstance(value, str) else ""
+        assert not re.search(r"AccountKey=|SharedAccessKey|InstrumentationKey=", text, re.IGNORECASE), name
+
+
+def test_app_settings_are_identity_based() -> None:
+    settings = _app_settings()
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    for name in ("AzureWebJobsStorage__clientId", "ONBOARDING_MANAGED_IDENTITY_CLIENT_ID"):
+        assert settings[name] == APP_IDENTITY_CLIENT_ID, name
+    for service in ("blob", "queue", "table"):
+        assert settings[f"AzureWebJobsStorage__{service}ServiceUri"] == Ref(
+            f"storage.outputs.serviceEndpoints.{service}"
+        )
+    assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == Ref("appInsights.outputs.connectionString")
+    assert (
+        settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+        == "ClientId=${identity.outputs.clientId};Authorization=AAD"
+    )
+    assert settings["ONBOARDING_JOURNAL"] == "${storage.outputs.serviceEndpoints.table}onboardingjournal"
+    assert settings["ONBOARDING_DIRECTORY_CREDENTIAL"] == "managed-identity"
+    assert settings["ONBOARDING_TENANT_ID"] == Ref("onboardingTenantId")
+    assert settings["ONBOARDING_TENANT_DOMAIN"] == Ref("onboardingTenantDomain")
+
+
+def test_policy_file_setting_only_when_given() -> None:
+    """An empty ONBOARDING_POLICY_FILE would be read as the path "."; without it the app denies every request."""
+    assert "ONBOARDING_POLICY_FILE" not in _app_settings(policyFile="")
+    assert _app_settings(policyFile="policy.json")["ONBOARDING_POLICY_FILE"] == "policy.json"
+
+
+def test_scale_comes_from_parameters() -> None:
+    default = _site()["functionAppConfig"]["scaleAndConcurrency"]
+    assert (default["maximumInstanceCount"], default["alwaysReady"]) == (4, [])
+    scale = _site(maximumInstanceCount=2, alwaysReadyInstances=1)["functionAppConfig"]["scaleAndConcurrency"]
+    assert scale["maximumInstanceCount"] == 2
+    assert scale["alwaysReady"] == [
+        {"name": f"function:{name}", "instanceCount": 1} for name in ("create_contact", "add_member", "verify_delivery")
+    ]
+    assert (
+        _app_settings(maxConcurrentCalls=3)["AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls"] == "3"
+    )
+
+
+def test_max_concurrent_calls_default_matches_host_json() -> None:
+    """host.json serves local runs; the app setting overrides it in Azure. Same number by default."""
+    host = json.loads((INFRA.parent / "host.json").read_text())
+    assert (
+        main_template().parameters["maxConcurrentCalls"]["default"]
+        == host["extensions"]["serviceBus"]["maxConcurrentCalls"]
+    )

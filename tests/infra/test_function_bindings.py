@@ -1,0 +1,153 @@
+"""The functions that function_app.py indexes find what they need in infra/.
+
+The app is indexed the way the local host does it (standins/local_host.py, `app.get_functions()`).
+Each Service Bus trigger's queue must be in infra/main.bicep with the properties of the emulator's
+queues (standins/servicebus_emulator/config.json), and its connection must have the identity-based
+settings in the function app's app settings (infra/app/function-app.bicep).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from shared.settings import Settings
+from standins.local_host import QueueTrigger, discover_triggers, load_function_app
+from tests.infra.bicep import REPOSITORY, Ref, function_app_template, main_template
+
+EMULATOR_CONFIG = REPOSITORY / "standins" / "servicebus_emulator" / "config.json"
+
+
+@pytest.fixture(scope="module")
+def triggers() -> tuple[QueueTrigger, ...]:
+    # discover_triggers is cached: get_functions() cannot run twice on one app.
+    found = discover_triggers(load_function_app())
+    assert found, "function_app.py indexes no Service Bus trigger"
+    return found
+
+
+@pytest.fixture(scope="module")
+def emulator_queues() -> dict[str, dict[str, Any]]:
+    (namespace,) = json.loads(EMULATOR_CONFIG.read_text())["UserConfig"]["Namespaces"]
+    return {queue["Name"]: queue["Properties"] for queue in namespace["Queues"]}
+
+
+@pytest.fixture(scope="module")
+def bicep_queues() -> dict[str, dict[str, Any]]:
+    main = main_template()
+    queues = main.evaluate(main.module_params("serviceBus")["queues"])
+    return {queue["name"]: queue for queue in queues}
+
+
+@pytest.fixture(scope="module")
+def app_settings() -> dict[str, Any]:
+    app = function_app_template()
+    return {setting["name"]: setting["value"] for setting in app.variable("siteAppSettings")}
+
+
+def _camel(name: str) -> str:
+    """The emulator's MaxDeliveryCount is the ARM template's maxDeliveryCount."""
+    return name[0].lower() + name[1:]
+
+
+def test_every_trigger_queue_is_provisioned_like_the_emulator_queue(
+    triggers: tuple[QueueTrigger, ...],
+    emulator_queues: dict[str, dict[str, Any]],
+    bicep_queues: dict[str, dict[str, Any]],
+) -> None:
+    for trigger in triggers:
+        assert trigger.queue_name in bicep_queues, f"{trigger.function_name}: no queue {trigger.queue_name!r} in infra"
+        assert trigger.queue_name in emulator_queues, (
+            f"{trigger.function_name}: no queue {trigger.queue_name!r} in {EMULATOR_CONFIG.name}"
+        )
+        expected = {_camel(name): value for name, value in emulator_queues[trigger.queue_name].items()}
+        provisioned = {name: bicep_queues[trigger.queue_name].get(name) for name in expected}
+        assert provisioned == expected, trigger.queue_name
+
+
+def test_infra_and_emulator_have_the_same_queues(
+    emulator_queues: dict[str, dict[str, Any]], bicep_queues: dict[str, dict[str, Any]]
+) -> None:
+    """The outcome queue has no trigger here, but the app publishes to it: it must exist too."""
+    assert set(bicep_queues) == set(emulator_queues)
+    for name, properties in emulator_queues.items():
+        assert {_camel(key): bicep_queues[name].get(_camel(key)) for key in properties} == {
+            _camel(key): value for key, value in properties.items()
+        }, name
+    assert function_app_template().overrides["outcomeQueueName"] in bicep_queues
+
+
+def test_every_trigger_connection_is_identity_based(
+    triggers: tuple[QueueTrigger, ...], app_settings: dict[str, Any]
+) -> None:
+    identity = Ref("identity.outputs.clientId")
+    for trigger in triggers:
+        connection = trigger.connection
+        assert connection not in app_settings, f"{connection}: a connection string; use {connection}__* settings"
+        assert (
+            app_settings.get(f"{connection}__fullyQualifiedNamespace")
+            == "${serviceBus.outputs.name}.servicebus.windows.net"
+        )
+        assert app_settings.get(f"{connection}__credential") == "managedidentity"
+        assert app_settings.get(f"{connection}__clientId") == identity
+
+
+def test_max_delivery_count_setting_is_the_queues_max_delivery_count(
+    bicep_queues: dict[str, dict[str, Any]], app_settings: dict[str, Any]
+) -> None:
+    main = main_template()
+    # One Bicep variable feeds both (not two equal numbers).
+    assert main.variables["queueProperties"]["value"]["maxDeliveryCount"] == "maxDeliveryCount"
+    assert main.module_params("functionApp")["maxDeliveryCount"] == "maxDeliveryCount"
+    for queue in bicep_queues.values():
+        assert app_settings["ONBOARDING_SERVICEBUS_MAX_DELIVERY_COUNT"] == str(queue["maxDeliveryCount"])
+
+
+def test_always_ready_names_the_indexed_functions(triggers: tuple[QueueTrigger, ...]) -> None:
+    assert set(main_template().variable("serviceBusFunctionNames")) == {trigger.function_name for trigger in triggers}
+
+
+def test_app_settings_are_settings_the_app_reads(app_settings: dict[str, Any]) -> None:
+    """Every ONBOARDING_* setting in infra is a field of shared/settings.py (a typo would be silently ignored)."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    known = {prefix + field.upper() for field in Settings.model_fields}
+    unknown = {name for name in app_settings if name.startswith(prefix) and name not in known}
+    assert not unknown, f"not read by the app: {sorted(unknown)}"
+
+
+def test_app_settings_pass_the_apps_start_up_validation(
+    app_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With example values for what only a deployment knows, Settings() accepts what infra sets."""
+    deployment = {
+        Ref("onboardingTenantId"): "11111111-2222-3333-4444-555555555555",
+        Ref("onboardingTenantDomain"): "contoso.onmicrosoft.com",
+        Ref("identity.outputs.clientId"): "66666666-7777-8888-9999-000000000000",
+        Ref("appInsights.outputs.connectionString"): "InstrumentationKey=00000000-0000-0000-0000-000000000000",
+        Ref("storage.outputs.serviceEndpoints.blob"): "https://stexample.blob.core.windows.net/",
+        Ref("storage.outputs.serviceEndpoints.queue"): "https://stexample.queue.core.windows.net/",
+        Ref("storage.outputs.serviceEndpoints.table"): "https://stexample.table.core.windows.net/",
+    }
+    outputs = {"${storage.outputs.serviceEndpoints.table}": deployment[Ref("storage.outputs.serviceEndpoints.table")]}
+    outputs["${serviceBus.outputs.name}"] = "sb-example"
+    outputs["${identity.outputs.clientId}"] = deployment[Ref("identity.outputs.clientId")]
+    for name in list(os.environ):
+        if name.startswith(("ONBOARDING_", "ServiceBusConnection", "APPLICATIONINSIGHTS_")):
+            monkeypatch.delenv(name)
+    for name, value in app_settings.items():
+        if isinstance(value, Ref):
+            value = deployment[value]
+        for placeholder, example in outputs.items():
+            value = value.replace(placeholder, example)
+        assert "${" not in value, f"{name}: {value}"
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)
+    assert settings.servicebus_namespace == "sb-example.servicebus.windows.net"
+    assert settings.servicebus_connection_string is None
+    assert settings.directory_credential == "managed-identity"
+    assert settings.managed_identity_client_id == deployment[Ref("identity.outputs.clientId")]
+    assert settings.journal is not None
+    assert settings.journal.get_secret_value() == "https://stexample.table.core.windows.net/onboardingjournal"
