@@ -26,6 +26,8 @@ import pytest
 
 from tests.infra.bicep import INFRA, REPOSITORY
 
+pytestmark = pytest.mark.stack  # checkov runs as a child process (its own venv)
+
 CHECKOV_VENV = REPOSITORY / ".venv" / "checkov" / "bin" / "checkov"
 CLOSED_PORT = "http://127.0.0.1:9"
 
