@@ -8,7 +8,7 @@ uvicorn's thread while tests read the model.
 Seed format (see demo_tenant.json):
     {"tenant": {"id": GUID, "name": str, "initial_domain": "x.onmicrosoft.com", "domains": [str]},
      "users": [{"id", "display_name", "mail", "user_type": "Member"|"Guest"}],
-     "groups": [{"id", "display_name", "mail"?, "kind": "Microsoft365"|"Distribution"|"MailEnabledSecurity"|"Security",
+     "groups": [{"id", "display_name", "mail"?, "secondary_addresses"?: [str], "kind": "Microsoft365"|"Distribution"|"MailEnabledSecurity"|"Security",
                  "dynamic"?, "require_sender_authentication"?, "accept_messages_only_from"?,
                  "reject_messages_from"?, "moderation_enabled"?, "managed_by"?: [str],
                  "members"?: [object ids]}]}
@@ -59,6 +59,7 @@ class SeedGroup(_Seed):
     id: str
     display_name: str
     mail: str | None = None
+    secondary_addresses: tuple[str, ...] = ()  # the group's other SMTP addresses (proxyAddresses "smtp:")
     kind: GroupKind
     dynamic: bool = False
     require_sender_authentication: bool = True  # Exchange's default for new groups
@@ -120,6 +121,13 @@ class Group:
     moderation_enabled: bool
     managed_by: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)  # object ids, in the order added
+    secondary_addresses: list[str] = field(default_factory=list)
+
+    def proxy_addresses(self) -> list[str]:
+        """Exchange's form: the primary address as "SMTP:", every other one as "smtp:"."""
+        if not self.mail:
+            return []
+        return ["SMTP:" + self.mail] + ["smtp:" + address for address in self.secondary_addresses]
 
 
 @dataclass
@@ -192,6 +200,7 @@ class Directory:
                     g.moderation_enabled,
                     list(g.managed_by),
                     list(g.members),
+                    list(g.secondary_addresses),
                 )
             )
         self.store.set_meta("tenant_id", seed.tenant.id)
@@ -239,6 +248,12 @@ class Directory:
         return next((g for g in self.groups.values() if (g.mail or "").lower() == address.lower()), None)
 
     @_locked
+    def group_with_address(self, address: str) -> Group | None:
+        """The group that has this address as its primary or as a secondary SMTP address."""
+        proxy = "smtp:" + address.lower()
+        return next((g for g in self.groups.values() if proxy in map(str.lower, g.proxy_addresses())), None)
+
+    @_locked
     def group_by_identity(self, identity: str) -> Group | None:
         """Exchange -Identity: address, name, or id."""
         key = identity.lower()
@@ -267,7 +282,7 @@ class Directory:
         user = self.user_by_mail(address)
         if user:
             return user.display_name
-        group = self.group_by_mail(address)
+        group = self.group_with_address(address)
         return group.display_name if group else None
 
     @_locked
