@@ -172,9 +172,7 @@ async def test_advanced_operators_without_consistency_level_are_refused(graph_di
     with pytest.raises(APIError) as refused:
         await _groups_where(graph_directory, "endsWith(mail,'@contoso.com')")
     assert refused.value.response_status_code == 400
-    assert "Operator 'endswith' is not supported because the required parameters might be missing" in str(
-        refused.value
-    )
+    assert "Operator 'endswith' is not supported because the required parameters might be missing" in str(refused.value)
 
 
 async def test_org_contacts_list_get_filter_member_of(
