@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -137,20 +137,24 @@ class Directory:
         }
         return Resource(str(principal.id), principal.display_name or name, roles)
 
-    async def app_role_assignments(self, identity: Identity) -> set[tuple[str, str]]:
-        """(resourceId, appRoleId) of every app role the identity holds."""
-        assignments = self._client.service_principals.by_service_principal_id(identity.object_id).app_role_assignments
-        held: set[tuple[str, str]] = set()
-        page = await self._patiently("Reading the identity's app roles", assignments.get)
+    async def _every_page(self, what: str, first: Callable[[], Awaitable[Any]], builder: Any) -> list[Any]:
+        """The items of every page, following @odata.nextLink (bounded)."""
+        items: list[Any] = []
+        page = await self._patiently(what, first)
         for _ in range(MAX_PAGES):
             if page is None:
                 break
-            held.update((str(a.resource_id), str(a.app_role_id)) for a in page.value or [])
+            items.extend(page.value or [])
             if not page.odata_next_link:
                 break
-            link = page.odata_next_link
-            page = await self._patiently("Reading the identity's app roles", assignments.with_url(link).get)
-        return held
+            page = await self._patiently(what, builder.with_url(page.odata_next_link).get)
+        return items
+
+    async def app_role_assignments(self, identity: Identity) -> set[tuple[str, str]]:
+        """(resourceId, appRoleId) of every app role the identity holds."""
+        assignments = self._client.service_principals.by_service_principal_id(identity.object_id).app_role_assignments
+        held = await self._every_page("Reading the identity's app roles", assignments.get, assignments)
+        return {(str(a.resource_id), str(a.app_role_id)) for a in held}
 
     async def directory_roles(self, identity: Identity) -> set[str]:
         """Role definition ids assigned to the identity tenant-wide (directoryScopeId "/")."""
@@ -158,20 +162,12 @@ class Directory:
             filter=f"principalId eq '{identity.object_id}'"
         )
         role_assignments = self._client.role_management.directory.role_assignments
-        page = await self._patiently(
+        held = await self._every_page(
             "Reading the identity's directory roles",
             lambda: role_assignments.get(RequestConfiguration(query_parameters=query)),
+            role_assignments,
         )
-        held: set[str] = set()
-        for _ in range(MAX_PAGES):
-            if page is None:
-                break
-            held.update(str(r.role_definition_id) for r in page.value or [] if r.directory_scope_id == "/")
-            if not page.odata_next_link:
-                break
-            link = page.odata_next_link
-            page = await self._patiently("Reading the identity's directory roles", role_assignments.with_url(link).get)
-        return held
+        return {str(r.role_definition_id) for r in held if r.directory_scope_id == "/"}
 
     async def role_name(self, template_id: str) -> str:
         definitions = self._client.role_management.directory.role_definitions
