@@ -59,6 +59,7 @@ def build_services(
     The directory adapters built here remember group lookups and accepted domains for
     ONBOARDING_DIRECTORY_CACHE_SECONDS (shared/directory/cache.py); adapters handed in are used as they are."""
     closers: list[Callable[[], Awaitable[Any]]] = []
+    ttl = settings.directory_cache_seconds  # 0: no cache wrapper at all (nor shared in-flight lookups)
     if credential is None:
         if settings.directory_credential == "sandbox":
             raise RuntimeError(
@@ -72,7 +73,7 @@ def build_services(
 
         built_graph = MsGraphDirectory(credential, base_url=str(settings.graph_base_url).rstrip("/"))
         closers.insert(0, built_graph.close)
-        graph = CachingGraphDirectory(built_graph, settings.directory_cache_seconds)
+        graph = CachingGraphDirectory(built_graph, ttl) if ttl else built_graph
     if exchange is None:
         built_exchange = ExchangeOnlineClient(
             credential,
@@ -81,7 +82,7 @@ def build_services(
             anchor_domain=settings.tenant_domain,
         )
         closers.insert(0, built_exchange.close)
-        exchange = CachingExchangeDirectory(built_exchange, settings.directory_cache_seconds)
+        exchange = CachingExchangeDirectory(built_exchange, ttl) if ttl else built_exchange
     if outbox is None:
         if settings.servicebus_connection_string is not None:
             connection_string = settings.servicebus_connection_string.get_secret_value()
