@@ -18,6 +18,7 @@ from azure.servicebus.aio import ServiceBusClient
 from pydantic import ValidationError
 from rich.console import Console
 
+from cli.grant import grant
 from shared.contracts import OnboardingRequest, contract_schemas
 from shared.logs import LOG_FORMAT, install_safe_log_records
 from shared.settings import SERVICEBUS_CONNECTION, Settings
@@ -27,6 +28,7 @@ DEFAULT_STATE_DIR = Path(".onboard")  # `onboard sandbox` keeps its SQLite files
 app = typer.Typer(help="Onboard external people into Microsoft 365 groups.", no_args_is_help=True)
 console = Console()
 errors = Console(stderr=True)
+app.command()(grant)
 
 
 def _configure_logging(verbose: bool) -> None:

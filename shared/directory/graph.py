@@ -20,6 +20,9 @@ from kiota_authentication_azure.azure_identity_authentication_provider import Az
 from kiota_http.kiota_client_factory import KiotaClientFactory
 from kiota_http.middleware import RetryHandler
 from kiota_http.middleware.options import RetryHandlerOption
+from msgraph.generated.directory_objects.item.check_member_groups.check_member_groups_post_request_body import (
+    CheckMemberGroupsPostRequestBody,
+)
 from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 from msgraph.generated.groups.item.group_item_request_builder import GroupItemRequestBuilder
 from msgraph.generated.groups.item.members.members_request_builder import MembersRequestBuilder
@@ -197,6 +200,12 @@ class MsGraphDirectory:
             next_link = page.odata_next_link
             page = await self._call(lambda link=next_link: members.with_url(link).get())  # type: ignore[misc]
         return frozenset(ids)
+
+    async def is_group_member(self, group_id: str, object_id: str) -> bool:
+        body = CheckMemberGroupsPostRequestBody(group_ids=[group_id])
+        check = self._client.directory_objects.by_directory_object_id(object_id).check_member_groups
+        answer = await self._call(lambda: check.post(body))
+        return group_id.lower() in {found.lower() for found in (answer.value if answer and answer.value else [])}
 
     async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
         message = Message(

@@ -93,6 +93,14 @@ class GraphDirectory(Protocol):
         """Every member's object id, following @odata.nextLink."""
         ...
 
+    async def is_group_member(self, group_id: str, object_id: str) -> bool:
+        """One call, whatever the group's size: POST /directoryObjects/{object_id}/checkMemberGroups.
+
+        Any group kind in Entra (Microsoft 365, distribution, mail-enabled security); transitive.
+        Raises NotFoundError when the object is not (yet) visible to Graph.
+        """
+        ...
+
     async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
         """POST /users/{sender}/sendMail (202); the message is accepted, not yet delivered."""
         ...

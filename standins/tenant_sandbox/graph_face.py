@@ -73,6 +73,9 @@ def _error_body(code: str, message: str, request_id: str = "", client_request_id
     return {"error": {"code": code, "message": message, "innerError": inner}}
 
 
+MAX_CHECK_MEMBER_GROUPS = 20
+
+
 def _group_json(group: Group) -> dict[str, Any]:
     types = ["Unified"] if group.kind is GroupKind.MICROSOFT_365 else []
     if group.dynamic:
@@ -200,6 +203,7 @@ class GraphFace:
             Route("/v1.0/contacts/{id}", self.get_contact, methods=["GET"]),
             Route("/v1.0/contacts/{id}", self.refuse_contact_write, methods=["PATCH", "DELETE"]),
             Route("/v1.0/contacts/{id}/memberOf", self.contact_member_of, methods=["GET"]),
+            Route("/v1.0/directoryObjects/{id}/checkMemberGroups", self.check_member_groups, methods=["POST"]),
             Route("/v1.0/users", self.list_users, methods=["GET"]),
             Route("/v1.0/users/{id}", self.get_user, methods=["GET"]),
             Route("/v1.0/users/{id}/sendMail", self.send_mail, methods=["POST"]),
@@ -322,6 +326,26 @@ class GraphFace:
                 )
             self.d.add_member(group, object_id)
         return Response(status_code=204)
+
+    async def check_member_groups(self, request: Request) -> Response:
+        """The listed groups this object is a member of, transitively; at most 20 ids per request."""
+        object_id = request.path_params["id"]
+        try:
+            group_ids = (await request.json())["groupIds"]
+            if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return graph_error(request, 400, "Request_BadRequest", "Invalid request body: groupIds is required.")
+        if len(group_ids) > MAX_CHECK_MEMBER_GROUPS:
+            return graph_error(request, 400, "Request_BadRequest", "Too many groupIds: at most 20 per request.")
+        with self.d.lock:
+            replica = self.d.users.get(object_id) or self.d.contacts.get(object_id)
+            if not self.d.object_exists(object_id) or (replica is not None and not self.d.replicated(replica)):
+                return self._missing(request, object_id)
+            found = [g for g in group_ids if self.d.has_member(g, object_id)]
+        return JSONResponse(
+            {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(Edm.String)", "value": found}
+        )
 
     # Org contacts: read-only in Graph
 
