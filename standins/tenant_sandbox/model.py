@@ -265,6 +265,11 @@ class Directory:
         return next((u for u in self.users.values() if u.mail.lower() == address.lower()), None)
 
     @_locked
+    def group_by_mail(self, address: str) -> Group | None:
+        """The group whose primary address this is (Graph's `mail`)."""
+        return next((g for g in self.groups.values() if (g.mail or "").lower() == address.lower()), None)
+
+    @_locked
     def group_with_address(self, address: str) -> Group | None:
         """The group that has this address as its primary or as a secondary SMTP address."""
         proxy = "smtp:" + address.lower()
