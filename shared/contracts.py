@@ -22,8 +22,10 @@ NAME_PART_MAX = 64
 
 DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=DISPLAY_NAME_MAX)]
 NamePart = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_PART_MAX)]
-# Ids travel in MessageIds and logs: keep them to a safe alphabet and Service Bus's 128-char limit.
-RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:@-]{1,100}$")]
+# A request id is the request's identity end to end: in MessageIds (Service Bus allows 128
+# characters; longer derived ids use a digest), in logs, and as a Table Storage key (no / \ # ?).
+REQUEST_ID_PATTERN = r"^[^/\\#?\s\x00-\x1f\x7f-\x9f]{1,128}$"
+RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 SourceSystem = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 
 
@@ -49,6 +51,12 @@ class DeadLetterReason(StrEnum):
     RETRIES_EXHAUSTED = "RetriesExhausted"
     DELIVERY_FAILED = "DeliveryFailed"
     PROCESSING_FAILED = "ProcessingFailed"
+    # Service Bus's own reasons, for what it dead-letters by itself; the pipeline never sets these.
+    MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
+    TTL_EXPIRED = "TTLExpiredException"
+
+
+SERVICE_BUS_REASONS = frozenset({DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED, DeadLetterReason.TTL_EXPIRED})
 
 
 class _Contract(BaseModel):

@@ -7,15 +7,17 @@ re-sent message is dropped by the queue's duplicate detection instead of doing t
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.amqp import AmqpMessageBodyType
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from shared.contracts import OnboardingRequest, OutcomeEvent, StageMessage, StageName
+from shared.contracts import OnboardingRequest, OutcomeEvent, RequestId, StageMessage, StageName
 from shared.decisions import Delivery
 
 Input = TypeVar("Input", OnboardingRequest, StageMessage)
@@ -24,7 +26,17 @@ REQUEST_ID = "onboarding-request-id"
 ATTEMPT = "onboarding-attempt"
 FIRST_ATTEMPT_AT = "onboarding-first-attempt-at"
 PHASE = "onboarding-phase"
+BOOKKEEPING = (REQUEST_ID, ATTEMPT, FIRST_ATTEMPT_AT, PHASE)  # set by the pipeline only
 JSON = "application/json"
+
+# Service Bus refuses a MessageId over 128 characters. The pipeline appends at most about 45
+# ("/verify-delivery/welcome-check-604800/100"), so a longer request id is replaced in MessageIds
+# by a stable digest; the full id still travels in the body and the properties.
+MESSAGE_KEY_MAX = 64
+# Service Bus entity names: letters, digits, periods, hyphens, underscores, slashes; at most 260.
+_ENTITY_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]|/(?!/))*[A-Za-z0-9_]$|^[A-Za-z0-9]$")
+_PIPELINE_QUEUES = frozenset(stage.value for stage in StageName)
+_REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)
 
 
 class ReceivedMessage(Protocol):
@@ -71,13 +83,20 @@ class Inbound(Generic[Input]):
 
 
 def decode(message: ReceivedMessage, reads: type[Input], now: datetime) -> Inbound[Input]:
-    """The one place where a received message becomes typed input; raises UnreadableMessage."""
-    try:
-        delivery = read_delivery(message, now)
-    except EnvelopeError as error:
-        raise UnreadableMessage(
-            _fallback_delivery(message, now), f"The message envelope is unusable: {error}."
-        ) from None
+    """The one place where a received message becomes typed input; raises UnreadableMessage.
+
+    On `create-contact` (reads OnboardingRequest) the message may come from upstream: the
+    pipeline's bookkeeping properties are honoured only on the pipeline's own retries, and the
+    ReplyTo is checked before anything is sent to it.
+    """
+    if reads is OnboardingRequest:
+        delivery = _upstream_delivery(message, now)
+    else:
+        try:
+            delivery = read_delivery(message, now)
+        except EnvelopeError as error:
+            description = f"The message envelope is unusable: {error}."
+            raise UnreadableMessage(_upstream_delivery(message, now), description) from None
     try:
         body = read_body(message)
     except EnvelopeError as error:
@@ -88,9 +107,77 @@ def decode(message: ReceivedMessage, reads: type[Input], now: datetime) -> Inbou
         what = "request" if reads is OnboardingRequest else "stage message"
         description = f"The {what} is not a valid contract v1 {reads.__name__}: {describe_validation_error(error)}"
         raise UnreadableMessage(delivery, description) from None
-    if isinstance(payload, OnboardingRequest) and payload.request_id and payload.request_id != delivery.request_id:
-        delivery = _with_request_id(delivery, payload.request_id)
+    if isinstance(payload, OnboardingRequest):
+        delivery = _own_retry(message, payload, now) or delivery
+        if payload.request_id and payload.request_id != delivery.request_id:
+            delivery = _with_request_id(delivery, payload.request_id)
+        try:
+            _REQUEST_ID.validate_python(delivery.request_id)
+        except ValidationError:
+            raise UnreadableMessage(
+                delivery,
+                "The MessageId cannot serve as the request id (1 to 128 characters without spaces, control "
+                "characters, /, \\, # or ?): set request_id in the body.",
+            ) from None
     return Inbound(payload, delivery, body)
+
+
+def message_key(request_id: str) -> str:
+    """The request's part of every MessageId the pipeline derives: the id, or a digest when it is long."""
+    if len(request_id) <= MESSAGE_KEY_MAX:
+        return request_id
+    return "sha256-" + hashlib.sha256(request_id.encode()).hexdigest()[:40]
+
+
+def check_reply_to(reply_to: str | None) -> tuple[str | None, str | None]:
+    """(the ReplyTo to publish the outcome to, or None for the outcome queue; a warning for the outcome)."""
+    if not reply_to:
+        return None, None
+    shown = reply_to if len(reply_to) <= 80 else reply_to[:77] + "..."
+    if not _ENTITY_NAME.match(reply_to) or len(reply_to) > 260:
+        return None, f"ReplyTo {shown!r} is not a Service Bus queue name, so the outcome went to the outcome queue."
+    if reply_to.split("/", 1)[0].lower() in _PIPELINE_QUEUES:
+        return None, (
+            f"ReplyTo {shown!r} names one of the pipeline's own queues; the outcome went to the outcome queue "
+            "instead, so it cannot loop back into the pipeline."
+        )
+    return reply_to, None
+
+
+def _upstream_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
+    """The envelope as upstream sent it: identity from the MessageId, first attempt, ReplyTo checked."""
+    message_id = message.message_id or f"seq-{message.sequence_number}"
+    reply_to, warning = check_reply_to(message.reply_to)
+    return Delivery(
+        message_id,
+        message_id,
+        message.correlation_id or message_id,
+        reply_to,
+        1,
+        now,
+        warnings=(warning,) if warning else (),
+    )
+
+
+def _own_retry(message: ReceivedMessage, request: OnboardingRequest, now: datetime) -> Delivery | None:
+    """The bookkeeping of a create-contact retry the pipeline scheduled itself, else None (ignored).
+
+    Upstream could set the same properties; they count only when the MessageId is the one the
+    pipeline derives from them and the body names the same request, so a message cannot take
+    another request's identity or start at attempt 999 through its properties.
+    """
+    properties = _text_keys(message.application_properties)
+    if not any(name in properties for name in BOOKKEEPING):
+        return None
+    try:
+        claimed = read_delivery(message, now)
+    except EnvelopeError:
+        return None
+    expected_id = retry_message_id(StageName.CREATE_CONTACT, claimed.request_id, claimed.phase, claimed.attempt)
+    if message.message_id != expected_id or (request.request_id and request.request_id != claimed.request_id):
+        return None
+    reply_to, warning = check_reply_to(claimed.reply_to)
+    return replace(claimed, reply_to=reply_to, warnings=(warning,) if warning else ())
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -103,11 +190,6 @@ def _with_request_id(delivery: Delivery, request_id: str) -> Delivery:
     """The body's request_id is the request's identity; the correlation id follows it unless upstream set one."""
     defaulted = delivery.correlation_id == delivery.request_id
     return replace(delivery, request_id=request_id, correlation_id=request_id if defaulted else delivery.correlation_id)
-
-
-def _fallback_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
-    message_id = message.message_id or f"seq-{message.sequence_number}"
-    return Delivery(message_id, message_id, message.correlation_id or message_id, message.reply_to, 1, now)
 
 
 def read_body(message: ReceivedMessage) -> bytes:
@@ -148,7 +230,12 @@ def phase_of(body: StageMessage) -> str:
 
 
 def _stage_key(request_id: str, stage: StageName, phase: str) -> str:
-    return f"{request_id}/{stage}/{phase}" if phase else f"{request_id}/{stage}"
+    key = message_key(request_id)
+    return f"{key}/{stage}/{phase}" if phase else f"{key}/{stage}"
+
+
+def retry_message_id(stage: StageName, request_id: str, phase: str, attempt: int) -> str:
+    return f"{_stage_key(request_id, stage, phase)}/{attempt}"
 
 
 def next_stage_message(stage: StageName, body: StageMessage, delivery: Delivery) -> ServiceBusMessage:
@@ -172,7 +259,7 @@ def retry_message(stage: StageName, body: bytes, delivery: Delivery) -> ServiceB
     } | ({PHASE: delivery.phase} if delivery.phase else {})
     return _message(
         body,
-        message_id=f"{_stage_key(delivery.request_id, stage, delivery.phase)}/{attempt}",
+        message_id=retry_message_id(stage, delivery.request_id, delivery.phase, attempt),
         delivery=delivery,
         properties=properties,
     )
@@ -181,11 +268,16 @@ def retry_message(stage: StageName, body: bytes, delivery: Delivery) -> ServiceB
 def outcome_message(outcome: OutcomeEvent, delivery: Delivery) -> ServiceBusMessage:
     return _message(
         outcome.model_dump_json().encode(),
-        message_id=f"{delivery.request_id}/outcome",
+        message_id=outcome_message_id(delivery.request_id),
         delivery=delivery,
         properties={REQUEST_ID: delivery.request_id},
         subject=f"onboarding.{outcome.status}",
     )
+
+
+def outcome_message_id(request_id: str) -> str:
+    """One per request: a second outcome for the same request is dropped by duplicate detection."""
+    return f"{message_key(request_id)}/outcome"
 
 
 def _message(

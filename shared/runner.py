@@ -95,7 +95,7 @@ class StageRunner:
         except envelope.UnreadableMessage as unreadable:
             refusal = dead_letter(
                 Turn(self.stage_name, unreadable.delivery, now),
-                Progress(),
+                Progress(warnings=list(unreadable.delivery.warnings)),
                 DeadLetterReason.INVALID_REQUEST,
                 unreadable.description,
             )

@@ -49,7 +49,8 @@ def test_minimal_request_gets_defaults() -> None:
     "change",
     [
         {"source_system": "hr; drop"},
-        {"request_id": "x" * 101},
+        {"request_id": "x" * 129},
+        {"request_id": "hr/2026/1"},
         {"first_name": "y" * 65},
         {"contract_version": "2"},
         {"group": {}},

@@ -25,7 +25,7 @@ from shared.contracts import (
     StageName,
 )
 from shared.decisions import Decision, Delivery, Finish, PassOn, RetryLater
-from shared.envelope import ATTEMPT, REQUEST_ID
+from shared.envelope import ATTEMPT, FIRST_ATTEMPT_AT, REQUEST_ID
 from shared.journal import TransitionKind
 from shared.outcomes import dead_letter, finish
 from shared.policy import OnboardingPolicy
@@ -184,13 +184,75 @@ async def test_an_unreadable_request_is_refused_once_before_any_stage_runs(body:
     assert "jordan" not in outcome.description.lower() or mentions == "external_email"
 
 
-async def test_an_unusable_envelope_is_refused_with_what_is_wrong() -> None:
+async def test_bookkeeping_properties_from_upstream_are_ignored() -> None:
     harness = Harness(a_finish)
-    await harness.run(
-        FakeReceivedMessage(sample_request_json(), application_properties={ATTEMPT.encode(): "minus one"})
-    )
-    assert harness.recorder.kinds() == ["send", "deadletter", "journal"]
-    assert ATTEMPT in harness.outcome().description
+    spoofed: dict[str | bytes, Any] = {
+        REQUEST_ID.encode(): "someone-else",
+        ATTEMPT.encode(): "999",
+        FIRST_ATTEMPT_AT.encode(): "garbage",
+    }
+    await harness.run(FakeReceivedMessage(sample_request_json(), application_properties=spoofed))
+    ((_, delivery),) = harness.seen
+    assert (delivery.request_id, delivery.attempt, delivery.first_attempt_at) == ("msg-1", 1, NOW)
+
+
+async def test_the_pipelines_own_retry_keeps_its_attempt() -> None:
+    harness = Harness(a_finish)
+    own: dict[str | bytes, Any] = {
+        REQUEST_ID.encode(): "r-7",
+        ATTEMPT.encode(): "3",
+        FIRST_ATTEMPT_AT.encode(): NOW.isoformat(),
+    }
+    body = sample_request_json(request_id="r-7")
+    await harness.run(FakeReceivedMessage(body, message_id="r-7/create-contact/3", application_properties=own))
+    ((_, delivery),) = harness.seen
+    assert (delivery.request_id, delivery.attempt) == ("r-7", 3)
+
+
+async def test_a_retry_claiming_another_requests_identity_is_not_trusted() -> None:
+    harness = Harness(a_finish)
+    claimed: dict[str | bytes, Any] = {REQUEST_ID.encode(): "victim", ATTEMPT.encode(): "2"}
+    body = sample_request_json(request_id="mine")
+    await harness.run(FakeReceivedMessage(body, message_id="victim/create-contact/2", application_properties=claimed))
+    ((_, delivery),) = harness.seen
+    assert (delivery.request_id, delivery.attempt) == ("mine", 1)
+
+
+@pytest.mark.parametrize(
+    "reply_to",
+    ["create-contact", "Add-Member", "verify-delivery/$deadletterqueue", "no spaces allowed", "a" * 300, "q//x"],
+)
+async def test_an_unusable_reply_to_falls_back_to_the_outcome_queue_with_a_warning(reply_to: str) -> None:
+    harness = Harness(a_finish)
+    await harness.run(FakeReceivedMessage(sample_request_json(), reply_to=reply_to))
+    ((_, delivery),) = harness.seen
+    assert delivery.reply_to is None and "ReplyTo" in delivery.warnings[0]
+    assert harness.recorder.events[0] == ("send", OUTCOMES, "msg-1/outcome")
+
+
+async def test_an_unusable_reply_to_is_a_warning_even_on_a_refused_request() -> None:
+    harness = Harness(a_finish)
+    await harness.run(FakeReceivedMessage(b"not json", reply_to="create-contact"))
+    assert harness.recorder.events[0] == ("send", OUTCOMES, "msg-1/outcome")
+    assert "ReplyTo" in harness.outcome().warnings[0]
+
+
+@pytest.mark.parametrize("message_id", ["a/b", "with space", "tab\there", "q?x"])
+async def test_a_message_id_that_cannot_be_a_request_id_is_refused_with_an_outcome(message_id: str) -> None:
+    harness = Harness(a_finish)
+    await harness.run(FakeReceivedMessage(sample_request_json(), message_id=message_id))
+    assert not harness.seen
+    assert harness.outcome().reason == DeadLetterReason.INVALID_REQUEST
+    assert "set request_id in the body" in harness.outcome().description
+
+
+async def test_ids_near_the_service_bus_limit_derive_message_ids_that_fit() -> None:
+    harness = Harness(_stage_message_of)
+    long_id = "x" * 128
+    await harness.run(FakeReceivedMessage(sample_request_json(), message_id=long_id))
+    ((_, sent, _),) = harness.recorder.sent
+    assert sent.message_id is not None and len(sent.message_id) <= 128
+    assert sent.application_properties is not None and sent.application_properties[REQUEST_ID] == long_id
 
 
 async def test_an_amqp_value_body_that_is_not_text_is_refused() -> None:

@@ -28,7 +28,11 @@ _FIX_HINT_KINDS = "distribution groups, mail-enabled security groups and Microso
 async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
     """`delivery.request_id` is already the request's identity (the body's request_id, else the MessageId)."""
     turn = Turn(STAGE, delivery, deps.clock())
-    progress = Progress(request=request.model_copy(update={"request_id": delivery.request_id}), accepted_at=turn.now)
+    progress = Progress(
+        request=request.model_copy(update={"request_id": delivery.request_id}),
+        accepted_at=turn.now,
+        warnings=list(delivery.warnings),  # what intake noticed, e.g. an unusable ReplyTo
+    )
     denied = _policy_refusal_before_lookup(request, deps)
     if denied:
         return dead_letter(turn, progress, DeadLetterReason.POLICY_DENIED, denied)
