@@ -71,7 +71,7 @@ var queueProperties = {
   maxDeliveryCount: maxDeliveryCount
   lockDuration: 'PT1M'
   defaultMessageTimeToLive: 'P14D'
-  deadLetteringOnMessageExpiration: false
+  deadLetteringOnMessageExpiration: true // an expired request still gets an outcome (the dead-letter functions)
   requiresDuplicateDetection: true
   duplicateDetectionHistoryTimeWindow: 'PT10M'
   requiresSession: false

@@ -16,6 +16,8 @@ from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
 
+from shared.contracts import StageName
+from shared.dead_letters import DeadLetterReporter
 from shared.directory.cache import CachingExchangeDirectory, CachingGraphDirectory
 from shared.directory.credentials import build_credential
 from shared.directory.exchange import ExchangeOnlineClient
@@ -157,6 +159,13 @@ async def close_services() -> None:
             await _services.close()
             _services = None
         _overrides.clear()
+
+
+async def dead_letter_reporter(stage: StageName) -> DeadLetterReporter:
+    services = await get_services()
+    return DeadLetterReporter(
+        stage, services.outbox, services.settings.outcome_queue, services.stage_dependencies.clock, services.journal
+    )
 
 
 async def stage_runner(stage: Stage[Any]) -> StageRunner:

@@ -12,6 +12,16 @@ from datetime import datetime
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
+from azure.servicebus.exceptions import MessagingEntityNotFoundError, ServiceBusAuthenticationError
+
+
+class UnknownQueueError(Exception):
+    """The queue does not exist: Service Bus refuses its put-token with 404 (the SDK then raises
+    ServiceBusAuthenticationError with that answer inside) or the entity is reported not found."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"queue {queue!r} does not exist")
+        self.queue = queue
 
 
 class ServiceBusOutbox:
@@ -35,7 +45,14 @@ class ServiceBusOutbox:
     async def send(self, queue: str, message: ServiceBusMessage) -> None:
         sender, lock = self._sender(queue)
         async with lock:
-            await sender.send_messages(message)
+            try:
+                await sender.send_messages(message)
+            except (MessagingEntityNotFoundError, ServiceBusAuthenticationError) as error:
+                if not _entity_not_found(error):
+                    raise
+                del self._senders[queue]  # a broken link must not be reused
+                await sender.close()
+                raise UnknownQueueError(queue) from error
 
     async def schedule(self, queue: str, message: ServiceBusMessage, at: datetime) -> None:
         sender, lock = self._sender(queue)
@@ -47,3 +64,9 @@ class ServiceBusOutbox:
             await sender.close()
         self._senders.clear()
         await self._client.close()
+
+
+def _entity_not_found(error: Exception) -> bool:
+    if isinstance(error, MessagingEntityNotFoundError):
+        return True
+    return getattr(getattr(error, "inner_exception", None), "status_code", None) == 404

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -29,6 +29,7 @@ from shared.decisions import DeadLetter, Decision, Delivery, Finish, PassOn, Ret
 from shared.journal.model import CAUSE_MAX, Transition, TransitionKind
 from shared.journal.ports import Journal
 from shared.logs import request_context
+from shared.outbox import UnknownQueueError
 from shared.outcomes import dead_letter
 from shared.progress import Progress, Turn
 from shared.stages import Stage, StageDependencies
@@ -121,10 +122,15 @@ class StageRunner:
     ) -> Decision:
         effect = self.effect_of(decision, delivery, body)
         try:
-            if effect.send_at is None:
-                await self.outbox.send(effect.queue, effect.message)
-            else:
-                await self.outbox.schedule(effect.queue, effect.message, effect.send_at)
+            try:
+                await self._send(effect)
+            except UnknownQueueError as unknown:
+                if effect.queue != delivery.reply_to or not isinstance(decision, DeadLetter | Finish):
+                    raise
+                # The ReplyTo queue does not exist: publish to the outcome queue instead, and say so.
+                decision, delivery = without_reply_to(decision, delivery, unknown.queue)
+                effect = self.effect_of(decision, delivery, body)
+                await self._send(effect)
         except Exception as error:
             if not reporting_a_crash:
                 # Nothing is settled yet: the same as a crash of the stage.
@@ -146,6 +152,12 @@ class StageRunner:
             )
         await self._journal(delivery, effect.transition, effect.cause, effect.outcome_status)
         return decision
+
+    async def _send(self, effect: Effect) -> None:
+        if effect.send_at is None:
+            await self.outbox.send(effect.queue, effect.message)
+        else:
+            await self.outbox.schedule(effect.queue, effect.message, effect.send_at)
 
     def effect_of(self, decision: Decision, delivery: Delivery, body: bytes) -> Effect:
         """The one place that says what each decision sends, how it settles, and what it records."""
@@ -246,3 +258,14 @@ class StageRunner:
             await self.journal.record(transition)
         except Exception as error:
             logger.warning("could not journal %s of stage %s: %s", kind, self.stage_name, type(error).__name__)
+
+
+def without_reply_to(
+    decision: DeadLetter | Finish, delivery: Delivery, queue: str
+) -> tuple[DeadLetter | Finish, Delivery]:
+    """The same decision for the outcome queue, with a warning that ReplyTo `queue` does not exist."""
+    outcome = decision.outcome
+    warning = f"ReplyTo queue {queue!r} does not exist, so the outcome went to the outcome queue."
+    status = OutcomeStatus.SUCCEEDED_WITH_WARNINGS if outcome.status is OutcomeStatus.SUCCEEDED else outcome.status
+    rerouted = outcome.model_copy(update={"warnings": (*outcome.warnings, warning), "status": status})
+    return replace(decision, outcome=rerouted), replace(delivery, reply_to=None)

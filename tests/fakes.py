@@ -26,6 +26,7 @@ from shared.directory.ports import (
     TraceEntry,
 )
 from shared.journal import RequestState, Transition
+from shared.outbox import UnknownQueueError
 
 
 @dataclass
@@ -205,6 +206,7 @@ class Recorder:
         self.events: list[tuple[str, ...]] = []
         self.sent: list[tuple[str, ServiceBusMessage, datetime | None]] = []
         self.failing: set[str] = set()  # names of operations that raise
+        self.missing_queues: set[str] = set()  # sends to these raise UnknownQueueError
 
     def happen(self, *event: str) -> None:
         self.events.append(event)
@@ -221,6 +223,8 @@ class RecordingOutbox:
 
     async def send(self, queue: str, message: ServiceBusMessage) -> None:
         self.recorder.happen("send", queue, str(message.message_id))
+        if queue in self.recorder.missing_queues:
+            raise UnknownQueueError(queue)
         self.recorder.sent.append((queue, message, None))
 
     async def schedule(self, queue: str, message: ServiceBusMessage, at: datetime) -> None:

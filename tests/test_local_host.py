@@ -13,13 +13,15 @@ from standins.local_host import discover_triggers, host_options, load_function_a
 
 def test_discovers_one_explicitly_settled_trigger_per_stage() -> None:
     triggers = {t.queue_name: t for t in discover_triggers(load_function_app())}
-    assert set(triggers) == {"create-contact", "add-member", "verify-delivery"}
+    stages = {"create-contact", "add-member", "verify-delivery"}
+    assert set(triggers) == stages | {f"{stage}/$deadletterqueue" for stage in stages}
     for trigger in triggers.values():
         assert trigger.connection == "ServiceBusConnection"
         assert trigger.auto_complete is False
         assert trigger.message_parameter == "message"
         assert trigger.actions_parameter == "message_actions"
-        assert trigger.function_name == trigger.queue_name.replace("-", "_")
+        queue, _, sub_queue = trigger.queue_name.partition("/")
+        assert trigger.function_name == queue.replace("-", "_") + ("_dead_letters" if sub_queue else "")
 
 
 def test_concurrency_and_lock_renewal_come_from_host_json(tmp_path: Path) -> None:

@@ -230,6 +230,21 @@ async def test_an_unusable_reply_to_falls_back_to_the_outcome_queue_with_a_warni
     assert harness.recorder.events[0] == ("send", OUTCOMES, "msg-1/outcome")
 
 
+async def test_a_reply_to_queue_that_does_not_exist_falls_back_with_a_warning() -> None:
+    harness = Harness(a_finish)
+    harness.recorder.missing_queues.add("hr-outcomes")
+    decision = await harness.run(FakeReceivedMessage(sample_request_json(), reply_to="hr-outcomes"))
+    assert harness.recorder.events[:3] == [
+        ("send", "hr-outcomes", "msg-1/outcome"),
+        ("send", OUTCOMES, "msg-1/outcome"),
+        ("complete",),
+    ]
+    outcome = harness.outcome()
+    assert outcome.status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS
+    assert "'hr-outcomes' does not exist" in outcome.warnings[-1]
+    assert isinstance(decision, Finish) and decision.outcome == outcome
+
+
 async def test_an_unusable_reply_to_is_a_warning_even_on_a_refused_request() -> None:
     harness = Harness(a_finish)
     await harness.run(FakeReceivedMessage(b"not json", reply_to="create-contact"))

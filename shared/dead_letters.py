@@ -1,0 +1,147 @@
+"""Nothing ends silently: an outcome for what Service Bus dead-lettered by itself.
+
+The pipeline publishes an outcome before it dead-letters a message. Service Bus also
+dead-letters on its own: after MaxDeliveryCount deliveries (a worker that crashed or was killed
+each time; on the Functions host the app cannot even see the delivery count) and, with
+dead-lettering on expiration, when a message's time to live runs out. A function on each stage's
+dead-letter sub-queue (`<queue>/$deadletterqueue`) publishes the missing Failed outcome, with the
+request's usual outcome MessageId, so a repeat is dropped by duplicate detection.
+
+The message itself stays in the dead-letter queue for operators: it is deferred, not completed,
+so the function sees it once and Service Bus Explorer (or a replay tool) still finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from shared import envelope
+from shared.contracts import SERVICE_BUS_REASONS, DeadLetterReason, OnboardingRequest, StageMessage, StageName
+from shared.decisions import DeadLetter, Delivery
+from shared.journal.model import CAUSE_MAX, Transition, TransitionKind
+from shared.journal.ports import Journal
+from shared.logs import request_context
+from shared.outbox import UnknownQueueError
+from shared.outcomes import dead_letter
+from shared.progress import Progress, Turn
+from shared.runner import Outbox, without_reply_to
+
+logger = logging.getLogger("onboarding.dead_letters")
+
+# The reasons the pipeline gives when it dead-letters a message itself (it has published an outcome).
+PIPELINE_REASONS = frozenset(reason.value for reason in DeadLetterReason if reason not in SERVICE_BUS_REASONS)
+
+
+class DeadLetteredMessage(envelope.ReceivedMessage, Protocol):
+    @property
+    def dead_letter_reason(self) -> str | None: ...
+    @property
+    def dead_letter_error_description(self) -> str | None: ...
+
+
+class DeadLetterActions(Protocol):
+    def defer(self, message: Any) -> None: ...
+
+    def abandon(self, message: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeadLetterReporter:
+    stage: StageName  # whose dead-letter sub-queue this is
+    outbox: Outbox
+    outcome_queue: str
+    clock: Callable[[], datetime]
+    journal: Journal | None = None
+
+    async def run(self, message: DeadLetteredMessage, actions: DeadLetterActions) -> DeadLetter | None:
+        """The outcome published for this message, or None when the pipeline had published one already."""
+        reason = message.dead_letter_reason or ""
+        if reason in PIPELINE_REASONS:
+            await _settle(actions.defer, message)
+            return None
+        turn, progress = self._what_is_known(message)
+        with request_context(turn.delivery.request_id, turn.delivery.correlation_id):
+            decision = dead_letter(turn, progress, *self._explain(reason, message.dead_letter_error_description))
+            try:
+                queue = await self._publish(decision, turn.delivery)
+            except Exception:
+                logger.exception("could not publish the outcome of a message Service Bus dead-lettered")
+                await _settle(actions.abandon, message)
+                raise
+            logger.warning("%s: Service Bus dead-lettered the message (%s); outcome published", self.stage, reason)
+            await _settle(actions.defer, message)
+            await self._journal(turn, decision, queue)
+            return decision
+
+    def _what_is_known(self, message: DeadLetteredMessage) -> tuple[Turn, Progress]:
+        """The request's identity and progress, read as leniently as the message allows."""
+        now = self.clock()
+        try:
+            if self.stage is StageName.CREATE_CONTACT:
+                request = envelope.decode(message, OnboardingRequest, now)
+                return Turn(self.stage, request.delivery, now), Progress(request=request.payload)
+            carried = envelope.decode(message, StageMessage, now)
+            return Turn(self.stage, carried.delivery, now), Progress.of(carried.payload)
+        except envelope.UnreadableMessage as unreadable:
+            return Turn(self.stage, unreadable.delivery, now), Progress(warnings=list(unreadable.delivery.warnings))
+
+    def _explain(self, reason: str, description: str | None) -> tuple[DeadLetterReason, str]:
+        fix = "Find the request id in the logs, fix the cause, then resubmit the message from the dead-letter queue."
+        if reason == DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED:
+            return DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED, (
+                f"Stage {self.stage} failed on every delivery of this message, and Service Bus dead-lettered it "
+                f"after its maximum delivery count (MaxDeliveryCountExceeded). {fix}"
+            )
+        if reason == DeadLetterReason.TTL_EXPIRED:
+            return DeadLetterReason.TTL_EXPIRED, (
+                f"The message expired before stage {self.stage} handled it (TTLExpiredException): the "
+                "pipeline was stopped or far behind for longer than the queue's time to live. Resubmit the request."
+            )
+        said = f" ({description[:200]})" if description else ""
+        return DeadLetterReason.PROCESSING_FAILED, (
+            f"The message of stage {self.stage} was dead-lettered outside the pipeline with reason "
+            f"{reason[:100]!r}{said}. {fix}"
+        )
+
+    async def _publish(self, decision: DeadLetter, delivery: Delivery) -> str:
+        queue = delivery.reply_to or self.outcome_queue
+        try:
+            await self.outbox.send(queue, envelope.outcome_message(decision.outcome, delivery))
+        except UnknownQueueError:
+            if queue == self.outcome_queue:
+                raise
+            rerouted, fallback = without_reply_to(decision, delivery, queue)
+            await self.outbox.send(self.outcome_queue, envelope.outcome_message(rerouted.outcome, fallback))
+            queue = self.outcome_queue
+        return queue
+
+    async def _journal(self, turn: Turn, decision: DeadLetter, queue: str) -> None:
+        if self.journal is None:
+            return
+        try:
+            await self.journal.record(
+                Transition(
+                    request_id=turn.delivery.request_id,
+                    stage=self.stage,
+                    decision=TransitionKind.DEAD_LETTERED,
+                    attempt=turn.delivery.attempt,
+                    cause=f"{decision.reason}: {decision.description}"[:CAUSE_MAX],
+                    outcome_status=decision.outcome.status,
+                    at=self.clock(),
+                )
+            )
+        except Exception as error:
+            logger.warning("could not journal a dead-lettered message of %s: %s", self.stage, type(error).__name__)
+
+
+async def _settle(settle: Callable[[Any], None], message: Any) -> None:
+    """Off the event loop (the host's calls block); a failure means the message comes back, no more."""
+    try:
+        await asyncio.to_thread(settle, message)
+    except Exception as error:
+        logger.warning("could not settle a dead-lettered message (%s); it will be seen again", type(error).__name__)

@@ -1,0 +1,163 @@
+"""Exactly one outcome for every message put on create-contact, whatever upstream sends and whatever fails.
+
+Through the real azure-servicebus SDK, the emulator, the tenant sandbox and the local host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient
+
+from cli.upstream import collect_outcomes
+from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus
+from shared.settings import SERVICEBUS_CONNECTION
+from standins.servicebus_emulator import EmulatorConfig
+from standins.stack import LocalStack, local_stack, running_host
+from tests.fixtures.pipeline import OUTCOMES
+from tests.samples import PARTNERS, sample_request, sample_request_json
+
+pytestmark = pytest.mark.stack  # every test here starts stand-ins
+
+
+async def send(stack: LocalStack, queue: str, *messages: ServiceBusMessage) -> None:
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        client.get_queue_sender(queue) as sender,
+    ):
+        await sender.send_messages(list(messages))
+
+
+async def all_outcomes(stack: LocalStack, *, settle_seconds: float = 3) -> list[OutcomeEvent]:
+    """Every outcome on the outcome queue, waiting until none arrives for `settle_seconds`."""
+    found: list[OutcomeEvent] = []
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        client.get_queue_receiver(OUTCOMES) as receiver,
+    ):
+        while batch := await receiver.receive_messages(max_message_count=50, max_wait_time=settle_seconds):
+            for message in batch:
+                found.append(OutcomeEvent.model_validate_json(b"".join(message.body)))
+                await receiver.complete_message(message)
+    return found
+
+
+async def dead_letters(stack: LocalStack, queue: str) -> list[ServiceBusReceivedMessage]:
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        client.get_queue_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,
+    ):
+        return list(await dlq.peek_messages(max_message_count=50))
+
+
+async def run_host_until(
+    stack: LocalStack, request_ids: list[str], *, within_seconds: float = 60
+) -> list[OutcomeEvent]:
+    async with running_host(stack.environment):
+        async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
+            await collect_outcomes(client, OUTCOMES, [], within_seconds=0)  # nothing: just let it start
+        deadline = asyncio.get_running_loop().time() + within_seconds
+        seen: list[OutcomeEvent] = []
+        while {o.request_id for o in seen} < set(request_ids) and asyncio.get_running_loop().time() < deadline:
+            seen += await all_outcomes(stack, settle_seconds=1)
+        seen += await all_outcomes(stack, settle_seconds=2)  # anything that would be a duplicate
+    return seen
+
+
+async def test_what_service_bus_dead_letters_by_itself_still_ends_with_one_outcome() -> None:
+    few_deliveries = EmulatorConfig.default().with_overrides(max_delivery_count=2)
+    with local_stack(emulator_config=few_deliveries) as stack:
+        # A worker killed on every delivery: Service Bus dead-letters after MaxDeliveryCount, with no outcome.
+        await send(stack, "create-contact", ServiceBusMessage(sample_request_json(request_id="killed-1")))
+        async with (
+            ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+            client.get_queue_receiver("create-contact") as receiver,
+        ):
+            for _ in range(2):
+                (message,) = await receiver.receive_messages(max_message_count=1, max_wait_time=10)
+                await receiver.abandon_message(message)
+        # A request that waited longer than its time to live (the pipeline was down).
+        expiring = ServiceBusMessage(sample_request_json(request_id="expired-1"), time_to_live=timedelta(seconds=1))
+        await send(stack, "create-contact", expiring)
+        await asyncio.sleep(2.5)
+        assert {m.dead_letter_reason for m in await dead_letters(stack, "create-contact")} == {
+            "MaxDeliveryCountExceeded",
+            "TTLExpiredException",
+        }
+        outcomes = await run_host_until(stack, ["killed-1", "expired-1"])
+        kept = await dead_letters(stack, "create-contact")
+    by_id = {o.request_id: o for o in outcomes}
+    assert len(outcomes) == 2, outcomes
+    assert by_id["killed-1"].status is OutcomeStatus.FAILED
+    assert by_id["killed-1"].reason is DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED
+    assert by_id["expired-1"].reason is DeadLetterReason.TTL_EXPIRED
+    assert len(kept) == 2, "the dead letters stay for operators (deferred, not completed)"
+
+
+async def test_a_request_the_pipeline_dead_letters_gets_one_outcome_not_two() -> None:
+    with local_stack() as stack:
+        await send(
+            stack,
+            "create-contact",
+            ServiceBusMessage(
+                sample_request("unknown-1", "lee@fabrikam.example", "Lee Chen", "no-such-group@contoso.com")
+                .model_dump_json()
+                .encode(),
+                message_id="unknown-1",
+            ),
+        )
+        outcomes = await run_host_until(stack, ["unknown-1"])
+        kept = await dead_letters(stack, "create-contact")
+    assert [(o.request_id, o.reason) for o in outcomes] == [("unknown-1", DeadLetterReason.GROUP_NOT_FOUND)]
+    assert [m.dead_letter_reason for m in kept] == ["GroupNotFound"]
+
+
+async def test_resending_a_request_with_a_new_message_id_does_the_work_once() -> None:
+    with local_stack() as stack:
+        body = sample_request("hr-42", "ana@fabrikam.example", "Ana Lind", PARTNERS).model_dump_json().encode()
+        await send(stack, "create-contact", ServiceBusMessage(body, message_id="sb-first"))
+        await send(stack, "create-contact", ServiceBusMessage(body, message_id="sb-second"))
+        outcomes = await run_host_until(stack, ["hr-42"])
+        contacts = [
+            c for c in stack.sandbox.directory.contacts.values() if c.external_email_address == "ana@fabrikam.example"
+        ]
+    assert [(o.request_id, o.status) for o in outcomes] == [("hr-42", OutcomeStatus.SUCCEEDED)]
+    assert len(contacts) == 1
+
+
+async def test_hostile_envelopes_each_end_with_one_outcome() -> None:
+    with local_stack() as stack:
+        long_id = "L" * 128  # Service Bus's limit: every id the pipeline derives must still fit
+        await send(
+            stack,
+            "create-contact",
+            ServiceBusMessage(sample_request_json(external_email="a@fabrikam.example"), message_id=long_id),
+            ServiceBusMessage(
+                sample_request_json(external_email="b@fabrikam.example"), message_id="loop-1", reply_to="add-member"
+            ),
+            ServiceBusMessage(
+                sample_request_json(external_email="c@fabrikam.example"), message_id="gone-1", reply_to="no-such-queue"
+            ),
+            ServiceBusMessage(
+                sample_request_json(external_email="d@fabrikam.example"),
+                message_id="spoof-1",
+                application_properties={"onboarding-request-id": "someone-else", "onboarding-attempt": "999"},
+            ),
+            ServiceBusMessage(sample_request_json(), message_id="has/slash"),
+        )
+        outcomes = await run_host_until(stack, [long_id, "loop-1", "gone-1", "spoof-1", "has/slash"], within_seconds=90)
+    by_id = {o.request_id: o for o in outcomes}
+    assert len(outcomes) == len(by_id) == 5, [o.request_id for o in outcomes]
+    assert by_id[long_id].status is OutcomeStatus.SUCCEEDED
+    assert by_id["loop-1"].status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS
+    assert "pipeline's own queues" in by_id["loop-1"].warnings[0]
+    assert by_id["gone-1"].status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS
+    assert "'no-such-queue' does not exist" in by_id["gone-1"].warnings[-1]
+    assert by_id["spoof-1"].status is OutcomeStatus.SUCCEEDED
+    assert (by_id["has/slash"].status, by_id["has/slash"].reason) == (
+        OutcomeStatus.FAILED,
+        DeadLetterReason.INVALID_REQUEST,
+    )
