@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from rich.console import Group, RenderableType
@@ -64,6 +65,15 @@ def render_history(transitions: Sequence[Transition], *, request_id: str | None 
     return table
 
 
+def _needs_its_cause(state: RequestState) -> bool:
+    """Failures, retries and crashes say why; a plain success or pass-on has nothing to add."""
+    if not state.last_cause:
+        return False
+    if state.last_decision is TransitionKind.FINISHED:
+        return state.last_outcome_status is not OutcomeStatus.SUCCEEDED
+    return state.last_decision is not TransitionKind.PASSED_ON
+
+
 def render_summary(states: Sequence[RequestState]) -> RenderableType:
     """Counts by state, then the latest transition of each request (newest first, as given)."""
     if not states:
@@ -90,14 +100,34 @@ def render_summary(states: Sequence[RequestState]) -> RenderableType:
             _time(state.last_at, milliseconds=False),
             str(state.attempts),
         )
-    return Group(heading, by_state, Text("Latest transition per request", style="italic"), latest)
+
+    # Below the table, not in a column: a cause is a sentence, and a narrow column cuts it mid-word.
+    causes = [
+        Text.assemble((state.request_id, "bold"), ": ", (state.last_cause or "", _STYLES[state.last_decision]))
+        for state in states
+        if _needs_its_cause(state)
+    ]
+    parts: list[RenderableType] = [heading, by_state, Text("Latest transition per request", style="italic"), latest]
+    if causes:
+        parts += [Text("Why they stopped or wait", style="italic"), *causes]
+    return Group(*parts)
 
 
-async def status_report(journal: Journal, request_id: str | None = None, *, limit: int = 50) -> RenderableType:
+@dataclass(frozen=True)
+class StatusReport:
+    renderable: RenderableType
+    unknown: bool  # the journal holds nothing about the request asked for
+
+    def __rich__(self) -> RenderableType:
+        return self.renderable
+
+
+async def status_report(journal: Journal, request_id: str | None = None, *, limit: int = 50) -> StatusReport:
     """Read what `onboard status` prints, then close the journal."""
     try:
         if request_id is not None:
-            return render_history(await journal.history(request_id), request_id=request_id)
-        return render_summary(await journal.summary(limit))
+            history = await journal.history(request_id)
+            return StatusReport(render_history(history, request_id=request_id), unknown=not history)
+        return StatusReport(render_summary(await journal.summary(limit)), unknown=False)
     finally:
         await journal.close()

@@ -49,7 +49,7 @@ def test_host_names_missing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir("/")  # no .env here
     result = CliRunner().invoke(app, ["host"])
     assert result.exit_code == 2
-    assert "tenant_id" in result.output
+    assert "ONBOARDING_TENANT_ID is not set" in result.output
 
 
 def test_host_refuses_a_malformed_journal_setting_at_start_without_echoing_its_key(
