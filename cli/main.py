@@ -27,12 +27,13 @@ from rich.console import Console
 
 from cli.settings import ENV_FILE, SETTINGS_HELP, SettingsProblem, load_settings, read_env_file, write_env_file
 from shared.contracts import OnboardingRequest, StageName, contract_schemas
-from shared.logs import LOG_FORMAT, install_safe_log_records
+from shared.logs import install_safe_log_records
 from shared.settings import ServiceBusSettings, Settings
 
 DEFAULT_STATE_DIR = Path(".onboard")  # `onboard sandbox` keeps its SQLite files here
 # create-contact's DuplicateDetectionHistoryTimeWindow, in infra/main.bicep and the emulator's config.json.
 DUPLICATE_WINDOW = timedelta(minutes=10)
+DUPLICATE_WINDOW_TEXT = "10-minute"
 # Records that report normal events as trouble: a client closing its AMQP connection (proton
 # logs it at ERROR), and azure-functions' notice that a queue-only app has no HTTP auth level.
 NORMAL_EVENTS = (
@@ -40,6 +41,9 @@ NORMAL_EVENTS = (
     "Couldn't send: BrokenPipeError",
     "Auth level is not applied to non http function app",
 )
+
+# On a terminal the date and the logger's name are noise; the request id is what a person follows.
+CONSOLE_FORMATTER = logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(message)s", datefmt="%H:%M:%S")
 
 # rich_markup_mode=None: typer's rich help shows every flag as `<bool>`; click's plain help does not.
 app = typer.Typer(
@@ -68,12 +72,15 @@ class _DropNormalEvents(logging.Filter):
 def _configure_logging(verbose: bool, handler: logging.Handler | None = None) -> None:
     install_safe_log_records()
     handler = handler or logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(CONSOLE_FORMATTER)
     handler.addFilter(_DropNormalEvents())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
     # The AMQP and HTTP stacks are chatty at INFO: keep them to warnings unless asked.
     for noisy in ("azure", "uamqp", "httpx", "uvicorn", "proton"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The SDK warns of each closed connection; the local host says once that Service Bus went away
+    # and once that it is back, and the commands report an unreachable namespace themselves.
+    logging.getLogger("azure.servicebus._pyamqp").setLevel(logging.ERROR)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -137,7 +144,7 @@ def demo(
         raise _fail("Interrupted; everything started was stopped.", 130) from None
     if kept is not None:
         if not succeeded:
-            stream.setFormatter(logging.Formatter(LOG_FORMAT))
+            stream.setFormatter(CONSOLE_FORMATTER)
             kept.flush()
         kept.buffer.clear()
     raise typer.Exit(0 if succeeded else 1)
@@ -294,7 +301,7 @@ def submit(
     Exit code with --wait: 0 succeeded, 3 failed or no outcome in time.
     """
     from cli.outcomes import render_outcome
-    from cli.upstream import servicebus_client, wait_for_outcome
+    from cli.upstream import is_queued, servicebus_client, wait_for_outcome
     from cli.upstream import submit as submit_requests
 
     settings = _settings(ServiceBusSettings, "submit")
@@ -315,16 +322,26 @@ def submit(
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise _fail(f"Invalid request: {problems}", 2) from None
-    if request_id is not None:
-        _warn_if_duplicate(request_id)
+    handled_at = _first_handled(request_id) if request_id is not None else None
     outcome_queue = reply_to or settings.outcome_queue
 
     async def send() -> int:
         async with servicebus_client(settings) as client:
+            # Service Bus accepts a resend of a MessageId it saw within the window and drops it silently.
+            waiting = request_id is not None and await is_queued(client, StageName.CREATE_CONTACT, request_id)
             (sent_id,) = await submit_requests(client, [request], reply_to=reply_to)
-            console.print(f"Submitted request {sent_id} to queue {StageName.CREATE_CONTACT}.", markup=False)
+            duplicate = _duplicate_because(waiting, handled_at)
+            if duplicate:
+                errors.print(
+                    f"Sent request {sent_id}, but Service Bus drops it as a duplicate: {duplicate}, within "
+                    f"create-contact's {DUPLICATE_WINDOW_TEXT} duplicate-detection window. "
+                    "Use a new --request-id to onboard again.",
+                    markup=False,
+                )
+            else:
+                console.print(f"Submitted request {sent_id} to queue {StageName.CREATE_CONTACT}.", markup=False)
             if not wait:
-                console.print(f"Follow it with `onboard status {sent_id}`.", markup=False)
+                console.print(f"Follow it with `onboard status {sent_id}` or `--wait`.", markup=False)
                 return 0
             console.print(f"Waiting up to {timeout:.0f} s for its outcome on queue {outcome_queue}...", markup=False)
             outcome = await wait_for_outcome(client, outcome_queue, sent_id, within_seconds=timeout)
@@ -341,8 +358,16 @@ def submit(
     raise typer.Exit(_talk_to_servicebus(settings, send()))
 
 
-def _warn_if_duplicate(request_id: str) -> None:
-    """Service Bus accepts a duplicate send and drops it silently: say so when the journal has seen the id."""
+def _duplicate_because(waiting: bool, handled_at: datetime | None) -> str | None:
+    if waiting:
+        return "the same id is still waiting on the queue"
+    if handled_at is not None and datetime.now(UTC) - handled_at < DUPLICATE_WINDOW:
+        return f"the same id was handled at {handled_at:%H:%M:%S}Z"
+    return None
+
+
+def _first_handled(request_id: str) -> datetime | None:
+    """When the journal (ONBOARDING_JOURNAL) first saw this request, if it can tell."""
     from shared.journal import JournalSettingError, open_journal, sqlite_file
 
     setting = os.environ.get("ONBOARDING_JOURNAL")
@@ -350,7 +375,7 @@ def _warn_if_duplicate(request_id: str) -> None:
         local_file = sqlite_file(setting) if setting else None
         journal = open_journal(setting) if setting and (local_file is None or local_file.exists()) else None
         if journal is None:
-            return
+            return None
 
         async def first_seen() -> datetime | None:
             try:
@@ -359,23 +384,9 @@ def _warn_if_duplicate(request_id: str) -> None:
                 await journal.close()
             return history[0].at if history else None
 
-        seen = asyncio.run(first_seen())
+        return asyncio.run(first_seen())
     except (JournalSettingError, AzureError, sqlite3.DatabaseError):
-        return  # the warning is a courtesy; the send decides
-    if seen is None:
-        return
-    if datetime.now(UTC) - seen < DUPLICATE_WINDOW:
-        errors.print(
-            f"Request {request_id} was first handled at {seen:%H:%M:%S}Z, less than {DUPLICATE_WINDOW.seconds // 60} "
-            "minutes ago: Service Bus drops this copy as a duplicate (duplicate detection). "
-            "Use a new --request-id to onboard again.",
-            markup=False,
-        )
-    else:
-        errors.print(
-            f"Request {request_id} was handled before ({seen:%Y-%m-%d %H:%M}Z); it runs again, idempotently.",
-            markup=False,
-        )
+        return None  # the duplicate warning is a courtesy; the send decides
 
 
 @app.command()

@@ -1,4 +1,7 @@
-"""Every setting the app reads, in one place (Functions app settings, environment or `.env`).
+"""Every setting the app reads, in one place: the process environment (Functions app settings).
+
+Only the environment, as in Azure: the `onboard` command line reads `./.env` into the environment
+first (cli/settings.py), so a local `.env` never changes what tests or the deployed app see.
 
 Names and meanings are listed in the README's Settings table. A missing or malformed setting
 fails at start-up with pydantic's message naming it, never halfway through a request.
@@ -27,7 +30,7 @@ class ServiceBusSettings(BaseSettings):
 
     # hide_input_in_errors: a refused value may be a connection string with a key.
     model_config = SettingsConfigDict(
-        env_prefix="ONBOARDING_", env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+        env_prefix="ONBOARDING_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
     )
 
     servicebus_connection_string: SecretStr | None = Field(
