@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings
 from rich.console import Console
 
 from cli.settings import ENV_FILE, SETTINGS_HELP, SettingsProblem, load_settings, read_env_file, write_env_file
-from shared.contracts import OnboardingRequest, StageName, contract_schemas
+from shared.contracts import OnboardingRequest, OutcomeStatus, StageName, contract_schemas
 from shared.logs import install_safe_log_records
 from shared.settings import ServiceBusSettings, Settings
 
@@ -181,6 +181,7 @@ def sandbox(
 
     Needs no settings. The printed lines are quoted for .env and for a shell.
     """
+    from shared.journal import SqliteJournal
     from standins.stack import WELCOME_SETTINGS, local_stack
     from standins.tenant_sandbox import Knobs, TenantSeed
 
@@ -215,6 +216,8 @@ def sandbox(
             journal_database=state_dir / "journal.db",
             settings=WELCOME_SETTINGS,
         ) as stack:
+            # Created now, empty: `onboard status` then tells "nothing handled yet" from a wrong path.
+            await SqliteJournal(stack.journal_database).close()
             if write_env:
                 write_env_file(stack.environment)
                 console.print(f"# Stand-ins are running. Their settings are in {ENV_FILE.resolve()}:")
@@ -353,7 +356,7 @@ def submit(
             )
             return 3
         console.print(render_outcome(outcome))
-        return 0 if outcome.status != "failed" else 3
+        return 3 if outcome.status is OutcomeStatus.FAILED else 0
 
     raise typer.Exit(_talk_to_servicebus(settings, send()))
 
