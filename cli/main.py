@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from azure.core.exceptions import AzureError
-from azure.servicebus.exceptions import ServiceBusError
+from azure.servicebus.exceptions import ServiceBusError  # an AzureError: caught first
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 from rich.console import Console
@@ -115,6 +115,13 @@ def _talk_to_servicebus(settings: ServiceBusSettings, work: Coroutine[Any, Any, 
             f"Could not reach Service Bus at {namespace_of(settings)} ({type(error).__name__}). "
             "Is `onboard sandbox` running, and does ServiceBusConnection name it?"
         ) from None
+    except AzureError as error:  # signing in for ServiceBusConnection__fullyQualifiedNamespace
+        raise _fail(
+            f"Could not sign in to Service Bus at {namespace_of(settings)} ({type(error).__name__}). "
+            "Run `az login` with an account that has a Service Bus data role on the namespace."
+        ) from None
+    except KeyboardInterrupt:
+        raise _fail("Interrupted.", 130) from None
 
 
 VerboseOption = Annotated[bool, typer.Option("--verbose/--quiet", "-v/-q", help="Show the pipeline's log at INFO.")]

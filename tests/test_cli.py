@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from cli.main import app
+from cli.settings import env_name, read_env_file
+from shared.settings import SERVICEBUS_CONNECTION, Settings
 from tests.onboard_process import run_onboard
 
 
@@ -105,3 +108,26 @@ def test_sandbox_refuses_bad_knobs_and_seed_files_before_starting_anything(tmp_p
     missing = CliRunner().invoke(app, ["sandbox", "--seed", str(tmp_path / "none.json"), "--state-dir", str(state)])
     assert missing.exit_code == 2 and "Invalid value for --seed" in missing.output
     assert not state.exists(), "nothing was started or created"
+
+
+def test_dot_env_fills_in_only_what_the_environment_leaves_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONBOARDING_TENANT_DOMAIN", "from-the-environment.onmicrosoft.com")
+    monkeypatch.setenv(SERVICEBUS_CONNECTION, "")  # restored after the test, whatever .env sets
+    monkeypatch.delenv(SERVICEBUS_CONNECTION)
+    (tmp_path / ".env").write_text(
+        "ONBOARDING_TENANT_DOMAIN=from-dot-env.onmicrosoft.com\n"
+        "ServiceBusConnection='Endpoint=sb://localhost:5672;SharedAccessKeyName=k;SharedAccessKey=v;'\n"
+    )
+
+    read_env_file()
+
+    assert os.environ["ONBOARDING_TENANT_DOMAIN"] == "from-the-environment.onmicrosoft.com"
+    assert os.environ[SERVICEBUS_CONNECTION] == "Endpoint=sb://localhost:5672;SharedAccessKeyName=k;SharedAccessKey=v;"
+
+
+def test_settings_are_named_as_they_are_set() -> None:
+    assert env_name(Settings, "tenant_id") == "ONBOARDING_TENANT_ID"
+    assert env_name(Settings, "servicebus_connection_string") == "ServiceBusConnection"
+    assert env_name(Settings, "servicebus_namespace") == "ServiceBusConnection__fullyQualifiedNamespace"
