@@ -131,3 +131,15 @@ def test_settings_are_named_as_they_are_set() -> None:
     assert env_name(Settings, "tenant_id") == "ONBOARDING_TENANT_ID"
     assert env_name(Settings, "servicebus_connection_string") == "ServiceBusConnection"
     assert env_name(Settings, "servicebus_namespace") == "ServiceBusConnection__fullyQualifiedNamespace"
+
+
+def test_status_reads_its_journal_setting_from_dot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONBOARDING_JOURNAL", "")  # restored after the test, whatever .env sets
+    monkeypatch.delenv("ONBOARDING_JOURNAL")
+    elsewhere = tmp_path / "elsewhere" / "journal.db"
+    (tmp_path / ".env").write_text(f"ONBOARDING_JOURNAL='sqlite:{elsewhere}'\n")
+
+    result = CliRunner().invoke(app, ["status"], env={"COLUMNS": "240"})
+
+    assert result.exit_code == 2
+    assert result.output.startswith(f"No journal at {elsewhere}.")
