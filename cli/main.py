@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 from rich.console import Console
 
+from cli.grant import grant
 from cli.settings import ENV_FILE, SETTINGS_HELP, SettingsProblem, load_settings, read_env_file, write_env_file
 from shared.contracts import OnboardingRequest, OutcomeStatus, StageName, contract_schemas
 from shared.logs import install_safe_log_records
@@ -53,6 +54,7 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+app.command()(grant)
 T = TypeVar("T")
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 

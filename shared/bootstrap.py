@@ -16,6 +16,7 @@ from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
 
+from shared.directory.cache import CachingExchangeDirectory, CachingGraphDirectory
 from shared.directory.credentials import build_credential
 from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.ports import ExchangeDirectory, GraphDirectory
@@ -53,8 +54,12 @@ def build_services(
     journal: Journal | None = None,
     policy: OnboardingPolicy | None = None,
 ) -> Services:
-    """Every adapter from the settings, except those given; `close` closes only what was built here."""
+    """Every adapter from the settings, except those given; `close` closes only what was built here.
+
+    The directory adapters built here remember group lookups and accepted domains for
+    ONBOARDING_DIRECTORY_CACHE_SECONDS (shared/directory/cache.py); adapters handed in are used as they are."""
     closers: list[Callable[[], Awaitable[Any]]] = []
+    ttl = settings.directory_cache_seconds  # 0: no cache wrapper at all (nor shared in-flight lookups)
     if credential is None:
         if settings.directory_credential == "sandbox":
             raise RuntimeError(
@@ -68,7 +73,7 @@ def build_services(
 
         built_graph = MsGraphDirectory(credential, base_url=str(settings.graph_base_url).rstrip("/"))
         closers.insert(0, built_graph.close)
-        graph = built_graph
+        graph = CachingGraphDirectory(built_graph, ttl) if ttl else built_graph
     if exchange is None:
         built_exchange = ExchangeOnlineClient(
             credential,
@@ -77,7 +82,7 @@ def build_services(
             anchor_domain=settings.tenant_domain,
         )
         closers.insert(0, built_exchange.close)
-        exchange = built_exchange
+        exchange = CachingExchangeDirectory(built_exchange, ttl) if ttl else built_exchange
     if outbox is None:
         if settings.servicebus_connection_string is not None:
             connection_string = settings.servicebus_connection_string.get_secret_value()

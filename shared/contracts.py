@@ -108,6 +108,11 @@ class Recipient(_Contract):
     kind: RecipientKind
     id: str  # Exchange Guid for a mail contact, Entra object id for a guest
     created: bool
+    directory_object_id: str | None = Field(
+        default=None,
+        description="The Entra object id (a mail contact's ExternalDirectoryObjectId; a guest's id), "
+        "for the one-call membership check. Absent in messages from earlier versions.",
+    )
 
 
 class StageName(StrEnum):

@@ -74,6 +74,12 @@ class Settings(ServiceBusSettings):
     retry_base_delay_seconds: float = Field(default=5.0, gt=0)
     retry_max_delay_seconds: float = Field(default=900.0, gt=0)
     retry_max_age_hours: float = Field(default=24.0, gt=0)
+    directory_cache_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="How long a process remembers a resolved group and the accepted domains; 0 = not at all.",
+    )
     welcome_sender: EmailStr | None = Field(
         default=None, description="Mailbox that sends the welcome message; unset = no welcome message."
     )

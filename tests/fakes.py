@@ -51,6 +51,7 @@ class FakeGraph:
         self.users: dict[str, DirectoryUser] = {}
         self.members: dict[str, set[str]] = defaultdict(set)
         self.sent: list[tuple[str, str, str]] = []  # (sender, recipient, subject)
+        self.exchange: FakeExchange | None = None  # whose distribution-group members Graph also sees
 
     def add_group(self, kind: GroupKind, mail: str | None, *, dynamic: bool = False) -> DirectoryGroup:
         group = DirectoryGroup(str(uuid.uuid4()), f"Group {mail}", mail, kind, dynamic)
@@ -87,6 +88,19 @@ class FakeGraph:
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         self.script.check("list_group_member_ids")
         return frozenset(self.members[group_id])
+
+    async def is_group_member(self, group_id: str, object_id: str) -> bool:
+        """Graph sees every group's members, also those Exchange manages (via `self.exchange`)."""
+        self.script.check("is_group_member")
+        group = self.groups.get(group_id)
+        if self.exchange is not None and group is not None and group.mail in self.exchange.members:
+            contacts = self.exchange.contacts
+            return any(
+                contacts[m].external_directory_object_id == object_id
+                for m in self.exchange.members[group.mail]
+                if m in contacts
+            )
+        return object_id in self.members[group_id]
 
     async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
         self.script.check("send_mail")

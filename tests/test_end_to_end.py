@@ -13,12 +13,13 @@ import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
-from cli.demo import SAMPLES, demo_request
+from cli.demo import SAMPLES
 from cli.upstream import collect_outcomes
 from shared.contracts import OutcomeStatus, RecipientKind
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fixtures.pipeline import OUTCOMES, Readback, onboard
+from tests.samples import sample_request as demo_request
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
@@ -143,3 +144,26 @@ async def test_replication_lag_is_waited_out_for_contacts_and_guests(stack: Loca
     guest = await readback.graph.find_user_by_mail("noor.ali@tailspin.example")
     assert guest is not None
     assert guest.id in await readback.graph.list_group_member_ids("7c1d2e3f-0003-4b5c-8d9e-0f1a2b3c4d03")
+
+
+async def test_a_group_named_by_a_secondary_address_is_found(stack: LocalStack, readback: Readback) -> None:
+    # partner-desk@ is a secondary SMTP address of Partners in the demo tenant: `mail` is partners@.
+    request = demo_request("e2e-alias", "lena.berg@fabrikam.example", "Lena Berg", "partner-desk@contoso.com")
+    outcome = (await onboard(stack, [request]))["e2e-alias"]
+    assert outcome.status is OutcomeStatus.SUCCEEDED, (outcome.reason, outcome.description)
+    assert outcome.group is not None and outcome.group.mail == "partners@contoso.com"
+    contact = await readback.exchange.find_mail_contact("lena.berg@fabrikam.example")
+    members = await readback.exchange.list_distribution_group_members("partners@contoso.com")
+    assert contact is not None and contact.identity in {m.identity for m in members}
+
+
+async def test_an_existing_guest_is_reused_for_a_microsoft_365_group(stack: LocalStack, readback: Readback) -> None:
+    existing = stack.sandbox.directory.user_by_mail("existing.guest@fabrikam.example")
+    assert existing is not None and existing.user_type == "Guest"
+    request = demo_request("e2e-guest", existing.mail, "Existing Guest", "project-falcon@contoso.com")
+    outcome = (await onboard(stack, [request]))["e2e-guest"]
+    assert outcome.status is OutcomeStatus.SUCCEEDED, (outcome.reason, outcome.description)
+    assert outcome.recipient is not None and outcome.recipient.kind is RecipientKind.GUEST_USER
+    assert (outcome.recipient.id, outcome.recipient.created) == (existing.id, False)
+    assert [u.id for u in stack.sandbox.directory.users.values() if u.mail == existing.mail] == [existing.id]
+    assert existing.id in await readback.graph.list_group_member_ids("7c1d2e3f-0003-4b5c-8d9e-0f1a2b3c4d03")

@@ -35,6 +35,7 @@ class World:
         self.script = FailureScript()
         self.graph = FakeGraph(self.script)
         self.exchange = FakeExchange(self.script)
+        self.graph.exchange = self.exchange
         self.policy = OnboardingPolicy.model_validate(
             {"sources": {"hr": {"allowed_groups": ["*"]}}, "sender_authentication_fix_allowed": ["*"]}
         )
@@ -303,6 +304,24 @@ async def test_verify_retries_until_membership_is_visible(world: World) -> None:
     decision = await verify_delivery(body, delivery(), world.deps)
     assert isinstance(decision, RetryLater)
     assert "not visible" in decision.cause
+
+
+async def test_verify_checks_membership_with_one_call_for_each_kind(world: World) -> None:
+    for group in ("partners@contoso.com", "falcon@contoso.com"):
+        message = await member_message(world, group={"smtp_address": group}, allow_external_senders=False)
+        assert message.recipient.directory_object_id is not None
+        world.script.calls.clear()
+        decision = await verify_delivery(message, delivery(), world.deps)
+        assert isinstance(decision, Finish), decision
+        assert world.script.calls == ["is_group_member"]
+
+
+async def test_verify_of_a_message_without_the_object_id_lists_the_members(world: World) -> None:
+    message = await member_message(world, allow_external_senders=False)
+    older = message.model_copy(update={"recipient": message.recipient.model_copy(update={"directory_object_id": None})})
+    decision = await verify_delivery(older, delivery(), world.deps)
+    assert isinstance(decision, Finish)
+    assert "list_distribution_group_members" in world.script.calls and "is_group_member" not in world.script.calls
 
 
 async def test_verify_skips_sender_checks_when_not_asked(world: World) -> None:

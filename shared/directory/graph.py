@@ -20,7 +20,12 @@ from kiota_authentication_azure.azure_identity_authentication_provider import Az
 from kiota_http.kiota_client_factory import KiotaClientFactory
 from kiota_http.middleware import RetryHandler
 from kiota_http.middleware.options import RetryHandlerOption
+from msgraph.generated.directory_objects.item.check_member_groups.check_member_groups_post_request_body import (
+    CheckMemberGroupsPostRequestBody,
+)
 from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
+from msgraph.generated.groups.item.group_item_request_builder import GroupItemRequestBuilder
+from msgraph.generated.groups.item.members.members_request_builder import MembersRequestBuilder
 from msgraph.generated.models.body_type import BodyType
 from msgraph.generated.models.email_address import EmailAddress
 from msgraph.generated.models.group import Group
@@ -51,6 +56,10 @@ SCOPE = "https://graph.microsoft.com/.default"
 DIRECTORY_OBJECTS = "https://graph.microsoft.com/v1.0/directoryObjects/"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_PAGES = 500
+# Graph v1.0 returns a default property set unless $select says otherwise, and userType is not in
+# the users' default set: ask for exactly what _directory_group / _directory_user read.
+GROUP_FIELDS = ["id", "displayName", "mail", "groupTypes", "mailEnabled", "securityEnabled"]
+USER_FIELDS = ["id", "mail", "userType"]
 T = TypeVar("T")
 
 
@@ -67,6 +76,17 @@ def group_kind(group: Group) -> GroupKind:
 
 def _odata_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def by_address(address: str) -> str:
+    """A $filter for the object that has `address` as its primary or any secondary SMTP address.
+
+    `mail` is the primary address; proxyAddresses holds it again as "SMTP:" and every secondary
+    one as "smtp:". Both forms are Graph's default (non-advanced) filters. `mail eq` finds the
+    primary without depending on how Graph compares the prefix's case, and the lower-case
+    "smtp:" form is how Exchange writes secondary addresses.
+    """
+    return f"mail eq {_odata_string(address)} or proxyAddresses/any(p:p eq {_odata_string('smtp:' + address)})"
 
 
 class BriefRetryHandler(RetryHandler):
@@ -118,23 +138,37 @@ class MsGraphDirectory:
             await self._http.aclose()
 
     async def get_group(self, group_id: str) -> DirectoryGroup | None:
+        query = GroupItemRequestBuilder.GroupItemRequestBuilderGetQueryParameters(select=GROUP_FIELDS)
+        item = self._client.groups.by_group_id(group_id)
         try:
-            group = await self._call(self._client.groups.by_group_id(group_id).get)
+            group = await self._call(lambda: item.get(RequestConfiguration(query_parameters=query)))
         except NotFoundError:
             return None
         return _directory_group(group) if group else None
 
     async def find_group_by_mail(self, address: str) -> DirectoryGroup | None:
-        query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(filter=f"mail eq {_odata_string(address)}")
+        """The group with this primary or secondary SMTP address (one request)."""
+        query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
+            filter=by_address(address), select=GROUP_FIELDS
+        )
         page = await self._call(lambda: self._client.groups.get(RequestConfiguration(query_parameters=query)))
         groups = page.value if page and page.value else []
         return _directory_group(groups[0]) if groups else None
 
     async def find_user_by_mail(self, address: str) -> DirectoryUser | None:
-        query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(filter=f"mail eq {_odata_string(address)}")
+        """The user (member or guest) with this primary or secondary SMTP address.
+
+        Not otherMails: it is a non-routing list (a member's private address may sit there), and
+        Exchange does not refuse a contact for an address that is only someone's otherMails.
+        """
+        query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
+            filter=by_address(address), select=USER_FIELDS
+        )
         page = await self._call(lambda: self._client.users.get(RequestConfiguration(query_parameters=query)))
-        users = page.value if page and page.value else []
-        return _directory_user(users[0]) if users else None
+        users = [_directory_user(user) for user in (page.value if page and page.value else [])]
+        # Should a member and a guest both carry the address, the member wins: the stages then
+        # refuse (AddressInUseInternally) rather than onboard the wrong object.
+        return next((user for user in users if user.user_type == "Member"), users[0] if users else None)
 
     async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
         invitation = Invitation(
@@ -154,7 +188,8 @@ class MsGraphDirectory:
 
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         members = self._client.groups.by_group_id(group_id).members
-        page = await self._call(members.get)
+        query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id"])
+        page = await self._call(lambda: members.get(RequestConfiguration(query_parameters=query)))
         ids: set[str] = set()
         for _ in range(MAX_PAGES):
             if page is None:
@@ -165,6 +200,12 @@ class MsGraphDirectory:
             next_link = page.odata_next_link
             page = await self._call(lambda link=next_link: members.with_url(link).get())  # type: ignore[misc]
         return frozenset(ids)
+
+    async def is_group_member(self, group_id: str, object_id: str) -> bool:
+        body = CheckMemberGroupsPostRequestBody(group_ids=[group_id])
+        check = self._client.directory_objects.by_directory_object_id(object_id).check_member_groups
+        answer = await self._call(lambda: check.post(body))
+        return group_id.lower() in {found.lower() for found in (answer.value if answer and answer.value else [])}
 
     async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
         message = Message(

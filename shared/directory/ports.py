@@ -73,9 +73,13 @@ class TraceEntry:
 class GraphDirectory(Protocol):
     async def get_group(self, group_id: str) -> DirectoryGroup | None: ...
 
-    async def find_group_by_mail(self, address: str) -> DirectoryGroup | None: ...
+    async def find_group_by_mail(self, address: str) -> DirectoryGroup | None:
+        """The group with this address as its primary or any secondary SMTP address."""
+        ...
 
-    async def find_user_by_mail(self, address: str) -> DirectoryUser | None: ...
+    async def find_user_by_mail(self, address: str) -> DirectoryUser | None:
+        """The user, member or guest, with this address as its primary or any secondary SMTP address."""
+        ...
 
     async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
         """POST /invitations without an invitation mail; an existing guest is returned as is."""
@@ -87,6 +91,14 @@ class GraphDirectory(Protocol):
 
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         """Every member's object id, following @odata.nextLink."""
+        ...
+
+    async def is_group_member(self, group_id: str, object_id: str) -> bool:
+        """One call, whatever the group's size: POST /directoryObjects/{object_id}/checkMemberGroups.
+
+        Any group kind in Entra (Microsoft 365, distribution, mail-enabled security); transitive.
+        Raises NotFoundError when the object is not (yet) visible to Graph.
+        """
         ...
 
     async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:

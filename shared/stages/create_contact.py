@@ -15,7 +15,7 @@ from shared.contracts import (
 )
 from shared.decisions import Decision, Delivery, PassOn
 from shared.directory.errors import AddressInUseError, DirectoryError, NameInUseError
-from shared.directory.ports import DirectoryGroup
+from shared.directory.ports import DirectoryGroup, MailContact
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter
 from shared.progress import Progress, Turn
@@ -115,7 +115,7 @@ async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _R
     exchange = run.deps.exchange
     existing = await exchange.find_mail_contact(address)
     if existing is not None:
-        return run.pass_on(Recipient(kind=RecipientKind.MAIL_CONTACT, id=existing.identity, created=False))
+        return run.pass_on(_contact_recipient(existing, created=False))
     for name in contact_name_candidates(request.display_name, address):
         try:
             contact = await exchange.new_mail_contact(
@@ -129,7 +129,7 @@ async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _R
             continue  # someone else's object has this name: try our next, address-derived name
         except AddressInUseError:
             return await _address_taken(address, run)
-        return run.pass_on(Recipient(kind=RecipientKind.MAIL_CONTACT, id=contact.identity, created=True))
+        return run.pass_on(_contact_recipient(contact, created=True))
     return run.dead_letter(
         DeadLetterReason.DIRECTORY_REJECTED,
         "Every candidate contact name is already used by other objects. Rename or remove the clashing "
@@ -141,7 +141,7 @@ async def _address_taken(address: str, run: _Run) -> Decision:
     """The address exists already: ours from an earlier run (not yet visible), or someone else's."""
     contact = await run.deps.exchange.find_mail_contact(address)
     if contact is not None:
-        return run.pass_on(Recipient(kind=RecipientKind.MAIL_CONTACT, id=contact.identity, created=False))
+        return run.pass_on(_contact_recipient(contact, created=False))
     user = await run.deps.graph.find_user_by_mail(address)
     if user is not None and user.user_type == "Member":
         return run.dead_letter(
@@ -161,10 +161,23 @@ async def _ensure_guest(request: OnboardingRequest, address: str, run: _Run) -> 
             "The address belongs to an internal user of this tenant; add that user to the group instead.",
         )
     if user is not None:
-        return run.pass_on(Recipient(kind=RecipientKind.GUEST_USER, id=user.id, created=False))
+        return run.pass_on(
+            Recipient(kind=RecipientKind.GUEST_USER, id=user.id, created=False, directory_object_id=user.id)
+        )
     # An invitation for an address that is already a guest returns that guest: safe to repeat.
     guest = await graph.invite_guest(address, request.display_name, run.deps.guest_redirect_url)
-    return run.pass_on(Recipient(kind=RecipientKind.GUEST_USER, id=guest.id, created=True))
+    return run.pass_on(
+        Recipient(kind=RecipientKind.GUEST_USER, id=guest.id, created=True, directory_object_id=guest.id)
+    )
+
+
+def _contact_recipient(contact: MailContact, *, created: bool) -> Recipient:
+    return Recipient(
+        kind=RecipientKind.MAIL_CONTACT,
+        id=contact.identity,
+        created=created,
+        directory_object_id=contact.external_directory_object_id,
+    )
 
 
 def contact_name_candidates(display_name: str, address: str) -> list[str]:

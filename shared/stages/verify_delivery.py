@@ -111,6 +111,10 @@ async def _check_welcome(run: _Run, welcome: WelcomeMail, member: str) -> Decisi
 
 
 async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, deps: StageDependencies) -> bool:
+    if recipient.directory_object_id is not None:
+        # One call however large the group is (listing a 20,000-member group took 100+ pages).
+        return await deps.graph.is_group_member(group.id, recipient.directory_object_id)
+    # A message from an earlier version, without the object id: list the members as before.
     if group.kind is GroupKind.MICROSOFT_365:
         return recipient.id in await deps.graph.list_group_member_ids(group.id)
     members = await deps.exchange.list_distribution_group_members(group.mail)

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
 from standins.tenant_sandbox.exchange_face import ExchangeFace, exchange_error
+from standins.tenant_sandbox.grants_face import Grants, GrantsFace
 from standins.tenant_sandbox.graph_face import GraphFace, graph_error
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault, Verdict
 from standins.tenant_sandbox.model import Directory
@@ -220,7 +221,8 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
     graph = GraphFace(directory, page_size)
     exchange = ExchangeFace(directory, page_size)
     admin = Admin(directory, gate, log)
-    graph_routes = graph.routes()
+    grants = GrantsFace(Grants(directory.store))  # what `onboard grant` calls
+    graph_routes = graph.routes() + grants.routes()
     tenant_id = directory.tenant.id
 
     async def operation_of(request: Request, face: Face) -> str:
@@ -257,8 +259,9 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
         return response
 
     app = Starlette(
-        routes=graph_routes + exchange.routes() + admin.routes(),
+        routes=graph_routes + exchange.routes() + admin.routes() + grants.admin_routes(ADMIN_PREFIX),
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=gate_and_log)],
     )
     graph.app = app
+    app.state.grants = grants.grants
     return app

@@ -22,7 +22,37 @@ from starlette.types import ASGIApp
 from shared.contracts import GroupKind
 from standins.tenant_sandbox.model import Contact, Directory, Group, User
 
-_FILTER = re.compile(r"^\s*mail\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
+_LITERAL = r"'((?:[^']|'')*)'"
+# One clause Graph answers without advanced query parameters: `mail eq '…'` or
+# `<collection>/any(x:x eq '…')` (filter-directory-objects: "Default" for eq on these).
+_CLAUSE = re.compile(
+    rf"\s*(?:(?P<scalar>mail)\s+eq\s+{_LITERAL}"
+    rf"|(?P<collection>proxyAddresses|otherMails)/any\(\s*(?P<var>\w+)\s*:\s*(?P=var)\s+eq\s+'(?P<item>(?:[^']|'')*)'\s*\))\s*",
+    re.IGNORECASE,
+)
+_OR = re.compile(r"or\b", re.IGNORECASE)
+_ADDRESSED = frozenset({"mail", "proxyAddresses"})  # groups and org contacts; users also otherMails
+_CANONICAL = {"mail": "mail", "proxyaddresses": "proxyAddresses", "othermails": "otherMails"}
+# Operators Graph accepts on directory objects only with ConsistencyLevel: eventual and $count=true.
+_ADVANCED = re.compile(r"\bendswith\s*\(|\bne\s|\bnot\s*\(|\bnot\s", re.IGNORECASE)
+MAX_TOP = 999
+# List users / get user: "By default, only a limited set of properties are returned"; the rest,
+# userType, otherMails and proxyAddresses among them, only on $select.
+USER_DEFAULT_PROPERTIES = frozenset(
+    {
+        "businessPhones",
+        "displayName",
+        "givenName",
+        "id",
+        "jobTitle",
+        "mail",
+        "mobilePhone",
+        "officeLocation",
+        "preferredLanguage",
+        "surname",
+        "userPrincipalName",
+    }
+)
 BATCH_LIMIT = 20
 
 
@@ -43,6 +73,9 @@ def _error_body(code: str, message: str, request_id: str = "", client_request_id
     return {"error": {"code": code, "message": message, "innerError": inner}}
 
 
+MAX_CHECK_MEMBER_GROUPS = 20
+
+
 def _group_json(group: Group) -> dict[str, Any]:
     types = ["Unified"] if group.kind is GroupKind.MICROSOFT_365 else []
     if group.dynamic:
@@ -55,17 +88,34 @@ def _group_json(group: Group) -> dict[str, Any]:
         "mailEnabled": group.kind is not GroupKind.SECURITY,
         "securityEnabled": group.kind in (GroupKind.SECURITY, GroupKind.MAIL_ENABLED_SECURITY),
         "groupTypes": types,
+        "proxyAddresses": group.proxy_addresses(),
     }
 
 
-def _user_json(user: User) -> dict[str, Any]:
+def _user_json(user: User, initial_domain: str) -> dict[str, Any]:
+    """Every property the sandbox models; _select trims it to Graph's default set or to $select.
+
+    A B2B guest has mail = the invited address, that address in otherMails and as "SMTP:" in
+    proxyAddresses, and a "#EXT#" user principal name in the tenant's initial domain.
+    """
+    guest = user.user_type == "Guest"
+    upn = f"{user.mail.replace('@', '_')}#EXT#@{initial_domain}" if guest else user.mail
     return {
         "@odata.type": "#microsoft.graph.user",
         "id": user.id,
+        "businessPhones": [],
         "displayName": user.display_name,
+        "givenName": None,
+        "jobTitle": None,
         "mail": user.mail,
+        "mobilePhone": None,
+        "officeLocation": None,
+        "preferredLanguage": None,
+        "surname": None,
+        "userPrincipalName": upn,
         "userType": user.user_type,
-        "otherMails": [user.mail] if user.user_type == "Guest" else [],
+        "otherMails": [user.mail] if guest else [],
+        "proxyAddresses": ["SMTP:" + user.mail],
     }
 
 
@@ -94,9 +144,46 @@ def _field(body: Any, name: str, default: Any = KeyError) -> Any:
 
 
 def _select(request: Request, row: dict[str, Any]) -> dict[str, Any]:
-    """$select=a,b keeps only those properties, as Graph does."""
+    """$select=a,b keeps only those properties; without it a user keeps Graph's default set.
+
+    Annotations (@odata.type) stay: Graph sends them on directory-object collections, and the SDK
+    needs them to tell a user member from an org contact.
+    """
     wanted = {name.strip() for name in request.query_params.get("$select", "").split(",") if name.strip()}
-    return {k: v for k, v in row.items() if k in wanted} if wanted else row
+    if not wanted and row.get("@odata.type") == "#microsoft.graph.user":
+        wanted = set(USER_DEFAULT_PROPERTIES)
+    return {k: v for k, v in row.items() if k.startswith("@") or k in wanted} if wanted else row
+
+
+def _parse_filter(text: str) -> list[tuple[str, str]] | None:
+    """`clause or clause …` as (property, value) pairs; None for anything else."""
+    clauses: list[tuple[str, str]] = []
+    position = 0
+    while True:
+        match = _CLAUSE.match(text, position)
+        if match is None:
+            return None
+        if match.group("scalar"):
+            clauses.append(("mail", match.group(2)))
+        else:
+            clauses.append((_CANONICAL[match.group("collection").lower()], match.group("item")))
+        position = match.end()
+        if position == len(text):
+            return [(name, value.replace("''", "'")) for name, value in clauses]
+        joined = _OR.match(text, position)
+        if joined is None:
+            return None
+        position = joined.end()
+
+
+def _matches(row: dict[str, Any], clauses: list[tuple[str, str]]) -> bool:
+    """Compared case-insensitively, prefixes ("SMTP:"/"smtp:") included (see stand-in-differences)."""
+    for name, value in clauses:
+        held = row.get(name)
+        values = held if isinstance(held, list) else [held]
+        if value.lower() in {str(v).lower() for v in values if v is not None}:
+            return True
+    return False
 
 
 class GraphFace:
@@ -116,6 +203,7 @@ class GraphFace:
             Route("/v1.0/contacts/{id}", self.get_contact, methods=["GET"]),
             Route("/v1.0/contacts/{id}", self.refuse_contact_write, methods=["PATCH", "DELETE"]),
             Route("/v1.0/contacts/{id}/memberOf", self.contact_member_of, methods=["GET"]),
+            Route("/v1.0/directoryObjects/{id}/checkMemberGroups", self.check_member_groups, methods=["POST"]),
             Route("/v1.0/users", self.list_users, methods=["GET"]),
             Route("/v1.0/users/{id}", self.get_user, methods=["GET"]),
             Route("/v1.0/users/{id}/sendMail", self.send_mail, methods=["POST"]),
@@ -123,12 +211,29 @@ class GraphFace:
             Route("/v1.0/$batch", self.batch, methods=["POST"]),
         ]
 
-    def _mail_filter(self, request: Request) -> str | None:
-        match = _FILTER.match(request.query_params.get("$filter", ""))
-        return match.group(1).replace("''", "'") if match else None
+    def _filtered(self, request: Request, rows: list[dict[str, Any]], filterable: frozenset[str]) -> Response:
+        """$filter (the forms in _CLAUSE, joined by `or`) over full rows, then one page of them."""
+        if "$filter" not in request.query_params:
+            return self._page(request, rows)
+        text = request.query_params["$filter"]
+        clauses = _parse_filter(text)
+        if clauses is None or any(name not in filterable for name, _ in clauses):
+            advanced = _ADVANCED.search(text)
+            if advanced and request.headers.get("consistencylevel", "").lower() != "eventual":
+                operator = advanced.group(0).strip(" (").lower()
+                return graph_error(
+                    request,
+                    400,
+                    "Request_UnsupportedQuery",
+                    f"Operator '{operator}' is not supported because the required parameters might be missing. "
+                    "Try adding $count=true query parameter and ConsistencyLevel:eventual header. "
+                    "Refer to https://aka.ms/graph-docs/advanced-queries for more information",
+                )
+            return graph_error(request, 400, "Request_UnsupportedQuery", "Unsupported Query.")
+        return self._page(request, [row for row in rows if _matches(row, clauses)])
 
-    def _unsupported_query(self, request: Request) -> JSONResponse:
-        return graph_error(request, 400, "Request_UnsupportedQuery", "Unsupported Query.")
+    def _user_row(self, user: User) -> dict[str, Any]:
+        return _user_json(user, self.d.tenant.initial_domain)
 
     def _missing(self, request: Request, object_id: str) -> JSONResponse:
         return graph_error(
@@ -143,26 +248,28 @@ class GraphFace:
         token = request.query_params.get("$skiptoken", "0")
         if not token.isdigit():
             return graph_error(request, 400, "Request_BadRequest", "Invalid $skiptoken.")
+        top = request.query_params.get("$top")
+        if top is not None and not (top.isdigit() and 1 <= int(top) <= MAX_TOP):
+            return graph_error(
+                request,
+                400,
+                "Request_UnsupportedQuery",
+                f"Invalid page size specified: '{top}'. Must be between 1 and {MAX_TOP} inclusive.",
+            )
+        size = int(top) if top is not None else self.page_size
         skip = int(token)
-        body: dict[str, Any] = {"value": [_select(request, row) for row in rows[skip : skip + self.page_size]]}
-        if skip + self.page_size < len(rows):
+        body: dict[str, Any] = {"value": [_select(request, row) for row in rows[skip : skip + size]]}
+        if skip + size < len(rows):
             params = {k: v for k, v in request.query_params.items() if k != "$skiptoken"}
-            params["$skiptoken"] = str(skip + self.page_size)
+            params["$skiptoken"] = str(skip + size)
             body["@odata.nextLink"] = str(request.url.replace_query_params(**params))
         return JSONResponse(body)
 
     # Groups
 
     async def list_groups(self, request: Request) -> Response:
-        if "$filter" not in request.query_params:
-            with self.d.lock:
-                return self._page(request, [_group_json(g) for g in self.d.groups.values()])
-        address = self._mail_filter(request)
-        if address is None:
-            return self._unsupported_query(request)
         with self.d.lock:
-            group = self.d.group_by_mail(address)
-            return self._page(request, [_group_json(group)] if group else [])
+            return self._filtered(request, [_group_json(g) for g in self.d.groups.values()], _ADDRESSED)
 
     async def get_group(self, request: Request) -> Response:
         group_id = request.path_params["id"]
@@ -179,7 +286,7 @@ class GraphFace:
             rows: list[dict[str, Any]] = []
             for object_id in group.members:
                 if object_id in self.d.users:
-                    rows.append(_user_json(self.d.users[object_id]))
+                    rows.append(self._user_row(self.d.users[object_id]))
                 elif object_id in self.d.contacts:
                     rows.append(_contact_json(self.d.contacts[object_id]))
             return self._page(request, rows)
@@ -220,6 +327,26 @@ class GraphFace:
             self.d.add_member(group, object_id)
         return Response(status_code=204)
 
+    async def check_member_groups(self, request: Request) -> Response:
+        """The listed groups this object is a member of, transitively; at most 20 ids per request."""
+        object_id = request.path_params["id"]
+        try:
+            group_ids = (await request.json())["groupIds"]
+            if not isinstance(group_ids, list) or not all(isinstance(g, str) for g in group_ids):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return graph_error(request, 400, "Request_BadRequest", "Invalid request body: groupIds is required.")
+        if len(group_ids) > MAX_CHECK_MEMBER_GROUPS:
+            return graph_error(request, 400, "Request_BadRequest", "Too many groupIds: at most 20 per request.")
+        with self.d.lock:
+            replica = self.d.users.get(object_id) or self.d.contacts.get(object_id)
+            if not self.d.object_exists(object_id) or (replica is not None and not self.d.replicated(replica)):
+                return self._missing(request, object_id)
+            found = [g for g in group_ids if self.d.has_member(g, object_id)]
+        return JSONResponse(
+            {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(Edm.String)", "value": found}
+        )
+
     # Org contacts: read-only in Graph
 
     def _visible_contact(self, object_id: str) -> Contact | None:
@@ -227,14 +354,9 @@ class GraphFace:
         return contact if contact is not None and self.d.replicated(contact) else None
 
     async def list_contacts(self, request: Request) -> Response:
-        address = self._mail_filter(request) if "$filter" in request.query_params else None
-        if "$filter" in request.query_params and address is None:
-            return self._unsupported_query(request)
         with self.d.lock:
             contacts = [c for c in self.d.contacts.values() if self.d.replicated(c)]
-            if address is not None:
-                contacts = [c for c in contacts if c.external_email_address.lower() == address.lower()]
-            return self._page(request, [_contact_json(c) for c in contacts])
+            return self._filtered(request, [_contact_json(c) for c in contacts], _ADDRESSED)
 
     async def get_contact(self, request: Request) -> Response:
         object_id = request.path_params["id"]
@@ -263,13 +385,9 @@ class GraphFace:
     # Users, guests and mail
 
     async def list_users(self, request: Request) -> Response:
-        address = self._mail_filter(request)
-        if address is None:
-            return self._unsupported_query(request)
         with self.d.lock:
-            user = self.d.user_by_mail(address)
-            visible = user is not None and self.d.replicated(user)
-            return self._page(request, [_user_json(user)] if user and visible else [])
+            users = [u for u in self.d.users.values() if self.d.replicated(u)]
+            return self._filtered(request, [self._user_row(u) for u in users], _ADDRESSED | {"otherMails"})
 
     def _user(self, id_or_mail: str) -> User | None:
         user = self.d.users.get(id_or_mail) or self.d.user_by_mail(id_or_mail)
@@ -279,7 +397,7 @@ class GraphFace:
         key = request.path_params["id"]
         with self.d.lock:
             user = self._user(key)
-            return JSONResponse(_select(request, _user_json(user))) if user else self._missing(request, key)
+            return JSONResponse(_select(request, self._user_row(user))) if user else self._missing(request, key)
 
     async def send_mail(self, request: Request) -> Response:
         key = request.path_params["id"]

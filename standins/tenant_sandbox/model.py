@@ -8,7 +8,7 @@ uvicorn's thread while tests read the model.
 Seed format (see demo_tenant.json):
     {"tenant": {"id": GUID, "name": str, "initial_domain": "x.onmicrosoft.com", "domains": [str]},
      "users": [{"id", "display_name", "mail", "user_type": "Member"|"Guest"}],
-     "groups": [{"id", "display_name", "mail"?, "kind": "Microsoft365"|"Distribution"|"MailEnabledSecurity"|"Security",
+     "groups": [{"id", "display_name", "mail"?, "secondary_addresses"?: [str], "kind": "Microsoft365"|"Distribution"|"MailEnabledSecurity"|"Security",
                  "dynamic"?, "require_sender_authentication"?, "accept_messages_only_from"?,
                  "reject_messages_from"?, "moderation_enabled"?, "managed_by"?: [str],
                  "members"?: [object ids]}]}
@@ -59,6 +59,7 @@ class SeedGroup(_Seed):
     id: str
     display_name: str
     mail: str | None = None
+    secondary_addresses: tuple[str, ...] = ()  # the group's other SMTP addresses (proxyAddresses "smtp:")
     kind: GroupKind
     dynamic: bool = False
     require_sender_authentication: bool = True  # Exchange's default for new groups
@@ -84,6 +85,27 @@ class TenantSeed(_Seed):
     @classmethod
     def demo(cls) -> TenantSeed:
         return cls.load(DEMO_SEED)
+
+    def with_staff_in(self, group_mail: str, count: int) -> TenantSeed:
+        """This seed plus `count` member users (staff-N@ the first domain) in the group `group_mail`.
+
+        For large-group tests and benchmarks: 50,000 members seed in a second or two.
+        """
+        domain = self.tenant.domains[0]
+        staff = tuple(
+            SeedUser.model_construct(
+                id=str(uuid.UUID(int=index + 1)), display_name=f"Staff {index}", mail=f"staff-{index}@{domain}"
+            )
+            for index in range(count)
+        )
+        ids = tuple(user.id for user in staff)
+        groups = tuple(
+            g.model_copy(update={"members": g.members + ids}) if (g.mail or "").lower() == group_mail.lower() else g
+            for g in self.groups
+        )
+        if groups == self.groups:
+            raise ValueError(f"the seed has no group {group_mail}")
+        return self.model_copy(update={"users": self.users + staff, "groups": groups})
 
 
 @dataclass
@@ -120,6 +142,13 @@ class Group:
     moderation_enabled: bool
     managed_by: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)  # object ids, in the order added
+    secondary_addresses: list[str] = field(default_factory=list)
+
+    def proxy_addresses(self) -> list[str]:
+        """Exchange's form: the primary address as "SMTP:", every other one as "smtp:"."""
+        if not self.mail:
+            return []
+        return ["SMTP:" + self.mail] + ["smtp:" + address for address in self.secondary_addresses]
 
 
 @dataclass
@@ -192,6 +221,7 @@ class Directory:
                     g.moderation_enabled,
                     list(g.managed_by),
                     list(g.members),
+                    list(g.secondary_addresses),
                 )
             )
         self.store.set_meta("tenant_id", seed.tenant.id)
@@ -236,7 +266,14 @@ class Directory:
 
     @_locked
     def group_by_mail(self, address: str) -> Group | None:
+        """The group whose primary address this is (Graph's `mail`)."""
         return next((g for g in self.groups.values() if (g.mail or "").lower() == address.lower()), None)
+
+    @_locked
+    def group_with_address(self, address: str) -> Group | None:
+        """The group that has this address as its primary or as a secondary SMTP address."""
+        proxy = "smtp:" + address.lower()
+        return next((g for g in self.groups.values() if proxy in map(str.lower, g.proxy_addresses())), None)
 
     @_locked
     def group_by_identity(self, identity: str) -> Group | None:
@@ -267,7 +304,7 @@ class Directory:
         user = self.user_by_mail(address)
         if user:
             return user.display_name
-        group = self.group_by_mail(address)
+        group = self.group_with_address(address)
         return group.display_name if group else None
 
     @_locked
@@ -285,6 +322,21 @@ class Directory:
     @_locked
     def object_exists(self, object_id: str) -> bool:
         return object_id in self.users or object_id in self.contacts or object_id in self.groups
+
+    @_locked
+    def has_member(self, group_id: str, object_id: str) -> bool:
+        """Transitive membership, as checkMemberGroups evaluates it (nested groups count)."""
+        seen: set[str] = set()
+        pending = [group_id]
+        while pending:
+            group = self.groups.get(pending.pop())
+            if group is None or group.id in seen:
+                continue
+            seen.add(group.id)
+            if object_id in group.members:
+                return True
+            pending.extend(member for member in group.members if member in self.groups)
+        return False
 
     @_locked
     def groups_with_member(self, object_id: str) -> list[Group]:

@@ -13,6 +13,7 @@ import uvicorn
 
 from standins.tenant_sandbox.app import AUDIENCES, RequestLog, apply_knobs, build_app
 from standins.tenant_sandbox.credential import TOKEN_LIFETIME_SECONDS, mint_sandbox_token
+from standins.tenant_sandbox.grants_face import Grants
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault
 from standins.tenant_sandbox.model import Directory, TenantSeed
 from standins.tenant_sandbox.store import DocumentStore
@@ -42,6 +43,7 @@ class TenantSandbox:
         self._socket.bind((host, port))
         self.port: int = self._socket.getsockname()[1]
         app = build_app(self.directory, self.request_log, self.gate, page_size=page_size)
+        self.grants: Grants = app.state.grants  # service principals and role assignments
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None

@@ -35,6 +35,9 @@ async def test_find_group_by_mail_derives_each_kind(graph_directory: MsGraphDire
     assert falcon and falcon.kind is GroupKind.MICROSOFT_365 and not falcon.is_dynamic
     assert all_staff and all_staff.kind is GroupKind.MICROSOFT_365 and all_staff.is_dynamic
     assert await graph_directory.find_group_by_mail("nobody@contoso.com") is None
+    # A secondary SMTP address finds the group too; the group's mail stays its primary address.
+    by_alias = await graph_directory.find_group_by_mail("Partner-Desk@contoso.com")
+    assert by_alias is not None and by_alias.id == partners.id and by_alias.mail == "partners@contoso.com"
     # A quote inside the address travels as a doubled OData quote and matches nothing.
     assert await graph_directory.find_group_by_mail("o'brien@contoso.com") is None
 

@@ -17,8 +17,11 @@ from azure.core.credentials import AccessToken
 from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.contacts.contacts_request_builder import ContactsRequestBuilder
+from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 from msgraph.generated.groups.item.group_item_request_builder import GroupItemRequestBuilder
 from msgraph.generated.models.org_contact import OrgContact
+from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
+from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 from msgraph_core.requests.batch_request_content import BatchRequestContent
 from msgraph_core.requests.batch_request_item import BatchRequestItem
 
@@ -103,6 +106,73 @@ async def test_group_select_returns_only_the_selected_properties(graph_directory
     query = GroupItemRequestBuilder.GroupItemRequestBuilderGetQueryParameters(select=["displayName"])
     group = await graph_directory.sdk.groups.by_group_id(PARTNERS).get(RequestConfiguration(query_parameters=query))
     assert group is not None and group.display_name == "Partners" and group.mail is None
+
+
+async def test_users_come_with_graphs_default_properties_unless_select_asks_for_more(
+    graph_directory: MsGraphDirectory,
+) -> None:
+    """List users / user resource: userType, otherMails and proxyAddresses are "Returned only on $select"."""
+    plain = await graph_directory.sdk.users.by_user_id(GUEST).get()
+    assert plain is not None and plain.display_name == "Existing Guest" and plain.mail == GUEST
+    assert plain.user_type is None and plain.other_mails is None and plain.proxy_addresses is None
+    assert plain.user_principal_name == "existing.guest_fabrikam.example#EXT#@contoso.onmicrosoft.com"
+    listed = await graph_directory.sdk.users.get()
+    assert listed is not None and listed.value and all(u.user_type is None for u in listed.value)
+    query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
+        select=["id", "userType", "otherMails", "proxyAddresses"]
+    )
+    chosen = await graph_directory.sdk.users.by_user_id(GUEST).get(RequestConfiguration(query_parameters=query))
+    assert chosen is not None and chosen.display_name is None and chosen.mail is None
+    assert (chosen.user_type, chosen.other_mails, chosen.proxy_addresses) == ("Guest", [GUEST], ["SMTP:" + GUEST])
+
+
+async def test_users_are_listed_without_a_filter_and_paged_with_top(graph_directory: MsGraphDirectory) -> None:
+    users = graph_directory.sdk.users
+    query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(top=2, select=["id"])
+    first = await users.get(RequestConfiguration(query_parameters=query))
+    assert first is not None and len(first.value or []) == 2 and first.odata_next_link
+    assert "%24top=2" in first.odata_next_link or "$top=2" in first.odata_next_link
+    second = await users.with_url(first.odata_next_link).get()
+    assert second is not None and len(second.value or []) == 1 and second.odata_next_link is None
+    seen = {u.id for u in (first.value or []) + (second.value or [])}
+    assert ADELE in seen and len(seen) == 3
+
+
+@pytest.mark.parametrize("top", [0, 1000])
+async def test_top_outside_1_to_999_is_refused(graph_directory: MsGraphDirectory, top: int) -> None:
+    query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(top=top)
+    with pytest.raises(APIError) as refused:
+        await graph_directory.sdk.users.get(RequestConfiguration(query_parameters=query))
+    assert refused.value.response_status_code == 400
+    assert f"Invalid page size specified: '{top}'. Must be between 1 and 999 inclusive." in str(refused.value)
+
+
+async def _groups_where(graph: MsGraphDirectory, condition: str) -> list[str]:
+    query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(filter=condition, select=["displayName"])
+    page = await graph.sdk.groups.get(RequestConfiguration(query_parameters=query))
+    return [g.display_name or "" for g in (page.value if page and page.value else [])]
+
+
+async def test_groups_carry_proxy_addresses_and_are_found_by_any_of_them(graph_directory: MsGraphDirectory) -> None:
+    """group resource: proxyAddresses are returned by default; `mail` is only the primary address."""
+    partners = await graph_directory.sdk.groups.by_group_id(PARTNERS).get()
+    assert partners is not None
+    assert partners.proxy_addresses == ["SMTP:partners@contoso.com", "smtp:partner-desk@contoso.com"]
+    assert await _groups_where(graph_directory, "mail eq 'partner-desk@contoso.com'") == []
+    for condition in (
+        "proxyAddresses/any(p:p eq 'smtp:partner-desk@contoso.com')",
+        "proxyAddresses/any(x: x eq 'SMTP:partners@contoso.com')",
+        "mail eq 'nobody@contoso.com' or proxyAddresses/any(p:p eq 'smtp:Partner-Desk@Contoso.com')",
+    ):
+        assert await _groups_where(graph_directory, condition) == ["Partners"], condition
+
+
+async def test_advanced_operators_without_consistency_level_are_refused(graph_directory: MsGraphDirectory) -> None:
+    """Advanced query capabilities: endsWith on mail needs ConsistencyLevel: eventual and $count=true."""
+    with pytest.raises(APIError) as refused:
+        await _groups_where(graph_directory, "endsWith(mail,'@contoso.com')")
+    assert refused.value.response_status_code == 400
+    assert "Operator 'endswith' is not supported because the required parameters might be missing" in str(refused.value)
 
 
 async def test_org_contacts_list_get_filter_member_of(

@@ -1,0 +1,151 @@
+"""A short per-process memory for the directory answers every request asks again.
+
+Each create-contact resolves its group and reads the tenant's accepted domains; both change in the
+tenant perhaps once a month, yet cost two directory calls per request, and those calls count
+against the same per-tenant throttle as the writes. The wrappers below implement the ports and keep
+those answers for `ttl` seconds in this process (a Functions instance), nothing else.
+
+Safety: only answers that exist are kept ("no such group" is asked again every time, so a group
+created a second ago is found); concurrent misses for one key share one call. Staleness is bounded
+by the TTL: a group renamed, re-kinded or deleted within it is seen as before; the write that
+follows (Add-DistributionGroupMember, POST members/$ref) then fails and the request is retried or
+dead-lettered as it would be after a change right after the lookup. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from shared.directory.ports import (
+    DirectoryGroup,
+    DirectoryUser,
+    ExchangeDirectory,
+    GraphDirectory,
+    GroupMember,
+    MailContact,
+    SenderRestrictions,
+    TraceEntry,
+)
+
+V = TypeVar("V")
+MAX_ENTRIES = 1024  # groups a process remembers; beyond this the oldest are forgotten
+
+
+class TtlCache(Generic[V]):
+    """Answers kept for `ttl` seconds; None answers are never kept; one call in flight per key."""
+
+    def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, V]] = {}
+        self._in_flight: dict[str, asyncio.Future[V | None]] = {}
+
+    async def get(self, key: str, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        if (waiting := self._in_flight.get(key)) is not None:
+            return await asyncio.shield(waiting)
+        future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            value = await load()
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved here, so an unawaited future logs nothing
+            raise
+        finally:
+            del self._in_flight[key]
+        if value is not None and self._ttl > 0:
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (self._clock() + self._ttl, value)
+        future.set_result(value)
+        return value
+
+
+class CachingGraphDirectory:
+    """GraphDirectory with group lookups remembered; every other call goes straight through."""
+
+    def __init__(self, inner: GraphDirectory, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self._groups: TtlCache[DirectoryGroup] = TtlCache(ttl, clock=clock)
+
+    async def get_group(self, group_id: str) -> DirectoryGroup | None:
+        return await self._groups.get(f"id:{group_id.lower()}", lambda: self.inner.get_group(group_id))
+
+    async def find_group_by_mail(self, address: str) -> DirectoryGroup | None:
+        return await self._groups.get(f"mail:{address.lower()}", lambda: self.inner.find_group_by_mail(address))
+
+    async def find_user_by_mail(self, address: str) -> DirectoryUser | None:
+        return await self.inner.find_user_by_mail(address)
+
+    async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
+        return await self.inner.invite_guest(address, display_name, redirect_url)
+
+    async def add_group_member(self, group_id: str, object_id: str) -> None:
+        await self.inner.add_group_member(group_id, object_id)
+
+    async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
+        return await self.inner.list_group_member_ids(group_id)
+
+    async def is_group_member(self, group_id: str, object_id: str) -> bool:
+        return await self.inner.is_group_member(group_id, object_id)
+
+    async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
+        await self.inner.send_mail(sender, recipient, subject, text)
+
+
+class CachingExchangeDirectory:
+    """ExchangeDirectory with the accepted domains remembered; every other call goes straight through."""
+
+    def __init__(self, inner: ExchangeDirectory, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self._domains: TtlCache[frozenset[str]] = TtlCache(ttl, clock=clock)
+
+    async def get_accepted_domains(self) -> frozenset[str]:
+        # A tenant always has at least its initial domain: an empty answer is not worth keeping.
+        domains = await self._domains.get("accepted-domains", self._nonempty_domains)
+        return domains or frozenset()
+
+    async def _nonempty_domains(self) -> frozenset[str] | None:
+        return await self.inner.get_accepted_domains() or None
+
+    async def find_mail_contact(self, identity: str) -> MailContact | None:
+        return await self.inner.find_mail_contact(identity)
+
+    async def new_mail_contact(
+        self,
+        *,
+        name: str,
+        external_email_address: str,
+        display_name: str,
+        first_name: str | None = None,
+        last_name: str | None = None,
+    ) -> MailContact:
+        return await self.inner.new_mail_contact(
+            name=name,
+            external_email_address=external_email_address,
+            display_name=display_name,
+            first_name=first_name,
+            last_name=last_name,
+        )
+
+    async def add_distribution_group_member(self, group: str, member: str) -> None:
+        await self.inner.add_distribution_group_member(group, member)
+
+    async def list_distribution_group_members(self, group: str) -> list[GroupMember]:
+        return await self.inner.list_distribution_group_members(group)
+
+    async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
+        return await self.inner.get_sender_restrictions(group, unified=unified)
+
+    async def set_require_sender_authentication(self, group: str, enabled: bool, *, unified: bool) -> None:
+        await self.inner.set_require_sender_authentication(group, enabled, unified=unified)
+
+    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
+        return await self.inner.message_trace(sender, recipient, start, end)
