@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from azure.servicebus.aio import ServiceBusClient
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, RenderableType
+from rich.text import Text
 
+from cli.outcomes import labelled_block, outcome_lines
 from cli.status import status_report
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus
@@ -72,7 +73,8 @@ async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
                 outcomes = await collect_outcomes(client, OUTCOME_QUEUE, ids, within_seconds=within_seconds)
         first_id = str(SAMPLES[0].request.request_id)
         history = await status_report(SqliteJournal(stack.journal_database), first_id)
-    console.print(_outcome_table(outcomes))
+    for sample in SAMPLES:
+        console.print(_sample_block(sample, outcomes.get(str(sample.request.request_id))))
     console.print(history)
     console.print("[dim]`onboard status [REQUEST_ID]` reads the same journal (ONBOARDING_JOURNAL) for any request.[/]")
     met = [sample.met_by(outcomes.get(str(sample.request.request_id))) for sample in SAMPLES]
@@ -80,23 +82,14 @@ async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
     return all(met)
 
 
-def _outcome_table(outcomes: dict[str, OutcomeEvent]) -> Table:
-    table = Table(title="Onboarding outcomes", show_lines=True)
-    for column in ("Sample", "Group", "Recipient", "Outcome", "Details", "As expected"):
-        table.add_column(column, overflow="fold")
-    for sample in SAMPLES:
-        outcome = outcomes.get(str(sample.request.request_id))
-        if outcome is None:
-            table.add_row(sample.title, sample.request.group.describe(), "-", "no outcome", "timed out", "[red]no[/]")
-            continue
-        group = (
-            f"{outcome.group.display_name} ({outcome.group.kind})" if outcome.group else sample.request.group.describe()
-        )
-        recipient = (
-            f"{outcome.recipient.kind}{' (new)' if outcome.recipient.created else ''}" if outcome.recipient else "-"
-        )
-        status = outcome.status + (f": {outcome.reason}" if outcome.reason else "")
-        details = "\n".join((outcome.description, *outcome.changes, *outcome.warnings))
-        ok = "[green]yes[/]" if sample.met_by(outcome) else "[red]no[/]"
-        table.add_row(sample.title, group, recipient, status, details, ok)
-    return table
+def _sample_block(sample: Sample, outcome: OutcomeEvent | None) -> RenderableType:
+    met = sample.met_by(outcome)
+    heading = Text.assemble(("✔ " if met else "✘ ", "green" if met else "red"), (sample.title, "bold"))
+    expected = str(sample.expected_status) + (f": {sample.expected_reason}" if sample.expected_reason else "")
+    if outcome is None:
+        lines = [("Group", Text(sample.request.group.describe())), ("Outcome", Text("none: timed out", style="red"))]
+    else:
+        lines = outcome_lines(outcome)
+    if not met:
+        lines.append(("Expected", Text(expected)))
+    return labelled_block(heading, lines)

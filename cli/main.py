@@ -3,40 +3,99 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import logging.handlers
 import os
+import shlex
 import signal
+import socket
 import sqlite3
 import sys
+from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from azure.core.exceptions import AzureError
-from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import ServiceBusError  # an AzureError: caught first
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 from rich.console import Console
 
 from cli.grant import grant
-from shared.contracts import OnboardingRequest, contract_schemas
-from shared.logs import LOG_FORMAT, install_safe_log_records
-from shared.settings import SERVICEBUS_CONNECTION, Settings
+from cli.settings import ENV_FILE, SETTINGS_HELP, SettingsProblem, load_settings, read_env_file, write_env_file
+from shared.contracts import OnboardingRequest, OutcomeStatus, StageName, contract_schemas
+from shared.logs import install_safe_log_records
+from shared.settings import ServiceBusSettings, Settings
 
 DEFAULT_STATE_DIR = Path(".onboard")  # `onboard sandbox` keeps its SQLite files here
+# create-contact's DuplicateDetectionHistoryTimeWindow, in infra/main.bicep and the emulator's config.json.
+DUPLICATE_WINDOW = timedelta(minutes=10)
+DUPLICATE_WINDOW_TEXT = "10-minute"
+# Records that report normal events as trouble: a client closing its AMQP connection (proton
+# logs it at ERROR), and azure-functions' notice that a queue-only app has no HTTP auth level.
+NORMAL_EVENTS = (
+    "Couldn't send: ConnectionResetError",
+    "Couldn't send: BrokenPipeError",
+    "Auth level is not applied to non http function app",
+)
 
-app = typer.Typer(help="Onboard external people into Microsoft 365 groups.", no_args_is_help=True)
+# On a terminal the date and the logger's name are noise; the request id is what a person follows.
+CONSOLE_FORMATTER = logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(message)s", datefmt="%H:%M:%S")
+
+# rich_markup_mode=None: typer's rich help shows every flag as `<bool>`; click's plain help does not.
+app = typer.Typer(
+    help=f"Onboard external people into Microsoft 365 groups. {SETTINGS_HELP}",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 console = Console()
 errors = Console(stderr=True)
 app.command()(grant)
+T = TypeVar("T")
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
-def _configure_logging(verbose: bool) -> None:
+@app.callback()
+def _read_settings_file() -> None:
+    # Before any command parses its options, so options with an environment variable see .env too.
+    read_env_file()
+
+
+class _DropNormalEvents(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(event in message for event in NORMAL_EVENTS)
+
+
+def _configure_logging(verbose: bool, handler: logging.Handler | None = None) -> None:
     install_safe_log_records()
-    logging.basicConfig(format=LOG_FORMAT, level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    handler = handler or logging.StreamHandler(sys.stderr)
+    handler.setFormatter(CONSOLE_FORMATTER)
+    handler.addFilter(_DropNormalEvents())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
     # The AMQP and HTTP stacks are chatty at INFO: keep them to warnings unless asked.
     for noisy in ("azure", "uamqp", "httpx", "uvicorn", "proton"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The SDK warns of each closed connection; the local host says once that Service Bus went away
+    # and once that it is back, and the commands report an unreachable namespace themselves.
+    logging.getLogger("azure.servicebus._pyamqp").setLevel(logging.ERROR)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """One line on stderr, for trouble a person can fix; the caller raises the returned Exit."""
+    errors.print(message, markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _settings(model: type[SettingsT], command: str, *first: type[BaseSettings]) -> SettingsT:
+    try:
+        return load_settings(model, *first)
+    except SettingsProblem as problem:
+        raise _fail(f"onboard {command}: {problem}", 2) from None
 
 
 def _until_interrupted() -> asyncio.Event:
@@ -47,21 +106,69 @@ def _until_interrupted() -> asyncio.Event:
     return stop
 
 
+def _talk_to_servicebus(settings: ServiceBusSettings, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`; an unreachable or refusing namespace is one line, not the SDK's traceback."""
+    from cli.upstream import namespace_of
+
+    try:
+        return asyncio.run(work)
+    except ServiceBusError as error:
+        raise _fail(
+            f"Could not reach Service Bus at {namespace_of(settings)} ({type(error).__name__}). "
+            "Is `onboard sandbox` running, and does ServiceBusConnection name it?"
+        ) from None
+    except AzureError as error:  # signing in for ServiceBusConnection__fullyQualifiedNamespace
+        raise _fail(
+            f"Could not sign in to Service Bus at {namespace_of(settings)} ({type(error).__name__}). "
+            "Run `az login` with an account that has a Service Bus data role on the namespace."
+        ) from None
+    except KeyboardInterrupt:
+        raise _fail("Interrupted.", 130) from None
+
+
+VerboseOption = Annotated[bool, typer.Option("--verbose/--quiet", "-v/-q", help="Show the pipeline's log at INFO.")]
+
+
 @app.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all outcomes.")] = 90.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the pipeline's log.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose/--quiet", "-v/-q", help="Show the pipeline's log (else only if a sample fails).")
+    ] = False,
 ) -> None:
-    """Start the stand-ins and the local host, onboard one sample per group kind, print the outcomes."""
+    """Start the stand-ins and the local host, onboard one sample per group kind, print the outcomes.
+
+    Needs no settings: everything runs on free local ports and is stopped at the end.
+    """
     from cli.demo import run_demo
 
-    _configure_logging(verbose)
+    # Quiet: the log is kept, and shown only when a sample misses its outcome (the expected
+    # GroupNotFound is logged as a dead-letter, which is no news in a demo).
+    stream = logging.StreamHandler(sys.stderr)
+    kept = None if verbose else logging.handlers.MemoryHandler(100_000, logging.CRITICAL + 1, stream)
+    _configure_logging(verbose, kept or stream)
     try:
         succeeded = asyncio.run(run_demo(console, within_seconds=timeout))
     except KeyboardInterrupt:
-        errors.print("Interrupted; everything started was stopped.")
-        raise typer.Exit(130) from None
+        raise _fail("Interrupted; everything started was stopped.", 130) from None
+    if kept is not None:
+        if not succeeded:
+            stream.setFormatter(CONSOLE_FORMATTER)
+            kept.flush()
+        kept.buffer.clear()
     raise typer.Exit(0 if succeeded else 1)
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the stand-ins bind
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
 
 
 @app.command()
@@ -72,11 +179,18 @@ def sandbox(
         Path,
         typer.Option(help="Where the emulator's messages and the tenant's objects are kept across restarts (SQLite)."),
     ] = DEFAULT_STATE_DIR,
-    seed: Annotated[Path | None, typer.Option(help="Tenant seed JSON for a new tenant (default: the demo)")] = None,
-    knobs: Annotated[Path | None, typer.Option(help="Sandbox knobs JSON: latency, throttling, faults")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    seed: Annotated[Path | None, typer.Option(help="Tenant seed JSON for a new tenant (default: the demo).")] = None,
+    knobs: Annotated[Path | None, typer.Option(help="Sandbox knobs JSON: latency, throttling, faults.")] = None,
+    write_env: Annotated[
+        bool, typer.Option("--write-env", help="Also write the settings into ./.env (other lines are kept).")
+    ] = False,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Run the Service Bus emulator and the tenant sandbox in the foreground; print the settings a client needs."""
+    """Run the Service Bus emulator and the tenant sandbox in the foreground; print the settings a client needs.
+
+    Needs no settings. The printed lines are quoted for .env and for a shell.
+    """
+    from shared.journal import SqliteJournal
     from standins.stack import WELCOME_SETTINGS, local_stack
     from standins.tenant_sandbox import Knobs, TenantSeed
 
@@ -89,6 +203,15 @@ def sandbox(
         sandbox_knobs = Knobs.load(knobs) if knobs else None
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--knobs") from None
+    for port, option, what in (
+        (servicebus_port, "--servicebus-port", "Service Bus emulator"),
+        (tenant_port, "--tenant-port", "tenant sandbox"),
+    ):
+        if _port_in_use(port):
+            raise _fail(
+                f"Port {port} (for the {what}) is already in use, perhaps by another `onboard sandbox`: "
+                f"stop that, or pass {option}."
+            )
     state_dir.mkdir(parents=True, exist_ok=True)
 
     async def serve() -> None:
@@ -102,11 +225,19 @@ def sandbox(
             journal_database=state_dir / "journal.db",
             settings=WELCOME_SETTINGS,
         ) as stack:
-            console.print("# Stand-ins are running. Settings for `onboard host` / `onboard submit` (e.g. in .env):")
+            # Created now, empty: `onboard status` then tells "nothing handled yet" from a wrong path.
+            await SqliteJournal(stack.journal_database).close()
+            if write_env:
+                write_env_file(stack.environment)
+                console.print(f"# Stand-ins are running. Their settings are in {ENV_FILE.resolve()}:")
+            else:
+                console.print("# Stand-ins are running. Settings for `onboard host` / `onboard submit`")
+                console.print("# (put them in .env, or run with --write-env to have them written):")
             for name, value in stack.environment.items():
-                console.print(f"{name}={value}", highlight=False, soft_wrap=True)
+                console.print(f"{name}={shlex.quote(value)}", highlight=False, soft_wrap=True, markup=False)
             console.print(
-                f"# Sandbox knobs and request log: {stack.sandbox.base_url}/_sandbox/knobs, /faults, /requests"
+                f"# Sandbox knobs and request log: {stack.sandbox.base_url}/_sandbox/knobs, /faults, /requests",
+                markup=False,
             )
             console.print("# Ctrl-C stops both.")
             await _until_interrupted().wait()
@@ -115,18 +246,33 @@ def sandbox(
 
 
 @app.command()
-def host(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True) -> None:
-    """Run function_app.py's triggers against the configured namespace and tenant (emulator or Azure)."""
+def host(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose/--quiet", "-v/-q", help="Log each transition at INFO (--quiet: warnings and errors only)."
+        ),
+    ] = True,
+) -> None:
+    """Run function_app.py's triggers against the configured namespace and tenant (emulator or Azure).
+
+    Needs every app setting (README, Settings): ServiceBusConnection, ONBOARDING_TENANT_ID,
+    ONBOARDING_TENANT_DOMAIN and what the directory credential needs. If Service Bus goes away, the
+    host says so once and reconnects with backoff.
+    """
+    from cli.upstream import namespace_of
     from shared.bootstrap import close_services
     from standins.local_host import LocalHost, load_function_app
     from standins.stack import supply_sandbox_credential
 
     _configure_logging(verbose)
-    _load_settings()
+    settings = _settings(Settings, "host", ServiceBusSettings)
     supply_sandbox_credential(os.environ)
 
     async def serve() -> None:
         local_host = LocalHost(load_function_app())
+        functions = ", ".join(trigger.function_name for trigger in local_host.triggers)
+        console.print(f"Local host runs {functions} on {namespace_of(settings)}. Ctrl-C stops.", markup=False)
         try:
             await local_host.run(_until_interrupted())
         finally:
@@ -141,18 +287,36 @@ def submit(
     display_name: Annotated[str, typer.Option(help="Name shown in the address book.")],
     group: Annotated[str, typer.Option(help="Target group: SMTP address or object id.")],
     source_system: Annotated[str, typer.Option(help="Who is asking (must be listed in the policy).")],
-    first_name: Annotated[str | None, typer.Option()] = None,
-    last_name: Annotated[str | None, typer.Option()] = None,
-    request_id: Annotated[str | None, typer.Option(help="Idempotency key; defaults to a new id.")] = None,
+    first_name: Annotated[str | None, typer.Option(help="Given name of the contact or guest.")] = None,
+    last_name: Annotated[str | None, typer.Option(help="Surname of the contact or guest.")] = None,
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Idempotency key and MessageId; defaults to a new id. Service Bus drops a resend of the same "
+            "id within 10 minutes (duplicate detection)."
+        ),
+    ] = None,
     no_external_senders: Annotated[
         bool, typer.Option("--no-external-senders", help="The person need not be able to mail the group.")
     ] = False,
-    reply_to: Annotated[str | None, typer.Option(help="Queue for the outcome event.")] = None,
+    reply_to: Annotated[
+        str | None, typer.Option(help="Queue for the outcome event (default: ONBOARDING_OUTCOME_QUEUE).")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the outcome event and print it (it stays on its queue).")
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds --wait waits for the outcome.")] = 120.0,
 ) -> None:
-    """Validate one request and put it on queue create-contact."""
+    """Validate one request and put it on queue create-contact.
+
+    Needs ServiceBusConnection (or ServiceBusConnection__fullyQualifiedNamespace, signed in with az login).
+    Exit code with --wait: 0 succeeded, 3 failed or no outcome in time.
+    """
+    from cli.outcomes import render_outcome
+    from cli.upstream import is_queued, servicebus_client, wait_for_outcome
     from cli.upstream import submit as submit_requests
 
-    settings = _load_settings()
+    settings = _settings(ServiceBusSettings, "submit")
     target = {"smtp_address": group} if "@" in group else {"object_id": group}
     try:
         request = OnboardingRequest.model_validate(
@@ -168,21 +332,73 @@ def submit(
             }
         )
     except ValidationError as error:
-        errors.print(f"[red]Invalid request:[/] {error}")
-        raise typer.Exit(2) from None
-    if settings.servicebus_connection_string is None:
-        errors.print(f"[red]{SERVICEBUS_CONNECTION} (a connection string) is needed to submit.[/]")
-        raise typer.Exit(2)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise _fail(f"Invalid request: {problems}", 2) from None
+    handled_at = _first_handled(request_id) if request_id is not None else None
+    outcome_queue = reply_to or settings.outcome_queue
 
-    async def send() -> list[str]:
-        assert settings.servicebus_connection_string is not None
-        async with ServiceBusClient.from_connection_string(
-            settings.servicebus_connection_string.get_secret_value()
-        ) as client:
-            return await submit_requests(client, [request], reply_to=reply_to)
+    async def send() -> int:
+        async with servicebus_client(settings) as client:
+            # Service Bus accepts a resend of a MessageId it saw within the window and drops it silently.
+            waiting = request_id is not None and await is_queued(client, StageName.CREATE_CONTACT, request_id)
+            (sent_id,) = await submit_requests(client, [request], reply_to=reply_to)
+            duplicate = _duplicate_because(waiting, handled_at)
+            if duplicate:
+                errors.print(
+                    f"Sent request {sent_id}, but Service Bus drops it as a duplicate: {duplicate}, within "
+                    f"create-contact's {DUPLICATE_WINDOW_TEXT} duplicate-detection window. "
+                    "Use a new --request-id to onboard again.",
+                    markup=False,
+                )
+            else:
+                console.print(f"Submitted request {sent_id} to queue {StageName.CREATE_CONTACT}.", markup=False)
+            if not wait:
+                console.print(f"Follow it with `onboard status {sent_id}` or `--wait`.", markup=False)
+                return 0
+            console.print(f"Waiting up to {timeout:.0f} s for its outcome on queue {outcome_queue}...", markup=False)
+            outcome = await wait_for_outcome(client, outcome_queue, sent_id, within_seconds=timeout)
+        if outcome is None:
+            errors.print(
+                f"No outcome for {sent_id} within {timeout:.0f} s. Is `onboard host` running? "
+                f"`onboard status {sent_id}` shows where it stands.",
+                markup=False,
+            )
+            return 3
+        console.print(render_outcome(outcome))
+        return 3 if outcome.status is OutcomeStatus.FAILED else 0
 
-    (sent_id,) = asyncio.run(send())
-    console.print(f"Submitted request {sent_id}.")
+    raise typer.Exit(_talk_to_servicebus(settings, send()))
+
+
+def _duplicate_because(waiting: bool, handled_at: datetime | None) -> str | None:
+    if waiting:
+        return "the same id is still waiting on the queue"
+    if handled_at is not None and datetime.now(UTC) - handled_at < DUPLICATE_WINDOW:
+        return f"the same id was handled at {handled_at:%H:%M:%S}Z"
+    return None
+
+
+def _first_handled(request_id: str) -> datetime | None:
+    """When the journal (ONBOARDING_JOURNAL) first saw this request, if it can tell."""
+    from shared.journal import JournalSettingError, open_journal, sqlite_file
+
+    setting = os.environ.get("ONBOARDING_JOURNAL")
+    try:
+        local_file = sqlite_file(setting) if setting else None
+        journal = open_journal(setting) if setting and (local_file is None or local_file.exists()) else None
+        if journal is None:
+            return None
+
+        async def first_seen() -> datetime | None:
+            try:
+                history = await journal.history(request_id)
+            finally:
+                await journal.close()
+            return history[0].at if history else None
+
+        return asyncio.run(first_seen())
+    except (JournalSettingError, AzureError, sqlite3.DatabaseError):
+        return None  # the duplicate warning is a courtesy; the send decides
 
 
 @app.command()
@@ -202,52 +418,64 @@ def status(
     ] = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}",
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Requests in the summary, newest first.")] = 50,
 ) -> None:
-    """Print one request's transitions (stage, decision, attempt, cause), or where the latest requests stand."""
+    """Print one request's transitions (stage, decision, attempt, cause), or where the latest requests stand.
+
+    Needs ONBOARDING_JOURNAL (or --journal). For a request with no history yet, it also looks on queue
+    create-contact when ServiceBusConnection is set, to tell "queued, not yet handled" from "unknown".
+    """
     from cli.status import status_report
     from shared.journal import JournalSettingError, open_journal, sqlite_file
 
     try:
         local_file = sqlite_file(journal)
         if local_file is not None and not local_file.exists():
-            errors.print(
-                f"[red]No journal at {local_file}.[/] Run `onboard sandbox` (it keeps one in {DEFAULT_STATE_DIR}/) "
-                "or set ONBOARDING_JOURNAL to the journal the app writes."
+            raise _fail(
+                f"No journal at {local_file}. Run `onboard sandbox` (it keeps one in {DEFAULT_STATE_DIR}/) "
+                "or set ONBOARDING_JOURNAL to the journal the app writes.",
+                2,
             )
-            raise typer.Exit(2)
         # Table Storage by URL signs in as the operator (DefaultAzureCredential: az login), who needs
         # "Storage Table Data Reader" on the table.
         opened = open_journal(journal)
         if opened is None:
-            errors.print("[red]No journal named:[/] set ONBOARDING_JOURNAL or --journal.")
-            raise typer.Exit(2)
+            raise _fail("No journal named: set ONBOARDING_JOURNAL or --journal.", 2)
         report = asyncio.run(status_report(opened, request_id, limit=limit))
     except JournalSettingError as error:
-        errors.print(f"[red]{error}[/]")
-        raise typer.Exit(2) from None
+        raise _fail(str(error), 2) from None
     except (AzureError, sqlite3.DatabaseError) as error:
         # Unreachable storage, a missing role, a file that is not a journal: one line, no traceback.
-        errors.print(
-            f"[red]Could not read the journal:[/] {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
-        )
-        raise typer.Exit(1) from None
+        raise _fail(
+            f"Could not read the journal: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        ) from None
     console.print(report)
+    if request_id is not None and report.unknown:
+        console.print(_where_unhandled(request_id), markup=False)
+
+
+def _where_unhandled(request_id: str) -> str:
+    from cli.upstream import is_queued, servicebus_client
+
+    try:
+        settings = load_settings(ServiceBusSettings)
+    except SettingsProblem:
+        return "Unknown id, or not yet handled (set ServiceBusConnection to look for it on queue create-contact)."
+
+    async def look() -> bool:
+        async with servicebus_client(settings) as client:
+            return await is_queued(client, StageName.CREATE_CONTACT, request_id)
+
+    if _talk_to_servicebus(settings, look()):
+        return f"Queued on {StageName.CREATE_CONTACT}, not yet handled: is `onboard host` running?"
+    return f"Unknown id: no history, and not waiting on queue {StageName.CREATE_CONTACT}."
 
 
 @app.command()
 def schema(
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
 ) -> None:
-    """Print the JSON Schema of contract v1 (request, stage message, outcome event)."""
+    """Print the JSON Schema of contract v1 (request, stage message, outcome event). Needs no settings."""
     text = json.dumps(contract_schemas(), indent=2, sort_keys=True) + "\n"
     if output:
         output.write_text(text)
     else:
         sys.stdout.write(text)
-
-
-def _load_settings() -> Settings:
-    try:
-        return Settings()  # fields come from the environment / .env
-    except ValidationError as error:
-        errors.print(f"[red]Settings are incomplete or invalid[/] (see README, Settings):\n{error}")
-        raise typer.Exit(2) from None

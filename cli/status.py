@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -23,8 +25,8 @@ _STYLES = {
 
 
 def _time(at: datetime, *, milliseconds: bool = True) -> str:
-    # Milliseconds tell apart transitions of one request; a summary fits 80 columns without them.
-    return at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z" if milliseconds else at.strftime("%Y-%m-%d %H:%M:%SZ")
+    # Milliseconds tell apart transitions of one request; the year is left out so 80 columns suffice.
+    return at.strftime("%m-%d %H:%M:%S.%f")[:-3] if milliseconds else at.strftime("%Y-%m-%d %H:%M")
 
 
 def state_of(state: RequestState) -> str:
@@ -46,12 +48,12 @@ def render_history(transitions: Sequence[Transition], *, request_id: str | None 
     about = f"request {request_id}" if request_id else "this request"
     if not transitions:
         return Text(f"No transitions recorded for {about}.", style="yellow")
-    table = Table(title=f"History of {about}", title_justify="left")
-    table.add_column("Time (UTC)", no_wrap=True)
+    table = Table(title=f"History of {about}", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("UTC", no_wrap=True)
     table.add_column("Stage", no_wrap=True)
     table.add_column("Decision", no_wrap=True)
-    table.add_column("Attempt", justify="right")
-    table.add_column("Cause", overflow="fold")  # a stage name must stay readable in 80 columns
+    table.add_column("Try", justify="right")
+    table.add_column("Cause")  # wraps at words; the other columns stay whole
     for transition in transitions:
         # Text, not markup: a cause may hold brackets (exception text) that rich would interpret.
         table.add_row(
@@ -64,24 +66,33 @@ def render_history(transitions: Sequence[Transition], *, request_id: str | None 
     return table
 
 
+def _needs_its_cause(state: RequestState) -> bool:
+    """Failures, retries and crashes say why; a plain success or pass-on has nothing to add."""
+    if not state.last_cause:
+        return False
+    if state.last_decision is TransitionKind.FINISHED:
+        return state.last_outcome_status is not OutcomeStatus.SUCCEEDED
+    return state.last_decision is not TransitionKind.PASSED_ON
+
+
 def render_summary(states: Sequence[RequestState]) -> RenderableType:
     """Counts by state, then the latest transition of each request (newest first, as given)."""
     if not states:
         return Text("The journal holds no requests yet.", style="yellow")
     counts = Counter(state_of(state) for state in states)
     heading = Text(f"The latest {len(states)} request{'s' if len(states) != 1 else ''} by state", style="italic")
-    by_state = Table()
+    by_state = Table(box=box.SIMPLE_HEAD)
     by_state.add_column("State")
     by_state.add_column("Requests", justify="right")
     for label, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
         by_state.add_row(label, str(count))
 
-    latest = Table()
+    latest = Table(box=box.SIMPLE_HEAD)
     latest.add_column("Request", no_wrap=True)
     latest.add_column("State", no_wrap=True)
     latest.add_column("Stage", no_wrap=True)
-    latest.add_column("At (UTC)", no_wrap=True)
-    latest.add_column("Transitions", justify="right")
+    latest.add_column("UTC", no_wrap=True)
+    latest.add_column("Steps", justify="right")
     for state in states:
         latest.add_row(
             Text(state.request_id),
@@ -90,14 +101,34 @@ def render_summary(states: Sequence[RequestState]) -> RenderableType:
             _time(state.last_at, milliseconds=False),
             str(state.attempts),
         )
-    return Group(heading, by_state, Text("Latest transition per request", style="italic"), latest)
+
+    # Below the table, not in a column: a cause is a sentence, and a narrow column cuts it mid-word.
+    causes = [
+        Text.assemble((state.request_id, "bold"), ": ", (state.last_cause or "", _STYLES[state.last_decision]))
+        for state in states
+        if _needs_its_cause(state)
+    ]
+    parts: list[RenderableType] = [heading, by_state, Text("Latest transition per request", style="italic"), latest]
+    if causes:
+        parts += [Text("Why they stopped or wait", style="italic"), *causes]
+    return Group(*parts)
 
 
-async def status_report(journal: Journal, request_id: str | None = None, *, limit: int = 50) -> RenderableType:
+@dataclass(frozen=True)
+class StatusReport:
+    renderable: RenderableType
+    unknown: bool  # the journal holds nothing about the request asked for
+
+    def __rich__(self) -> RenderableType:
+        return self.renderable
+
+
+async def status_report(journal: Journal, request_id: str | None = None, *, limit: int = 50) -> StatusReport:
     """Read what `onboard status` prints, then close the journal."""
     try:
         if request_id is not None:
-            return render_history(await journal.history(request_id), request_id=request_id)
-        return render_summary(await journal.summary(limit))
+            history = await journal.history(request_id)
+            return StatusReport(render_history(history, request_id=request_id), unknown=not history)
+        return StatusReport(render_summary(await journal.summary(limit)), unknown=False)
     finally:
         await journal.close()

@@ -4,12 +4,86 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 
-from azure.servicebus import ServiceBusMessage
-from azure.servicebus.aio import ServiceBusClient
+from azure.identity.aio import DefaultAzureCredential
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 
 from shared.contracts import OnboardingRequest, OutcomeEvent, StageName
+from shared.settings import ServiceBusSettings
+
+# A command line should fail within seconds when the namespace is unreachable, not after the
+# SDK's default three retries (about 13 s).
+CLIENT_RETRIES = 1
+PEEK_BATCH = 100
+
+
+def namespace_of(settings: ServiceBusSettings) -> str:
+    """Where the client connects (no key): the connection string's Endpoint, or the namespace."""
+    if settings.servicebus_connection_string is None:
+        return str(settings.servicebus_namespace)
+    for part in settings.servicebus_connection_string.get_secret_value().split(";"):
+        name, _, value = part.partition("=")
+        if name.strip().lower() == "endpoint":
+            return value.strip()
+    return "the namespace of ServiceBusConnection"
+
+
+@asynccontextmanager
+async def servicebus_client(settings: ServiceBusSettings) -> AsyncIterator[ServiceBusClient]:
+    """A client by connection string, or by namespace as the signed-in operator (az login)."""
+    if settings.servicebus_connection_string is not None:
+        secret = settings.servicebus_connection_string.get_secret_value()
+        async with ServiceBusClient.from_connection_string(secret, retry_total=CLIENT_RETRIES) as client:
+            yield client
+        return
+    async with (
+        DefaultAzureCredential() as credential,
+        ServiceBusClient(str(settings.servicebus_namespace), credential, retry_total=CLIENT_RETRIES) as client,
+    ):
+        yield client
+
+
+def outcome_message_id(request_id: str) -> str:
+    return f"{request_id}/outcome"  # the runner's MessageId for a request's one outcome event
+
+
+async def _peek_for(
+    receiver: ServiceBusReceiver, message_id: str, from_sequence: int
+) -> tuple[ServiceBusReceivedMessage | None, int]:
+    """Peek (without locking) from `from_sequence` to the end; the message with this id, and where to go on."""
+    while True:
+        batch = await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=from_sequence)
+        if not batch:
+            return None, from_sequence
+        for message in batch:
+            from_sequence = (message.sequence_number or 0) + 1
+            if message.message_id == message_id:
+                return message, from_sequence
+
+
+async def is_queued(client: ServiceBusClient, queue: str, message_id: str) -> bool:
+    async with client.get_queue_receiver(queue) as receiver:
+        found, _ = await _peek_for(receiver, message_id, 0)
+        return found is not None
+
+
+async def wait_for_outcome(
+    client: ServiceBusClient, queue: str, request_id: str, *, within_seconds: float, poll_seconds: float = 1.0
+) -> OutcomeEvent | None:
+    """The request's outcome event once it is on `queue`, by peeking: it stays there for its consumer."""
+    deadline = asyncio.get_running_loop().time() + within_seconds
+    next_sequence = 0
+    async with client.get_queue_receiver(queue) as receiver:
+        while True:
+            found, next_sequence = await _peek_for(receiver, outcome_message_id(request_id), next_sequence)
+            if found is not None:
+                return OutcomeEvent.model_validate_json(b"".join(found.body))
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
+            await asyncio.sleep(poll_seconds)
 
 
 async def submit(

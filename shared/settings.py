@@ -1,4 +1,7 @@
-"""Every setting the app reads, in one place (Functions app settings, environment or `.env`).
+"""Every setting the app reads, in one place: the process environment (Functions app settings).
+
+Only the environment, as in Azure: the `onboard` command line reads `./.env` into the environment
+first (cli/settings.py), so a local `.env` never changes what tests or the deployed app see.
 
 Names and meanings are listed in the README's Settings table. A missing or malformed setting
 fails at start-up with pydantic's message naming it, never halfway through a request.
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import AliasChoices, EmailStr, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,10 +25,12 @@ SERVICEBUS_CONNECTION = "ServiceBusConnection"
 CredentialKind = Literal["managed-identity", "default", "sandbox"]
 
 
-class Settings(BaseSettings):
+class ServiceBusSettings(BaseSettings):
+    """What a client of the queues needs (`onboard submit`): the namespace, and where outcomes go."""
+
     # hide_input_in_errors: a refused value may be a connection string with a key.
     model_config = SettingsConfigDict(
-        env_prefix="ONBOARDING_", env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+        env_prefix="ONBOARDING_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
     )
 
     servicebus_connection_string: SecretStr | None = Field(
@@ -34,6 +39,21 @@ class Settings(BaseSettings):
     servicebus_namespace: str | None = Field(
         default=None, validation_alias=AliasChoices(f"{SERVICEBUS_CONNECTION}__fullyQualifiedNamespace")
     )
+    outcome_queue: str = Field(default="onboarding-outcomes", pattern=r"^[A-Za-z0-9._/-]{1,260}$")
+
+    @model_validator(mode="after")
+    def _one_servicebus_route(self) -> Self:
+        if (self.servicebus_connection_string is None) == (self.servicebus_namespace is None):
+            raise ValueError(
+                f"set exactly one of {SERVICEBUS_CONNECTION} (connection string) or "
+                f"{SERVICEBUS_CONNECTION}__fullyQualifiedNamespace (managed identity)"
+            )
+        return self
+
+
+class Settings(ServiceBusSettings):
+    """Everything the function app reads."""
+
     tenant_id: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")
     tenant_domain: str = Field(
         min_length=3, description="The tenant's initial domain (x.onmicrosoft.com), for Exchange's anchor header."
@@ -46,7 +66,6 @@ class Settings(BaseSettings):
     )
     managed_identity_client_id: str | None = None
     guest_redirect_url: HttpUrl = HttpUrl("https://myapplications.microsoft.com")
-    outcome_queue: str = Field(default="onboarding-outcomes", pattern=r"^[A-Za-z0-9._/-]{1,260}$")
     servicebus_max_delivery_count: int = Field(
         default=10, ge=1, le=2000, description="The queues' MaxDeliveryCount: the last delivery reports a crash."
     )
@@ -78,15 +97,6 @@ class Settings(BaseSettings):
     def _journal_form(cls, journal: SecretStr | None) -> SecretStr | None:
         parse_journal_setting(journal.get_secret_value() if journal else None)  # fail at start-up, not per message
         return journal
-
-    @model_validator(mode="after")
-    def _one_servicebus_route(self) -> Settings:
-        if (self.servicebus_connection_string is None) == (self.servicebus_namespace is None):
-            raise ValueError(
-                f"set exactly one of {SERVICEBUS_CONNECTION} (connection string) or "
-                f"{SERVICEBUS_CONNECTION}__fullyQualifiedNamespace (managed identity)"
-            )
-        return self
 
     @model_validator(mode="after")
     def _sandbox_only_locally(self) -> Settings:

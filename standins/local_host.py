@@ -11,12 +11,14 @@ locks are renewed while a function runs, up to maxAutoLockRenewalDuration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import inspect
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,12 +30,20 @@ from azure.functions.decorators.servicebus import ServiceBusQueueTrigger
 from azure.identity.aio import DefaultAzureCredential
 from azure.servicebus import ServiceBusReceivedMessage
 from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient, ServiceBusReceiver
+from azure.servicebus.exceptions import (
+    MessagingEntityNotFoundError,
+    ServiceBusAuthenticationError,
+    ServiceBusAuthorizationError,
+    ServiceBusError,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 logger = logging.getLogger("onboarding.local_host")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MAX_CONCURRENT_CALLS = 16  # the Functions Service Bus extension's default
+RECONNECT_FIRST_DELAY_SECONDS = 1.0
+RECONNECT_MAX_DELAY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,44 @@ class LocalMessageActions:
             await settlement
 
 
+class ConnectionWatch:
+    """Says once that Service Bus went away and once that it is back, however many queues noticed."""
+
+    def __init__(self) -> None:
+        self._down_since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def lost(self, error: ServiceBusError) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = time.monotonic()
+        # A wrong key or a missing queue will not heal by itself: that needs a person.
+        needs_a_person = isinstance(
+            error, ServiceBusAuthenticationError | ServiceBusAuthorizationError | MessagingEntityNotFoundError
+        )
+        logger.log(
+            logging.ERROR if needs_a_person else logging.WARNING,
+            "Service Bus is unreachable (%s: %s); reconnecting with backoff (at most every %.0f s)",
+            type(error).__name__,
+            _first_line(error),
+            RECONNECT_MAX_DELAY_SECONDS,
+        )
+
+    def restored(self) -> None:
+        if self._down_since is None:
+            return
+        logger.warning("reconnected to Service Bus after %.0f s", time.monotonic() - self._down_since)
+        self._down_since = None
+
+
+def _first_line(error: BaseException) -> str:
+    text = (str(error).splitlines() or [""])[0]
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 class LocalHost:
     def __init__(
         self,
@@ -166,6 +214,7 @@ class LocalHost:
         self._options = host_options()
         self._concurrency = concurrency or self._options.max_concurrent_calls
         self._receive_wait = receive_wait_seconds
+        self._connection = ConnectionWatch()
         self.invocations = 0
 
     @property
@@ -198,23 +247,36 @@ class LocalHost:
                 await client.close()
 
     async def _pump(self, trigger: QueueTrigger, client: ServiceBusClient, stop: asyncio.Event) -> None:
+        """Receive until `stop`; a lost or refused connection is retried with backoff, as the Functions
+        host's Service Bus processor keeps receiving after errors instead of stopping the app."""
         logger.info("listening on queue %s for function %s", trigger.queue_name, trigger.function_name)
-        # As the Functions host does, locks are renewed while a function runs (maxAutoLockRenewalDuration).
-        renewer = AutoLockRenewer(
-            max_lock_renewal_duration=self._options.max_auto_lock_renewal_duration.total_seconds()
-        )
-        async with client.get_queue_receiver(trigger.queue_name) as receiver:
+        failures = 0
+        while not stop.is_set():
             try:
-                while not stop.is_set():
-                    messages = await receiver.receive_messages(
-                        max_message_count=self._concurrency, max_wait_time=self._receive_wait
+                async with client.get_queue_receiver(trigger.queue_name) as receiver:
+                    # As the Functions host does, locks are renewed while a function runs (maxAutoLockRenewalDuration).
+                    renewer = AutoLockRenewer(
+                        max_lock_renewal_duration=self._options.max_auto_lock_renewal_duration.total_seconds()
                     )
-                    if messages:
-                        await asyncio.gather(
-                            *(self._invoke(trigger, receiver, message, renewer) for message in messages)
-                        )
-            finally:
-                await renewer.close()
+                    try:
+                        while not stop.is_set():
+                            messages = await receiver.receive_messages(
+                                max_message_count=self._concurrency, max_wait_time=self._receive_wait
+                            )
+                            failures = 0
+                            self._connection.restored()
+                            if messages:
+                                await asyncio.gather(
+                                    *(self._invoke(trigger, receiver, message, renewer) for message in messages)
+                                )
+                    finally:
+                        await renewer.close()
+            except ServiceBusError as error:
+                failures += 1
+                self._connection.lost(error)
+                delay = min(RECONNECT_FIRST_DELAY_SECONDS * 2 ** (failures - 1), RECONNECT_MAX_DELAY_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
 
     async def _invoke(
         self,

@@ -2,20 +2,53 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from cli.main import app
+from cli.settings import env_name, read_env_file
+from shared.settings import SERVICEBUS_CONNECTION, Settings
+from tests.onboard_process import run_onboard
+
+
+@pytest.fixture(autouse=True)
+def no_dot_env_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command reads ./.env into the environment: never a developer's own, in these tests."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.mark.stack
-def test_demo_prints_every_outcome_and_exits_zero() -> None:
-    result = CliRunner().invoke(app, ["demo", "--timeout", "60"], env={"COLUMNS": "240"})
-    assert result.exit_code == 0, result.output
-    for text in ("Partners", "Suppliers (secure)", "Project Falcon", "GroupNotFound", "4 of 4 samples"):
-        assert text in result.output
+@pytest.mark.parametrize("columns", [80, 120])
+def test_demo_prints_one_readable_block_per_sample_quietly_and_exits_zero(tmp_path: Path, columns: int) -> None:
+    result = run_onboard("demo", "--timeout", "60", cwd=tmp_path, columns=columns)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for text in ("Partners", "Suppliers (secure)", "Project Falcon", "Failed: GroupNotFound", "4 of 4 samples"):
+        assert text in result.stdout
+    assert result.stdout.count("✔ ") == 4
+    assert max(len(line) for line in result.stdout.splitlines()) <= columns
+    # Each word whole: a wrapped line breaks between words, never inside one.
+    assert "delivered (message trace)." in " ".join(line.strip() for line in result.stdout.splitlines())
+    assert result.stderr == "", "the expected GroupNotFound is no ERROR in a demo that went as planned"
+
+
+@pytest.mark.parametrize("command", ["demo", "sandbox", "host", "submit", "status", "schema"])
+def test_help_describes_every_option_and_shows_flags_as_flags(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    assert "<bool>" not in result.output
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    undescribed = [param.name for param in click_command.params if not getattr(param, "help", "x")]
+    assert undescribed == []
+    assert "Needs" in result.output, "each command says which settings it needs"
+
+
+def test_host_verbose_can_be_turned_off_and_dot_env_is_mentioned() -> None:
+    assert "-v, --verbose / -q, --quiet" in CliRunner().invoke(app, ["host", "--help"]).output
+    assert ".env" in CliRunner().invoke(app, ["--help"]).output
 
 
 def test_submit_refuses_an_invalid_request_before_sending(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,22 +73,21 @@ def test_submit_refuses_an_invalid_request_before_sending(monkeypatch: pytest.Mo
         ],
     )
     assert result.exit_code == 2
-    assert "external_email" in result.output
+    assert result.output.startswith("Invalid request: external_email: ")
+    assert len(result.output.splitlines()) == 1
 
 
 def test_host_names_missing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("ServiceBusConnection", "ONBOARDING_TENANT_ID", "ONBOARDING_TENANT_DOMAIN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir("/")  # no .env here
     result = CliRunner().invoke(app, ["host"])
     assert result.exit_code == 2
-    assert "tenant_id" in result.output
+    assert "ONBOARDING_TENANT_ID is not set" in result.output
 
 
 def test_host_refuses_a_malformed_journal_setting_at_start_without_echoing_its_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.chdir("/")  # no .env here
     monkeypatch.setenv("ServiceBusConnection", "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v")
     monkeypatch.setenv("ONBOARDING_TENANT_ID", "00000000-0000-0000-0000-000000000000")
     monkeypatch.setenv("ONBOARDING_TENANT_DOMAIN", "contoso.onmicrosoft.com")
@@ -76,3 +108,38 @@ def test_sandbox_refuses_bad_knobs_and_seed_files_before_starting_anything(tmp_p
     missing = CliRunner().invoke(app, ["sandbox", "--seed", str(tmp_path / "none.json"), "--state-dir", str(state)])
     assert missing.exit_code == 2 and "Invalid value for --seed" in missing.output
     assert not state.exists(), "nothing was started or created"
+
+
+def test_dot_env_fills_in_only_what_the_environment_leaves_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONBOARDING_TENANT_DOMAIN", "from-the-environment.onmicrosoft.com")
+    monkeypatch.setenv(SERVICEBUS_CONNECTION, "")  # restored after the test, whatever .env sets
+    monkeypatch.delenv(SERVICEBUS_CONNECTION)
+    (tmp_path / ".env").write_text(
+        "ONBOARDING_TENANT_DOMAIN=from-dot-env.onmicrosoft.com\n"
+        "ServiceBusConnection='Endpoint=sb://localhost:5672;SharedAccessKeyName=k;SharedAccessKey=v;'\n"
+    )
+
+    read_env_file()
+
+    assert os.environ["ONBOARDING_TENANT_DOMAIN"] == "from-the-environment.onmicrosoft.com"
+    assert os.environ[SERVICEBUS_CONNECTION] == "Endpoint=sb://localhost:5672;SharedAccessKeyName=k;SharedAccessKey=v;"
+
+
+def test_settings_are_named_as_they_are_set() -> None:
+    assert env_name(Settings, "tenant_id") == "ONBOARDING_TENANT_ID"
+    assert env_name(Settings, "servicebus_connection_string") == "ServiceBusConnection"
+    assert env_name(Settings, "servicebus_namespace") == "ServiceBusConnection__fullyQualifiedNamespace"
+
+
+def test_status_reads_its_journal_setting_from_dot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONBOARDING_JOURNAL", "")  # restored after the test, whatever .env sets
+    monkeypatch.delenv("ONBOARDING_JOURNAL")
+    elsewhere = tmp_path / "elsewhere" / "journal.db"
+    (tmp_path / ".env").write_text(f"ONBOARDING_JOURNAL='sqlite:{elsewhere}'\n")
+
+    result = CliRunner().invoke(app, ["status"], env={"COLUMNS": "240"})
+
+    assert result.exit_code == 2
+    assert result.output.startswith(f"No journal at {elsewhere}.")

@@ -92,6 +92,7 @@ class RequestState(BaseModel):
     last_decision: TransitionKind
     last_at: AwareDatetime
     last_outcome_status: OutcomeStatus | None = None
+    last_cause: str | None = Field(default=None, max_length=CAUSE_MAX, description="The latest transition's cause.")
     attempts: int = Field(ge=1, description="Transitions recorded: deliveries handled across all stages.")
 
     @classmethod
@@ -102,6 +103,7 @@ class RequestState(BaseModel):
             last_decision=latest.decision,
             last_at=latest.at,
             last_outcome_status=latest.outcome_status,
+            last_cause=latest.cause,
             attempts=attempts,
         )
 

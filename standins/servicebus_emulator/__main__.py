@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import threading
 from pathlib import Path
@@ -34,7 +35,8 @@ def serve(
         signal.signal(signum, lambda *_: stop.set())
     with ServiceBusEmulator(queues, port=port, database=database) as emulator:
         print(f"Service Bus emulator on 127.0.0.1:{emulator.port}; queues: {', '.join(q.name for q in queues.queues)}")
-        print(f"ServiceBusConnection={emulator.connection_string}", flush=True)
+        # Quoted: the connection string holds `;`, which a shell sourcing .env would cut at.
+        print(f"ServiceBusConnection={shlex.quote(emulator.connection_string)}", flush=True)
         stop.wait()
 
 

@@ -41,7 +41,8 @@ def serve(
     print(f"ONBOARDING_TENANT_DOMAIN={sandbox.tenant_domain}")
     print(f"ONBOARDING_GRAPH_BASE_URL={sandbox.graph_base_url}")
     print(f"ONBOARDING_EXCHANGE_BASE_URL={sandbox.exchange_base_url}")
-    print("ONBOARDING_DIRECTORY_CREDENTIAL=sandbox", flush=True)
+    print("ONBOARDING_DIRECTORY_CREDENTIAL=sandbox")
+    print("ONBOARDING_ALLOW_SANDBOX_CREDENTIAL=true", flush=True)  # the app refuses the sandbox credential without it
     sandbox.serve_forever()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,11 @@ def text_of(renderable: RenderableType) -> str:
 
 
 def state(
-    request_id: str, decision: TransitionKind, outcome: OutcomeStatus | None = None, attempts: int = 1
+    request_id: str,
+    decision: TransitionKind,
+    outcome: OutcomeStatus | None = None,
+    attempts: int = 1,
+    cause: str | None = None,
 ) -> RequestState:
     return RequestState(
         request_id=request_id,
@@ -30,8 +35,13 @@ def state(
         last_decision=decision,
         last_at=T0,
         last_outcome_status=outcome,
+        last_cause=cause,
         attempts=attempts,
     )
+
+
+def cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
 
 
 def test_history_shows_each_transition_with_its_cause_verbatim() -> None:
@@ -52,8 +62,8 @@ def test_history_shows_each_transition_with_its_cause_verbatim() -> None:
     text = text_of(render_history(transitions, request_id="hr-1"))
 
     assert "History of request hr-1" in text
-    lines = [line for line in text.splitlines() if "2026-11-23" in line]
-    assert "09:00:00.250Z" in lines[0] and "create-contact" in lines[0] and "passed-on" in lines[0]
+    lines = [line for line in text.splitlines() if "11-23 09:00" in line]
+    assert "11-23 09:00:00.250" in lines[0] and "create-contact" in lines[0] and "passed-on" in lines[0]
     assert "add-member" in lines[1] and "crashed" in lines[1] and " 2 " in lines[1]
     assert "KeyError: [bold]not markup[/bold]" in lines[1]
 
@@ -73,9 +83,8 @@ def test_summary_counts_by_state_and_lists_the_latest_per_request() -> None:
 
     text = text_of(render_summary(states))
 
-    counts = {
-        line.split("│")[1].strip(): line.split("│")[2].strip() for line in text.splitlines() if line.count("│") == 3
-    }
+    by_state = text[: text.index("Latest transition per request")]
+    counts = dict(cells(line) for line in by_state.splitlines() if re.fullmatch(r"\s+\S.*\S\s{2,}\d+\s*", line))
     assert counts == {
         "finished (Succeeded)": "2",
         "finished (SucceededWithWarnings)": "1",
@@ -83,8 +92,25 @@ def test_summary_counts_by_state_and_lists_the_latest_per_request() -> None:
         "retry-scheduled": "1",
     }
     rows = [line for line in text.splitlines() if "hr-" in line]
-    assert [row.split("│")[1].strip() for row in rows] == ["hr-1", "hr-2", "hr-3", "hr-4", "hr-5"]
-    assert rows[0].split("│")[5].strip() == "3"
+    assert [cells(row)[0] for row in rows] == ["hr-1", "hr-2", "hr-3", "hr-4", "hr-5"]
+    assert cells(rows[0])[4] == "3"
+
+
+def test_summary_says_why_a_request_failed_waits_or_warned_and_not_why_it_succeeded() -> None:
+    states = [
+        state("hr-1", TransitionKind.FINISHED, OutcomeStatus.SUCCEEDED, cause="Succeeded"),
+        state("hr-2", TransitionKind.DEAD_LETTERED, OutcomeStatus.FAILED, cause="GroupNotFound: no such group"),
+        state("hr-3", TransitionKind.RETRY_SCHEDULED, cause="Throttled: 429 from Graph"),
+        state("hr-4", TransitionKind.FINISHED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS, cause="delivery unconfirmed"),
+    ]
+
+    text = text_of(render_summary(states))
+
+    why = text[text.index("Why they stopped or wait") :]
+    assert "hr-2: GroupNotFound: no such group" in why
+    assert "hr-3: Throttled: 429 from Graph" in why
+    assert "hr-4: delivery unconfirmed" in why
+    assert "hr-1" not in why
 
 
 def test_state_names_the_outcome_only_for_finished_requests() -> None:
