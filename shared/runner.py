@@ -36,6 +36,18 @@ from shared.stages import Stage, StageDependencies
 
 logger = logging.getLogger("onboarding.runner")
 
+# Dead-letter reasons caused by what the request asked for (the sender fixes them), not by the app.
+REQUEST_REFUSALS = frozenset(
+    {
+        DeadLetterReason.INVALID_REQUEST,
+        DeadLetterReason.GROUP_NOT_FOUND,
+        DeadLetterReason.UNSUPPORTED_GROUP_KIND,
+        DeadLetterReason.POLICY_DENIED,
+        DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
+        DeadLetterReason.DELIVERY_FAILED,
+    }
+)
+
 
 class MessageActions(Protocol):
     """The settlement half of azurefunctions-extensions-bindings-servicebus' ServiceBusMessageActions.
@@ -139,7 +151,10 @@ class StageRunner:
             logger.exception("could not report the failure of stage %s", self.stage_name)
             await self._settle(actions.abandon, message)
             raise
-        log = logger.error if effect.settlement == "deadletter" else logger.info
+        log = logger.info
+        if effect.dead_letter_reason is not None:
+            # ERROR is for what needs a person on our side; a request refused for what it asked is a WARNING.
+            log = logger.warning if effect.dead_letter_reason in REQUEST_REFUSALS else logger.error
         log("%s attempt %d %s: %s", self.stage_name, delivery.attempt, effect.transition, effect.cause)
         if effect.settlement == "complete":
             await self._settle(actions.complete, message)
