@@ -1,0 +1,268 @@
+"""`make chaos`: many requests while the tenant misbehaves, the host is killed and the broker restarts.
+
+Everything runs on the local stand-ins: the emulator keeps its messages in SQLite (so a restart
+loses nothing it acknowledged), the sandbox answers with random 503s, throttling and replication
+lag, and the local host runs as a child process that is killed with SIGKILL at random moments and
+started again. At the end it counts, from the outcome queue, the tenant and the queues: requests
+sent, outcomes by status, lost (no outcome), duplicated (more than one outcome for a request, or
+more than one contact, guest or membership for one person and group), and what is left in each
+queue. It exits 1 when anything was lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient
+from rich.console import Console
+
+from shared.contracts import OutcomeEvent, StageName
+from shared.settings import SERVICEBUS_CONNECTION
+from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
+from standins.stack import LocalStack, local_stack
+from standins.tenant_sandbox import Knobs
+
+OUTCOMES = "onboarding-outcomes"
+GROUPS = ("partners@contoso.com", "suppliers-secure@contoso.com", "project-falcon@contoso.com")
+QUEUES = (*(stage.value for stage in StageName), OUTCOMES)
+UNKIND_TENANT = {
+    "error_rate": {"graph": {"rate": 0.05}, "exchange": {"rate": 0.05}},
+    "throttle": {
+        "graph": {"requests_per_second": 60, "burst": 30},
+        "exchange": {"requests_per_second": 60, "burst": 30},
+    },
+    "replication_lag_seconds": 1.0,
+}
+
+
+@dataclass
+class Report:
+    sent: int = 0
+    invalid_sent: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)  # by status
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    left: dict[str, int] = field(default_factory=dict)  # queue -> messages still there
+    kills: int = 0
+    emulator_restarts: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.duplicated
+
+    def lines(self) -> list[str]:
+        statuses = ", ".join(f"{status} {count}" for status, count in sorted(self.outcomes.items()))
+        left = ", ".join(f"{queue} {count}" for queue, count in self.left.items() if count) or "nothing"
+        return [
+            f"requests sent: {self.sent} ({self.invalid_sent} invalid on purpose)",
+            f"outcomes: {sum(self.outcomes.values())} ({statuses})",
+            f"lost (no outcome): {len(self.lost)}" + (f" e.g. {self.lost[:5]}" if self.lost else ""),
+            f"duplicated: {len(self.duplicated)}" + (f" e.g. {self.duplicated[:5]}" if self.duplicated else ""),
+            f"left in queues and dead-letter queues: {left}",
+            f"host killed {self.kills} times, emulator restarted {self.emulator_restarts} times, "
+            f"{self.seconds:.0f} s in all",
+        ]
+
+
+def request_body(index: int, rng: random.Random, invalid_share: float) -> tuple[str, bytes, bool]:
+    request_id = f"chaos-{index:05d}"
+    if rng.random() < invalid_share:
+        return request_id, json.dumps({"request_id": request_id, "external_email": "nope"}).encode(), True
+    body = {
+        "request_id": request_id,
+        "external_email": f"person{index:05d}@fabrikam.example",
+        "display_name": f"Chaos Person {index:05d}",
+        "group": {"smtp_address": GROUPS[index % len(GROUPS)]},
+        "source_system": "demo-hr",
+    }
+    return request_id, json.dumps(body).encode(), False
+
+
+class Host:
+    """The local Functions host as a child process, killable with SIGKILL."""
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        self._environment = environment
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli",
+            "host",
+            "--quiet",
+            env={**os.environ, **self._environment},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    async def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            os.killpg(self._process.pid, signal.SIGKILL)
+            await self._process.wait()
+
+    async def stop(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._process.wait(), timeout=15)
+            except TimeoutError:
+                await self.kill()
+
+
+async def run_chaos(
+    *, requests: int, kills: int, emulator_restarts: int, seconds: float, seed: int, invalid_share: float = 0.05
+) -> Report:
+    rng = random.Random(seed)  # noqa: S311  # repeatable chaos, not cryptography
+    report = Report()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as folder:
+        database = Path(folder) / "servicebus.db"
+        config = EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=5))
+        knobs = Knobs.model_validate({**UNKIND_TENANT, "random_seed": seed})
+        with local_stack(emulator_config=config, servicebus_database=database, sandbox_knobs=knobs) as stack:
+            emulator = stack.emulator
+            host = Host(stack.environment)
+            await host.start()
+            try:
+                ids = await _send_all(stack, requests, rng, invalid_share, report)
+                deadline = started + seconds
+                chaos_until = time.monotonic() + min(seconds / 2, 15 + requests * 0.05)
+                moments = sorted(rng.uniform(1, chaos_until - time.monotonic()) for _ in range(kills))
+                restart_at = {rng.randrange(len(moments) + 1) for _ in range(emulator_restarts)}
+                origin = time.monotonic()
+                for index, moment in enumerate([*moments, None]):
+                    if index in restart_at:
+                        emulator = await _restart(emulator, config, database)
+                        report.emulator_restarts += 1
+                    if moment is None:
+                        break
+                    await asyncio.sleep(max(0.0, origin + moment - time.monotonic()))
+                    await host.kill()
+                    report.kills += 1
+                    await host.start()
+                outcomes = await _collect(stack, set(ids), deadline)
+                await host.stop()
+                _count(report, ids, outcomes, stack)
+                report.left = await _left_in_queues(emulator.connection_string)
+            finally:
+                await host.stop()
+                if emulator is not stack.emulator:
+                    emulator.stop()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def _send_all(
+    stack: LocalStack, requests: int, rng: random.Random, invalid_share: float, report: Report
+) -> list[str]:
+    ids: list[str] = []
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        client.get_queue_sender(StageName.CREATE_CONTACT.value) as sender,
+    ):
+        batch: list[ServiceBusMessage] = []
+        for index in range(requests):
+            request_id, body, invalid = request_body(index, rng, invalid_share)
+            ids.append(request_id)
+            report.invalid_sent += invalid
+            batch.append(ServiceBusMessage(body, message_id=request_id, content_type="application/json"))
+            if len(batch) == 50:
+                await sender.send_messages(batch)
+                batch = []
+        if batch:
+            await sender.send_messages(batch)
+    report.sent = len(ids)
+    return ids
+
+
+async def _restart(emulator: ServiceBusEmulator, config: EmulatorConfig, database: Path) -> ServiceBusEmulator:
+    emulator.stop()
+    await asyncio.sleep(0.5)
+    again = ServiceBusEmulator(config, port=emulator.port, database=database)
+    again.start()
+    return again
+
+
+async def _collect(stack: LocalStack, wanted: set[str], deadline: float) -> list[OutcomeEvent]:
+    """Every outcome until each wanted request has one (then a little longer, to see duplicates)."""
+    outcomes: list[OutcomeEvent] = []
+    grace: float | None = None
+    async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
+        while time.monotonic() < (grace or deadline):
+            try:
+                async with client.get_queue_receiver(OUTCOMES) as receiver:
+                    batch = await receiver.receive_messages(max_message_count=100, max_wait_time=2)
+                    for message in batch:
+                        outcomes.append(OutcomeEvent.model_validate_json(b"".join(message.body)))
+                        await receiver.complete_message(message)
+            except Exception:  # the broker restarting under us: try again
+                await asyncio.sleep(1)
+                continue
+            if grace is None and wanted <= {o.request_id for o in outcomes}:
+                grace = time.monotonic() + 5
+    return outcomes
+
+
+def _count(report: Report, ids: list[str], outcomes: list[OutcomeEvent], stack: LocalStack) -> None:
+    per_request = Counter(o.request_id for o in outcomes)
+    report.outcomes = Counter(str(o.status) for o in outcomes)
+    report.lost = [request_id for request_id in ids if per_request[request_id] == 0]
+    report.duplicated = [request_id for request_id, n in per_request.items() if n > 1]
+    directory = stack.sandbox.directory
+    contacts = Counter(c.external_email_address.lower() for c in directory.contacts.values())
+    report.duplicated += [f"contact {address}" for address, n in contacts.items() if n > 1]
+    guests = Counter(u.mail.lower() for u in directory.users.values())
+    report.duplicated += [f"user {address}" for address, n in guests.items() if n > 1]
+    for address in GROUPS:
+        group = directory.group_by_identity(address)
+        members = Counter(group.members) if group is not None else Counter()
+        report.duplicated += [f"member {member} of {address}" for member, n in members.items() if n > 1]
+
+
+async def _left_in_queues(connection_string: str) -> dict[str, int]:
+    left: dict[str, int] = {}
+    async with ServiceBusClient.from_connection_string(connection_string) as client:
+        for queue in QUEUES:
+            for sub_queue, name in ((None, queue), (ServiceBusSubQueue.DEAD_LETTER, f"{queue}/$deadletterqueue")):
+                async with client.get_queue_receiver(queue, sub_queue=sub_queue) as receiver:
+                    left[name] = len(await receiver.peek_messages(max_message_count=1000))
+    return left
+
+
+def main(
+    requests: Annotated[int, typer.Option(help="How many requests to send.")] = 1000,
+    kills: Annotated[int, typer.Option(help="How many times the host is killed with SIGKILL.")] = 5,
+    emulator_restarts: Annotated[int, typer.Option(help="How many times the emulator is restarted.")] = 1,
+    seconds: Annotated[float, typer.Option(help="Give up waiting for outcomes after this long.")] = 540,
+    seed: Annotated[int, typer.Option(help="Random seed for the kills and the tenant's faults.")] = 7,
+) -> None:
+    """Onboard many requests through chaos and check that none is lost or duplicated."""
+    report = asyncio.run(
+        run_chaos(requests=requests, kills=kills, emulator_restarts=emulator_restarts, seconds=seconds, seed=seed)
+    )
+    console = Console()
+    for line in report.lines():
+        console.print(line, highlight=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    typer.run(main)
