@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test test-fast lint typecheck check bench clean
+.PHONY: demo test test-fast lint typecheck check bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy .
 
 check: lint typecheck test
+
+# 1,000 requests through a misbehaving tenant, host kills and a broker restart; exits 1 if any request
+# was lost or duplicated (docs/reliability.md).
+chaos: $(STAMP)
+	$(BIN)/python -m standins.chaos
 
 # Prints numbers; nothing is asserted (see README, Benchmarks).
 bench: $(STAMP)
