@@ -190,7 +190,7 @@ class FakeReceivedMessage:
     sequence_number: int | None = 1
     correlation_id: str | None = None
     reply_to: str | None = None
-    delivery_count: int | None = 0
+    delivery_count: int | None = None  # what the Functions host hands over with extension 1.0.0b2
     application_properties: dict[str | bytes, Any] | None = None
     body_type: AmqpMessageBodyType = AmqpMessageBodyType.DATA
 
