@@ -319,7 +319,9 @@ async def test_set_and_remove_mail_contact(
 async def test_get_recipient_finds_contacts_users_and_groups(exchange_directory: ExchangeOnlineClient) -> None:
     await _contact_in_partners(exchange_directory)
     kinds = {
-        identity: (await exchange_directory.invoke("Get-Recipient", {"Identity": identity})).rows[0]["RecipientTypeDetails"]
+        identity: (await exchange_directory.invoke("Get-Recipient", {"Identity": identity})).rows[0][
+            "RecipientTypeDetails"
+        ]
         for identity in ("ann@fabrikam.example", "adele.vance@contoso.com", GUEST, "partners@contoso.com")
     }
     assert kinds == {
