@@ -159,7 +159,6 @@ _EXCHANGE_FAULTS = {
         "The caller does not have a role that allows this cmdlet.",
     ),
 }
-_EXCHANGE_OUTAGE = ("ServiceUnavailable", "System.Net.WebException", "The service is unavailable.")
 
 
 def _exchange_fault(status: int, fault: ScriptedFault | None) -> Response:
@@ -170,10 +169,14 @@ def _exchange_fault(status: int, fault: ScriptedFault | None) -> Response:
         return Response(b"\x00" * 4096, status_code=status, media_type="application/octet-stream")
     if body == "concurrency_limit":
         return Response(CONCURRENCY_LIMIT_ANSWER, status_code=status, media_type="text/plain")
-    code, exception_type, text = _EXCHANGE_FAULTS.get(status, _EXCHANGE_OUTAGE)
-    if fault is not None and fault.exception_type:
-        exception_type = fault.exception_type
-    return exchange_error(status, code, exception_type, text, type_in=fault.type_in if fault else "everywhere")
+    exception_type = fault.exception_type if fault else None
+    if status in _EXCHANGE_FAULTS or exception_type:
+        code, default_type, text = _EXCHANGE_FAULTS.get(status, ("InternalServerError", "", "The cmdlet failed."))
+        type_in = fault.type_in if fault else "everywhere"
+        return exchange_error(status, code, exception_type or default_type, text, type_in=type_in)
+    # An outage names no cmdlet exception: the service, not the command, failed.
+    error = {"code": "ServiceUnavailable", "message": "The service is unavailable."}
+    return JSONResponse({"error": error}, status_code=status)
 
 
 class Admin:
