@@ -120,7 +120,8 @@ def test_each_command_names_only_the_settings_it_needs_by_environment_variable(t
     assert host.returncode == 2
     (line,) = lines_of(host.stdout + host.stderr)
     assert line.startswith("onboard host: set exactly one of ServiceBusConnection")
-    assert "ONBOARDING_TENANT_ID is not set; ONBOARDING_TENANT_DOMAIN is not set" in line
+    assert "ONBOARDING_TENANT_ID is not set" in line
+    assert "ONBOARDING_TENANT_DOMAIN" not in line  # optional since Exchange calls are anchored on the tenant id
 
     submit = run_onboard("submit", *REQUEST, "--group", "partners@contoso.com", cwd=tmp_path)
     assert submit.returncode == 2
