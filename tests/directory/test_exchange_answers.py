@@ -93,6 +93,7 @@ async def test_the_concurrency_limit_is_throttling_whatever_its_status(
     [
         (500, "Microsoft.Exchange.Data.DataValidationException", False),  # a cmdlet failure repeats
         (500, "Microsoft.Exchange.Data.Directory.DCOverloadedException", True),  # the module retries it
+        (500, None, True),  # an outage names no cmdlet exception
         (502, "System.Net.WebException", True),
         (503, None, True),
         (504, None, True),
