@@ -344,7 +344,7 @@ def _classify(cmdlet: str, response: httpx.Response, request_id: str) -> Directo
         message += (
             f" The app may change this group only with {MANAGER_CHECK}, which needs the Exchange role "
             f'"{ROLE_FOR_BYPASS}": assign the Exchange Administrator role, or add the app to a role group '
-            f'holding "{ROLE_FOR_BYPASS}" (infra/README.md; `onboard grant` prints the commands).'
+            f'holding "{ROLE_FOR_BYPASS}" (infra/README.md; `onboard grant --group-kinds mail-enabled-security` prints the commands).'
         )
     return classify_status(
         status,

@@ -93,6 +93,7 @@ async def test_the_concurrency_limit_is_throttling_whatever_its_status(
     [
         (500, "Microsoft.Exchange.Data.DataValidationException", False),  # a cmdlet failure repeats
         (500, "Microsoft.Exchange.Data.Directory.DCOverloadedException", True),  # the module retries it
+        (500, None, True),  # an outage names no cmdlet exception
         (502, "System.Net.WebException", True),
         (503, None, True),
         (504, None, True),
@@ -182,8 +183,10 @@ async def test_a_distribution_group_restricted_to_its_managers_gets_the_switch_a
     assert adds == [400, 200]
     tenant_sandbox.set_knobs(exchange_roles=("Recipient Management",))
     other = await _contact(exchange_directory, "restricted-2")
-    with pytest.raises(PermissionDeniedError, match=ROLE_FOR_BYPASS):
+    with pytest.raises(PermissionDeniedError, match=ROLE_FOR_BYPASS) as raised:
         await exchange_directory.add_distribution_group_member(BOARD, other)
+    # `onboard grant` prints the role-group steps only for this group kind, whatever group was refused.
+    assert "onboard grant --group-kinds mail-enabled-security" in raised.value.message
 
 
 # --- 11. sender lists as Exchange returns them --------------------------------------------
