@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
@@ -161,3 +162,19 @@ async def test_hostile_envelopes_each_end_with_one_outcome() -> None:
         OutcomeStatus.FAILED,
         DeadLetterReason.INVALID_REQUEST,
     )
+
+
+async def test_an_app_that_cannot_start_still_ends_each_request_with_an_outcome(tmp_path: Path) -> None:
+    # A broken policy file: every stage fails before it can decide anything (so also before it could
+    # report its last delivery), and Service Bus dead-letters each message by itself.
+    broken = tmp_path / "policy.json"
+    broken.write_text('{"sources": ')
+    few_deliveries = EmulatorConfig.default().with_overrides(max_delivery_count=2)
+    with local_stack(emulator_config=few_deliveries, policy_file=broken) as stack:
+        await send(stack, "create-contact", ServiceBusMessage(sample_request_json(request_id="broken-1")))
+        outcomes = await run_host_until(stack, ["broken-1"])
+        kept = await dead_letters(stack, "create-contact")
+    assert [(o.request_id, o.status, o.reason) for o in outcomes] == [
+        ("broken-1", OutcomeStatus.FAILED, DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED)
+    ]
+    assert [m.dead_letter_reason for m in kept] == ["MaxDeliveryCountExceeded"]
