@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
+from typer.testing import CliRunner
 
+from cli.main import app
 from cli.upstream import collect_outcomes
-from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus
+from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, StageName
+from shared.journal import SqliteJournal
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import EmulatorConfig
 from standins.stack import LocalStack, local_stack, running_host
@@ -125,8 +128,20 @@ async def test_resending_a_request_with_a_new_message_id_does_the_work_once() ->
         contacts = [
             c for c in stack.sandbox.directory.contacts.values() if c.external_email_address == "ana@fabrikam.example"
         ]
+        journal = f"sqlite:{stack.journal_database}"
+        status = await asyncio.to_thread(
+            CliRunner().invoke, app, ["status", "hr-42", "--journal", journal], env={"COLUMNS": "240"}
+        )
+        records = SqliteJournal(str(stack.journal_database))
+        history = await records.history("hr-42")
+        await records.close()
     assert [(o.request_id, o.status) for o in outcomes] == [("hr-42", OutcomeStatus.SUCCEEDED)]
     assert len(contacts) == 1
+    # The request id is the identity of every stage's record, and `onboard status <request id>` finds it.
+    assert {t.stage for t in history} == set(StageName)
+    assert [t.outcome_status for t in history if t.outcome_status] == [OutcomeStatus.SUCCEEDED]
+    assert status.exit_code == 0, status.output
+    assert all(stage in status.output for stage in StageName) and "sb-first" not in status.output
 
 
 async def test_hostile_envelopes_each_end_with_one_outcome() -> None:
