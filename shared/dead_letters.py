@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from shared import envelope
@@ -42,6 +42,8 @@ class DeadLetteredMessage(envelope.ReceivedMessage, Protocol):
     def dead_letter_reason(self) -> str | None: ...
     @property
     def dead_letter_error_description(self) -> str | None: ...
+    @property
+    def enqueued_time_utc(self) -> datetime | None: ...
 
 
 class DeadLetterActions(Protocol):
@@ -66,7 +68,7 @@ class DeadLetterReporter:
             return None
         turn, progress = self._what_is_known(message)
         with request_context(turn.delivery.request_id, turn.delivery.correlation_id):
-            if settled_elsewhere := await self._settled_elsewhere(turn.delivery.request_id):
+            if settled_elsewhere := await self._settled_elsewhere(turn.delivery.request_id, message.enqueued_time_utc):
                 logger.warning(
                     "%s: Service Bus dead-lettered a message (%s) but %s", self.stage, reason, settled_elsewhere
                 )
@@ -84,14 +86,15 @@ class DeadLetterReporter:
             await self._journal(turn, decision, queue)
             return decision
 
-    async def _settled_elsewhere(self, request_id: str) -> str | None:
+    async def _settled_elsewhere(self, request_id: str, enqueued: datetime | None) -> str | None:
         """Why this request needs no outcome from here, as far as the journal knows; None: publish.
 
         A message Service Bus dead-lettered may belong to a request that went on: the stage sent the
         next message, then could not settle this one on any delivery. The later stage publishes the
         outcome; a Failed one from here first would win the duplicate detection and contradict it.
-        The journal is a record kept on a best-effort basis, so without it (or when it cannot be
-        read) the outcome is published: its MessageId still makes a second one a duplicate.
+        Only what happened since the message was enqueued counts, so a replayed request gets its own
+        outcome. The journal is a record kept on a best-effort basis, so without it (or when it
+        cannot be read) the outcome is published: its MessageId still makes a second one a duplicate.
         """
         if self.journal is None:
             return None
@@ -100,6 +103,8 @@ class DeadLetterReporter:
         except Exception as error:
             logger.warning("could not read the journal of a dead-lettered message: %s", type(error).__name__)
             return None
+        if enqueued is not None:
+            history = [t for t in history if t.at >= enqueued - CLOCK_SKEW]
         ended = next((t for t in history if t.outcome_status is not None), None)
         if ended is not None:
             return f"the request already ended at {ended.stage} ({ended.outcome_status}): no second outcome"
@@ -173,6 +178,8 @@ class DeadLetterReporter:
 
 
 _STAGES = list(StageName)  # in pipeline order
+# Between the app's clock (journal) and Service Bus's (enqueued time): NTP keeps them far closer.
+CLOCK_SKEW = timedelta(minutes=1)
 
 
 def _bare_delivery(message: DeadLetteredMessage, now: datetime) -> Delivery:

@@ -8,7 +8,7 @@ tests/test_one_outcome.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, StageName
 from shared.dead_letters import DeadLetterReporter
@@ -24,6 +24,7 @@ OUTCOMES = "onboarding-outcomes"
 class DeadLettered(FakeReceivedMessage):
     dead_letter_reason: str | None = "MaxDeliveryCountExceeded"
     dead_letter_error_description: str | None = None
+    enqueued_time_utc: datetime | None = NOW - timedelta(minutes=5)
 
 
 class UnreadableJournal(SqliteJournal):
@@ -35,8 +36,10 @@ def reporter(recorder: Recorder, stage: StageName, journal: SqliteJournal | None
     return DeadLetterReporter(stage, RecordingOutbox(recorder), OUTCOMES, lambda: NOW, journal)
 
 
-def transition(stage: StageName, kind: TransitionKind, status: OutcomeStatus | None = None) -> Transition:
-    return Transition(request_id="hr-7", stage=stage, decision=kind, attempt=1, outcome_status=status, at=NOW)
+def transition(
+    stage: StageName, kind: TransitionKind, status: OutcomeStatus | None = None, at: datetime = NOW
+) -> Transition:
+    return Transition(request_id="hr-7", stage=stage, decision=kind, attempt=1, outcome_status=status, at=at)
 
 
 def request_message(**envelope: object) -> DeadLettered:
@@ -82,6 +85,19 @@ async def test_a_message_seen_twice_publishes_once_even_after_duplicate_detectio
     assert (queue, message.message_id) == (OUTCOMES, "hr-7/outcome")
     assert (outcome.request_id, outcome.reason) == ("hr-7", DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED)
     assert [t.outcome_status for t in await journal.history("hr-7")][-1] is OutcomeStatus.FAILED
+
+
+async def test_a_replayed_request_gets_its_own_outcome() -> None:
+    # The first try ended (Failed) an hour before an operator re-sent the message; the replay then
+    # died on every delivery too: what happened before it was enqueued does not count.
+    journal = SqliteJournal(":memory:")
+    before = NOW - timedelta(hours=1)
+    await journal.record(transition(StageName.ADD_MEMBER, TransitionKind.DEAD_LETTERED, OutcomeStatus.FAILED, before))
+    recorder = Recorder()
+    published = await reporter(recorder, StageName.CREATE_CONTACT, journal).run(
+        request_message(), RecordingActions(recorder)
+    )
+    assert published is not None and recorder.kinds()[:2] == ["send", "defer"]
 
 
 async def test_a_journal_that_cannot_be_read_does_not_silence_the_outcome() -> None:
