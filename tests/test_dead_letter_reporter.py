@@ -46,29 +46,28 @@ def request_message(**envelope: object) -> DeadLettered:
     return DeadLettered(sample_request_json(request_id="hr-7"), message_id="sb-1", **envelope)  # type: ignore[arg-type]
 
 
-async def test_a_request_that_already_ended_gets_no_second_outcome() -> None:
+async def report_on_create_contact(*history: Transition) -> list[str]:
+    """What the create-contact reporter did with a dead-lettered request whose journal holds `history`."""
     journal = SqliteJournal(":memory:")
-    await journal.record(transition(StageName.VERIFY_DELIVERY, TransitionKind.FINISHED, OutcomeStatus.SUCCEEDED))
+    for recorded in history:
+        await journal.record(recorded)
     recorder = Recorder()
-    published = await reporter(recorder, StageName.CREATE_CONTACT, journal).run(
-        request_message(), RecordingActions(recorder)
-    )
-    assert published is None
-    assert recorder.kinds() == ["defer"]
+    await reporter(recorder, StageName.CREATE_CONTACT, journal).run(request_message(), RecordingActions(recorder))
+    return recorder.kinds()
+
+
+async def test_a_request_that_already_ended_gets_no_second_outcome() -> None:
+    ended = transition(StageName.VERIFY_DELIVERY, TransitionKind.FINISHED, OutcomeStatus.SUCCEEDED)
+    assert await report_on_create_contact(ended) == ["defer"]
 
 
 async def test_a_request_that_went_on_to_a_later_stage_is_left_to_it() -> None:
     # create-contact sent add-member's message, then could not settle its own on any delivery: the
     # request is alive, and a Failed outcome now would beat its real outcome in duplicate detection.
-    journal = SqliteJournal(":memory:")
-    await journal.record(transition(StageName.CREATE_CONTACT, TransitionKind.PASSED_ON))
-    await journal.record(transition(StageName.ADD_MEMBER, TransitionKind.RETRY_SCHEDULED))
-    recorder = Recorder()
-    published = await reporter(recorder, StageName.CREATE_CONTACT, journal).run(
-        request_message(), RecordingActions(recorder)
-    )
-    assert published is None
-    assert recorder.kinds() == ["defer"]
+    passed_on = transition(StageName.CREATE_CONTACT, TransitionKind.PASSED_ON)
+    assert await report_on_create_contact(
+        passed_on, transition(StageName.ADD_MEMBER, TransitionKind.RETRY_SCHEDULED)
+    ) == ["defer"]
 
 
 async def test_a_message_seen_twice_publishes_once_even_after_duplicate_detection_forgot() -> None:
@@ -90,14 +89,9 @@ async def test_a_message_seen_twice_publishes_once_even_after_duplicate_detectio
 async def test_a_replayed_request_gets_its_own_outcome() -> None:
     # The first try ended (Failed) an hour before an operator re-sent the message; the replay then
     # died on every delivery too: what happened before it was enqueued does not count.
-    journal = SqliteJournal(":memory:")
     before = NOW - timedelta(hours=1)
-    await journal.record(transition(StageName.ADD_MEMBER, TransitionKind.DEAD_LETTERED, OutcomeStatus.FAILED, before))
-    recorder = Recorder()
-    published = await reporter(recorder, StageName.CREATE_CONTACT, journal).run(
-        request_message(), RecordingActions(recorder)
-    )
-    assert published is not None and recorder.kinds()[:2] == ["send", "defer"]
+    first_try = transition(StageName.ADD_MEMBER, TransitionKind.DEAD_LETTERED, OutcomeStatus.FAILED, before)
+    assert (await report_on_create_contact(first_try))[:2] == ["send", "defer"]
 
 
 async def test_a_journal_that_cannot_be_read_does_not_silence_the_outcome() -> None:
