@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from shared import envelope
@@ -93,8 +93,9 @@ class DeadLetterReporter:
         next message, then could not settle this one on any delivery. The later stage publishes the
         outcome; a Failed one from here first would win the duplicate detection and contradict it.
         Only what happened since the message was enqueued counts, so a replayed request gets its own
-        outcome. The journal is a record kept on a best-effort basis, so without it (or when it
-        cannot be read) the outcome is published: its MessageId still makes a second one a duplicate.
+        outcome; when in doubt (clocks apart, no journal, a journal that cannot be read) the outcome
+        is published, since a second one is at worst a duplicate its MessageId lets Service Bus drop,
+        while a missing one is silence.
         """
         if self.journal is None:
             return None
@@ -104,7 +105,7 @@ class DeadLetterReporter:
             logger.warning("could not read the journal of a dead-lettered message: %s", type(error).__name__)
             return None
         if enqueued is not None:
-            history = [t for t in history if t.at >= enqueued - CLOCK_SKEW]
+            history = [t for t in history if t.at >= enqueued]  # no margin: an old record must not silence
         ended = next((t for t in history if t.outcome_status is not None), None)
         if ended is not None:
             return f"the request already ended at {ended.stage} ({ended.outcome_status}): no second outcome"
@@ -178,8 +179,6 @@ class DeadLetterReporter:
 
 
 _STAGES = list(StageName)  # in pipeline order
-# Between the app's clock (journal) and Service Bus's (enqueued time): NTP keeps them far closer.
-CLOCK_SKEW = timedelta(minutes=1)
 
 
 def _bare_delivery(message: DeadLetteredMessage, now: datetime) -> Delivery:
