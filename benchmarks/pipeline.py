@@ -121,7 +121,6 @@ async def run_script(sandbox: TenantSandbox, requests: list[OnboardingRequest]) 
     exchange = ExchangeOnlineClient(
         credential,
         tenant_id=sandbox.tenant_id,
-        anchor_domain=sandbox.tenant_domain,
         base_url=sandbox.exchange_base_url,
     )
     groups = {g.mail: g for g in sandbox.directory.groups.values() if g.mail}
@@ -211,7 +210,6 @@ async def _list_whole_group(seed: TenantSeed) -> str:
         exchange = ExchangeOnlineClient(
             SandboxCredential(sandbox.tenant_id),
             tenant_id=sandbox.tenant_id,
-            anchor_domain=sandbox.tenant_domain,
             base_url=sandbox.exchange_base_url,
         )
         try:

@@ -20,7 +20,8 @@ async def burst(sandbox: TenantSandbox, requests: int, concurrency: int) -> tupl
     credential = SandboxCredential(sandbox.tenant_id)
     graph = {"Authorization": f"Bearer {(await credential.get_token('https://graph.microsoft.com/.default')).token}"}
     exchange = {
-        "Authorization": f"Bearer {(await credential.get_token('https://outlook.office365.com/.default')).token}"
+        "Authorization": f"Bearer {(await credential.get_token('https://outlook.office365.com/.default')).token}",
+        "X-AnchorMailbox": sandbox.authorization("exchange")["X-AnchorMailbox"],
     }
     invoke = f"{sandbox.exchange_base_url}/adminapi/beta/{sandbox.tenant_id}/InvokeCommand"
     body = {"CmdletInput": {"CmdletName": "Get-DistributionGroup", "Parameters": {"Identity": "partners@contoso.com"}}}

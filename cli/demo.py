@@ -66,7 +66,7 @@ async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
             f"[dim]Service Bus emulator on port {stack.emulator.port}, tenant sandbox at {stack.sandbox.base_url}[/]"
         )
         async with running_host(stack.environment) as host:
-            console.print(f"[dim]Local host runs {', '.join(t.function_name for t in host.triggers)}[/]")
+            console.print(f"[dim]Local host runs {len(host.triggers)} functions (3 stages, 3 dead-letter queues)[/]")
             async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
                 ids = await submit(client, (sample.request for sample in SAMPLES))
                 console.print(f"Submitted {len(ids)} requests to queue create-contact; waiting for outcomes...")

@@ -271,8 +271,8 @@ def host(
 
     async def serve() -> None:
         local_host = LocalHost(load_function_app())
-        functions = ", ".join(trigger.function_name for trigger in local_host.triggers)
-        console.print(f"Local host runs {functions} on {namespace_of(settings)}. Ctrl-C stops.", markup=False)
+        count = len(local_host.triggers)
+        console.print(f"Local host runs {count} functions on {namespace_of(settings)}. Ctrl-C stops.", markup=False)
         try:
             await local_host.run(_until_interrupted())
         finally:

@@ -24,7 +24,7 @@ param environmentName string
 param location string
 
 @description('Python version of the function app (functionAppConfig.runtime.version).')
-param pythonVersion string = '3.11'
+param pythonVersion string = '3.13' // docs/functions-host.md: the worker that indexes this app
 
 @minLength(36)
 @maxLength(36)

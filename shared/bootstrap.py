@@ -86,7 +86,6 @@ def build_services(
             credential,
             tenant_id=settings.tenant_id,
             base_url=str(settings.exchange_base_url).rstrip("/"),
-            anchor_domain=settings.tenant_domain,
         )
         closers.insert(0, built_exchange.close)
         exchange = CachingExchangeDirectory(built_exchange, ttl) if ttl else built_exchange

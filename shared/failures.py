@@ -47,8 +47,8 @@ def decide_on_directory_error(
             progress,
             DeadLetterReason.PERMISSION_DENIED,
             f"The app's identity was refused by {error.face}: {error}. Grant the rights listed in "
-            "infra/README.md (Graph application permissions, Exchange.ManageAsApp and the "
-            "Exchange Recipient Administrator role), then resubmit.",
+            "infra/README.md (Graph application permissions, Exchange.ManageAsApp and the Exchange "
+            "roles named there), then resubmit.",
         )
     return dead_letter(
         turn,

@@ -234,8 +234,11 @@ class StageRunner:
         return await self._carry_out(give_up, delivery, b"", message, actions, reporting_a_crash=True)
 
     def _is_last_delivery(self, message: envelope.ReceivedMessage) -> bool:
-        # The SDK hands over AMQP's delivery-count: earlier deliveries, 0 on the first.
-        return (message.delivery_count or 0) + 1 >= self.max_delivery_count
+        # The Functions host counts this delivery too (1 on the first: the .NET SDK adds 1 to AMQP's
+        # count), and extension 1.0.0b2 hands over None. Unknown is never "last": guessing early would
+        # dead-letter a request that could still succeed; Service Bus dead-letters after the last anyway.
+        count = message.delivery_count
+        return count is not None and count >= self.max_delivery_count
 
     def _outcome_queue(self, delivery: Delivery) -> str:
         return delivery.reply_to or self.outcome_queue

@@ -55,8 +55,11 @@ class Settings(ServiceBusSettings):
     """Everything the function app reads."""
 
     tenant_id: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")
-    tenant_domain: str = Field(
-        min_length=3, description="The tenant's initial domain (x.onmicrosoft.com), for Exchange's anchor header."
+    tenant_domain: str | None = Field(
+        default=None,
+        min_length=3,
+        description="Not read any more: Exchange calls are anchored on the tenant id. Accepted so existing "
+        "deployments' settings stay valid.",
     )
     graph_base_url: HttpUrl = HttpUrl("https://graph.microsoft.com/v1.0")
     exchange_base_url: HttpUrl = HttpUrl("https://outlook.office365.com")

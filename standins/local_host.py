@@ -19,16 +19,21 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import azure.functions as func
 from azure.functions.decorators.servicebus import ServiceBusQueueTrigger
 from azure.identity.aio import DefaultAzureCredential
 from azure.servicebus import ServiceBusReceivedMessage
+from azure.servicebus._pyamqp._encode import encode_payload
+from azure.servicebus._pyamqp.message import Header, Message
+from azure.servicebus._pyamqp.types import TYPE, VALUE, AMQPTypes
 from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import (
     MessagingEntityNotFoundError,
@@ -36,6 +41,9 @@ from azure.servicebus.exceptions import (
     ServiceBusAuthorizationError,
     ServiceBusError,
 )
+from azurefunctions.extensions.base import Datum
+from azurefunctions.extensions.bindings.servicebus import ServiceBusConverter
+from azurefunctions.extensions.bindings.servicebus.serviceBusMessageActions import SettlementError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 logger = logging.getLogger("onboarding.local_host")
@@ -119,25 +127,31 @@ def host_options(host_json: Path = PROJECT_ROOT / "host.json") -> ServiceBusHost
 
 
 class LocalMessageActions:
-    """ServiceBusMessageActions' methods, settling through the SDK receiver.
+    """ServiceBusMessageActions' methods as the Azure host answers them, settling through the SDK receiver.
 
-    The Azure host settles over gRPC while the function waits; here each call is queued and
-    awaited, in order, as soon as the function returns, so "send next, then settle" still holds.
+    In Azure each call is a blocking gRPC call to the host, which looks the message up by lock token
+    among the messages still in flight and raises SettlementError at once when settling fails
+    (azurefunctions-extensions-bindings-servicebus 1.0.0b2, serviceBusMessageActions.py; the host's
+    Grpc/SettlementService.cs in Azure/azure-sdk-for-net). Here each call runs the SDK's settlement on
+    the host's event loop and waits for it, from the caller's thread.
     """
 
-    def __init__(self, receiver: ServiceBusReceiver) -> None:
+    def __init__(
+        self,
+        receiver: ServiceBusReceiver,
+        loop: asyncio.AbstractEventLoop,
+        in_flight: Mapping[str, ServiceBusReceivedMessage],
+    ) -> None:
         self._receiver = receiver
-        self._pending: list[Coroutine[Any, Any, None]] = []
-
-    @property
-    def settled(self) -> bool:
-        return bool(self._pending)
+        self._loop = loop
+        self._in_flight = in_flight
+        self.settled = False  # a settlement was asked for (whether or not it succeeded)
 
     def complete(self, message: ServiceBusReceivedMessage) -> None:
-        self._pending.append(self._receiver.complete_message(message))
+        self._settle("complete", message, self._receiver.complete_message)
 
     def abandon(self, message: ServiceBusReceivedMessage) -> None:
-        self._pending.append(self._receiver.abandon_message(message))
+        self._settle("abandon", message, self._receiver.abandon_message)
 
     def deadletter(
         self,
@@ -145,19 +159,86 @@ class LocalMessageActions:
         deadletter_reason: str | None = None,
         deadletter_error_description: str | None = None,
     ) -> None:
-        self._pending.append(
-            self._receiver.dead_letter_message(
-                message, reason=deadletter_reason, error_description=deadletter_error_description
-            )
+        dead_letter = functools.partial(
+            self._receiver.dead_letter_message, reason=deadletter_reason, error_description=deadletter_error_description
         )
+        self._settle("deadletter", message, dead_letter)
 
     def defer(self, message: ServiceBusReceivedMessage) -> None:
-        self._pending.append(self._receiver.defer_message(message))
+        self._settle("defer", message, self._receiver.defer_message)
 
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for settlement in pending:
-            await settlement
+    def _settle(
+        self,
+        method: str,
+        message: ServiceBusReceivedMessage,
+        settle: Callable[[ServiceBusReceivedMessage], Coroutine[Any, Any, None]],
+    ) -> None:
+        try:
+            on_host_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_host_loop = False
+        if on_host_loop:
+            # In Azure this call would block every concurrent invocation; here it would deadlock.
+            raise RuntimeError(
+                f"ServiceBusMessageActions.{method} blocks until the host has settled: "
+                f"call it off the event loop (await asyncio.to_thread(message_actions.{method}, message))"
+            )
+        self.settled = True
+        token = str(message.lock_token)
+        original = self._in_flight.get(token)
+        if original is None:
+            # SettlementService answers FAILED_PRECONDITION for a lock token it does not hold.
+            raise SettlementError(method, f"LockToken {token} not found.", KeyError(token))
+        try:
+            asyncio.run_coroutine_threadsafe(settle(original), self._loop).result()
+        except Exception as error:  # the SDK raises MessageAlreadySettled and lock errors alike
+            raise SettlementError(method, type(error).__name__, error) from error
+
+
+def as_the_host_hands_it(message: ServiceBusReceivedMessage) -> ServiceBusReceivedMessage:
+    """The message a function receives in Azure: the host's bytes decoded by the extension's own converter.
+
+    The host (WebJobs.Extensions.ServiceBus, ServiceBusExtensionConfigProvider
+    .ConvertReceivedMessageToBindingData) sends 16 lock-token bytes and the raw AMQP message whose header
+    carries the .NET SDK's 1-based delivery count (AmqpMessageConverter adds 1 to the broker's count);
+    azurefunctions-extensions-bindings-servicebus decodes it (utils.py get_decoded_message). Extension
+    1.0.0b2 starts decoding after the lock-token annotation, so the header, and with it delivery_count
+    and time_to_live, is lost: the function sees delivery_count None, as in Azure.
+    """
+    amqp: Any = message._message  # the SDK keeps the received pyamqp message here
+    header = (amqp.header or Header())._replace(delivery_count=(message.delivery_count or 0) + 1)
+    annotations = {
+        key: {TYPE: AMQPTypes.timestamp if key in _TIMESTAMP_ANNOTATIONS else AMQPTypes.long, VALUE: value}
+        if isinstance(value, int) and not isinstance(value, bool)
+        else value
+        for key, value in (amqp.message_annotations or {}).items()
+    }
+    header_section, rest = bytearray(), bytearray()
+    encode_payload(header_section, Message(header=header))
+    encode_payload(rest, amqp._replace(header=None, delivery_annotations=None, message_annotations=annotations))
+    token = uuid.UUID(str(message.lock_token))
+    content = token.bytes_le + bytes(header_section) + _lock_token_annotation(token) + bytes(rest)
+    binding_data = SimpleNamespace(
+        version="1.0",
+        source="AzureServiceBusReceivedMessage",
+        content_type="application/octet-stream",
+        content=content,
+    )
+    decoded: ServiceBusReceivedMessage = ServiceBusConverter.decode(
+        Datum(value=binding_data, type="model_binding_data"), trigger_metadata=None, pytype=None
+    )
+    return decoded
+
+
+_TIMESTAMP_ANNOTATIONS = {b"x-opt-enqueued-time", b"x-opt-locked-until", b"x-opt-scheduled-enqueue-time"}
+
+
+def _lock_token_annotation(token: uuid.UUID) -> bytes:
+    """The delivery-annotations section {x-opt-lock-token: uuid} the host's bytes carry."""
+    key = b"x-opt-lock-token"
+    entries = bytes([0xA3, len(key)]) + key + b"\x98" + token.bytes  # sym8, then uuid
+    body = bytes([2]) + entries  # two map elements: one key, one value
+    return b"\x00\x53\x71\xc1" + bytes([len(body)]) + body  # described (smallulong 0x71), map8
 
 
 class ConnectionWatch:
@@ -216,6 +297,7 @@ class LocalHost:
         self._receive_wait = receive_wait_seconds
         self._connection = ConnectionWatch()
         self.invocations = 0
+        self._in_flight: dict[str, ServiceBusReceivedMessage] = {}
 
     @property
     def triggers(self) -> list[QueueTrigger]:
@@ -287,8 +369,10 @@ class LocalHost:
     ) -> None:
         if self._options.max_auto_lock_renewal_duration:
             renewer.register(receiver, message)
-        actions = LocalMessageActions(receiver)
-        arguments: dict[str, Any] = {trigger.message_parameter: message}
+        token = str(message.lock_token)
+        self._in_flight[token] = message  # as the host's ActionsCache: settleable while the function runs
+        actions = LocalMessageActions(receiver, asyncio.get_running_loop(), self._in_flight)
+        arguments: dict[str, Any] = {trigger.message_parameter: as_the_host_hands_it(message)}
         if trigger.actions_parameter:
             arguments[trigger.actions_parameter] = actions
         self.invocations += 1
@@ -300,14 +384,9 @@ class LocalHost:
         except Exception:
             logger.exception("function %s failed", trigger.function_name)
             failed = True
-        settlement_requested = actions.settled
-        try:
-            await actions.flush()
-        except Exception:
-            # As in Azure: a settlement that fails (lock lost) leaves the message to be redelivered.
-            logger.exception("settling a message of %s failed", trigger.function_name)
-            return
-        if failed and (trigger.auto_complete or not settlement_requested):
+        finally:
+            del self._in_flight[token]
+        if failed and (trigger.auto_complete or not actions.settled):
             await _settle_quietly(receiver.abandon_message(message))
         elif not failed and trigger.auto_complete:
             await _settle_quietly(receiver.complete_message(message))

@@ -24,6 +24,7 @@ from shared.directory.ports import (
     MailContact,
     SenderRestrictions,
     TraceEntry,
+    Warnings,
 )
 from shared.journal import RequestState, Transition
 from shared.outbox import UnknownQueueError
@@ -116,6 +117,8 @@ class FakeExchange:
         self.taken_names: set[str] = set()
         self.addresses_of_other_objects: set[str] = set()  # mailboxes, users: not mail contacts
         self.members: dict[str, set[str]] = defaultdict(set)
+        self.subscribers: dict[str, set[str]] = defaultdict(set)  # Microsoft 365 groups, by mail
+        self.warnings: Warnings = ()  # what every change answers with (@adminapi.warnings)
         self.restrictions: dict[str, SenderRestrictions] = {}
         self.traces: list[TraceEntry] = []
 
@@ -152,26 +155,34 @@ class FakeExchange:
         self.taken_names.add(name)
         return contact
 
-    async def add_distribution_group_member(self, group: str, member: str) -> None:
+    async def add_distribution_group_member(self, group: str, member: str, *, security_group: bool = False) -> Warnings:
         self.script.check("add_distribution_group_member")
         if member in self.members[group]:
             raise AlreadyExistsError("already a member", face="exchange", status=400)
         self.members[group].add(member)
+        return self.warnings
 
     async def list_distribution_group_members(self, group: str) -> list[GroupMember]:
         self.script.check("list_distribution_group_members")
         return [GroupMember(m, None, None) for m in self.members[group]]
 
+    async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
+        self.script.check("list_unified_group_subscribers")
+        return [GroupMember(m, m, None) for m in self.subscribers[group]]
+
     async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
         self.script.check("get_sender_restrictions")
         return self.restrictions.get(group, SenderRestrictions(True, (), (), False))
 
-    async def set_require_sender_authentication(self, group: str, enabled: bool, *, unified: bool) -> None:
+    async def set_require_sender_authentication(
+        self, group: str, enabled: bool, *, unified: bool, security_group: bool = False
+    ) -> Warnings:
         self.script.check("set_require_sender_authentication")
         current = self.restrictions.get(group, SenderRestrictions(True, (), (), False))
         self.restrictions[group] = SenderRestrictions(
             enabled, current.accept_messages_only_from, current.reject_messages_from, current.moderation_enabled
         )
+        return self.warnings
 
     async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
         self.script.check("message_trace")
@@ -190,7 +201,7 @@ class FakeReceivedMessage:
     sequence_number: int | None = 1
     correlation_id: str | None = None
     reply_to: str | None = None
-    delivery_count: int | None = 0
+    delivery_count: int | None = None  # what the Functions host hands over with extension 1.0.0b2
     application_properties: dict[str | bytes, Any] | None = None
     body_type: AmqpMessageBodyType = AmqpMessageBodyType.DATA
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -16,19 +17,21 @@ from datetime import timedelta
 
 import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
-from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import GroupRef, OnboardingRequest, OutcomeEvent, OutcomeStatus, StageName
 from shared.decisions import Decision, Delivery
 from shared.journal import SqliteJournal, TransitionKind
 from shared.outbox import ServiceBusOutbox
+from shared.outcomes import finish
 from shared.policy import OnboardingPolicy
+from shared.progress import Progress, Turn
 from shared.retry import RetryPolicy
 from shared.runner import StageRunner
 from shared.settings import SERVICEBUS_CONNECTION
 from shared.stages import Stage, StageDependencies
-from standins.local_host import LocalMessageActions
+from standins.local_host import LocalMessageActions, as_the_host_hands_it
 from standins.servicebus_emulator import EmulatorConfig
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
@@ -141,42 +144,86 @@ async def test_welcome_mail_is_confirmed_by_message_trace_or_fails() -> None:
     assert [m.dead_letter_reason for m in verify_dlq] == ["DeliveryFailed"]
 
 
-async def test_a_stage_that_crashes_on_every_delivery_ends_with_an_outcome(stack: LocalStack) -> None:
+async def run_as_the_host_does(
+    runner: StageRunner, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
+) -> None:
+    """One invocation as the Azure host makes it: the extension's view of the message, blocking settlement."""
+    actions = LocalMessageActions(receiver, asyncio.get_running_loop(), {str(message.lock_token): message})
+    with contextlib.suppress(RuntimeError):
+        await runner.run(as_the_host_hands_it(message), actions)
+
+
+async def test_a_stage_that_crashes_on_every_delivery_is_left_to_service_bus_to_dead_letter() -> None:
+    """With extension 1.0.0b2 the function never learns which delivery is the last (no count)."""
+
     async def crashing_stage(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
         raise RuntimeError("a bug")
 
     crashing = Stage(StageName.ADD_MEMBER, OnboardingRequest, crashing_stage)
     body = sample_request_json()
-
-    connection = stack.environment[SERVICEBUS_CONNECTION]
-    async with ServiceBusClient.from_connection_string(connection) as client:
-        outbox = ServiceBusOutbox.from_connection_string(connection)
-        journal = SqliteJournal(":memory:")
-        runner = StageRunner(crashing, _dependencies(), outbox, OUTCOMES, 3, journal)
-        async with client.get_queue_sender("add-member") as sender:
-            await sender.send_messages(ServiceBusMessage(body, message_id="crash-1"))
-        attempts = []
-        async with client.get_queue_receiver("add-member") as receiver:
-            for _ in range(3):
-                (message,) = await receiver.receive_messages(max_message_count=1, max_wait_time=10)
-                attempts.append(message.delivery_count or 0)  # AMQP: an absent header means 0
-                actions = LocalMessageActions(receiver)
-                with contextlib.suppress(RuntimeError):
-                    await runner.run(message, actions)
-                await actions.flush()
-        await outbox.close()
-        history = await journal.history("crash-1")
-        outcome = (await collect_outcomes(client, OUTCOMES, ["crash-1"], within_seconds=10))["crash-1"]
-    assert attempts == [0, 1, 2]
-    assert (outcome.status, outcome.reason) == (OutcomeStatus.FAILED, "ProcessingFailed")
-    assert "RuntimeError" in outcome.description
-    assert [(t.decision, t.cause) for t in history][:2] == [
+    with local_stack(emulator_config=EmulatorConfig.default().with_overrides(max_delivery_count=3)) as stack:
+        connection = stack.environment[SERVICEBUS_CONNECTION]
+        async with ServiceBusClient.from_connection_string(connection) as client:
+            outbox = ServiceBusOutbox.from_connection_string(connection)
+            journal = SqliteJournal(":memory:")
+            runner = StageRunner(crashing, _dependencies(), outbox, OUTCOMES, 3, journal)
+            async with client.get_queue_sender("add-member") as sender:
+                await sender.send_messages(ServiceBusMessage(body, message_id="crash-1"))
+            attempts = []
+            async with client.get_queue_receiver("add-member") as receiver:
+                for _ in range(3):
+                    (message,) = await receiver.receive_messages(max_message_count=1, max_wait_time=10)
+                    attempts.append((message.delivery_count, as_the_host_hands_it(message).delivery_count))
+                    await run_as_the_host_does(runner, receiver, message)
+            await outbox.close()
+            history = await journal.history("crash-1")
+            outcomes = await collect_outcomes(client, OUTCOMES, ["crash-1"], within_seconds=2)
+        (dead,) = await dead_lettered(stack, "add-member")
+    assert attempts == [(0, None), (1, None), (2, None)]  # the SDK's AMQP count; what the function sees
+    assert [(t.decision, t.cause) for t in history] == [
         (TransitionKind.CRASHED, "RuntimeError; redelivery follows")
-    ] * 2
-    assert history[2].decision is TransitionKind.DEAD_LETTERED and history[2].outcome_status is OutcomeStatus.FAILED
-    assert (history[2].cause or "").startswith("ProcessingFailed: ")
-    (dead,) = await dead_lettered(stack, "add-member")
-    assert dead.dead_letter_reason == "ProcessingFailed" and b"".join(dead.body) == body
+    ] * 3
+    assert outcomes == {}, "no ProcessingFailed guessed from a count the function does not have"
+    assert dead.dead_letter_reason == "MaxDeliveryCountExceeded" and b"".join(dead.body) == body
+
+
+async def test_a_settlement_that_fails_leaves_one_outcome_and_no_crash(caplog: pytest.LogCaptureFixture) -> None:
+    """The first delivery outlives its lock, so complete fails (as the host's gRPC call would): the message comes
+    back, is finished again, and the repeated outcome is the same message, which duplicate detection drops."""
+
+    async def slow_first_time(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
+        if delivery.attempt == 1 and not finished:
+            await asyncio.sleep(3)  # longer than the 2 s lock; nothing renews it
+        finished.append(delivery.request_id)
+        return finish(Turn(StageName.ADD_MEMBER, delivery, deps.clock()), Progress(request=request), "done")
+
+    finished: list[str] = []
+    short_locks = EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=2))
+    with local_stack(emulator_config=short_locks) as stack:
+        connection = stack.environment[SERVICEBUS_CONNECTION]
+        async with ServiceBusClient.from_connection_string(connection) as client:
+            outbox = ServiceBusOutbox.from_connection_string(connection)
+            journal = SqliteJournal(":memory:")
+            stage = Stage(StageName.ADD_MEMBER, OnboardingRequest, slow_first_time)
+            runner = StageRunner(stage, _dependencies(), outbox, OUTCOMES, 3, journal)
+            async with client.get_queue_sender("add-member") as sender:
+                await sender.send_messages(ServiceBusMessage(sample_request_json(), message_id="settle-1"))
+            async with client.get_queue_receiver("add-member") as receiver:
+                for _ in range(2):
+                    (message,) = await receiver.receive_messages(max_message_count=1, max_wait_time=10)
+                    with caplog.at_level(logging.WARNING, logger="onboarding.runner"):
+                        await run_as_the_host_does(runner, receiver, message)
+                assert await receiver.receive_messages(max_message_count=1, max_wait_time=3) == []
+            await outbox.close()
+            history = await journal.history(finished[0])
+            async with client.get_queue_receiver(OUTCOMES) as outcomes_receiver:
+                outcomes = await outcomes_receiver.peek_messages(max_message_count=10)
+        assert await dead_lettered(stack, "add-member") == []
+    assert len(finished) == 2, "the message came back after the failed settlement"
+    assert "could not settle the message (SettlementError)" in caplog.text
+    assert [t.decision for t in history] == [TransitionKind.FINISHED] * 2  # never CRASHED
+    (outcome,) = [OutcomeEvent.model_validate_json(b"".join(m.body)) for m in outcomes]
+    assert outcome.status is OutcomeStatus.SUCCEEDED
 
 
 def _dependencies() -> StageDependencies:

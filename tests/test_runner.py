@@ -307,9 +307,20 @@ async def test_a_crash_before_the_last_delivery_abandons_for_redelivery() -> Non
     assert harness.recorder.events == [("abandon",), ("journal", TransitionKind.CRASHED)]
 
 
+@pytest.mark.parametrize("delivery_count", [None, 1, 2])
+async def test_a_crash_before_the_last_delivery_or_with_no_count_is_never_taken_for_the_last(
+    delivery_count: int | None,
+) -> None:
+    # The Functions host counts deliveries from 1 (AmqpMessageConverter adds 1); extension 1.0.0b2 hands None.
+    harness = Harness(raises, max_delivery_count=3)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await harness.run(FakeReceivedMessage(sample_request_json(), delivery_count=delivery_count))
+    assert harness.recorder.kinds() == ["abandon", "journal"]
+
+
 async def test_a_crash_on_the_last_delivery_dead_letters_with_an_outcome() -> None:
     harness = Harness(raises, max_delivery_count=3)
-    decision = await harness.run(FakeReceivedMessage(sample_request_json(), delivery_count=2))
+    decision = await harness.run(FakeReceivedMessage(sample_request_json(), delivery_count=3))
     assert harness.recorder.events == [
         ("send", OUTCOMES, "msg-1/outcome"),
         ("deadletter", "ProcessingFailed"),
@@ -332,7 +343,7 @@ async def test_when_even_the_failure_cannot_be_reported_the_message_is_abandoned
     harness = Harness(raises, max_delivery_count=3)
     harness.recorder.failing.add("send")
     with pytest.raises(RuntimeError, match="send failed"):
-        await harness.run(FakeReceivedMessage(sample_request_json(), delivery_count=2))
+        await harness.run(FakeReceivedMessage(sample_request_json(), delivery_count=3))
     assert harness.recorder.kinds() == ["send", "abandon"]
 
 

@@ -29,6 +29,7 @@ from shared.directory.ports import (
     MailContact,
     SenderRestrictions,
     TraceEntry,
+    Warnings,
 )
 
 V = TypeVar("V")
@@ -135,17 +136,24 @@ class CachingExchangeDirectory:
             last_name=last_name,
         )
 
-    async def add_distribution_group_member(self, group: str, member: str) -> None:
-        await self.inner.add_distribution_group_member(group, member)
+    async def add_distribution_group_member(self, group: str, member: str, *, security_group: bool = False) -> Warnings:
+        return await self.inner.add_distribution_group_member(group, member, security_group=security_group)
 
     async def list_distribution_group_members(self, group: str) -> list[GroupMember]:
         return await self.inner.list_distribution_group_members(group)
 
+    async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
+        return await self.inner.list_unified_group_subscribers(group)
+
     async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
         return await self.inner.get_sender_restrictions(group, unified=unified)
 
-    async def set_require_sender_authentication(self, group: str, enabled: bool, *, unified: bool) -> None:
-        await self.inner.set_require_sender_authentication(group, enabled, unified=unified)
+    async def set_require_sender_authentication(
+        self, group: str, enabled: bool, *, unified: bool, security_group: bool = False
+    ) -> Warnings:
+        return await self.inner.set_require_sender_authentication(
+            group, enabled, unified=unified, security_group=security_group
+        )
 
     async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
         return await self.inner.message_trace(sender, recipient, start, end)

@@ -81,17 +81,19 @@ def classify_status(
     request_id: str | None = None,
     retry_after: float | None = None,
     recognised: type[DirectoryError] | None = None,
+    server_fault_is_permanent: bool = False,
 ) -> DirectoryError:
     """The one ladder from an HTTP answer to an error class, for both faces.
 
     `recognised` is what the face read from the body (an Exchange exception type, a Graph error
     message); the status wins over it only where the status alone decides: throttling, outages,
-    and refused rights.
+    and refused rights. Throttling read from the body wins over any status. A 500 whose body names
+    a permanent failure (`server_fault_is_permanent`) is not retried for a day.
     """
     common: dict[str, Any] = {"face": face, "status": status, "code": code, "request_id": request_id}
-    if status == 429:
+    if status == 429 or recognised is ThrottledError:
         return ThrottledError(message, retry_after=retry_after, **common)
-    if status == 408 or status >= 500:
+    if status == 408 or (status >= 500 and not (status == 500 and server_fault_is_permanent)):
         return TransientDirectoryError(message, retry_after=retry_after, **common)
     if status in (401, 403):
         return PermissionDeniedError(message, **common)

@@ -2,13 +2,16 @@
 
 Graph cannot create mail contacts nor change distribution-group membership; this endpoint can.
 Cmdlet parameters travel as JSON data (never spliced into command text), so a display name full
-of quotes or `$(...)` is stored literally. Failures are classified by the Exchange exception type
-in the error detail (`ErrorId|ExceptionType|text`).
+of quotes or `$(...)` is stored literally. Failures are read as the mature clients read them
+(docs/microsoft-365-facts.md, "Exchange error answers"): the exception type from the
+`X-ExceptionType` header, else `details[0].message` (`ErrorId|ExceptionType|text`), else
+`innererror.internalexception`; a body that is not JSON is never decoded into the message.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,24 +24,53 @@ from shared.directory.errors import (
     DirectoryError,
     NameInUseError,
     NotFoundError,
+    PermissionDeniedError,
     RejectedRequestError,
+    ThrottledError,
     TransientDirectoryError,
     classify_status,
 )
-from shared.directory.ports import GroupMember, MailContact, SenderRestrictions, TraceEntry
+from shared.directory.ports import GroupMember, MailContact, SenderRestrictions, TraceEntry, Warnings
 
 SCOPE = "https://outlook.office365.com/.default"
-# The well-known system mailbox every tenant has; the module anchors its requests on it.
+# The well-known system mailbox every tenant has. App-only callers anchor on it in the APP: form
+# with the tenant id, as CIPP and ExoHelper have since 2025 (docs/microsoft-365-facts.md).
 ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_PAGES = 100
-
+MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
+ROLE_FOR_BYPASS = "Security Group Creation and Membership"
+CONCURRENCY_LIMIT_TEXT = "You have reached the maximum number of concurrent requests per tenant"
+# Exception types the ExchangeOnlineManagement module retries; a 500 naming any other type is a
+# cmdlet failure that repeats, not an outage (docs/microsoft-365-facts.md).
+TRANSIENT_EXCEPTIONS = frozenset(
+    {
+        "DCOverloadedException",
+        "SuitabilityDirectoryException",
+        "ServerInMMException",
+        "ADServerSettingsChangedException",
+        "StorageTransientException",
+    }
+)
+GROUP_MANAGER_REQUIRED = "OperationRequiresGroupManagerException"
 _ERROR_BY_EXCEPTION: dict[str, type[DirectoryError]] = {
     "ManagementObjectNotFoundException": NotFoundError,
     "MemberAlreadyExistsException": AlreadyExistsError,
     "ADObjectAlreadyExistsException": NameInUseError,
+    # Which of the two Exchange Online raises for New-MailContact on a guest's address is unconfirmed.
     "ProxyAddressExistsException": AddressInUseError,
+    "WLCDManagedMemberExistsException": AddressInUseError,
+    GROUP_MANAGER_REQUIRED: PermissionDeniedError,
 }
+_ADDRESS_IN_USE_TEXT = "is already being used by the proxy addresses or LegacyExchangeDN"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A cmdlet's output rows and the `@adminapi.warnings` that came with them."""
+
+    rows: list[dict[str, Any]]
+    warnings: Warnings = ()
 
 
 class ExchangeOnlineClient:
@@ -47,13 +79,12 @@ class ExchangeOnlineClient:
         credential: AsyncTokenCredential,
         *,
         tenant_id: str,
-        anchor_domain: str,
         base_url: str = "https://outlook.office365.com",
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self._credential = credential
         self._url = f"{base_url.rstrip('/')}/adminapi/beta/{tenant_id}/InvokeCommand"
-        self._anchor = f"UPN:{ANCHOR_MAILBOX}@{anchor_domain}"
+        self._anchor = f"APP:{ANCHOR_MAILBOX}@{tenant_id}"
         self._owns_client = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=TIMEOUT)
 
@@ -61,23 +92,25 @@ class ExchangeOnlineClient:
         if self._owns_client:
             await self._http.aclose()
 
-    async def invoke(self, cmdlet: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        """Run one cmdlet; every page of its output."""
+    async def invoke(self, cmdlet: str, parameters: dict[str, Any]) -> Answer:
+        """Run one cmdlet; every page of its output, and its warnings."""
         body = {"CmdletInput": {"CmdletName": cmdlet, "Parameters": parameters}}
         url: str | None = self._url
         results: list[dict[str, Any]] = []
+        warnings: list[str] = []
         for _ in range(MAX_PAGES):
             if url is None:
-                return results
+                return Answer(results, tuple(warnings))
             page = await self._post(url, cmdlet, body)
-            results.extend(page["value"])
-            url = page.get("@odata.nextLink")
+            results.extend(page.rows)
+            warnings.extend(page.warnings)
+            url = page.next_link
             if url is not None and httpx.URL(url).netloc != httpx.URL(self._url).netloc:
                 # Never send the bearer token to a host other than the one configured.
                 raise RejectedRequestError(f"{cmdlet}: @odata.nextLink points at another host", face="exchange")
         raise RejectedRequestError(f"{cmdlet} returned more than {MAX_PAGES} pages", face="exchange")
 
-    async def _post(self, url: str, cmdlet: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, url: str, cmdlet: str, body: dict[str, Any]) -> _Page:
         token = await self._credential.get_token(SCOPE)
         request_id = str(uuid.uuid4())
         headers = {
@@ -97,28 +130,26 @@ class ExchangeOnlineClient:
             ) from error
         request_id = response.headers.get("request-id", request_id)
         if response.is_success:
-            page = _json(response)
-            rows = page.get("value") if isinstance(page, dict) else None
-            if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            page = _page(response)
+            if page is None:
                 raise RejectedRequestError(
                     f"{cmdlet} answered {response.status_code} without a list of objects in value",
                     face="exchange",
                     status=response.status_code,
                     request_id=request_id,
                 )
-            next_link = page.get("@odata.nextLink")
-            return {"value": rows, "@odata.nextLink": next_link if isinstance(next_link, str) else None}
+            return page
         raise _classify(cmdlet, response, request_id)
 
     # --- the ExchangeDirectory port ------------------------------------------------------
 
     async def get_accepted_domains(self) -> frozenset[str]:
-        rows = await self.invoke("Get-AcceptedDomain", {})
+        rows = (await self.invoke("Get-AcceptedDomain", {})).rows
         return frozenset(str(row.get("DomainName", "")).lower() for row in rows if row.get("DomainName"))
 
     async def find_mail_contact(self, identity: str) -> MailContact | None:
         try:
-            rows = await self.invoke("Get-MailContact", {"Identity": identity})
+            rows = (await self.invoke("Get-MailContact", {"Identity": identity})).rows
         except NotFoundError:
             return None
         return _mail_contact(rows[0]) if rows else None
@@ -134,41 +165,58 @@ class ExchangeOnlineClient:
     ) -> MailContact:
         parameters = {"Name": name, "ExternalEmailAddress": external_email_address, "DisplayName": display_name}
         parameters |= {k: v for k, v in (("FirstName", first_name), ("LastName", last_name)) if v}
-        rows = await self.invoke("New-MailContact", parameters)
+        rows = (await self.invoke("New-MailContact", parameters)).rows
         if not rows:
             raise RejectedRequestError("New-MailContact returned no contact", face="exchange")
         return _mail_contact(rows[0])
 
-    async def add_distribution_group_member(self, group: str, member: str) -> None:
-        await self.invoke("Add-DistributionGroupMember", {"Identity": group, "Member": member})
+    async def add_distribution_group_member(self, group: str, member: str, *, security_group: bool = False) -> Warnings:
+        parameters = {"Identity": group, "Member": member}
+        return await self._as_manager("Add-DistributionGroupMember", parameters, security_group=security_group)
+
+    async def _as_manager(self, cmdlet: str, parameters: dict[str, Any], *, security_group: bool) -> Warnings:
+        """A change Exchange allows only a group's managers, or callers with the bypass switch.
+
+        The app is never among ManagedBy. A mail-enabled security group always needs the switch; a
+        distribution group only when it restricts changes to its managers, so there the switch is
+        sent only after that refusal: an app without the role keeps working on open ones.
+        """
+        if not security_group:
+            try:
+                return (await self.invoke(cmdlet, parameters)).warnings
+            except PermissionDeniedError as error:
+                if error.code != GROUP_MANAGER_REQUIRED:
+                    raise
+        return (await self.invoke(cmdlet, parameters | {MANAGER_CHECK: True})).warnings
 
     async def list_distribution_group_members(self, group: str) -> list[GroupMember]:
-        rows = await self.invoke("Get-DistributionGroupMember", {"Identity": group})
-        return [
-            GroupMember(
-                identity=str(row.get("Guid") or row.get("Identity") or ""),
-                external_directory_object_id=row.get("ExternalDirectoryObjectId"),
-                email_address=_bare_address(row.get("PrimarySmtpAddress") or row.get("ExternalEmailAddress")),
-            )
-            for row in rows
-        ]
+        rows = (await self.invoke("Get-DistributionGroupMember", {"Identity": group})).rows
+        return [_group_member(row) for row in rows]
+
+    async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
+        parameters = {"Identity": group, "LinkType": "Subscribers"}
+        return [_group_member(row) for row in (await self.invoke("Get-UnifiedGroupLinks", parameters)).rows]
 
     async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
         cmdlet = "Get-UnifiedGroup" if unified else "Get-DistributionGroup"
-        rows = await self.invoke(cmdlet, {"Identity": group})
+        rows = (await self.invoke(cmdlet, {"Identity": group})).rows
         if not rows:
             raise NotFoundError(f"{cmdlet} found no group", face="exchange")
         row = rows[0]
         return SenderRestrictions(
             require_sender_authentication=bool(row.get("RequireSenderAuthenticationEnabled", True)),
-            accept_messages_only_from=tuple(row.get("AcceptMessagesOnlyFromSendersOrMembers") or ()),
-            reject_messages_from=tuple(row.get("RejectMessagesFromSendersOrMembers") or ()),
+            accept_messages_only_from=tuple(str(s) for s in row.get("AcceptMessagesOnlyFromSendersOrMembers") or ()),
+            reject_messages_from=tuple(str(s) for s in row.get("RejectMessagesFromSendersOrMembers") or ()),
             moderation_enabled=bool(row.get("ModerationEnabled", False)),
         )
 
-    async def set_require_sender_authentication(self, group: str, enabled: bool, *, unified: bool) -> None:
-        cmdlet = "Set-UnifiedGroup" if unified else "Set-DistributionGroup"
-        await self.invoke(cmdlet, {"Identity": group, "RequireSenderAuthenticationEnabled": enabled})
+    async def set_require_sender_authentication(
+        self, group: str, enabled: bool, *, unified: bool, security_group: bool = False
+    ) -> Warnings:
+        parameters = {"Identity": group, "RequireSenderAuthenticationEnabled": enabled}
+        if unified:  # Set-UnifiedGroup has no manager check and no bypass switch
+            return (await self.invoke("Set-UnifiedGroup", parameters)).warnings
+        return await self._as_manager("Set-DistributionGroup", parameters, security_group=security_group)
 
     async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
         parameters = {
@@ -177,7 +225,7 @@ class ExchangeOnlineClient:
             "StartDate": start.astimezone(UTC).isoformat(),
             "EndDate": end.astimezone(UTC).isoformat(),
         }
-        rows = await self.invoke("Get-MessageTraceV2", parameters)
+        rows = (await self.invoke("Get-MessageTraceV2", parameters)).rows
         entries: list[TraceEntry] = []
         for row in rows:
             try:
@@ -192,11 +240,34 @@ class ExchangeOnlineClient:
         return entries
 
 
+@dataclass(frozen=True)
+class _Page:
+    rows: list[dict[str, Any]]
+    warnings: Warnings
+    next_link: str | None
+
+
 def _json(response: httpx.Response) -> Any:
+    if "json" not in response.headers.get("content-type", "application/json").lower():
+        return None  # plain text, or a run of NUL bytes (a live 403 seen without a role): never JSON
     try:
         return response.json()
-    except ValueError:
+    except ValueError:  # also UnicodeDecodeError
         return None
+
+
+def _page(response: httpx.Response) -> _Page | None:
+    """A success answer: `value` rows, or only `@adminapi.warnings` (a success, as CIPP and ExoHelper read it)."""
+    body = _json(response)
+    if not isinstance(body, dict):
+        return None
+    warnings = body.get("@adminapi.warnings")
+    warnings = tuple(str(w) for w in warnings) if isinstance(warnings, list) else ()
+    rows = body.get("value", [] if warnings else None)
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        return None
+    next_link = body.get("@odata.nextLink")
+    return _Page(rows, warnings, next_link if isinstance(next_link, str) else None)
 
 
 def _bare_address(value: Any) -> str | None:
@@ -204,6 +275,14 @@ def _bare_address(value: Any) -> str | None:
         return None
     text = str(value)
     return text.split(":", 1)[1] if text.lower().startswith("smtp:") else text
+
+
+def _group_member(row: dict[str, Any]) -> GroupMember:
+    return GroupMember(
+        identity=str(row.get("Guid") or row.get("Identity") or ""),
+        external_directory_object_id=row.get("ExternalDirectoryObjectId"),
+        email_address=_bare_address(row.get("PrimarySmtpAddress") or row.get("ExternalEmailAddress")),
+    )
 
 
 def _mail_contact(row: dict[str, Any]) -> MailContact:
@@ -219,30 +298,76 @@ def _mail_contact(row: dict[str, Any]) -> MailContact:
     )
 
 
-def _classify(cmdlet: str, response: httpx.Response, request_id: str) -> DirectoryError:
-    status = response.status_code
+@dataclass(frozen=True)
+class _Failure:
+    """What an error answer says: the exception type (short name) and the text."""
+
+    exception_type: str
+    text: str
+
+
+def _failure(response: httpx.Response) -> _Failure:
+    """ExoHelper's order: the header, then `details[0].message` split in exactly three, then internalexception."""
     body = _json(response)
     error = body.get("error") if isinstance(body, dict) else None
-    details = error.get("details") if isinstance(error, dict) else None
-    detail = (
-        details[0].get("message", "") if isinstance(details, list) and details and isinstance(details[0], dict) else ""
+    error = error if isinstance(error, dict) else {}
+    details = error.get("details")
+    detail = details[0] if isinstance(details, list) and details and isinstance(details[0], dict) else {}
+    parts = str(detail.get("message", "")).split("|")
+    inner = error.get("innererror")
+    inner = {k.lower(): v for k, v in inner.items()} if isinstance(inner, dict) else {}
+    internal = inner.get("internalexception")
+    internal = {k.lower(): v for k, v in internal.items()} if isinstance(internal, dict) else {}
+    full_type = (
+        response.headers.get("X-ExceptionType")
+        or (parts[1] if len(parts) == 3 else "")
+        or str(internal.get("type") or "")
     )
-    parts = str(detail).split("|", 2)
-    exception_type = parts[1].rsplit(".", 1)[-1] if len(parts) == 3 else ""
-    text = (
-        parts[2]
-        if len(parts) == 3
-        else (error.get("message") if isinstance(error, dict) else "") or response.reason_phrase
-    )
+    text = parts[2] if len(parts) == 3 else str(internal.get("message") or error.get("message") or "")
+    return _Failure(full_type.rsplit(".", 1)[-1], text or response.reason_phrase or f"HTTP {response.status_code}")
+
+
+def _classify(cmdlet: str, response: httpx.Response, request_id: str) -> DirectoryError:
+    status = response.status_code
+    failure = _failure(response)
+    # The per-tenant concurrency limit is throttling whatever the status it comes with.
+    concurrency_limit = _body_text(response).startswith(CONCURRENCY_LIMIT_TEXT)
+    recognised = _ERROR_BY_EXCEPTION.get(failure.exception_type)
+    if recognised is None and _ADDRESS_IN_USE_TEXT in failure.text:
+        recognised = AddressInUseError
+    message = f"{cmdlet}: {CONCURRENCY_LIMIT_TEXT if concurrency_limit else failure.text}"
+    if failure.exception_type == GROUP_MANAGER_REQUIRED or (
+        failure.exception_type == "ParameterBindingException" and MANAGER_CHECK in failure.text
+    ):
+        # The app is not among the group's managers, and may not use the switch that bypasses them.
+        recognised = PermissionDeniedError
+        message += (
+            f" The app may change this group only with {MANAGER_CHECK}, which needs the Exchange role "
+            f'"{ROLE_FOR_BYPASS}": assign the Exchange Administrator role, or add the app to a role group '
+            f'holding "{ROLE_FOR_BYPASS}" (infra/README.md; `onboard grant` prints the commands).'
+        )
     return classify_status(
         status,
-        f"{cmdlet}: {text}",
+        message,
         face="exchange",
-        code=exception_type,
+        code=failure.exception_type,
         request_id=request_id,
         retry_after=_retry_after(response),
-        recognised=_ERROR_BY_EXCEPTION.get(exception_type),
+        recognised=ThrottledError if concurrency_limit else recognised,
+        server_fault_is_permanent=status == 500
+        and bool(failure.exception_type)
+        and failure.exception_type not in TRANSIENT_EXCEPTIONS,
     )
+
+
+def _body_text(response: httpx.Response) -> str:
+    """The body as text when it is plain text; empty for JSON and for undecodable bytes."""
+    if "json" in response.headers.get("content-type", "").lower():
+        return ""
+    try:
+        return response.content.decode("utf-8").strip().strip("\x00")
+    except UnicodeDecodeError:
+        return ""
 
 
 def _retry_after(response: httpx.Response) -> float | None:

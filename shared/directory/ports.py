@@ -14,6 +14,9 @@ from typing import Literal, Protocol
 
 from shared.contracts import GroupKind
 
+# `@adminapi.warnings` that came with a successful Exchange change, for the outcome.
+Warnings = tuple[str, ...]
+
 
 @dataclass(frozen=True)
 class DirectoryGroup:
@@ -125,18 +128,28 @@ class ExchangeDirectory(Protocol):
         """New-MailContact. Raises NameInUseError or AddressInUseError on a clash."""
         ...
 
-    async def add_distribution_group_member(self, group: str, member: str) -> None:
-        """Add-DistributionGroupMember. Raises AlreadyExistsError when already a member."""
+    async def add_distribution_group_member(self, group: str, member: str, *, security_group: bool = False) -> Warnings:
+        """Add-DistributionGroupMember, bypassing the group-manager check where Exchange demands it.
+
+        Raises AlreadyExistsError when already a member; PermissionDeniedError when the app may not
+        bypass the manager check (it lacks "Security Group Creation and Membership").
+        """
         ...
 
     async def list_distribution_group_members(self, group: str) -> list[GroupMember]: ...
+
+    async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
+        """Get-UnifiedGroupLinks -LinkType Subscribers: who receives a Microsoft 365 group's mail."""
+        ...
 
     async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
         """Get-UnifiedGroup when `unified`, else Get-DistributionGroup."""
         ...
 
-    async def set_require_sender_authentication(self, group: str, enabled: bool, *, unified: bool) -> None:
-        """Set-UnifiedGroup / Set-DistributionGroup -RequireSenderAuthenticationEnabled."""
+    async def set_require_sender_authentication(
+        self, group: str, enabled: bool, *, unified: bool, security_group: bool = False
+    ) -> Warnings:
+        """Set-UnifiedGroup / Set-DistributionGroup -RequireSenderAuthenticationEnabled (manager check as above)."""
         ...
 
     async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:

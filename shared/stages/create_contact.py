@@ -15,7 +15,7 @@ from shared.contracts import (
 )
 from shared.decisions import Decision, Delivery, PassOn
 from shared.directory.errors import AddressInUseError, DirectoryError, NameInUseError
-from shared.directory.ports import DirectoryGroup, MailContact
+from shared.directory.ports import DirectoryGroup, DirectoryUser, MailContact
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter
 from shared.progress import Progress, Turn
@@ -152,6 +152,10 @@ async def _address_taken(address: str, run: _Run) -> Decision:
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
             "The address belongs to an internal user of this tenant; add that user to the group instead.",
         )
+    if user is not None:
+        # A guest (a mail user to Exchange) holds the address, so no contact can have it; the guest
+        # itself can join a distribution or mail-enabled security group (Add-DistributionGroupMember).
+        return run.pass_on(_guest_recipient(user, created=False))
     cause = "the address is in use but its mail contact is not visible yet"
     return retry_or_give_up(run.turn, run.progress, run.deps.retry, cause)
 
@@ -165,14 +169,14 @@ async def _ensure_guest(request: OnboardingRequest, address: str, run: _Run) -> 
             "The address belongs to an internal user of this tenant; add that user to the group instead.",
         )
     if user is not None:
-        return run.pass_on(
-            Recipient(kind=RecipientKind.GUEST_USER, id=user.id, created=False, directory_object_id=user.id)
-        )
+        return run.pass_on(_guest_recipient(user, created=False))
     # An invitation for an address that is already a guest returns that guest: safe to repeat.
     guest = await graph.invite_guest(address, request.display_name, run.deps.guest_redirect_url)
-    return run.pass_on(
-        Recipient(kind=RecipientKind.GUEST_USER, id=guest.id, created=True, directory_object_id=guest.id)
-    )
+    return run.pass_on(_guest_recipient(guest, created=True))
+
+
+def _guest_recipient(user: DirectoryUser, *, created: bool) -> Recipient:
+    return Recipient(kind=RecipientKind.GUEST_USER, id=user.id, created=created, directory_object_id=user.id)
 
 
 def _contact_recipient(contact: MailContact, *, created: bool) -> Recipient:

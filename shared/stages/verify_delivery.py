@@ -9,6 +9,11 @@ With a welcome sender configured, the stage then mails the person and re-runs it
 schedule (PassOn to itself, its own MessageIds) to read Get-MessageTraceV2 until the message is
 Delivered, fails (DeliveryFailed), or the deadline passes (a warning). The membership and sender
 checks are not repeated on those re-checks: their results travel in the message.
+
+A guest in a Microsoft 365 group gets the group's conversations by mail only as a subscriber.
+Exchange subscribes guests when they are added, but an admin may have removed it, or the group
+may not deliver to subscribers at all; the app cannot subscribe anyone itself (Add-UnifiedGroupLinks
+refuses app-only callers), so the outcome warns and names the admin's command.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from shared.contracts import (
     DeadLetterReason,
     GroupKind,
     Recipient,
+    RecipientKind,
     ResolvedGroup,
     StageMessage,
     StageName,
@@ -27,7 +33,7 @@ from shared.contracts import (
 )
 from shared.decisions import Decision, Delivery, PassOn
 from shared.directory.errors import DirectoryError
-from shared.directory.ports import SenderRestrictions
+from shared.directory.ports import GroupMember, SenderRestrictions
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, finish
 from shared.progress import Progress, Turn
@@ -54,13 +60,15 @@ class _Run:
 async def verify_delivery(message: StageMessage, delivery: Delivery, deps: StageDependencies) -> Decision:
     run = _Run(Turn(STAGE, delivery, deps.clock()), Progress.of(message), message, deps)
     turn, progress = run.turn, run.progress
-    member = f"{message.recipient.kind} is a member of {message.group.display_name!r}."
+    member = _who_joined(message)
     try:
         if message.welcome is not None and deps.welcome is not None:
             return await _check_welcome(run, deps.welcome, member)
         if not await _is_member(message.group, message.recipient, str(message.request.external_email), deps):
             cause = "the new membership is not visible yet (replication lag)"
             return retry_or_give_up(turn, progress, deps.retry, cause)
+        if message.group.kind is GroupKind.MICROSOFT_365 and message.recipient.kind is RecipientKind.GUEST_USER:
+            await _check_subscription(run)
         if message.request.allow_external_senders:
             await _make_group_accept_external_mail(message.group, message.recipient, run)
         if deps.welcome is not None:
@@ -68,6 +76,38 @@ async def verify_delivery(message: StageMessage, delivery: Delivery, deps: Stage
     except DirectoryError as error:
         return decide_on_directory_error(turn, progress, deps.retry, error, not_found_is_lag=True)
     return finish(turn, progress, member)
+
+
+def _who_joined(message: StageMessage) -> str:
+    group, recipient = message.group, message.recipient
+    if recipient.kind is RecipientKind.GUEST_USER and group.kind is not GroupKind.MICROSOFT_365:
+        return (
+            f"The existing guest user with this address is a member of {group.display_name!r}: a guest already "
+            "held the address, so no mail contact was created."
+        )
+    return f"{recipient.kind} is a member of {group.display_name!r}."
+
+
+def _is_recipient(member: GroupMember, recipient: Recipient, address: str) -> bool:
+    """Exchange lists a member by Guid, ExternalDirectoryObjectId and address; any of them identifies ours."""
+    ours = {recipient.id.lower(), (recipient.directory_object_id or "").lower()} - {""}
+    return bool(
+        {member.identity.lower(), (member.external_directory_object_id or "").lower()} & ours
+        or (member.email_address or "").lower() == address.lower()
+    )
+
+
+async def _check_subscription(run: _Run) -> None:
+    group, recipient = run.message.group, run.message.recipient
+    address = str(run.message.request.external_email)
+    subscribers = await run.deps.exchange.list_unified_group_subscribers(group.mail)
+    if not any(_is_recipient(member, recipient, address) for member in subscribers):
+        run.progress.warnings.append(
+            f"The guest is a member of {group.display_name!r} but not subscribed to it, so the group's "
+            "conversations do not reach them by mail. The app cannot subscribe anyone (Add-UnifiedGroupLinks "
+            "refuses app-only callers); an Exchange administrator can: "
+            f"Add-UnifiedGroupLinks -Identity '{group.mail}' -LinkType Subscribers -Links '{address}'"
+        )
 
 
 async def _send_welcome(run: _Run, welcome: WelcomeMail) -> PassOn:
@@ -118,9 +158,7 @@ async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, d
     if group.kind is GroupKind.MICROSOFT_365:
         return recipient.id in await deps.graph.list_group_member_ids(group.id)
     members = await deps.exchange.list_distribution_group_members(group.mail)
-    return any(
-        member.identity == recipient.id or (member.email_address or "").lower() == address.lower() for member in members
-    )
+    return any(_is_recipient(member, recipient, address) for member in members)
 
 
 async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Recipient, run: _Run) -> None:
@@ -129,7 +167,13 @@ async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Reci
     restrictions = await exchange.get_sender_restrictions(group.mail, unified=unified)
     if restrictions.require_sender_authentication:
         if run.deps.policy.sender_authentication_fix_allowed_for(group.id, group.mail):
-            await exchange.set_require_sender_authentication(group.mail, False, unified=unified)
+            security_group = group.kind is GroupKind.MAIL_ENABLED_SECURITY
+            warnings = await exchange.set_require_sender_authentication(
+                group.mail, False, unified=unified, security_group=security_group
+            )
+            progress.warnings.extend(
+                f"Set-{'UnifiedGroup' if unified else 'DistributionGroup'} warned: {w}" for w in warnings
+            )
             progress.changes.append(
                 f"RequireSenderAuthenticationEnabled on {group.display_name!r} changed from True to False "
                 "so external senders are accepted (5.7.133 fix)."
@@ -142,20 +186,23 @@ async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Reci
                 f"{cmdlet} -Identity '{group.mail}' -RequireSenderAuthenticationEnabled $false "
                 "(or allow the fix for this group in the policy)."
             )
-    progress.warnings.extend(_other_restrictions(restrictions, recipient))
+    progress.warnings.extend(_other_restrictions(restrictions, recipient, str(run.message.request.external_email)))
 
 
-def _other_restrictions(restrictions: SenderRestrictions, recipient: Recipient) -> list[str]:
+def _other_restrictions(restrictions: SenderRestrictions, recipient: Recipient, address: str) -> list[str]:
+    """Sender lists come back as object GUIDs since May 2025 (earlier: names); match every form of ours."""
     found: list[str] = []
-    ours = recipient.id.lower()
-    if restrictions.accept_messages_only_from and ours not in {
-        s.lower() for s in restrictions.accept_messages_only_from
-    }:
+    ours = {recipient.id.lower(), (recipient.directory_object_id or "").lower(), address.lower()} - {""}
+
+    def listed(entries: tuple[str, ...]) -> bool:
+        return any(entry.lower().removeprefix("smtp:") in ours for entry in entries)
+
+    if restrictions.accept_messages_only_from and not listed(restrictions.accept_messages_only_from):
         found.append(
             "The group accepts mail only from listed senders (AcceptMessagesOnlyFromSendersOrMembers) "
             "and this person is not listed: add them there if they must be able to send."
         )
-    if ours in {s.lower() for s in restrictions.reject_messages_from}:
+    if listed(restrictions.reject_messages_from):
         found.append("This person is on the group's RejectMessagesFromSendersOrMembers list.")
     if restrictions.moderation_enabled:
         found.append("The group is moderated: this person's mail waits for a moderator's approval.")

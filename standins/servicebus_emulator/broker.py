@@ -330,7 +330,7 @@ class Broker(Handler):  # type: ignore[misc]  # proton is untyped here
                     return
                 token = stored.lock_token or uuid.uuid4()
                 delivery = link.delivery(codec.lock_token_tag(token))
-                link.stream(codec.for_delivery(stored, node).encode())
+                link.stream(codec.encode_for_delivery(stored, node))
                 link.advance()
                 if receive_and_delete:
                     delivery.settle()
@@ -460,7 +460,7 @@ def _pending_replies(link: Link) -> list[Message]:
 
 def _encoded_entry(stored: StoredMessage, queue: str) -> dict[str, Any]:
     """One entry of a management reply's `messages` list; a locked message carries its lock token."""
-    entry: dict[str, Any] = {"message": codec.for_delivery(stored, queue).encode()}
+    entry: dict[str, Any] = {"message": codec.encode_for_delivery(stored, queue)}
     if stored.lock_token is not None:
         entry["lock-token"] = stored.lock_token
     return entry

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from proton import Data, Message, symbol, timestamp
+from proton import Data, Described, Message, symbol, timestamp, uint, ulong
 
 from standins.servicebus_emulator.store import StoredMessage
 
@@ -16,7 +16,9 @@ ENQUEUED_TIME = symbol("x-opt-enqueued-time")
 LOCKED_UNTIL = symbol("x-opt-locked-until")
 DEAD_LETTER_SOURCE = symbol("x-opt-deadletter-source")
 
+_HEADER_SECTION = 0x70
 _DATA_SECTION = 0x75
+_HEADER_FIELDS_BEFORE_DELIVERY_COUNT = 4  # durable, priority, ttl, first-acquirer
 
 
 def to_datetime(value: Any) -> datetime | None:
@@ -100,6 +102,28 @@ def for_delivery(stored: StoredMessage, queue_name: str) -> Message:
     message.annotations = annotations
     message.delivery_count = stored.delivery_count
     return message
+
+
+def encode_for_delivery(stored: StoredMessage, queue_name: str) -> bytes:
+    """for_delivery's message encoded, its header carrying delivery-count even when it is 0.
+
+    Proton leaves a 0 out (AMQP's default), and the azure-servicebus SDK then reports
+    delivery_count None; Service Bus sends the field, so the SDK reports 0 on a first delivery.
+    """
+    encoded = bytes(for_delivery(stored, queue_name).encode())
+    first = Data()
+    consumed = first.decode(encoded)
+    first.rewind()
+    first.next()
+    section = first.get_object()
+    fields: list[Any] = []
+    if int(section.descriptor) == _HEADER_SECTION:
+        fields = list(section.value)[:_HEADER_FIELDS_BEFORE_DELIVERY_COUNT]
+        encoded = encoded[consumed:]
+    fields += [None] * (_HEADER_FIELDS_BEFORE_DELIVERY_COUNT - len(fields))  # null: the field's default
+    header = Data()
+    header.put_object(Described(ulong(_HEADER_SECTION), [*fields, uint(stored.delivery_count)]))
+    return bytes(header.encode()) + encoded
 
 
 def lock_token_tag(token: uuid.UUID) -> bytes:

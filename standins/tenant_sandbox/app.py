@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from standins.tenant_sandbox.exchange_face import ExchangeFace, exchange_error
+from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER, ExchangeFace, exchange_error
 from standins.tenant_sandbox.grants_face import Grants, GrantsFace
 from standins.tenant_sandbox.graph_face import GraphFace, graph_error
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault, Verdict
@@ -140,18 +140,43 @@ def _verdict_response(request: Request, face: Face, verdict: Verdict, tenant_id:
     if face == "graph":
         code, message = _GRAPH_ERRORS[status]
         response = graph_error(request, status, code, message)
-    elif status == 400:
-        text = "The request was rejected (injected by the sandbox)."
-        response = exchange_error(400, "BadRequest", "Microsoft.Exchange.Configuration.Tasks.TaskException", text)
-    elif status == 403:
-        text = "The caller does not have a role that allows this cmdlet."
-        response = exchange_error(403, "Forbidden", "System.UnauthorizedAccessException", text)
     else:
-        text = "The service is unavailable."
-        response = exchange_error(status, "ServiceUnavailable", "System.Net.WebException", text)
+        response = _exchange_fault(status, verdict.fault)
     if verdict.retry_after is not None:
         response.headers["Retry-After"] = str(verdict.retry_after)
     return response
+
+
+_EXCHANGE_FAULTS = {
+    400: (
+        "BadRequest",
+        "Microsoft.Exchange.Configuration.Tasks.TaskException",
+        "The request was rejected (injected by the sandbox).",
+    ),
+    403: (
+        "Forbidden",
+        "System.UnauthorizedAccessException",
+        "The caller does not have a role that allows this cmdlet.",
+    ),
+}
+
+
+def _exchange_fault(status: int, fault: ScriptedFault | None) -> Response:
+    """An injected Exchange failure, in the shape the scripted fault asks for."""
+    body = fault.body if fault else "json"
+    if body == "undecodable":
+        # A live 403 for a missing role came back as a run of NUL bytes.
+        return Response(b"\x00" * 4096, status_code=status, media_type="application/octet-stream")
+    if body == "concurrency_limit":
+        return Response(CONCURRENCY_LIMIT_ANSWER, status_code=status, media_type="text/plain")
+    exception_type = fault.exception_type if fault else None
+    if status in _EXCHANGE_FAULTS or exception_type:
+        code, default_type, text = _EXCHANGE_FAULTS.get(status, ("InternalServerError", "", "The cmdlet failed."))
+        type_in = fault.type_in if fault else "everywhere"
+        return exchange_error(status, code, exception_type or default_type, text, type_in=type_in)
+    # An outage names no cmdlet exception: the service, not the command, failed.
+    error = {"code": "ServiceUnavailable", "message": "The service is unavailable."}
+    return JSONResponse({"error": error}, status_code=status)
 
 
 class Admin:
@@ -246,7 +271,10 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
             # Half the latency before the face acts and half after, as on a real network: a write
             # is done while its caller still waits for the answer (a caller can die in between).
             await asyncio.sleep(verdict.delay_seconds / 2)
-            if verdict.status is not None:
+            if verdict.status == 200 and verdict.fault is not None:
+                request.state.adminapi_warnings = verdict.fault.warnings  # the face acts, then warns
+                response = await call_next(request)
+            elif verdict.status is not None:
                 response = _verdict_response(request, face, verdict, tenant_id)
             else:
                 response = await call_next(request)

@@ -1,8 +1,10 @@
 """The Exchange face: the InvokeCommand endpoint the ExchangeOnlineManagement module calls.
 
-Answers are {"value": [...]} with @odata.nextLink paging; failures carry "ErrorId|ExceptionType|text"
-in error.details[0].message with Microsoft's exception types and texts. Parameters are data: a
-display name full of quotes, semicolons or $(...) is stored as written, never evaluated.
+Answers are {"value": [...]} with @odata.nextLink paging; failures carry Exchange's envelope
+(error.message "Invalid Operation", "ErrorId|ExceptionType|text" in error.details[0].message,
+innererror.internalexception, and the X-ExceptionType header) with Microsoft's exception types and
+texts. Parameters are data: a display name full of quotes, semicolons or $(...) is stored as
+written, never evaluated. Sources: docs/microsoft-365-facts.md.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.contracts import GroupKind
-from standins.tenant_sandbox.model import Contact, Directory, Group, TraceRow, User
+from standins.tenant_sandbox.model import Contact, Directory, Group, TenantInfo, TraceRow, User
 
 _EX = "Microsoft.Exchange.Configuration.Tasks."
 NOT_FOUND = _EX + "ManagementObjectNotFoundException"
@@ -27,6 +29,17 @@ NAME_IN_USE = "Microsoft.Exchange.Data.Directory.ADObjectAlreadyExistsException"
 ADDRESS_IN_USE = "Microsoft.Exchange.Data.Directory.ProxyAddressExistsException"
 INVALID_VALUE = "Microsoft.Exchange.Data.DataValidationException"
 BAD_PARAMETER = "System.Management.Automation.ParameterBindingException"
+GROUP_MANAGER_REQUIRED = _EX + "OperationRequiresGroupManagerException"
+TASK_FAILED = _EX + "TaskException"
+MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
+# Roles that may use MANAGER_CHECK on distribution and mail-enabled security groups
+# (Add-DistributionGroupMember docs); Organization Management holds the second one.
+BYPASS_ROLES = frozenset({"Organization Management", "Security Group Creation and Membership"})
+# The well-known system mailbox app-only callers anchor on; the sandbox also accepts any UPN: anchor.
+ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
+CONCURRENCY_LIMIT_ANSWER = (
+    "You have reached the maximum number of concurrent requests per tenant. Please wait and try again."
+)
 TRACE_MAX_DAYS = 10  # Get-MessageTraceV2: at most 10 days per query, within the last 90
 TRACE_DEFAULT_ROWS, TRACE_MAX_ROWS = 1000, 5000
 
@@ -41,18 +54,42 @@ class CmdletError(Exception):
         self.status = status
 
 
-def exchange_error(status: int, code: str, exception_type: str, text: str) -> JSONResponse:
-    error_id = uuid.uuid4().hex[:8].upper()
-    detail = {"code": "Client", "target": "", "message": f"{error_id}|{exception_type}|{text}"}
-    body = {
-        "error": {
-            "code": code,
-            "message": "Error executing cmdlet",
-            "details": [detail],
-            "innererror": {"message": text, "type": exception_type},
+TypeIn = Literal["everywhere", "header", "details", "internal_exception"]
+
+
+def exchange_error(
+    status: int, code: str, exception_type: str, text: str, *, type_in: TypeIn = "everywhere"
+) -> JSONResponse:
+    """Exchange's error envelope; `type_in` narrows where the exception type appears, as some answers do."""
+    error: dict[str, Any] = {"code": code, "message": "Invalid Operation"}
+    if type_in in ("everywhere", "details"):
+        error_id = "Ex" + uuid.uuid4().hex[:6].upper()
+        error["details"] = [{"code": "Client", "target": "", "message": f"{error_id}|{exception_type}|{text}"}]
+    if type_in in ("everywhere", "internal_exception"):
+        error["innererror"] = {
+            "message": "Invalid Operation",
+            "type": "Microsoft.Exchange.Admin.OData.Core.ODataServiceException",
+            "internalexception": {"message": text, "type": exception_type},
         }
-    }
-    return JSONResponse(body, status_code=status, headers={"request-id": str(uuid.uuid4())})
+    headers = {"request-id": str(uuid.uuid4())}
+    if type_in in ("everywhere", "header"):
+        headers["X-ExceptionType"] = exception_type
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+def anchor_problem(anchor: str | None, tenant: TenantInfo) -> str | None:
+    """None for an anchor the sandbox routes: APP:<system mailbox>@<tenant id or initial domain>, or UPN:<address>."""
+    kind, _, address = (anchor or "").partition(":")
+    if kind.upper() == "UPN" and "@" in address:
+        return None
+    mailbox, _, where = address.rpartition("@")
+    if (
+        kind.upper() == "APP"
+        and mailbox == ANCHOR_MAILBOX
+        and where.lower() in {tenant.id.lower(), tenant.initial_domain.lower()}
+    ):
+        return None
+    return f"The X-AnchorMailbox header {anchor!r} is missing or not a routable anchor (APP:{ANCHOR_MAILBOX}@<tenant id>, or UPN:<user>)."
 
 
 def _not_found(identity: str, tenant: str) -> CmdletError:
@@ -93,7 +130,8 @@ def _user_json(user: User) -> dict[str, Any]:
     }
 
 
-def _group_json(group: Group) -> dict[str, Any]:
+def _group_json(group: Group, links: Callable[[list[str]], list[str]]) -> dict[str, Any]:
+    """`links` turns the stored sender identities into what Exchange returns: object GUIDs (since May 2025)."""
     details = {
         GroupKind.MICROSOFT_365: "GroupMailbox",
         GroupKind.DISTRIBUTION: "MailUniversalDistributionGroup",
@@ -110,10 +148,11 @@ def _group_json(group: Group) -> dict[str, Any]:
         "RecipientType": details,
         "RecipientTypeDetails": details,
         "RequireSenderAuthenticationEnabled": group.require_sender_authentication,
-        "AcceptMessagesOnlyFromSendersOrMembers": list(group.accept_messages_only_from),
-        "RejectMessagesFromSendersOrMembers": list(group.reject_messages_from),
+        "AcceptMessagesOnlyFromSendersOrMembers": links(group.accept_messages_only_from),
+        "RejectMessagesFromSendersOrMembers": links(group.reject_messages_from),
         "ModerationEnabled": group.moderation_enabled,
-        "ManagedBy": list(group.managed_by),
+        "ManagedBy": links(group.managed_by),
+        "AutoSubscribeNewMembers": group.auto_subscribe_new_members,
     }
 
 
@@ -151,6 +190,9 @@ class ExchangeFace:
             "Get-UnifiedGroup": lambda p: self.get_group(p, unified=True),
             "Set-UnifiedGroup": lambda p: self.set_group(p, unified=True),
             "Get-MessageTraceV2": self.get_message_trace,
+            "Get-UnifiedGroupLinks": self.get_unified_group_links,
+            "Add-UnifiedGroupLinks": self.change_unified_group_links,
+            "Remove-UnifiedGroupLinks": self.change_unified_group_links,
         }
 
     def routes(self) -> list[Route]:
@@ -159,6 +201,9 @@ class ExchangeFace:
     async def invoke(self, request: Request) -> Response:
         if request.path_params["tenant"] != self.d.tenant.id:
             return exchange_error(400, "TenantNotFound", NOT_FOUND, "The tenant is not known.")
+        if problem := anchor_problem(request.headers.get("X-AnchorMailbox"), self.d.tenant):
+            # Exchange's own answer to a missing anchor is not documented: refused here (stricter).
+            return exchange_error(400, "BadRequest", TASK_FAILED, problem)
         try:
             payload = await request.json()
             cmdlet_input = payload["CmdletInput"]
@@ -178,6 +223,10 @@ class ExchangeFace:
         skip_text = request.query_params.get("$skip", "0")
         skip = int(skip_text) if skip_text.isdigit() else 0
         body: dict[str, Any] = {"value": rows[skip : skip + self.page_size]}
+        if warnings := getattr(request.state, "adminapi_warnings", ()):
+            body["@adminapi.warnings"] = list(warnings)
+            if not body["value"]:
+                del body["value"]  # a change that printed nothing answers with the warnings alone
         if skip + self.page_size < len(rows):
             body["@odata.nextLink"] = f"{request.url.replace(query='')}?$skip={skip + self.page_size}"
         return JSONResponse(body)
@@ -275,7 +324,7 @@ class ExchangeFace:
             return [_user_json(user)]
         group = self.d.group_by_identity(identity)
         if group is not None and group.mail:
-            return [_group_json(group)]
+            return [_group_json(group, self._links)]
         raise _not_found(identity, self.d.tenant.initial_domain)
 
     # Groups and membership
@@ -289,12 +338,41 @@ class ExchangeFace:
             raise _not_found(identity, self.d.tenant.initial_domain)
         return group
 
-    def _recipient_id(self, identity: str) -> str | None:
+    def _recipient(self, identity: str) -> Contact | User | None:
         contact = self.d.contact_by_identity(identity)
-        if contact:
-            return contact.external_directory_object_id if self.d.replicated(contact) else None
-        user = self.d.users.get(identity) or self.d.user_by_mail(identity)
-        return user.id if user and self.d.replicated(user) else None
+        return contact or self.d.users.get(identity) or self.d.user_by_mail(identity)
+
+    def _recipient_id(self, identity: str) -> str | None:
+        recipient = self._recipient(identity)
+        if recipient is None or not self.d.replicated(recipient):
+            return None
+        return recipient.external_directory_object_id if isinstance(recipient, Contact) else recipient.id
+
+    def _links(self, identities: list[str]) -> list[str]:
+        """Stored sender or manager identities as Exchange lists them: each object's ExternalDirectoryObjectId."""
+        found: list[str] = []
+        for identity in identities:
+            recipient = self._recipient(identity)
+            group = None if recipient else self.d.group_by_identity(identity)
+            if isinstance(recipient, Contact):
+                found.append(recipient.external_directory_object_id)
+            else:
+                found.append(recipient.id if recipient else group.id if group else identity)
+        return found
+
+    def _check_manager(self, group: Group, parameters: dict[str, Any]) -> None:
+        """Exchange's group-manager check: the app is never among ManagedBy, so it needs the bypass switch."""
+        bypass = parameters.get(MANAGER_CHECK)
+        if bypass is not None and not BYPASS_ROLES & set(self.d.knobs.exchange_roles):
+            # Role-based access hides parameters the caller's roles do not grant.
+            raise CmdletError(
+                BAD_PARAMETER, f"A parameter cannot be found that matches parameter name '{MANAGER_CHECK}'."
+            )
+        if group.manager_check and bypass is not True:
+            raise CmdletError(
+                GROUP_MANAGER_REQUIRED,
+                "You don't have sufficient permissions. This operation can only be performed by a manager of the group.",
+            )
 
     def _member(self, identity: str) -> str:
         object_id = self._recipient_id(identity)
@@ -308,6 +386,7 @@ class ExchangeFace:
 
     def add_member(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         group = self._exchange_group(self._required(parameters, "Identity"), unified=False)
+        self._check_manager(group, parameters)
         member = self._required(parameters, "Member")
         object_id = self._member(member)
         if object_id in group.members:
@@ -319,6 +398,7 @@ class ExchangeFace:
 
     def remove_member(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         group = self._exchange_group(self._required(parameters, "Identity"), unified=False)
+        self._check_manager(group, parameters)
         member = self._required(parameters, "Member")
         object_id = self._member(member)
         if object_id not in group.members:
@@ -328,22 +408,43 @@ class ExchangeFace:
         self.d.remove_member(group, object_id)
         return []
 
-    def get_members(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        group = self._exchange_group(self._required(parameters, "Identity"), unified=False)
+    def _member_rows(self, object_ids: list[str]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
-        for object_id in group.members:
+        for object_id in object_ids:
             if object_id in self.d.contacts:
                 rows.append(_contact_json(self.d.contacts[object_id]))
             elif object_id in self.d.users:
                 rows.append(_user_json(self.d.users[object_id]))
         return rows
 
+    def get_members(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        group = self._exchange_group(self._required(parameters, "Identity"), unified=False)
+        return self._member_rows(group.members)
+
+    def get_unified_group_links(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        group = self._exchange_group(self._required(parameters, "Identity"), unified=True)
+        link_type = self._required(parameters, "LinkType").lower()
+        links = {"members": group.members, "subscribers": group.subscribers, "owners": []}.get(link_type)
+        if links is None:
+            raise CmdletError(BAD_PARAMETER, f"Cannot bind parameter 'LinkType'. Cannot convert value \"{link_type}\".")
+        return self._member_rows(links)
+
+    def change_unified_group_links(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every sandbox token is app-only, and these cmdlets refuse app-only callers (the text is the sandbox's)."""
+        self._exchange_group(self._required(parameters, "Identity"), unified=True)
+        raise CmdletError(
+            TASK_FAILED,
+            "Microsoft 365 group members, owners and subscribers cannot be changed with app-only authentication.",
+        )
+
     def get_group(self, parameters: dict[str, Any], *, unified: bool) -> list[dict[str, Any]]:
         group = self._exchange_group(self._required(parameters, "Identity"), unified=unified)
-        return [_group_json(group)]
+        return [_group_json(group, self._links)]
 
     def set_group(self, parameters: dict[str, Any], *, unified: bool) -> list[dict[str, Any]]:
         group = self._exchange_group(self._required(parameters, "Identity"), unified=unified)
+        if not unified:
+            self._check_manager(group, parameters)
         if "RequireSenderAuthenticationEnabled" in parameters:
             value = parameters["RequireSenderAuthenticationEnabled"]
             if not isinstance(value, bool):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Face = Literal["graph", "exchange"]
 FACES: tuple[Face, ...] = ("graph", "exchange")
@@ -49,6 +49,11 @@ class Knobs(_Knob):
     bounce_domains: tuple[str, ...] = Field(default=(), description="mail to these domains fails (trace: Failed)")
     trace_lag_seconds: float = Field(default=0, ge=0, description="a sent message shows in Get-MessageTraceV2 after")
     random_seed: int | None = Field(default=None, description="fix the jitter and error-rate dice")
+    exchange_roles: tuple[str, ...] = Field(
+        default=("Organization Management",),
+        description="the app's Exchange role groups or roles; BypassSecurityGroupManagerCheck needs "
+        "'Organization Management' or 'Security Group Creation and Membership' (e.g. ('Recipient Management',) lacks it)",
+    )
 
     @classmethod
     def load(cls, path: Path) -> Knobs:
@@ -66,16 +71,33 @@ class ScriptedFault(_Knob):
     """The next `count` requests to `face` (for one operation, or any) answer `status`.
 
     400 and 403 answer with the face's generic refusal (a rejected change, a missing role), for
-    exercising how callers treat permanent failures.
+    exercising how callers treat permanent failures. The Exchange face can also answer in each
+    shape Exchange uses (docs/microsoft-365-facts.md, "Exchange error answers"): the exception
+    type in a chosen place, a body that is not JSON, the per-tenant concurrency text, or (status
+    200) a success that carries `@adminapi.warnings`, the cmdlet having run.
     """
 
     face: Face
     operation: Annotated[str, Field(min_length=1)] | None = Field(
         default=None, description="a cmdlet (New-MailContact) or Graph route (POST /v1.0/invitations); None = any"
     )
-    status: Literal[400, 403, 429, 500, 502, 503, 504]
+    status: Literal[200, 400, 403, 429, 500, 502, 503, 504]
     count: int = Field(default=1, ge=1, le=10_000)
     retry_after: int | None = Field(default=None, ge=0, description="seconds; 429 answers always carry one")
+    exception_type: str | None = Field(default=None, description="Exchange: the .NET exception type to name")
+    type_in: Literal["everywhere", "header", "details", "internal_exception"] = Field(
+        default="everywhere", description="Exchange: where the exception type is carried"
+    )
+    body: Literal["json", "undecodable", "concurrency_limit"] = Field(
+        default="json", description="Exchange: a JSON error, NUL bytes, or the plain-text concurrency-limit answer"
+    )
+    warnings: tuple[str, ...] = Field(default=(), description="Exchange, status 200: the answer's @adminapi.warnings")
+
+    @model_validator(mode="after")
+    def _fits(self) -> ScriptedFault:
+        if self.status == 200 and (self.face != "exchange" or not self.warnings):
+            raise ValueError("status 200 is for Exchange answers carrying warnings")
+        return self
 
 
 @dataclass
@@ -106,6 +128,7 @@ class Verdict:
     status: int | None = None  # None: let the face answer
     retry_after: int | None = None
     throttle_percentage: float | None = None  # Graph's x-ms-throttle-limit-percentage, when a bucket is set
+    fault: ScriptedFault | None = None  # the scripted fault that decided, for its answer's shape
 
 
 class Gate:
@@ -150,7 +173,7 @@ class Gate:
                 retry_after = scripted.retry_after
                 if scripted.status == 429 and retry_after is None:
                     retry_after = 1
-                return Verdict(delay, scripted.status, retry_after)
+                return Verdict(delay, scripted.status, retry_after, fault=scripted)
             percentage = None
             if (bucket := self._buckets.get(face)) is not None:
                 wait = bucket.take(time.monotonic())

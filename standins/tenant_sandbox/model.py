@@ -11,6 +11,8 @@ Seed format (see demo_tenant.json):
      "groups": [{"id", "display_name", "mail"?, "secondary_addresses"?: [str], "kind": "Microsoft365"|"Distribution"|"MailEnabledSecurity"|"Security",
                  "dynamic"?, "require_sender_authentication"?, "accept_messages_only_from"?,
                  "reject_messages_from"?, "moderation_enabled"?, "managed_by"?: [str],
+                 "manager_check"?: bool (default: mail-enabled security groups only),
+                 "auto_subscribe_new_members"?, "subscribers"?: [object ids] (Microsoft 365 groups),
                  "members"?: [object ids]}]}
 """
 
@@ -67,6 +69,11 @@ class SeedGroup(_Seed):
     reject_messages_from: tuple[str, ...] = ()
     moderation_enabled: bool = False
     managed_by: tuple[str, ...] = ()
+    # Whether changes need a manager or BypassSecurityGroupManagerCheck. None: by kind (mail-enabled
+    # security groups); True models a distribution group restricted to its managers.
+    manager_check: bool | None = None
+    auto_subscribe_new_members: bool = False
+    subscribers: tuple[str, ...] = ()  # who receives a Microsoft 365 group's conversations by mail
     members: tuple[str, ...] = ()
 
 
@@ -143,6 +150,9 @@ class Group:
     managed_by: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)  # object ids, in the order added
     secondary_addresses: list[str] = field(default_factory=list)
+    manager_check: bool = False
+    auto_subscribe_new_members: bool = False
+    subscribers: list[str] = field(default_factory=list)
 
     def proxy_addresses(self) -> list[str]:
         """Exchange's form: the primary address as "SMTP:", every other one as "smtp:"."""
@@ -222,6 +232,9 @@ class Directory:
                     list(g.managed_by),
                     list(g.members),
                     list(g.secondary_addresses),
+                    g.kind is GroupKind.MAIL_ENABLED_SECURITY if g.manager_check is None else g.manager_check,
+                    g.auto_subscribe_new_members,
+                    list(g.subscribers),
                 )
             )
         self.store.set_meta("tenant_id", seed.tenant.id)
@@ -396,11 +409,24 @@ class Directory:
     @_locked
     def add_member(self, group: Group, object_id: str) -> None:
         group.members.append(object_id)
+        guest = object_id in self.users and self.users[object_id].user_type == "Guest"
+        # Set-UnifiedGroup docs: AutoSubscribeNewMembers applies to internal members only; "Guest user
+        # accounts are always subscribed when added as a member."
+        if group.kind is GroupKind.MICROSOFT_365 and (guest or group.auto_subscribe_new_members):
+            group.subscribers.append(object_id)
         self._save(group)
 
     @_locked
     def remove_member(self, group: Group, object_id: str) -> None:
         group.members.remove(object_id)
+        if object_id in group.subscribers:
+            group.subscribers.remove(object_id)
+        self._save(group)
+
+    @_locked
+    def unsubscribe(self, group: Group, object_id: str) -> None:
+        """What an admin's Remove-UnifiedGroupLinks -LinkType Subscribers does (not possible app-only)."""
+        group.subscribers.remove(object_id)
         self._save(group)
 
     @_locked

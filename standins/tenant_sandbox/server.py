@@ -13,6 +13,7 @@ import uvicorn
 
 from standins.tenant_sandbox.app import AUDIENCES, RequestLog, apply_knobs, build_app
 from standins.tenant_sandbox.credential import TOKEN_LIFETIME_SECONDS, mint_sandbox_token
+from standins.tenant_sandbox.exchange_face import ANCHOR_MAILBOX
 from standins.tenant_sandbox.grants_face import Grants
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault
 from standins.tenant_sandbox.model import Directory, TenantSeed
@@ -70,10 +71,13 @@ class TenantSandbox:
         return self.seed.tenant.initial_domain
 
     def authorization(self, face: Face) -> dict[str, str]:
-        """An Authorization header this sandbox accepts for `face` (for curl, tests and benchmarks)."""
+        """Headers this sandbox accepts for `face` (for curl, tests and benchmarks): a token, and Exchange's anchor."""
         audience = min(a for a in AUDIENCES[face] if a.startswith("https://"))
         token = mint_sandbox_token(audience, self.tenant_id, int(time.time()) + TOKEN_LIFETIME_SECONDS)
-        return {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {token}"}
+        if face == "exchange":
+            headers["X-AnchorMailbox"] = f"APP:{ANCHOR_MAILBOX}@{self.tenant_id}"
+        return headers
 
     def set_knobs(self, **changes: Any) -> Knobs:
         """Change some knobs while running (the admin endpoint does the same over HTTP)."""
@@ -82,11 +86,21 @@ class TenantSandbox:
         return knobs
 
     def inject(
-        self, face: Face, status: int, *, count: int = 1, operation: str | None = None, retry_after: int | None = None
+        self,
+        face: Face,
+        status: int,
+        *,
+        count: int = 1,
+        operation: str | None = None,
+        retry_after: int | None = None,
+        **shape: Any,
     ) -> None:
-        """The next `count` requests to `face` (or to one cmdlet / Graph route on it) answer `status`."""
+        """The next `count` requests to `face` (or to one cmdlet / Graph route on it) answer `status`.
+
+        `shape`: the Exchange answer's form (ScriptedFault: exception_type, type_in, body, warnings).
+        """
         fault = {"face": face, "status": status, "count": count, "operation": operation, "retry_after": retry_after}
-        self.gate.script(ScriptedFault.model_validate(fault))
+        self.gate.script(ScriptedFault.model_validate(fault | shape))
 
     def start(self) -> None:
         if self._thread is not None:

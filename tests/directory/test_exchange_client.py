@@ -160,7 +160,6 @@ async def test_members_are_paged_with_next_link() -> None:
         client = ExchangeOnlineClient(
             SandboxCredential(sandbox.tenant_id),
             tenant_id=sandbox.tenant_id,
-            anchor_domain=sandbox.tenant_domain,
             base_url=sandbox.exchange_base_url,
         )
         try:
@@ -187,14 +186,14 @@ async def test_headers_sent(tenant_sandbox: TenantSandbox) -> None:
         client = ExchangeOnlineClient(
             SandboxCredential(tenant_sandbox.tenant_id),
             tenant_id=tenant_sandbox.tenant_id,
-            anchor_domain=tenant_sandbox.tenant_domain,
             base_url=tenant_sandbox.exchange_base_url,
             http_client=http,
         )
         await client.get_accepted_domains()
     (request,) = seen
     assert request.url.path == f"/adminapi/beta/{tenant_sandbox.tenant_id}/InvokeCommand"
-    assert request.headers["X-AnchorMailbox"] == f"UPN:{ANCHOR_MAILBOX}@contoso.onmicrosoft.com"
+    # The app-only anchor CIPP and ExoHelper moved to: the system mailbox at the tenant id.
+    assert request.headers["X-AnchorMailbox"] == f"APP:{ANCHOR_MAILBOX}@{tenant_sandbox.tenant_id}"
     assert request.headers["Prefer"] == "odata.maxpagesize=1000"
     assert request.headers["client-request-id"]
     assert request.headers["Authorization"].startswith("Bearer ")
@@ -219,7 +218,6 @@ async def test_refused_token_is_permission_denied(tenant_sandbox: TenantSandbox)
     client = ExchangeOnlineClient(
         _BadCredential(tenant_sandbox.tenant_id),
         tenant_id=tenant_sandbox.tenant_id,
-        anchor_domain=tenant_sandbox.tenant_domain,
         base_url=tenant_sandbox.exchange_base_url,
     )
     try:
@@ -251,9 +249,7 @@ async def test_throttled(tenant_sandbox: TenantSandbox, exchange_directory: Exch
 async def test_malformed_answers_are_directory_errors(status: int, body: bytes) -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(status, content=body))
     async with httpx.AsyncClient(transport=transport) as http:
-        client = ExchangeOnlineClient(
-            SandboxCredential("t"), tenant_id="t", anchor_domain="contoso.onmicrosoft.com", http_client=http
-        )
+        client = ExchangeOnlineClient(SandboxCredential("t"), tenant_id="t", http_client=http)
         with pytest.raises(DirectoryError):
             await client.get_accepted_domains()
 
@@ -266,9 +262,7 @@ async def test_next_link_to_another_host_is_refused() -> None:
         return httpx.Response(200, json={"value": [], "@odata.nextLink": "https://evil.example/steal"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-        client = ExchangeOnlineClient(
-            SandboxCredential("t"), tenant_id="t", anchor_domain="contoso.onmicrosoft.com", http_client=http
-        )
+        client = ExchangeOnlineClient(SandboxCredential("t"), tenant_id="t", http_client=http)
         with pytest.raises(DirectoryError, match="another host"):
             await client.get_accepted_domains()
     assert hosts == ["outlook.office365.com"]

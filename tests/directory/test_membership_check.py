@@ -30,7 +30,6 @@ async def clients(large_tenant: TenantSandbox) -> AsyncIterator[tuple[MsGraphDir
     exchange = ExchangeOnlineClient(
         credential,
         tenant_id=large_tenant.tenant_id,
-        anchor_domain=large_tenant.tenant_domain,
         base_url=large_tenant.exchange_base_url,
     )
     yield graph, exchange

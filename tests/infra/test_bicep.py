@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.bicep import INFRA, Ref, bicep_files, function_app_template, main_template, parse
+from tests.infra.bicep import INFRA, REPOSITORY, Ref, bicep_files, function_app_template, main_template, parse
 
 ROLE_IDS = {
     "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": "Azure Service Bus Data Receiver",
@@ -59,9 +59,11 @@ def _site(**main_parameters: Any) -> dict[str, Any]:
     return app.evaluate(app.module_params("site"))  # type: ignore[no-any-return]
 
 
-def test_python_version_is_one_parameter_defaulting_to_311() -> None:
-    assert main_template().parameters["pythonVersion"]["default"] == "3.11"
-    assert _site()["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.11"}
+def test_python_version_is_one_parameter_defaulting_to_the_indexed_worker() -> None:
+    """3.13: the Python whose worker (azure-functions-runtime, pinned in requirements.txt) tests/worker indexes."""
+    assert main_template().parameters["pythonVersion"]["default"] == "3.13"
+    assert "azure-functions-runtime==" in (REPOSITORY / "requirements.txt").read_text()
+    assert _site()["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.13"}
     assert _site(pythonVersion="3.12")["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.12"}
 
 

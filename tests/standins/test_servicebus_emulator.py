@@ -80,7 +80,9 @@ def test_batch_send_delivers_each_message(servicebus_emulator: ServiceBusEmulato
 def test_abandon_redelivers_with_a_higher_delivery_count(servicebus_emulator: ServiceBusEmulator) -> None:
     send(servicebus_emulator, ServiceBusMessage("x", message_id="a-1"))
     with client(servicebus_emulator) as sb, sb.get_queue_receiver(QUEUE) as receiver:
+        assert receiver.peek_messages(max_message_count=1)[0].delivery_count == 0
         (first,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)
+        assert first.delivery_count == 0  # Service Bus sends the header's delivery-count on a first delivery too
         receiver.abandon_message(first)
         (again,) = receiver.receive_messages(max_message_count=1, max_wait_time=5)
         assert again.message_id == "a-1"
@@ -298,5 +300,5 @@ async def test_a_message_released_between_receive_calls_is_available_at_once(
         await asyncio.sleep(0.5)  # the idle receiver is handed the message and releases it, pre-settled
         (message,) = await other.receive_messages(max_message_count=1, max_wait_time=5)  # not after the lock expires
         assert message.message_id == "between"
-        assert not message.delivery_count  # a release is not a failed delivery
+        assert message.delivery_count == 0  # a release is not a failed delivery
         await other.complete_message(message)

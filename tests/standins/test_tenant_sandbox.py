@@ -107,9 +107,11 @@ def test_exchange_error_shape_and_literal_parameters(tenant_sandbox: TenantSandb
     missing = _invoke(tenant_sandbox, "Get-MailContact", Identity="ghost")
     assert missing.status_code == 404
     error = missing.json()["error"]
-    assert error["message"] == "Error executing cmdlet"
+    assert error["message"] == "Invalid Operation"  # Exchange's literal text; the cause is in details
     error_id, exception_type, text = error["details"][0]["message"].split("|", 2)
     assert error_id and exception_type.endswith(".ManagementObjectNotFoundException") and "'ghost'" in text
+    assert error["innererror"]["internalexception"] == {"message": text, "type": exception_type}
+    assert missing.headers["X-ExceptionType"] == exception_type
     name = 'x"; Remove-MailContact -Identity * -Confirm:$false; "$(whoami)'
     created = _invoke(tenant_sandbox, "New-MailContact", Name=name[:64], ExternalEmailAddress="SMTP:z@fabrikam.example")
     assert created.status_code == 200

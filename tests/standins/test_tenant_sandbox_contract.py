@@ -50,7 +50,6 @@ def _exchange(sandbox: TenantSandbox) -> ExchangeOnlineClient:
     return ExchangeOnlineClient(
         SandboxCredential(sandbox.tenant_id),
         tenant_id=sandbox.tenant_id,
-        anchor_domain=sandbox.tenant_domain,
         base_url=sandbox.exchange_base_url,
     )
 
@@ -308,7 +307,7 @@ async def test_set_and_remove_mail_contact(
     await exchange_directory.invoke(
         "Set-MailContact", {"Identity": "Ann", "DisplayName": 'Ann "$(x)"; B', "LastName": "Lee"}
     )
-    row = (await exchange_directory.invoke("Get-MailContact", {"Identity": "ann@fabrikam.example"}))[0]
+    row = (await exchange_directory.invoke("Get-MailContact", {"Identity": "ann@fabrikam.example"})).rows[0]
     assert row["DisplayName"] == 'Ann "$(x)"; B' and row["LastName"] == "Lee"
     await exchange_directory.invoke("Remove-MailContact", {"Identity": contact_id})
     assert await exchange_directory.find_mail_contact("Ann") is None
@@ -320,7 +319,9 @@ async def test_set_and_remove_mail_contact(
 async def test_get_recipient_finds_contacts_users_and_groups(exchange_directory: ExchangeOnlineClient) -> None:
     await _contact_in_partners(exchange_directory)
     kinds = {
-        identity: (await exchange_directory.invoke("Get-Recipient", {"Identity": identity}))[0]["RecipientTypeDetails"]
+        identity: (await exchange_directory.invoke("Get-Recipient", {"Identity": identity})).rows[0][
+            "RecipientTypeDetails"
+        ]
         for identity in ("ann@fabrikam.example", "adele.vance@contoso.com", GUEST, "partners@contoso.com")
     }
     assert kinds == {
@@ -521,7 +522,6 @@ async def test_a_token_that_is_not_for_this_call_is_refused_by_both_faces(
     exchange = ExchangeOnlineClient(
         credential,
         tenant_id=tenant_sandbox.tenant_id,
-        anchor_domain=tenant_sandbox.tenant_domain,
         base_url=tenant_sandbox.exchange_base_url,
     )
     try:

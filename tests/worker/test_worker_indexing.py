@@ -1,0 +1,128 @@
+"""The Functions Python worker indexes function_app.py the way the host will, and accepts every function.
+
+Runs index_probe.py (the worker package's own indexing code: azure_functions_runtime.bindings.meta
+.load_binding_registry, loader.index_function_app, loader.process_indexed_function) in a fresh
+interpreter, so the app's modules, the protobuf runtime and sys.path are as clean as in a worker
+process and nothing leaks into the rest of the test session.
+
+Which interpreter: $WORKER_PYTHON if set, else .venv/worker (built by `make worker-venv` when python3.13
+is on PATH: the app's requirements as 3.13 resolves them, azure-functions-runtime included). Without
+either the tests skip and say why (pytest -ra prints it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PROBE = Path(__file__).resolve().parent / "index_probe.py"
+APP_DIR = Path(__file__).resolve().parents[2]
+WORKER_PYTHON = os.environ.get("WORKER_PYTHON", str(APP_DIR / ".venv" / "worker" / "bin" / "python"))
+
+pytestmark = pytest.mark.stack  # a child interpreter, about two seconds
+
+EXPECTED_QUEUES = {
+    "create_contact": "create-contact",
+    "add_member": "add-member",
+    "verify_delivery": "verify-delivery",
+}
+
+
+def _worker_env() -> dict[str, str]:
+    # Only what an interpreter needs: no APPLICATIONINSIGHTS_*, ServiceBusConnection*, ONBOARDING_* from the
+    # developer's shell, so indexing proves the app imports without settings (as the host indexes it).
+    env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT"}}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave no __pycache__ in the app tree
+    return env
+
+
+def _index(app_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603  # the worker venv's interpreter and our own probe
+        [WORKER_PYTHON, str(PROBE), str(app_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_worker_env(),
+        cwd=app_dir,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def indexed() -> dict[str, Any]:
+    if not Path(WORKER_PYTHON).exists():
+        pytest.skip(f"no worker interpreter at {WORKER_PYTHON}: run `make worker-venv` (needs python3.13)")
+    probe = subprocess.run(  # noqa: S603  # the worker venv's interpreter, a constant script
+        [WORKER_PYTHON, "-c", "import sys, azure_functions_runtime; print(sys.version_info >= (3, 13))"],
+        capture_output=True,
+        text=True,
+        env=_worker_env(),
+        check=False,
+    )
+    if probe.returncode != 0 or probe.stdout.strip() != "True":
+        pytest.skip(f"{WORKER_PYTHON} has no azure-functions-runtime on Python >= 3.13: {probe.stderr.strip()[-300:]}")
+    result = _index(APP_DIR)
+    assert result.returncode == 0, f"the worker refused to index the app:\n{result.stderr[-4000:]}"
+    indexed: dict[str, Any] = json.loads(result.stdout)
+    return indexed
+
+
+def test_every_function_is_indexed(indexed: dict[str, Any]) -> None:
+    assert {f["name"] for f in indexed["functions"]} == set(EXPECTED_QUEUES)
+
+
+@pytest.mark.parametrize("function_name", sorted(EXPECTED_QUEUES))
+def test_trigger_binding_metadata(indexed: dict[str, Any], function_name: str) -> None:
+    function = next(f for f in indexed["functions"] if f["name"] == function_name)
+    assert function["raw_bindings"] == [
+        {
+            "type": "serviceBusTrigger",
+            "direction": "IN",
+            "name": "message",
+            "queueName": EXPECTED_QUEUES[function_name],
+            "connection": "ServiceBusConnection",
+            "autoCompleteMessages": False,
+            "properties": {"SupportsDeferredBinding": True},
+        }
+    ]
+    # The second parameter is accepted as the settlement client, not mistaken for a missing binding.
+    assert function["settlement_client_arg"] == "message_actions"
+    assert function["deferred_bindings_enabled"] is True
+    assert function["is_async"] is True
+
+
+def test_versions_are_the_pinned_ones(indexed: dict[str, Any]) -> None:
+    versions = indexed["versions"]
+    assert versions["azure-functions-runtime"] == "1.3.0"
+    assert versions["azurefunctions-extensions-bindings-servicebus"] == "1.0.0b2"
+    major, minor = (int(p) for p in versions["protobuf"].split(".")[:2])
+    assert (major, minor) >= (6, 31), "the extension's settlement_pb2 needs protobuf >= 6.31.1 at import"
+
+
+def test_an_unbound_parameter_is_refused(indexed: dict[str, Any], tmp_path: Path) -> None:
+    """The check has teeth: a parameter that is neither a binding nor the settlement client fails indexing."""
+    (tmp_path / "function_app.py").write_text(
+        textwrap.dedent(
+            """
+            import azure.functions as func
+            import azurefunctions.extensions.bindings.servicebus as servicebus
+
+            app = func.FunctionApp()
+
+            @app.service_bus_queue_trigger(arg_name="message", queue_name="q", connection="ServiceBusConnection",
+                                           auto_complete_messages=False)
+            async def broken(message: servicebus.ServiceBusReceivedMessage,
+                             message_actions: servicebus.ServiceBusMessageActions, extra: str) -> None:
+                pass
+            """
+        )
+    )
+    result = _index(tmp_path)
+    assert result.returncode != 0
+    assert "FunctionLoadError" in result.stderr
