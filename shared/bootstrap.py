@@ -9,12 +9,14 @@ registers them once with `configure_services`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
+from pydantic import SecretStr
 
 from shared.contracts import StageName
 from shared.dead_letters import DeadLetterReporter
@@ -28,8 +30,11 @@ from shared.outbox import ServiceBusOutbox
 from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
 from shared.runner import Outbox, StageRunner
-from shared.settings import Settings
+from shared.settings import ServiceBusSettings, Settings
 from shared.stages import Stage, StageDependencies, WelcomeMail
+from shared.stages.dependencies import utc_now
+
+logger = logging.getLogger("onboarding.bootstrap")
 
 
 @dataclass(frozen=True)
@@ -152,19 +157,68 @@ async def get_services() -> Services:
 
 async def close_services() -> None:
     """For hosts that end (the local host, tests); Azure simply recycles the process."""
-    global _services
+    global _services, _reporting
     async with _lock:
         if _services is not None:
             await _services.close()
             _services = None
+        if _reporting is not None:
+            _, _, journal, close_outbox = _reporting
+            _reporting = None
+            await close_outbox()
+            if journal is not None:
+                await journal.close()
         _overrides.clear()
 
 
 async def dead_letter_reporter(stage: StageName) -> DeadLetterReporter:
-    services = await get_services()
+    """The reporter of one stage's dead-letter sub-queue, which needs Service Bus and nothing else.
+
+    When the app's services cannot be built (a broken policy file, a missing setting), every stage
+    fails on every delivery and Service Bus dead-letters each message: the reporter is then the only
+    thing left that can publish an outcome, so it falls back to the Service Bus settings alone.
+    """
+    try:
+        services = await get_services()
+    except Exception:
+        logger.exception("the app cannot start; the dead-letter functions publish outcomes with Service Bus alone")
+        outbox, outcome_queue, journal = await _reporting_services()
+        return DeadLetterReporter(stage, outbox, outcome_queue, utc_now, journal)
     return DeadLetterReporter(
         stage, services.outbox, services.settings.outcome_queue, services.stage_dependencies.clock, services.journal
     )
+
+
+class ReportingSettings(ServiceBusSettings):
+    """What the dead-letter functions read when the app's other settings are broken."""
+
+    managed_identity_client_id: str | None = None
+    journal: SecretStr | None = None
+
+
+_reporting: tuple[Outbox, str, Journal | None, Callable[[], Awaitable[Any]]] | None = None
+
+
+async def _reporting_services() -> tuple[Outbox, str, Journal | None]:
+    global _reporting
+    async with _lock:
+        if _reporting is None:
+            settings = ReportingSettings()  # a broken Service Bus setting stops the triggers too: let it raise
+            if settings.servicebus_connection_string is not None:
+                outbox = ServiceBusOutbox.from_connection_string(
+                    settings.servicebus_connection_string.get_secret_value()
+                )
+            else:
+                assert settings.servicebus_namespace is not None  # ServiceBusSettings guarantees one of the two
+                credential = build_credential("managed-identity", client_id=settings.managed_identity_client_id)
+                outbox = ServiceBusOutbox.from_namespace(settings.servicebus_namespace, credential)
+            try:
+                journal = open_journal(settings.journal.get_secret_value() if settings.journal else None)
+            except Exception as error:  # a record, never a reason to stay silent
+                logger.warning("no journal for the dead-letter functions: %s", type(error).__name__)
+                journal = None
+            _reporting = (outbox, settings.outcome_queue, journal, outbox.close)
+        return _reporting[0], _reporting[1], _reporting[2]
 
 
 async def stage_runner(stage: Stage[Any]) -> StageRunner:

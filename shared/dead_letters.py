@@ -42,6 +42,8 @@ class DeadLetteredMessage(envelope.ReceivedMessage, Protocol):
     def dead_letter_reason(self) -> str | None: ...
     @property
     def dead_letter_error_description(self) -> str | None: ...
+    @property
+    def enqueued_time_utc(self) -> datetime | None: ...
 
 
 class DeadLetterActions(Protocol):
@@ -66,6 +68,12 @@ class DeadLetterReporter:
             return None
         turn, progress = self._what_is_known(message)
         with request_context(turn.delivery.request_id, turn.delivery.correlation_id):
+            if settled_elsewhere := await self._settled_elsewhere(turn.delivery.request_id, message.enqueued_time_utc):
+                logger.warning(
+                    "%s: Service Bus dead-lettered a message (%s) but %s", self.stage, reason, settled_elsewhere
+                )
+                await _settle(actions.defer, message)
+                return None
             decision = dead_letter(turn, progress, *self._explain(reason, message.dead_letter_error_description))
             try:
                 queue = await self._publish(decision, turn.delivery)
@@ -78,6 +86,34 @@ class DeadLetterReporter:
             await self._journal(turn, decision, queue)
             return decision
 
+    async def _settled_elsewhere(self, request_id: str, enqueued: datetime | None) -> str | None:
+        """Why this request needs no outcome from here, as far as the journal knows; None: publish.
+
+        A message Service Bus dead-lettered may belong to a request that went on: the stage sent the
+        next message, then could not settle this one on any delivery. The later stage publishes the
+        outcome; a Failed one from here first would win the duplicate detection and contradict it.
+        Only what happened since the message was enqueued counts, so a replayed request gets its own
+        outcome; when in doubt (clocks apart, no journal, a journal that cannot be read) the outcome
+        is published, since a second one is at worst a duplicate its MessageId lets Service Bus drop,
+        while a missing one is silence.
+        """
+        if self.journal is None:
+            return None
+        try:
+            history = await self.journal.history(request_id)
+        except Exception as error:
+            logger.warning("could not read the journal of a dead-lettered message: %s", type(error).__name__)
+            return None
+        if enqueued is not None:
+            history = [t for t in history if t.at >= enqueued]  # no margin: an old record must not silence
+        ended = next((t for t in history if t.outcome_status is not None), None)
+        if ended is not None:
+            return f"the request already ended at {ended.stage} ({ended.outcome_status}): no second outcome"
+        later = [t.stage for t in history if _STAGES.index(t.stage) > _STAGES.index(self.stage)]
+        if later:
+            return f"the request went on to {later[-1]}, which publishes its outcome"
+        return None
+
     def _what_is_known(self, message: DeadLetteredMessage) -> tuple[Turn, Progress]:
         """The request's identity and progress, read as leniently as the message allows."""
         now = self.clock()
@@ -89,6 +125,9 @@ class DeadLetterReporter:
             return Turn(self.stage, carried.delivery, now), Progress.of(carried.payload)
         except envelope.UnreadableMessage as unreadable:
             return Turn(self.stage, unreadable.delivery, now), Progress(warnings=list(unreadable.delivery.warnings))
+        except Exception as error:  # this function is the last one that can report: never crash on a message
+            logger.warning("could not read a dead-lettered message of %s: %s", self.stage, type(error).__name__)
+            return Turn(self.stage, _bare_delivery(message, now), now), Progress()
 
     def _explain(self, reason: str, description: str | None) -> tuple[DeadLetterReason, str]:
         fix = "Find the request id in the logs, fix the cause, then resubmit the message from the dead-letter queue."
@@ -137,6 +176,19 @@ class DeadLetterReporter:
             )
         except Exception as error:
             logger.warning("could not journal a dead-lettered message of %s: %s", self.stage, type(error).__name__)
+
+
+_STAGES = list(StageName)  # in pipeline order
+
+
+def _bare_delivery(message: DeadLetteredMessage, now: datetime) -> Delivery:
+    """The least a message says about its request: the pipeline's request id property, else its MessageId."""
+    message_id = message.message_id or f"seq-{message.sequence_number}"
+    properties = message.application_properties if isinstance(message.application_properties, dict) else {}
+    claimed = properties.get(envelope.REQUEST_ID.encode(), properties.get(envelope.REQUEST_ID))
+    request_id = claimed.decode(errors="replace") if isinstance(claimed, bytes) else str(claimed or message_id)
+    correlation_id = message.correlation_id if isinstance(message.correlation_id, str) else None
+    return Delivery(message_id, request_id, correlation_id or request_id, None, 1, now)
 
 
 async def _settle(settle: Callable[[Any], None], message: Any) -> None:

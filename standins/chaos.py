@@ -202,8 +202,14 @@ async def _restart(emulator: ServiceBusEmulator, config: EmulatorConfig, databas
 
 
 async def _collect(stack: LocalStack, wanted: set[str], deadline: float) -> list[OutcomeEvent]:
-    """Every outcome until each wanted request has one (then a little longer, to see duplicates)."""
+    """Every outcome until each wanted request has one (then a little longer, to see duplicates).
+
+    Counted once per sequence number: an outcome message delivered again because its completion
+    was lost (a lock that ran out on this busy machine) is the same event, not a duplicate; a
+    second outcome for a request is a second message, with its own sequence number.
+    """
     outcomes: list[OutcomeEvent] = []
+    seen: set[int] = set()
     grace: float | None = None
     async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
         while time.monotonic() < (grace or deadline):
@@ -211,7 +217,9 @@ async def _collect(stack: LocalStack, wanted: set[str], deadline: float) -> list
                 async with client.get_queue_receiver(OUTCOMES) as receiver:
                     batch = await receiver.receive_messages(max_message_count=100, max_wait_time=2)
                     for message in batch:
-                        outcomes.append(OutcomeEvent.model_validate_json(b"".join(message.body)))
+                        if (number := message.sequence_number or 0) not in seen:
+                            seen.add(number)
+                            outcomes.append(OutcomeEvent.model_validate_json(b"".join(message.body)))
                         await receiver.complete_message(message)
             except Exception:  # the broker restarting under us: try again
                 await asyncio.sleep(1)

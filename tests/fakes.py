@@ -255,6 +255,9 @@ class RecordingActions:
     def abandon(self, message: Any) -> None:
         self.recorder.happen("abandon")
 
+    def defer(self, message: Any) -> None:
+        self.recorder.happen("defer")
+
     def deadletter(
         self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
     ) -> None:

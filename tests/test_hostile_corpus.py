@@ -22,6 +22,11 @@ from tests.test_one_outcome import run_host_until
 
 pytestmark = pytest.mark.stack  # starts the stand-ins and the local host
 
+# Distribution, mail-enabled security, Microsoft 365 (a guest, not a contact).
+GROUP_KINDS = (PARTNERS, "suppliers-secure@contoso.com", "project-falcon@contoso.com")
+LONG_BAD_ID = "bad/" + "x" * 124
+DLQ = "add-member/$deadletterqueue"
+
 OK, WARNED, FAILED = OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS, OutcomeStatus.FAILED
 INVALID = DeadLetterReason.INVALID_REQUEST
 HOSTILE_NAMES = (
@@ -91,12 +96,20 @@ def corpus() -> list[Case]:
         "email-bad": request("email-bad", external_email="not-an-address"),
         "email-no-dot": request("email-no-dot", external_email="a@b"),
         "email-two-ats": request("email-two-ats", external_email="a@b@fabrikam.example"),
+        "email-header-injection": request("email-header-injection", external_email="a@fabrikam.example\r\nBcc: x@e.x"),
+        "email-zero-width": request("email-zero-width", external_email="a\u200b@fabrikam.example"),
+        "version-number": request("version-number", contract_version=1),
+        "request-id-number": request("request-id-number", request_id=5),
+        "request-id-query": request("request-id-query", request_id="a?b#c"),
+        "name-200k": request("name-200k", display_name="n" * 200_000),
+        "nan": json.dumps(request("nan", first_name=None)).replace("null", "NaN").encode(),
     }
     cases: list[Case] = [(case, data(case, body), FAILED, INVALID) for case, body in bad_bodies.items()]
     refused = {
         "internal-domain": (request("internal-domain", external_email="x@contoso.com"), "AddressInUseInternally"),
         "blocked-domain": (request("blocked-domain", external_email="x@blocked.example"), "PolicyDenied"),
         "blocked-subdomain": (request("blocked-subdomain", external_email="x@mail.blocked.example"), "PolicyDenied"),
+        "blocked-upper-case": (request("blocked-upper-case", external_email="x@BLOCKED.Example"), "PolicyDenied"),
         "unknown-source": (request("unknown-source", source_system="crm"), "PolicyDenied"),
         "group-not-allowed": (
             request("group-not-allowed", group={"smtp_address": "board@contoso.com"}),
@@ -134,6 +147,13 @@ def corpus() -> list[Case]:
         ("id/slash", data("id-slash", request("id-slash"), message_id="id/slash"), FAILED, INVALID),
         ("id#hash", data("id-hash", request("id-hash"), message_id="id#hash"), FAILED, INVALID),
         ("id space", data("id-space", request("id-space"), message_id="id space"), FAILED, INVALID),
+        # 128 characters that cannot be a request id: the refusal's own MessageIds must still fit.
+        (LONG_BAD_ID, data("long-bad", request("long-bad"), message_id=LONG_BAD_ID), FAILED, INVALID),
+        ("reply-dead-letters", data("reply-dead-letters", request("reply-dead-letters"), reply_to=DLQ), WARNED, None),
+        ("reply-too-long", data("reply-too-long", request("reply-too-long"), reply_to="q" * 300), WARNED, None),
+        # The body's request_id is the identity, whatever the MessageId; ids need not be ASCII.
+        ("hr-body-id", data("body-id", request("body-id", request_id="hr-body-id"), message_id="sb-123"), OK, None),
+        ("ид-1", data("unicode-id", request("unicode-id"), message_id="ид-1"), OK, None),
         # Valid requests in hostile envelopes: they succeed, with a warning where the envelope was wrong.
         ("reply-loop", data("reply-loop", request("reply-loop"), reply_to="create-contact"), WARNED, None),
         ("reply-bad-name", data("reply-bad-name", request("reply-bad-name"), reply_to="no such queue"), WARNED, None),
@@ -152,7 +172,8 @@ def corpus() -> list[Case]:
     ]
     for index, name in enumerate(HOSTILE_NAMES):
         case = f"name-{index}"
-        cases.append((case, data(case, request(case, display_name=name)), OK, None))
+        group = {"smtp_address": GROUP_KINDS[index % len(GROUP_KINDS)]}  # contacts and guests alike
+        cases.append((case, data(case, request(case, display_name=name, group=group)), OK, None))
     return cases
 
 
@@ -167,7 +188,9 @@ async def test_every_hostile_message_ends_in_exactly_one_outcome_with_its_reason
             for _, message, _, _ in cases:
                 await sender.send_messages(message)
         outcomes = await run_host_until(stack, [case[0] for case in cases], within_seconds=150)
-        stored = {c.external_email_address: c.display_name for c in stack.sandbox.directory.contacts.values()}
+        directory = stack.sandbox.directory
+        stored = {c.external_email_address: c.display_name for c in directory.contacts.values()}
+        stored |= {u.mail: u.display_name for u in directory.users.values() if u.user_type == "Guest"}
     counted: dict[str, int] = {}
     for outcome in outcomes:
         counted[outcome.request_id] = counted.get(outcome.request_id, 0) + 1

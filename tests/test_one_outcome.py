@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
+from typer.testing import CliRunner
 
+from cli.main import app
 from cli.upstream import collect_outcomes
-from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus
+from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, StageName
+from shared.journal import SqliteJournal
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import EmulatorConfig
 from standins.stack import LocalStack, local_stack, running_host
@@ -124,8 +128,20 @@ async def test_resending_a_request_with_a_new_message_id_does_the_work_once() ->
         contacts = [
             c for c in stack.sandbox.directory.contacts.values() if c.external_email_address == "ana@fabrikam.example"
         ]
+        journal = f"sqlite:{stack.journal_database}"
+        status = await asyncio.to_thread(
+            CliRunner().invoke, app, ["status", "hr-42", "--journal", journal], env={"COLUMNS": "240"}
+        )
+        records = SqliteJournal(str(stack.journal_database))
+        history = await records.history("hr-42")
+        await records.close()
     assert [(o.request_id, o.status) for o in outcomes] == [("hr-42", OutcomeStatus.SUCCEEDED)]
     assert len(contacts) == 1
+    # The request id is the identity of every stage's record, and `onboard status <request id>` finds it.
+    assert {t.stage for t in history} == set(StageName)
+    assert [t.outcome_status for t in history if t.outcome_status] == [OutcomeStatus.SUCCEEDED]
+    assert status.exit_code == 0, status.output
+    assert all(stage in status.output for stage in StageName) and "sb-first" not in status.output
 
 
 async def test_hostile_envelopes_each_end_with_one_outcome() -> None:
@@ -161,3 +177,19 @@ async def test_hostile_envelopes_each_end_with_one_outcome() -> None:
         OutcomeStatus.FAILED,
         DeadLetterReason.INVALID_REQUEST,
     )
+
+
+async def test_an_app_that_cannot_start_still_ends_each_request_with_an_outcome(tmp_path: Path) -> None:
+    # A broken policy file: every stage fails before it can decide anything (so also before it could
+    # report its last delivery), and Service Bus dead-letters each message by itself.
+    broken = tmp_path / "policy.json"
+    broken.write_text('{"sources": ')
+    few_deliveries = EmulatorConfig.default().with_overrides(max_delivery_count=2)
+    with local_stack(emulator_config=few_deliveries, policy_file=broken) as stack:
+        await send(stack, "create-contact", ServiceBusMessage(sample_request_json(request_id="broken-1")))
+        outcomes = await run_host_until(stack, ["broken-1"])
+        kept = await dead_letters(stack, "create-contact")
+    assert [(o.request_id, o.status, o.reason) for o in outcomes] == [
+        ("broken-1", OutcomeStatus.FAILED, DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED)
+    ]
+    assert [m.dead_letter_reason for m in kept] == ["MaxDeliveryCountExceeded"]
