@@ -35,8 +35,11 @@ $(CHECKOV_STAMP): $(BIN)/python tests/infra/checkov-requirements.txt
 	touch $(CHECKOV_STAMP)
 
 # The Functions worker's own indexing check (tests/worker) runs in a Python 3.13 venv: the deployed
-# runtime (azure-functions-runtime) exists only for 3.13. Without python3.13 the tests skip, saying why.
-WORKER_PY ?= $(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null)
+# runtime (azure-functions-runtime) exists only for 3.13. It is python3.13 on PATH, else a pyenv-installed
+# 3.13 (pyenv's shim hides versions that are not selected). Without one the tests skip, saying why.
+PYENV_VERSIONS := $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
+WORKER_PY ?= $(firstword $(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null) \
+	$(wildcard $(PYENV_VERSIONS)/3.13*/bin/python3.13))
 WORKER_STAMP := $(VENV)/worker/.installed
 $(WORKER_STAMP): requirements.txt tests/worker/requirements.txt
 	@if [ -z "$(WORKER_PY)" ]; then echo "python3.13 not found: tests/worker will skip"; else \
