@@ -13,7 +13,6 @@ so the function sees it once and Service Bus Explorer (or a replay tool) still f
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +22,13 @@ from typing import Any, Protocol
 from shared import envelope
 from shared.contracts import SERVICE_BUS_REASONS, DeadLetterReason, OnboardingRequest, StageMessage, StageName
 from shared.decisions import DeadLetter, Delivery
-from shared.journal.model import CAUSE_MAX, Transition, TransitionKind
+from shared.journal.model import TransitionKind
 from shared.journal.ports import Journal
 from shared.logs import request_context
 from shared.outbox import UnknownQueueError
 from shared.outcomes import dead_letter
 from shared.progress import Progress, Turn
-from shared.runner import Outbox, without_reply_to
+from shared.runner import Outbox, journal_safely, settle_off_loop, without_reply_to
 
 logger = logging.getLogger("onboarding.dead_letters")
 
@@ -160,22 +159,16 @@ class DeadLetterReporter:
         return queue
 
     async def _journal(self, turn: Turn, decision: DeadLetter, queue: str) -> None:
-        if self.journal is None:
-            return
-        try:
-            await self.journal.record(
-                Transition(
-                    request_id=turn.delivery.request_id,
-                    stage=self.stage,
-                    decision=TransitionKind.DEAD_LETTERED,
-                    attempt=turn.delivery.attempt,
-                    cause=f"{decision.reason}: {decision.description}"[:CAUSE_MAX],
-                    outcome_status=decision.outcome.status,
-                    at=self.clock(),
-                )
-            )
-        except Exception as error:
-            logger.warning("could not journal a dead-lettered message of %s: %s", self.stage, type(error).__name__)
+        cause = f"{decision.reason}: {decision.description}"
+        await journal_safely(
+            self.journal,
+            self.stage,
+            turn.delivery,
+            TransitionKind.DEAD_LETTERED,
+            cause,
+            decision.outcome.status,
+            self.clock(),
+        )
 
 
 _STAGES = list(StageName)  # in pipeline order
@@ -193,7 +186,4 @@ def _bare_delivery(message: DeadLetteredMessage, now: datetime) -> Delivery:
 
 async def _settle(settle: Callable[[Any], None], message: Any) -> None:
     """Off the event loop (the host's calls block); a failure means the message comes back, no more."""
-    try:
-        await asyncio.to_thread(settle, message)
-    except Exception as error:
-        logger.warning("could not settle a dead-lettered message (%s); it will be seen again", type(error).__name__)
+    await settle_off_loop(settle, message, who="a dead-letter function")

@@ -244,38 +244,57 @@ class StageRunner:
         return delivery.reply_to or self.outcome_queue
 
     async def _settle(self, settle: Callable[..., None], message: envelope.ReceivedMessage, **arguments: Any) -> bool:
-        """Settle off the event loop (the host's calls block); a failure is logged, never a crash."""
-        try:
-            await asyncio.to_thread(settle, message, **arguments)
-        except Exception as error:
-            logger.warning(
-                "%s could not settle the message (%s): Service Bus delivers it again once its lock expires; "
-                "the stages are idempotent, so nothing is done twice",
-                self.stage_name,
-                type(error).__name__,
-            )
-            return False
-        return True
+        return await settle_off_loop(settle, message, who=str(self.stage_name), **arguments)
 
     async def _journal(
         self, delivery: Delivery, kind: TransitionKind, cause: str, outcome_status: OutcomeStatus | None = None
     ) -> None:
         """Written once the decision is carried out: a journal that is down costs a log line."""
-        if self.journal is None:
-            return
-        try:
-            transition = Transition(
-                request_id=delivery.request_id,
-                stage=self.stage_name,
-                decision=kind,
-                attempt=delivery.attempt,
-                cause=cause[:CAUSE_MAX],
-                outcome_status=outcome_status,
-                at=self.dependencies.clock(),
-            )
-            await self.journal.record(transition)
-        except Exception as error:
-            logger.warning("could not journal %s of stage %s: %s", kind, self.stage_name, type(error).__name__)
+        await journal_safely(
+            self.journal, self.stage_name, delivery, kind, cause, outcome_status, self.dependencies.clock()
+        )
+
+
+async def settle_off_loop(settle: Callable[..., None], message: Any, *, who: str, **arguments: Any) -> bool:
+    """Settle off the event loop (the host's calls block); a failure is logged, never a crash."""
+    try:
+        await asyncio.to_thread(settle, message, **arguments)
+    except Exception as error:
+        logger.warning(
+            "%s could not settle the message (%s): Service Bus delivers it again once its lock expires; "
+            "the work is idempotent, so nothing is done twice",
+            who,
+            type(error).__name__,
+        )
+        return False
+    return True
+
+
+async def journal_safely(
+    journal: Journal | None,
+    stage: StageName,
+    delivery: Delivery,
+    kind: TransitionKind,
+    cause: str,
+    outcome_status: OutcomeStatus | None,
+    at: datetime,
+) -> None:
+    """One transition; the journal is a record, never a reason to redo work, so a failure is a log line."""
+    if journal is None:
+        return
+    try:
+        transition = Transition(
+            request_id=delivery.request_id,
+            stage=stage,
+            decision=kind,
+            attempt=delivery.attempt,
+            cause=cause[:CAUSE_MAX],
+            outcome_status=outcome_status,
+            at=at,
+        )
+        await journal.record(transition)
+    except Exception as error:
+        logger.warning("could not journal %s of stage %s: %s", kind, stage, type(error).__name__)
 
 
 def without_reply_to(
