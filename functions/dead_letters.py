@@ -2,6 +2,8 @@
 
 Thin by design: shared/dead_letters.py decides; a message the pipeline dead-lettered itself
 (it already published the outcome) is only deferred, so it stays in the queue for operators.
+One trigger per stage queue, made by one function: the host needs a distinct named function for
+each trigger, and the worker reads the handler's annotations to bind the SDK message type.
 """
 
 import azure.functions as func
@@ -15,37 +17,21 @@ bp = func.Blueprint()
 DEAD_LETTER_QUEUE = "{queue}/$deadletterqueue"  # Service Bus's path of a queue's dead-letter sub-queue
 
 
-@bp.service_bus_queue_trigger(
-    arg_name="message",
-    queue_name=DEAD_LETTER_QUEUE.format(queue=StageName.CREATE_CONTACT.value),
-    connection=SERVICEBUS_CONNECTION,
-    auto_complete_messages=False,
-)
-async def create_contact_dead_letters(
-    message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
-) -> None:
-    await (await dead_letter_reporter(StageName.CREATE_CONTACT)).run(message, message_actions)
+def _report_dead_letters_of(stage: StageName) -> None:
+    async def handle(
+        message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
+    ) -> None:
+        await (await dead_letter_reporter(stage)).run(message, message_actions)
+
+    # The host names a function after its handler: create_contact_dead_letters and so on.
+    handle.__name__ = handle.__qualname__ = f"{stage.value.replace('-', '_')}_dead_letters"
+    bp.service_bus_queue_trigger(
+        arg_name="message",
+        queue_name=DEAD_LETTER_QUEUE.format(queue=stage.value),
+        connection=SERVICEBUS_CONNECTION,
+        auto_complete_messages=False,
+    )(handle)
 
 
-@bp.service_bus_queue_trigger(
-    arg_name="message",
-    queue_name=DEAD_LETTER_QUEUE.format(queue=StageName.ADD_MEMBER.value),
-    connection=SERVICEBUS_CONNECTION,
-    auto_complete_messages=False,
-)
-async def add_member_dead_letters(
-    message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
-) -> None:
-    await (await dead_letter_reporter(StageName.ADD_MEMBER)).run(message, message_actions)
-
-
-@bp.service_bus_queue_trigger(
-    arg_name="message",
-    queue_name=DEAD_LETTER_QUEUE.format(queue=StageName.VERIFY_DELIVERY.value),
-    connection=SERVICEBUS_CONNECTION,
-    auto_complete_messages=False,
-)
-async def verify_delivery_dead_letters(
-    message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
-) -> None:
-    await (await dead_letter_reporter(StageName.VERIFY_DELIVERY)).run(message, message_actions)
+for _stage in StageName:
+    _report_dead_letters_of(_stage)
