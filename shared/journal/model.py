@@ -15,10 +15,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from shared.contracts import OutcomeStatus, StageName
 from shared.logs import mask_emails
 
-# Azure Table Storage refuses / \ # ? and control characters in a PartitionKey; SQLite does not
-# care, but both adapters must accept the same ids. Wider than contracts.RequestId on purpose: an
-# unreadable envelope is journalled under its raw MessageId.
-JournalRequestId = Annotated[str, StringConstraints(pattern=r"^[^/\\#?\x00-\x1f\x7f-\x9f]{1,256}$")]
+# Wider than contracts.RequestId on purpose: an unreadable envelope is journalled under the raw
+# MessageId Service Bus accepted (at most 128 characters, any of them). Each adapter stores any such
+# id; Table Storage escapes the characters it refuses in a key (table_storage.partition_key).
+JournalRequestId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 CAUSE_MAX = 2000  # a cause is a reason plus a short description, not a body dump
 ATTEMPT_MAX = 999_999  # the key pads attempts to six digits

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, unquote
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ResourceExistsError
@@ -21,6 +23,13 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.journal.model import RequestState, Transition, check_limit
+
+# Table Storage refuses these in PartitionKey and RowKey: "Characters disallowed in key fields",
+# https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model
+_DISALLOWED_IN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+# An escaped key starts with a space: a valid request id never holds whitespace, so the two kinds
+# of key can never meet, and "a%2Fb" (a valid id) stays apart from the escaped "a/b".
+_ESCAPED = " "
 
 _PROPERTIES = ["PartitionKey", "RowKey", "Stage", "Decision", "Attempt", "Cause", "OutcomeStatus", "At"]
 
@@ -55,7 +64,7 @@ class TableStorageJournal:
     async def record(self, transition: Transition) -> None:
         await self._ensure_table()
         entity: dict[str, Any] = {
-            "PartitionKey": transition.request_id,
+            "PartitionKey": partition_key(transition.request_id),
             "RowKey": transition.key,
             "Stage": transition.stage.value,
             "Decision": transition.decision.value,
@@ -72,7 +81,7 @@ class TableStorageJournal:
     async def history(self, request_id: str) -> list[Transition]:
         await self._ensure_table()
         entities = self._client.query_entities(
-            "PartitionKey eq @request_id", parameters={"request_id": request_id}, select=_PROPERTIES
+            "PartitionKey eq @request_id", parameters={"request_id": partition_key(request_id)}, select=_PROPERTIES
         )
         rows = [entity async for entity in entities]
         rows.sort(key=lambda entity: str(entity["RowKey"]))  # the service returns RowKey order; do not rely on it
@@ -115,7 +124,7 @@ class TableStorageJournal:
 
 def _transition(entity: dict[str, Any] | Any) -> Transition:
     return Transition(
-        request_id=entity["PartitionKey"],
+        request_id=_request_id(str(entity["PartitionKey"])),
         stage=entity["Stage"],
         decision=entity["Decision"],
         attempt=int(entity["Attempt"]),
@@ -129,3 +138,15 @@ def _plain_utc(at: datetime) -> datetime:
     """The SDK returns its own datetime subclass; the model keeps plain UTC datetimes."""
     utc = at.astimezone(UTC)
     return datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond, tzinfo=UTC)
+
+
+def partition_key(request_id: str) -> str:
+    """The request id itself, unless it holds a character Table Storage refuses in a key (only a
+    refused MessageId can): then a space and the id percent-escaped, which the service accepts."""
+    if _DISALLOWED_IN_KEY.search(request_id) is None:
+        return request_id
+    return _ESCAPED + quote(request_id, safe="")
+
+
+def _request_id(key: str) -> str:
+    return unquote(key[len(_ESCAPED) :]) if key.startswith(_ESCAPED) else key

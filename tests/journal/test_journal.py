@@ -160,7 +160,7 @@ def test_a_cause_never_keeps_an_email_address() -> None:
     ("field", "value"),
     [
         ("attempt", 0),
-        ("request_id", "a/b"),  # Table Storage refuses / in a PartitionKey
+        ("request_id", "x" * 257),  # longer than any MessageId Service Bus accepts, with room
         ("request_id", ""),
         ("at", datetime(2026, 11, 23, 9, 0)),  # naive: no way to tell when it was
         ("cause", "x" * 2001),
@@ -242,3 +242,15 @@ def test_a_bad_setting_names_the_problem_and_never_echoes_a_key(setting: str, me
     with pytest.raises(JournalSettingError, match=message) as raised:
         open_journal(setting)
     assert SECRET not in str(raised.value)
+
+
+async def test_a_refused_message_id_that_is_no_valid_key_is_still_journalled(journal: Journal) -> None:
+    """A refusal (InvalidRequest) is journalled under the MessageId Service Bus accepted, which may hold
+    characters Table Storage forbids in keys (/ \\ # ? and control characters)."""
+    hostile = "a/b\\c#d?e\x01f\x7fg%2F"
+    refused = transition(hostile, 0, decision=TransitionKind.DEAD_LETTERED, outcome_status=OutcomeStatus.FAILED)
+    await journal.record(refused)
+    await journal.record(transition("a%2Fb", 1))  # a valid id that looks like an escaped one stays apart
+
+    assert await journal.history(hostile) == [refused]
+    assert [state.request_id for state in await journal.summary()] == ["a%2Fb", hostile]
