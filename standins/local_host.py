@@ -340,18 +340,28 @@ class LocalHost:
                     renewer = AutoLockRenewer(
                         max_lock_renewal_duration=self._options.max_auto_lock_renewal_duration.total_seconds()
                     )
+                    # A sliding window, as the host's processor keeps maxConcurrentCalls handler calls
+                    # going (docs/functions-host.md): a free slot is filled at once, not when the
+                    # slowest message of a batch has finished.
+                    running: set[asyncio.Task[None]] = set()
                     try:
                         while not stop.is_set():
+                            if len(running) >= self._concurrency:
+                                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                                continue
                             messages = await receiver.receive_messages(
-                                max_message_count=self._concurrency, max_wait_time=self._receive_wait
+                                max_message_count=self._concurrency - len(running), max_wait_time=self._receive_wait
                             )
                             failures = 0
                             self._connection.restored()
-                            if messages:
-                                await asyncio.gather(
-                                    *(self._invoke(trigger, receiver, message, renewer) for message in messages)
-                                )
+                            for message in messages:
+                                task = asyncio.create_task(self._invoke(trigger, receiver, message, renewer))
+                                running.add(task)
+                                task.add_done_callback(running.discard)
                     finally:
+                        # Invocations finish and settle on this receiver before it closes.
+                        if running:
+                            await asyncio.gather(*running, return_exceptions=True)
                         await renewer.close()
             except ServiceBusError as error:
                 failures += 1

@@ -7,12 +7,15 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import azure.functions as func
+import azurefunctions.extensions.bindings.servicebus as servicebus
 import pytest
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 from azurefunctions.extensions.bindings.servicebus.serviceBusMessageActions import SettlementError
 
 from standins.local_host import (
+    LocalHost,
     LocalMessageActions,
     as_the_host_hands_it,
     discover_triggers,
@@ -86,3 +89,42 @@ async def test_a_function_gets_the_message_as_the_azure_host_hands_it_and_settle
         gone = LocalMessageActions(receiver, asyncio.get_running_loop(), {})
         with pytest.raises(SettlementError, match="not found"):
             await asyncio.to_thread(gone.abandon, handed)  # the host holds no lock token once the function returned
+
+
+@pytest.mark.stack
+async def test_a_free_slot_is_filled_while_a_slow_invocation_still_runs(servicebus_emulator: ServiceBusEmulator) -> None:
+    """The host's processor keeps maxConcurrentCalls handler calls going (docs/functions-host.md): one
+    slow message must not hold back the next ones, as a receive-a-batch-then-wait loop would."""
+    release_slow = asyncio.Event()
+    fast_done: list[str] = []
+    app = func.FunctionApp()
+
+    @app.service_bus_queue_trigger(
+        arg_name="message", queue_name="create-contact", connection="Bus", auto_complete_messages=False
+    )
+    async def handle(
+        message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
+    ) -> None:
+        if message.message_id == "slow":
+            await release_slow.wait()
+        else:
+            fast_done.append(str(message.message_id))
+        await asyncio.to_thread(message_actions.complete, message)
+
+    host = LocalHost(app, environment={"Bus": servicebus_emulator.connection_string}, concurrency=3)
+    stop = asyncio.Event()
+    running = asyncio.create_task(host.run(stop))
+    try:
+        async with ServiceBusClient.from_connection_string(servicebus_emulator.connection_string) as client:
+            async with client.get_queue_sender("create-contact") as sender:
+                await sender.send_messages(ServiceBusMessage(b"{}", message_id="slow"))
+                await sender.send_messages([ServiceBusMessage(b"{}", message_id=f"fast-{n}") for n in range(6)])
+        async with asyncio.timeout(20):
+            while len(fast_done) < 6:
+                await asyncio.sleep(0.05)
+        assert not release_slow.is_set()  # all six passed the slow one, three slots wide
+    finally:
+        release_slow.set()
+        stop.set()
+        await running
+    assert host.invocations == 7
