@@ -15,6 +15,7 @@ SEQUENCE_NUMBER = symbol("x-opt-sequence-number")
 ENQUEUED_TIME = symbol("x-opt-enqueued-time")
 LOCKED_UNTIL = symbol("x-opt-locked-until")
 DEAD_LETTER_SOURCE = symbol("x-opt-deadletter-source")
+MESSAGE_STATE = symbol("x-opt-message-state")  # 0 active, 1 deferred, 2 scheduled (the SDK's ServiceBusMessageState)
 
 _HEADER_SECTION = 0x70
 _DATA_SECTION = 0x75
@@ -93,6 +94,7 @@ def for_delivery(stored: StoredMessage, queue_name: str) -> Message:
     annotations[ENQUEUED_TIME] = to_timestamp(stored.enqueued_at)
     if stored.locked_until is not None:
         annotations[LOCKED_UNTIL] = to_timestamp(stored.locked_until)
+    annotations[MESSAGE_STATE] = 1 if stored.deferred else 2 if stored.visible_at > datetime.now(UTC) else 0
     if stored.dead_letter_reason is not None or stored.dead_letter_description is not None:
         annotations[DEAD_LETTER_SOURCE] = queue_name
         properties: dict[Any, Any] = dict(message.properties or {})

@@ -15,6 +15,7 @@ from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
     ServiceBusReceivedMessage,
+    ServiceBusMessageState,
     ServiceBusReceiveMode,
     ServiceBusSubQueue,
 )
@@ -250,8 +251,12 @@ def test_peek_reads_without_locking_and_deferred_messages_come_back_by_sequence_
         while len(received) < 2 and (batch := receiver.receive_messages(max_message_count=2, max_wait_time=3)):
             received += batch  # peek locked nothing: both arrive
         first, second = sorted(received, key=lambda m: m.sequence_number or 0)
+        assert first.state is ServiceBusMessageState.ACTIVE
         receiver.defer_message(first)
         receiver.complete_message(second)
+        # Peek shows a deferred message with its state (docs/service-bus-facts.md, "Message states").
+        peeked_again = receiver.peek_messages(max_message_count=5, sequence_number=first.sequence_number or 0)
+        assert [m.state for m in peeked_again] == [ServiceBusMessageState.DEFERRED]
         assert receiver.receive_messages(max_message_count=5, max_wait_time=1) == []  # deferred stays aside
         (deferred,) = receiver.receive_deferred_messages([first.sequence_number or 0])
         assert deferred.message_id == "p-1"
