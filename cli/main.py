@@ -16,7 +16,7 @@ import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from azure.core.exceptions import AzureError
@@ -30,6 +30,9 @@ from cli.settings import ENV_FILE, SETTINGS_HELP, SettingsProblem, load_settings
 from shared.contracts import OnboardingRequest, OutcomeStatus, StageName, contract_schemas
 from shared.logs import install_safe_log_records
 from shared.settings import ServiceBusSettings, Settings
+
+if TYPE_CHECKING:
+    from cli.dlq import Selection
 
 DEFAULT_STATE_DIR = Path(".onboard")  # `onboard sandbox` keeps its SQLite files here
 # create-contact's DuplicateDetectionHistoryTimeWindow, in infra/main.bicep and the emulator's config.json.
@@ -479,3 +482,138 @@ def schema(
         output.write_text(text)
     else:
         sys.stdout.write(text)
+
+
+dlq_app = typer.Typer(
+    help="See, replay and purge what the stage queues dead-lettered. Needs ServiceBusConnection.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(dlq_app, name="dlq")
+QueueOption = Annotated[
+    list[StageName] | None,
+    typer.Option("--queue", "-q", help="A stage queue (repeatable); default: all three."),
+]
+ReasonOption = Annotated[str | None, typer.Option(help="Only dead letters with this reason, e.g. PolicyDenied.")]
+OlderThanOption = Annotated[str | None, typer.Option(help="Only dead letters older than this: 90s, 30m, 2h, 7d.")]
+AllOption = Annotated[bool, typer.Option("--all", help="Every dead letter of the queues.")]
+
+
+@dlq_app.command("list")
+def dlq_list(queue: QueueOption = None) -> None:
+    """List dead letters: queue, sequence number, request, reason, attempts, age, description."""
+    from cli.dlq import list_dead_letters, render_list
+    from cli.upstream import servicebus_client
+
+    settings = _settings(ServiceBusSettings, "dlq list")
+
+    async def look() -> None:
+        async with servicebus_client(settings) as client:
+            views = await list_dead_letters(client, queue or list(StageName))
+        console.print(render_list(views, datetime.now(UTC)))
+
+    _talk_to_servicebus(settings, look())
+
+
+@dlq_app.command("show")
+def dlq_show(
+    sequence_number: Annotated[int, typer.Argument(min=0, help="The dead letter's sequence number (dlq list).")],
+    queue: Annotated[StageName, typer.Option("--queue", "-q", help="Its stage queue.")],
+) -> None:
+    """Everything about one dead letter: reason, properties, the body (addresses masked)."""
+    from cli.dlq import peek_one, render_one
+    from cli.upstream import servicebus_client
+
+    settings = _settings(ServiceBusSettings, "dlq show")
+
+    async def look() -> int:
+        async with servicebus_client(settings) as client:
+            message = await peek_one(client, queue, sequence_number)
+        if message is None:
+            errors.print(f"No dead letter {sequence_number} on {queue}.", markup=False)
+            return 1
+        console.print(render_one(queue, message, datetime.now(UTC)))
+        return 0
+
+    raise typer.Exit(_talk_to_servicebus(settings, look()))
+
+
+def _selection(sequence_numbers: list[int] | None, reason: str | None, older_than: str | None, everything: bool) -> Any:
+    from cli.dlq import Selection, parse_age
+
+    try:
+        age = parse_age(older_than) if older_than else None
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+    selection = Selection(frozenset(sequence_numbers or ()), reason, age, everything)
+    if selection.is_empty():
+        raise _fail("Say which dead letters: sequence numbers, --reason, --older-than or --all.", 2)
+    return selection
+
+
+def _select_and_act(
+    command: str,
+    queues: list[StageName],
+    selection: Selection,
+    act: str,
+    confirm: bool,
+) -> None:
+    """The one flow of replay and purge: select from what is there, confirm if asked, act per queue."""
+    from cli.dlq import list_dead_letters, purge, render_done, render_list, replay
+    from cli.upstream import servicebus_client
+
+    settings = _settings(ServiceBusSettings, command)
+
+    async def work() -> int:
+        async with servicebus_client(settings) as client:
+            now = datetime.now(UTC)
+            chosen = [v for v in await list_dead_letters(client, queues) if selection.matches(v, now)]
+            if not chosen:
+                errors.print("No dead letter matches; nothing done. `onboard dlq list` shows what is there.")
+                return 1
+            if confirm:
+                console.print(render_list(chosen, now))
+                if not typer.confirm(f"{act.capitalize()} these {len(chosen)} dead letters?"):
+                    errors.print("Nothing done.")
+                    return 1
+            done = []
+            for queue in queues:
+                mine = [v for v in chosen if v.queue is queue]
+                if mine:
+                    done += await (replay(client, queue, mine, now) if act == "replay" else purge(client, queue, mine))
+        console.print(render_done(done))
+        return 0 if all(item.ok for item in done) else 1
+
+    raise typer.Exit(_talk_to_servicebus(settings, work()))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    sequence_numbers: Annotated[list[int] | None, typer.Argument(help="Sequence numbers (dlq list).")] = None,
+    queue: QueueOption = None,
+    reason: ReasonOption = None,
+    older_than: OlderThanOption = None,
+    everything: AllOption = False,
+) -> None:
+    """After fixing the cause: send dead letters again as a new run of their requests.
+
+    The request id and what earlier stages gathered stay; the attempt budget starts again; the run
+    gets its own MessageIds and outcome. A contact or membership made before is found, never made twice.
+    Exit code 1 when any selected dead letter was not replayed.
+    """
+    selection = _selection(sequence_numbers, reason, older_than, everything)
+    _select_and_act("dlq replay", queue or list(StageName), selection, "replay", confirm=False)
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    sequence_numbers: Annotated[list[int] | None, typer.Argument(help="Sequence numbers (dlq list).")] = None,
+    queue: QueueOption = None,
+    reason: ReasonOption = None,
+    older_than: OlderThanOption = None,
+    everything: AllOption = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove dead letters for good, after showing them and asking (unless --yes)."""
+    selection = _selection(sequence_numbers, reason, older_than, everything)
+    _select_and_act("dlq purge", queue or list(StageName), selection, "purge", confirm=not yes)

@@ -12,6 +12,7 @@ from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 
 from shared.contracts import OnboardingRequest, OutcomeEvent, StageName
+from shared.envelope import outcome_message_id
 from shared.settings import ServiceBusSettings
 
 # A command line should fail within seconds when the namespace is unreachable, not after the
@@ -44,10 +45,6 @@ async def servicebus_client(settings: ServiceBusSettings) -> AsyncIterator[Servi
         ServiceBusClient(str(settings.servicebus_namespace), credential, retry_total=CLIENT_RETRIES) as client,
     ):
         yield client
-
-
-def outcome_message_id(request_id: str) -> str:
-    return f"{request_id}/outcome"  # the runner's MessageId for a request's one outcome event
 
 
 async def _peek_for(

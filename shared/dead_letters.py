@@ -129,7 +129,7 @@ class DeadLetterReporter:
             return Turn(self.stage, _bare_delivery(message, now), now), Progress()
 
     def _explain(self, reason: str, description: str | None) -> tuple[DeadLetterReason, str]:
-        fix = "Find the request id in the logs, fix the cause, then resubmit the message from the dead-letter queue."
+        fix = "Find the request id in the logs, fix the cause, then replay the message (onboard dlq replay)."
         if reason == DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED:
             return DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED, (
                 f"Stage {self.stage} failed on every delivery of this message, and Service Bus dead-lettered it "

@@ -24,6 +24,7 @@ class Delivery:
     attempt: int  # 1 for the first try of this stage, +1 per scheduled retry
     first_attempt_at: datetime  # when this stage first saw the request: bounds total retry age
     phase: str = ""  # a stage run again on purpose (a welcome-mail re-check) has its own MessageIds
+    replay: int = 0  # an operator's replay of a dead letter (onboard dlq replay): its own MessageIds and outcome
     warnings: tuple[str, ...] = ()  # what intake noticed about the envelope (an unusable ReplyTo); reaches the outcome
 
 

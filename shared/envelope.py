@@ -26,11 +26,13 @@ REQUEST_ID = "onboarding-request-id"
 ATTEMPT = "onboarding-attempt"
 FIRST_ATTEMPT_AT = "onboarding-first-attempt-at"
 PHASE = "onboarding-phase"
-BOOKKEEPING = (REQUEST_ID, ATTEMPT, FIRST_ATTEMPT_AT, PHASE)  # set by the pipeline only
+REPLAY = "onboarding-replay"
+BOOKKEEPING = (REQUEST_ID, ATTEMPT, FIRST_ATTEMPT_AT, PHASE, REPLAY)  # set by the pipeline (and its replay) only
+REPLAY_MAX = 999  # replays of one request: far more than an operator needs, and short in a MessageId
 JSON = "application/json"
 
-# Service Bus refuses a MessageId over 128 characters. The pipeline appends at most about 45
-# ("/verify-delivery/welcome-check-604800/100"), so a longer request id is replaced in MessageIds
+# Service Bus refuses a MessageId over 128 characters. The pipeline appends at most about 57
+# ("/replay-999/verify-delivery/welcome-check-604800/100"), so a longer request id is replaced in MessageIds
 # by a stable digest; the full id still travels in the body and the properties.
 MESSAGE_KEY_MAX = 64
 # Service Bus entity names: letters, digits, periods, hyphens, underscores, slashes; at most 260.
@@ -173,7 +175,7 @@ def _own_retry(message: ReceivedMessage, request: OnboardingRequest, now: dateti
         claimed = read_delivery(message, now)
     except EnvelopeError:
         return None
-    expected_id = retry_message_id(StageName.CREATE_CONTACT, claimed.request_id, claimed.phase, claimed.attempt)
+    expected_id = retry_message_id(StageName.CREATE_CONTACT, claimed, claimed.attempt)
     if message.message_id != expected_id or (request.request_id and request.request_id != claimed.request_id):
         return None
     reply_to, warning = check_reply_to(claimed.reply_to)
@@ -208,6 +210,9 @@ def read_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
     attempt_text = _text(properties.get(ATTEMPT)) or "1"
     if not attempt_text.isdigit() or int(attempt_text) < 1:
         raise EnvelopeError(f"application property {ATTEMPT} must be a positive whole number")
+    replay_text = _text(properties.get(REPLAY)) or "0"
+    if not replay_text.isdigit() or int(replay_text) > REPLAY_MAX:
+        raise EnvelopeError(f"application property {REPLAY} must be a whole number from 0 to {REPLAY_MAX}")
     first_text = _text(properties.get(FIRST_ATTEMPT_AT))
     try:
         first_attempt_at = datetime.fromisoformat(first_text) if first_text else now
@@ -221,6 +226,7 @@ def read_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
         attempt=int(attempt_text),
         first_attempt_at=first_attempt_at if first_attempt_at.tzinfo else first_attempt_at.replace(tzinfo=UTC),
         phase=_text(properties.get(PHASE)) or "",
+        replay=int(replay_text),
     )
 
 
@@ -229,37 +235,62 @@ def phase_of(body: StageMessage) -> str:
     return f"welcome-check-{body.welcome.checks}" if body.welcome else ""
 
 
-def _stage_key(request_id: str, stage: StageName, phase: str) -> str:
+def _request_key(request_id: str, replay: int) -> str:
+    """A replay is a new run of the request: its MessageIds must not meet the first run's in the
+    duplicate-detection window, or Service Bus would drop them."""
     key = message_key(request_id)
+    return f"{key}/replay-{replay}" if replay else key
+
+
+def _stage_key(delivery: Delivery, stage: StageName, phase: str) -> str:
+    key = _request_key(delivery.request_id, delivery.replay)
     return f"{key}/{stage}/{phase}" if phase else f"{key}/{stage}"
 
 
-def retry_message_id(stage: StageName, request_id: str, phase: str, attempt: int) -> str:
-    return f"{_stage_key(request_id, stage, phase)}/{attempt}"
+def retry_message_id(stage: StageName, delivery: Delivery, attempt: int) -> str:
+    return f"{_stage_key(delivery, stage, delivery.phase)}/{attempt}"
+
+
+def _bookkeeping(delivery: Delivery, phase: str) -> dict[str, str]:
+    return (
+        {REQUEST_ID: delivery.request_id}
+        | ({PHASE: phase} if phase else {})
+        | ({REPLAY: str(delivery.replay)} if delivery.replay else {})
+    )
 
 
 def next_stage_message(stage: StageName, body: StageMessage, delivery: Delivery) -> ServiceBusMessage:
     phase = phase_of(body)
-    properties = {REQUEST_ID: delivery.request_id} | ({PHASE: phase} if phase else {})
     return _message(
         body.model_dump_json().encode(),
-        message_id=_stage_key(delivery.request_id, stage, phase),
+        message_id=_stage_key(delivery, stage, phase),
         delivery=delivery,
-        properties=properties,
+        properties=_bookkeeping(delivery, phase),
     )
 
 
 def retry_message(stage: StageName, body: bytes, delivery: Delivery) -> ServiceBusMessage:
     """The same body again, one attempt later; the first attempt time bounds the total age."""
-    attempt = delivery.attempt + 1
-    properties = {
-        REQUEST_ID: delivery.request_id,
+    return _attempt_message(stage, body, delivery, delivery.attempt + 1)
+
+
+def replay_message(stage: StageName, body: bytes, delivery: Delivery, now: datetime) -> ServiceBusMessage:
+    """A dead letter sent again by an operator once its cause is fixed: the same body (so the request
+    id and what earlier stages gathered stay), the next replay number, and a fresh attempt budget."""
+    if delivery.replay >= REPLAY_MAX:
+        raise EnvelopeError(f"request {delivery.request_id} has been replayed {REPLAY_MAX} times already")
+    replayed = replace(delivery, replay=delivery.replay + 1, first_attempt_at=now)
+    return _attempt_message(stage, body, replayed, 1)
+
+
+def _attempt_message(stage: StageName, body: bytes, delivery: Delivery, attempt: int) -> ServiceBusMessage:
+    properties = _bookkeeping(delivery, delivery.phase) | {
         ATTEMPT: str(attempt),
         FIRST_ATTEMPT_AT: delivery.first_attempt_at.isoformat(),
-    } | ({PHASE: delivery.phase} if delivery.phase else {})
+    }
     return _message(
         body,
-        message_id=retry_message_id(stage, delivery.request_id, delivery.phase, attempt),
+        message_id=retry_message_id(stage, delivery, attempt),
         delivery=delivery,
         properties=properties,
     )
@@ -268,16 +299,16 @@ def retry_message(stage: StageName, body: bytes, delivery: Delivery) -> ServiceB
 def outcome_message(outcome: OutcomeEvent, delivery: Delivery) -> ServiceBusMessage:
     return _message(
         outcome.model_dump_json().encode(),
-        message_id=outcome_message_id(delivery.request_id),
+        message_id=outcome_message_id(delivery.request_id, delivery.replay),
         delivery=delivery,
-        properties={REQUEST_ID: delivery.request_id},
+        properties=_bookkeeping(delivery, ""),
         subject=f"onboarding.{outcome.status}",
     )
 
 
-def outcome_message_id(request_id: str) -> str:
-    """One per request: a second outcome for the same request is dropped by duplicate detection."""
-    return f"{message_key(request_id)}/outcome"
+def outcome_message_id(request_id: str, replay: int = 0) -> str:
+    """One per run of a request: a second outcome for the same run is dropped by duplicate detection."""
+    return f"{_request_key(request_id, replay)}/outcome"
 
 
 def _message(

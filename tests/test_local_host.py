@@ -92,7 +92,9 @@ async def test_a_function_gets_the_message_as_the_azure_host_hands_it_and_settle
 
 
 @pytest.mark.stack
-async def test_a_free_slot_is_filled_while_a_slow_invocation_still_runs(servicebus_emulator: ServiceBusEmulator) -> None:
+async def test_a_free_slot_is_filled_while_a_slow_invocation_still_runs(
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
     """The host's processor keeps maxConcurrentCalls handler calls going (docs/functions-host.md): one
     slow message must not hold back the next ones, as a receive-a-batch-then-wait loop would."""
     release_slow = asyncio.Event()

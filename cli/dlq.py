@@ -1,0 +1,300 @@
+"""`onboard dlq`: see, replay and purge what the stage queues dead-lettered.
+
+Most dead letters are deferred: the dead-letter functions report each once and defer it, so it stays
+for operators (shared/dead_letters.py). Peeking shows deferred and active ones alike; a deferred one
+can then only be taken by its sequence number, an active one by receiving it.
+
+A replay is a new run of the request, not a copy of the message: the same body (request id, what
+earlier stages gathered), the next replay number, and a fresh attempt budget, so its MessageIds and
+its outcome are its own and duplicate detection cannot swallow them (shared/envelope.replay_message).
+The stages are idempotent by request id, so a replay never creates a second contact or membership.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from azure.servicebus import ServiceBusMessageState, ServiceBusReceivedMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from shared import envelope
+from shared.contracts import DeadLetterReason, OnboardingRequest, StageMessage, StageName
+from shared.decisions import Delivery
+from shared.logs import mask_emails
+
+PEEK_BATCH = 100
+RECEIVE_WAIT_SECONDS = 2.0
+# An invalid message stays invalid when sent again: the fix is a corrected request from upstream.
+NOT_REPLAYABLE = frozenset({DeadLetterReason.INVALID_REQUEST.value})
+
+
+@dataclass(frozen=True)
+class DeadLetterView:
+    """One dead letter as an operator sees it; addresses masked."""
+
+    queue: StageName
+    sequence_number: int
+    request_id: str
+    reason: str
+    description: str
+    attempts: int
+    enqueued_at: datetime
+    deferred: bool
+
+    def age(self, now: datetime) -> timedelta:
+        return now - self.enqueued_at
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which dead letters a replay or purge takes: by sequence number, by reason, by age, or all."""
+
+    sequence_numbers: frozenset[int] = frozenset()
+    reason: str | None = None
+    older_than: timedelta | None = None
+    everything: bool = False
+
+    def is_empty(self) -> bool:
+        return not (self.sequence_numbers or self.reason or self.older_than or self.everything)
+
+    def matches(self, view: DeadLetterView, now: datetime) -> bool:
+        if self.sequence_numbers and view.sequence_number not in self.sequence_numbers:
+            return False
+        if self.reason is not None and view.reason.lower() != self.reason.lower():
+            return False
+        return self.older_than is None or view.age(now) >= self.older_than
+
+
+@dataclass(frozen=True)
+class Done:
+    """What happened to one selected dead letter."""
+
+    view: DeadLetterView
+    result: str  # "replayed as <MessageId>", "purged", or why nothing was done
+    ok: bool
+
+
+def parse_age(text: str) -> timedelta:
+    """`30m`, `2h`, `7d` (or seconds: `90s`)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in units or not number.isdigit():
+        raise ValueError(f"{text!r} is not an age like 90s, 30m, 2h or 7d")
+    return timedelta(seconds=int(number) * units[unit])
+
+
+def _decoded(queue: StageName, message: ServiceBusReceivedMessage, now: datetime) -> tuple[bytes, Delivery]:
+    """The body and envelope exactly as the stage would read them (raises envelope.UnreadableMessage)."""
+    if queue is StageName.CREATE_CONTACT:
+        request = envelope.decode(message, OnboardingRequest, now)
+        return request.body, request.delivery
+    carried = envelope.decode(message, StageMessage, now)
+    return carried.body, carried.delivery
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+
+
+def view_of(queue: StageName, message: ServiceBusReceivedMessage) -> DeadLetterView:
+    """What the message says about itself, read leniently: a dead letter may be unreadable."""
+    properties = {_text(k): v for k, v in (message.application_properties or {}).items()}
+    request_id = _text(properties.get(envelope.REQUEST_ID)) or message.message_id or f"seq-{message.sequence_number}"
+    attempt = _text(properties.get(envelope.ATTEMPT))
+    return DeadLetterView(
+        queue=queue,
+        sequence_number=message.sequence_number or 0,
+        request_id=mask_emails(request_id),
+        reason=message.dead_letter_reason or "",
+        description=mask_emails(message.dead_letter_error_description or ""),
+        attempts=max(int(attempt) if attempt.isdigit() else 1, message.delivery_count or 0),
+        enqueued_at=message.enqueued_time_utc or datetime.now(UTC),
+        deferred=message.state is ServiceBusMessageState.DEFERRED,
+    )
+
+
+@asynccontextmanager
+async def _dead_letter_receiver(client: ServiceBusClient, queue: StageName) -> AsyncIterator[ServiceBusReceiver]:
+    async with client.get_queue_receiver(queue.value, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as receiver:
+        yield receiver
+
+
+async def _peek_all(receiver: ServiceBusReceiver) -> AsyncIterator[ServiceBusReceivedMessage]:
+    next_sequence = 0
+    while batch := await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=next_sequence):
+        for message in batch:
+            next_sequence = (message.sequence_number or 0) + 1
+            yield message
+
+
+async def list_dead_letters(client: ServiceBusClient, queues: Iterable[StageName]) -> list[DeadLetterView]:
+    async def peek(queue: StageName) -> list[DeadLetterView]:
+        async with _dead_letter_receiver(client, queue) as receiver:
+            return [view_of(queue, message) async for message in _peek_all(receiver)]
+
+    per_queue = await asyncio.gather(*(peek(queue) for queue in queues))  # each link takes a round trip or two
+    return [view for views in per_queue for view in views]
+
+
+async def peek_one(
+    client: ServiceBusClient, queue: StageName, sequence_number: int
+) -> ServiceBusReceivedMessage | None:
+    async with _dead_letter_receiver(client, queue) as receiver:
+        batch = await receiver.peek_messages(max_message_count=1, sequence_number=sequence_number)
+    return batch[0] if batch and batch[0].sequence_number == sequence_number else None
+
+
+async def _locked(
+    receiver: ServiceBusReceiver, views: Sequence[DeadLetterView]
+) -> AsyncIterator[ServiceBusReceivedMessage]:
+    """The selected dead letters, locked: deferred ones by sequence number, active ones by receiving
+    (holding the others' locks until the end, so none comes round twice, then giving them back)."""
+    deferred = sorted(v.sequence_number for v in views if v.deferred)
+    if deferred:
+        for message in await receiver.receive_deferred_messages(deferred):
+            yield message
+    active = {v.sequence_number for v in views if not v.deferred}
+    held: list[ServiceBusReceivedMessage] = []
+    try:
+        while active:
+            batch = await receiver.receive_messages(max_message_count=PEEK_BATCH, max_wait_time=RECEIVE_WAIT_SECONDS)
+            if not batch:
+                break  # the rest went meanwhile (another operator, a purge)
+            for message in batch:
+                if message.sequence_number in active:
+                    active.discard(message.sequence_number)
+                    yield message
+                else:
+                    held.append(message)
+    finally:
+        for message in held:
+            await receiver.abandon_message(message)
+
+
+async def replay(
+    client: ServiceBusClient, queue: StageName, views: Sequence[DeadLetterView], now: datetime
+) -> list[Done]:
+    """Send each selected dead letter again as a new run of its request, then remove it from the
+    dead-letter queue: send first, settle second, so a failure in between leaves it to replay again."""
+    by_number = {v.sequence_number: v for v in views}
+    done: list[Done] = []
+    async with _dead_letter_receiver(client, queue) as receiver, client.get_queue_sender(queue.value) as sender:
+        async for message in _locked(receiver, views):
+            view = by_number[message.sequence_number or 0]
+            if view.reason in NOT_REPLAYABLE:
+                await receiver.abandon_message(message)
+                done.append(
+                    Done(view, f"not replayed: {view.reason} stays invalid; upstream must send it corrected", False)
+                )
+                continue
+            try:
+                again = envelope.replay_message(queue, *_decoded(queue, message, now), now)
+            except (envelope.UnreadableMessage, envelope.EnvelopeError) as error:
+                await receiver.abandon_message(message)
+                done.append(Done(view, f"not replayed: {mask_emails(str(error))}", False))
+                continue
+            await sender.send_messages(again)
+            await receiver.complete_message(message)
+            done.append(Done(view, f"replayed as {again.message_id}", True))
+    return done + _gone(views, done)
+
+
+async def purge(client: ServiceBusClient, queue: StageName, views: Sequence[DeadLetterView]) -> list[Done]:
+    done: list[Done] = []
+    by_number = {v.sequence_number: v for v in views}
+    async with _dead_letter_receiver(client, queue) as receiver:
+        async for message in _locked(receiver, views):
+            await receiver.complete_message(message)
+            done.append(Done(by_number[message.sequence_number or 0], "purged", True))
+    return done + _gone(views, done)
+
+
+def _gone(views: Sequence[DeadLetterView], done: Sequence[Done]) -> list[Done]:
+    handled = {d.view.sequence_number for d in done}
+    return [
+        Done(v, "gone: no longer in the dead-letter queue", False) for v in views if v.sequence_number not in handled
+    ]
+
+
+def _age_text(age: timedelta) -> str:
+    seconds = max(int(age.total_seconds()), 0)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def render_list(views: Sequence[DeadLetterView], now: datetime) -> RenderableType:
+    """Fits 80 columns: the description wraps, everything else is short."""
+    if not views:
+        return Text("No dead letters.")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("Queue", no_wrap=True)
+    table.add_column("Seq", justify="right", no_wrap=True)
+    table.add_column("Request", overflow="fold", max_width=20)
+    table.add_column("Reason", overflow="fold", max_width=18)
+    table.add_column("Try", justify="right", no_wrap=True)
+    table.add_column("Age", justify="right", no_wrap=True)
+    table.add_column("Description", overflow="fold", ratio=1)
+    for view in views:
+        description = view.description if len(view.description) <= 120 else view.description[:117] + "..."
+        table.add_row(
+            view.queue.value + ("*" if view.deferred else ""),
+            str(view.sequence_number),
+            Text(view.request_id),
+            Text(view.reason),
+            str(view.attempts),
+            _age_text(view.age(now)),
+            Text(description),
+        )
+    note = Text("* reported as an outcome and deferred: replay takes it by sequence number", style="dim")
+    return Group(table, note) if any(v.deferred for v in views) else table
+
+
+def render_one(queue: StageName, message: ServiceBusReceivedMessage, now: datetime) -> RenderableType:
+    view = view_of(queue, message)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column()
+    rows = [
+        ("Queue", f"{queue.value}/$deadletterqueue"),
+        ("Sequence", str(view.sequence_number)),
+        ("Request", view.request_id),
+        ("MessageId", mask_emails(message.message_id or "")),
+        ("Reason", view.reason),
+        ("Description", view.description),
+        ("Attempts", str(view.attempts)),
+        ("Age", _age_text(view.age(now))),
+        ("State", "deferred (outcome reported)" if view.deferred else "active"),
+    ]
+    for name, value in sorted((_text(k), _text(v)) for k, v in (message.application_properties or {}).items()):
+        rows.append((f"  {name}", mask_emails(value)))
+    for label, value in rows:
+        grid.add_row(label, Text(value))
+    try:
+        body = json.dumps(json.loads(envelope.read_body(message)), indent=2, ensure_ascii=False)
+    except (ValueError, envelope.EnvelopeError):
+        body = "(not JSON)"
+    return Group(grid, Text("Body", style="dim"), Text(mask_emails(body)))
+
+
+def render_done(done: Sequence[Done]) -> RenderableType:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("Seq", justify="right", no_wrap=True)
+    table.add_column("Request", overflow="fold", max_width=24)
+    table.add_column("Result", overflow="fold", ratio=1)
+    for item in done:
+        table.add_row(
+            str(item.view.sequence_number),
+            Text(item.view.request_id),
+            Text(item.result, style="" if item.ok else "yellow"),
+        )
+    return table
