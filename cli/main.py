@@ -617,3 +617,89 @@ def dlq_purge(
     """Remove dead letters for good, after showing them and asking (unless --yes)."""
     selection = _selection(sequence_numbers, reason, older_than, everything)
     _select_and_act("dlq purge", queue or list(StageName), selection, "purge", confirm=not yes)
+
+
+@app.command()
+def bulk(
+    csv_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The CSV (docs/bulk-template.csv).")],
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Send the valid rows even when some are not.")
+    ] = False,
+    reply_to: Annotated[
+        str | None, typer.Option(help="Queue for the outcome events (default: ONBOARDING_OUTCOME_QUEUE).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Write line,request_id for every row sent to this CSV.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the requests to their outcomes.")] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds --wait waits for all outcomes.")] = 600.0,
+) -> None:
+    """Check every row of a CSV, report each bad one with its line, then send the requests.
+
+    Columns: external_email, display_name, group, source_system; optional first_name, last_name,
+    request_id, allow_external_senders. Nothing is sent while any row is bad, unless --skip-invalid.
+    Each row's request id is stable, so sending the file again within 10 minutes adds nothing.
+    Exit codes: 0 sent (with --wait: all succeeded), 2 bad rows or file, 3 with --wait: a request
+    failed or had no outcome in time.
+    """
+    from rich.progress import Progress
+
+    from cli.bulk import BulkFileError, check_file, send_rows
+    from cli.upstream import servicebus_client, wait_for_outcomes
+
+    settings = _settings(ServiceBusSettings, "bulk")
+    try:
+        checked = check_file(csv_file)
+    except BulkFileError as error:
+        raise _fail(f"{csv_file.name}: {error}", 2) from None
+    for problem in checked.problems:
+        errors.print(f"line {problem.line}: {problem.field}: {problem.reason}", markup=False)
+    if checked.problems and not skip_invalid:
+        raise _fail(
+            f"{len(checked.problems)} bad row(s); nothing sent. Fix them, or send the rest with --skip-invalid.", 2
+        )
+    if not checked.rows:
+        raise _fail("No valid rows; nothing sent.", 2)
+    outcome_queue = reply_to or settings.outcome_queue
+
+    async def send() -> int:
+        rows = checked.rows
+        async with servicebus_client(settings) as client:
+            with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
+                task = progress.add_task("Sending", total=len(rows))
+                await send_rows(client, rows, reply_to=reply_to, sent=lambda n: progress.advance(task, n))
+            console.print(
+                f"Sent {len(rows)} request(s) to {StageName.CREATE_CONTACT}"
+                + (f", skipped {len(checked.problems)} bad row(s)" if checked.problems else "")
+                + f". A request id sent before in the {DUPLICATE_WINDOW_TEXT} duplicate-detection window is dropped.",
+                markup=False,
+            )
+            if output is not None:
+                output.write_text("line,request_id\n" + "".join(f"{r.line},{r.request_id}\n" for r in rows))
+                console.print(f"Request ids written to {output}.", markup=False)
+            elif len(rows) <= 20:
+                console.print("\n".join(r.request_id for r in rows), markup=False)
+            if not wait:
+                return 0
+            with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
+                task = progress.add_task("Outcomes", total=len(rows))
+                outcomes = await wait_for_outcomes(
+                    client,
+                    outcome_queue,
+                    [r.request_id for r in rows],
+                    within_seconds=timeout,
+                    on_outcome=lambda _: progress.advance(task),
+                )
+        by_status: dict[str, int] = {}
+        for outcome in outcomes.values():
+            by_status[outcome.status] = by_status.get(outcome.status, 0) + 1
+        missing = len(rows) - len(outcomes)
+        summary = ", ".join(f"{status} {count}" for status, count in sorted(by_status.items()))
+        console.print(
+            f"Outcomes: {summary or 'none'}" + (f", no outcome yet {missing}" if missing else ""), markup=False
+        )
+        for row in rows:
+            failed = outcomes.get(row.request_id)
+            if failed is not None and failed.status is OutcomeStatus.FAILED:
+                console.print(f"  line {row.line}: {row.request_id}: {failed.reason}", markup=False)
+        return 3 if missing or any(o.status is OutcomeStatus.FAILED for o in outcomes.values()) else 0
+
+    raise typer.Exit(_talk_to_servicebus(settings, send()))

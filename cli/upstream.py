@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from azure.identity.aio import DefaultAzureCredential
@@ -71,16 +71,52 @@ async def wait_for_outcome(
     client: ServiceBusClient, queue: str, request_id: str, *, within_seconds: float, poll_seconds: float = 1.0
 ) -> OutcomeEvent | None:
     """The request's outcome event once it is on `queue`, by peeking: it stays there for its consumer."""
+    found = await wait_for_outcomes(
+        client, queue, [request_id], within_seconds=within_seconds, poll_seconds=poll_seconds
+    )
+    return found.get(request_id)
+
+
+async def wait_for_outcomes(
+    client: ServiceBusClient,
+    queue: str,
+    request_ids: Iterable[str],
+    *,
+    within_seconds: float,
+    poll_seconds: float = 1.0,
+    on_outcome: Callable[[OutcomeEvent], None] | None = None,
+) -> dict[str, OutcomeEvent]:
+    """The requests' outcome events as they arrive on `queue`, by peeking (they stay there for their
+    consumer), in one pass over the queue however many are awaited; stops when all arrived or time is up."""
+    by_message_id = {outcome_message_id(request_id): request_id for request_id in request_ids}
+    outcomes: dict[str, OutcomeEvent] = {}
     deadline = asyncio.get_running_loop().time() + within_seconds
     next_sequence = 0
     async with client.get_queue_receiver(queue) as receiver:
-        while True:
-            found, next_sequence = await _peek_for(receiver, outcome_message_id(request_id), next_sequence)
-            if found is not None:
-                return OutcomeEvent.model_validate_json(b"".join(found.body))
-            if asyncio.get_running_loop().time() >= deadline:
-                return None
-            await asyncio.sleep(poll_seconds)
+        while len(outcomes) < len(by_message_id):
+            batch = await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=next_sequence)
+            for message in batch:
+                next_sequence = (message.sequence_number or 0) + 1
+                request_id = by_message_id.get(str(message.message_id))
+                if request_id is not None and request_id not in outcomes:
+                    outcomes[request_id] = OutcomeEvent.model_validate_json(b"".join(message.body))
+                    if on_outcome is not None:
+                        on_outcome(outcomes[request_id])
+            if not batch:
+                if asyncio.get_running_loop().time() >= deadline:
+                    break
+                await asyncio.sleep(poll_seconds)
+    return outcomes
+
+
+def request_message(request: OnboardingRequest, request_id: str, *, reply_to: str | None = None) -> ServiceBusMessage:
+    """A request as upstream sends it: MessageId = request id, so a resend is a duplicate."""
+    return ServiceBusMessage(
+        request.model_dump_json(exclude_none=True).encode(),
+        message_id=request_id,
+        content_type="application/json",
+        reply_to=reply_to,
+    )
 
 
 async def submit(
@@ -92,14 +128,7 @@ async def submit(
     for request in requests:
         request_id = request.request_id or f"req-{time.time_ns()}-{len(ids)}"
         ids.append(request_id)
-        messages.append(
-            ServiceBusMessage(
-                request.model_dump_json(exclude_none=True).encode(),
-                message_id=request_id,
-                content_type="application/json",
-                reply_to=reply_to,
-            )
-        )
+        messages.append(request_message(request, request_id, reply_to=reply_to))
     async with client.get_queue_sender(StageName.CREATE_CONTACT.value) as sender:
         await sender.send_messages(messages)
     return ids

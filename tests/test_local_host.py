@@ -98,6 +98,7 @@ async def test_a_free_slot_is_filled_while_a_slow_invocation_still_runs(
     """The host's processor keeps maxConcurrentCalls handler calls going (docs/functions-host.md): one
     slow message must not hold back the next ones, as a receive-a-batch-then-wait loop would."""
     release_slow = asyncio.Event()
+    all_fast_done = asyncio.Event()
     fast_done: list[str] = []
     app = func.FunctionApp()
 
@@ -111,6 +112,8 @@ async def test_a_free_slot_is_filled_while_a_slow_invocation_still_runs(
             await release_slow.wait()
         else:
             fast_done.append(str(message.message_id))
+            if len(fast_done) == 6:
+                all_fast_done.set()
         await asyncio.to_thread(message_actions.complete, message)
 
     host = LocalHost(app, environment={"Bus": servicebus_emulator.connection_string}, concurrency=3)
@@ -121,9 +124,7 @@ async def test_a_free_slot_is_filled_while_a_slow_invocation_still_runs(
             async with client.get_queue_sender("create-contact") as sender:
                 await sender.send_messages(ServiceBusMessage(b"{}", message_id="slow"))
                 await sender.send_messages([ServiceBusMessage(b"{}", message_id=f"fast-{n}") for n in range(6)])
-        async with asyncio.timeout(20):
-            while len(fast_done) < 6:
-                await asyncio.sleep(0.05)
+        await asyncio.wait_for(all_fast_done.wait(), 20)
         assert not release_slow.is_set()  # all six passed the slow one, three slots wide
     finally:
         release_slow.set()
