@@ -17,6 +17,7 @@ from azure.servicebus import ServiceBusMessage
 from azure.servicebus.amqp import AmqpMessageBodyType
 from pydantic import TypeAdapter, ValidationError
 
+from shared import cloudevents
 from shared.contracts import OnboardingRequest, OutcomeEvent, RequestId, StageMessage, StageName
 from shared.decisions import Delivery
 
@@ -56,6 +57,8 @@ class ReceivedMessage(Protocol):
     def delivery_count(self) -> int | None: ...
     @property
     def application_properties(self) -> dict[str | bytes, Any] | None: ...
+    @property
+    def content_type(self) -> str | None: ...
     @property
     def body_type(self) -> AmqpMessageBodyType: ...
     @property
@@ -103,6 +106,14 @@ def decode(message: ReceivedMessage, reads: type[Input], now: datetime) -> Inbou
         body = read_body(message)
     except EnvelopeError as error:
         raise UnreadableMessage(delivery, f"The message envelope is unusable: {error}.") from None
+    event_id = None
+    if reads is OnboardingRequest:
+        try:
+            event = cloudevents.unwrap(body, message.content_type, _text_keys(message.application_properties))
+        except cloudevents.CloudEventError as error:
+            raise UnreadableMessage(delivery, f"The request's CloudEvent is unusable: {error}.") from None
+        if event is not None:  # from here on the request is the plain one: a retry re-sends that
+            body, event_id = event.request, event.event_id
     try:
         payload = reads.model_validate_json(body)
     except ValidationError as error:
@@ -111,16 +122,18 @@ def decode(message: ReceivedMessage, reads: type[Input], now: datetime) -> Inbou
         raise UnreadableMessage(delivery, description) from None
     if isinstance(payload, OnboardingRequest):
         delivery = _own_retry(message, payload, now) or delivery
-        if payload.request_id and payload.request_id != delivery.request_id:
-            delivery = _with_request_id(delivery, payload.request_id)
+        # The request id: the body's, else the CloudEvent's id, else the MessageId.
+        request_id = payload.request_id or event_id or delivery.request_id
         try:
-            _REQUEST_ID.validate_python(delivery.request_id)
+            _REQUEST_ID.validate_python(request_id)
         except ValidationError:
             raise UnreadableMessage(
-                delivery,
-                "The MessageId cannot serve as the request id (1 to 128 characters without spaces, control "
-                "characters, /, \\, # or ?): set request_id in the body.",
+                delivery,  # named by its MessageId: the outcome can still say which message it was
+                f"The {'CloudEvent id' if event_id else 'MessageId'} cannot serve as the request id (1 to 128 "
+                "characters without spaces, control characters, /, \\, # or ?): set request_id in the body.",
             ) from None
+        if request_id != delivery.request_id:
+            delivery = _with_request_id(delivery, request_id)
     return Inbound(payload, delivery, body)
 
 

@@ -203,6 +203,7 @@ class FakeReceivedMessage:
     reply_to: str | None = None
     delivery_count: int | None = None  # what the Functions host hands over with extension 1.0.0b2
     application_properties: dict[str | bytes, Any] | None = None
+    content_type: str | None = None
     body_type: AmqpMessageBodyType = AmqpMessageBodyType.DATA
 
     def __post_init__(self) -> None:
