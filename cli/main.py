@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -32,7 +33,11 @@ from shared.logs import install_safe_log_records
 from shared.settings import ServiceBusSettings, Settings
 
 if TYPE_CHECKING:
+    from azure.servicebus.aio import ServiceBusClient
+    from rich.console import RenderableType
+
     from cli.dlq import Selection
+    from shared.journal import Journal
 
 DEFAULT_STATE_DIR = Path(".onboard")  # `onboard sandbox` keeps its SQLite files here
 # create-contact's DuplicateDetectionHistoryTimeWindow, in infra/main.bicep and the emulator's config.json.
@@ -420,15 +425,23 @@ def status(
         ),
     ] = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}",
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Requests in the summary, newest first.")] = 50,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Requests per stage and state, refreshed in place until Ctrl-C.")
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between --watch refreshes.")] = 2.0,
 ) -> None:
     """Print one request's transitions (stage, decision, attempt, cause), or where the latest requests stand.
 
     Needs ONBOARDING_JOURNAL (or --journal). For a request with no history yet, it also looks on queue
     create-contact when ServiceBusConnection is set, to tell "queued, not yet handled" from "unknown".
+    --watch shows the pipeline per stage (with queue depths when ServiceBusConnection is set) and the
+    latest failures, refreshed every --interval seconds; when not on a terminal it prints one snapshot.
     """
     from cli.status import status_report
     from shared.journal import JournalSettingError, open_journal, sqlite_file
 
+    if watch and request_id is not None:
+        raise _fail("--watch shows the whole pipeline: leave out REQUEST_ID.", 2)
     try:
         local_file = sqlite_file(journal)
         if local_file is not None and not local_file.exists():
@@ -442,6 +455,8 @@ def status(
         opened = open_journal(journal)
         if opened is None:
             raise _fail("No journal named: set ONBOARDING_JOURNAL or --journal.", 2)
+        if watch:
+            raise typer.Exit(_watch(opened, interval, max(limit, 500)))
         report = asyncio.run(status_report(opened, request_id, limit=limit))
     except JournalSettingError as error:
         raise _fail(str(error), 2) from None
@@ -453,6 +468,54 @@ def status(
     console.print(report)
     if request_id is not None and report.unknown:
         console.print(_where_unhandled(request_id), markup=False)
+
+
+WATCH_QUEUE_CAP = 500  # peeked per queue and refresh: enough to see a backlog, cheap to count
+
+
+def _watch(journal: Journal, interval: float, limit: int) -> int:
+    from rich.live import Live
+
+    from cli.status import QueueDepth, render_board
+    from cli.upstream import peek_count, servicebus_client
+
+    try:
+        bus: ServiceBusSettings | None = load_settings(ServiceBusSettings)
+    except SettingsProblem:
+        bus = None  # the journal alone still shows where requests stand
+
+    async def depths(client: ServiceBusClient) -> dict[StageName, QueueDepth]:
+        counts = await asyncio.gather(
+            *(
+                peek_count(client, s.value, cap=WATCH_QUEUE_CAP, dead_letters=d)
+                for s in StageName
+                for d in (False, True)
+            )
+        )
+        return {s: QueueDepth(counts[2 * i], counts[2 * i + 1], WATCH_QUEUE_CAP) for i, s in enumerate(StageName)}
+
+    async def run() -> int:
+        stop = _until_interrupted()
+        async with contextlib.AsyncExitStack() as resources:
+            resources.push_async_callback(journal.close)
+            client = await resources.enter_async_context(servicebus_client(bus)) if bus is not None else None
+
+            async def frame() -> RenderableType:
+                states = await journal.summary(limit)
+                return render_board(states, await depths(client) if client else None, datetime.now(UTC))
+
+            if not console.is_terminal:
+                console.print(await frame())
+                return 0
+            with Live(await frame(), console=console, auto_refresh=False) as live:
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), interval)
+                    if not stop.is_set():
+                        live.update(await frame(), refresh=True)
+        return 0
+
+    return _talk_to_servicebus(bus, run()) if bus is not None else asyncio.run(run())
 
 
 def _where_unhandled(request_id: str) -> str:

@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from shared.contracts import OutcomeStatus
+from shared.contracts import OutcomeStatus, StageName
 from shared.journal import Journal, RequestState, Transition, TransitionKind
 
 _STYLES = {
@@ -132,3 +132,64 @@ async def status_report(journal: Journal, request_id: str | None = None, *, limi
         return StatusReport(render_summary(await journal.summary(limit)), unknown=False)
     finally:
         await journal.close()
+
+
+# --- onboard status --watch: the whole pipeline on one screen ------------------------------------
+
+# Short headers: eight columns and "verify-delivery" must fit 80 columns whole.
+_BOARD_COLUMNS = (
+    ("Queued", None),
+    ("Passed", TransitionKind.PASSED_ON),
+    ("Retry", TransitionKind.RETRY_SCHEDULED),
+    ("Crash", TransitionKind.CRASHED),
+    ("Done", TransitionKind.FINISHED),
+    ("Dead", TransitionKind.DEAD_LETTERED),
+)
+LATEST_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Messages on a stage queue and its dead-letter queue, counted by peeking up to `cap`."""
+
+    waiting: int
+    dead_letters: int
+    cap: int
+
+    def shown(self, count: int) -> str:
+        return f"{count}+" if count >= self.cap else str(count)
+
+
+def render_board(
+    states: Sequence[RequestState], depths: dict[StageName, QueueDepth] | None, now: datetime
+) -> RenderableType:
+    """Requests per stage and state (where each request's latest transition left it), the queues'
+    depth when Service Bus is reachable, and the latest failures; 80 columns wide at most."""
+    counts = Counter((state.last_stage, state.last_decision) for state in states)
+    table = Table(box=box.SIMPLE_HEAD, title=f"Pipeline at {now:%H:%M:%S} UTC", title_justify="left")
+    table.add_column("Stage", no_wrap=True)
+    for label, _ in _BOARD_COLUMNS:
+        table.add_column(label, justify="right", no_wrap=True)
+    table.add_column("DLQ", justify="right", no_wrap=True)
+    for stage in StageName:
+        depth = depths.get(stage) if depths is not None else None
+        cells = [depth.shown(depth.waiting) if depth else "-"]
+        cells += [str(counts.get((stage, kind), 0) or "") for _, kind in _BOARD_COLUMNS[1:]]
+        cells.append(depth.shown(depth.dead_letters) if depth else "-")
+        table.add_row(str(stage), *cells)
+    finished = [s for s in states if s.last_decision is TransitionKind.FINISHED]
+    succeeded = sum(1 for s in finished if s.last_outcome_status is not OutcomeStatus.FAILED)
+    plural = "" if len(states) == 1 else "s"
+    summary = Text(f"{len(states)} recent request{plural} in the journal; {succeeded} finished well", style="italic")
+    failures = [s for s in states if s.last_decision in (TransitionKind.DEAD_LETTERED, TransitionKind.CRASHED)]
+    parts: list[RenderableType] = [table, summary]
+    if failures:
+        parts.append(Text("Latest failures", style="bold"))
+        for state in failures[:LATEST_FAILURES]:
+            cause = state.last_cause or str(state.last_decision)
+            line = Text.assemble((_time(state.last_at), "dim"), " ", (state.request_id, "bold"), ": ", (cause, "red"))
+            line.truncate(80, overflow="ellipsis")
+            parts.append(line)
+    if depths is None:
+        parts.append(Text("Queue depths need ServiceBusConnection.", style="dim"))
+    return Group(*parts)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 from azure.identity.aio import DefaultAzureCredential
-from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 
 from shared.contracts import OnboardingRequest, OutcomeEvent, StageName
@@ -152,3 +152,20 @@ async def collect_outcomes(
                     outcomes[outcome.request_id] = outcome
                 await receiver.complete_message(message)
     return outcomes
+
+
+async def peek_count(client: ServiceBusClient, queue: str, *, cap: int, dead_letters: bool = False) -> int:
+    """Messages on a queue (or its dead-letter queue), up to `cap`: peeking needs only the data role an
+    operator has; the management API's exact counts need Manage rights."""
+    sub_queue = ServiceBusSubQueue.DEAD_LETTER if dead_letters else None
+    count, next_sequence = 0, 0
+    async with client.get_queue_receiver(queue, sub_queue=sub_queue) as receiver:
+        while count < cap:
+            batch = await receiver.peek_messages(
+                max_message_count=min(PEEK_BATCH, cap - count), sequence_number=next_sequence
+            )
+            if not batch:
+                break
+            count += len(batch)
+            next_sequence = (batch[-1].sequence_number or 0) + 1
+    return count
