@@ -26,6 +26,14 @@ $(AZURITE_STAMP): $(BIN)/python
 	npm install --prefix $(VENV)/node --no-audit --no-fund azurite@$(AZURITE_VERSION)
 	touch $(AZURITE_STAMP)
 
+# The official AsyncAPI parser, for tests/contract (the upstream contract document). 3.6.3 runs on Node 20.
+ASYNCAPI_PARSER_VERSION := 3.6.3
+ASYNCAPI_STAMP := $(VENV)/asyncapi/.installed-parser-$(ASYNCAPI_PARSER_VERSION)
+
+$(ASYNCAPI_STAMP): $(BIN)/python
+	npm install --prefix $(VENV)/asyncapi --no-audit --no-fund @asyncapi/parser@$(ASYNCAPI_PARSER_VERSION)
+	touch $(ASYNCAPI_STAMP)
+
 # checkov for tests/infra, in its own venv: it pins packaging<24 (pytest 9 needs >=24) and an older
 # pycep-parser than the dev extra's.
 CHECKOV_STAMP := $(VENV)/checkov/.installed
@@ -51,7 +59,7 @@ worker-venv: $(WORKER_STAMP)
 demo: $(STAMP)
 	$(BIN)/onboard demo
 
-test: $(STAMP) $(AZURITE_STAMP) $(CHECKOV_STAMP) $(WORKER_STAMP)
+test: $(STAMP) $(AZURITE_STAMP) $(ASYNCAPI_STAMP) $(CHECKOV_STAMP) $(WORKER_STAMP)
 	$(BIN)/python -m pytest
 
 # The pure tests only (no emulator, sandbox, Azurite or child process): seconds, for the edit loop.

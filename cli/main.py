@@ -536,6 +536,20 @@ def _where_unhandled(request_id: str) -> str:
 
 
 @app.command()
+def asyncapi(
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
+) -> None:
+    """Print the upstream contract as an AsyncAPI 3.0 document (contracts/asyncapi.json). Needs no settings."""
+    from cli.asyncapi import asyncapi_text
+
+    text = asyncapi_text()
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
 def schema(
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
 ) -> None:
