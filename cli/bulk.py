@@ -63,7 +63,12 @@ def stable_request_id(email: str, group: str, source_system: str) -> str:
     return "bulk-" + hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
-def check_file(path: Path) -> Checked:
+def dry_run_id(request_id: str) -> str:
+    """A dry run must not take the real request's id, or duplicate detection would drop the real run."""
+    return "dry-run-" + hashlib.sha256(request_id.encode()).hexdigest()[:32]
+
+
+def check_file(path: Path, *, dry_run: bool = False) -> Checked:
     """Every row, validated; every problem with its line number. Nothing is sent from here."""
     if path.stat().st_size > MAX_BYTES:
         raise BulkFileError(f"{path.name} is larger than {MAX_BYTES // (1024 * 1024)} MB: split it")
@@ -71,10 +76,10 @@ def check_file(path: Path) -> Checked:
         text = path.read_text(encoding="utf-8")  # a BOM (Excel writes one) is dropped by check_text
     except UnicodeDecodeError as error:
         raise BulkFileError(f"{path.name} is not UTF-8 text (byte {error.start}): save it as CSV UTF-8") from None
-    return check_text(text)
+    return check_text(text, dry_run=dry_run)
 
 
-def check_text(text: str) -> Checked:
+def check_text(text: str, *, dry_run: bool = False) -> Checked:
     reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
     columns = [name.strip() for name in reader.fieldnames or []]
     missing = [name for name in REQUIRED if name not in columns]
@@ -97,7 +102,7 @@ def check_text(text: str) -> Checked:
                 continue
             if not any((value or "").strip() for value in raw.values()):
                 continue  # a blank line
-            checked = _check_row(line, raw)
+            checked = _check_row(line, raw, dry_run)
             if isinstance(checked, Problem):
                 problems.append(checked)
             elif (first := first_line_of.setdefault(checked.request_id, line)) != line:
@@ -111,13 +116,15 @@ def check_text(text: str) -> Checked:
     return Checked(rows, problems)
 
 
-def _check_row(line: int, raw: dict[str, str | None]) -> Row | Problem:
+def _check_row(line: int, raw: dict[str, str | None], dry_run: bool) -> Row | Problem:
     values = {name: (value or "").strip() for name, value in raw.items()}
     group = values["group"]
     senders = values.get("allow_external_senders", "").lower()
     if senders and senders not in _BOOLEANS:
         return Problem(line, "allow_external_senders", "must be true or false")
     request_id = values.get("request_id") or stable_request_id(values["external_email"], group, values["source_system"])
+    if dry_run:
+        request_id = dry_run_id(request_id)
     try:
         request = OnboardingRequest.model_validate(
             {
@@ -129,6 +136,7 @@ def _check_row(line: int, raw: dict[str, str | None]) -> Row | Problem:
                 "source_system": values["source_system"],
                 "request_id": request_id,
                 "allow_external_senders": _BOOLEANS.get(senders, True),
+                "dry_run": dry_run,
             }
         )
     except ValidationError as error:

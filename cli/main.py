@@ -314,6 +314,9 @@ def submit(
         bool, typer.Option("--wait", help="Wait for the outcome event and print it (it stays on its queue).")
     ] = False,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds --wait waits for the outcome.")] = 120.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="The pipeline checks and plans, and changes nothing (status Planned).")
+    ] = False,
 ) -> None:
     """Validate one request and put it on queue create-contact.
 
@@ -337,6 +340,7 @@ def submit(
                 "source_system": source_system,
                 "request_id": request_id,
                 "allow_external_senders": not no_external_senders,
+                "dry_run": dry_run,
             }
         )
     except ValidationError as error:
@@ -708,6 +712,10 @@ def bulk(
     output: Annotated[Path | None, typer.Option(help="Write line,request_id for every row sent to this CSV.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the requests to their outcomes.")] = False,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds --wait waits for all outcomes.")] = 600.0,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="The pipeline checks and plans each row and changes nothing (status Planned)."),
+    ] = False,
 ) -> None:
     """Check every row of a CSV, report each bad one with its line, then send the requests.
 
@@ -724,7 +732,7 @@ def bulk(
 
     settings = _settings(ServiceBusSettings, "bulk")
     try:
-        checked = check_file(csv_file)
+        checked = check_file(csv_file, dry_run=dry_run)
     except BulkFileError as error:
         raise _fail(f"{csv_file.name}: {error}", 2) from None
     for problem in checked.problems:
@@ -766,17 +774,19 @@ def bulk(
                     on_outcome=lambda _: progress.advance(task),
                 )
         by_status: dict[str, int] = {}
-        for outcome in outcomes.values():
-            by_status[outcome.status] = by_status.get(outcome.status, 0) + 1
+        for event in outcomes.values():
+            by_status[event.status] = by_status.get(event.status, 0) + 1
         missing = len(rows) - len(outcomes)
         summary = ", ".join(f"{status} {count}" for status, count in sorted(by_status.items()))
         console.print(
             f"Outcomes: {summary or 'none'}" + (f", no outcome yet {missing}" if missing else ""), markup=False
         )
         for row in rows:
-            failed = outcomes.get(row.request_id)
-            if failed is not None and failed.status is OutcomeStatus.FAILED:
-                console.print(f"  line {row.line}: {row.request_id}: {failed.reason}", markup=False)
+            outcome = outcomes.get(row.request_id)
+            if outcome is not None and outcome.status is OutcomeStatus.FAILED:
+                console.print(f"  line {row.line}: {row.request_id}: {outcome.reason}", markup=False)
+            elif outcome is not None and outcome.status is OutcomeStatus.PLANNED:
+                console.print(f"  line {row.line}: {'; '.join(outcome.changes) or 'nothing to do'}", markup=False)
         return 3 if missing or any(o.status is OutcomeStatus.FAILED for o in outcomes.values()) else 0
 
     raise typer.Exit(_talk_to_servicebus(settings, send()))

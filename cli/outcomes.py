@@ -12,6 +12,7 @@ _STATUS_STYLES = {
     OutcomeStatus.SUCCEEDED: "green",
     OutcomeStatus.SUCCEEDED_WITH_WARNINGS: "yellow",
     OutcomeStatus.FAILED: "red",
+    OutcomeStatus.PLANNED: "cyan",
 }
 
 

@@ -178,7 +178,9 @@ def render_board(
         cells.append(depth.shown(depth.dead_letters) if depth else "-")
         table.add_row(str(stage), *cells)
     finished = [s for s in states if s.last_decision is TransitionKind.FINISHED]
-    succeeded = sum(1 for s in finished if s.last_outcome_status is not OutcomeStatus.FAILED)
+    succeeded = sum(
+        1 for s in finished if s.last_outcome_status in (OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS)
+    )
     plural = "" if len(states) == 1 else "s"
     summary = Text(f"{len(states)} recent request{plural} in the journal; {succeeded} finished well", style="italic")
     failures = [s for s in states if s.last_decision in (TransitionKind.DEAD_LETTERED, TransitionKind.CRASHED)]

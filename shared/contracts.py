@@ -96,6 +96,11 @@ class OnboardingRequest(_Contract):
         default=None, description="Idempotency key; defaults to the Service Bus MessageId."
     )
     source_system: SourceSystem
+    dry_run: bool = Field(
+        default=False,
+        description="Plan only: check the policy and resolve the group and the person, change nothing in the "
+        "tenant. The outcome's status is Planned and its changes say what would be done.",
+    )
 
 
 class ResolvedGroup(_Contract):
@@ -155,6 +160,7 @@ class OutcomeStatus(StrEnum):
     SUCCEEDED = "Succeeded"
     SUCCEEDED_WITH_WARNINGS = "SucceededWithWarnings"
     FAILED = "Failed"
+    PLANNED = "Planned"  # only for a dry_run request: nothing was changed
 
 
 class OutcomeEvent(_Contract):

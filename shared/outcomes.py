@@ -35,3 +35,8 @@ def finish(turn: Turn, progress: Progress, description: str) -> Finish:
     """The request is done: Succeeded, or SucceededWithWarnings when anything was noted on the way."""
     status = OutcomeStatus.SUCCEEDED_WITH_WARNINGS if progress.warnings else OutcomeStatus.SUCCEEDED
     return Finish(outcome_event(turn, progress, status, description))
+
+
+def planned(turn: Turn, progress: Progress, description: str) -> Finish:
+    """A dry run is done: `progress.changes` hold what a real run would change, and nothing was."""
+    return Finish(outcome_event(turn, progress, OutcomeStatus.PLANNED, description))

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 from typer.testing import CliRunner
 
@@ -145,3 +146,36 @@ def test_wait_follows_every_row_to_its_outcome(host_in_background: LocalStack, t
     result = CliRunner().invoke(app, ["bulk", str(csv_file), "--skip-invalid", "--wait", "--timeout", "60"], env=env)
     assert result.exit_code == 0, result.output
     assert "Outcomes: Succeeded 3" in result.output
+
+
+def test_a_dry_run_plans_every_row_changes_nothing_and_leaves_the_real_ids_free(
+    host_in_background: LocalStack, tmp_path: Path
+) -> None:
+    directory = host_in_background.sandbox.directory
+    before = (len(directory.contacts), len(directory.users), {g.id: len(g.members) for g in directory.groups.values()})
+    csv_file = tmp_path / "plan.csv"
+    existing = "existing.guest@fabrikam.example"  # in the demo tenant already: nothing to create for them
+    csv_file.write_text(
+        HEADER + good_row(1) + f"{existing},Existing Guest,partners@contoso.com,demo-hr\n"
+        "blocked@fabrikam.example,Not Allowed,partners@contoso.com,unknown-source\n"
+    )
+    env = {SERVICEBUS_CONNECTION: host_in_background.environment[SERVICEBUS_CONNECTION]}
+    result = CliRunner().invoke(app, ["bulk", str(csv_file), "--dry-run", "--wait", "--timeout", "60"], env=env)
+    assert result.exit_code == 3, result.output  # the unknown source system fails, as it would for real
+    assert "Failed 1, Planned 2" in result.output
+    assert "line 2: Create a mail contact for Person 1; Add Person 1 to Partners" in result.output
+    assert "line 3: Add Existing Guest to Partners" in result.output
+    after = (len(directory.contacts), len(directory.users), {g.id: len(g.members) for g in directory.groups.values()})
+    assert after == before
+
+    async def dead_letters() -> int:
+        async with (
+            ServiceBusClient.from_connection_string(env[SERVICEBUS_CONNECTION]) as client,
+            client.get_queue_receiver("create-contact", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as receiver,
+        ):
+            return len(await receiver.peek_messages(max_message_count=10))
+
+    assert asyncio.run(dead_letters()) == 0  # a dry run's failure is an outcome, not a dead letter
+
+    real = CliRunner().invoke(app, ["bulk", str(csv_file), "--skip-invalid", "--wait", "--timeout", "60"], env=env)
+    assert "Succeeded 2" in real.output  # the dry run did not take the real requests' ids

@@ -13,15 +13,16 @@ from shared.contracts import (
     ResolvedGroup,
     StageName,
 )
-from shared.decisions import Decision, Delivery, PassOn
+from shared.decisions import DeadLetter, Decision, Delivery, Finish, PassOn
 from shared.directory.errors import AddressInUseError, DirectoryError, NameInUseError
 from shared.directory.ports import DirectoryGroup, DirectoryUser, MailContact
 from shared.failures import decide_on_directory_error, retry_or_give_up
-from shared.outcomes import dead_letter
+from shared.outcomes import dead_letter, planned
 from shared.progress import Progress, Turn
 from shared.stages.dependencies import StageDependencies
 
 STAGE = StageName.CREATE_CONTACT
+_INTERNAL_USER = "The address belongs to an internal user of this tenant; add that user to the group instead."
 _FIX_HINT_KINDS = "distribution groups, mail-enabled security groups and Microsoft 365 groups"
 
 
@@ -33,6 +34,13 @@ async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: S
         accepted_at=turn.now,
         warnings=list(delivery.warnings),  # what intake noticed, e.g. an unusable ReplyTo
     )
+    decision = await _decide(request, turn, progress, deps)
+    if request.dry_run and isinstance(decision, DeadLetter):
+        return Finish(decision.outcome)  # the Failed outcome, and nothing left in the dead-letter queue
+    return decision
+
+
+async def _decide(request: OnboardingRequest, turn: Turn, progress: Progress, deps: StageDependencies) -> Decision:
     denied = _policy_refusal_before_lookup(request, deps)
     if denied:
         return dead_letter(turn, progress, DeadLetterReason.POLICY_DENIED, denied)
@@ -82,9 +90,37 @@ async def _create(request: OnboardingRequest, run: _Run) -> Decision:
             "The address is in one of the tenant's own accepted domains: internal people are added "
             "as users, not as external contacts.",
         )
+    if request.dry_run:
+        return await _plan(request, address, run.progress.group, run)
     if group.kind is GroupKind.MICROSOFT_365:
         return await _ensure_guest(request, address, run)
     return await _ensure_mail_contact(request, address, run)
+
+
+async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, run: _Run) -> Decision:
+    """A dry run: what a real run would change, found with reads only; the request ends here."""
+    deps, changes, name = run.deps, run.progress.changes, request.display_name
+    user = await deps.graph.find_user_by_mail(address)
+    if user is not None and user.user_type == "Member":
+        return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, _INTERNAL_USER)
+    contact = None if group.kind is GroupKind.MICROSOFT_365 else await deps.exchange.find_mail_contact(address)
+    if contact is not None:
+        run.progress.recipient = _contact_recipient(contact, created=False)
+    elif user is not None:
+        run.progress.recipient = _guest_recipient(user, created=False)
+    else:
+        changes.append(
+            f"Invite {name} as a guest"
+            if group.kind is GroupKind.MICROSOFT_365
+            else f"Create a mail contact for {name}"
+        )
+    known = run.progress.recipient.directory_object_id if run.progress.recipient else None
+    if known is None or not await deps.graph.is_group_member(group.id, known):
+        changes.append(f"Add {name} to {group.display_name}")
+    if request.allow_external_senders:
+        changes.append(f"Let {name} mail {group.display_name}, if it accepts only internal senders now")
+    plan = "; ".join(changes)
+    return planned(run.turn, run.progress, f"Dry run, nothing was changed. A real run would: {plan}.")
 
 
 async def _find_group(ref: GroupRef, deps: StageDependencies) -> DirectoryGroup | None:
@@ -150,7 +186,7 @@ async def _address_taken(address: str, run: _Run) -> Decision:
     if user is not None and user.user_type == "Member":
         return run.dead_letter(
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
-            "The address belongs to an internal user of this tenant; add that user to the group instead.",
+            _INTERNAL_USER,
         )
     if user is not None:
         # A guest (a mail user to Exchange) holds the address, so no contact can have it; the guest
@@ -166,7 +202,7 @@ async def _ensure_guest(request: OnboardingRequest, address: str, run: _Run) -> 
     if user is not None and user.user_type == "Member":
         return run.dead_letter(
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
-            "The address belongs to an internal user of this tenant; add that user to the group instead.",
+            _INTERNAL_USER,
         )
     if user is not None:
         return run.pass_on(_guest_recipient(user, created=False))
