@@ -112,6 +112,7 @@ def build_services(
             base_delay=timedelta(seconds=settings.retry_base_delay_seconds),
             max_delay=timedelta(seconds=settings.retry_max_delay_seconds),
             max_age=settings.retry_max_age,
+            max_throttles=settings.retry_max_throttles,
         ),
         guest_redirect_url=str(settings.guest_redirect_url),
         welcome=_welcome(settings),

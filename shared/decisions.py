@@ -25,6 +25,7 @@ class Delivery:
     first_attempt_at: datetime  # when this stage first saw the request: bounds total retry age
     phase: str = ""  # a stage run again on purpose (a welcome-mail re-check) has its own MessageIds
     replay: int = 0  # an operator's replay of a dead letter (onboard dlq replay): its own MessageIds and outcome
+    throttles: int = 0  # retries the tenant's throttling forced: they do not use up attempts
     warnings: tuple[str, ...] = ()  # what intake noticed about the envelope (an unusable ReplyTo); reaches the outcome
 
 
@@ -41,6 +42,7 @@ class PassOn:
 class RetryLater:
     delay: timedelta
     cause: str
+    throttled: bool = False  # the tenant said "not now": try again without using up an attempt
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,21 @@ ATTEMPT = "onboarding-attempt"
 FIRST_ATTEMPT_AT = "onboarding-first-attempt-at"
 PHASE = "onboarding-phase"
 REPLAY = "onboarding-replay"
-BOOKKEEPING = (REQUEST_ID, ATTEMPT, FIRST_ATTEMPT_AT, PHASE, REPLAY)  # set by the pipeline (and its replay) only
+THROTTLES = "onboarding-throttles"
+BOOKKEEPING = (
+    REQUEST_ID,
+    ATTEMPT,
+    FIRST_ATTEMPT_AT,
+    PHASE,
+    REPLAY,
+    THROTTLES,
+)  # set by the pipeline (and its replay) only
+THROTTLES_MAX = 999
 REPLAY_MAX = 999  # replays of one request: far more than an operator needs, and short in a MessageId
 JSON = "application/json"
 
-# Service Bus refuses a MessageId over 128 characters. The pipeline appends at most about 57
-# ("/replay-999/verify-delivery/welcome-check-604800/100"), so a longer request id is replaced in MessageIds
+# Service Bus refuses a MessageId over 128 characters. The pipeline appends at most about 62
+# ("/replay-999/verify-delivery/welcome-check-604800/100/t100"), so a longer request id is replaced in MessageIds
 # by a stable digest; the full id still travels in the body and the properties.
 MESSAGE_KEY_MAX = 64
 # Service Bus entity names: letters, digits, periods, hyphens, underscores, slashes; at most 260.
@@ -226,6 +235,9 @@ def read_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
     replay_text = _text(properties.get(REPLAY)) or "0"
     if not replay_text.isdigit() or int(replay_text) > REPLAY_MAX:
         raise EnvelopeError(f"application property {REPLAY} must be a whole number from 0 to {REPLAY_MAX}")
+    throttles_text = _text(properties.get(THROTTLES)) or "0"
+    if not throttles_text.isdigit() or int(throttles_text) > THROTTLES_MAX:
+        raise EnvelopeError(f"application property {THROTTLES} must be a whole number from 0 to {THROTTLES_MAX}")
     first_text = _text(properties.get(FIRST_ATTEMPT_AT))
     try:
         first_attempt_at = datetime.fromisoformat(first_text) if first_text else now
@@ -240,6 +252,7 @@ def read_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
         first_attempt_at=first_attempt_at if first_attempt_at.tzinfo else first_attempt_at.replace(tzinfo=UTC),
         phase=_text(properties.get(PHASE)) or "",
         replay=int(replay_text),
+        throttles=int(throttles_text),
     )
 
 
@@ -261,7 +274,8 @@ def _stage_key(delivery: Delivery, stage: StageName, phase: str) -> str:
 
 
 def retry_message_id(stage: StageName, delivery: Delivery, attempt: int) -> str:
-    return f"{_stage_key(delivery, stage, delivery.phase)}/{attempt}"
+    throttled = f"/t{delivery.throttles}" if delivery.throttles else ""
+    return f"{_stage_key(delivery, stage, delivery.phase)}/{attempt}{throttled}"
 
 
 def _bookkeeping(delivery: Delivery, phase: str) -> dict[str, str]:
@@ -282,8 +296,11 @@ def next_stage_message(stage: StageName, body: StageMessage, delivery: Delivery)
     )
 
 
-def retry_message(stage: StageName, body: bytes, delivery: Delivery) -> ServiceBusMessage:
-    """The same body again, one attempt later; the first attempt time bounds the total age."""
+def retry_message(stage: StageName, body: bytes, delivery: Delivery, *, throttled: bool = False) -> ServiceBusMessage:
+    """The same body again, one attempt later (after throttling: the same attempt, one throttle
+    more); the first attempt time bounds the total age."""
+    if throttled:
+        return _attempt_message(stage, body, replace(delivery, throttles=delivery.throttles + 1), delivery.attempt)
     return _attempt_message(stage, body, delivery, delivery.attempt + 1)
 
 
@@ -292,7 +309,7 @@ def replay_message(stage: StageName, body: bytes, delivery: Delivery, now: datet
     id and what earlier stages gathered stay), the next replay number, and a fresh attempt budget."""
     if delivery.replay >= REPLAY_MAX:
         raise EnvelopeError(f"request {delivery.request_id} has been replayed {REPLAY_MAX} times already")
-    replayed = replace(delivery, replay=delivery.replay + 1, first_attempt_at=now)
+    replayed = replace(delivery, replay=delivery.replay + 1, first_attempt_at=now, throttles=0)
     return _attempt_message(stage, body, replayed, 1)
 
 
@@ -301,6 +318,8 @@ def _attempt_message(stage: StageName, body: bytes, delivery: Delivery, attempt:
         ATTEMPT: str(attempt),
         FIRST_ATTEMPT_AT: delivery.first_attempt_at.isoformat(),
     }
+    if delivery.throttles:
+        properties[THROTTLES] = str(delivery.throttles)
     return _message(
         body,
         message_id=retry_message_id(stage, delivery, attempt),

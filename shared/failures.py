@@ -8,29 +8,55 @@ from __future__ import annotations
 
 from shared.contracts import DeadLetterReason
 from shared.decisions import DeadLetter, Decision, RetryLater
-from shared.directory.errors import DirectoryError, NotFoundError, PermissionDeniedError, TransientDirectoryError
+from shared.directory.errors import (
+    DirectoryError,
+    NotFoundError,
+    PermissionDeniedError,
+    ThrottledError,
+    TransientDirectoryError,
+)
 from shared.outcomes import dead_letter
 from shared.progress import Progress, Turn
 from shared.retry import RetryPolicy
 
 
 def retry_or_give_up(
-    turn: Turn, progress: Progress, retry: RetryPolicy, cause: str, retry_after: float | None = None
+    turn: Turn,
+    progress: Progress,
+    retry: RetryPolicy,
+    cause: str,
+    retry_after: float | None = None,
+    *,
+    throttled: bool = False,
 ) -> RetryLater | DeadLetter:
-    """A scheduled retry, or RetriesExhausted once the attempts or the total age are used up."""
+    """A scheduled retry, or RetriesExhausted once the attempts or the total age are used up.
+
+    Throttling uses no attempt (the tenant is busy, nothing failed): it waits what the tenant asks
+    and is bounded by the age limit and `max_throttles` instead.
+    """
     delivery = turn.delivery
-    delay = retry.next_delay(
-        attempt=delivery.attempt, first_attempt_at=delivery.first_attempt_at, now=turn.now, retry_after=retry_after
-    )
+    if throttled:
+        delay = retry.throttled_delay(
+            throttles=delivery.throttles,
+            first_attempt_at=delivery.first_attempt_at,
+            now=turn.now,
+            retry_after=retry_after,
+        )
+    else:
+        delay = retry.next_delay(
+            attempt=delivery.attempt, first_attempt_at=delivery.first_attempt_at, now=turn.now, retry_after=retry_after
+        )
     if delay is None:
+        tries = f"{delivery.attempt} attempts" + (
+            f" and {delivery.throttles} throttled tries" if delivery.throttles else ""
+        )
         return dead_letter(
             turn,
             progress,
             DeadLetterReason.RETRIES_EXHAUSTED,
-            f"Gave up at stage {turn.stage} after {delivery.attempt} attempts: {cause}. "
-            "Fix the cause, then resubmit the request.",
+            f"Gave up at stage {turn.stage} after {tries}: {cause}. Fix the cause, then resubmit the request.",
         )
-    return RetryLater(delay, cause)
+    return RetryLater(delay, cause, throttled)
 
 
 def decide_on_directory_error(
@@ -38,7 +64,8 @@ def decide_on_directory_error(
 ) -> Decision:
     """Transient failures (and, right after our own writes, "not found") retry; the rest stop."""
     if isinstance(error, TransientDirectoryError):
-        return retry_or_give_up(turn, progress, retry, str(error), error.retry_after)
+        throttled = isinstance(error, ThrottledError)
+        return retry_or_give_up(turn, progress, retry, str(error), error.retry_after, throttled=throttled)
     if isinstance(error, NotFoundError) and not_found_is_lag:
         return retry_or_give_up(turn, progress, retry, f"not visible yet (replication lag): {error}")
     if isinstance(error, PermissionDeniedError):

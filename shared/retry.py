@@ -18,6 +18,7 @@ class RetryPolicy:
     base_delay: timedelta = timedelta(seconds=5)
     max_delay: timedelta = timedelta(minutes=15)
     max_age: timedelta = timedelta(hours=24)
+    max_throttles: int = 100  # a bound even a tenant that always answers 429 cannot stretch
     random: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def delay_before(self, next_attempt: int, retry_after: float | None) -> timedelta:
@@ -34,6 +35,19 @@ class RetryPolicy:
         if attempt >= self.max_attempts:
             return None
         delay = self.delay_before(attempt + 1, retry_after)
+        if now + delay - first_attempt_at > self.max_age:
+            return None
+        return delay
+
+    def throttled_delay(
+        self, *, throttles: int, first_attempt_at: datetime, now: datetime, retry_after: float | None
+    ) -> timedelta | None:
+        """The wait after a 429: what the tenant asked (else the base delay) and up to half again, so
+        the invocations throttled together do not return together. None past the age or throttle cap."""
+        if throttles >= self.max_throttles:
+            return None
+        asked = retry_after if retry_after is not None else self.base_delay.total_seconds()
+        delay = min(timedelta(seconds=asked * self.random.uniform(1.0, 1.5)), self.max_delay)
         if now + delay - first_attempt_at > self.max_age:
             return None
         return delay

@@ -185,8 +185,8 @@ class StageRunner:
                 when = f"in {delay.total_seconds():.1f} s"
                 cause = f"check again {when}" if next_stage == self.stage_name else f"to {next_stage} {when}"
                 return Effect(next_stage, outgoing, now + delay, "complete", TransitionKind.PASSED_ON, cause)
-            case RetryLater(delay, cause):
-                retry = envelope.retry_message(self.stage_name, body, delivery)
+            case RetryLater(delay, cause, throttled):
+                retry = envelope.retry_message(self.stage_name, body, delivery, throttled=throttled)
                 when = f"in {delay.total_seconds():.1f} s: {cause}"
                 return Effect(self.stage_name, retry, now + delay, "complete", TransitionKind.RETRY_SCHEDULED, when)
             case DeadLetter(reason, description, outcome):

@@ -77,6 +77,7 @@ class Settings(ServiceBusSettings):
     retry_base_delay_seconds: float = Field(default=5.0, gt=0)
     retry_max_delay_seconds: float = Field(default=900.0, gt=0)
     retry_max_age_hours: float = Field(default=24.0, gt=0)
+    retry_max_throttles: int = Field(default=100, ge=1, le=999)
     directory_cache_seconds: float = Field(
         default=60.0,
         ge=0,

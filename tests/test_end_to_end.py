@@ -121,14 +121,20 @@ async def test_throttling_becomes_a_scheduled_retry_that_succeeds(stack: LocalSt
     assert sum(1 for _, _, status, _ in stack.sandbox.request_log if status == 429) == 3
 
 
-async def test_a_throttling_storm_ends_in_retries_exhausted() -> None:
-    with local_stack(settings={"ONBOARDING_RETRY_MAX_ATTEMPTS": "2"}) as limited:
-        limited.sandbox.inject("graph", 429, retry_after=1, count=10)
-        request = demo_request("e2e-storm", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
-        outcome = (await onboard(limited, [request]))["e2e-storm"]
+async def test_throttling_uses_no_attempts_and_ends_at_the_throttle_limit() -> None:
+    """Two attempts would not survive three 429s if throttling used attempts; the throttle cap still ends a storm."""
+    settings = {"ONBOARDING_RETRY_MAX_ATTEMPTS": "2", "ONBOARDING_RETRY_MAX_THROTTLES": "3"}
+    with local_stack(settings=settings) as limited:
+        limited.sandbox.inject("graph", 429, retry_after=1, count=6)  # 3 calls, each retried once in-process
+        busy = demo_request("e2e-busy", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
+        assert (await onboard(limited, [busy]))["e2e-busy"].status is OutcomeStatus.SUCCEEDED
+
+        limited.sandbox.inject("graph", 429, retry_after=1, count=100)
+        storm = demo_request("e2e-storm", "lee.kim@fabrikam.example", "Lee Kim", "partners@contoso.com")
+        outcome = (await onboard(limited, [storm]))["e2e-storm"]
     assert outcome.status is OutcomeStatus.FAILED
     assert outcome.reason == "RetriesExhausted"
-    assert "after 2 attempts" in outcome.description
+    assert "after 1 attempts and 3 throttled tries" in outcome.description
 
 
 async def test_replication_lag_is_waited_out_for_contacts_and_guests(stack: LocalStack, readback: Readback) -> None:

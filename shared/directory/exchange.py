@@ -31,6 +31,7 @@ from shared.directory.errors import (
     classify_status,
 )
 from shared.directory.ports import GroupMember, MailContact, SenderRestrictions, TraceEntry, Warnings
+from shared.directory.throttle import ThrottleGate
 
 SCOPE = "https://outlook.office365.com/.default"
 # The well-known system mailbox every tenant has. App-only callers anchor on it in the APP: form
@@ -81,8 +82,15 @@ class ExchangeOnlineClient:
         tenant_id: str,
         base_url: str = "https://outlook.office365.com",
         http_client: httpx.AsyncClient | None = None,
+        max_in_process_retries: int = 1,
+        max_in_process_retry_delay: float = 2.0,
+        gate: ThrottleGate | None = None,
     ) -> None:
         self._credential = credential
+        # As the Graph client's retry handler: a short Retry-After is waited out here, a long one
+        # goes back to the stage, which schedules a Service Bus retry instead of holding a worker.
+        self._retries, self._max_wait = max_in_process_retries, max_in_process_retry_delay
+        self._gate = gate or ThrottleGate()
         self._url = f"{base_url.rstrip('/')}/adminapi/beta/{tenant_id}/InvokeCommand"
         self._anchor = f"APP:{ANCHOR_MAILBOX}@{tenant_id}"
         self._owns_client = http_client is None
@@ -111,6 +119,18 @@ class ExchangeOnlineClient:
         raise RejectedRequestError(f"{cmdlet} returned more than {MAX_PAGES} pages", face="exchange")
 
     async def _post(self, url: str, cmdlet: str, body: dict[str, Any]) -> _Page:
+        for retry in range(self._retries + 1):
+            await self._gate.wait()
+            try:
+                return await self._post_once(url, cmdlet, body)
+            except ThrottledError as error:
+                wait = error.retry_after if error.retry_after is not None else self._max_wait
+                self._gate.hold(wait)  # every invocation of this process waits, not only this one
+                if wait > self._max_wait or retry == self._retries:
+                    raise
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    async def _post_once(self, url: str, cmdlet: str, body: dict[str, Any]) -> _Page:
         token = await self._credential.get_token(SCOPE)
         request_id = str(uuid.uuid4())
         headers = {

@@ -17,6 +17,7 @@ from shared.directory.errors import (
     ThrottledError,
 )
 from shared.directory.exchange import ANCHOR_MAILBOX, ExchangeOnlineClient
+from shared.directory.throttle import ThrottleGate
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
 from standins.tenant_sandbox.credential import SandboxCredential
 
@@ -228,11 +229,38 @@ async def test_refused_token_is_permission_denied(tenant_sandbox: TenantSandbox)
     assert raised.value.status == 401
 
 
-async def test_throttled(tenant_sandbox: TenantSandbox, exchange_directory: ExchangeOnlineClient) -> None:
-    tenant_sandbox.inject("exchange", 429, retry_after=17)
-    with pytest.raises(ThrottledError) as raised:
-        await exchange_directory.get_accepted_domains()
-    assert raised.value.retry_after == 17
+async def test_throttled(tenant_sandbox: TenantSandbox) -> None:
+    """A long Retry-After goes back to the stage (a scheduled retry) and shuts the process's gate for
+    every other call; a short one is waited out in-process once, as the Graph client does."""
+    gate = ThrottleGate()
+    exchange = ExchangeOnlineClient(
+        SandboxCredential(tenant_sandbox.tenant_id),
+        tenant_id=tenant_sandbox.tenant_id,
+        base_url=tenant_sandbox.exchange_base_url,
+        gate=gate,
+    )
+    try:
+        tenant_sandbox.inject("exchange", 429, retry_after=17)
+        with pytest.raises(ThrottledError) as raised:
+            await exchange.get_accepted_domains()
+        assert raised.value.retry_after == 17
+        assert 15 < gate.closed_for() <= 17  # the next call from this process waits it out
+
+        short = ExchangeOnlineClient(
+            SandboxCredential(tenant_sandbox.tenant_id),
+            tenant_id=tenant_sandbox.tenant_id,
+            base_url=tenant_sandbox.exchange_base_url,
+        )
+        try:
+            tenant_sandbox.inject("exchange", 429, retry_after=1)
+            assert await short.get_accepted_domains()  # waited 1 s, tried again, done
+            tenant_sandbox.inject("exchange", 429, count=2, retry_after=1)
+            with pytest.raises(ThrottledError):
+                await short.get_accepted_domains()  # one in-process retry only
+        finally:
+            await short.close()
+    finally:
+        await exchange.close()
 
 
 @pytest.mark.parametrize(
