@@ -14,7 +14,7 @@ from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
 from cli.demo import SAMPLES
-from cli.upstream import collect_outcomes
+from cli.upstream import collect_outcomes, submit
 from shared.contracts import OutcomeStatus, RecipientKind
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack, running_host
@@ -123,18 +123,22 @@ async def test_throttling_becomes_a_scheduled_retry_that_succeeds(stack: LocalSt
 
 async def test_throttling_uses_no_attempts_and_ends_at_the_throttle_limit() -> None:
     """Two attempts would not survive three 429s if throttling used attempts; the throttle cap still ends a storm."""
-    settings = {"ONBOARDING_RETRY_MAX_ATTEMPTS": "2", "ONBOARDING_RETRY_MAX_THROTTLES": "3"}
+    settings = {"ONBOARDING_RETRY_MAX_ATTEMPTS": "2", "ONBOARDING_RETRY_MAX_THROTTLES": "2"}
+    busy = demo_request("e2e-busy", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
+    storm = demo_request("e2e-storm", "lee.kim@fabrikam.example", "Lee Kim", "partners@contoso.com")
     with local_stack(settings=settings) as limited:
-        limited.sandbox.inject("graph", 429, retry_after=1, count=6)  # 3 calls, each retried once in-process
-        busy = demo_request("e2e-busy", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
-        assert (await onboard(limited, [busy]))["e2e-busy"].status is OutcomeStatus.SUCCEEDED
-
-        limited.sandbox.inject("graph", 429, retry_after=1, count=100)
-        storm = demo_request("e2e-storm", "lee.kim@fabrikam.example", "Lee Kim", "partners@contoso.com")
-        outcome = (await onboard(limited, [storm]))["e2e-storm"]
-    assert outcome.status is OutcomeStatus.FAILED
-    assert outcome.reason == "RetriesExhausted"
-    assert "after 1 attempts and 3 throttled tries" in outcome.description
+        connection = limited.environment[SERVICEBUS_CONNECTION]
+        async with running_host(limited.environment), ServiceBusClient.from_connection_string(connection) as client:
+            limited.sandbox.inject("graph", 429, retry_after=1, count=4)  # 2 calls, each retried once in-process
+            await submit(client, [busy])
+            outcomes = await collect_outcomes(client, OUTCOMES, ["e2e-busy"], within_seconds=30)
+            limited.sandbox.inject("graph", 429, retry_after=1, count=100)
+            await submit(client, [storm])
+            outcomes |= await collect_outcomes(client, OUTCOMES, ["e2e-storm"], within_seconds=30)
+    assert outcomes["e2e-busy"].status is OutcomeStatus.SUCCEEDED
+    failed = outcomes["e2e-storm"]
+    assert (failed.status, failed.reason) == (OutcomeStatus.FAILED, "RetriesExhausted")
+    assert "after 1 attempts and 2 throttled tries" in failed.description
 
 
 async def test_replication_lag_is_waited_out_for_contacts_and_guests(stack: LocalStack, readback: Readback) -> None:
