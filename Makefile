@@ -59,8 +59,10 @@ worker-venv: $(WORKER_STAMP)
 demo: $(STAMP)
 	$(BIN)/onboard demo
 
+# Four workers (pytest-xdist): the stack tests wait far more than they compute. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 4
 test: $(STAMP) $(AZURITE_STAMP) $(ASYNCAPI_STAMP) $(CHECKOV_STAMP) $(WORKER_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 # The pure tests only (no emulator, sandbox, Azurite or child process): seconds, for the edit loop.
 test-fast: $(STAMP)
