@@ -7,21 +7,19 @@ shared/stages/add_member.py, and carries out its decision.
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from shared import stages
-from shared.bootstrap import stage_runner
-from shared.settings import SERVICEBUS_CONNECTION
+from functions.invoke import run_stage
+from shared.queues import SERVICEBUS_CONNECTION, StageName
 
 bp = func.Blueprint()
 
 
 @bp.service_bus_queue_trigger(
     arg_name="message",
-    queue_name=stages.ADD_MEMBER.name.value,
+    queue_name=StageName.ADD_MEMBER.value,
     connection=SERVICEBUS_CONNECTION,
     auto_complete_messages=False,
 )
 async def add_member(
     message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
 ) -> None:
-    runner = await stage_runner(stages.ADD_MEMBER)
-    await runner.run(message, message_actions)
+    await run_stage(StageName.ADD_MEMBER, message, message_actions)

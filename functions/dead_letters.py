@@ -9,9 +9,8 @@ each trigger, and the worker reads the handler's annotations to bind the SDK mes
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from shared.bootstrap import dead_letter_reporter
-from shared.contracts import StageName
-from shared.settings import SERVICEBUS_CONNECTION
+from functions.invoke import report_dead_letter
+from shared.queues import SERVICEBUS_CONNECTION, StageName
 
 bp = func.Blueprint()
 DEAD_LETTER_QUEUE = "{queue}/$deadletterqueue"  # Service Bus's path of a queue's dead-letter sub-queue
@@ -21,7 +20,7 @@ def _report_dead_letters_of(stage: StageName) -> None:
     async def handle(
         message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
     ) -> None:
-        await (await dead_letter_reporter(stage)).run(message, message_actions)
+        await report_dead_letter(stage, message, message_actions)
 
     # The host names a function after its handler: create_contact_dead_letters and so on.
     handle.__name__ = handle.__qualname__ = f"{stage.value.replace('-', '_')}_dead_letters"

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
+from shared.queues import StageName as StageName  # the one leaf contracts may import: names only
+
 CONTRACT_VERSION: Literal["1"] = "1"
 
 # Exchange limits (New-MailContact): Name 64 characters, DisplayName 256.
@@ -126,12 +128,6 @@ class Recipient(_Contract):
         description="The Entra object id (a mail contact's ExternalDirectoryObjectId; a guest's id), "
         "for the one-call membership check. Absent in messages from earlier versions.",
     )
-
-
-class StageName(StrEnum):
-    CREATE_CONTACT = "create-contact"
-    ADD_MEMBER = "add-member"
-    VERIFY_DELIVERY = "verify-delivery"
 
 
 class WelcomeCheck(_Contract):

@@ -17,10 +17,7 @@ from pydantic import AliasChoices, EmailStr, Field, HttpUrl, SecretStr, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.journal.setting import parse_journal_setting
-
-# The trigger bindings name this connection; the Functions host resolves it from app settings
-# `ServiceBusConnection` (connection string) or `ServiceBusConnection__fullyQualifiedNamespace`.
-SERVICEBUS_CONNECTION = "ServiceBusConnection"
+from shared.queues import SERVICEBUS_CONNECTION as SERVICEBUS_CONNECTION
 
 CredentialKind = Literal["managed-identity", "default", "sandbox"]
 

@@ -30,8 +30,11 @@ def imported_modules(path: Path) -> set[str]:
     return names | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
 
 
-def test_contracts_import_nothing_of_the_project_but_pydantic_models() -> None:
-    assert not {m for m in imported_modules(ROOT / "shared" / "contracts.py") if m.startswith("shared")}
+def test_contracts_import_nothing_of_the_project_but_the_leaf_of_queue_names() -> None:
+    assert {m for m in imported_modules(ROOT / "shared" / "contracts.py") if m.startswith("shared")} <= {
+        "shared.queues"
+    }
+    assert not {m for m in imported_modules(ROOT / "shared" / "queues.py") if m.split(".")[0] in {"shared", "pydantic"}}
 
 
 def test_the_deployed_package_never_imports_the_stand_ins_or_the_command_line() -> None:
@@ -75,3 +78,13 @@ async def test_build_services_uses_the_adapters_it_is_given_and_closes_only_its_
     assert services.outbox is outbox and services.journal is journal
     assert len(services.closers) == 1, "only the credential it built itself"
     await services.close()
+
+
+def test_indexing_the_functions_loads_no_app_service_only_the_queue_names() -> None:
+    """The host imports function_app at every cold start; the services wait for the first message."""
+    deferred = ("shared.bootstrap", "shared.contracts", "pydantic", "msgraph", "azure.identity", "httpx")
+    probe = f"import sys, function_app; print(sorted(m for m in {deferred!r} if m in sys.modules))"
+    child = subprocess.run(  # noqa: S603  # our own interpreter and a constant script
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert child.stdout.strip() == "[]"

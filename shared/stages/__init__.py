@@ -30,9 +30,13 @@ class Stage(Generic[Input]):
 CREATE_CONTACT = Stage(StageName.CREATE_CONTACT, OnboardingRequest, create_contact)
 ADD_MEMBER = Stage(StageName.ADD_MEMBER, StageMessage, add_member)
 VERIFY_DELIVERY = Stage(StageName.VERIFY_DELIVERY, StageMessage, verify_delivery)
+BY_NAME: dict[StageName, Stage[OnboardingRequest] | Stage[StageMessage]] = {
+    stage.name: stage for stage in (CREATE_CONTACT, ADD_MEMBER, VERIFY_DELIVERY)
+}
 
 __all__ = [
     "ADD_MEMBER",
+    "BY_NAME",
     "CREATE_CONTACT",
     "VERIFY_DELIVERY",
     "Stage",

@@ -1,0 +1,32 @@
+"""What every trigger calls: the app's services, imported on the first invocation.
+
+Not when the host indexes the functions: indexing happens at every cold start and then loads only
+azure-functions, the Service Bus extension and the queue names (shared/queues.py). The first message
+loads the rest (pydantic contracts, the directory clients, azure-identity), which it needs anyway.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shared.queues import StageName
+
+if TYPE_CHECKING:
+    import azurefunctions.extensions.bindings.servicebus as servicebus
+
+
+async def run_stage(
+    name: StageName, message: servicebus.ServiceBusReceivedMessage, actions: servicebus.ServiceBusMessageActions
+) -> None:
+    from shared import bootstrap, stages  # deferred on purpose, see above
+
+    runner = await bootstrap.stage_runner(stages.BY_NAME[name])
+    await runner.run(message, actions)
+
+
+async def report_dead_letter(
+    name: StageName, message: servicebus.ServiceBusReceivedMessage, actions: servicebus.ServiceBusMessageActions
+) -> None:
+    from shared import bootstrap  # deferred on purpose, see above
+
+    await (await bootstrap.dead_letter_reporter(name)).run(message, actions)
