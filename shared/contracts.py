@@ -150,6 +150,11 @@ class StageMessage(_Contract):
     changes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     welcome: WelcomeCheck | None = None
+    newly_added: bool = Field(
+        default=True,
+        description="False when the recipient was a member of the group before this request (a re-run): "
+        "verify-delivery then sends no second welcome message. Absent in messages from earlier versions.",
+    )
 
 
 class OutcomeStatus(StrEnum):

@@ -29,6 +29,7 @@ class Progress:
     changes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     welcome: WelcomeCheck | None = None
+    newly_added: bool = True  # add-member found the recipient already in the group: False
 
     @classmethod
     def of(cls, message: StageMessage) -> Progress:
@@ -41,6 +42,7 @@ class Progress:
             changes=list(message.changes),
             warnings=list(message.warnings),
             welcome=message.welcome,
+            newly_added=message.newly_added,
         )
 
     def stage_message(self, delivery: Delivery) -> StageMessage:
@@ -59,4 +61,5 @@ class Progress:
             changes=tuple(self.changes),
             warnings=tuple(self.warnings),
             welcome=self.welcome,
+            newly_added=self.newly_added,
         )

@@ -144,6 +144,22 @@ async def test_welcome_mail_is_confirmed_by_message_trace_or_fails() -> None:
     assert [m.dead_letter_reason for m in verify_dlq] == ["DeliveryFailed"]
 
 
+async def test_a_rerun_for_someone_already_in_the_group_sends_no_second_welcome() -> None:
+    """A bulk file sent again after the duplicate-detection window must not mail everyone again."""
+    welcome = {"ONBOARDING_WELCOME_SENDER": "welcome@contoso.com", "ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS": "0.5"}
+    first = demo_request("w-first", "mia@fabrikam.example", "Mia Holt", PARTNERS)
+    again = first.model_copy(update={"request_id": "w-again"})  # the same person and group, a new request
+    with local_stack(settings=welcome) as stack:
+        outcomes = await onboard(stack, [first])
+        outcomes |= await onboard(stack, [again])
+        mails = [e for e in stack.sandbox.request_log if e.operation.endswith("/sendMail")]
+    assert outcomes["w-first"].status is OutcomeStatus.SUCCEEDED, outcomes["w-first"]
+    assert "welcome message was delivered" in outcomes["w-first"].description
+    assert outcomes["w-again"].status is OutcomeStatus.SUCCEEDED, outcomes["w-again"]
+    assert "already a member" in outcomes["w-again"].description
+    assert len(mails) == 1
+
+
 async def run_as_the_host_does(
     runner: StageRunner, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage
 ) -> None:

@@ -36,7 +36,7 @@ async def add_member(message: StageMessage, delivery: Delivery, deps: StageDepen
             )
             progress.warnings.extend(f"Add-DistributionGroupMember warned: {warning}" for warning in warnings)
     except AlreadyExistsError:
-        pass  # an earlier run (or a person) already added it: the state we want
+        progress.newly_added = False  # an earlier run (or a person) added it: the state we want, no new welcome
     except DirectoryError as error:
         turn = Turn(STAGE, delivery, deps.clock())
         return decide_on_directory_error(turn, progress, deps.retry, error, not_found_is_lag=True)

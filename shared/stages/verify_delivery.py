@@ -8,7 +8,8 @@ change; otherwise finish with a warning that names the fix.
 With a welcome sender configured, the stage then mails the person and re-runs itself on a
 schedule (PassOn to itself, its own MessageIds) to read Get-MessageTraceV2 until the message is
 Delivered, fails (DeliveryFailed), or the deadline passes (a warning). The membership and sender
-checks are not repeated on those re-checks: their results travel in the message.
+checks are not repeated on those re-checks: their results travel in the message. Someone who was
+already a member before this request (a re-run) gets no second welcome message.
 
 A guest in a Microsoft 365 group gets the group's conversations by mail only as a subscriber.
 Exchange subscribes guests when they are added, but an admin may have removed it, or the group
@@ -71,10 +72,12 @@ async def verify_delivery(message: StageMessage, delivery: Delivery, deps: Stage
             await _check_subscription(run)
         if message.request.allow_external_senders:
             await _make_group_accept_external_mail(message.group, message.recipient, run)
-        if deps.welcome is not None:
+        if deps.welcome is not None and message.newly_added:
             return await _send_welcome(run, deps.welcome)
     except DirectoryError as error:
         return decide_on_directory_error(turn, progress, deps.retry, error, not_found_is_lag=True)
+    if deps.welcome is not None:
+        member += " It was already a member before this request, so no second welcome message was sent."
     return finish(turn, progress, member)
 
 
