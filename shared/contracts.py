@@ -7,12 +7,13 @@ an upstream field must fail loudly, not be ignored.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
 from shared.queues import StageName as StageName  # the one leaf contracts may import: names only
 
@@ -22,8 +23,31 @@ CONTRACT_VERSION: Literal["1"] = "1"
 DISPLAY_NAME_MAX = 256
 NAME_PART_MAX = 64
 
-DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=DISPLAY_NAME_MAX)]
-NamePart = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_PART_MAX)]
+
+# C0 and C1 control characters (line breaks, tabs, NUL, ESC...): a name that holds one reaches the
+# directory, address books and the welcome message as-is. Format characters (RTL marks) stay allowed.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NO_CONTROL_SCHEMA = Field(json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f-\x9f]*$"})  # for upstream validators
+
+
+def _no_control_characters(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters or line breaks")
+    return value
+
+
+DisplayName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=DISPLAY_NAME_MAX),
+    AfterValidator(_no_control_characters),
+    _NO_CONTROL_SCHEMA,
+]
+NamePart = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=NAME_PART_MAX),
+    AfterValidator(_no_control_characters),
+    _NO_CONTROL_SCHEMA,
+]
 # A request id is the request's identity end to end: in MessageIds (Service Bus allows 128
 # characters; longer derived ids use a digest), in logs, and as a Table Storage key (no / \ # ?).
 REQUEST_ID_PATTERN = r"^[^/\\#?\s\x00-\x1f\x7f-\x9f]{1,128}$"
