@@ -217,6 +217,12 @@ async def purge(client: ServiceBusClient, queue: StageName, views: Sequence[Dead
     return done + _gone(views, done)
 
 
+def confirm_question(act: str, count: int) -> str:
+    """What replay or purge asks before acting: "Purge this dead letter?", "Purge these 3 dead letters?"."""
+    chosen = "this dead letter" if count == 1 else f"these {count} dead letters"
+    return f"{act.capitalize()} {chosen}?"
+
+
 def _gone(views: Sequence[DeadLetterView], done: Sequence[Done]) -> list[Done]:
     handled = {d.view.sequence_number for d in done}
     return [

@@ -428,24 +428,45 @@ def status(
             "tables:TableName=<table>;<connection string>).",
         ),
     ] = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}",
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="Requests in the summary, newest first.")] = 50,
+    limit: Annotated[
+        int,
+        typer.Option(
+            min=1, max=1000, help="Requests listed in the summary, newest first (the counts cover all of --since)."
+        ),
+    ] = 50,
+    since: Annotated[
+        str,
+        typer.Option(
+            help="Count every request whose latest transition is within this long ago: 30m, 2h, 1d (90s).",
+            show_default=True,
+        ),
+    ] = "24h",
     watch: Annotated[
         bool, typer.Option("--watch", help="Requests per stage and state, refreshed in place until Ctrl-C.")
     ] = False,
     interval: Annotated[float, typer.Option(min=0.5, help="Seconds between --watch refreshes.")] = 2.0,
 ) -> None:
-    """Print one request's transitions (stage, decision, attempt, cause), or where the latest requests stand.
+    """Print one request's transitions (stage, decision, attempt, cause), or where the requests stand.
 
-    Needs ONBOARDING_JOURNAL (or --journal). For a request with no history yet, it also looks on queue
-    create-contact when ServiceBusConnection is set, to tell "queued, not yet handled" from "unknown".
-    --watch shows the pipeline per stage (with queue depths when ServiceBusConnection is set) and the
-    latest failures, refreshed every --interval seconds; when not on a terminal it prints one snapshot.
+    Needs ONBOARDING_JOURNAL (or --journal). The summary counts every request by state whose latest
+    transition is within --since, however many, and lists the latest --limit of them. For a request
+    with no history yet, it also looks on queue create-contact when ServiceBusConnection is set, to
+    tell "queued, not yet handled" from "unknown". --watch shows the same counts per stage (with queue
+    depths when ServiceBusConnection is set, peeked up to 2000 per queue) and the latest failures,
+    refreshed every --interval seconds; when not on a terminal it prints one snapshot.
     """
+    from cli.dlq import parse_age
     from cli.status import status_report
     from shared.journal import JournalSettingError, open_journal, sqlite_file
 
     if watch and request_id is not None:
         raise _fail("--watch shows the whole pipeline: leave out REQUEST_ID.", 2)
+    try:
+        window = parse_age(since)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--since") from None
+    if window <= timedelta(0):
+        raise typer.BadParameter("the window must be longer than 0s", param_hint="--since")
     try:
         local_file = sqlite_file(journal)
         if local_file is not None and not local_file.exists():
@@ -460,8 +481,8 @@ def status(
         if opened is None:
             raise _fail("No journal named: set ONBOARDING_JOURNAL or --journal.", 2)
         if watch:
-            raise typer.Exit(_watch(opened, interval, max(limit, 500)))
-        report = asyncio.run(status_report(opened, request_id, limit=limit))
+            raise typer.Exit(_watch(opened, interval, window))
+        report = asyncio.run(status_report(opened, request_id, limit=limit, since=window))
     except JournalSettingError as error:
         raise _fail(str(error), 2) from None
     except (AzureError, sqlite3.DatabaseError) as error:
@@ -474,14 +495,18 @@ def status(
         console.print(_where_unhandled(request_id), markup=False)
 
 
-WATCH_QUEUE_CAP = 500  # peeked per queue and refresh: enough to see a backlog, cheap to count
+# Peeked per queue and refresh (20 round trips of 100 at most): more is shown as "≥2000". Exact counts
+# would need the management client's runtime properties, hence Manage rights (cli.status.QueueDepth).
+WATCH_QUEUE_CAP = 2000
 
 
-def _watch(journal: Journal, interval: float, limit: int) -> int:
+def _watch(journal: Journal, interval: float, window: timedelta) -> int:
     from rich.live import Live
 
-    from cli.status import QueueDepth, render_board
+    from cli.status import QueueDepth, counting, render_board
     from cli.upstream import peek_count, servicebus_client
+
+    tallying = counting(journal)
 
     try:
         bus: ServiceBusSettings | None = load_settings(ServiceBusSettings)
@@ -505,8 +530,9 @@ def _watch(journal: Journal, interval: float, limit: int) -> int:
             client = await resources.enter_async_context(servicebus_client(bus)) if bus is not None else None
 
             async def frame() -> RenderableType:
-                states = await journal.summary(limit)
-                return render_board(states, await depths(client) if client else None, datetime.now(UTC))
+                now = datetime.now(UTC)
+                tally = await tallying.tally(now - window)
+                return render_board(tally, await depths(client) if client else None, now, window)
 
             if not console.is_terminal:
                 console.print(await frame())
@@ -640,7 +666,7 @@ def _select_and_act(
     confirm: bool,
 ) -> None:
     """The one flow of replay and purge: select from what is there, confirm if asked, act per queue."""
-    from cli.dlq import list_dead_letters, purge, render_done, render_list, replay
+    from cli.dlq import confirm_question, list_dead_letters, purge, render_done, render_list, replay
     from cli.upstream import servicebus_client
 
     settings = _settings(ServiceBusSettings, command)
@@ -654,7 +680,7 @@ def _select_and_act(
                 return 1
             if confirm:
                 console.print(render_list(chosen, now))
-                if not typer.confirm(f"{act.capitalize()} these {len(chosen)} dead letters?"):
+                if not typer.confirm(confirm_question(act, len(chosen))):
                     errors.print("Nothing done.")
                     return 1
             done = []

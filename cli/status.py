@@ -1,19 +1,29 @@
-"""`onboard status`: one request's history, or where the latest requests stand, from the journal."""
+"""`onboard status`: one request's history, or where the requests stand, from the journal.
+
+The counts by state cover every request whose latest transition falls in a window (`--since`,
+default 24 hours), however many: the journal aggregates them while reading (`CountingJournal.tally`).
+Only the list of the latest requests is bounded (`--limit`), and the board's latest failures.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal import Journal, RequestState, Transition, TransitionKind
+from shared.journal.ports import LATEST_FAILURES, CountingJournal, Tally, Where
+
+DEFAULT_WINDOW = timedelta(hours=24)
+FINISHED_WELL = frozenset({OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS})
 
 _STYLES = {
     TransitionKind.PASSED_ON: "cyan",
@@ -22,6 +32,7 @@ _STYLES = {
     TransitionKind.FINISHED: "green",
     TransitionKind.CRASHED: "bold red",
 }
+_OUTCOME_STYLES = {OutcomeStatus.SUCCEEDED_WITH_WARNINGS: "yellow", OutcomeStatus.PLANNED: "cyan"}
 
 
 def _time(at: datetime, *, milliseconds: bool = True) -> str:
@@ -29,63 +40,155 @@ def _time(at: datetime, *, milliseconds: bool = True) -> str:
     return at.strftime("%m-%d %H:%M:%S.%f")[:-3] if milliseconds else at.strftime("%Y-%m-%d %H:%M")
 
 
+def window_text(window: timedelta) -> str:
+    """A window as `--since` takes it: 90s, 30m, 24h, 7d (days only from two on: "24h", not "1d")."""
+    seconds = int(window.total_seconds())
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds % size == 0 and seconds >= (2 * size if unit == "d" else size):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def label_of(where: Where) -> str:
+    """A finished request is told apart by its outcome (warnings and dry runs matter); otherwise the
+    last decision."""
+    if where.decision is TransitionKind.FINISHED and where.outcome_status is not None:
+        return f"{TransitionKind.FINISHED} ({where.outcome_status})"
+    return str(where.decision)
+
+
 def state_of(state: RequestState) -> str:
-    """A finished request is told apart by its outcome (warnings matter); otherwise the last decision."""
-    if state.last_decision is TransitionKind.FINISHED and state.last_outcome_status is not None:
-        return f"{TransitionKind.FINISHED} ({state.last_outcome_status})"
-    return str(state.last_decision)
+    return label_of(Where(state.last_stage, state.last_decision, state.last_outcome_status))
+
+
+def _style(decision: TransitionKind, outcome_status: OutcomeStatus | None) -> str:
+    special = _OUTCOME_STYLES.get(outcome_status) if outcome_status is not None else None
+    return special or _STYLES[decision]
 
 
 def _state_text(state: RequestState) -> Text:
-    style = _STYLES[state.last_decision]
-    if state.last_outcome_status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS:
-        style = "yellow"
-    return Text(state_of(state), style=style)
+    return Text(state_of(state), style=_style(state.last_decision, state.last_outcome_status))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())  # a cause may hold line breaks (exception text)
+
+
+@dataclass(frozen=True)
+class _CutLines:
+    """Lines cut at the width with an ellipsis, then `hint` when any was cut."""
+
+    lines: Sequence[Text]
+    hint: str
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        cut = False
+        for line in self.lines:
+            cut = cut or line.cell_len > options.max_width
+            shown = line.copy()
+            shown.no_wrap, shown.overflow = True, "ellipsis"
+            yield shown
+        if cut:
+            yield Text(self.hint, style="dim")
+
+
+@dataclass(frozen=True)
+class _History:
+    """One request's transitions in a table whose Cause column takes the width the others leave,
+    each cause cut to it with an ellipsis; the causes that were cut follow the table in full."""
+
+    transitions: Sequence[Transition]
+    about: str
+
+    def _table(self, causes: Iterable[Text]) -> Table:
+        table = Table(
+            title=f"History of {self.about}", title_justify="left", box=box.SIMPLE_HEAD, collapse_padding=True
+        )
+        table.add_column("UTC", no_wrap=True)
+        table.add_column("Stage", no_wrap=True)
+        table.add_column("Decision", no_wrap=True)
+        table.add_column("Try", justify="right", no_wrap=True)
+        table.add_column("Cause", no_wrap=True, overflow="ellipsis")
+        for transition, cause in zip(self.transitions, causes, strict=True):
+            # Text, not markup: a cause may hold brackets (exception text) that rich would interpret.
+            table.add_row(
+                _time(transition.at),
+                str(transition.stage),
+                Text(str(transition.decision), style=_STYLES[transition.decision]),
+                str(transition.attempt),
+                cause,
+            )
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # What the other columns take (their cells are short and never wrap), hence what Cause gets.
+        bare = Measurement.get(console, options, self._table(Text("") for _ in self.transitions)).maximum
+        cause_width = max(options.max_width - (bare - len("Cause")), 12)
+        causes: list[Text] = []
+        cut: list[Transition] = []
+        for transition in self.transitions:
+            cause = Text(_one_line(transition.cause or ""))
+            if cause.cell_len > cause_width:
+                cause.truncate(cause_width, overflow="ellipsis")
+                cut.append(transition)
+            causes.append(cause)
+        yield self._table(causes)
+        if cut:
+            yield Text("Causes in full", style="italic")
+            for transition in cut:
+                yield Text.assemble(
+                    (_time(transition.at), "dim"),
+                    f" {transition.stage} ",
+                    (str(transition.decision), _STYLES[transition.decision]),
+                    ": ",
+                    transition.cause or "",
+                )
 
 
 def render_history(transitions: Sequence[Transition], *, request_id: str | None = None) -> RenderableType:
-    """A table of one request's transitions, oldest first: time, stage, decision, attempt, cause."""
+    """A table of one request's transitions, oldest first: time, stage, decision, attempt, cause (cut
+    to the width; in full below the table)."""
     about = f"request {request_id}" if request_id else "this request"
     if not transitions:
         return Text(f"No transitions recorded for {about}.", style="yellow")
-    table = Table(title=f"History of {about}", title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("UTC", no_wrap=True)
-    table.add_column("Stage", no_wrap=True)
-    table.add_column("Decision", no_wrap=True)
-    table.add_column("Try", justify="right")
-    table.add_column("Cause")  # wraps at words; the other columns stay whole
-    for transition in transitions:
-        # Text, not markup: a cause may hold brackets (exception text) that rich would interpret.
-        table.add_row(
-            _time(transition.at),
-            str(transition.stage),
-            Text(str(transition.decision), style=_STYLES[transition.decision]),
-            str(transition.attempt),
-            Text(transition.cause or ""),
-        )
-    return table
+    return _History(transitions, about)
 
 
 def _needs_its_cause(state: RequestState) -> bool:
-    """Failures, retries and crashes say why; a plain success or pass-on has nothing to add."""
+    """Failures, retries and crashes say why; a plain success, a plan or a pass-on has nothing to add."""
     if not state.last_cause:
         return False
     if state.last_decision is TransitionKind.FINISHED:
-        return state.last_outcome_status is not OutcomeStatus.SUCCEEDED
+        return state.last_outcome_status not in (OutcomeStatus.SUCCEEDED, OutcomeStatus.PLANNED)
     return state.last_decision is not TransitionKind.PASSED_ON
 
 
-def render_summary(states: Sequence[RequestState]) -> RenderableType:
-    """Counts by state, then the latest transition of each request (newest first, as given)."""
-    if not states:
+def render_summary(states: Sequence[RequestState], tally: Tally, window: timedelta = DEFAULT_WINDOW) -> RenderableType:
+    """Every request of the window counted by state, then the latest transition of the latest
+    requests (newest first, as given) and why those that stopped or wait did."""
+    if not states and not tally.total:
         return Text("The journal holds no requests yet.", style="yellow")
-    counts = Counter(state_of(state) for state in states)
-    heading = Text(f"The latest {len(states)} request{'s' if len(states) != 1 else ''} by state", style="italic")
-    by_state = Table(box=box.SIMPLE_HEAD)
-    by_state.add_column("State")
-    by_state.add_column("Requests", justify="right")
-    for label, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-        by_state.add_row(label, str(count))
+    parts: list[RenderableType] = []
+    if tally.total:
+        counts: Counter[str] = Counter()
+        for where, count in tally.counts.items():
+            counts[label_of(where)] += count
+        heading = f"By state: the {_plural(tally.total, 'request')} whose latest transition is in the last "
+        parts.append(Text(heading + window_text(window), style="italic"))
+        by_state = Table(box=box.SIMPLE_HEAD)
+        by_state.add_column("State")
+        by_state.add_column("Requests", justify="right")
+        for label, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+            by_state.add_row(label, f"{count:,}")
+        parts.append(by_state)
+    else:
+        parts.append(Text(f"No request moved in the last {window_text(window)} (--since widens it).", style="yellow"))
+    if not states:
+        return Group(*parts)
 
     latest = Table(box=box.SIMPLE_HEAD)
     latest.add_column("Request", no_wrap=True)
@@ -101,16 +204,21 @@ def render_summary(states: Sequence[RequestState]) -> RenderableType:
             _time(state.last_at, milliseconds=False),
             str(state.attempts),
         )
+    parts += [Text(f"The latest {_plural(len(states), 'request')}, newest first (--limit)", style="italic"), latest]
 
-    # Below the table, not in a column: a cause is a sentence, and a narrow column cuts it mid-word.
+    # Below the table, not in a column (a cause is a sentence), one line each: `status ID` has it whole.
     causes = [
-        Text.assemble((state.request_id, "bold"), ": ", (state.last_cause or "", _STYLES[state.last_decision]))
+        Text.assemble(
+            (state.request_id, "bold"), ": ", (_one_line(state.last_cause or ""), _STYLES[state.last_decision])
+        )
         for state in states
         if _needs_its_cause(state)
     ]
-    parts: list[RenderableType] = [heading, by_state, Text("Latest transition per request", style="italic"), latest]
     if causes:
-        parts += [Text("Why they stopped or wait", style="italic"), *causes]
+        parts += [
+            Text("Why they stopped or wait", style="italic"),
+            _CutLines(causes, "Cut to one line: `onboard status REQUEST_ID` shows a cause whole."),
+        ]
     return Group(*parts)
 
 
@@ -123,75 +231,139 @@ class StatusReport:
         return self.renderable
 
 
-async def status_report(journal: Journal, request_id: str | None = None, *, limit: int = 50) -> StatusReport:
+def counting(journal: Journal) -> CountingJournal:
+    """The journal, as one that counts by state (both adapters do)."""
+    if not isinstance(journal, CountingJournal):
+        raise TypeError(f"{type(journal).__name__} cannot count requests by state")
+    return journal
+
+
+async def status_report(
+    journal: Journal,
+    request_id: str | None = None,
+    *,
+    limit: int = 50,
+    since: timedelta = DEFAULT_WINDOW,
+    now: datetime | None = None,
+) -> StatusReport:
     """Read what `onboard status` prints, then close the journal."""
     try:
         if request_id is not None:
             history = await journal.history(request_id)
             return StatusReport(render_history(history, request_id=request_id), unknown=not history)
-        return StatusReport(render_summary(await journal.summary(limit)), unknown=False)
+        tally = await counting(journal).tally((now or datetime.now(UTC)) - since, failures=0)
+        return StatusReport(render_summary(await journal.summary(limit), tally, since), unknown=False)
     finally:
         await journal.close()
 
 
 # --- onboard status --watch: the whole pipeline on one screen ------------------------------------
 
-# Short headers: eight columns and "verify-delivery" must fit 80 columns whole.
-_BOARD_COLUMNS = (
-    ("Queued", None),
-    ("Passed", TransitionKind.PASSED_ON),
-    ("Retry", TransitionKind.RETRY_SCHEDULED),
-    ("Crash", TransitionKind.CRASHED),
-    ("Done", TransitionKind.FINISHED),
-    ("Dead", TransitionKind.DEAD_LETTERED),
+
+def _finished_as(*statuses: OutcomeStatus) -> Callable[[Where], bool]:
+    return lambda where: where.decision is TransitionKind.FINISHED and where.outcome_status in statuses
+
+
+def _is(kind: TransitionKind) -> Callable[[Where], bool]:
+    return lambda where: where.decision is kind
+
+
+# Short headers (and collapsed padding): nine columns, "verify-delivery" and six-digit counts fit 80
+# columns whole. "Done" is every finish but a dry run's, which is "Plan" (checked, nothing changed).
+_BOARD_COLUMNS: tuple[tuple[str, Callable[[Where], bool]], ...] = (
+    ("Pass", _is(TransitionKind.PASSED_ON)),
+    ("Retry", _is(TransitionKind.RETRY_SCHEDULED)),
+    ("Crash", _is(TransitionKind.CRASHED)),
+    (
+        "Done",
+        lambda where: where.decision is TransitionKind.FINISHED and where.outcome_status is not OutcomeStatus.PLANNED,
+    ),
+    ("Plan", _finished_as(OutcomeStatus.PLANNED)),
+    ("Dead", _is(TransitionKind.DEAD_LETTERED)),
 )
-LATEST_FAILURES = 5
 
 
 @dataclass(frozen=True)
 class QueueDepth:
-    """Messages on a stage queue and its dead-letter queue, counted by peeking up to `cap`."""
+    """Messages on a stage queue and its dead-letter queue, counted by peeking up to `cap`.
+
+    Peeking needs only a data role (Azure Service Bus Data Receiver). The SDK's exact counts, the
+    management client's queue runtime properties, need Manage rights (Data Owner), which the app's
+    identity is not given (docs/deploy.md) and an operator watching need not have; the data plane
+    (AMQP) offers no count. So a count that reached the cap is shown as "≥cap", and explained."""
 
     waiting: int
     dead_letters: int
     cap: int
 
     def shown(self, count: int) -> str:
-        return f"{count}+" if count >= self.cap else str(count)
+        return f"≥{self.cap}" if count >= self.cap else str(count)
+
+    @property
+    def capped(self) -> bool:
+        return max(self.waiting, self.dead_letters) >= self.cap
+
+
+def _summary_line(tally: Tally, window: timedelta) -> Text:
+    def count(test: Callable[[Where], bool]) -> int:
+        return sum(n for where, n in tally.counts.items() if test(where))
+
+    well = count(_finished_as(*FINISHED_WELL))
+    planned = count(_finished_as(OutcomeStatus.PLANNED))
+    dead = count(_is(TransitionKind.DEAD_LETTERED))
+    moving = count(lambda where: where.decision is not TransitionKind.FINISHED) - dead
+    other = tally.total - well - planned - dead - moving  # a finish without a known outcome: none expected
+    said = [f"{well:,} finished well", f"{planned:,} planned (dry run)", f"{dead:,} failed", f"{moving:,} under way"]
+    if other:
+        said.append(f"{other:,} finished otherwise")
+    head = f"{_plural(tally.total, 'request')} moved in the last {window_text(window)} (--since): "
+    return Text(head + ", ".join(said), style="italic")
 
 
 def render_board(
-    states: Sequence[RequestState], depths: dict[StageName, QueueDepth] | None, now: datetime
+    tally: Tally, depths: dict[StageName, QueueDepth] | None, now: datetime, window: timedelta = DEFAULT_WINDOW
 ) -> RenderableType:
-    """Requests per stage and state (where each request's latest transition left it), the queues'
-    depth when Service Bus is reachable, and the latest failures; 80 columns wide at most."""
-    counts = Counter((state.last_stage, state.last_decision) for state in states)
-    table = Table(box=box.SIMPLE_HEAD, title=f"Pipeline at {now:%H:%M:%S} UTC", title_justify="left")
+    """Requests per stage and state (where each request's latest transition left it, for every
+    request of the window), the queues' depth when Service Bus is reachable, and the latest
+    failures; 80 columns wide at most."""
+    table = Table(
+        box=box.SIMPLE_HEAD, title=f"Pipeline at {now:%H:%M:%S} UTC", title_justify="left", collapse_padding=True
+    )
     table.add_column("Stage", no_wrap=True)
+    table.add_column("Queued", justify="right", no_wrap=True)
     for label, _ in _BOARD_COLUMNS:
         table.add_column(label, justify="right", no_wrap=True)
     table.add_column("DLQ", justify="right", no_wrap=True)
     for stage in StageName:
         depth = depths.get(stage) if depths is not None else None
         cells = [depth.shown(depth.waiting) if depth else "-"]
-        cells += [str(counts.get((stage, kind), 0) or "") for _, kind in _BOARD_COLUMNS[1:]]
+        for _, test in _BOARD_COLUMNS:
+            cells.append(str(sum(n for where, n in tally.counts.items() if where.stage is stage and test(where)) or ""))
         cells.append(depth.shown(depth.dead_letters) if depth else "-")
         table.add_row(str(stage), *cells)
-    finished = [s for s in states if s.last_decision is TransitionKind.FINISHED]
-    succeeded = sum(
-        1 for s in finished if s.last_outcome_status in (OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS)
-    )
-    plural = "" if len(states) == 1 else "s"
-    summary = Text(f"{len(states)} recent request{plural} in the journal; {succeeded} finished well", style="italic")
-    failures = [s for s in states if s.last_decision in (TransitionKind.DEAD_LETTERED, TransitionKind.CRASHED)]
-    parts: list[RenderableType] = [table, summary]
-    if failures:
+    parts: list[RenderableType] = [table, _summary_line(tally, window)]
+    if tally.latest_failures:
         parts.append(Text("Latest failures", style="bold"))
-        for state in failures[:LATEST_FAILURES]:
-            cause = state.last_cause or str(state.last_decision)
-            line = Text.assemble((_time(state.last_at), "dim"), " ", (state.request_id, "bold"), ": ", (cause, "red"))
-            line.truncate(80, overflow="ellipsis")
-            parts.append(line)
+        lines = [
+            Text.assemble(
+                (_time(failure.at), "dim"),
+                " ",
+                (failure.request_id, "bold"),
+                ": ",
+                (_one_line(failure.cause or str(failure.decision)), "red"),
+            )
+            for failure in tally.latest_failures[:LATEST_FAILURES]
+        ]
+        parts.append(_CutLines(lines, "Cut to one line: `onboard status REQUEST_ID` shows a cause whole."))
     if depths is None:
         parts.append(Text("Queue depths need ServiceBusConnection.", style="dim"))
+    elif any(depth.capped for depth in depths.values()):
+        cap = max(depth.cap for depth in depths.values())
+        parts.append(
+            Text(
+                f"≥{cap}: at least; queues are counted by peeking, up to {cap} messages each (exact "
+                "counts need Manage rights on the namespace).",
+                style="dim",
+            )
+        )
     return Group(*parts)

@@ -12,7 +12,16 @@ from azure.servicebus.aio import ServiceBusClient
 from rich.console import Console
 from typer.testing import CliRunner
 
-from cli.dlq import DeadLetterView, Selection, list_dead_letters, parse_age, purge, render_list, replay
+from cli.dlq import (
+    DeadLetterView,
+    Selection,
+    confirm_question,
+    list_dead_letters,
+    parse_age,
+    purge,
+    render_list,
+    replay,
+)
 from cli.main import app
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import DeadLetterReason, OutcomeStatus, StageName
@@ -109,6 +118,12 @@ def test_ages_read_as_operators_write_them() -> None:
             parse_age(bad)
 
 
+def test_the_question_before_acting_counts_in_words() -> None:
+    assert confirm_question("purge", 1) == "Purge this dead letter?"
+    assert confirm_question("purge", 3) == "Purge these 3 dead letters?"
+    assert confirm_question("replay", 2) == "Replay these 2 dead letters?"
+
+
 def _rendered(renderable: object) -> str:
     console = Console(width=80, record=True, file=None)
     with console.capture() as captured:
@@ -141,6 +156,7 @@ def test_the_commands_list_ask_before_purging_and_refuse_an_empty_selection(
 
     declined = CliRunner().invoke(app, ["dlq", "purge", "--all"], env=env, input="n\n")
     assert declined.exit_code == 1 and "Nothing done." in declined.output
+    assert "Purge this dead letter? [y/N]" in declined.output
     assert "cli-1" in CliRunner().invoke(app, ["dlq", "list"], env=env).output
     purged = CliRunner().invoke(app, ["dlq", "purge", "--all", "--yes"], env=env)
     assert purged.exit_code == 0 and "purged" in purged.output

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple, Protocol, runtime_checkable
 
-from shared.journal.model import RequestState, Transition
+from shared.contracts import OutcomeStatus, StageName
+from shared.journal.model import RequestState, Transition, TransitionKind
+
+# A request whose latest transition is one of these has failed (or crashed and waits for redelivery).
+FAILED = frozenset({TransitionKind.DEAD_LETTERED, TransitionKind.CRASHED})
+LATEST_FAILURES = 5
 
 
 class Journal(Protocol):
@@ -21,3 +29,38 @@ class Journal(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Where(NamedTuple):
+    """Where a request's latest transition left it."""
+
+    stage: StageName
+    decision: TransitionKind
+    outcome_status: OutcomeStatus | None
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Every request whose latest transition is at or after `since`, counted by where it stands,
+    and the newest of them that failed (`FAILED`), newest first and at most a few."""
+
+    since: datetime
+    counts: Mapping[Where, int]
+    latest_failures: Sequence[Transition]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@runtime_checkable
+class CountingJournal(Journal, Protocol):
+    """A journal that counts where requests stand without reading them all into memory: both adapters.
+
+    Kept apart from `Journal` so the app's writers (and the test doubles of them) need not count."""
+
+    async def tally(self, since: datetime, *, failures: int = LATEST_FAILURES) -> Tally:
+        """Count every request whose latest transition is at or after `since` (aware), however many:
+        aggregated while reading, so memory does not grow with the requests; at most `failures`
+        failed ones come back in full."""
+        ...

@@ -10,11 +10,13 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.journal.model import RequestState, Transition, check_limit
+from shared.contracts import OutcomeStatus, StageName
+from shared.journal.model import RequestState, Transition, TransitionKind, check_limit
+from shared.journal.ports import FAILED, LATEST_FAILURES, Tally, Where
 from shared.journal.setting import MEMORY
 
 T = TypeVar("T")
@@ -56,6 +58,26 @@ _SUMMARY = """
     ORDER BY t.row_key DESC, t.request_id
     LIMIT ?
 """
+# The counts: each request's latest transition at or after a time (which is its latest of all: keys,
+# like `at`, start with the time), counted by where it left the request. SQLite fills the bare
+# columns from the row holding MAX(row_key) (https://sqlite.org/lang_select.html#bare_columns_in_an_aggregate_query),
+# so the inner query is one row per request without a self-join, and only the counts reach Python.
+_TALLY = """
+    SELECT stage, decision, outcome_status, COUNT(*) FROM (
+        SELECT MAX(row_key), stage, decision, outcome_status FROM transitions WHERE at >= ? GROUP BY request_id
+    )
+    GROUP BY stage, decision, outcome_status
+"""
+# The newest requests among them whose latest transition is a failure (`ports.FAILED`: two kinds).
+_FAILED_SINCE = """
+    SELECT request_id, last_key, stage, decision, attempt, cause, outcome_status, at FROM (
+        SELECT request_id, MAX(row_key) AS last_key, stage, decision, attempt, cause, outcome_status, at
+        FROM transitions WHERE at >= ? GROUP BY request_id
+    )
+    WHERE decision IN (?, ?)
+    ORDER BY last_key DESC, request_id DESC
+    LIMIT ?
+"""
 
 
 class SqliteJournal:
@@ -81,7 +103,7 @@ class SqliteJournal:
             transition.attempt,
             transition.cause,
             transition.outcome_status.value if transition.outcome_status else None,
-            transition.at.isoformat(timespec="microseconds"),
+            _iso(transition.at),
         )
         await self._run(lambda c: c.execute(_INSERT, row))
 
@@ -94,6 +116,26 @@ class SqliteJournal:
         rows = await self._run(lambda c: c.execute(_SUMMARY, (limit,)).fetchall())
         return [RequestState.of(_transition(row[:-1]), attempts=row[-1]) for row in rows]
 
+    async def tally(self, since: datetime, *, failures: int = LATEST_FAILURES) -> Tally:
+        cutoff = _iso(since)
+        failed = sorted(kind.value for kind in FAILED)  # the two placeholders of _FAILED_SINCE
+
+        def read(c: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            c.execute("BEGIN")  # one read transaction: the counts and the failures from one snapshot
+            try:
+                counted = c.execute(_TALLY, (cutoff,)).fetchall()
+                latest = c.execute(_FAILED_SINCE, (cutoff, *failed, failures)).fetchall() if failures > 0 else []
+            finally:
+                c.execute("COMMIT")
+            return counted, latest
+
+        counted, latest = await self._run(read)
+        counts = {
+            Where(StageName(stage), TransitionKind(decision), OutcomeStatus(status) if status else None): n
+            for stage, decision, status, n in counted
+        }
+        return Tally(since, counts, [_transition(row) for row in latest])
+
     async def close(self) -> None:
         await self._run(lambda c: c.close())
 
@@ -103,6 +145,13 @@ class SqliteJournal:
                 return call(self._connection)
 
         return await asyncio.to_thread(locked)
+
+
+def _iso(at: datetime) -> str:
+    """As `at` is stored: ISO 8601 in UTC to the microsecond, which sorts as text."""
+    if at.tzinfo is None:
+        raise ValueError(f"a journal time must be timezone-aware, not {at!r}")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _transition(row: tuple[Any, ...]) -> Transition:

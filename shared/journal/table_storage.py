@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import re
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from shared.journal.model import RequestState, Transition, check_limit
+from shared.contracts import OutcomeStatus, StageName
+from shared.journal.model import RequestState, Transition, TransitionKind, check_limit
+from shared.journal.ports import FAILED, LATEST_FAILURES, Tally, Where
 
 # Table Storage refuses these in PartitionKey and RowKey: "Characters disallowed in key fields",
 # https://learn.microsoft.com/rest/api/storageservices/understanding-the-table-service-data-model
@@ -32,6 +37,13 @@ _DISALLOWED_IN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _ESCAPED = " "
 
 _PROPERTIES = ["PartitionKey", "RowKey", "Stage", "Decision", "Attempt", "Cause", "OutcomeStatus", "At"]
+# What counting needs of each transition: no Cause (up to 2,000 characters), no At (the filter has it).
+_WHERE = ["PartitionKey", "RowKey", "Stage", "Decision", "OutcomeStatus"]
+
+
+class UnsortedResultsError(AzureError):
+    """The service returned a query's entities out of PartitionKey order, which Table Storage (and
+    Azurite) never do; the counts, which rely on it, would be wrong."""
 
 
 class TableStorageJournal:
@@ -88,29 +100,62 @@ class TableStorageJournal:
         return [_transition(entity) for entity in rows]
 
     async def summary(self, limit: int = 50) -> list[RequestState]:
-        # A full table scan: fine for the volumes of a pilot, O(all transitions) per call. When it is
-        # not, keep one "latest" entity per request (a separate table, upserted with an ETag
-        # condition alongside each record) and read that instead.
+        # A full table scan, O(all transitions) per call, but memory O(limit): the scan arrives one
+        # partition (request) after another, and only the `limit` newest requests are kept. When the
+        # scan is too slow, keep one "latest" entity per request (a separate table, upserted with an
+        # ETag condition alongside each record) and read that instead.
         check_limit(limit)
         await self._ensure_table()
-        latest: dict[str, dict[str, Any]] = {}
-        counts: dict[str, int] = {}
-        async for entity in self._client.list_entities(select=_PROPERTIES):
-            request_id = str(entity["PartitionKey"])
-            counts[request_id] = counts.get(request_id, 0) + 1
-            if request_id not in latest or str(entity["RowKey"]) > str(latest[request_id]["RowKey"]):
-                latest[request_id] = dict(entity)
-        newest_first = sorted(latest.values(), key=lambda entity: (str(entity["RowKey"]), str(entity["PartitionKey"])))
-        newest_first.reverse()
-        return [
-            RequestState.of(_transition(entity), attempts=counts[str(entity["PartitionKey"])])
-            for entity in newest_first[:limit]
-        ]
+        newest: list[tuple[str, str, int, dict[str, Any]]] = []  # a heap: the oldest of the kept on top
+        async for latest, count in _latest_per_partition(self._client.list_entities(select=_PROPERTIES)):
+            kept = (str(latest["RowKey"]), str(latest["PartitionKey"]), count, latest)
+            if len(newest) < limit:
+                heapq.heappush(newest, kept)
+            elif kept[:2] > newest[0][:2]:
+                heapq.heapreplace(newest, kept)
+        newest.sort(key=lambda kept: kept[:2], reverse=True)
+        return [RequestState.of(_transition(entity), attempts=count) for _, _, count, entity in newest]
+
+    async def tally(self, since: datetime, *, failures: int = LATEST_FAILURES) -> Tally:
+        """A filtered scan: only transitions at or after `since` come back, and only the columns
+        counting needs. Filtering on At (the transition's time) rather than Timestamp (when the entity
+        was last written) keeps the window the same as SQLite's; Table Storage indexes neither, so
+        the service scans the table either way. The few failures are then read whole, by key."""
+        if since.tzinfo is None:
+            raise ValueError(f"a journal time must be timezone-aware, not {since!r}")
+        await self._ensure_table()
+        counts: Counter[Where] = Counter()
+        failed: list[tuple[str, str]] = []  # a heap of (RowKey, PartitionKey): the oldest kept on top
+        entities = self._client.query_entities(
+            "At ge @since", parameters={"since": since.astimezone(UTC)}, select=_WHERE
+        )
+        async for latest, _ in _latest_per_partition(entities):
+            status = latest.get("OutcomeStatus")
+            where = Where(
+                StageName(latest["Stage"]),
+                TransitionKind(latest["Decision"]),
+                OutcomeStatus(status) if status else None,
+            )
+            counts[where] += 1
+            if where.decision in FAILED and failures > 0:
+                keys = (str(latest["RowKey"]), str(latest["PartitionKey"]))
+                if len(failed) < failures:
+                    heapq.heappush(failed, keys)
+                elif keys > failed[0]:
+                    heapq.heapreplace(failed, keys)
+        failed.sort(reverse=True)
+        whole = await asyncio.gather(*(self._entity(partition, row) for row, partition in failed))
+        return Tally(since, dict(counts), [_transition(entity) for entity in whole if entity is not None])
 
     async def close(self) -> None:
         await self._client.close()
         if self._owned_credential is not None:
             await self._owned_credential.close()
+
+    async def _entity(self, partition: str, row: str) -> Any | None:
+        with contextlib.suppress(ResourceNotFoundError):  # journal rows are never deleted, but be lenient
+            return await self._client.get_entity(partition, row, select=_PROPERTIES)
+        return None
 
     async def _ensure_table(self) -> None:
         if self._table_ready:
@@ -120,6 +165,36 @@ class TableStorageJournal:
                 with contextlib.suppress(ResourceExistsError):  # the usual case after the first start
                     await self._client.create_table()
                 self._table_ready = True
+
+
+async def _latest_per_partition(entities: AsyncIterable[Any]) -> AsyncIterator[tuple[Any, int]]:
+    """Each partition's (request's) entity with the greatest RowKey, and how many entities it has.
+
+    Table Storage returns a query's entities sorted by PartitionKey, then RowKey ("Sorting data in
+    the Table service", learn.microsoft.com/azure/storage/tables/table-storage-design-for-query), so
+    one partition's entities arrive together and only the current one is kept: memory stays flat
+    however large the table. Keys are compared as UTF-16 code units, the order Azurite returns (a
+    key beyond U+FFFF sorts before U+FFFD); a partition arriving out of order raises
+    UnsortedResultsError rather than being counted twice."""
+    current: Any | None = None
+    count = 0
+    async for entity in entities:
+        if current is not None and entity["PartitionKey"] == current["PartitionKey"]:
+            count += 1
+            if str(entity["RowKey"]) > str(current["RowKey"]):
+                current = entity
+            continue
+        if current is not None:
+            if _utf16(str(entity["PartitionKey"])) < _utf16(str(current["PartitionKey"])):
+                raise UnsortedResultsError("Table Storage returned the journal's entities out of PartitionKey order")
+            yield current, count
+        current, count = entity, 1
+    if current is not None:
+        yield current, count
+
+
+def _utf16(key: str) -> bytes:
+    return key.encode("utf-16-be", errors="surrogatepass")
 
 
 def _transition(entity: dict[str, Any] | Any) -> Transition:
