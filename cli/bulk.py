@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,14 @@ MAX_BYTES = 20 * 1024 * 1024
 # the same way (azure-sdk-for-python issue 37916). A quarter to spare costs a few more sends.
 BATCH_BYTES = 192 * 1024
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+COLUMNS = REQUIRED + OPTIONAL
+# What shared/contracts.py's patterns and types mean, in words, per field (a dotted pydantic loc).
+# Fields not listed keep pydantic's message, which is plain already (an email address, a length).
+RULES = {
+    "group.object_id": "must be an SMTP address (name@domain) or a group object id (GUID)",
+    "source_system": "must be 1-64 letters, digits, '.', '_' or '-'",
+    "request_id": r"must be 1-128 characters without spaces, control characters, / \ # or ?",
+}
 
 
 class BulkFileError(ValueError):
@@ -54,7 +62,11 @@ class Problem:
 @dataclass(frozen=True)
 class Checked:
     rows: list[Row]
-    problems: list[Problem]
+    problems: list[Problem]  # every problem of every bad row, in file order
+
+    @property
+    def bad_rows(self) -> int:
+        return len({problem.line for problem in self.problems})
 
 
 def stable_request_id(email: str, group: str, source_system: str) -> str:
@@ -71,60 +83,75 @@ def dry_run_id(request_id: str) -> str:
 def check_file(path: Path, *, dry_run: bool = False) -> Checked:
     """Every row, validated; every problem with its line number. Nothing is sent from here."""
     if path.stat().st_size > MAX_BYTES:
-        raise BulkFileError(f"{path.name} is larger than {MAX_BYTES // (1024 * 1024)} MB: split it")
+        raise BulkFileError(f"larger than {MAX_BYTES // (1024 * 1024)} MB: split it")
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")  # a BOM (Excel writes one) is dropped by check_text
+        text = data.decode("utf-8")  # a BOM (Excel writes one) is dropped by check_text
     except UnicodeDecodeError as error:
-        raise BulkFileError(f"{path.name} is not UTF-8 text (byte {error.start}): save it as CSV UTF-8") from None
+        line = data.count(b"\n", 0, error.start) + 1
+        raise BulkFileError(f"line {line}: not UTF-8 text (byte {error.start}): save it as CSV UTF-8") from None
     return check_text(text, dry_run=dry_run)
 
 
 def check_text(text: str, *, dry_run: bool = False) -> Checked:
-    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
-    columns = [name.strip() for name in reader.fieldnames or []]
+    records = _records(text.removeprefix("\ufeff"))
+    header = next((fields for _, fields in records if fields), [])  # csv gives [] for a blank line
+    columns = [name.strip() for name in header]
     missing = [name for name in REQUIRED if name not in columns]
-    unknown = [name for name in columns if name not in REQUIRED + OPTIONAL]
+    unknown = [name for name in columns if name not in COLUMNS]
     if missing or unknown:
         said = [f"missing column(s): {', '.join(missing)}"] if missing else []
         said += [f"unknown column(s): {', '.join(unknown)}"] if unknown else []
-        raise BulkFileError(f"line 1: {'; '.join(said)} (columns: {', '.join(REQUIRED + OPTIONAL)})")
-    reader.fieldnames = columns
+        raise BulkFileError(f"line 1: {'; '.join(said)} (columns: {', '.join(COLUMNS)})")
     rows: list[Row] = []
     problems: list[Problem] = []
     first_line_of: dict[str, int] = {}
-    try:
-        for raw in reader:
-            line = reader.line_num  # the row's last line; rows with quoted newlines span more
-            if len(rows) + len(problems) >= MAX_ROWS:
-                raise BulkFileError(f"more than {MAX_ROWS} rows: split the file")
-            if None in raw:
-                problems.append(Problem(line, "row", f"{len(raw[None])} more field(s) than columns"))
-                continue
-            if not any((value or "").strip() for value in raw.values()):
-                continue  # a blank line
-            checked = _check_row(line, raw, dry_run)
-            if isinstance(checked, Problem):
-                problems.append(checked)
-            elif (first := first_line_of.setdefault(checked.request_id, line)) != line:
-                problems.append(
-                    Problem(line, "row", f"the same request as line {first} (request id {checked.request_id})")
-                )
-            else:
-                rows.append(checked)
-    except csv.Error as error:
-        raise BulkFileError(f"line {reader.line_num}: not valid CSV: {error}") from None
+    seen = 0
+    for line, fields in records:
+        if not any(value.strip() for value in fields):
+            continue  # a blank line
+        seen += 1
+        if seen > MAX_ROWS:
+            raise BulkFileError(f"more than {MAX_ROWS} rows: split the file")
+        if more := len(fields) - len(columns):
+            side = "more" if more > 0 else "fewer"
+            problems.append(
+                Problem(line, "row", f"{abs(more)} field(s) {side} than the header's {len(columns)} columns")
+            )
+            continue
+        checked = _check_row(line, dict(zip(columns, fields, strict=True)), dry_run)
+        if isinstance(checked, list):
+            problems += checked
+        elif (first := first_line_of.setdefault(checked.request_id, line)) != line:
+            problems.append(Problem(line, "row", f"the same request as line {first} (request id {checked.request_id})"))
+        else:
+            rows.append(checked)
     return Checked(rows, problems)
 
 
-def _check_row(line: int, raw: dict[str, str | None], dry_run: bool) -> Row | Problem:
-    values = {name: (value or "").strip() for name, value in raw.items()}
-    group = values["group"]
+def _records(text: str) -> Iterator[tuple[int, list[str]]]:
+    """Each CSV record with the line it starts on (a quoted field can hold line breaks)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise BulkFileError(f"line {start}: not valid CSV: {error}") from None
+        yield start, fields
+
+
+def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Problem]:
+    """The row as a request, or every problem it has: one per field, in column order."""
+    values = {name: value.strip() for name, value in raw.items()}
+    said = {name: "required" for name in REQUIRED if not values[name]}
     senders = values.get("allow_external_senders", "").lower()
     if senders and senders not in _BOOLEANS:
-        return Problem(line, "allow_external_senders", "must be true or false")
+        said["allow_external_senders"] = "must be true or false"
+    group = values["group"]
     request_id = values.get("request_id") or stable_request_id(values["external_email"], group, values["source_system"])
-    if dry_run:
-        request_id = dry_run_id(request_id)
     try:
         request = OnboardingRequest.model_validate(
             {
@@ -134,15 +161,21 @@ def _check_row(line: int, raw: dict[str, str | None], dry_run: bool) -> Row | Pr
                 "last_name": values.get("last_name") or None,
                 "group": {"smtp_address": group} if "@" in group else {"object_id": group},
                 "source_system": values["source_system"],
-                "request_id": request_id,
+                "request_id": request_id,  # the row's own, checked before a dry run derives its id from it
                 "allow_external_senders": _BOOLEANS.get(senders, True),
                 "dry_run": dry_run,
             }
         )
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "row"
-        return Problem(line, "group" if field.startswith("group") else field, first["msg"])
+        for found in error.errors():
+            loc = [str(part) for part in found["loc"]]
+            said.setdefault(loc[0] if loc else "row", RULES.get(".".join(loc), found["msg"].removeprefix("Value error, ")))
+    if said:
+        in_column_order = sorted(said, key=lambda name: COLUMNS.index(name) if name in COLUMNS else len(COLUMNS))
+        return [Problem(line, name, said[name]) for name in in_column_order]
+    if dry_run:
+        request_id = dry_run_id(request_id)
+        request = request.model_copy(update={"request_id": request_id})
     return Row(line, request_id, request)
 
 

@@ -30,6 +30,7 @@ from cli.grant import grant
 from cli.settings import ENV_FILE, SETTINGS_HELP, SettingsProblem, load_settings, read_env_file, write_env_file
 from shared.contracts import OnboardingRequest, OutcomeStatus, StageName, contract_schemas
 from shared.logs import install_safe_log_records
+from shared.queues import DUPLICATE_WINDOW
 from shared.settings import ServiceBusSettings, Settings
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 DEFAULT_STATE_DIR = Path(".onboard")  # `onboard sandbox` keeps its SQLite files here
 # create-contact's DuplicateDetectionHistoryTimeWindow, in infra/main.bicep and the emulator's config.json.
-DUPLICATE_WINDOW = timedelta(minutes=10)
 DUPLICATE_WINDOW_TEXT = "10-minute"
 # Records that report normal events as trouble: a client closing its AMQP connection (proton
 # logs it at ERROR), and azure-functions' notice that a queue-only app has no HTTP auth level.
@@ -353,6 +353,7 @@ def submit(
         async with servicebus_client(settings) as client:
             # Service Bus accepts a resend of a MessageId it saw within the window and drops it silently.
             waiting = request_id is not None and await is_queued(client, StageName.CREATE_CONTACT, request_id)
+            sent_at = datetime.now(UTC)
             (sent_id,) = await submit_requests(client, [request], reply_to=reply_to)
             duplicate = _duplicate_because(waiting, handled_at)
             if duplicate:
@@ -368,7 +369,12 @@ def submit(
                 console.print(f"Follow it with `onboard status {sent_id}` or `--wait`.", markup=False)
                 return 0
             console.print(f"Waiting up to {timeout:.0f} s for its outcome on queue {outcome_queue}...", markup=False)
-            outcome = await wait_for_outcome(client, outcome_queue, sent_id, within_seconds=timeout)
+            followed = await wait_for_outcome(client, outcome_queue, sent_id, sent_at=sent_at, within_seconds=timeout)
+        if (earlier := followed.duplicates.get(sent_id)) is not None:
+            errors.print(f"No new run: the earlier run of {sent_id} ended like this.", markup=False)
+            console.print(render_outcome(earlier))
+            return 3
+        outcome = followed.outcomes.get(sent_id)
         if outcome is None:
             errors.print(
                 f"No outcome for {sent_id} within {timeout:.0f} s. Is `onboard host` running? "
@@ -742,46 +748,57 @@ def bulk(
         bool,
         typer.Option("--dry-run", help="The pipeline checks and plans each row and changes nothing (status Planned)."),
     ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check the file and report; send nothing, need no settings.")
+    ] = False,
 ) -> None:
-    """Check every row of a CSV, report each bad one with its line, then send the requests.
+    """Check every row of a CSV, report every problem with its line, then send the requests.
 
     Columns: external_email, display_name, group, source_system; optional first_name, last_name,
     request_id, allow_external_senders. Nothing is sent while any row is bad, unless --skip-invalid.
     Each row's request id is stable, so sending the file again within 10 minutes adds nothing.
-    Exit codes: 0 sent (with --wait: all succeeded), 2 bad rows or file, 3 with --wait: a request
-    failed or had no outcome in time.
+    Exit codes: 0 sent or, with --check, every row valid (with --wait: all succeeded), 2 bad rows or
+    file, 3 with --wait: a request failed or had no outcome in time.
     """
     from rich.progress import Progress
 
     from cli.bulk import BulkFileError, check_file, send_rows
     from cli.upstream import servicebus_client, wait_for_outcomes
 
-    settings = _settings(ServiceBusSettings, "bulk")
     try:
         checked = check_file(csv_file, dry_run=dry_run)
     except BulkFileError as error:
         raise _fail(f"{csv_file.name}: {error}", 2) from None
     for problem in checked.problems:
-        errors.print(f"line {problem.line}: {problem.field}: {problem.reason}", markup=False)
+        errors.print(f"line {problem.line}: {problem.field}: {problem.reason}", markup=False, soft_wrap=True)
+    total = len(checked.rows) + checked.bad_rows
+    if check:
+        if checked.problems or not checked.rows:
+            raise _fail(f"{checked.bad_rows} bad row(s) of {total}; nothing sent (--check).", 2)
+        console.print(f"{total} row(s) valid; nothing sent (--check).", markup=False)
+        raise typer.Exit(0)
     if checked.problems and not skip_invalid:
-        raise _fail(
-            f"{len(checked.problems)} bad row(s); nothing sent. Fix them, or send the rest with --skip-invalid.", 2
-        )
+        raise _fail(f"{checked.bad_rows} bad row(s); nothing sent. Fix them, or send the rest with --skip-invalid.", 2)
     if not checked.rows:
         raise _fail("No valid rows; nothing sent.", 2)
+    settings = _settings(ServiceBusSettings, "bulk")  # only now: checking a file needs no Service Bus
     outcome_queue = reply_to or settings.outcome_queue
 
     async def send() -> int:
         rows = checked.rows
+        sent_at = datetime.now(UTC)
         async with servicebus_client(settings) as client:
             with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
                 task = progress.add_task("Sending", total=len(rows))
                 await send_rows(client, rows, reply_to=reply_to, sent=lambda n: progress.advance(task, n))
+            skipped = f", skipped {checked.bad_rows} bad row(s)" if checked.problems else ""
+            console.print(f"Sent {len(rows)} request(s) to {StageName.CREATE_CONTACT}{skipped}.", markup=False)
             console.print(
-                f"Sent {len(rows)} request(s) to {StageName.CREATE_CONTACT}"
-                + (f", skipped {len(checked.problems)} bad row(s)" if checked.problems else "")
-                + f". A request id sent before in the {DUPLICATE_WINDOW_TEXT} duplicate-detection window is dropped.",
+                "Service Bus silently drops a message whose request id it saw in the last "
+                f"{DUPLICATE_WINDOW.total_seconds() / 60:.0f} minutes, so a re-run inside that window onboards "
+                "nothing new.",
                 markup=False,
+                soft_wrap=True,
             )
             if output is not None:
                 output.write_text("line,request_id\n" + "".join(f"{r.line},{r.request_id}\n" for r in rows))
@@ -792,21 +809,30 @@ def bulk(
                 return 0
             with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
                 task = progress.add_task("Outcomes", total=len(rows))
-                outcomes = await wait_for_outcomes(
+                followed = await wait_for_outcomes(
                     client,
                     outcome_queue,
                     [r.request_id for r in rows],
+                    sent_at=sent_at,
                     within_seconds=timeout,
                     on_outcome=lambda _: progress.advance(task),
                 )
+        outcomes, duplicates = followed.outcomes, followed.duplicates
         by_status: dict[str, int] = {}
         for event in outcomes.values():
             by_status[event.status] = by_status.get(event.status, 0) + 1
-        missing = len(rows) - len(outcomes)
+        missing = len(rows) - len(outcomes) - len(duplicates)
         summary = ", ".join(f"{status} {count}" for status, count in sorted(by_status.items()))
         console.print(
             f"Outcomes: {summary or 'none'}" + (f", no outcome yet {missing}" if missing else ""), markup=False
         )
+        if duplicates:
+            console.print(
+                f"Not run again: {len(duplicates)} request(s) ran within the {DUPLICATE_WINDOW_TEXT} duplicate-detection "
+                "window before this send, so Service Bus dropped them; their earlier outcomes stand "
+                "(`onboard status ID`).",
+                markup=False,
+            )
         for row in rows:
             outcome = outcomes.get(row.request_id)
             if outcome is not None and outcome.status is OutcomeStatus.FAILED:

@@ -6,6 +6,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from azure.identity.aio import DefaultAzureCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
@@ -13,12 +15,15 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 
 from shared.contracts import OnboardingRequest, OutcomeEvent, StageName
 from shared.envelope import outcome_message_id
+from shared.queues import DUPLICATE_WINDOW
 from shared.settings import ServiceBusSettings
 
 # A command line should fail within seconds when the namespace is unreachable, not after the
 # SDK's default three retries (about 13 s).
 CLIENT_RETRIES = 1
 PEEK_BATCH = 100
+# How far this machine's clock may be behind Service Bus's enqueue times.
+CLOCK_SKEW = timedelta(seconds=30)
 
 
 def namespace_of(settings: ServiceBusSettings) -> str:
@@ -67,14 +72,29 @@ async def is_queued(client: ServiceBusClient, queue: str, message_id: str) -> bo
         return found is not None
 
 
+@dataclass(frozen=True)
+class Followed:
+    """What following requests to their outcomes found."""
+
+    outcomes: dict[str, OutcomeEvent]  # published since the requests were sent: this run's
+    # Published before they were sent, by an earlier run of the same request id, within the
+    # duplicate-detection window: Service Bus dropped this send, so no new outcome will come.
+    duplicates: dict[str, OutcomeEvent]
+
+
 async def wait_for_outcome(
-    client: ServiceBusClient, queue: str, request_id: str, *, within_seconds: float, poll_seconds: float = 1.0
-) -> OutcomeEvent | None:
+    client: ServiceBusClient,
+    queue: str,
+    request_id: str,
+    *,
+    sent_at: datetime,
+    within_seconds: float,
+    poll_seconds: float = 1.0,
+) -> Followed:
     """The request's outcome event once it is on `queue`, by peeking: it stays there for its consumer."""
-    found = await wait_for_outcomes(
-        client, queue, [request_id], within_seconds=within_seconds, poll_seconds=poll_seconds
+    return await wait_for_outcomes(
+        client, queue, [request_id], sent_at=sent_at, within_seconds=within_seconds, poll_seconds=poll_seconds
     )
-    return found.get(request_id)
 
 
 async def wait_for_outcomes(
@@ -82,31 +102,48 @@ async def wait_for_outcomes(
     queue: str,
     request_ids: Iterable[str],
     *,
+    sent_at: datetime,
     within_seconds: float,
     poll_seconds: float = 1.0,
     on_outcome: Callable[[OutcomeEvent], None] | None = None,
-) -> dict[str, OutcomeEvent]:
+    clock_skew: timedelta = CLOCK_SKEW,
+) -> Followed:
     """The requests' outcome events as they arrive on `queue`, by peeking (they stay there for their
-    consumer), in one pass over the queue however many are awaited; stops when all arrived or time is up."""
+    consumer), in one pass over the queue however many are awaited; stops when all arrived or time is up.
+
+    An outcome enqueued before `sent_at` belongs to an earlier run of the same request id (its
+    outcome MessageId is the same): it is never reported as this run's. If that earlier run was
+    accepted within the duplicate-detection window, Service Bus dropped this send, and the request
+    is not waited for.
+    """
     by_message_id = {outcome_message_id(request_id): request_id for request_id in request_ids}
+    since = sent_at - clock_skew
     outcomes: dict[str, OutcomeEvent] = {}
+    duplicates: dict[str, OutcomeEvent] = {}
     deadline = asyncio.get_running_loop().time() + within_seconds
     next_sequence = 0
     async with client.get_queue_receiver(queue) as receiver:
-        while len(outcomes) < len(by_message_id):
+        while len(outcomes) + len(duplicates) < len(by_message_id):
             batch = await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=next_sequence)
             for message in batch:
                 next_sequence = (message.sequence_number or 0) + 1
                 request_id = by_message_id.get(str(message.message_id))
-                if request_id is not None and request_id not in outcomes:
-                    outcomes[request_id] = OutcomeEvent.model_validate_json(b"".join(message.body))
-                    if on_outcome is not None:
-                        on_outcome(outcomes[request_id])
+                if request_id is None or request_id in outcomes:
+                    continue
+                event = OutcomeEvent.model_validate_json(b"".join(message.body))
+                if message.enqueued_time_utc is not None and message.enqueued_time_utc < since:
+                    if event.accepted_at is not None and sent_at - event.accepted_at < DUPLICATE_WINDOW:
+                        duplicates[request_id] = event
+                    continue
+                duplicates.pop(request_id, None)  # the send was not dropped after all
+                outcomes[request_id] = event
+                if on_outcome is not None:
+                    on_outcome(event)
             if not batch:
                 if asyncio.get_running_loop().time() >= deadline:
                     break
                 await asyncio.sleep(poll_seconds)
-    return outcomes
+    return Followed(outcomes, duplicates)
 
 
 def request_message(request: OnboardingRequest, request_id: str, *, reply_to: str | None = None) -> ServiceBusMessage:

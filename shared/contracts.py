@@ -24,10 +24,11 @@ DISPLAY_NAME_MAX = 256
 NAME_PART_MAX = 64
 
 
-# C0 and C1 control characters (line breaks, tabs, NUL, ESC...): a name that holds one reaches the
-# directory, address books and the welcome message as-is. Format characters (RTL marks) stay allowed.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_NO_CONTROL_SCHEMA = Field(json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f-\x9f]*$"})  # for upstream validators
+# C0 and C1 control characters (line breaks, tabs, NUL, ESC...) and Unicode's line and paragraph
+# separators: a name that holds one reaches the directory, address books and the welcome message
+# as-is. Format characters (RTL marks) stay allowed.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NO_CONTROL_SCHEMA = Field(json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"})
 
 
 def _no_control_characters(value: str) -> str:

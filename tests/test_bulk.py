@@ -88,6 +88,129 @@ def test_a_file_that_cannot_be_read_as_a_whole_says_why(text: str, said: str) ->
         check_text(text)
 
 
+FULL_HEADER = "external_email,display_name,group,source_system,first_name,last_name,request_id,allow_external_senders\n"
+
+
+def problems_of(text: str) -> list[tuple[int, str, str]]:
+    return [(p.line, p.field, p.reason) for p in check_text(text).problems]
+
+
+def test_every_problem_of_a_row_is_reported_so_a_file_is_fixed_in_one_round() -> None:
+    checked = check_text(HEADER + good_row(1) + "bad,,partners@contoso.com,\n")
+    assert [(p.line, p.field) for p in checked.problems] == [
+        (3, "external_email"),
+        (3, "display_name"),
+        (3, "source_system"),
+    ]
+    assert checked.bad_rows == 1 and len(checked.rows) == 1
+
+
+def test_a_short_row_is_refused_like_a_long_one_and_blank_lines_are_skipped() -> None:
+    short = "a@fabrikam.example,A,partners@contoso.com,demo-hr,A\n"  # 5 of the header's 8 columns
+    long = "b@fabrikam.example,B,partners@contoso.com,demo-hr,B,B,,true,extra\n"
+    assert problems_of(FULL_HEADER + "\n" + short + ",,,,,,,\n" + long) == [
+        (3, "row", "3 field(s) fewer than the header's 8 columns"),
+        (5, "row", "1 field(s) more than the header's 8 columns"),
+    ]
+
+
+def test_a_row_is_reported_at_the_line_it_starts_on() -> None:
+    """Also in --output, which writes each sent row's line."""
+    valid = '"c@fabrikam.example","Chen, Mei\n",partners@contoso.com,demo-hr\n'  # lines 2-3; the name is stripped
+    bad = '"d@fabrikam.example","Dee,\nMei",partners@contoso.com,demo-hr\n'  # lines 5-6: a line break inside
+    checked = check_text(HEADER + valid + good_row(4) + bad + valid.replace("c@", "e@"))
+    assert [r.line for r in checked.rows] == [2, 4, 7]
+    assert [(p.line, p.field) for p in checked.problems] == [(5, "display_name")]
+
+
+def test_an_unterminated_quote_is_reported_at_the_line_its_record_starts_on() -> None:
+    with pytest.raises(BulkFileError, match=r"^line 3: not valid CSV: unexpected end of data"):
+        check_text(HEADER + good_row(1) + 'a@b.example,"unclosed,partners@contoso.com,demo-hr\n' + good_row(2))
+
+
+def test_a_file_that_is_not_utf8_names_the_line_of_the_bad_byte(tmp_path: Path) -> None:
+    csv_file = tmp_path / "latin1.csv"
+    csv_file.write_bytes(
+        (HEADER + good_row(1) + "j@fabrikam.example,Jos\xe9,partners@contoso.com,demo-hr\n").encode("latin-1")
+    )
+    with pytest.raises(BulkFileError, match=r"^line 3: not UTF-8 text \(byte \d+\)"):
+        check_file(csv_file)
+
+
+GROUP_RULE = "must be an SMTP address (name@domain) or a group object id (GUID)"
+REQUEST_ID_RULE = r"must be 1-128 characters without spaces, control characters, / \ # or ?"
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "reason"),
+    [
+        ("a@fabrikam.example,A,,demo-hr", "group", "required"),
+        ("a@fabrikam.example,A,partners,demo-hr", "group", GROUP_RULE),
+        ("a@fabrikam.example,A,1234-5678,demo-hr", "group", GROUP_RULE),
+        (
+            "a@fabrikam.example,A,partners@contoso.com,demo hr",
+            "source_system",
+            "must be 1-64 letters, digits, '.', '_' or '-'",
+        ),
+        (",A,partners@contoso.com,demo-hr", "external_email", "required"),
+        ("a@fabrikam.example, ,partners@contoso.com,demo-hr", "display_name", "required"),
+        ("a@fabrikam.example,A,partners@contoso.com,", "source_system", "required"),
+        (
+            "a@fabrikam,A,partners@contoso.com,demo-hr",
+            "external_email",  # pydantic's own words where they are plain
+            "value is not a valid email address: The part after the @-sign is not valid. It should have a period.",
+        ),
+        ("a@fabrikam.example,A,partners@contoso.com,demo-hr,,,has space,", "request_id", REQUEST_ID_RULE),
+        ("a@fabrikam.example,A,partners@contoso.com,demo-hr,,,a/b,", "request_id", REQUEST_ID_RULE),
+        (
+            "a@fabrikam.example,A,partners@contoso.com,demo-hr,,,,maybe",
+            "allow_external_senders",
+            "must be true or false",
+        ),
+    ],
+)
+def test_reasons_are_plain_for_an_administrator(row: str, field: str, reason: str) -> None:
+    text = FULL_HEADER + (row + ",,,," if row.count(",") == 3 else row) + "\n"
+    assert problems_of(text) == [(2, field, reason)]
+
+
+def test_a_bad_request_id_is_refused_in_a_dry_run_too() -> None:
+    text = FULL_HEADER + "a@fabrikam.example,A,partners@contoso.com,demo-hr,,,has space,\n"
+    assert [p.field for p in check_text(text, dry_run=True).problems] == ["request_id"]
+
+
+@pytest.mark.parametrize("field", ["display_name", "first_name", "last_name"])
+@pytest.mark.parametrize("character", ["\n", "\t", "\r", "\x00", "\x85", "\u2028"])
+def test_control_characters_in_names_are_refused(field: str, character: str) -> None:
+    values = {"display_name": "Jordan Reyes", "first_name": "Jordan", "last_name": "Reyes"}
+    values[field] = f"Jordan{character}Reyes"
+    row = f'j@fabrikam.example,"{values["display_name"]}",partners@contoso.com,demo-hr,"{values["first_name"]}",'
+    row += f'"{values["last_name"]}",,\n'
+    assert problems_of(FULL_HEADER + row) == [(2, field, "must not contain control characters or line breaks")]
+
+
+def test_check_validates_sends_nothing_and_needs_no_service_bus_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./.env
+    for name in (SERVICEBUS_CONNECTION, f"{SERVICEBUS_CONNECTION}__fullyQualifiedNamespace"):
+        monkeypatch.delenv(name, raising=False)
+    clean, bad = tmp_path / "clean.csv", tmp_path / "bad.csv"
+    clean.write_text(HEADER + good_row(1) + good_row(2))
+    bad.write_text(HEADER + good_row(1) + "bad,,partners@contoso.com,\n")
+
+    passed = CliRunner().invoke(app, ["bulk", str(clean), "--check"])
+    assert passed.exit_code == 0, passed.output
+    assert "2 row(s) valid; nothing sent" in passed.output
+    refused = CliRunner().invoke(app, ["bulk", str(bad), "--check"])
+    assert refused.exit_code == 2, refused.output
+    assert "line 3: display_name: required" in refused.output
+    assert "1 bad row(s) of 2; nothing sent" in refused.output
+    empty = tmp_path / "empty.csv"
+    empty.write_text(HEADER)
+    assert CliRunner().invoke(app, ["bulk", str(empty), "--check"]).exit_code == 2
+
+
 async def _queued(connection: str) -> int:
     async with (
         ServiceBusClient.from_connection_string(connection) as client,
@@ -115,6 +238,11 @@ def test_bad_rows_stop_the_send_skip_invalid_sends_the_rest_and_a_rerun_adds_not
     sent = CliRunner().invoke(app, ["bulk", str(csv_file), "--skip-invalid", "--output", str(ids)], env=env)
     assert sent.exit_code == 0, sent.output
     assert "Sent 980 request(s)" in sent.output and "skipped 20 bad row(s)" in sent.output
+    assert (
+        "Service Bus silently drops a message whose request id it saw in the last 10 minutes, "
+        "so a re-run inside that window onboards nothing new." in sent.output
+    )
+    assert [line.split(",")[0] for line in ids.read_text().splitlines()[1:3]] == ["2", "3"]
     assert len(ids.read_text().splitlines()) == 981
     assert asyncio.run(_queued(servicebus_emulator.connection_string)) == 980
 
