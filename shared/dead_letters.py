@@ -138,7 +138,7 @@ class DeadLetterReporter:
         if reason == DeadLetterReason.TTL_EXPIRED:
             return DeadLetterReason.TTL_EXPIRED, (
                 f"The message expired before stage {self.stage} handled it (TTLExpiredException): the "
-                "pipeline was stopped or far behind for longer than the queue's time to live. Resubmit the request."
+                "pipeline was stopped or far behind for longer than the queue's time to live. Replay it once the pipeline runs (onboard dlq replay)."
             )
         said = f" ({description[:200]})" if description else ""
         return DeadLetterReason.PROCESSING_FAILED, (

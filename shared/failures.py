@@ -54,7 +54,7 @@ def retry_or_give_up(
             turn,
             progress,
             DeadLetterReason.RETRIES_EXHAUSTED,
-            f"Gave up at stage {turn.stage} after {tries}: {cause}. Fix the cause, then resubmit the request.",
+            f"Gave up at stage {turn.stage} after {tries}: {cause}. Fix the cause, then replay it (onboard dlq replay).",
         )
     return RetryLater(delay, cause, throttled)
 
@@ -75,11 +75,11 @@ def decide_on_directory_error(
             DeadLetterReason.PERMISSION_DENIED,
             f"The app's identity was refused by {error.face}: {error}. Grant the rights listed in "
             "infra/README.md (Graph application permissions, Exchange.ManageAsApp and the Exchange "
-            "roles named there), then resubmit.",
+            "roles named there), then replay it (onboard dlq replay).",
         )
     return dead_letter(
         turn,
         progress,
         DeadLetterReason.DIRECTORY_REJECTED,
-        f"{error.face} refused the change: {error}. Check the group and the request, then resubmit.",
+        f"{error.face} refused the change: {error}. Fix it in the tenant and replay (onboard dlq replay), or send a corrected request.",
     )

@@ -229,7 +229,7 @@ class StageRunner:
             DeadLetterReason.PROCESSING_FAILED,
             f"Stage {self.stage_name} failed unexpectedly on each of its {self.max_delivery_count} deliveries "
             f"(last error: {type(error).__name__}). Find the request id in the logs, fix the cause, then "
-            "resubmit the message from this dead-letter queue.",
+            "replay it from this dead-letter queue (onboard dlq replay).",
         )
         return await self._carry_out(give_up, delivery, b"", message, actions, reporting_a_crash=True)
 
