@@ -169,7 +169,9 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
     except ValidationError as error:
         for found in error.errors():
             loc = [str(part) for part in found["loc"]]
-            said.setdefault(loc[0] if loc else "row", RULES.get(".".join(loc), found["msg"].removeprefix("Value error, ")))
+            said.setdefault(
+                loc[0] if loc else "row", RULES.get(".".join(loc), found["msg"].removeprefix("Value error, "))
+            )
     if said:
         in_column_order = sorted(said, key=lambda name: COLUMNS.index(name) if name in COLUMNS else len(COLUMNS))
         return [Problem(line, name, said[name]) for name in in_column_order]
