@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,10 +19,8 @@ from shared.journal import (
 )
 from shared.journal.setting import MEMORY
 from shared.journal.table_storage import TableStorageJournal
-from tests.fixtures.azurite import Azurite
 
 T0 = datetime(2026, 11, 23, 9, 0, 0, 123456, tzinfo=UTC)
-_tables = itertools.count()
 
 
 def transition(
@@ -45,19 +41,6 @@ def transition(
         outcome_status=outcome_status,
         at=T0 + timedelta(seconds=seconds),
     )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("table-storage", marks=pytest.mark.stack)])
-async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
-    if request.param == "sqlite":
-        opened = open_journal(f"sqlite://{tmp_path}/journal.db")
-    else:
-        azurite: Azurite = request.getfixturevalue("azurite")
-        # One table per test: the emulator lives for the whole session.
-        opened = open_journal(f"tables:TableName=journal{next(_tables)};{azurite.connection_string}")
-    assert opened is not None
-    yield opened
-    await opened.close()
 
 
 async def test_history_is_in_time_order_with_every_field(journal: Journal) -> None:

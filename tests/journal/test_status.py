@@ -4,25 +4,21 @@ SQLite (a file in tmp_path) and Table Storage (Azurite)."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from rich.console import Console, RenderableType
 
 from cli.status import counting, render_history, render_summary, state_of, status_report
 from shared.contracts import OutcomeStatus, StageName
-from shared.journal import Journal, RequestState, SqliteJournal, Transition, TransitionKind, open_journal
+from shared.journal import Journal, RequestState, SqliteJournal, Transition, TransitionKind
 from shared.journal.ports import CountingJournal, Tally, Where
 from shared.journal.table_storage import UnsortedResultsError, _latest_per_partition
-from tests.fixtures.azurite import Azurite
 
 T0 = datetime(2026, 11, 23, 9, 0, 0, 250000, tzinfo=UTC)
-_tables = itertools.count()
 
 
 def text_of(renderable: RenderableType, width: int = 160) -> str:
@@ -31,16 +27,10 @@ def text_of(renderable: RenderableType, width: int = 160) -> str:
     return console.export_text()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("table-storage", marks=pytest.mark.stack)])
-async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CountingJournal]:
-    if request.param == "sqlite":
-        opened = open_journal(f"sqlite://{tmp_path}/journal.db")
-    else:
-        azurite: Azurite = request.getfixturevalue("azurite")
-        opened = open_journal(f"tables:TableName=statusjournal{next(_tables)};{azurite.connection_string}")
-    assert opened is not None
-    yield counting(opened)
-    await opened.close()
+@pytest.fixture
+def journal(journal: Journal) -> CountingJournal:
+    """conftest's journal (SQLite, Table Storage), as the status views read it."""
+    return counting(journal)
 
 
 def tally_of(states: list[RequestState]) -> Tally:
