@@ -342,7 +342,9 @@ class LocalHost:
                     )
                     # A sliding window, as the host's processor keeps maxConcurrentCalls handler calls
                     # going (docs/functions-host.md): a free slot is filled at once, not when the
-                    # slowest message of a batch has finished.
+                    # slowest message of a batch has finished. One message per receive: the SDK keeps
+                    # pulling for 200 ms after the first message of a larger batch, which the host's
+                    # processor (one receive per free slot) does not.
                     running: set[asyncio.Task[None]] = set()
                     try:
                         while not stop.is_set():
@@ -350,7 +352,7 @@ class LocalHost:
                                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                                 continue
                             messages = await receiver.receive_messages(
-                                max_message_count=self._concurrency - len(running), max_wait_time=self._receive_wait
+                                max_message_count=1, max_wait_time=self._receive_wait
                             )
                             failures = 0
                             self._connection.restored()
