@@ -133,6 +133,8 @@ class StageRunner:
         reporting_a_crash: bool = False,
     ) -> Decision:
         effect = self.effect_of(decision, delivery, body)
+        # Dated before the send: the next stage can run, and journal, before this one has settled.
+        decided_at = self.dependencies.clock()
         try:
             try:
                 await self._send(effect)
@@ -165,7 +167,7 @@ class StageRunner:
                 deadletter_reason=effect.dead_letter_reason,
                 deadletter_error_description=effect.dead_letter_description,
             )
-        await self._journal(delivery, effect.transition, effect.cause, effect.outcome_status)
+        await self._journal(delivery, effect.transition, effect.cause, effect.outcome_status, decided_at)
         return decision
 
     async def _send(self, effect: Effect) -> None:
@@ -247,12 +249,16 @@ class StageRunner:
         return await settle_off_loop(settle, message, who=str(self.stage_name), **arguments)
 
     async def _journal(
-        self, delivery: Delivery, kind: TransitionKind, cause: str, outcome_status: OutcomeStatus | None = None
+        self,
+        delivery: Delivery,
+        kind: TransitionKind,
+        cause: str,
+        outcome_status: OutcomeStatus | None = None,
+        at: datetime | None = None,
     ) -> None:
         """Written once the decision is carried out: a journal that is down costs a log line."""
-        await journal_safely(
-            self.journal, self.stage_name, delivery, kind, cause, outcome_status, self.dependencies.clock()
-        )
+        when = at or self.dependencies.clock()
+        await journal_safely(self.journal, self.stage_name, delivery, kind, cause, outcome_status, when)
 
 
 async def settle_off_loop(settle: Callable[..., None], message: Any, *, who: str, **arguments: Any) -> bool:

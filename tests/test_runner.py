@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from azure.servicebus import ServiceBusMessage
 from azure.servicebus.amqp import AmqpMessageBodyType
 
 from shared.contracts import (
@@ -129,6 +131,35 @@ async def test_each_decision_sends_then_settles_then_journals(
     harness = Harness(decide)
     await harness.run(FakeReceivedMessage(sample_request_json()))
     assert harness.recorder.events == [*expected, ("journal", journalled)]
+
+
+async def test_a_transition_is_dated_before_the_next_stage_can_run_not_when_it_is_written() -> None:
+    """The next stage may finish before this one has settled and journalled; its row must still sort
+    after this one, or the journal shows a finished request as under way."""
+    ticks = iter(range(1_000))
+
+    def clock() -> datetime:
+        return NOW + timedelta(seconds=next(ticks))
+
+    sent_at: list[datetime] = []
+
+    class TimedOutbox(RecordingOutbox):
+        async def send(self, queue: str, message: ServiceBusMessage) -> None:
+            sent_at.append(clock())
+            await super().send(queue, message)
+
+    recorder = Recorder()
+    journal = RecordingJournal(recorder)
+    deps = replace(dependencies(), clock=clock)
+    stage = Stage(StageName.CREATE_CONTACT, OnboardingRequest, _pass_on_at_once)
+    runner = StageRunner(stage, deps, TimedOutbox(recorder), OUTCOMES, 3, journal)
+    await runner.run(FakeReceivedMessage(sample_request_json()), RecordingActions(recorder))
+    ((transition,), (send,)) = journal.transitions, sent_at
+    assert transition.at < send
+
+
+async def _pass_on_at_once(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
+    return _stage_message_of(Turn(StageName.CREATE_CONTACT, delivery, NOW), request)
 
 
 async def test_a_retry_is_scheduled_one_attempt_later_with_the_same_body() -> None:
