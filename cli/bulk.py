@@ -97,6 +97,8 @@ def check_text(text: str, *, dry_run: bool = False) -> Checked:
     records = _records(text.removeprefix("\ufeff"))
     header = next((fields for _, fields in records if fields), [])  # csv gives [] for a blank line
     columns = [name.strip() for name in header]
+    if twice := sorted({name for name in columns if columns.count(name) > 1}):
+        raise BulkFileError(f"line 1: column(s) named more than once: {', '.join(twice)}")
     missing = [name for name in REQUIRED if name not in columns]
     unknown = [name for name in columns if name not in COLUMNS]
     if missing or unknown:
@@ -199,3 +201,11 @@ async def send_rows(
         if len(batch):
             await sender.send_messages(batch)
             sent(len(batch))
+
+
+def write_request_ids(path: Path, rows: Sequence[Row]) -> None:
+    """`line,request_id` for every row sent, as CSV: a request id may hold a comma or a quote."""
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(("line", "request_id"))
+        writer.writerows((row.line, row.request_id) for row in rows)

@@ -82,12 +82,17 @@ class Done:
     ok: bool
 
 
+MAX_AGE = timedelta(days=3650)  # far beyond any queue's or journal's history; larger ones overflow dates
+
+
 def parse_age(text: str) -> timedelta:
-    """`30m`, `2h`, `7d` (or seconds: `90s`)."""
+    """`30m`, `2h`, `7d` (or seconds: `90s`), at most ten years."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     number, unit = text[:-1], text[-1:].lower()
     if unit not in units or not number.isdigit():
         raise ValueError(f"{text!r} is not an age like 90s, 30m, 2h or 7d")
+    if int(number) * units[unit] > MAX_AGE.total_seconds():
+        raise ValueError(f"{text!r} is longer than {MAX_AGE.days} days")
     return timedelta(seconds=int(number) * units[unit])
 
 

@@ -117,10 +117,16 @@ def _until_interrupted() -> asyncio.Event:
 def _talk_to_servicebus(settings: ServiceBusSettings, work: Coroutine[Any, Any, T]) -> T:
     """Run `work`; an unreachable or refusing namespace is one line, not the SDK's traceback."""
     from cli.upstream import namespace_of
+    from shared.outbox import entity_not_found
 
     try:
         return asyncio.run(work)
     except ServiceBusError as error:
+        if entity_not_found(error):
+            raise _fail(
+                f"A queue named here does not exist in {namespace_of(settings)} (Service Bus answered 404): "
+                "check --reply-to and ONBOARDING_OUTCOME_QUEUE."
+            ) from None
         raise _fail(
             f"Could not reach Service Bus at {namespace_of(settings)} ({type(error).__name__}). "
             "Is `onboard sandbox` running, and does ServiceBusConnection name it?"
@@ -324,7 +330,7 @@ def submit(
     Exit code with --wait: 0 succeeded, 3 failed or no outcome in time.
     """
     from cli.outcomes import render_outcome
-    from cli.upstream import is_queued, servicebus_client, wait_for_outcome
+    from cli.upstream import Mark, is_queued, mark_outcomes, servicebus_client, wait_for_outcome
     from cli.upstream import submit as submit_requests
 
     settings = _settings(ServiceBusSettings, "submit")
@@ -353,7 +359,7 @@ def submit(
         async with servicebus_client(settings) as client:
             # Service Bus accepts a resend of a MessageId it saw within the window and drops it silently.
             waiting = request_id is not None and await is_queued(client, StageName.CREATE_CONTACT, request_id)
-            sent_at = datetime.now(UTC)
+            mark = await mark_outcomes(client, outcome_queue, [request_id]) if wait and request_id else None
             (sent_id,) = await submit_requests(client, [request], reply_to=reply_to)
             duplicate = _duplicate_because(waiting, handled_at)
             if duplicate:
@@ -369,7 +375,8 @@ def submit(
                 console.print(f"Follow it with `onboard status {sent_id}` or `--wait`.", markup=False)
                 return 0
             console.print(f"Waiting up to {timeout:.0f} s for its outcome on queue {outcome_queue}...", markup=False)
-            followed = await wait_for_outcome(client, outcome_queue, sent_id, sent_at=sent_at, within_seconds=timeout)
+            mark = mark or Mark(0, {}, datetime.now(UTC))  # a new, generated request id has no earlier run
+            followed = await wait_for_outcome(client, outcome_queue, sent_id, mark=mark, within_seconds=timeout)
         if (earlier := followed.duplicates.get(sent_id)) is not None:
             errors.print(f"No new run: the earlier run of {sent_id} ended like this.", markup=False)
             console.print(render_outcome(earlier))
@@ -762,8 +769,8 @@ def bulk(
     """
     from rich.progress import Progress
 
-    from cli.bulk import BulkFileError, check_file, send_rows
-    from cli.upstream import servicebus_client, wait_for_outcomes
+    from cli.bulk import BulkFileError, check_file, send_rows, write_request_ids
+    from cli.upstream import Mark, mark_outcomes, servicebus_client, wait_for_outcomes
 
     try:
         checked = check_file(csv_file, dry_run=dry_run)
@@ -786,8 +793,8 @@ def bulk(
 
     async def send() -> int:
         rows = checked.rows
-        sent_at = datetime.now(UTC)
         async with servicebus_client(settings) as client:
+            mark = await mark_outcomes(client, outcome_queue, [r.request_id for r in rows]) if wait else None
             with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
                 task = progress.add_task("Sending", total=len(rows))
                 await send_rows(client, rows, reply_to=reply_to, sent=lambda n: progress.advance(task, n))
@@ -801,7 +808,7 @@ def bulk(
                 soft_wrap=True,
             )
             if output is not None:
-                output.write_text("line,request_id\n" + "".join(f"{r.line},{r.request_id}\n" for r in rows))
+                write_request_ids(output, rows)
                 console.print(f"Request ids written to {output}.", markup=False)
             elif len(rows) <= 20:
                 console.print("\n".join(r.request_id for r in rows), markup=False)
@@ -813,7 +820,7 @@ def bulk(
                     client,
                     outcome_queue,
                     [r.request_id for r in rows],
-                    sent_at=sent_at,
+                    mark=mark or Mark(0, {}, datetime.now(UTC)),
                     within_seconds=timeout,
                     on_outcome=lambda _: progress.advance(task),
                 )

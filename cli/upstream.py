@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 
 from azure.identity.aio import DefaultAzureCredential
 from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
@@ -22,8 +22,6 @@ from shared.settings import ServiceBusSettings
 # SDK's default three retries (about 13 s).
 CLIENT_RETRIES = 1
 PEEK_BATCH = 100
-# How far this machine's clock may be behind Service Bus's enqueue times.
-CLOCK_SKEW = timedelta(seconds=30)
 
 
 def namespace_of(settings: ServiceBusSettings) -> str:
@@ -73,13 +71,38 @@ async def is_queued(client: ServiceBusClient, queue: str, message_id: str) -> bo
 
 
 @dataclass(frozen=True)
+class Mark:
+    """Where an outcome queue stood just before a send: what is on it already is an earlier run's."""
+
+    next_sequence: int  # Service Bus numbers a queue's messages in order: higher ones came later
+    earlier: dict[str, OutcomeEvent]  # the awaited requests' outcomes from earlier runs
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Followed:
     """What following requests to their outcomes found."""
 
-    outcomes: dict[str, OutcomeEvent]  # published since the requests were sent: this run's
-    # Published before they were sent, by an earlier run of the same request id, within the
-    # duplicate-detection window: Service Bus dropped this send, so no new outcome will come.
+    outcomes: dict[str, OutcomeEvent]  # published after the mark: this run's
+    # An earlier run accepted within the duplicate-detection window before the send: Service Bus
+    # dropped this send, so no new outcome will come; the earlier one stands.
     duplicates: dict[str, OutcomeEvent]
+
+
+async def mark_outcomes(client: ServiceBusClient, queue: str, request_ids: Iterable[str]) -> Mark:
+    """One peek pass over `queue` before sending: an outcome's MessageId is `<id>/outcome` in every run
+    and outcomes stay on the queue (`--wait` only peeks), so a re-run finds the earlier run's there."""
+    at = datetime.now(UTC)
+    by_message_id = {outcome_message_id(request_id): request_id for request_id in request_ids}
+    earlier: dict[str, OutcomeEvent] = {}
+    next_sequence = 0
+    async with client.get_queue_receiver(queue) as receiver:
+        while batch := await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=next_sequence):
+            for message in batch:
+                next_sequence = (message.sequence_number or 0) + 1
+                if (request_id := by_message_id.get(str(message.message_id))) is not None:
+                    earlier[request_id] = OutcomeEvent.model_validate_json(b"".join(message.body))
+    return Mark(next_sequence, earlier, at)
 
 
 async def wait_for_outcome(
@@ -87,13 +110,13 @@ async def wait_for_outcome(
     queue: str,
     request_id: str,
     *,
-    sent_at: datetime,
+    mark: Mark,
     within_seconds: float,
     poll_seconds: float = 1.0,
 ) -> Followed:
     """The request's outcome event once it is on `queue`, by peeking: it stays there for its consumer."""
     return await wait_for_outcomes(
-        client, queue, [request_id], sent_at=sent_at, within_seconds=within_seconds, poll_seconds=poll_seconds
+        client, queue, [request_id], mark=mark, within_seconds=within_seconds, poll_seconds=poll_seconds
     )
 
 
@@ -102,26 +125,27 @@ async def wait_for_outcomes(
     queue: str,
     request_ids: Iterable[str],
     *,
-    sent_at: datetime,
+    mark: Mark,
     within_seconds: float,
     poll_seconds: float = 1.0,
     on_outcome: Callable[[OutcomeEvent], None] | None = None,
-    clock_skew: timedelta = CLOCK_SKEW,
 ) -> Followed:
-    """The requests' outcome events as they arrive on `queue`, by peeking (they stay there for their
-    consumer), in one pass over the queue however many are awaited; stops when all arrived or time is up.
-
-    An outcome enqueued before `sent_at` belongs to an earlier run of the same request id (its
-    outcome MessageId is the same): it is never reported as this run's. If that earlier run was
-    accepted within the duplicate-detection window, Service Bus dropped this send, and the request
-    is not waited for.
+    """The requests' outcome events as they arrive on `queue` after `mark`, by peeking (they stay there
+    for their consumer), in one pass however many are awaited; stops when every request is accounted
+    for or time is up. A request whose earlier run was accepted within the duplicate-detection window
+    before the mark is not waited for (Service Bus dropped the send), unless a new outcome comes after all.
     """
     by_message_id = {outcome_message_id(request_id): request_id for request_id in request_ids}
-    since = sent_at - clock_skew
     outcomes: dict[str, OutcomeEvent] = {}
-    duplicates: dict[str, OutcomeEvent] = {}
+    duplicates = {
+        request_id: event
+        for request_id, event in mark.earlier.items()
+        if request_id in by_message_id.values()
+        and event.accepted_at is not None
+        and mark.at - event.accepted_at < DUPLICATE_WINDOW
+    }
     deadline = asyncio.get_running_loop().time() + within_seconds
-    next_sequence = 0
+    next_sequence = mark.next_sequence
     async with client.get_queue_receiver(queue) as receiver:
         while len(outcomes) + len(duplicates) < len(by_message_id):
             batch = await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=next_sequence)
@@ -130,15 +154,10 @@ async def wait_for_outcomes(
                 request_id = by_message_id.get(str(message.message_id))
                 if request_id is None or request_id in outcomes:
                     continue
-                event = OutcomeEvent.model_validate_json(b"".join(message.body))
-                if message.enqueued_time_utc is not None and message.enqueued_time_utc < since:
-                    if event.accepted_at is not None and sent_at - event.accepted_at < DUPLICATE_WINDOW:
-                        duplicates[request_id] = event
-                    continue
                 duplicates.pop(request_id, None)  # the send was not dropped after all
-                outcomes[request_id] = event
+                outcomes[request_id] = OutcomeEvent.model_validate_json(b"".join(message.body))
                 if on_outcome is not None:
-                    on_outcome(event)
+                    on_outcome(outcomes[request_id])
             if not batch:
                 if asyncio.get_running_loop().time() >= deadline:
                     break

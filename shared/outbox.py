@@ -48,7 +48,7 @@ class ServiceBusOutbox:
             try:
                 await sender.send_messages(message)
             except (MessagingEntityNotFoundError, ServiceBusAuthenticationError) as error:
-                if not _entity_not_found(error):
+                if not entity_not_found(error):
                     raise
                 del self._senders[queue]  # a broken link must not be reused
                 await sender.close()
@@ -66,7 +66,8 @@ class ServiceBusOutbox:
         await self._client.close()
 
 
-def _entity_not_found(error: Exception) -> bool:
+def entity_not_found(error: Exception) -> bool:
+    """Service Bus's answer for a queue that does not exist: the SDK raises it as an authentication error."""
     if isinstance(error, MessagingEntityNotFoundError):
         return True
     return getattr(getattr(error, "inner_exception", None), "status_code", None) == 404

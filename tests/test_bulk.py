@@ -4,6 +4,7 @@ real SDK to the emulator, stable request ids (a re-run adds nothing), and --wait
 from __future__ import annotations
 
 import asyncio
+import csv
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 from typer.testing import CliRunner
 
-from cli.bulk import BulkFileError, check_file, check_text, stable_request_id
+from cli.bulk import BulkFileError, check_file, check_text, stable_request_id, write_request_ids
 from cli.main import app
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import ServiceBusEmulator
@@ -81,6 +82,7 @@ def test_ids_are_stable_per_person_and_group_and_a_repeated_row_is_reported() ->
         ("external_email,display_name\n", "missing column(s): group, source_system"),
         (HEADER.strip() + ",colour\n", "unknown column(s): colour"),
         (HEADER + 'a@b.example,"unclosed,partners@contoso.com,demo-hr\n', "not valid CSV"),
+        (HEADER.strip() + ",display_name\n", "column(s) named more than once: display_name"),
     ],
 )
 def test_a_file_that_cannot_be_read_as_a_whole_says_why(text: str, said: str) -> None:
@@ -251,6 +253,19 @@ def test_bad_rows_stop_the_send_skip_invalid_sends_the_rest_and_a_rerun_adds_not
     assert asyncio.run(_queued(servicebus_emulator.connection_string)) == 980  # duplicate detection dropped all
 
 
+@pytest.mark.stack
+def test_waiting_on_a_reply_queue_that_does_not_exist_sends_nothing_and_says_so(
+    servicebus_emulator: ServiceBusEmulator, tmp_path: Path
+) -> None:
+    csv_file = tmp_path / "people.csv"
+    csv_file.write_text(HEADER + good_row(1))
+    env = {SERVICEBUS_CONNECTION: servicebus_emulator.connection_string}
+    result = CliRunner().invoke(app, ["bulk", str(csv_file), "--wait", "--reply-to", "no-such-queue"], env=env)
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "--reply-to" in result.output
+    assert asyncio.run(_queued(servicebus_emulator.connection_string)) == 0
+
+
 @pytest.fixture
 def host_in_background(stack: LocalStack) -> Iterator[LocalStack]:
     """The local host on its own thread and loop, so a command's own asyncio.run can wait on it."""
@@ -307,3 +322,12 @@ def test_a_dry_run_plans_every_row_changes_nothing_and_leaves_the_real_ids_free(
 
     real = CliRunner().invoke(app, ["bulk", str(csv_file), "--skip-invalid", "--wait", "--timeout", "60"], env=env)
     assert "Succeeded 2" in real.output  # the dry run did not take the real requests' ids
+
+
+def test_the_request_ids_written_out_are_csv_whatever_they_hold(tmp_path: Path) -> None:
+    text = FULL_HEADER + 'a@fabrikam.example,A,partners@contoso.com,demo-hr,,,"a,b",\n'
+    text += 'b@fabrikam.example,B,partners@contoso.com,demo-hr,,,"x""y",\n'
+    checked = check_text(text)
+    write_request_ids(tmp_path / "ids.csv", checked.rows)
+    with (tmp_path / "ids.csv").open(newline="") as file:
+        assert [row["request_id"] for row in csv.DictReader(file)] == ["a,b", 'x"y']

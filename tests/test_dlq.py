@@ -116,6 +116,8 @@ def test_ages_read_as_operators_write_them() -> None:
     for bad in ("", "h", "2w", "-1h", "1.5h"):
         with pytest.raises(ValueError, match="is not an age"):
             parse_age(bad)
+    with pytest.raises(ValueError, match="longer than 3650 days"):
+        parse_age("1000000d")  # a date that far back does not exist
 
 
 def test_the_question_before_acting_counts_in_words() -> None:

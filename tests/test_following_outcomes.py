@@ -7,7 +7,6 @@ run's outcomes waiting there. Through the real SDK against the emulator.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 
-from cli.upstream import wait_for_outcomes
+from cli.upstream import mark_outcomes, wait_for_outcomes
 from shared.contracts import OutcomeEvent, OutcomeStatus, StageName
 from shared.envelope import outcome_message_id
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
@@ -39,29 +38,25 @@ def outcome(request_id: str, status: OutcomeStatus, accepted_at: datetime) -> Se
 async def test_an_earlier_runs_outcome_is_not_this_sends_and_a_recent_one_means_it_was_dropped(
     start_emulator: Callable[[EmulatorConfig], ServiceBusEmulator],
 ) -> None:
-    # Runs 20 minutes apart, in seconds: without duplicate detection the second outcome is kept.
+    # Runs minutes apart, in seconds: without duplicate detection the second outcome is kept.
     emulator = start_emulator(EmulatorConfig.default().with_overrides(requires_duplicate_detection=False))
     now = datetime.now(UTC)
+    ids = ["old-run", "recent-run"]
     async with ServiceBusClient.from_connection_string(emulator.connection_string) as client:
         async with client.get_queue_sender(OUTCOMES) as sender:
-            # Outcomes from before the send: one run 20 minutes ago, one 2 minutes ago (inside the window).
+            # Outcomes on the queue before the send: a run 20 minutes ago, and one inside the window.
             await sender.send_messages(outcome("old-run", OutcomeStatus.FAILED, now - timedelta(minutes=20)))
             await sender.send_messages(outcome("recent-run", OutcomeStatus.SUCCEEDED, now - timedelta(minutes=2)))
-        sent_at = now + timedelta(minutes=1)  # as if the file were sent again a minute from now
-        followed = await wait_for_outcomes(
-            client, OUTCOMES, ["old-run", "recent-run"], sent_at=sent_at, within_seconds=1.5, poll_seconds=0.2
-        )
+        mark = await mark_outcomes(client, OUTCOMES, ids)
+        assert set(mark.earlier) == set(ids)
+        followed = await wait_for_outcomes(client, OUTCOMES, ids, mark=mark, within_seconds=1.5, poll_seconds=0.2)
         assert followed.outcomes == {}, "an earlier run's outcome is never reported as this send's"
         assert list(followed.duplicates) == ["recent-run"]
 
-        # The file is sent again now; the new run of old-run ends while we wait, recent-run was dropped.
-        await asyncio.sleep(0.1)
-        sent_at, started = datetime.now(UTC), time.monotonic()
-        async with client.get_queue_sender(OUTCOMES) as sender:
-            await sender.send_messages(outcome("old-run", OutcomeStatus.SUCCEEDED, sent_at))
-        followed = await wait_for_outcomes(
-            client, OUTCOMES, ["old-run", "recent-run"], sent_at=sent_at, within_seconds=30, clock_skew=timedelta(0)
-        )
+        started = time.monotonic()
+        async with client.get_queue_sender(OUTCOMES) as sender:  # the new run of old-run ends
+            await sender.send_messages(outcome("old-run", OutcomeStatus.SUCCEEDED, now))
+        followed = await wait_for_outcomes(client, OUTCOMES, ids, mark=mark, within_seconds=30)
     assert {k: v.status for k, v in followed.outcomes.items()} == {"old-run": OutcomeStatus.SUCCEEDED}
     assert list(followed.duplicates) == ["recent-run"]
     assert time.monotonic() - started < 10, "returns once every request is accounted for"
