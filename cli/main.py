@@ -466,7 +466,8 @@ def status(
     with no history yet, it also looks on queue create-contact when ServiceBusConnection is set, to
     tell "queued, not yet handled" from "unknown". --watch shows the same counts per stage (with queue
     depths when ServiceBusConnection is set, peeked up to 2000 per queue) and the latest failures,
-    refreshed every --interval seconds; when not on a terminal it prints one snapshot.
+    refreshed every --interval seconds; when not on a terminal it prints one snapshot. Exit code 1:
+    REQUEST_ID is unknown (no history, not on the queue).
     """
     from cli.dlq import parse_age
     from cli.status import status_report
@@ -505,7 +506,10 @@ def status(
         ) from None
     console.print(report)
     if request_id is not None and report.unknown:
-        console.print(_where_unhandled(request_id), markup=False)
+        where, known = _where_unhandled(request_id)
+        console.print(where, markup=False)
+        if not known:
+            raise typer.Exit(1)  # as for a search that finds nothing: scripts can tell
 
 
 # Peeked per queue and refresh (20 round trips of 100 at most): more is shown as "≥2000". Exact counts
@@ -561,21 +565,25 @@ def _watch(journal: Journal, interval: float, window: timedelta) -> int:
     return _talk_to_servicebus(bus, run()) if bus is not None else asyncio.run(run())
 
 
-def _where_unhandled(request_id: str) -> str:
+def _where_unhandled(request_id: str) -> tuple[str, bool]:
+    """What to say of a request with no history, and whether it is known at all (waiting on the queue)."""
     from cli.upstream import is_queued, servicebus_client
 
     try:
         settings = load_settings(ServiceBusSettings)
     except SettingsProblem:
-        return "Unknown id, or not yet handled (set ServiceBusConnection to look for it on queue create-contact)."
+        return (
+            "Unknown id, or not yet handled (set ServiceBusConnection to look for it on queue create-contact).",
+            False,
+        )
 
     async def look() -> bool:
         async with servicebus_client(settings) as client:
             return await is_queued(client, StageName.CREATE_CONTACT, request_id)
 
     if _talk_to_servicebus(settings, look()):
-        return f"Queued on {StageName.CREATE_CONTACT}, not yet handled: is `onboard host` running?"
-    return f"Unknown id: no history, and not waiting on queue {StageName.CREATE_CONTACT}."
+        return f"Queued on {StageName.CREATE_CONTACT}, not yet handled: is `onboard host` running?", True
+    return f"Unknown id: no history, and not waiting on queue {StageName.CREATE_CONTACT}.", False
 
 
 @app.command()
@@ -780,7 +788,9 @@ def bulk(
         errors.print(f"line {problem.line}: {problem.field}: {problem.reason}", markup=False, soft_wrap=True)
     total = len(checked.rows) + checked.bad_rows
     if check:
-        if checked.problems or not checked.rows:
+        if not total:
+            raise _fail("No rows below the header; nothing to check.", 2)
+        if checked.problems:
             raise _fail(f"{checked.bad_rows} bad row(s) of {total}; nothing sent (--check).", 2)
         console.print(f"{total} row(s) valid; nothing sent (--check).", markup=False)
         raise typer.Exit(0)

@@ -331,3 +331,11 @@ def test_the_request_ids_written_out_are_csv_whatever_they_hold(tmp_path: Path) 
     write_request_ids(tmp_path / "ids.csv", checked.rows)
     with (tmp_path / "ids.csv").open(newline="") as file:
         assert [row["request_id"] for row in csv.DictReader(file)] == ["a,b", 'x"y']
+
+
+def test_a_file_with_only_its_header_is_said_to_have_no_rows(tmp_path: Path) -> None:
+    csv_file = tmp_path / "empty.csv"
+    csv_file.write_text(HEADER)
+    result = CliRunner().invoke(app, ["bulk", str(csv_file), "--check"], env={})
+    assert result.exit_code == 2
+    assert "No rows below the header" in result.output

@@ -69,7 +69,8 @@ def test_the_readme_flow_by_hand_works_with_no_traceback_and_no_needless_error(t
         assert first.returncode == 0, first.stderr
         assert "Submitted request by-hand-1 to queue create-contact." in first.stdout
         assert "Queued on create-contact, not yet handled" in onboard("status", "by-hand-1").stdout
-        assert "Unknown id" in onboard("status", "nobody-1").stdout
+        unknown = onboard("status", "nobody-1")
+        assert "Unknown id" in unknown.stdout and unknown.returncode == 1
         resent = onboard("submit", *REQUEST, "--group", "partners@contoso.com", "--request-id", "by-hand-1")
         assert resent.returncode == 0
         assert "drops it as a duplicate" in resent.stderr and "still waiting on the queue" in resent.stderr
