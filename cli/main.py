@@ -520,10 +520,8 @@ WATCH_QUEUE_CAP = 2000
 def _watch(journal: Journal, interval: float, window: timedelta) -> int:
     from rich.live import Live
 
-    from cli.status import QueueDepth, counting, render_board
+    from cli.status import QueueDepth, render_board
     from cli.upstream import peek_count, servicebus_client
-
-    tallying = counting(journal)
 
     try:
         bus: ServiceBusSettings | None = load_settings(ServiceBusSettings)
@@ -548,7 +546,7 @@ def _watch(journal: Journal, interval: float, window: timedelta) -> int:
 
             async def frame() -> RenderableType:
                 now = datetime.now(UTC)
-                tally = await tallying.tally(now - window)
+                tally = await journal.tally(now - window)
                 return render_board(tally, await depths(client) if client else None, now, window)
 
             if not console.is_terminal:

@@ -1,7 +1,7 @@
 """`onboard status`: one request's history, or where the requests stand, from the journal.
 
 The counts by state cover every request whose latest transition falls in a window (`--since`,
-default 24 hours), however many: the journal aggregates them while reading (`CountingJournal.tally`).
+default 24 hours), however many: the journal aggregates them while reading (`Journal.tally`).
 Only the list of the latest requests is bounded (`--limit`), and the board's latest failures.
 """
 
@@ -20,7 +20,7 @@ from rich.text import Text
 
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal import Journal, RequestState, Transition, TransitionKind
-from shared.journal.ports import LATEST_FAILURES, CountingJournal, Tally, Where
+from shared.journal.ports import LATEST_FAILURES, Tally, Where
 
 DEFAULT_WINDOW = timedelta(hours=24)
 FINISHED_WELL = frozenset({OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS})
@@ -231,13 +231,6 @@ class StatusReport:
         return self.renderable
 
 
-def counting(journal: Journal) -> CountingJournal:
-    """The journal, as one that counts by state (both adapters do)."""
-    if not isinstance(journal, CountingJournal):
-        raise TypeError(f"{type(journal).__name__} cannot count requests by state")
-    return journal
-
-
 async def status_report(
     journal: Journal,
     request_id: str | None = None,
@@ -251,7 +244,7 @@ async def status_report(
         if request_id is not None:
             history = await journal.history(request_id)
             return StatusReport(render_history(history, request_id=request_id), unknown=not history)
-        tally = await counting(journal).tally((now or datetime.now(UTC)) - since, failures=0)
+        tally = await journal.tally((now or datetime.now(UTC)) - since, failures=0)
         return StatusReport(render_summary(await journal.summary(limit), tally, since), unknown=False)
     finally:
         await journal.close()

@@ -27,6 +27,7 @@ from shared.directory.ports import (
     Warnings,
 )
 from shared.journal import RequestState, Transition
+from shared.journal.ports import LATEST_FAILURES, Tally
 from shared.outbox import UnknownQueueError
 
 
@@ -279,6 +280,9 @@ class RecordingJournal:
 
     async def summary(self, limit: int = 50) -> list[RequestState]:
         return []
+
+    async def tally(self, since: datetime, *, failures: int = LATEST_FAILURES) -> Tally:
+        return Tally(since, {}, [])
 
     async def close(self) -> None:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol
 
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal.model import RequestState, Transition, TransitionKind
@@ -13,22 +13,6 @@ from shared.journal.model import RequestState, Transition, TransitionKind
 # A request whose latest transition is one of these has failed (or crashed and waits for redelivery).
 FAILED = frozenset({TransitionKind.DEAD_LETTERED, TransitionKind.CRASHED})
 LATEST_FAILURES = 5
-
-
-class Journal(Protocol):
-    async def record(self, transition: Transition) -> None:
-        """Store one transition; the same request id and `Transition.key` again replaces it (idempotent)."""
-        ...
-
-    async def history(self, request_id: str) -> list[Transition]:
-        """Every transition of one request, oldest first (by `Transition.key`); [] for an unknown id."""
-        ...
-
-    async def summary(self, limit: int = 50) -> list[RequestState]:
-        """The latest transition of each request, newest first, at most `limit` requests."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 class Where(NamedTuple):
@@ -53,14 +37,23 @@ class Tally:
         return sum(self.counts.values())
 
 
-@runtime_checkable
-class CountingJournal(Journal, Protocol):
-    """A journal that counts where requests stand without reading them all into memory: both adapters.
+class Journal(Protocol):
+    async def record(self, transition: Transition) -> None:
+        """Store one transition; the same request id and `Transition.key` again replaces it (idempotent)."""
+        ...
 
-    Kept apart from `Journal` so the app's writers (and the test doubles of them) need not count."""
+    async def history(self, request_id: str) -> list[Transition]:
+        """Every transition of one request, oldest first (by `Transition.key`); [] for an unknown id."""
+        ...
+
+    async def summary(self, limit: int = 50) -> list[RequestState]:
+        """The latest transition of each request, newest first, at most `limit` requests."""
+        ...
 
     async def tally(self, since: datetime, *, failures: int = LATEST_FAILURES) -> Tally:
         """Count every request whose latest transition is at or after `since` (aware), however many:
         aggregated while reading, so memory does not grow with the requests; at most `failures`
         failed ones come back in full."""
         ...
+
+    async def close(self) -> None: ...

@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console, RenderableType
 
-from cli.status import counting, render_history, render_summary, state_of, status_report
+from cli.status import render_history, render_summary, state_of, status_report
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal import Journal, RequestState, SqliteJournal, Transition, TransitionKind
-from shared.journal.ports import CountingJournal, Tally, Where
+from shared.journal.ports import Tally, Where
 from shared.journal.table_storage import UnsortedResultsError, _latest_per_partition
 
 T0 = datetime(2026, 11, 23, 9, 0, 0, 250000, tzinfo=UTC)
@@ -25,12 +25,6 @@ def text_of(renderable: RenderableType, width: int = 160) -> str:
     console = Console(record=True, width=width, color_system=None)
     console.print(renderable)
     return console.export_text()
-
-
-@pytest.fixture
-def journal(journal: Journal) -> CountingJournal:
-    """conftest's journal (SQLite, Table Storage), as the status views read it."""
-    return counting(journal)
 
 
 def tally_of(states: list[RequestState]) -> Tally:
@@ -266,7 +260,7 @@ async def record_all(journal: Journal, transitions: list[Transition]) -> None:
         await asyncio.gather(*(journal.record(t) for t in transitions[start : start + 100]))
 
 
-async def test_the_tally_counts_every_request_of_the_window_exactly_however_many(journal: CountingJournal) -> None:
+async def test_the_tally_counts_every_request_of_the_window_exactly_however_many(journal: Journal) -> None:
     await record_all(journal, bulk_run())
 
     tally = await journal.tally(SINCE)
@@ -291,7 +285,7 @@ async def test_the_tally_counts_every_request_of_the_window_exactly_however_many
     assert later.total == 11 and sum(n for w, n in later.counts.items() if w.decision is TransitionKind.FINISHED) == 6
 
 
-async def test_the_tally_of_an_empty_journal_is_empty_and_wants_an_aware_time(journal: CountingJournal) -> None:
+async def test_the_tally_of_an_empty_journal_is_empty_and_wants_an_aware_time(journal: Journal) -> None:
     assert (await journal.tally(SINCE)) == Tally(SINCE, {}, [])
     with pytest.raises(ValueError, match="timezone-aware"):
         await journal.tally(datetime(2026, 11, 23, 9, 0))  # naive on purpose
