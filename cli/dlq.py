@@ -25,12 +25,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from cli.upstream import PEEK_BATCH, peeked
 from shared import envelope
 from shared.contracts import DeadLetterReason, OnboardingRequest, StageMessage, StageName
 from shared.decisions import Delivery
 from shared.logs import mask_emails
 
-PEEK_BATCH = 100
 RECEIVE_WAIT_SECONDS = 2.0
 # An invalid message stays invalid when sent again: the fix is a corrected request from upstream.
 NOT_REPLAYABLE = frozenset({DeadLetterReason.INVALID_REQUEST.value})
@@ -132,18 +132,10 @@ async def _dead_letter_receiver(client: ServiceBusClient, queue: StageName) -> A
         yield receiver
 
 
-async def _peek_all(receiver: ServiceBusReceiver) -> AsyncIterator[ServiceBusReceivedMessage]:
-    next_sequence = 0
-    while batch := await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=next_sequence):
-        for message in batch:
-            next_sequence = (message.sequence_number or 0) + 1
-            yield message
-
-
 async def list_dead_letters(client: ServiceBusClient, queues: Iterable[StageName]) -> list[DeadLetterView]:
     async def peek(queue: StageName) -> list[DeadLetterView]:
         async with _dead_letter_receiver(client, queue) as receiver:
-            return [view_of(queue, message) async for message in _peek_all(receiver)]
+            return [view_of(queue, message) async for message in peeked(receiver)]
 
     per_queue = await asyncio.gather(*(peek(queue) for queue in queues))  # each link takes a round trip or two
     return [view for views in per_queue for view in views]

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from shared.journal import Journal
 
 DEFAULT_STATE_DIR = Path(".onboard")  # `onboard sandbox` keeps its SQLite files here
-# create-contact's DuplicateDetectionHistoryTimeWindow, in infra/main.bicep and the emulator's config.json.
-DUPLICATE_WINDOW_TEXT = "10-minute"
+DUPLICATE_WINDOW_MINUTES = DUPLICATE_WINDOW // timedelta(minutes=1)
+DUPLICATE_WINDOW_TEXT = f"{DUPLICATE_WINDOW_MINUTES}-minute"
 # Records that report normal events as trouble: a client closing its AMQP connection (proton
 # logs it at ERROR), and azure-functions' notice that a queue-only app has no HTTP auth level.
 NORMAL_EVENTS = (
@@ -330,7 +330,7 @@ def submit(
     Exit code with --wait: 0 succeeded, 3 failed or no outcome in time.
     """
     from cli.outcomes import render_outcome
-    from cli.upstream import Mark, is_queued, mark_outcomes, servicebus_client, wait_for_outcome
+    from cli.upstream import is_queued, mark_outcomes, servicebus_client, wait_for_outcome
     from cli.upstream import submit as submit_requests
 
     settings = _settings(ServiceBusSettings, "submit")
@@ -359,7 +359,8 @@ def submit(
         async with servicebus_client(settings) as client:
             # Service Bus accepts a resend of a MessageId it saw within the window and drops it silently.
             waiting = request_id is not None and await is_queued(client, StageName.CREATE_CONTACT, request_id)
-            mark = await mark_outcomes(client, outcome_queue, [request_id]) if wait and request_id else None
+            # Before sending: what is on the outcome queue already is an earlier run's (none for a new id).
+            mark = await mark_outcomes(client, outcome_queue, [request_id] if request_id else []) if wait else None
             (sent_id,) = await submit_requests(client, [request], reply_to=reply_to)
             duplicate = _duplicate_because(waiting, handled_at)
             if duplicate:
@@ -371,11 +372,10 @@ def submit(
                 )
             else:
                 console.print(f"Submitted request {sent_id} to queue {StageName.CREATE_CONTACT}.", markup=False)
-            if not wait:
+            if mark is None:  # not --wait
                 console.print(f"Follow it with `onboard status {sent_id}` or `--wait`.", markup=False)
                 return 0
             console.print(f"Waiting up to {timeout:.0f} s for its outcome on queue {outcome_queue}...", markup=False)
-            mark = mark or Mark(0, {}, datetime.now(UTC))  # a new, generated request id has no earlier run
             followed = await wait_for_outcome(client, outcome_queue, sent_id, mark=mark, within_seconds=timeout)
         if (earlier := followed.duplicates.get(sent_id)) is not None:
             errors.print(f"No new run: the earlier run of {sent_id} ended like this.", markup=False)
@@ -776,7 +776,7 @@ def bulk(
     from rich.progress import Progress
 
     from cli.bulk import BulkFileError, check_file, send_rows, write_request_ids
-    from cli.upstream import Mark, mark_outcomes, servicebus_client, wait_for_outcomes
+    from cli.upstream import mark_outcomes, servicebus_client, wait_for_outcomes
 
     try:
         checked = check_file(csv_file, dry_run=dry_run)
@@ -810,7 +810,7 @@ def bulk(
             console.print(f"Sent {len(rows)} request(s) to {StageName.CREATE_CONTACT}{skipped}.", markup=False)
             console.print(
                 "Service Bus silently drops a message whose request id it saw in the last "
-                f"{DUPLICATE_WINDOW.total_seconds() / 60:.0f} minutes, so a re-run inside that window onboards "
+                f"{DUPLICATE_WINDOW_MINUTES} minutes, so a re-run inside that window onboards "
                 "nothing new.",
                 markup=False,
                 soft_wrap=True,
@@ -820,7 +820,7 @@ def bulk(
                 console.print(f"Request ids written to {output}.", markup=False)
             elif len(rows) <= 20:
                 console.print("\n".join(r.request_id for r in rows), markup=False)
-            if not wait:
+            if mark is None:  # not --wait
                 return 0
             with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
                 task = progress.add_task("Outcomes", total=len(rows))
@@ -828,7 +828,7 @@ def bulk(
                     client,
                     outcome_queue,
                     [r.request_id for r in rows],
-                    mark=mark or Mark(0, {}, datetime.now(UTC)),
+                    mark=mark,
                     within_seconds=timeout,
                     on_outcome=lambda _: progress.advance(task),
                 )

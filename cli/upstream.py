@@ -50,24 +50,21 @@ async def servicebus_client(settings: ServiceBusSettings) -> AsyncIterator[Servi
         yield client
 
 
-async def _peek_for(
-    receiver: ServiceBusReceiver, message_id: str, from_sequence: int
-) -> tuple[ServiceBusReceivedMessage | None, int]:
-    """Peek (without locking) from `from_sequence` to the end; the message with this id, and where to go on."""
-    while True:
-        batch = await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=from_sequence)
-        if not batch:
-            return None, from_sequence
+async def peeked(receiver: ServiceBusReceiver, from_sequence: int = 0) -> AsyncIterator[ServiceBusReceivedMessage]:
+    """Every message from `from_sequence` to the end of the queue, in order, peeked (no lock, nothing
+    settled): Service Bus numbers a queue's messages in the order they were enqueued."""
+    while batch := await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=from_sequence):
         for message in batch:
             from_sequence = (message.sequence_number or 0) + 1
-            if message.message_id == message_id:
-                return message, from_sequence
+            yield message
 
 
 async def is_queued(client: ServiceBusClient, queue: str, message_id: str) -> bool:
     async with client.get_queue_receiver(queue) as receiver:
-        found, _ = await _peek_for(receiver, message_id, 0)
-        return found is not None
+        async for message in peeked(receiver):
+            if message.message_id == message_id:
+                return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -97,11 +94,10 @@ async def mark_outcomes(client: ServiceBusClient, queue: str, request_ids: Itera
     earlier: dict[str, OutcomeEvent] = {}
     next_sequence = 0
     async with client.get_queue_receiver(queue) as receiver:
-        while batch := await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=next_sequence):
-            for message in batch:
-                next_sequence = (message.sequence_number or 0) + 1
-                if (request_id := by_message_id.get(str(message.message_id))) is not None:
-                    earlier[request_id] = OutcomeEvent.model_validate_json(b"".join(message.body))
+        async for message in peeked(receiver):
+            next_sequence = (message.sequence_number or 0) + 1
+            if (request_id := by_message_id.get(str(message.message_id))) is not None:
+                earlier[request_id] = OutcomeEvent.model_validate_json(b"".join(message.body))
     return Mark(next_sequence, earlier, at)
 
 
@@ -148,8 +144,7 @@ async def wait_for_outcomes(
     next_sequence = mark.next_sequence
     async with client.get_queue_receiver(queue) as receiver:
         while len(outcomes) + len(duplicates) < len(by_message_id):
-            batch = await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=next_sequence)
-            for message in batch:
+            async for message in peeked(receiver, next_sequence):  # what arrived since the last look
                 next_sequence = (message.sequence_number or 0) + 1
                 request_id = by_message_id.get(str(message.message_id))
                 if request_id is None or request_id in outcomes:
@@ -158,10 +153,11 @@ async def wait_for_outcomes(
                 outcomes[request_id] = OutcomeEvent.model_validate_json(b"".join(message.body))
                 if on_outcome is not None:
                     on_outcome(outcomes[request_id])
-            if not batch:
-                if asyncio.get_running_loop().time() >= deadline:
-                    break
-                await asyncio.sleep(poll_seconds)
+            if len(outcomes) + len(duplicates) == len(by_message_id):
+                break
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(poll_seconds)
     return Followed(outcomes, duplicates)
 
 
@@ -214,14 +210,10 @@ async def peek_count(client: ServiceBusClient, queue: str, *, cap: int, dead_let
     """Messages on a queue (or its dead-letter queue), up to `cap`: peeking needs only the data role an
     operator has; the management API's exact counts need Manage rights."""
     sub_queue = ServiceBusSubQueue.DEAD_LETTER if dead_letters else None
-    count, next_sequence = 0, 0
+    count = 0
     async with client.get_queue_receiver(queue, sub_queue=sub_queue) as receiver:
-        while count < cap:
-            batch = await receiver.peek_messages(
-                max_message_count=min(PEEK_BATCH, cap - count), sequence_number=next_sequence
-            )
-            if not batch:
+        async for _ in peeked(receiver):
+            count += 1
+            if count >= cap:
                 break
-            count += len(batch)
-            next_sequence = (batch[-1].sequence_number or 0) + 1
     return count

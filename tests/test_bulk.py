@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,6 +290,14 @@ def test_wait_follows_every_row_to_its_outcome(host_in_background: LocalStack, t
     result = CliRunner().invoke(app, ["bulk", str(csv_file), "--skip-invalid", "--wait", "--timeout", "60"], env=env)
     assert result.exit_code == 0, result.output
     assert "Outcomes: Succeeded 3" in result.output
+
+    # Sent again within the duplicate-detection window: Service Bus drops every row, and --wait says
+    # so at once instead of reporting the first run's outcomes as this run's.
+    started = time.monotonic()
+    again = CliRunner().invoke(app, ["bulk", str(csv_file), "--skip-invalid", "--wait", "--timeout", "60"], env=env)
+    assert again.exit_code == 0, again.output
+    assert "Outcomes: none" in again.output and "Not run again: 3 request(s)" in again.output
+    assert time.monotonic() - started < 30
 
 
 def test_a_dry_run_plans_every_row_changes_nothing_and_leaves_the_real_ids_free(
