@@ -76,7 +76,7 @@ async def verify_delivery(message: StageMessage, delivery: Delivery, deps: Stage
             return await _send_welcome(run, deps.welcome)
     except DirectoryError as error:
         return decide_on_directory_error(turn, progress, deps.retry, error, not_found_is_lag=True)
-    if deps.welcome is not None:
+    if deps.welcome is not None and not message.newly_added:
         member += " It was already a member before this request, so no second welcome message was sent."
     return finish(turn, progress, member)
 
