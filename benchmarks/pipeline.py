@@ -123,7 +123,7 @@ Logged = list[tuple[str, str, int]]  # face, operation, status of every call the
 @dataclass
 class _Running:
     environment: dict[str, str]
-    request_log: Callable[[], Logged]  # read once, at the end
+    request_log: Callable[[], Logged]  # read once, at the end (apart, it also stops the stand-ins)
     clear_log: Callable[[], None]
 
 
@@ -157,6 +157,7 @@ class StandIns:
         self._connection, child = context.Pipe()
         arguments = (child, knobs.model_dump_json(), seed.model_dump_json() if seed else None, settings)
         self._process = context.Process(target=_serve_stand_ins, args=arguments, daemon=True)
+        self._stopped = False
 
     def __enter__(self) -> _Running:
         self._process.start()
@@ -168,11 +169,14 @@ class StandIns:
         self._connection.recv()
 
     def _stop(self) -> Logged:
+        self._stopped = True
         self._connection.send("stop")
         log: Logged = self._connection.recv()
         return log
 
     def __exit__(self, *exc: object) -> None:
+        if not self._stopped and self._process.is_alive():  # the run failed before reading the log
+            self._stop()
         self._process.join(timeout=30)
         if self._process.is_alive():
             self._process.kill()
