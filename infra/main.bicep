@@ -56,8 +56,11 @@ param maxConcurrentCalls int = 8
 @description('Always-ready instances per Service Bus function (0: scale to zero, so the first message after idle waits for a cold start). Billed while idle.')
 param alwaysReadyInstances int = 0
 
-@description('Optional object id of an operator (user) who runs `onboard submit` and `onboard status` against Azure: gets Azure Service Bus Data Sender on the namespace and Storage Table Data Reader on the storage account. Empty: no operator rights.')
+@description('Optional object id of an operator (user) who runs the `onboard` commands against Azure: gets what they need on the queues and the journal table (docs/deploy.md, "Azure rights"). Empty: no operator rights.')
 param operatorPrincipalId string = ''
+
+@description('Principal (object) ids of the upstream systems\' identities that put requests on create-contact: each gets Azure Service Bus Data Sender on that queue only. Empty: none.')
+param upstreamSenderPrincipalIds array = []
 
 // The queues' MaxDeliveryCount. The app reads the same number (ONBOARDING_SERVICEBUS_MAX_DELIVERY_COUNT)
 // to know a delivery is the last one, so both come from this one variable.
@@ -78,13 +81,61 @@ var queueProperties = {
   authorizationRules: []
 }
 var outcomeQueueName = 'onboarding-outcomes'
-var queueNames = [
-  'create-contact'
-  'add-member'
-  'verify-delivery'
-  outcomeQueueName
+
+// Data roles per queue, never on the namespace (docs/deploy.md, "Azure rights"; tests/infra/test_bicep.py
+// derives the same table from the code). A queue's role covers its dead-letter sub-queue.
+// The app: its triggers receive from the three stage queues and their dead-letter sub-queues; it sends
+// to the next stage, schedules retries and re-checks on its own stage queue, and publishes outcomes.
+var appReceiver = {
+  principalId: identity.outputs.principalId
+  principalType: 'ServicePrincipal'
+  roleDefinitionIdOrName: roles.serviceBusDataReceiver
+}
+var appSender = {
+  principalId: identity.outputs.principalId
+  principalType: 'ServicePrincipal'
+  roleDefinitionIdOrName: roles.serviceBusDataSender
+}
+// Upstream systems only put requests on create-contact.
+var upstreamSenders = [for principalId in upstreamSenderPrincipalIds: {
+  principalId: principalId
+  roleDefinitionIdOrName: roles.serviceBusDataSender
+}]
+// The operator: submit and bulk send to create-contact; peeking (submit --wait, status, dlq list/show)
+// and receiving (dlq purge, dlq replay) need Receiver; dlq replay sends back to the stage queue.
+var operatorReceiver = empty(operatorPrincipalId) ? [] : [
+  {
+    principalId: operatorPrincipalId
+    principalType: 'User'
+    roleDefinitionIdOrName: roles.serviceBusDataReceiver
+  }
 ]
-var queues = [for queueName in queueNames: union({ name: queueName }, queueProperties)]
+var operatorSender = empty(operatorPrincipalId) ? [] : [
+  {
+    principalId: operatorPrincipalId
+    principalType: 'User'
+    roleDefinitionIdOrName: roles.serviceBusDataSender
+  }
+]
+var stageQueueRights = concat([appReceiver, appSender], operatorReceiver, operatorSender)
+var queues = [
+  union(queueProperties, {
+    name: 'create-contact'
+    roleAssignments: concat(stageQueueRights, upstreamSenders)
+  })
+  union(queueProperties, {
+    name: 'add-member'
+    roleAssignments: stageQueueRights
+  })
+  union(queueProperties, {
+    name: 'verify-delivery'
+    roleAssignments: stageQueueRights
+  })
+  union(queueProperties, {
+    name: outcomeQueueName
+    roleAssignments: concat([appSender], operatorReceiver)
+  })
+]
 
 // The Service Bus-triggered functions of function_app.py, for always-ready instances
 // (Flex names a function's scale group `function:<name>`).
@@ -200,31 +251,36 @@ module storage 'br/public:avm/res/storage/storage-account:0.29.0' = {
       containerDeleteRetentionPolicyEnabled: true
       containerDeleteRetentionPolicyDays: 7
     }
+    // The journal table exists before the app starts, so the app writes with rights on the table
+    // alone and `onboard status` reads with Storage Table Data Reader (reading never creates it).
     tableServices: {
       tables: [
         {
           name: journalTableName
+          roleAssignments: concat([
+            {
+              principalId: identity.outputs.principalId
+              principalType: 'ServicePrincipal'
+              roleDefinitionIdOrName: roles.storageTableDataContributor
+            }
+          ], empty(operatorPrincipalId) ? [] : [
+            {
+              principalId: operatorPrincipalId
+              principalType: 'User'
+              roleDefinitionIdOrName: roles.storageTableDataReader
+            }
+          ])
         }
       ]
     }
-    roleAssignments: concat([
+    // Host storage (AzureWebJobsStorage: its own containers) and the deployment package.
+    roleAssignments: [
       {
         principalId: identity.outputs.principalId
         principalType: 'ServicePrincipal'
         roleDefinitionIdOrName: roles.storageBlobDataOwner
       }
-      {
-        principalId: identity.outputs.principalId
-        principalType: 'ServicePrincipal'
-        roleDefinitionIdOrName: roles.storageTableDataContributor
-      }
-    ], empty(operatorPrincipalId) ? [] : [
-      {
-        principalId: operatorPrincipalId
-        principalType: 'User'
-        roleDefinitionIdOrName: roles.storageTableDataReader
-      }
-    ])
+    ]
   }
 }
 
@@ -247,25 +303,8 @@ module serviceBus 'br/public:avm/res/service-bus/namespace:0.15.1' = {
     // RootManageSharedAccessKey); the one the service creates by itself is unusable with local auth off.
     disableLocalAuth: true
     authorizationRules: []
+    // Every data role is on a queue (`queues`); none on the namespace.
     queues: queues
-    roleAssignments: concat([
-      {
-        principalId: identity.outputs.principalId
-        principalType: 'ServicePrincipal'
-        roleDefinitionIdOrName: roles.serviceBusDataReceiver
-      }
-      {
-        principalId: identity.outputs.principalId
-        principalType: 'ServicePrincipal'
-        roleDefinitionIdOrName: roles.serviceBusDataSender
-      }
-    ], empty(operatorPrincipalId) ? [] : [
-      {
-        principalId: operatorPrincipalId
-        principalType: 'User'
-        roleDefinitionIdOrName: roles.serviceBusDataSender
-      }
-    ])
   }
 }
 
@@ -319,6 +358,6 @@ output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 // The identity to grant Microsoft Graph and Exchange Online rights to (`onboard grant`).
 output ONBOARDING_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output ONBOARDING_IDENTITY_CLIENT_ID string = identity.outputs.clientId
-// For `onboard submit` and `onboard status` from an operator's machine.
+// For the `onboard` commands from an operator's machine.
 output SERVICEBUS_FULLY_QUALIFIED_NAMESPACE string = '${serviceBus.outputs.name}.servicebus.windows.net'
 output ONBOARDING_JOURNAL string = '${storage.outputs.serviceEndpoints.table}${journalTableName}'

@@ -23,8 +23,8 @@ def open_journal(setting: str | None, credential: AsyncTokenCredential | None = 
     """Open the journal a setting value names (forms: `parse_journal_setting`); None means no journal.
 
     Table Storage by URL uses the credential given, or else a DefaultAzureCredential owned (and
-    closed) by the journal; the identity needs "Storage Table Data Contributor". The table is
-    created on first use.
+    closed) by the journal; a writer needs "Storage Table Data Contributor", a reader "Storage Table
+    Data Reader". Only a write creates a missing table; reading one finds nothing.
     """
     match parse_journal_setting(setting):
         case None:

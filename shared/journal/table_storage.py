@@ -4,8 +4,10 @@ One entity per transition: PartitionKey = request id, RowKey = `Transition.key` 
 stage, attempt, kind). A request's history is then a single-partition query, already in RowKey
 order, and re-recording a transition upserts the same entity.
 
-In Azure the app's managed identity needs "Storage Table Data Contributor" on the account (or on
-the table); connection strings with an account key are for Azurite.
+In Azure the table is created with the infrastructure (infra/main.bicep): the app's managed identity
+needs "Storage Table Data Contributor" on the table, and a reader (`onboard status`) only "Storage
+Table Data Reader", because reading never creates the table. Only a write to a table that does not
+exist yet creates it (locally, on Azurite). Connection strings with an account key are for Azurite.
 """
 
 from __future__ import annotations
@@ -50,8 +52,6 @@ class TableStorageJournal:
     def __init__(self, client: TableClient, *, owned_credential: AsyncTokenCredential | None = None) -> None:
         self._client = client
         self._owned_credential = owned_credential  # closed with the journal when we created it
-        self._table_ready = False
-        self._table_lock = asyncio.Lock()
 
     @classmethod
     def from_connection_string(cls, connection_string: str, table_name: str) -> TableStorageJournal:
@@ -74,7 +74,6 @@ class TableStorageJournal:
         return self._client.url
 
     async def record(self, transition: Transition) -> None:
-        await self._ensure_table()
         entity: dict[str, Any] = {
             "PartitionKey": partition_key(transition.request_id),
             "RowKey": transition.key,
@@ -88,14 +87,18 @@ class TableStorageJournal:
             entity["Cause"] = transition.cause
         if transition.outcome_status is not None:
             entity["OutcomeStatus"] = transition.outcome_status.value
-        await self._client.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        try:
+            await self._client.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        except ResourceNotFoundError:  # no table yet (in Azure the infrastructure creates it)
+            with contextlib.suppress(ResourceExistsError):  # another writer was first
+                await self._client.create_table()
+            await self._client.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
     async def history(self, request_id: str) -> list[Transition]:
-        await self._ensure_table()
         entities = self._client.query_entities(
             "PartitionKey eq @request_id", parameters={"request_id": partition_key(request_id)}, select=_PROPERTIES
         )
-        rows = [entity async for entity in entities]
+        rows = [entity async for entity in _unless_no_table(entities)]
         rows.sort(key=lambda entity: str(entity["RowKey"]))  # the service returns RowKey order; do not rely on it
         return [_transition(entity) for entity in rows]
 
@@ -105,9 +108,9 @@ class TableStorageJournal:
         # scan is too slow, keep one "latest" entity per request (a separate table, upserted with an
         # ETag condition alongside each record) and read that instead.
         check_limit(limit)
-        await self._ensure_table()
         newest: list[tuple[str, str, int, dict[str, Any]]] = []  # a heap: the oldest of the kept on top
-        async for latest, count in _latest_per_partition(self._client.list_entities(select=_PROPERTIES)):
+        entities = _unless_no_table(self._client.list_entities(select=_PROPERTIES))
+        async for latest, count in _latest_per_partition(entities):
             kept = (str(latest["RowKey"]), str(latest["PartitionKey"]), count, latest)
             if len(newest) < limit:
                 heapq.heappush(newest, kept)
@@ -123,13 +126,12 @@ class TableStorageJournal:
         the service scans the table either way. The few failures are then read whole, by key."""
         if since.tzinfo is None:
             raise ValueError(f"a journal time must be timezone-aware, not {since!r}")
-        await self._ensure_table()
         counts: Counter[Where] = Counter()
         failed: list[tuple[str, str]] = []  # a heap of (RowKey, PartitionKey): the oldest kept on top
         entities = self._client.query_entities(
             "At ge @since", parameters={"since": since.astimezone(UTC)}, select=_WHERE
         )
-        async for latest, _ in _latest_per_partition(entities):
+        async for latest, _ in _latest_per_partition(_unless_no_table(entities)):
             status = latest.get("OutcomeStatus")
             where = Where(
                 StageName(latest["Stage"]),
@@ -157,14 +159,15 @@ class TableStorageJournal:
             return await self._client.get_entity(partition, row, select=_PROPERTIES)
         return None
 
-    async def _ensure_table(self) -> None:
-        if self._table_ready:
-            return
-        async with self._table_lock:
-            if not self._table_ready:
-                with contextlib.suppress(ResourceExistsError):  # the usual case after the first start
-                    await self._client.create_table()
-                self._table_ready = True
+
+async def _unless_no_table(entities: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    """A query's entities; none while the table does not exist. Reading never creates the table, so
+    a reader needs no right to write (Storage Table Data Reader is enough)."""
+    try:
+        async for entity in entities:
+            yield entity
+    except ResourceNotFoundError:  # TableNotFound: nothing was ever recorded
+        return
 
 
 async def _latest_per_partition(entities: AsyncIterable[Any]) -> AsyncIterator[tuple[Any, int]]:

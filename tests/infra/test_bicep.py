@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from shared.queues import StageName
+from shared.settings import ServiceBusSettings
+from standins.local_host import discover_triggers, load_function_app
 from tests.infra.bicep import INFRA, REPOSITORY, Ref, bicep_files, function_app_template, main_template, parse
 
 ROLE_IDS = {
@@ -74,7 +77,7 @@ def test_storage_accepts_identities_only() -> None:
     assert storage["defaultToOAuthAuthentication"] is True
     assert storage["allowBlobPublicAccess"] is False
     assert storage["minimumTlsVersion"] == "TLS1_2"
-    assert storage["tableServices"]["tables"] == [{"name": "onboardingjournal"}]
+    assert [table["name"] for table in storage["tableServices"]["tables"]] == [JOURNAL_TABLE]
 
 
 def test_service_bus_is_standard_with_local_auth_off_and_no_sas_rule() -> None:
@@ -112,31 +115,132 @@ def test_function_app_is_flex_consumption_with_a_user_assigned_identity() -> Non
 
 
 def _role_assignments(module: str, **parameters: Any) -> set[tuple[object, str]]:
+    """(principal, role) of the assignments on a module's resource itself (not on its children)."""
     main = main_template(**parameters)
-    assignments = main.evaluate(main.module_params(module)["roleAssignments"])
+    assignments = main.evaluate(main.module_params(module).get("roleAssignments", []))
     return {(entry["principalId"], ROLE_IDS[entry["roleDefinitionIdOrName"]]) for entry in assignments}
 
 
-def test_identity_has_exactly_the_documented_azure_rights() -> None:
-    assert _role_assignments("serviceBus") == {
-        (APP_IDENTITY, "Azure Service Bus Data Receiver"),
-        (APP_IDENTITY, "Azure Service Bus Data Sender"),
-    }
-    assert _role_assignments("storage") == {
-        (APP_IDENTITY, "Storage Blob Data Owner"),
-        (APP_IDENTITY, "Storage Table Data Contributor"),
-    }
-    assert _role_assignments("appInsights") == {(APP_IDENTITY, "Monitoring Metrics Publisher")}
+RECEIVER = "Azure Service Bus Data Receiver"
+SENDER = "Azure Service Bus Data Sender"
+TABLE_CONTRIBUTOR = "Storage Table Data Contributor"
+TABLE_READER = "Storage Table Data Reader"
+OPERATOR = "00000000-0000-0000-0000-00000000beef"
+UPSTREAMS = ("00000000-0000-0000-0000-0000000000a1", "00000000-0000-0000-0000-0000000000a2")
+
+# The names the code uses: the stage queues, the outcome queue's default (ONBOARDING_OUTCOME_QUEUE),
+# and the journal table the infrastructure names in ONBOARDING_JOURNAL.
+STAGE_QUEUES = frozenset(stage.value for stage in StageName)
+CREATE_CONTACT = StageName.CREATE_CONTACT.value
+OUTCOME_QUEUE = ServiceBusSettings.model_fields["outcome_queue"].default
+JOURNAL_TABLE = "onboardingjournal"
+DEAD_LETTER_SUFFIX = "/$deadletterqueue"
+
+Rights = frozenset[tuple[str, str]]  # (role, queue or table)
 
 
-def test_operator_rights_only_when_an_operator_is_named() -> None:
-    operator = "00000000-0000-0000-0000-00000000beef"
-    assert _role_assignments("serviceBus", operatorPrincipalId=operator) - _role_assignments("serviceBus") == {
-        (operator, "Azure Service Bus Data Sender")
-    }
-    assert _role_assignments("storage", operatorPrincipalId=operator) - _role_assignments("storage") == {
-        (operator, "Storage Table Data Reader")
-    }
+def _on(role: str, *names: str) -> Rights:
+    return frozenset((role, name) for name in names)
+
+
+# What each `onboard` command calls on Service Bus and the journal, and the line docs/deploy.md (and
+# the command's --help) states for it. Read from cli/: submit and bulk send to create-contact
+# (upstream.submit, bulk.send_rows); `submit --request-id` peeks create-contact for a waiting
+# duplicate (upstream.is_queued) and reads the journal for when it was handled (main._first_handled,
+# silent when it cannot); --wait peeks the outcome queue (upstream.mark_outcomes,
+# wait_for_outcome[s]); status reads the journal, peeks create-contact for an unknown id and, with
+# --watch, every stage queue and its dead-letter sub-queue (upstream.peek_count); dlq list and show
+# peek dead-letter sub-queues; purge receives from them; replay receives and sends back to the same
+# stage queue (dlq.replay). Peeking is receiving as far as roles go.
+OPERATOR_COMMANDS: dict[str, tuple[Rights, str]] = {
+    "onboard submit": (
+        _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, CREATE_CONTACT, OUTCOME_QUEUE) | _on(TABLE_READER, JOURNAL_TABLE),
+        "Azure Service Bus Data Sender on create-contact; with --request-id also Data Receiver on "
+        "create-contact (it peeks for a waiting duplicate) and, if ONBOARDING_JOURNAL is set, Storage Table "
+        "Data Reader on the journal table; with --wait also Data Receiver on the outcome queue or the "
+        "--reply-to queue (it peeks).",
+    ),
+    "onboard bulk": (
+        _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, OUTCOME_QUEUE),
+        "Azure Service Bus Data Sender on create-contact; with --wait also Data Receiver on the outcome "
+        "queue or the --reply-to queue (it peeks); with --check none.",
+    ),
+    "onboard status": (
+        _on(TABLE_READER, JOURNAL_TABLE) | _on(RECEIVER, *STAGE_QUEUES),
+        "Storage Table Data Reader on the journal table; with ServiceBusConnection set also Azure Service "
+        "Bus Data Receiver on create-contact (an unknown id) and, with --watch, on every stage queue (it peeks).",
+    ),
+    "onboard dlq list": (
+        _on(RECEIVER, *STAGE_QUEUES),
+        "Azure Service Bus Data Receiver on each stage queue listed (it peeks the dead-letter sub-queue).",
+    ),
+    "onboard dlq show": (
+        _on(RECEIVER, *STAGE_QUEUES),
+        "Azure Service Bus Data Receiver on the --queue (it peeks the dead-letter sub-queue).",
+    ),
+    "onboard dlq replay": (
+        _on(RECEIVER, *STAGE_QUEUES) | _on(SENDER, *STAGE_QUEUES),
+        "Azure Service Bus Data Receiver and Data Sender on each stage queue replayed (it receives from the "
+        "dead-letter sub-queue and sends to the queue itself).",
+    ),
+    "onboard dlq purge": (
+        _on(RECEIVER, *STAGE_QUEUES),
+        "Azure Service Bus Data Receiver on each stage queue purged (it receives from the dead-letter "
+        "sub-queue and completes).",
+    ),
+}
+
+
+def _app_rights() -> Rights:
+    """What the function app's code calls: each trigger receives from its queue (a dead-letter
+    sub-queue is covered by its queue's role); a stage passes on to the next stage queue or schedules
+    a retry on its own (shared/runner.py), so it sends to every stage queue; outcomes go to the outcome
+    queue (a ReplyTo queue is its upstream's to grant); the journal is written."""
+    triggers = discover_triggers(load_function_app())
+    received = {trigger.queue_name.removesuffix(DEAD_LETTER_SUFFIX) for trigger in triggers}
+    return _on(RECEIVER, *received) | _on(SENDER, *STAGE_QUEUES, OUTCOME_QUEUE) | _on(TABLE_CONTRIBUTOR, JOURNAL_TABLE)
+
+
+def _data_rights(**parameters: Any) -> dict[object, Rights]:
+    """Each principal's data roles on the queues and the journal table, as the template assigns them."""
+    main = main_template(**parameters)
+    queues = main.evaluate(main.module_params("serviceBus")["queues"])
+    tables = main.evaluate(main.module_params("storage")["tableServices"]["tables"])
+    rights: dict[object, set[tuple[str, str]]] = {}
+    for entity in (*queues, *tables):
+        for entry in entity.get("roleAssignments", []):
+            rights.setdefault(entry["principalId"], set()).add(
+                (ROLE_IDS[entry["roleDefinitionIdOrName"]], entity["name"])
+            )
+    return {principal: frozenset(pairs) for principal, pairs in rights.items()}
+
+
+def test_every_data_role_is_on_a_queue_or_the_table_and_matches_what_the_code_calls() -> None:
+    rights = _data_rights(operatorPrincipalId=OPERATOR, upstreamSenderPrincipalIds=list(UPSTREAMS))
+    expected: dict[object, Rights] = {upstream: _on(SENDER, CREATE_CONTACT) for upstream in UPSTREAMS}
+    expected[APP_IDENTITY] = _app_rights()
+    expected[OPERATOR] = frozenset().union(*(needed for needed, _ in OPERATOR_COMMANDS.values()))
+    assert rights == expected
+
+
+def test_no_data_role_on_the_namespace_or_the_account() -> None:
+    """Roles there would reach every queue, including upstreams' reply queues, or every table."""
+    named = {"operatorPrincipalId": OPERATOR, "upstreamSenderPrincipalIds": list(UPSTREAMS)}
+    assert _role_assignments("serviceBus", **named) == set()
+    assert _role_assignments("storage", **named) == {(APP_IDENTITY, "Storage Blob Data Owner")}  # host storage
+    assert _role_assignments("appInsights", **named) == {(APP_IDENTITY, "Monitoring Metrics Publisher")}
+
+
+def test_operator_and_upstream_rights_only_when_named() -> None:
+    assert set(_data_rights()) == {APP_IDENTITY}
+    assert set(_data_rights(upstreamSenderPrincipalIds=[UPSTREAMS[0]])) == {APP_IDENTITY, UPSTREAMS[0]}
+
+
+def test_deploy_guide_states_each_commands_rights_as_the_template_grants_them() -> None:
+    """docs/deploy.md's table of commands and their rights (the lines each --help repeats)."""
+    guide = (REPOSITORY / "docs" / "deploy.md").read_text()
+    stated = dict(re.findall(r"^\| `(onboard [a-z ]+)` \| (.+?) \|$", guide, re.MULTILINE))
+    assert stated == {command: line for command, (_, line) in OPERATOR_COMMANDS.items()}
 
 
 def _app_settings(**main_parameters: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from azure.data.tables.aio import TableServiceClient
 from pydantic import ValidationError
 
 from shared.contracts import OutcomeStatus, StageName
@@ -19,6 +20,7 @@ from shared.journal import (
 )
 from shared.journal.setting import MEMORY
 from shared.journal.table_storage import TableStorageJournal
+from tests.fixtures.azurite import Azurite
 
 T0 = datetime(2026, 11, 23, 9, 0, 0, 123456, tzinfo=UTC)
 
@@ -237,3 +239,27 @@ async def test_a_refused_message_id_that_is_no_valid_key_is_still_journalled(jou
 
     assert await journal.history(hostile) == [refused]
     assert [state.request_id for state in await journal.summary()] == ["a%2Fb", hostile]
+
+
+@pytest.mark.stack
+async def test_reading_table_storage_never_creates_the_table(azurite: Azurite) -> None:
+    """`onboard status` reads as an operator with Storage Table Data Reader, which may not create a
+    table: reading a table that does not exist finds nothing and leaves it missing; a write creates it."""
+    table = "journalreadfirst"
+    opened = open_journal(f"tables:TableName={table};{azurite.connection_string}")
+    assert opened is not None
+    async with TableServiceClient.from_connection_string(azurite.connection_string) as service:
+
+        async def table_exists() -> bool:
+            return [t.name async for t in service.query_tables("TableName eq @name", parameters={"name": table})] != []
+
+        try:
+            assert await opened.history("hr-1") == []
+            assert await opened.summary() == []
+            assert (await opened.tally(T0)).total == 0
+            assert not await table_exists()
+            await opened.record(transition("hr-1", 0))
+            assert await table_exists()
+            assert await opened.history("hr-1") == [transition("hr-1", 0)]
+        finally:
+            await opened.close()
