@@ -1,5 +1,9 @@
 """Carries out one stage's decision for one received message, and nothing else.
 
+`Carrier` is the one place that says what a decision sends, sends it (an outcome whose ReplyTo
+queue does not exist goes to the outcome queue, saying so) and journals it; the dead-letter
+functions (shared/dead_letters.py) publish their outcomes through it too.
+
 Order matters: the next message (or the scheduled retry, or the outcome) is sent first and the
 received message is settled second. A crash in between leaves a duplicate, which the stable
 MessageIds and idempotent stages make harmless; the other order could lose the request.
