@@ -1,9 +1,10 @@
-"""The Azure Functions app (Python v2 model): one Service Bus-triggered function per stage, and one on
-each stage's dead-letter sub-queue so that nothing ends without an outcome."""
+"""The Azure Functions app (Python v2 model): one Service Bus-triggered function per stage, in the
+pipeline's order (shared/queues.py, PIPELINE: create-contact, add-member, verify-delivery), and one
+on each stage's dead-letter sub-queue so that nothing ends without an outcome."""
 
 import azure.functions as func
 
-from functions import add_member, create_contact, dead_letters, verify_delivery
+from functions import triggers
 from shared.logs import install_safe_log_records
 from shared.telemetry import configure_telemetry
 
@@ -11,5 +12,4 @@ install_safe_log_records()  # before anything logs: addresses masked, request id
 configure_telemetry()  # Azure Monitor, only when APPLICATIONINSIGHTS_CONNECTION_STRING is set
 
 app = func.FunctionApp()
-for blueprint in (create_contact, add_member, verify_delivery, dead_letters):
-    app.register_functions(blueprint.bp)
+app.register_functions(triggers.bp)

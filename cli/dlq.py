@@ -27,13 +27,14 @@ from rich.text import Text
 
 from cli.upstream import PEEK_BATCH, peeked
 from shared import envelope
-from shared.contracts import DeadLetterReason, OnboardingRequest, StageMessage, StageName
-from shared.decisions import Delivery
+from shared.contracts import StageName
+from shared.envelope import Delivery
 from shared.logs import mask_emails
+from shared.reasons import REASONS
 
 RECEIVE_WAIT_SECONDS = 2.0
-# An invalid message stays invalid when sent again: the fix is a corrected request from upstream.
-NOT_REPLAYABLE = frozenset({DeadLetterReason.INVALID_REQUEST.value})
+# What a replay cannot fix (an invalid body stays invalid): the reasons table says which.
+NOT_REPLAYABLE = frozenset(reason.value for reason, facts in REASONS.items() if not facts.replayable)
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,8 @@ def parse_age(text: str) -> timedelta:
 
 def _decoded(queue: StageName, message: ServiceBusReceivedMessage, now: datetime) -> tuple[bytes, Delivery]:
     """The body and envelope exactly as the stage would read them (raises envelope.UnreadableMessage)."""
-    if queue is StageName.CREATE_CONTACT:
-        request = envelope.decode(message, OnboardingRequest, now)
-        return request.body, request.delivery
-    carried = envelope.decode(message, StageMessage, now)
-    return carried.body, carried.delivery
+    inbound = envelope.decode_from(queue, message, now)
+    return inbound.body, inbound.delivery
 
 
 def _text(value: object) -> str:
@@ -112,7 +110,7 @@ def _text(value: object) -> str:
 def view_of(queue: StageName, message: ServiceBusReceivedMessage) -> DeadLetterView:
     """What the message says about itself, read leniently: a dead letter may be unreadable."""
     properties = {_text(k): v for k, v in (message.application_properties or {}).items()}
-    request_id = _text(properties.get(envelope.REQUEST_ID)) or message.message_id or f"seq-{message.sequence_number}"
+    request_id = envelope.claimed_request_id(message)
     attempt = _text(properties.get(envelope.ATTEMPT))
     return DeadLetterView(
         queue=queue,

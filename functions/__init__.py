@@ -1,1 +1,1 @@
-"""One blueprint per stage; each function only decodes, runs its stage and settles."""
+"""The triggers (triggers.py); each function only hands its message to the runner or the dead-letter reporter."""

@@ -26,11 +26,11 @@ from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.ports import ExchangeDirectory, GraphDirectory
 from shared.journal import Journal, open_journal
 from shared.logs import install_safe_log_records
-from shared.outbox import ServiceBusOutbox
+from shared.outbox import Outbox, QueueSenders
 from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
-from shared.runner import Outbox, StageRunner
-from shared.settings import ServiceBusSettings, Settings
+from shared.runner import StageRunner
+from shared.settings import CredentialKind, ServiceBusSettings, Settings
 from shared.stages import Stage, StageDependencies, WelcomeMail
 from shared.stages.dependencies import utc_now
 
@@ -68,12 +68,7 @@ def build_services(
     closers: list[Callable[[], Awaitable[Any]]] = []
     ttl = settings.directory_cache_seconds  # 0: no cache wrapper at all (nor shared in-flight lookups)
     if credential is None:
-        if settings.directory_credential == "sandbox":
-            raise RuntimeError(
-                "ONBOARDING_DIRECTORY_CREDENTIAL=sandbox: the sandbox credential is supplied by the local host "
-                "(standins); it cannot be built from settings"
-            )
-        credential = build_credential(settings.directory_credential, client_id=settings.managed_identity_client_id)
+        credential = app_credential(settings.directory_credential, settings.managed_identity_client_id)
         closers.append(credential.close)
     if graph is None:
         from shared.directory.graph import MsGraphDirectory  # msgraph-sdk is the heaviest import: only when used
@@ -90,16 +85,10 @@ def build_services(
         closers.insert(0, built_exchange.close)
         exchange = CachingExchangeDirectory(built_exchange, ttl) if ttl else built_exchange
     if outbox is None:
-        if settings.servicebus_connection_string is not None:
-            connection_string = settings.servicebus_connection_string.get_secret_value()
-            built_outbox = ServiceBusOutbox.from_connection_string(connection_string)
-        else:
-            assert settings.servicebus_namespace is not None  # Settings guarantees one of the two
-            built_outbox = ServiceBusOutbox.from_namespace(settings.servicebus_namespace, credential)
+        built_outbox = QueueSenders.connect(settings, credential)
         closers.insert(0, built_outbox.close)
         outbox = built_outbox
     if journal is None:
-        # Table Storage in Azure uses the app's managed identity, like every other client here.
         journal = open_journal(settings.journal.get_secret_value() if settings.journal else None, credential)
         if journal is not None:
             closers.insert(0, journal.close)
@@ -118,6 +107,16 @@ def build_services(
         welcome=_welcome(settings),
     )
     return Services(settings, dependencies, outbox, journal, tuple(closers))
+
+
+def app_credential(kind: CredentialKind, client_id: str | None) -> AsyncTokenCredential:
+    """The app's one credential, for Service Bus, the directory and the journal alike."""
+    if kind == "sandbox":
+        raise RuntimeError(
+            "ONBOARDING_DIRECTORY_CREDENTIAL=sandbox: the sandbox credential is supplied by the local host "
+            "(standins); it cannot be built from settings"
+        )
+    return build_credential(kind, client_id=client_id)
 
 
 def _policy(settings: Settings) -> OnboardingPolicy:
@@ -164,11 +163,9 @@ async def close_services() -> None:
             await _services.close()
             _services = None
         if _reporting is not None:
-            _, _, journal, close_outbox = _reporting
+            close_reporting = _reporting[3]
             _reporting = None
-            await close_outbox()
-            if journal is not None:
-                await journal.close()
+            await close_reporting()
         _overrides.clear()
 
 
@@ -193,6 +190,7 @@ async def dead_letter_reporter(stage: StageName) -> DeadLetterReporter:
 class ReportingSettings(ServiceBusSettings):
     """What the dead-letter functions read when the app's other settings are broken."""
 
+    directory_credential: str = "managed-identity"  # read leniently: it may be the broken setting
     managed_identity_client_id: str | None = None
     journal: SecretStr | None = None
 
@@ -205,20 +203,24 @@ async def _reporting_services() -> tuple[Outbox, str, Journal | None]:
     async with _lock:
         if _reporting is None:
             settings = ReportingSettings()  # a broken Service Bus setting stops the triggers too: let it raise
-            if settings.servicebus_connection_string is not None:
-                outbox = ServiceBusOutbox.from_connection_string(
-                    settings.servicebus_connection_string.get_secret_value()
-                )
-            else:
-                assert settings.servicebus_namespace is not None  # ServiceBusSettings guarantees one of the two
-                credential = build_credential("managed-identity", client_id=settings.managed_identity_client_id)
-                outbox = ServiceBusOutbox.from_namespace(settings.servicebus_namespace, credential)
+            given = _overrides.get("credential")  # the local host hands in the sandbox's
+            kind: CredentialKind = "default" if settings.directory_credential == "default" else "managed-identity"
+            credential = given or app_credential(kind, settings.managed_identity_client_id)
+            outbox = QueueSenders.connect(settings, credential)
             try:
-                journal = open_journal(settings.journal.get_secret_value() if settings.journal else None)
+                journal = open_journal(settings.journal.get_secret_value() if settings.journal else None, credential)
             except Exception as error:  # a record, never a reason to stay silent
                 logger.warning("no journal for the dead-letter functions: %s", type(error).__name__)
                 journal = None
-            _reporting = (outbox, settings.outcome_queue, journal, outbox.close)
+
+            async def close() -> None:
+                await outbox.close()
+                if journal is not None:
+                    await journal.close()
+                if given is None:
+                    await credential.close()
+
+            _reporting = (outbox, settings.outcome_queue, journal, close)
         return _reporting[0], _reporting[1], _reporting[2]
 
 

@@ -78,12 +78,9 @@ class DeadLetterReason(StrEnum):
     RETRIES_EXHAUSTED = "RetriesExhausted"
     DELIVERY_FAILED = "DeliveryFailed"
     PROCESSING_FAILED = "ProcessingFailed"
-    # Service Bus's own reasons, for what it dead-letters by itself; the pipeline never sets these.
+    # Service Bus's own reasons, for what it dead-letters by itself (what each means: shared/reasons.py).
     MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
     TTL_EXPIRED = "TTLExpiredException"
-
-
-SERVICE_BUS_REASONS = frozenset({DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED, DeadLetterReason.TTL_EXPIRED})
 
 
 class _Contract(BaseModel):
@@ -167,10 +164,8 @@ class StageMessage(_Contract):
 
     contract_version: Literal["1"] = CONTRACT_VERSION
     request: OnboardingRequest  # request_id always set here
-    request_id: RequestId
     group: ResolvedGroup
     recipient: Recipient
-    reply_to: str | None = None
     accepted_at: datetime
     changes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
@@ -179,6 +174,18 @@ class StageMessage(_Contract):
         default=True,
         description="False when the recipient was a member of the group before this request (a re-run): "
         "verify-delivery then sends no second welcome message. Absent in messages from earlier versions.",
+    )
+    # Earlier versions copied the envelope into the body; accepted, never read, never written again.
+    request_id: RequestId | None = Field(
+        default=None,
+        exclude=True,
+        description="Written by earlier versions and ignored: the request id is request.request_id and the "
+        "message's onboarding-request-id property.",
+    )
+    reply_to: str | None = Field(
+        default=None,
+        exclude=True,
+        description="Written by earlier versions and ignored: the outcome goes to the message's ReplyTo.",
     )
 
 

@@ -20,20 +20,19 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from shared import envelope
-from shared.contracts import SERVICE_BUS_REASONS, DeadLetterReason, OnboardingRequest, StageMessage, StageName
-from shared.decisions import DeadLetter, Delivery
-from shared.journal.model import TransitionKind
+from shared.contracts import DeadLetterReason, OnboardingRequest, StageName
+from shared.decisions import DeadLetter
+from shared.envelope import Delivery
 from shared.journal.ports import Journal
 from shared.logs import request_context
-from shared.outbox import UnknownQueueError
+from shared.outbox import Outbox
 from shared.outcomes import dead_letter
 from shared.progress import Progress, Turn
-from shared.runner import Outbox, journal_safely, settle_off_loop, without_reply_to
+from shared.queues import PIPELINE
+from shared.reasons import facts_of
+from shared.runner import Carrier, settle_off_loop
 
 logger = logging.getLogger("onboarding.dead_letters")
-
-# The reasons the pipeline gives when it dead-letters a message itself (it has published an outcome).
-PIPELINE_REASONS = frozenset(reason.value for reason in DeadLetterReason if reason not in SERVICE_BUS_REASONS)
 
 
 class DeadLetteredMessage(envelope.ReceivedMessage, Protocol):
@@ -59,10 +58,15 @@ class DeadLetterReporter:
     clock: Callable[[], datetime]
     journal: Journal | None = None
 
+    @property
+    def carrier(self) -> Carrier:
+        return Carrier(self.stage, self.outbox, self.outcome_queue, self.clock, self.journal)
+
     async def run(self, message: DeadLetteredMessage, actions: DeadLetterActions) -> DeadLetter | None:
         """The outcome published for this message, or None when the pipeline had published one already."""
         reason = message.dead_letter_reason or ""
-        if reason in PIPELINE_REASONS:
+        facts = facts_of(reason)
+        if facts is not None and not facts.set_by_service_bus:  # the pipeline's own: it published the outcome
             await _settle(actions.defer, message)
             return None
         turn, progress = self._what_is_known(message)
@@ -74,15 +78,16 @@ class DeadLetterReporter:
                 await _settle(actions.defer, message)
                 return None
             decision = dead_letter(turn, progress, *self._explain(reason, message.dead_letter_error_description))
+            carrier = self.carrier
             try:
-                queue = await self._publish(decision, turn.delivery)
+                effect = await carrier.send(carrier.effect_of(decision, turn.delivery))
             except Exception:
                 logger.exception("could not publish the outcome of a message Service Bus dead-lettered")
                 await _settle(actions.abandon, message)
                 raise
             logger.warning("%s: Service Bus dead-lettered the message (%s); outcome published", self.stage, reason)
             await _settle(actions.defer, message)
-            await self._journal(turn, decision, queue)
+            await carrier.record_effect(effect)
             return decision
 
     async def _settled_elsewhere(self, request_id: str, enqueued: datetime | None) -> str | None:
@@ -108,7 +113,7 @@ class DeadLetterReporter:
         ended = next((t for t in history if t.outcome_status is not None), None)
         if ended is not None:
             return f"the request already ended at {ended.stage} ({ended.outcome_status}): no second outcome"
-        later = [t.stage for t in history if _STAGES.index(t.stage) > _STAGES.index(self.stage)]
+        later = [t.stage for t in history if PIPELINE.index(t.stage) > PIPELINE.index(self.stage)]
         if later:
             return f"the request went on to {later[-1]}, which publishes its outcome"
         return None
@@ -117,11 +122,11 @@ class DeadLetterReporter:
         """The request's identity and progress, read as leniently as the message allows."""
         now = self.clock()
         try:
-            if self.stage is StageName.CREATE_CONTACT:
-                request = envelope.decode(message, OnboardingRequest, now)
-                return Turn(self.stage, request.delivery, now), Progress(request=request.payload)
-            carried = envelope.decode(message, StageMessage, now)
-            return Turn(self.stage, carried.delivery, now), Progress.of(carried.payload)
+            inbound = envelope.decode_from(self.stage, message, now)
+            turn = Turn(self.stage, inbound.delivery, now)
+            if isinstance(inbound.payload, OnboardingRequest):
+                return turn, Progress(request=inbound.payload)
+            return turn, Progress.of(inbound.payload)
         except envelope.UnreadableMessage as unreadable:
             return Turn(self.stage, unreadable.delivery, now), Progress(warnings=list(unreadable.delivery.warnings))
         except Exception as error:  # this function is the last one that can report: never crash on a message
@@ -146,42 +151,12 @@ class DeadLetterReporter:
             f"{reason[:100]!r}{said}. {fix}"
         )
 
-    async def _publish(self, decision: DeadLetter, delivery: Delivery) -> str:
-        queue = delivery.reply_to or self.outcome_queue
-        try:
-            await self.outbox.send(queue, envelope.outcome_message(decision.outcome, delivery))
-        except UnknownQueueError:
-            if queue == self.outcome_queue:
-                raise
-            rerouted, fallback = without_reply_to(decision, delivery, queue)
-            await self.outbox.send(self.outcome_queue, envelope.outcome_message(rerouted.outcome, fallback))
-            queue = self.outcome_queue
-        return queue
-
-    async def _journal(self, turn: Turn, decision: DeadLetter, queue: str) -> None:
-        cause = f"{decision.reason}: {decision.description}"
-        await journal_safely(
-            self.journal,
-            self.stage,
-            turn.delivery,
-            TransitionKind.DEAD_LETTERED,
-            cause,
-            decision.outcome.status,
-            self.clock(),
-        )
-
-
-_STAGES = list(StageName)  # in pipeline order
-
 
 def _bare_delivery(message: DeadLetteredMessage, now: datetime) -> Delivery:
-    """The least a message says about its request: the pipeline's request id property, else its MessageId."""
-    message_id = message.message_id or f"seq-{message.sequence_number}"
-    properties = message.application_properties if isinstance(message.application_properties, dict) else {}
-    claimed = properties.get(envelope.REQUEST_ID.encode(), properties.get(envelope.REQUEST_ID))
-    request_id = claimed.decode(errors="replace") if isinstance(claimed, bytes) else str(claimed or message_id)
+    """The least a message says about its request: which request it claims to be, and its correlation id."""
+    request_id = envelope.claimed_request_id(message)
     correlation_id = message.correlation_id if isinstance(message.correlation_id, str) else None
-    return Delivery(message_id, request_id, correlation_id or request_id, None, 1, now)
+    return Delivery(envelope.message_id_of(message), request_id, correlation_id or request_id, None, 1, now)
 
 
 async def _settle(settle: Callable[[Any], None], message: Any) -> None:

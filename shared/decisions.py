@@ -8,25 +8,9 @@ harmless.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from shared.contracts import DeadLetterReason, OutcomeEvent, StageMessage, StageName
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What the function decoded from the Service Bus envelope, independent of any SDK."""
-
-    message_id: str
-    request_id: str  # carried on our own messages; the MessageId for an upstream request
-    correlation_id: str
-    reply_to: str | None
-    attempt: int  # 1 for the first try of this stage, +1 per scheduled retry
-    first_attempt_at: datetime  # when this stage first saw the request: bounds total retry age
-    phase: str = ""  # a stage run again on purpose (a welcome-mail re-check) has its own MessageIds
-    replay: int = 0  # an operator's replay of a dead letter (onboard dlq replay): its own MessageIds and outcome
-    throttles: int = 0  # retries the tenant's throttling forced: they do not use up attempts
-    warnings: tuple[str, ...] = ()  # what intake noticed about the envelope (an unusable ReplyTo); reaches the outcome
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from shared import cloudevents
 from shared.contracts import OnboardingRequest, OutcomeEvent, RequestId, StageMessage, StageName
-from shared.decisions import Delivery
+from shared.queues import PIPELINE
 
 Input = TypeVar("Input", OnboardingRequest, StageMessage)
 
@@ -47,8 +47,24 @@ JSON = "application/json"
 MESSAGE_KEY_MAX = 64
 # Service Bus entity names: letters, digits, periods, hyphens, underscores, slashes; at most 260.
 _ENTITY_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]|/(?!/))*[A-Za-z0-9_]$|^[A-Za-z0-9]$")
-_PIPELINE_QUEUES = frozenset(stage.value for stage in StageName)
+_PIPELINE_QUEUES = frozenset(stage.value for stage in PIPELINE)
 _REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a received message's envelope says about its request, independent of any SDK."""
+
+    message_id: str
+    request_id: str  # carried on our own messages; the MessageId for an upstream request
+    correlation_id: str
+    reply_to: str | None
+    attempt: int  # 1 for the first try of this stage, +1 per scheduled retry
+    first_attempt_at: datetime  # when this stage first saw the request: bounds total retry age
+    phase: str = ""  # a stage run again on purpose (a welcome-mail re-check) has its own MessageIds
+    replay: int = 0  # an operator's replay of a dead letter (onboard dlq replay): its own MessageIds and outcome
+    throttles: int = 0  # retries the tenant's throttling forced: they do not use up attempts
+    warnings: tuple[str, ...] = ()  # what intake noticed about the envelope (an unusable ReplyTo); reaches the outcome
 
 
 class ReceivedMessage(Protocol):
@@ -94,6 +110,20 @@ class Inbound(Generic[Input]):
     payload: Input
     delivery: Delivery
     body: bytes  # a retry re-sends exactly this
+
+
+def contract_of(queue: StageName) -> type[OnboardingRequest] | type[StageMessage]:
+    """The contract a stage's queue carries: upstream's request on the first, a stage message after it."""
+    return OnboardingRequest if queue is PIPELINE[0] else StageMessage
+
+
+def decode_from(
+    queue: StageName, message: ReceivedMessage, now: datetime
+) -> Inbound[OnboardingRequest] | Inbound[StageMessage]:
+    """`decode` with the contract of the stage queue the message came from (raises UnreadableMessage)."""
+    if contract_of(queue) is OnboardingRequest:
+        return decode(message, OnboardingRequest, now)
+    return decode(message, StageMessage, now)
 
 
 def decode(message: ReceivedMessage, reads: type[Input], now: datetime) -> Inbound[Input]:
@@ -168,9 +198,24 @@ def check_reply_to(reply_to: str | None) -> tuple[str | None, str | None]:
     return reply_to, None
 
 
+def message_id_of(message: ReceivedMessage) -> str:
+    """The message's MessageId, or a name from its sequence number when it has none."""
+    return message.message_id or f"seq-{message.sequence_number}"
+
+
+def claimed_request_id(message: ReceivedMessage) -> str:
+    """Which request a raw message belongs to, read leniently (a dead letter may be unreadable): the
+    pipeline's request id property, else the MessageId. Upstream's own request is named by its body
+    too (`decode`); this is what the envelope alone says."""
+    properties = message.application_properties
+    claimed = _text_keys(properties if isinstance(properties, dict) else None).get(REQUEST_ID)
+    text = claimed.decode(errors="replace") if isinstance(claimed, bytes) else claimed
+    return str(text) if text else message_id_of(message)
+
+
 def _upstream_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
     """The envelope as upstream sent it: identity from the MessageId, first attempt, ReplyTo checked."""
-    message_id = message.message_id or f"seq-{message.sequence_number}"
+    message_id = message_id_of(message)
     reply_to, warning = check_reply_to(message.reply_to)
     return Delivery(
         message_id,
@@ -227,8 +272,8 @@ def read_body(message: ReceivedMessage) -> bytes:
 
 def read_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
     properties = _text_keys(message.application_properties)
-    message_id = message.message_id or f"seq-{message.sequence_number}"
-    request_id = _text(properties.get(REQUEST_ID)) or message_id
+    message_id = message_id_of(message)
+    request_id = claimed_request_id(message)
     attempt_text = _text(properties.get(ATTEMPT)) or "1"
     if not attempt_text.isdigit() or int(attempt_text) < 1:
         raise EnvelopeError(f"application property {ATTEMPT} must be a positive whole number")

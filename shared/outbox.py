@@ -1,4 +1,5 @@
-"""Sending to Service Bus: one client per process, one cached sender per queue.
+"""Where decisions' messages go (the `Outbox` port), and its Service Bus implementation: one client
+per process and one cached sender per queue (`QueueSenders`).
 
 An aio sender opens its link lazily on first use, and two coroutines opening it at once break it
 (the SDK is not safe for concurrent use of one handler), so each queue's sender has its own lock.
@@ -8,11 +9,22 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from typing import Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from azure.servicebus.exceptions import MessagingEntityNotFoundError, ServiceBusAuthenticationError
+
+from shared.settings import ServiceBusSettings
+
+
+class Outbox(Protocol):
+    """What the runner and the dead-letter functions send through; tests hand in a recording fake."""
+
+    async def send(self, queue: str, message: ServiceBusMessage) -> None: ...
+
+    async def schedule(self, queue: str, message: ServiceBusMessage, at: datetime) -> None: ...
 
 
 class UnknownQueueError(Exception):
@@ -24,18 +36,23 @@ class UnknownQueueError(Exception):
         self.queue = queue
 
 
-class ServiceBusOutbox:
+class QueueSenders:
+    """The Outbox on Service Bus: a sender per queue, opened on first use and kept."""
+
     def __init__(self, client: ServiceBusClient) -> None:
         self._client = client
         self._senders: dict[str, tuple[ServiceBusSender, asyncio.Lock]] = {}
 
     @classmethod
-    def from_connection_string(cls, connection_string: str) -> ServiceBusOutbox:
-        return cls(ServiceBusClient.from_connection_string(connection_string))
-
-    @classmethod
-    def from_namespace(cls, namespace: str, credential: AsyncTokenCredential) -> ServiceBusOutbox:
-        return cls(ServiceBusClient(namespace, credential))
+    def connect(cls, settings: ServiceBusSettings, credential: AsyncTokenCredential) -> QueueSenders:
+        """The one way the app reaches its namespace: the connection string, else the namespace and
+        `credential` (the app's managed identity), whichever the settings name."""
+        if settings.servicebus_connection_string is not None:
+            return cls(
+                ServiceBusClient.from_connection_string(settings.servicebus_connection_string.get_secret_value())
+            )
+        assert settings.servicebus_namespace is not None  # ServiceBusSettings guarantees one of the two
+        return cls(ServiceBusClient(settings.servicebus_namespace, credential))
 
     def _sender(self, queue: str) -> tuple[ServiceBusSender, asyncio.Lock]:
         if queue not in self._senders:  # no await in between: atomic on the event loop

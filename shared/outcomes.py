@@ -17,12 +17,8 @@ def outcome_event(
         reason=reason,
         description=description,
         stage=turn.stage,
-        group=progress.group,
-        recipient=progress.recipient,
-        changes=tuple(progress.changes),
-        warnings=tuple(progress.warnings),
-        accepted_at=progress.accepted_at,
         finished_at=turn.now,
+        **progress.reported(OutcomeEvent.model_fields),  # group, recipient, changes, warnings, accepted_at
     )
 
 

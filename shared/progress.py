@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import Field, dataclass, field, fields
 from datetime import datetime
+from typing import Any
 
 from shared.contracts import OnboardingRequest, Recipient, ResolvedGroup, StageMessage, StageName, WelcomeCheck
-from shared.decisions import Delivery
+from shared.envelope import Delivery
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,11 @@ class Turn:
 
 @dataclass
 class Progress:
-    """What the request has gathered so far; every decision reports it, and a pass-on carries it."""
+    """What the request has gathered so far; every decision reports it, and a pass-on carries it.
+
+    Its fields are the stage message's (contracts.StageMessage), name for name, so one conversion
+    each way copies them all; the outcome reports those it also has.
+    """
 
     request: OnboardingRequest | None = None
     group: ResolvedGroup | None = None
@@ -31,35 +37,22 @@ class Progress:
     welcome: WelcomeCheck | None = None
     newly_added: bool = True  # add-member found the recipient already in the group: False
 
+    def __post_init__(self) -> None:
+        self.changes, self.warnings = list(self.changes), list(self.warnings)  # a message carries tuples
+
     @classmethod
     def of(cls, message: StageMessage) -> Progress:
         """Pick up where the previous stage left off."""
-        return cls(
-            request=message.request,
-            group=message.group,
-            recipient=message.recipient,
-            accepted_at=message.accepted_at,
-            changes=list(message.changes),
-            warnings=list(message.warnings),
-            welcome=message.welcome,
-            newly_added=message.newly_added,
-        )
+        return cls(**_fields_of(message, fields(cls)))
 
-    def stage_message(self, delivery: Delivery) -> StageMessage:
+    def stage_message(self) -> StageMessage:
         """The body of the next stage's message; only valid once group and recipient are known."""
-        assert self.request is not None, "set before any pass-on"
-        assert self.group is not None
-        assert self.recipient is not None
-        assert self.accepted_at is not None
-        return StageMessage(
-            request=self.request,
-            request_id=delivery.request_id,
-            group=self.group,
-            recipient=self.recipient,
-            reply_to=delivery.reply_to,
-            accepted_at=self.accepted_at,
-            changes=tuple(self.changes),
-            warnings=tuple(self.warnings),
-            welcome=self.welcome,
-            newly_added=self.newly_added,
-        )
+        return StageMessage(**_fields_of(self, fields(self)))
+
+    def reported(self, names: Iterable[str]) -> dict[str, Any]:
+        """What the request has gathered, as far as an event with fields `names` reports it."""
+        return _fields_of(self, [known for known in fields(self) if known.name in names])
+
+
+def _fields_of(source: object, wanted: Iterable[Field[Any]]) -> dict[str, Any]:
+    return {wanted_field.name: getattr(source, wanted_field.name) for wanted_field in wanted}

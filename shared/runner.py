@@ -1,5 +1,9 @@
 """Carries out one stage's decision for one received message, and nothing else.
 
+`Carrier` is the one place that says what a decision sends, sends it (an outcome whose ReplyTo
+queue does not exist goes to the outcome queue, saying so) and journals it; the dead-letter
+functions (shared/dead_letters.py) publish their outcomes through it too.
+
 Order matters: the next message (or the scheduled retry, or the outcome) is sent first and the
 received message is settled second. A crash in between leaves a duplicate, which the stable
 MessageIds and idempotent stages make harmless; the other order could lose the request.
@@ -25,28 +29,18 @@ from azure.servicebus import ServiceBusMessage
 
 from shared import envelope
 from shared.contracts import DeadLetterReason, OutcomeStatus, StageName
-from shared.decisions import DeadLetter, Decision, Delivery, Finish, PassOn, RetryLater
+from shared.decisions import DeadLetter, Decision, Finish, PassOn, RetryLater
+from shared.envelope import Delivery
 from shared.journal.model import CAUSE_MAX, Transition, TransitionKind
 from shared.journal.ports import Journal
 from shared.logs import request_context
-from shared.outbox import UnknownQueueError
+from shared.outbox import Outbox, UnknownQueueError
 from shared.outcomes import dead_letter
 from shared.progress import Progress, Turn
+from shared.reasons import REASONS
 from shared.stages import Stage, StageDependencies
 
 logger = logging.getLogger("onboarding.runner")
-
-# Dead-letter reasons caused by what the request asked for (the sender fixes them), not by the app.
-REQUEST_REFUSALS = frozenset(
-    {
-        DeadLetterReason.INVALID_REQUEST,
-        DeadLetterReason.GROUP_NOT_FOUND,
-        DeadLetterReason.UNSUPPORTED_GROUP_KIND,
-        DeadLetterReason.POLICY_DENIED,
-        DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
-        DeadLetterReason.DELIVERY_FAILED,
-    }
-)
 
 
 class MessageActions(Protocol):
@@ -67,16 +61,12 @@ class MessageActions(Protocol):
     ) -> None: ...
 
 
-class Outbox(Protocol):
-    async def send(self, queue: str, message: ServiceBusMessage) -> None: ...
-
-    async def schedule(self, queue: str, message: ServiceBusMessage, at: datetime) -> None: ...
-
-
 @dataclass(frozen=True)
 class Effect:
     """What carrying out one decision means: one message to send, one settlement, one journal row."""
 
+    decision: Decision
+    delivery: Delivery
     queue: str
     message: ServiceBusMessage
     send_at: datetime | None  # None: at once
@@ -86,6 +76,112 @@ class Effect:
     outcome_status: OutcomeStatus | None = None
     dead_letter_reason: DeadLetterReason | None = None
     dead_letter_description: str | None = None
+
+
+@dataclass(frozen=True)
+class Carrier:
+    """Carries out one stage's decisions, for its runner and its dead-letter function alike: what each
+    decision sends, sending it (an outcome to its ReplyTo, else the outcome queue), and its journal row."""
+
+    stage: StageName
+    outbox: Outbox
+    outcome_queue: str
+    clock: Callable[[], datetime]
+    journal: Journal | None = None
+
+    def effect_of(self, decision: Decision, delivery: Delivery, body: bytes = b"") -> Effect:
+        """The one place that says what each decision sends, how it settles, and what it records."""
+        now = self.clock()
+        match decision:
+            case PassOn(next_stage, stage_message, delay):
+                outgoing = envelope.next_stage_message(next_stage, stage_message, delivery)
+                cause = f"to {next_stage}"
+                if delay is not None:
+                    when = f"in {delay.total_seconds():.1f} s"
+                    cause = f"check again {when}" if next_stage == self.stage else f"{cause} {when}"
+                send_at = None if delay is None else now + delay
+                return Effect(
+                    decision, delivery, next_stage, outgoing, send_at, "complete", TransitionKind.PASSED_ON, cause
+                )
+            case RetryLater(delay, cause, throttled):
+                retry = envelope.retry_message(self.stage, body, delivery, throttled=throttled)
+                when = f"in {delay.total_seconds():.1f} s: {cause}"
+                return Effect(
+                    decision, delivery, self.stage, retry, now + delay, "complete", TransitionKind.RETRY_SCHEDULED, when
+                )
+            case DeadLetter(reason, description):
+                cause = f"{reason}: {description}"
+                return self._outcome(decision, delivery, "deadletter", TransitionKind.DEAD_LETTERED, cause)
+            case Finish(outcome):
+                cause = "; ".join((outcome.status, *outcome.warnings))
+                return self._outcome(decision, delivery, "complete", TransitionKind.FINISHED, cause)
+
+    def _outcome(
+        self,
+        decision: DeadLetter | Finish,
+        delivery: Delivery,
+        settlement: Literal["complete", "deadletter"],
+        transition: TransitionKind,
+        cause: str,
+    ) -> Effect:
+        """The outcome event, to the request's ReplyTo, else the outcome queue."""
+        outcome = decision.outcome
+        message = envelope.outcome_message(outcome, delivery)
+        queue = delivery.reply_to or self.outcome_queue
+        reason, description = (
+            (decision.reason, decision.description) if isinstance(decision, DeadLetter) else (None, None)
+        )
+        return Effect(
+            decision, delivery, queue, message, None, settlement, transition, cause, outcome.status, reason, description
+        )
+
+    async def send(self, effect: Effect) -> Effect:
+        """Send (or schedule) the effect's message and return the effect carried out: an outcome whose
+        ReplyTo queue does not exist goes to the outcome queue instead, with a warning that says so."""
+        try:
+            await self._send(effect)
+        except UnknownQueueError as unknown:
+            decision, delivery = effect.decision, effect.delivery
+            if effect.queue != delivery.reply_to or not isinstance(decision, DeadLetter | Finish):
+                raise
+            effect = self.effect_of(*without_reply_to(decision, delivery, unknown.queue))
+            await self._send(effect)
+        return effect
+
+    async def _send(self, effect: Effect) -> None:
+        if effect.send_at is None:
+            await self.outbox.send(effect.queue, effect.message)
+        else:
+            await self.outbox.schedule(effect.queue, effect.message, effect.send_at)
+
+    async def record(
+        self,
+        delivery: Delivery,
+        kind: TransitionKind,
+        cause: str,
+        outcome_status: OutcomeStatus | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """One journal row, once the decision is carried out: the journal is a record, never a reason to
+        redo work, so a journal that is down costs a log line."""
+        if self.journal is None:
+            return
+        try:
+            transition = Transition(
+                request_id=delivery.request_id,
+                stage=self.stage,
+                decision=kind,
+                attempt=delivery.attempt,
+                cause=cause[:CAUSE_MAX],
+                outcome_status=outcome_status,
+                at=at or self.clock(),
+            )
+            await self.journal.record(transition)
+        except Exception as error:
+            logger.warning("could not journal %s of stage %s: %s", kind, self.stage, type(error).__name__)
+
+    async def record_effect(self, effect: Effect, at: datetime | None = None) -> None:
+        await self.record(effect.delivery, effect.transition, effect.cause, effect.outcome_status, at)
 
 
 @dataclass(frozen=True)
@@ -101,10 +197,14 @@ class StageRunner:
     def stage_name(self) -> StageName:
         return self.stage.name
 
+    @property
+    def carrier(self) -> Carrier:
+        return Carrier(self.stage_name, self.outbox, self.outcome_queue, self.dependencies.clock, self.journal)
+
     async def run(self, message: envelope.ReceivedMessage, actions: MessageActions) -> Decision:
         now = self.dependencies.clock()
         try:
-            inbound = envelope.decode(message, self.stage.reads, now)
+            inbound = envelope.decode_from(self.stage_name, message, now)
         except envelope.UnreadableMessage as unreadable:
             refusal = dead_letter(
                 Turn(self.stage_name, unreadable.delivery, now),
@@ -132,19 +232,11 @@ class StageRunner:
         *,
         reporting_a_crash: bool = False,
     ) -> Decision:
-        effect = self.effect_of(decision, delivery, body)
+        carrier = self.carrier
         # Dated before the send: the next stage can run, and journal, before this one has settled.
         decided_at = self.dependencies.clock()
         try:
-            try:
-                await self._send(effect)
-            except UnknownQueueError as unknown:
-                if effect.queue != delivery.reply_to or not isinstance(decision, DeadLetter | Finish):
-                    raise
-                # The ReplyTo queue does not exist: publish to the outcome queue instead, and say so.
-                decision, delivery = without_reply_to(decision, delivery, unknown.queue)
-                effect = self.effect_of(decision, delivery, body)
-                await self._send(effect)
+            effect = await carrier.send(carrier.effect_of(decision, delivery, body))
         except Exception as error:
             if not reporting_a_crash:
                 # Nothing is settled yet: the same as a crash of the stage.
@@ -156,8 +248,8 @@ class StageRunner:
         log = logger.info
         if effect.dead_letter_reason is not None:
             # ERROR is for what needs a person on our side; a request refused for what it asked is a WARNING.
-            log = logger.warning if effect.dead_letter_reason in REQUEST_REFUSALS else logger.error
-        log("%s attempt %d %s: %s", self.stage_name, delivery.attempt, effect.transition, effect.cause)
+            log = logger.warning if REASONS[effect.dead_letter_reason].refuses_the_request else logger.error
+        log("%s attempt %d %s: %s", self.stage_name, effect.delivery.attempt, effect.transition, effect.cause)
         if effect.settlement == "complete":
             await self._settle(actions.complete, message)
         else:
@@ -167,52 +259,8 @@ class StageRunner:
                 deadletter_reason=effect.dead_letter_reason,
                 deadletter_error_description=effect.dead_letter_description,
             )
-        await self._journal(delivery, effect.transition, effect.cause, effect.outcome_status, decided_at)
-        return decision
-
-    async def _send(self, effect: Effect) -> None:
-        if effect.send_at is None:
-            await self.outbox.send(effect.queue, effect.message)
-        else:
-            await self.outbox.schedule(effect.queue, effect.message, effect.send_at)
-
-    def effect_of(self, decision: Decision, delivery: Delivery, body: bytes) -> Effect:
-        """The one place that says what each decision sends, how it settles, and what it records."""
-        now = self.dependencies.clock()
-        match decision:
-            case PassOn(next_stage, stage_message, delay):
-                outgoing = envelope.next_stage_message(next_stage, stage_message, delivery)
-                if delay is None:
-                    return Effect(next_stage, outgoing, None, "complete", TransitionKind.PASSED_ON, f"to {next_stage}")
-                when = f"in {delay.total_seconds():.1f} s"
-                cause = f"check again {when}" if next_stage == self.stage_name else f"to {next_stage} {when}"
-                return Effect(next_stage, outgoing, now + delay, "complete", TransitionKind.PASSED_ON, cause)
-            case RetryLater(delay, cause, throttled):
-                retry = envelope.retry_message(self.stage_name, body, delivery, throttled=throttled)
-                when = f"in {delay.total_seconds():.1f} s: {cause}"
-                return Effect(self.stage_name, retry, now + delay, "complete", TransitionKind.RETRY_SCHEDULED, when)
-            case DeadLetter(reason, description, outcome):
-                return Effect(
-                    self._outcome_queue(delivery),
-                    envelope.outcome_message(outcome, delivery),
-                    None,
-                    "deadletter",
-                    TransitionKind.DEAD_LETTERED,
-                    f"{reason}: {description}",
-                    outcome.status,
-                    reason,
-                    description,
-                )
-            case Finish(outcome):
-                return Effect(
-                    self._outcome_queue(delivery),
-                    envelope.outcome_message(outcome, delivery),
-                    None,
-                    "complete",
-                    TransitionKind.FINISHED,
-                    "; ".join((outcome.status, *outcome.warnings)),
-                    outcome.status,
-                )
+        await carrier.record_effect(effect, decided_at)
+        return effect.decision
 
     async def _after_crash(
         self, error: Exception, delivery: Delivery, message: envelope.ReceivedMessage, actions: MessageActions
@@ -221,7 +269,7 @@ class StageRunner:
             # A bug or a passing outage: let Service Bus redeliver the message.
             logger.exception("stage %s failed unexpectedly; abandoning for redelivery", self.stage_name)
             await self._settle(actions.abandon, message)
-            await self._journal(delivery, TransitionKind.CRASHED, f"{type(error).__name__}; redelivery follows")
+            await self.carrier.record(delivery, TransitionKind.CRASHED, f"{type(error).__name__}; redelivery follows")
             raise error
         # Service Bus would dead-letter silently after this delivery: do it ourselves, with an outcome.
         logger.exception("stage %s failed on its last delivery; dead-lettering with an outcome", self.stage_name)
@@ -242,23 +290,8 @@ class StageRunner:
         count = message.delivery_count
         return count is not None and count >= self.max_delivery_count
 
-    def _outcome_queue(self, delivery: Delivery) -> str:
-        return delivery.reply_to or self.outcome_queue
-
     async def _settle(self, settle: Callable[..., None], message: envelope.ReceivedMessage, **arguments: Any) -> bool:
         return await settle_off_loop(settle, message, who=str(self.stage_name), **arguments)
-
-    async def _journal(
-        self,
-        delivery: Delivery,
-        kind: TransitionKind,
-        cause: str,
-        outcome_status: OutcomeStatus | None = None,
-        at: datetime | None = None,
-    ) -> None:
-        """Written once the decision is carried out: a journal that is down costs a log line."""
-        when = at or self.dependencies.clock()
-        await journal_safely(self.journal, self.stage_name, delivery, kind, cause, outcome_status, when)
 
 
 async def settle_off_loop(settle: Callable[..., None], message: Any, *, who: str, **arguments: Any) -> bool:
@@ -274,33 +307,6 @@ async def settle_off_loop(settle: Callable[..., None], message: Any, *, who: str
         )
         return False
     return True
-
-
-async def journal_safely(
-    journal: Journal | None,
-    stage: StageName,
-    delivery: Delivery,
-    kind: TransitionKind,
-    cause: str,
-    outcome_status: OutcomeStatus | None,
-    at: datetime,
-) -> None:
-    """One transition; the journal is a record, never a reason to redo work, so a failure is a log line."""
-    if journal is None:
-        return
-    try:
-        transition = Transition(
-            request_id=delivery.request_id,
-            stage=stage,
-            decision=kind,
-            attempt=delivery.attempt,
-            cause=cause[:CAUSE_MAX],
-            outcome_status=outcome_status,
-            at=at,
-        )
-        await journal.record(transition)
-    except Exception as error:
-        logger.warning("could not journal %s of stage %s: %s", kind, stage, type(error).__name__)
 
 
 def without_reply_to(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from cli.main import app
-from shared.contracts import OnboardingRequest
+from shared import envelope
+from shared.contracts import OnboardingRequest, StageMessage, StageName
+from shared.progress import Progress
+from tests.fakes import FakeReceivedMessage
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "contracts" / "onboarding-v1.schema.json"
 
@@ -66,3 +71,41 @@ def test_request_rejects_out_of_contract_values(change: dict[str, object]) -> No
     }
     with pytest.raises(ValidationError):
         OnboardingRequest.model_validate(body)
+
+
+# A stage message as versions before the envelope's copies were dropped wrote it (add-member's queue).
+EARLIER_STAGE_MESSAGE: dict[str, Any] = {
+    "contract_version": "1",
+    "request": {
+        "contract_version": "1",
+        "external_email": "jordan.reyes@fabrikam.example",
+        "display_name": "Jordan Reyes",
+        "group": {"smtp_address": "partners@contoso.com"},
+        "allow_external_senders": True,
+        "request_id": "hr-2026-0042",
+        "source_system": "demo-hr",
+    },
+    "request_id": "hr-2026-0042",
+    "group": {"id": "g-1", "display_name": "Partners", "mail": "partners@contoso.com", "kind": "Distribution"},
+    "recipient": {"kind": "MailContact", "id": "c-1", "created": True},
+    "reply_to": "hr-outcomes",
+    "accepted_at": "2026-01-05T09:00:00Z",
+    "changes": [],
+    "warnings": [],
+    "welcome": None,
+}
+
+
+def test_an_earlier_versions_stage_message_is_accepted_and_its_envelope_copies_are_not_written_again() -> None:
+    message = FakeReceivedMessage(
+        json.dumps(EARLIER_STAGE_MESSAGE).encode(),
+        message_id="hr-2026-0042/add-member",
+        reply_to="hr-outcomes",
+        application_properties={envelope.REQUEST_ID.encode(): b"hr-2026-0042"},
+    )
+    inbound = envelope.decode_from(StageName.ADD_MEMBER, message, datetime.now(UTC))
+    assert (inbound.delivery.request_id, inbound.delivery.reply_to) == ("hr-2026-0042", "hr-outcomes")
+    assert isinstance(inbound.payload, StageMessage)
+    passed_on = Progress.of(inbound.payload).stage_message()
+    assert passed_on.group.display_name == "Partners" and passed_on.newly_added is True
+    assert not {"request_id", "reply_to"} & set(json.loads(passed_on.model_dump_json()))

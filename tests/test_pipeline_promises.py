@@ -21,9 +21,10 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import GroupRef, OnboardingRequest, OutcomeEvent, OutcomeStatus, StageName
-from shared.decisions import Decision, Delivery
+from shared.decisions import Decision
+from shared.envelope import Delivery
 from shared.journal import SqliteJournal, TransitionKind
-from shared.outbox import ServiceBusOutbox
+from shared.outbox import QueueSenders
 from shared.outcomes import finish
 from shared.policy import OnboardingPolicy
 from shared.progress import Progress, Turn
@@ -175,12 +176,12 @@ async def test_a_stage_that_crashes_on_every_delivery_is_left_to_service_bus_to_
     async def crashing_stage(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
         raise RuntimeError("a bug")
 
-    crashing = Stage(StageName.ADD_MEMBER, OnboardingRequest, crashing_stage)
+    crashing = Stage(StageName.CREATE_CONTACT, crashing_stage)
     body = sample_request_json()
     with local_stack(emulator_config=EmulatorConfig.default().with_overrides(max_delivery_count=3)) as stack:
         connection = stack.environment[SERVICEBUS_CONNECTION]
         async with ServiceBusClient.from_connection_string(connection) as client:
-            outbox = ServiceBusOutbox.from_connection_string(connection)
+            outbox = QueueSenders(ServiceBusClient.from_connection_string(connection))
             journal = SqliteJournal(":memory:")
             runner = StageRunner(crashing, _dependencies(), outbox, OUTCOMES, 3, journal)
             async with client.get_queue_sender("add-member") as sender:
@@ -218,9 +219,9 @@ async def test_a_settlement_that_fails_leaves_one_outcome_and_no_crash(caplog: p
     with local_stack(emulator_config=short_locks) as stack:
         connection = stack.environment[SERVICEBUS_CONNECTION]
         async with ServiceBusClient.from_connection_string(connection) as client:
-            outbox = ServiceBusOutbox.from_connection_string(connection)
+            outbox = QueueSenders(ServiceBusClient.from_connection_string(connection))
             journal = SqliteJournal(":memory:")
-            stage = Stage(StageName.ADD_MEMBER, OnboardingRequest, slow_first_time)
+            stage = Stage(StageName.CREATE_CONTACT, slow_first_time)
             runner = StageRunner(stage, _dependencies(), outbox, OUTCOMES, 3, journal)
             async with client.get_queue_sender("add-member") as sender:
                 await sender.send_messages(ServiceBusMessage(sample_request_json(), message_id="settle-1"))

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from shared import envelope
 from shared.contracts import StageName
-from shared.decisions import DeadLetter, Delivery, RetryLater
+from shared.decisions import DeadLetter, RetryLater
 from shared.directory.errors import ThrottledError, TransientDirectoryError
 from shared.directory.throttle import ThrottleGate
+from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error
 from shared.progress import Progress, Turn
 from shared.retry import RetryPolicy

@@ -26,8 +26,8 @@ from shared.contracts import (
     ResolvedGroup,
     StageName,
 )
-from shared.decisions import Decision, Delivery, Finish, PassOn, RetryLater
-from shared.envelope import ATTEMPT, FIRST_ATTEMPT_AT, REQUEST_ID
+from shared.decisions import Decision, Finish, PassOn, RetryLater
+from shared.envelope import ATTEMPT, FIRST_ATTEMPT_AT, REQUEST_ID, Delivery
 from shared.journal import TransitionKind
 from shared.outcomes import dead_letter, finish
 from shared.policy import OnboardingPolicy
@@ -70,7 +70,7 @@ class Harness:
 
         self.journal = RecordingJournal(self.recorder)
         self.runner = StageRunner(
-            Stage(StageName.CREATE_CONTACT, OnboardingRequest, handle),
+            Stage(StageName.CREATE_CONTACT, handle),
             dependencies(),
             RecordingOutbox(self.recorder),
             OUTCOMES,
@@ -104,7 +104,7 @@ def _stage_message_of(turn: Turn, request: OnboardingRequest) -> Decision:
         recipient=Recipient(kind=RecipientKind.MAIL_CONTACT, id="c", created=True),
         accepted_at=NOW,
     )
-    return PassOn(StageName.ADD_MEMBER, progress.stage_message(turn.delivery))
+    return PassOn(StageName.ADD_MEMBER, progress.stage_message())
 
 
 @pytest.mark.parametrize(
@@ -151,7 +151,7 @@ async def test_a_transition_is_dated_before_the_next_stage_can_run_not_when_it_i
     recorder = Recorder()
     journal = RecordingJournal(recorder)
     deps = replace(dependencies(), clock=clock)
-    stage = Stage(StageName.CREATE_CONTACT, OnboardingRequest, _pass_on_at_once)
+    stage = Stage(StageName.CREATE_CONTACT, _pass_on_at_once)
     runner = StageRunner(stage, deps, TimedOutbox(recorder), OUTCOMES, 3, journal)
     await runner.run(FakeReceivedMessage(sample_request_json()), RecordingActions(recorder))
     ((transition,), (send,)) = journal.transitions, sent_at

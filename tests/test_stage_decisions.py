@@ -17,9 +17,10 @@ from shared.contracts import (
     StageMessage,
     StageName,
 )
-from shared.decisions import DeadLetter, Delivery, Finish, PassOn, RetryLater
+from shared.decisions import DeadLetter, Finish, PassOn, RetryLater
 from shared.directory.errors import NotFoundError, PermissionDeniedError, ThrottledError, TransientDirectoryError
 from shared.directory.ports import DirectoryUser, SenderRestrictions, TraceEntry
+from shared.envelope import Delivery
 from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
 from shared.stages import StageDependencies, add_member, create_contact, verify_delivery
@@ -98,7 +99,7 @@ def assert_dead_letter(decision: object, reason: DeadLetterReason) -> DeadLetter
 
 async def test_distribution_group_gets_a_new_mail_contact(world: World) -> None:
     message = await pass_on(world, request_body())
-    assert message.request_id == "req-1"
+    assert message.request.request_id == "req-1"
     assert message.recipient.kind is RecipientKind.MAIL_CONTACT
     assert message.recipient.created
     (contact,) = world.exchange.contacts.values()

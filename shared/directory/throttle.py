@@ -1,9 +1,11 @@
-"""One gate per face and process: once the tenant answers 429 with Retry-After, no call from this
-process goes to that face before then.
+"""One gate per process for Exchange Online: once it answers 429 with Retry-After, no call from this
+process goes to Exchange before then.
 
-Graph and Exchange throttle per app and tenant (docs/microsoft-365-facts.md), so a 429 to one
-invocation is the answer every concurrent invocation would get: without the gate, the other
+Exchange throttles per app and tenant (docs/microsoft-365-facts.md), so a 429 to one invocation is
+the answer every concurrent invocation would get: without the gate, the other
 `maxConcurrentCalls - 1` keep spending attempts (and the tenant's patience) on the same refusal.
+Graph calls have no gate: msgraph-sdk's retry handler waits out a brief Retry-After per call, and a
+longer one becomes a scheduled Service Bus retry (shared/directory/graph.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The three stages: typed input in, one decision out; no Service Bus or Functions types.
 
-Each `Stage` names the contract its queue carries, so the runner decodes a message once, before
-the stage sees it, and an unreadable one is refused in one place (shared/runner.py).
+The registry (BY_NAME) follows the pipeline's order (shared/queues.py, PIPELINE). Which contract a
+stage's queue carries is envelope.contract_of's to say, so the runner decodes a message once,
+before the stage sees it, and an unreadable one is refused in one place (shared/runner.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from shared.contracts import OnboardingRequest, StageMessage, StageName
-from shared.decisions import Decision, Delivery
+from shared.decisions import Decision
+from shared.envelope import Delivery
+from shared.queues import PIPELINE
 from shared.stages.add_member import add_member
 from shared.stages.create_contact import create_contact
 from shared.stages.dependencies import StageDependencies, WelcomeMail
@@ -23,16 +26,14 @@ Input = TypeVar("Input", OnboardingRequest, StageMessage)
 @dataclass(frozen=True)
 class Stage(Generic[Input]):
     name: StageName
-    reads: type[Input]  # the contract of the stage's queue
-    handle: Callable[[Input, Delivery, StageDependencies], Awaitable[Decision]]
+    handle: Callable[[Input, Delivery, StageDependencies], Awaitable[Decision]]  # Input: envelope.contract_of(name)
 
 
-CREATE_CONTACT = Stage(StageName.CREATE_CONTACT, OnboardingRequest, create_contact)
-ADD_MEMBER = Stage(StageName.ADD_MEMBER, StageMessage, add_member)
-VERIFY_DELIVERY = Stage(StageName.VERIFY_DELIVERY, StageMessage, verify_delivery)
-BY_NAME: dict[StageName, Stage[OnboardingRequest] | Stage[StageMessage]] = {
-    stage.name: stage for stage in (CREATE_CONTACT, ADD_MEMBER, VERIFY_DELIVERY)
-}
+CREATE_CONTACT = Stage(StageName.CREATE_CONTACT, create_contact)
+ADD_MEMBER = Stage(StageName.ADD_MEMBER, add_member)
+VERIFY_DELIVERY = Stage(StageName.VERIFY_DELIVERY, verify_delivery)
+_STAGES = {stage.name: stage for stage in (CREATE_CONTACT, ADD_MEMBER, VERIFY_DELIVERY)}
+BY_NAME: dict[StageName, Stage[OnboardingRequest] | Stage[StageMessage]] = {name: _STAGES[name] for name in PIPELINE}
 
 __all__ = [
     "ADD_MEMBER",

@@ -11,10 +11,12 @@ is replication lag and is retried. Exchange's warnings on the add reach the outc
 from __future__ import annotations
 
 from shared.contracts import GroupKind, RecipientKind, StageMessage, StageName
-from shared.decisions import Decision, Delivery, PassOn
+from shared.decisions import Decision, PassOn
 from shared.directory.errors import AlreadyExistsError, DirectoryError
+from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error
 from shared.progress import Progress, Turn
+from shared.queues import next_stage
 from shared.stages.dependencies import StageDependencies
 
 STAGE = StageName.ADD_MEMBER
@@ -40,4 +42,4 @@ async def add_member(message: StageMessage, delivery: Delivery, deps: StageDepen
     except DirectoryError as error:
         turn = Turn(STAGE, delivery, deps.clock())
         return decide_on_directory_error(turn, progress, deps.retry, error, not_found_is_lag=True)
-    return PassOn(StageName.VERIFY_DELIVERY, progress.stage_message(delivery))
+    return PassOn(next_stage(STAGE), progress.stage_message())

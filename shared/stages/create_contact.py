@@ -13,12 +13,14 @@ from shared.contracts import (
     ResolvedGroup,
     StageName,
 )
-from shared.decisions import DeadLetter, Decision, Delivery, Finish, PassOn
+from shared.decisions import DeadLetter, Decision, Finish, PassOn
 from shared.directory.errors import AddressInUseError, DirectoryError, NameInUseError
 from shared.directory.ports import DirectoryGroup, DirectoryUser, MailContact
+from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, planned
 from shared.progress import Progress, Turn
+from shared.queues import next_stage
 from shared.stages.dependencies import StageDependencies
 
 STAGE = StageName.CREATE_CONTACT
@@ -45,12 +47,12 @@ async def _decide(request: OnboardingRequest, turn: Turn, progress: Progress, de
     if denied:
         return dead_letter(turn, progress, DeadLetterReason.POLICY_DENIED, denied)
     try:
-        return await _create(request, _Run(turn, progress, deps))
+        return await _create(request, _ContactCreation(turn, progress, deps))
     except DirectoryError as error:
         return decide_on_directory_error(turn, progress, deps.retry, error)
 
 
-class _Run:
+class _ContactCreation:
     """This delivery's turn, what it has gathered and its dependencies, so helpers take one argument."""
 
     def __init__(self, turn: Turn, progress: Progress, deps: StageDependencies) -> None:
@@ -61,10 +63,10 @@ class _Run:
 
     def pass_on(self, recipient: Recipient) -> PassOn:
         self.progress.recipient = recipient
-        return PassOn(StageName.ADD_MEMBER, self.progress.stage_message(self.turn.delivery))
+        return PassOn(next_stage(STAGE), self.progress.stage_message())
 
 
-async def _create(request: OnboardingRequest, run: _Run) -> Decision:
+async def _create(request: OnboardingRequest, run: _ContactCreation) -> Decision:
     deps = run.deps
     group = await _find_group(request.group, deps)
     if group is None:
@@ -97,7 +99,7 @@ async def _create(request: OnboardingRequest, run: _Run) -> Decision:
     return await _ensure_mail_contact(request, address, run)
 
 
-async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, run: _Run) -> Decision:
+async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, run: _ContactCreation) -> Decision:
     """A dry run: what a real run would change, found with reads only; the request ends here."""
     deps, changes, name = run.deps, run.progress.changes, request.display_name
     user = await deps.graph.find_user_by_mail(address)
@@ -151,7 +153,7 @@ def _policy_refusal_before_lookup(request: OnboardingRequest, deps: StageDepende
     return None
 
 
-async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _Run) -> Decision:
+async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _ContactCreation) -> Decision:
     exchange = run.deps.exchange
     existing = await exchange.find_mail_contact(address)
     if existing is not None:
@@ -177,7 +179,7 @@ async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _R
     )
 
 
-async def _address_taken(address: str, run: _Run) -> Decision:
+async def _address_taken(address: str, run: _ContactCreation) -> Decision:
     """The address exists already: ours from an earlier run (not yet visible), or someone else's."""
     contact = await run.deps.exchange.find_mail_contact(address)
     if contact is not None:
@@ -196,7 +198,7 @@ async def _address_taken(address: str, run: _Run) -> Decision:
     return retry_or_give_up(run.turn, run.progress, run.deps.retry, cause)
 
 
-async def _ensure_guest(request: OnboardingRequest, address: str, run: _Run) -> Decision:
+async def _ensure_guest(request: OnboardingRequest, address: str, run: _ContactCreation) -> Decision:
     graph = run.deps.graph
     user = await graph.find_user_by_mail(address)
     if user is not None and user.user_type == "Member":

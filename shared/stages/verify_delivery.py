@@ -32,9 +32,10 @@ from shared.contracts import (
     StageName,
     WelcomeCheck,
 )
-from shared.decisions import Decision, Delivery, PassOn
+from shared.decisions import Decision, PassOn
 from shared.directory.errors import DirectoryError
 from shared.directory.ports import GroupMember, SenderRestrictions
+from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, finish
 from shared.progress import Progress, Turn
@@ -51,7 +52,7 @@ TRACE_SLACK = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
-class _Run:
+class _Verification:
     turn: Turn
     progress: Progress
     message: StageMessage
@@ -59,7 +60,7 @@ class _Run:
 
 
 async def verify_delivery(message: StageMessage, delivery: Delivery, deps: StageDependencies) -> Decision:
-    run = _Run(Turn(STAGE, delivery, deps.clock()), Progress.of(message), message, deps)
+    run = _Verification(Turn(STAGE, delivery, deps.clock()), Progress.of(message), message, deps)
     turn, progress = run.turn, run.progress
     member = _who_joined(message)
     try:
@@ -100,7 +101,7 @@ def _is_recipient(member: GroupMember, recipient: Recipient, address: str) -> bo
     )
 
 
-async def _check_subscription(run: _Run) -> None:
+async def _check_subscription(run: _Verification) -> None:
     group, recipient = run.message.group, run.message.recipient
     address = str(run.message.request.external_email)
     subscribers = await run.deps.exchange.list_unified_group_subscribers(group.mail)
@@ -113,17 +114,17 @@ async def _check_subscription(run: _Run) -> None:
         )
 
 
-async def _send_welcome(run: _Run, welcome: WelcomeMail) -> PassOn:
+async def _send_welcome(run: _Verification, welcome: WelcomeMail) -> PassOn:
     """Send, then schedule the first trace check. A crash in between re-sends: at least once, not exactly."""
     message, group = run.message, run.message.group
     text = WELCOME_TEXT.format(name=message.request.display_name, group=group.display_name, group_mail=group.mail)
     subject = welcome.subject.replace("{group}", group.display_name)
     await run.deps.graph.send_mail(welcome.sender, str(message.request.external_email), subject, text)
     run.progress.welcome = WelcomeCheck(sent_at=run.deps.clock())
-    return PassOn(STAGE, run.progress.stage_message(run.turn.delivery), welcome.check_interval)
+    return PassOn(STAGE, run.progress.stage_message(), welcome.check_interval)
 
 
-async def _check_welcome(run: _Run, welcome: WelcomeMail, member: str) -> Decision:
+async def _check_welcome(run: _Verification, welcome: WelcomeMail, member: str) -> Decision:
     message, progress, turn = run.message, run.progress, run.turn
     assert message.welcome is not None
     now = turn.now
@@ -150,7 +151,7 @@ async def _check_welcome(run: _Run, welcome: WelcomeMail, member: str) -> Decisi
         )
         return finish(turn, progress, member)
     progress.welcome = message.welcome.model_copy(update={"checks": message.welcome.checks + 1})
-    return PassOn(STAGE, progress.stage_message(turn.delivery), welcome.check_interval)
+    return PassOn(STAGE, progress.stage_message(), welcome.check_interval)
 
 
 async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, deps: StageDependencies) -> bool:
@@ -164,7 +165,7 @@ async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, d
     return any(_is_recipient(member, recipient, address) for member in members)
 
 
-async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Recipient, run: _Run) -> None:
+async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Recipient, run: _Verification) -> None:
     exchange, progress = run.deps.exchange, run.progress
     unified = group.kind is GroupKind.MICROSOFT_365
     restrictions = await exchange.get_sender_restrictions(group.mail, unified=unified)

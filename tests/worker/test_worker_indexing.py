@@ -31,7 +31,7 @@ EXPECTED_QUEUES = {
     "create_contact": "create-contact",
     "add_member": "add-member",
     "verify_delivery": "verify-delivery",
-    # functions/dead_letters.py: each stage's dead-letter sub-queue (issue 12)
+    # functions/triggers.py: each stage's dead-letter sub-queue (issue 12)
     "create_contact_dead_letters": "create-contact/$deadletterqueue",
     "add_member_dead_letters": "add-member/$deadletterqueue",
     "verify_delivery_dead_letters": "verify-delivery/$deadletterqueue",
