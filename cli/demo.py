@@ -1,11 +1,9 @@
 """`onboard demo`: the whole product on the local stand-ins, one sample request per group kind.
 
-Each sample states the outcome it must reach; the demo succeeds only when every one does.
+Each sample (tools/demo) states the outcome it must reach; the demo succeeds only when every one does.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from azure.servicebus.aio import ServiceBusClient
 from rich.console import Console, RenderableType
@@ -14,48 +12,13 @@ from rich.text import Text
 from cli.outcomes import labelled_block, outcome_lines
 from cli.status import status_report
 from cli.upstream import collect_outcomes, submit
-from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus
+from shared.contracts import OutcomeEvent
 from shared.journal import SqliteJournal
 from shared.settings import SERVICEBUS_CONNECTION
-from standins.stack import WELCOME_SETTINGS, demo_request, local_stack, running_host
+from standins.stack import local_stack, running_host
+from tools.demo import SAMPLES, WELCOME_SETTINGS, Sample
 
 OUTCOME_QUEUE = "onboarding-outcomes"
-
-
-@dataclass(frozen=True)
-class Sample:
-    title: str
-    request: OnboardingRequest
-    expected_status: OutcomeStatus
-    expected_reason: str | None = None
-
-    def met_by(self, outcome: OutcomeEvent | None) -> bool:
-        return outcome is not None and outcome.status == self.expected_status and outcome.reason == self.expected_reason
-
-
-SAMPLES = (
-    Sample(
-        "Distribution group (5.7.133 fix applied)",
-        demo_request("demo-dg-1", "jordan.reyes@fabrikam.example", "Jordan Reyes", "partners@contoso.com"),
-        OutcomeStatus.SUCCEEDED,
-    ),
-    Sample(
-        "Mail-enabled security group",
-        demo_request("demo-mesg-1", "mei.tanaka@northwind.example", "Mei Tanaka", "suppliers-secure@contoso.com"),
-        OutcomeStatus.SUCCEEDED,
-    ),
-    Sample(
-        "Microsoft 365 group (guest)",
-        demo_request("demo-m365-1", "sam.okafor@tailspin.example", "Sam Okafor", "project-falcon@contoso.com"),
-        OutcomeStatus.SUCCEEDED,
-    ),
-    Sample(
-        "Unknown group",
-        demo_request("demo-unknown-1", "lee.chen@fabrikam.example", "Lee Chen", "no-such-group@contoso.com"),
-        OutcomeStatus.FAILED,
-        "GroupNotFound",
-    ),
-)
 
 
 async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:

@@ -205,8 +205,9 @@ def sandbox(
     Needs no settings. The printed lines are quoted for .env and for a shell.
     """
     from shared.journal import SqliteJournal
-    from standins.stack import WELCOME_SETTINGS, local_stack
+    from standins.stack import local_stack
     from standins.tenant_sandbox import Knobs, TenantSeed
+    from tools.demo import WELCOME_SETTINGS
 
     _configure_logging(verbose)
     try:
