@@ -80,7 +80,7 @@ check: lint typecheck test
 # 1,000 requests through a misbehaving tenant, host kills and a broker restart; exits 1 if any request
 # was lost or duplicated (docs/reliability.md).
 chaos: $(STAMP)
-	$(BIN)/python -m standins.chaos
+	$(BIN)/python -m tools.chaos
 
 # Prints numbers; nothing is asserted (see README, Benchmarks).
 bench: $(STAMP)

@@ -34,10 +34,11 @@ from shared.directory.errors import DirectoryError
 from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.graph import MsGraphDirectory
 from shared.settings import SERVICEBUS_CONNECTION
-from standins.stack import demo_request, local_stack, running_host
+from standins.stack import local_stack, running_host
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
 from standins.tenant_sandbox.credential import SandboxCredential
 from standins.tenant_sandbox.knobs import Throttle
+from tools.demo import demo_request
 
 OUTCOMES = "onboarding-outcomes"
 GROUPS = {

@@ -12,24 +12,31 @@ import csv
 import hashlib
 import io
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from azure.servicebus.aio import ServiceBusClient
 from pydantic import ValidationError
+from rich.progress import Progress
 
-from cli.upstream import request_message
-from shared.contracts import OnboardingRequest, StageName
+from cli.following import Advance, Narration, send_and_follow
+from cli.plumbing import (
+    DUPLICATE_WINDOW_MINUTES,
+    DUPLICATE_WINDOW_TEXT,
+    console,
+    errors,
+    fail,
+    settings_for,
+    with_servicebus,
+)
+from cli.upstream import group_target
+from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus, StageName
+from shared.settings import ServiceBusSettings
 
 REQUIRED = ("external_email", "display_name", "group", "source_system")
 OPTIONAL = ("first_name", "last_name", "request_id", "allow_external_senders")
 MAX_ROWS = 50_000
 MAX_BYTES = 20 * 1024 * 1024
-# Service Bus Standard refuses a batch over 256 KiB as the broker counts it. The SDK fills a batch to
-# its own estimate, which came out 19 bytes short of what the emulator received (262,163 bytes for a
-# full 262,144-byte batch of 1,000 rows), and Service Bus answers "exceeds the limit (262144 bytes)"
-# the same way (azure-sdk-for-python issue 37916). A quarter to spare costs a few more sends.
-BATCH_BYTES = 192 * 1024
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 COLUMNS = REQUIRED + OPTIONAL
 # What shared/contracts.py's patterns and types mean, in words, per field (a dotted pydantic loc).
@@ -161,7 +168,7 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
                 "display_name": values["display_name"],
                 "first_name": values.get("first_name") or None,
                 "last_name": values.get("last_name") or None,
-                "group": {"smtp_address": group} if "@" in group else {"object_id": group},
+                "group": group_target(group),
                 "source_system": values["source_system"],
                 "request_id": request_id,  # the row's own, checked before a dry run derives its id from it
                 "allow_external_senders": _BOOLEANS.get(senders, True),
@@ -183,29 +190,113 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
     return Row(line, request_id, request)
 
 
-async def send_rows(
-    client: ServiceBusClient, rows: Sequence[Row], *, reply_to: str | None, sent: Callable[[int], None]
-) -> None:
-    """In Service Bus batches (as many messages as fit in one send), reporting progress per batch."""
-    async with client.get_queue_sender(StageName.CREATE_CONTACT.value) as sender:
-        batch = await sender.create_message_batch(max_size_in_bytes=BATCH_BYTES)
-        for row in rows:
-            message = request_message(row.request, row.request_id, reply_to=reply_to)
-            try:
-                batch.add_message(message)
-            except ValueError:  # MessageSizeExceededError: the batch is full
-                await sender.send_messages(batch)
-                sent(len(batch))
-                batch = await sender.create_message_batch(max_size_in_bytes=BATCH_BYTES)
-                batch.add_message(message)
-        if len(batch):
-            await sender.send_messages(batch)
-            sent(len(batch))
-
-
 def write_request_ids(path: Path, rows: Sequence[Row]) -> None:
     """`line,request_id` for every row sent, as CSV: a request id may hold a comma or a quote."""
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(("line", "request_id"))
         writer.writerows((row.line, row.request_id) for row in rows)
+
+
+def send_file(
+    csv_file: Path,
+    *,
+    check: bool,
+    skip_invalid: bool,
+    dry_run: bool,
+    reply_to: str | None,
+    output: Path | None,
+    wait: bool,
+    timeout: float,
+) -> int:
+    """Check the file, then (unless `check`) send its rows and with `wait` follow them; the exit code:
+    0 checked or sent (with `wait`: all succeeded), 2 bad rows or file, 3 with `wait`: a request failed
+    or had no outcome in time."""
+    try:
+        checked = check_file(csv_file, dry_run=dry_run)
+    except BulkFileError as error:
+        raise fail(f"{csv_file.name}: {error}", 2) from None
+    for problem in checked.problems:
+        errors.print(f"line {problem.line}: {problem.field}: {problem.reason}", markup=False, soft_wrap=True)
+    total = len(checked.rows) + checked.bad_rows
+    if check:
+        if not total:
+            raise fail("No rows below the header; nothing to check.", 2)
+        if checked.problems:
+            raise fail(f"{checked.bad_rows} bad row(s) of {total}; nothing sent (--check).", 2)
+        console.print(f"{total} row(s) valid; nothing sent (--check).", markup=False)
+        return 0
+    if checked.problems and not skip_invalid:
+        raise fail(f"{checked.bad_rows} bad row(s); nothing sent. Fix them, or send the rest with --skip-invalid.", 2)
+    if not checked.rows:
+        raise fail("No valid rows; nothing sent.", 2)
+    settings = settings_for("bulk", ServiceBusSettings)  # only now: checking a file needs no Service Bus
+    rows = checked.rows
+
+    def say_sent(_request_ids: list[str]) -> None:
+        skipped = f", skipped {checked.bad_rows} bad row(s)" if checked.problems else ""
+        console.print(f"Sent {len(rows)} request(s) to {StageName.CREATE_CONTACT}{skipped}.", markup=False)
+        console.print(
+            "Service Bus silently drops a message whose request id it saw in the last "
+            f"{DUPLICATE_WINDOW_MINUTES} minutes, so a re-run inside that window onboards "
+            "nothing new.",
+            markup=False,
+            soft_wrap=True,
+        )
+        if output is not None:
+            write_request_ids(output, rows)
+            console.print(f"Request ids written to {output}.", markup=False)
+        elif len(rows) <= 20:
+            console.print("\n".join(r.request_id for r in rows), markup=False)
+
+    sent = with_servicebus(
+        settings,
+        lambda client: send_and_follow(
+            client,
+            [row.request for row in rows],
+            reply_to=reply_to,
+            outcome_queue=reply_to or settings.outcome_queue,
+            follow_seconds=timeout if wait else None,
+            narration=Narration(sending=_progress("Sending"), sent=say_sent, following=_progress("Outcomes")),
+        ),
+    )
+    if sent.followed is None:  # not --wait
+        return 0
+    return _report(rows, sent.followed.outcomes, len(sent.followed.duplicates))
+
+
+def _progress(label: str) -> Callable[[int], AbstractContextManager[Advance]]:
+    """A progress bar on a terminal (none otherwise), gone when the step is done."""
+
+    @contextmanager
+    def bar(total: int) -> Iterator[Advance]:
+        with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
+            task = progress.add_task(label, total=total)
+            yield lambda count: progress.advance(task, count)
+
+    return bar
+
+
+def _report(rows: Sequence[Row], outcomes: dict[str, OutcomeEvent], duplicates: int) -> int:
+    """The count per outcome status and the line of every failed (or planned) row; 3 when any failed or
+    is missing."""
+    by_status: dict[str, int] = {}
+    for event in outcomes.values():
+        by_status[event.status] = by_status.get(event.status, 0) + 1
+    missing = len(rows) - len(outcomes) - duplicates
+    summary = ", ".join(f"{status} {count}" for status, count in sorted(by_status.items()))
+    console.print(f"Outcomes: {summary or 'none'}" + (f", no outcome yet {missing}" if missing else ""), markup=False)
+    if duplicates:
+        console.print(
+            f"Not run again: {duplicates} request(s) ran within the {DUPLICATE_WINDOW_TEXT} duplicate-detection "
+            "window before this send, so Service Bus dropped them; their earlier outcomes stand "
+            "(`onboard status ID`).",
+            markup=False,
+        )
+    for row in rows:
+        outcome = outcomes.get(row.request_id)
+        if outcome is not None and outcome.status is OutcomeStatus.FAILED:
+            console.print(f"  line {row.line}: {row.request_id}: {outcome.reason}", markup=False)
+        elif outcome is not None and outcome.status is OutcomeStatus.PLANNED:
+            console.print(f"  line {row.line}: {'; '.join(outcome.changes) or 'nothing to do'}", markup=False)
+    return 3 if missing or any(o.status is OutcomeStatus.FAILED for o in outcomes.values()) else 0

@@ -1,61 +1,49 @@
 """`onboard demo`: the whole product on the local stand-ins, one sample request per group kind.
 
-Each sample states the outcome it must reach; the demo succeeds only when every one does.
+Each sample (tools/demo) states the outcome it must reach; the demo succeeds only when every one does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+import logging.handlers
+import sys
 
 from azure.servicebus.aio import ServiceBusClient
 from rich.console import Console, RenderableType
 from rich.text import Text
 
+from cli.following import Narration, send_and_follow
 from cli.outcomes import labelled_block, outcome_lines
+from cli.plumbing import CONSOLE_FORMATTER, configure_logging, console, fail
 from cli.status import status_report
-from cli.upstream import collect_outcomes, submit
-from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus
+from shared.contracts import OutcomeEvent
 from shared.journal import SqliteJournal
 from shared.settings import SERVICEBUS_CONNECTION
-from standins.stack import WELCOME_SETTINGS, demo_request, local_stack, running_host
+from standins.stack import local_stack, running_host
+from tools.demo import SAMPLES, WELCOME_SETTINGS, Sample
 
 OUTCOME_QUEUE = "onboarding-outcomes"
 
 
-@dataclass(frozen=True)
-class Sample:
-    title: str
-    request: OnboardingRequest
-    expected_status: OutcomeStatus
-    expected_reason: str | None = None
-
-    def met_by(self, outcome: OutcomeEvent | None) -> bool:
-        return outcome is not None and outcome.status == self.expected_status and outcome.reason == self.expected_reason
-
-
-SAMPLES = (
-    Sample(
-        "Distribution group (5.7.133 fix applied)",
-        demo_request("demo-dg-1", "jordan.reyes@fabrikam.example", "Jordan Reyes", "partners@contoso.com"),
-        OutcomeStatus.SUCCEEDED,
-    ),
-    Sample(
-        "Mail-enabled security group",
-        demo_request("demo-mesg-1", "mei.tanaka@northwind.example", "Mei Tanaka", "suppliers-secure@contoso.com"),
-        OutcomeStatus.SUCCEEDED,
-    ),
-    Sample(
-        "Microsoft 365 group (guest)",
-        demo_request("demo-m365-1", "sam.okafor@tailspin.example", "Sam Okafor", "project-falcon@contoso.com"),
-        OutcomeStatus.SUCCEEDED,
-    ),
-    Sample(
-        "Unknown group",
-        demo_request("demo-unknown-1", "lee.chen@fabrikam.example", "Lee Chen", "no-such-group@contoso.com"),
-        OutcomeStatus.FAILED,
-        "GroupNotFound",
-    ),
-)
+def demo_command(*, timeout: float, verbose: bool) -> int:
+    """Run the demo; the exit code: 0 when every sample reached its expected outcome, else 1."""
+    # Quiet: the log is kept, and shown only when a sample misses its outcome (the expected
+    # GroupNotFound is logged as a dead-letter, which is no news in a demo).
+    stream = logging.StreamHandler(sys.stderr)
+    kept = None if verbose else logging.handlers.MemoryHandler(100_000, logging.CRITICAL + 1, stream)
+    configure_logging(verbose, kept or stream)
+    try:
+        succeeded = asyncio.run(run_demo(console, within_seconds=timeout))
+    except KeyboardInterrupt:
+        raise fail("Interrupted; everything started was stopped.", 130) from None
+    if kept is not None:
+        if not succeeded:
+            stream.setFormatter(CONSOLE_FORMATTER)
+            kept.flush()
+        kept.buffer.clear()
+    return 0 if succeeded else 1
 
 
 async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
@@ -68,11 +56,21 @@ async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
         async with running_host(stack.environment) as host:
             console.print(f"[dim]Local host runs {len(host.triggers)} functions (3 stages, 3 dead-letter queues)[/]")
             async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
-                ids = await submit(client, (sample.request for sample in SAMPLES))
-                console.print(f"Submitted {len(ids)} requests to queue create-contact; waiting for outcomes...")
-                outcomes = await collect_outcomes(client, OUTCOME_QUEUE, ids, within_seconds=within_seconds)
+                sent = await send_and_follow(
+                    client,
+                    [sample.request for sample in SAMPLES],
+                    reply_to=None,
+                    outcome_queue=OUTCOME_QUEUE,
+                    follow_seconds=within_seconds,
+                    narration=Narration(
+                        sent=lambda ids: console.print(
+                            f"Submitted {len(ids)} requests to queue create-contact; waiting for outcomes..."
+                        )
+                    ),
+                )
         first_id = str(SAMPLES[0].request.request_id)
         history = await status_report(SqliteJournal(stack.journal_database), first_id)
+    outcomes = sent.followed.outcomes if sent.followed else {}
     for sample in SAMPLES:
         console.print(_sample_block(sample, outcomes.get(str(sample.request.request_id))))
     console.print(history)

@@ -19,18 +19,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import typer
 from azure.servicebus import ServiceBusMessageState, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from cli.plumbing import console, errors, fail, settings_for, with_servicebus
 from cli.upstream import PEEK_BATCH, peeked
 from shared import envelope
 from shared.contracts import StageName
 from shared.envelope import Delivery
 from shared.logs import mask_emails
 from shared.reasons import REASONS
+from shared.settings import ServiceBusSettings
 
 RECEIVE_WAIT_SECONDS = 2.0
 # What a replay cannot fix (an invalid body stays invalid): the reasons table says which.
@@ -299,3 +302,73 @@ def render_done(done: Sequence[Done]) -> RenderableType:
             Text(item.result, style="" if item.ok else "yellow"),
         )
     return table
+
+
+# The commands' flows; each returns its exit code.
+
+
+def list_command(queues: Sequence[StageName]) -> int:
+    settings = settings_for("dlq list", ServiceBusSettings)
+
+    async def look(client: ServiceBusClient) -> int:
+        views = await list_dead_letters(client, queues)
+        console.print(render_list(views, datetime.now(UTC)))
+        return 0
+
+    return with_servicebus(settings, look)
+
+
+def show_command(queue: StageName, sequence_number: int) -> int:
+    """1 when there is no such dead letter."""
+    settings = settings_for("dlq show", ServiceBusSettings)
+
+    async def look(client: ServiceBusClient) -> int:
+        message = await peek_one(client, queue, sequence_number)
+        if message is None:
+            errors.print(f"No dead letter {sequence_number} on {queue}.", markup=False)
+            return 1
+        console.print(render_one(queue, message, datetime.now(UTC)))
+        return 0
+
+    return with_servicebus(settings, look)
+
+
+def selection_of(
+    sequence_numbers: Iterable[int], reason: str | None, older_than: str | None, everything: bool
+) -> Selection:
+    """What the options select; exit 2 when they select nothing or an age is malformed."""
+    try:
+        age = parse_age(older_than) if older_than else None
+    except ValueError as error:
+        raise fail(str(error), 2) from None
+    selection = Selection(frozenset(sequence_numbers), reason, age, everything)
+    if selection.is_empty():
+        raise fail("Say which dead letters: sequence numbers, --reason, --older-than or --all.", 2)
+    return selection
+
+
+def act_command(act: str, queues: Sequence[StageName], selection: Selection, *, confirm: bool) -> int:
+    """The one flow of replay and purge (`act`): select from what is there, confirm if asked, act per
+    queue; 1 when nothing matched, the operator declined, or any selected dead letter was not handled."""
+    settings = settings_for(f"dlq {act}", ServiceBusSettings)
+
+    async def work(client: ServiceBusClient) -> int:
+        now = datetime.now(UTC)
+        chosen = [v for v in await list_dead_letters(client, queues) if selection.matches(v, now)]
+        if not chosen:
+            errors.print("No dead letter matches; nothing done. `onboard dlq list` shows what is there.")
+            return 1
+        if confirm:
+            console.print(render_list(chosen, now))
+            if not typer.confirm(confirm_question(act, len(chosen))):
+                errors.print("Nothing done.")
+                return 1
+        done = []
+        for queue in queues:
+            mine = [v for v in chosen if v.queue is queue]
+            if mine:
+                done += await (replay(client, queue, mine, now) if act == "replay" else purge(client, queue, mine))
+        console.print(render_done(done))
+        return 0 if all(item.ok for item in done) else 1
+
+    return with_servicebus(settings, work)

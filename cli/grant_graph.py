@@ -1,6 +1,6 @@
 """The Graph side of `onboard grant`, through msgraph-sdk: find the identity, read what it holds, grant the rest.
 
-Kept apart from cli/grant.py so that `onboard` loads msgraph-sdk (a heavy import) only to grant.
+Kept apart from cli/grant.py and cli/grant_plan.py so that `onboard` loads msgraph-sdk (a heavy import) only to grant.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from msgraph.graph_service_client import GraphServiceClient
 from rich.console import Console
 from rich.table import Table
 
-from cli.grant import AppRoleGrant, DirectoryRoleGrant, GrantError, GrantPlan, Identity
+from cli.grant_plan import AppRoleGrant, DirectoryRoleGrant, GrantError, GrantPlan, Identity
 from shared.directory.graph import MsGraphDirectory
 from shared.retry import RetryPolicy
 

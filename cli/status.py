@@ -7,20 +7,34 @@ Only the list of the latest requests is bounded (`--limit`), and the board's lat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
+import typer
+from azure.core.exceptions import AzureError
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from cli.dlq import parse_age
+from cli.plumbing import DEFAULT_STATE_DIR, console, fail, talk_to_servicebus, until_interrupted, with_servicebus
+from cli.settings import SettingsProblem, load_settings
+from cli.upstream import is_queued, peek_count, servicebus_client
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal import Journal, RequestState, Transition, TransitionKind
 from shared.journal.ports import LATEST_FAILURES, Tally, Where
+from shared.settings import ServiceBusSettings
+
+if TYPE_CHECKING:
+    from azure.servicebus.aio import ServiceBusClient
 
 DEFAULT_WINDOW = timedelta(hours=24)
 FINISHED_WELL = frozenset({OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS})
@@ -360,3 +374,118 @@ def render_board(
             )
         )
     return Group(*parts)
+
+
+# --- the command's flow ---------------------------------------------------------------------------
+
+# Peeked per queue and refresh (20 round trips of 100 at most): more is shown as "≥2000". Exact counts
+# would need the management client's runtime properties, hence Manage rights (QueueDepth).
+WATCH_QUEUE_CAP = 2000
+
+
+def status_command(
+    request_id: str | None, journal_setting: str, *, limit: int, since: str, watch: bool, interval: float
+) -> int:
+    """Print a request's history, the summary, or (`watch`) the board; the exit code: 1 for a request
+    id that is neither in the journal nor waiting on create-contact, 2 for a journal that cannot be named."""
+    from shared.journal import JournalSettingError, open_journal, sqlite_file
+
+    if watch and request_id is not None:
+        raise fail("--watch shows the whole pipeline: leave out REQUEST_ID.", 2)
+    try:
+        window = parse_age(since)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--since") from None
+    if window <= timedelta(0):
+        raise typer.BadParameter("the window must be longer than 0s", param_hint="--since")
+    try:
+        local_file = sqlite_file(journal_setting)
+        if local_file is not None and not local_file.exists():
+            raise fail(
+                f"No journal at {local_file}. Run `onboard sandbox` (it keeps one in {DEFAULT_STATE_DIR}/) "
+                "or set ONBOARDING_JOURNAL to the journal the app writes.",
+                2,
+            )
+        # Table Storage by URL signs in as the operator (DefaultAzureCredential: az login), who needs
+        # "Storage Table Data Reader" on the table.
+        journal = open_journal(journal_setting)
+        if journal is None:
+            raise fail("No journal named: set ONBOARDING_JOURNAL or --journal.", 2)
+        if watch:
+            return _watch(journal, interval, window)
+        report = asyncio.run(status_report(journal, request_id, limit=limit, since=window))
+    except JournalSettingError as error:
+        raise fail(str(error), 2) from None
+    except (AzureError, sqlite3.DatabaseError) as error:
+        # Unreachable storage, a missing role, a file that is not a journal: one line, no traceback.
+        raise fail(
+            f"Could not read the journal: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        ) from None
+    console.print(report)
+    if request_id is not None and report.unknown:
+        where, known = _where_unhandled(request_id)
+        console.print(where, markup=False)
+        if not known:
+            return 1  # as for a search that finds nothing: scripts can tell
+    return 0
+
+
+def _watch(journal: Journal, interval: float, window: timedelta) -> int:
+    from rich.live import Live
+
+    try:
+        bus: ServiceBusSettings | None = load_settings(ServiceBusSettings)
+    except SettingsProblem:
+        bus = None  # the journal alone still shows where requests stand
+
+    async def depths(client: ServiceBusClient) -> dict[StageName, QueueDepth]:
+        counts = await asyncio.gather(
+            *(
+                peek_count(client, s.value, cap=WATCH_QUEUE_CAP, dead_letters=d)
+                for s in StageName
+                for d in (False, True)
+            )
+        )
+        return {s: QueueDepth(counts[2 * i], counts[2 * i + 1], WATCH_QUEUE_CAP) for i, s in enumerate(StageName)}
+
+    async def run() -> int:
+        stop = until_interrupted()
+        async with contextlib.AsyncExitStack() as resources:
+            resources.push_async_callback(journal.close)
+            client = await resources.enter_async_context(servicebus_client(bus)) if bus is not None else None
+
+            async def frame() -> RenderableType:
+                now = datetime.now(UTC)
+                tally = await journal.tally(now - window)
+                return render_board(tally, await depths(client) if client else None, now, window)
+
+            if not console.is_terminal:
+                console.print(await frame())
+                return 0
+            with Live(await frame(), console=console, auto_refresh=False) as live:
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), interval)
+                    if not stop.is_set():
+                        live.update(await frame(), refresh=True)
+        return 0
+
+    return talk_to_servicebus(bus, run()) if bus is not None else asyncio.run(run())
+
+
+def _where_unhandled(request_id: str) -> tuple[str, bool]:
+    """What to say of a request with no history, and whether it is known at all (waiting on the queue)."""
+    try:
+        settings = load_settings(ServiceBusSettings)
+    except SettingsProblem:
+        return (
+            "Unknown id, or not yet handled (set ServiceBusConnection to look for it on queue create-contact).",
+            False,
+        )
+
+    async def look(client: ServiceBusClient) -> bool:
+        return await is_queued(client, StageName.CREATE_CONTACT, request_id)
+
+    if with_servicebus(settings, look):
+        return f"Queued on {StageName.CREATE_CONTACT}, not yet handled: is `onboard host` running?", True
+    return f"Unknown id: no history, and not waiting on queue {StageName.CREATE_CONTACT}.", False

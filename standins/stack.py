@@ -1,7 +1,8 @@
 """The whole local stack: Service Bus emulator, tenant sandbox, and the local Functions host.
 
 Used by `onboard demo`, `onboard sandbox` and the end-to-end tests, so all three run the
-same wiring. Everything started here is stopped on the way out, also on Ctrl-C.
+same wiring: by default the app runs with the demo's policy (tools/demo/policy.json), which fits
+the sandbox's seeded tenant. Everything started here is stopped on the way out, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -15,33 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.bootstrap import close_services, configure_services
-from shared.contracts import GroupRef, OnboardingRequest
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.local_host import LocalHost, load_function_app
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
 from standins.tenant_sandbox.credential import SandboxCredential
-
-DEMO_POLICY = Path(__file__).with_name("demo_policy.json")
-# The demo tenant's welcome mailbox; the sandbox's message trace needs seconds, not minutes.
-WELCOME_SETTINGS = {
-    "ONBOARDING_WELCOME_SENDER": "welcome@contoso.com",
-    "ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS": "1",
-}
-
-
-def demo_request(request_id: str, email: str, name: str, group: str) -> OnboardingRequest:
-    """A request from the demo policy's source system for `name` <`email`> into `group` (an SMTP address)."""
-    first, _, last = name.partition(" ")
-    return OnboardingRequest(
-        request_id=request_id,
-        external_email=email,
-        display_name=name,
-        first_name=first,
-        last_name=last or None,
-        group=GroupRef(smtp_address=group),
-        source_system="demo-hr",
-    )
+from tools.demo import DEMO_POLICY
 
 
 @dataclass(frozen=True)

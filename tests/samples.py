@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from standins.stack import demo_request as sample_request
+from tools.demo import demo_request as sample_request
 
 PARTNERS = "partners@contoso.com"  # a distribution group in the demo tenant
 

@@ -1,5 +1,7 @@
 """Dependencies point one way: contracts import no adapter, triggers load no storage SDK, the
-sandbox credential is not in the deployed package, and bootstrap takes adapters as overrides."""
+sandbox credential is not in the deployed package, and bootstrap takes adapters as overrides.
+Of the command line only the local tools (sandbox, host, demo) use the stand-ins, and no module
+imports one that imports it back."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from tests.fakes import FailureScript, FakeExchange, FakeGraph, Recorder, Record
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYED = ("function_app.py", "functions", "shared")
+PROJECT_PACKAGES = ("cli", "tools", "standins", "shared", "functions")
+# The commands that run the stand-ins; every other command also works against Azure alone.
+LOCAL_TOOLS = {"cli.sandbox", "cli.host", "cli.demo"}
 SETTINGS = {
     SERVICEBUS_CONNECTION: "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;",
     "tenant_id": "00000000-0000-0000-0000-000000000001",
@@ -28,6 +33,72 @@ def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     return names | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def project_modules() -> dict[str, Path]:
+    modules = {"function_app": ROOT / "function_app.py"}
+    for package in PROJECT_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each project module and the project modules it imports anywhere in its text (also inside a
+    function or under TYPE_CHECKING): `from package import module` counts as importing the module."""
+    modules = project_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        found = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found |= {
+                    f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                    for alias in node.names
+                }
+        graph[name] = {module for module in found if module in modules and module != name}
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        if (module := todo.pop()) not in seen:
+            seen.add(module)
+            todo += graph[module]
+    return seen
+
+
+def test_the_grant_command_reaches_no_stand_in() -> None:
+    """`onboard grant` runs against a real tenant; the sandbox's credential comes from the local tools."""
+    reached = reachable(import_graph(), "cli.grant")
+    assert {"cli.grant_plan", "cli.grant_graph"} <= reached
+    assert not {module for module in reached if module.split(".")[0] in {"standins", "tools"}}
+
+
+def test_only_the_local_tools_of_the_command_line_import_the_stand_ins() -> None:
+    graph = import_graph()
+    offenders = {
+        f"{module} imports {imported}"
+        for module, imports in graph.items()
+        if module.startswith("cli") and module not in LOCAL_TOOLS
+        for imported in imports
+        if imported.split(".")[0] in {"standins", "tools"}
+    }
+    assert not offenders
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    graph = import_graph()
+    cycles = {
+        " -> ".join(sorted((module, other)))
+        for module, imports in graph.items()
+        for other in imports
+        if module in reachable(graph, other)
+    }
+    assert not cycles
 
 
 def test_contracts_import_nothing_of_the_project_but_the_leaf_of_queue_names() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from standins.chaos import run_chaos
+from tools.chaos import run_chaos
 
 pytestmark = pytest.mark.stack  # the stand-ins, and the host as a child process
 

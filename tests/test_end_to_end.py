@@ -13,13 +13,13 @@ import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
-from cli.demo import SAMPLES
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import OutcomeStatus, RecipientKind
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fixtures.pipeline import OUTCOMES, Readback, onboard
 from tests.samples import sample_request as demo_request
+from tools.demo import SAMPLES
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 

@@ -6,8 +6,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from cli.grant import GroupKindInUse, Identity, plan_for
 from cli.grant_graph import Directory
+from cli.grant_plan import GroupKindInUse, Identity, plan_for
 from cli.main import app
 from shared.directory.graph import MsGraphDirectory
 from standins.tenant_sandbox import TenantSandbox

@@ -1,0 +1,163 @@
+"""What `onboard grant` gives the function app's managed identity: the plan, derived from the features
+in use (infra/README.md, "Rights of the function app's managed identity"), and the Exchange Online
+PowerShell steps for what Graph cannot grant. Pure data: cli.grant_graph carries a plan out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
+PUBLIC_GRAPH = "https://graph.microsoft.com/v1.0"
+
+
+class GroupKindInUse(StrEnum):
+    DISTRIBUTION = "distribution"
+    MAIL_ENABLED_SECURITY = "mail-enabled-security"
+    M365 = "m365"
+
+
+@dataclass(frozen=True)
+class AppRoleGrant:
+    resource_app_id: str
+    resource: str
+    value: str
+    documented_id: str  # Microsoft's published id: a cross-check, the tenant's resource is the authority
+    why: str
+
+
+@dataclass(frozen=True)
+class DirectoryRoleGrant:
+    template_id: str
+    name: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Identity:
+    object_id: str
+    app_id: str
+    display_name: str
+
+
+@dataclass(frozen=True)
+class ManualStep:
+    title: str
+    commands: tuple[str, ...]
+
+
+def _graph(value: str, documented_id: str, why: str) -> AppRoleGrant:
+    return AppRoleGrant(GRAPH_APP_ID, "Microsoft Graph", value, documented_id, why)
+
+
+EXCHANGE_MANAGE_AS_APP = AppRoleGrant(
+    EXCHANGE_APP_ID,
+    "Office 365 Exchange Online",
+    "Exchange.ManageAsApp",
+    "dc50a0fb-09a3-484d-be87-e023b12c6440",
+    "call the Exchange admin endpoint (every group kind: accepted domains, contacts, sender settings)",
+)
+EXCHANGE_RECIPIENT_ADMINISTRATOR = DirectoryRoleGrant(
+    "31392ffb-586c-42d1-9346-e59415a2cc4e",
+    "Exchange Recipient Administrator",
+    "New-MailContact, Add-DistributionGroupMember, Set-DistributionGroup / Set-UnifiedGroup",
+)
+
+
+@dataclass(frozen=True)
+class GrantPlan:
+    app_roles: tuple[AppRoleGrant, ...]
+    directory_roles: tuple[DirectoryRoleGrant, ...]
+    group_kinds: frozenset[GroupKindInUse]
+    welcome_sender: str | None
+    tenant_wide_mail_send: bool
+
+    def manual_steps(self, identity: Identity) -> list[ManualStep]:
+        """Exchange Online PowerShell for what Graph cannot grant; empty when nothing is needed."""
+        role_group_member = f"(Get-ServicePrincipal -Identity {identity.object_id}).Identity"
+        steps: list[ManualStep] = []
+        if self.group_kinds and (
+            GroupKindInUse.MAIL_ENABLED_SECURITY in self.group_kinds or self.welcome_sender is not None
+        ):
+            steps.append(
+                ManualStep(
+                    "Connect to Exchange Online PowerShell as an Exchange administrator and register the identity "
+                    "(skip New-ServicePrincipal if Get-ServicePrincipal already finds it)",
+                    (
+                        "Connect-ExchangeOnline",
+                        f"New-ServicePrincipal -AppId {identity.app_id} -ObjectId {identity.object_id} "
+                        f'-DisplayName "{identity.display_name}"',
+                    ),
+                )
+            )
+        if GroupKindInUse.MAIL_ENABLED_SECURITY in self.group_kinds:
+            steps.append(
+                ManualStep(
+                    "Mail-enabled security groups: Exchange Recipient Administrator cannot change their membership; "
+                    'a role group with only "Security Group Creation and Membership" can',
+                    (
+                        'New-RoleGroup -Name "Onboarding security group membership" '
+                        '-Roles "Security Group Creation and Membership"',
+                        f'Add-RoleGroupMember -Identity "Onboarding security group membership" -Member {role_group_member}',
+                    ),
+                )
+            )
+        if self.welcome_sender is not None and not self.tenant_wide_mail_send:
+            sender = self.welcome_sender.replace("'", "''")
+            steps.append(
+                ManualStep(
+                    "Welcome message: Mail.Send for the welcome mailbox only (RBAC for Applications)",
+                    (
+                        f'New-ManagementScope -Name "Onboarding welcome sender" '
+                        f"-RecipientRestrictionFilter \"PrimarySmtpAddress -eq '{sender}'\"",
+                        f'New-ManagementRoleAssignment -App {identity.object_id} -Role "Application Mail.Send" '
+                        '-CustomResourceScope "Onboarding welcome sender"',
+                        f"Test-ServicePrincipalAuthorization -Identity {identity.object_id} -Resource {sender}",
+                    ),
+                )
+            )
+        if self.welcome_sender is not None:
+            steps.append(
+                ManualStep(
+                    "Welcome message: read the message trace (Get-MessageTraceV2) to confirm delivery",
+                    (
+                        'New-RoleGroup -Name "Onboarding message trace" -Roles "Message Tracking"',
+                        f'Add-RoleGroupMember -Identity "Onboarding message trace" -Member {role_group_member}',
+                    ),
+                )
+            )
+        return steps
+
+
+def plan_for(
+    group_kinds: frozenset[GroupKindInUse], welcome_sender: str | None, *, tenant_wide_mail_send: bool = False
+) -> GrantPlan:
+    """The rights the configured features use, and only those."""
+    roles = [
+        _graph("Group.Read.All", "5b567255-7703-4780-807c-7be8301ae99b", "resolve the target group and its kind"),
+        _graph("User.Read.All", "df021288-bdef-4463-88db-98f22de89214", "find existing guests and internal users"),
+    ]
+    if GroupKindInUse.M365 in group_kinds:
+        roles += [
+            _graph(
+                "User.Invite.All", "09850681-111b-4a89-9bed-3f2cae46d706", "invite the guest (Microsoft 365 groups)"
+            ),
+            _graph(
+                "GroupMember.ReadWrite.All",
+                "dbaae8cf-10b5-4b86-a4a1-f871c94c6695",
+                "add the guest to a Microsoft 365 group",
+            ),
+        ]
+    if welcome_sender is not None and tenant_wide_mail_send:
+        roles.append(
+            _graph("Mail.Send", "b633e1c5-b582-4048-a93e-9f11b44c7e96", "send the welcome message (from ANY mailbox)")
+        )
+    roles.append(EXCHANGE_MANAGE_AS_APP)
+    return GrantPlan(
+        tuple(roles), (EXCHANGE_RECIPIENT_ADMINISTRATOR,), group_kinds, welcome_sender, tenant_wide_mail_send
+    )
+
+
+class GrantError(Exception):
+    """One line for the operator; no traceback."""

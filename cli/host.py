@@ -1,0 +1,33 @@
+"""`onboard host`: function_app.py's triggers on the local Functions host (a stand-in), against the
+configured namespace and tenant: the emulator and sandbox, or real Azure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from cli.plumbing import configure_logging, console, settings_for, until_interrupted
+from shared.settings import ServiceBusSettings, Settings
+
+
+def serve_host(*, verbose: bool) -> None:
+    """Run the triggers until Ctrl-C; missing or malformed app settings stop before starting."""
+    from cli.upstream import namespace_of
+    from shared.bootstrap import close_services
+    from standins.local_host import LocalHost, load_function_app
+    from standins.stack import supply_sandbox_credential
+
+    configure_logging(verbose)
+    settings = settings_for("host", Settings, ServiceBusSettings)
+    supply_sandbox_credential(os.environ)
+
+    async def serve() -> None:
+        local_host = LocalHost(load_function_app())
+        count = len(local_host.triggers)
+        console.print(f"Local host runs {count} functions on {namespace_of(settings)}. Ctrl-C stops.", markup=False)
+        try:
+            await local_host.run(until_interrupted())
+        finally:
+            await close_services()
+
+    asyncio.run(serve())

@@ -1,0 +1,131 @@
+"""What every `onboard` command shares: its consoles, one-line failures, settings, logging, and talking
+to Service Bus without showing a person the SDK's traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import typer
+from azure.core.exceptions import AzureError
+from azure.servicebus.exceptions import ServiceBusError  # an AzureError: caught first
+from pydantic_settings import BaseSettings
+from rich.console import Console
+
+from cli.settings import SettingsProblem, load_settings
+from shared.logs import install_safe_log_records
+from shared.queues import DUPLICATE_WINDOW
+from shared.settings import ServiceBusSettings
+
+if TYPE_CHECKING:
+    from azure.servicebus.aio import ServiceBusClient
+
+DEFAULT_STATE_DIR = Path(".onboard")  # `onboard sandbox` keeps its SQLite files here
+DUPLICATE_WINDOW_MINUTES = DUPLICATE_WINDOW // timedelta(minutes=1)
+DUPLICATE_WINDOW_TEXT = f"{DUPLICATE_WINDOW_MINUTES}-minute"
+# Records that report normal events as trouble: a client closing its AMQP connection (proton
+# logs it at ERROR), and azure-functions' notice that a queue-only app has no HTTP auth level.
+NORMAL_EVENTS = (
+    "Couldn't send: ConnectionResetError",
+    "Couldn't send: BrokenPipeError",
+    "Auth level is not applied to non http function app",
+)
+# On a terminal the date and the logger's name are noise; the request id is what a person follows.
+CONSOLE_FORMATTER = logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(message)s", datefmt="%H:%M:%S")
+
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class _DropNormalEvents(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(event in message for event in NORMAL_EVENTS)
+
+
+def configure_logging(verbose: bool, handler: logging.Handler | None = None) -> None:
+    install_safe_log_records()
+    handler = handler or logging.StreamHandler(sys.stderr)
+    handler.setFormatter(CONSOLE_FORMATTER)
+    handler.addFilter(_DropNormalEvents())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    # The AMQP and HTTP stacks are chatty at INFO: keep them to warnings unless asked.
+    for noisy in ("azure", "uamqp", "httpx", "uvicorn", "proton"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The SDK warns of each closed connection; the local host says once that Service Bus went away
+    # and once that it is back, and the commands report an unreachable namespace themselves.
+    logging.getLogger("azure.servicebus._pyamqp").setLevel(logging.ERROR)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """One line on stderr, for trouble a person can fix; the caller raises the returned Exit."""
+    errors.print(message, markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def settings_for(command: str, model: type[SettingsT], *first: type[BaseSettings]) -> SettingsT:
+    """The settings `onboard COMMAND` needs, or exit 2 naming what is missing."""
+    try:
+        return load_settings(model, *first)
+    except SettingsProblem as problem:
+        raise fail(f"onboard {command}: {problem}", 2) from None
+
+
+def write_or_print(output: Path | None, text: str) -> None:
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+def until_interrupted() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def talk_to_servicebus(settings: ServiceBusSettings, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`; an unreachable or refusing namespace is one line, not the SDK's traceback."""
+    from cli.upstream import namespace_of
+    from shared.outbox import entity_not_found
+
+    try:
+        return asyncio.run(work)
+    except ServiceBusError as error:
+        if entity_not_found(error):
+            raise fail(
+                f"A queue named here does not exist in {namespace_of(settings)} (Service Bus answered 404): "
+                "check --reply-to and ONBOARDING_OUTCOME_QUEUE."
+            ) from None
+        raise fail(
+            f"Could not reach Service Bus at {namespace_of(settings)} ({type(error).__name__}). "
+            "Is `onboard sandbox` running, and does ServiceBusConnection name it?"
+        ) from None
+    except AzureError as error:  # signing in for ServiceBusConnection__fullyQualifiedNamespace
+        raise fail(
+            f"Could not sign in to Service Bus at {namespace_of(settings)} ({type(error).__name__}). "
+            "Run `az login` with an account that has a Service Bus data role on the namespace."
+        ) from None
+    except KeyboardInterrupt:
+        raise fail("Interrupted.", 130) from None
+
+
+def with_servicebus(settings: ServiceBusSettings, work: Callable[[ServiceBusClient], Awaitable[T]]) -> T:
+    """`work` with a client of the namespace the settings name, failing as talk_to_servicebus does."""
+    from cli.upstream import servicebus_client
+
+    async def connected() -> T:
+        async with servicebus_client(settings) as client:
+            return await work(client)
+
+    return talk_to_servicebus(settings, connected())

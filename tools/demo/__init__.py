@@ -1,0 +1,69 @@
+"""The demo's data: the policy the local stack runs the app with, the welcome mailbox, and the sample
+requests, each with the outcome it must reach. They fit the sandbox's seeded tenant
+(standins/tenant_sandbox/demo_tenant.json): its groups, its accepted domains, its welcome mailbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.contracts import GroupRef, OnboardingRequest, OutcomeEvent, OutcomeStatus
+
+# Allows source system demo-hr into the demo tenant's three onboarding groups.
+DEMO_POLICY = Path(__file__).with_name("policy.json")
+# The demo tenant's welcome mailbox; the sandbox's message trace needs seconds, not minutes.
+WELCOME_SETTINGS = {
+    "ONBOARDING_WELCOME_SENDER": "welcome@contoso.com",
+    "ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS": "1",
+}
+
+
+def demo_request(request_id: str, email: str, name: str, group: str) -> OnboardingRequest:
+    """A request from the demo policy's source system for `name` <`email`> into `group` (an SMTP address)."""
+    first, _, last = name.partition(" ")
+    return OnboardingRequest(
+        request_id=request_id,
+        external_email=email,
+        display_name=name,
+        first_name=first,
+        last_name=last or None,
+        group=GroupRef(smtp_address=group),
+        source_system="demo-hr",
+    )
+
+
+@dataclass(frozen=True)
+class Sample:
+    title: str
+    request: OnboardingRequest
+    expected_status: OutcomeStatus
+    expected_reason: str | None = None
+
+    def met_by(self, outcome: OutcomeEvent | None) -> bool:
+        return outcome is not None and outcome.status == self.expected_status and outcome.reason == self.expected_reason
+
+
+# One per group kind, and one that must fail.
+SAMPLES = (
+    Sample(
+        "Distribution group (5.7.133 fix applied)",
+        demo_request("demo-dg-1", "jordan.reyes@fabrikam.example", "Jordan Reyes", "partners@contoso.com"),
+        OutcomeStatus.SUCCEEDED,
+    ),
+    Sample(
+        "Mail-enabled security group",
+        demo_request("demo-mesg-1", "mei.tanaka@northwind.example", "Mei Tanaka", "suppliers-secure@contoso.com"),
+        OutcomeStatus.SUCCEEDED,
+    ),
+    Sample(
+        "Microsoft 365 group (guest)",
+        demo_request("demo-m365-1", "sam.okafor@tailspin.example", "Sam Okafor", "project-falcon@contoso.com"),
+        OutcomeStatus.SUCCEEDED,
+    ),
+    Sample(
+        "Unknown group",
+        demo_request("demo-unknown-1", "lee.chen@fabrikam.example", "Lee Chen", "no-such-group@contoso.com"),
+        OutcomeStatus.FAILED,
+        "GroupNotFound",
+    ),
+)
