@@ -19,11 +19,10 @@ from typer.testing import CliRunner
 from cli.main import app
 from cli.upstream import collect_outcomes
 from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, StageName
-from shared.journal import SqliteJournal
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import EmulatorConfig
 from standins.stack import LocalStack, local_stack, running_host
-from tests.fixtures.pipeline import OUTCOMES, keeping_every_outcome
+from tests.fixtures.pipeline import OUTCOMES, journal_history, keeping_every_outcome
 from tests.samples import PARTNERS, sample_request, sample_request_json
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
@@ -134,9 +133,7 @@ async def test_resending_a_request_with_a_new_message_id_does_the_work_once() ->
         status = await asyncio.to_thread(
             CliRunner().invoke, app, ["status", "hr-42", "--journal", journal], env={"COLUMNS": "240"}
         )
-        records = SqliteJournal(str(stack.journal_database))
-        history = await records.history("hr-42")
-        await records.close()
+        history = await journal_history(stack, "hr-42")
     assert [(o.request_id, o.status) for o in outcomes] == [("hr-42", OutcomeStatus.SUCCEEDED)]
     assert len(contacts) == 1
     # The request id is the identity of every stage's record, and `onboard status <request id>` finds it.
