@@ -36,7 +36,7 @@ $(ASYNCAPI_STAMP): $(BIN)/python
 
 # The Functions worker's own indexing check (tests/worker) runs in a Python 3.13 venv: the deployed
 # runtime (azure-functions-runtime) exists only for 3.13. It is python3.13 on PATH, else a pyenv-installed
-# 3.13 (pyenv's shim hides versions that are not selected). Without one the tests skip, saying why.
+# 3.13 (pyenv's shim hides versions that are not selected). Without one the tests skip, saying why (under CI=true they fail).
 PYENV_VERSIONS := $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions
 WORKER_PY ?= $(firstword $(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null) \
 	$(wildcard $(PYENV_VERSIONS)/3.13*/bin/python3.13))
