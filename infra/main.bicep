@@ -3,8 +3,7 @@
 // no keys. Modeled on Azure-Samples/functions-e2e-sb-vnet (minus its VNet, private endpoints and
 // Premium Service Bus). Steps from an empty subscription: docs/deploy.md.
 //
-// Syntax note: tests/infra parses these files with pycep-parser, and checkov reads them with an
-// older pycep-parser that silently skips what it cannot parse. Keep to syntax both read: no
+// Syntax note: tests/infra parses these files with pycep-parser. Keep to syntax it reads: no
 // nullable types (`string?`), `import`, `func`, user-defined types or `deployer()`.
 
 targetScope = 'subscription'

@@ -7,17 +7,18 @@ own Graph and Exchange clients.
 
 from __future__ import annotations
 
-import time
+import re
 
 import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 
 from cli.upstream import collect_outcomes, submit
-from shared.contracts import OutcomeStatus, RecipientKind
+from shared.contracts import OutcomeStatus, RecipientKind, StageName
+from shared.journal import TransitionKind
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack, running_host
-from tests.fixtures.pipeline import OUTCOMES, Readback, onboard
+from tests.fixtures.pipeline import OUTCOMES, Readback, journal_history, onboard
 from tests.samples import sample_request as demo_request
 from tools.demo import SAMPLES
 
@@ -114,11 +115,16 @@ async def test_throttling_becomes_a_scheduled_retry_that_succeeds(stack: LocalSt
     stack.sandbox.inject("exchange", 429, retry_after=3, count=2)
     stack.sandbox.inject("graph", 429, retry_after=3, count=1)
     request = demo_request("e2e-throttled", "kim.lee@fabrikam.example", "Kim Lee", "partners@contoso.com")
-    started = time.monotonic()
     outcome = (await onboard(stack, [request]))["e2e-throttled"]
+    history = await journal_history(stack, "e2e-throttled")
     assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
-    assert time.monotonic() - started >= 3 * 3  # three waits, none shorter than Retry-After
     assert sum(1 for _, _, status, _ in stack.sandbox.request_log if status == 429) == 3
+    # Three scheduled retries, none sooner than Retry-After: the journal says "in <delay> s: <cause>".
+    scheduled = [
+        re.match(r"in (\d+\.\d) s: ", t.cause or "") for t in history if t.decision is TransitionKind.RETRY_SCHEDULED
+    ]
+    delays = [float(found[1]) for found in scheduled if found]
+    assert len(delays) == 3 and min(delays) >= 3.0, history
 
 
 async def test_throttling_uses_no_attempts_and_ends_at_the_throttle_limit() -> None:
@@ -149,8 +155,14 @@ async def test_replication_lag_is_waited_out_for_contacts_and_guests(stack: Loca
     ]
     outcomes = await onboard(stack, requests)
     assert {o.status for o in outcomes.values()} == {OutcomeStatus.SUCCEEDED}, outcomes
-    not_found = [entry for entry in stack.sandbox.request_log if entry[2] in (400, 404)]
-    assert not_found, "the lag should have made at least one add-member attempt fail first"
+    # The add to the group met the new contact (Exchange) and the new guest (Graph) not yet replicated,
+    # and add-member retried each until it was: without the lag neither happens.
+    for request_id in ("e2e-lag-dg", "e2e-lag-m365"):
+        history = await journal_history(stack, request_id)
+        retried = [
+            t for t in history if t.stage is StageName.ADD_MEMBER and t.decision is TransitionKind.RETRY_SCHEDULED
+        ]
+        assert retried, f"{request_id}: add-member never waited for replication: {history}"
     guest = await readback.graph.find_user_by_mail("noor.ali@tailspin.example")
     assert guest is not None
     assert guest.id in await readback.graph.list_group_member_ids("7c1d2e3f-0003-4b5c-8d9e-0f1a2b3c4d03")

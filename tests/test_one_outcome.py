@@ -1,6 +1,8 @@
 """Exactly one outcome for every message put on create-contact, whatever upstream sends and whatever fails.
 
-Through the real azure-servicebus SDK, the emulator, the tenant sandbox and the local host.
+Through the real azure-servicebus SDK, the emulator, the tenant sandbox and the local host. The
+outcome queue here keeps every message sent to it (no duplicate detection), so a second outcome
+is counted even when it carries the first one's MessageId.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ from typer.testing import CliRunner
 from cli.main import app
 from cli.upstream import collect_outcomes
 from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, StageName
-from shared.journal import SqliteJournal
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import EmulatorConfig
 from standins.stack import LocalStack, local_stack, running_host
-from tests.fixtures.pipeline import OUTCOMES
+from tests.fixtures.pipeline import OUTCOMES, journal_history, keeping_every_outcome
 from tests.samples import PARTNERS, sample_request, sample_request_json
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
@@ -72,7 +73,7 @@ async def run_host_until(
 
 
 async def test_what_service_bus_dead_letters_by_itself_still_ends_with_one_outcome() -> None:
-    few_deliveries = EmulatorConfig.default().with_overrides(max_delivery_count=2)
+    few_deliveries = keeping_every_outcome(EmulatorConfig.default().with_overrides(max_delivery_count=2))
     with local_stack(emulator_config=few_deliveries) as stack:
         # A worker killed on every delivery: Service Bus dead-letters after MaxDeliveryCount, with no outcome.
         await send(stack, "create-contact", ServiceBusMessage(sample_request_json(request_id="killed-1")))
@@ -102,7 +103,7 @@ async def test_what_service_bus_dead_letters_by_itself_still_ends_with_one_outco
 
 
 async def test_a_request_the_pipeline_dead_letters_gets_one_outcome_not_two() -> None:
-    with local_stack() as stack:
+    with local_stack(emulator_config=keeping_every_outcome()) as stack:
         await send(
             stack,
             "create-contact",
@@ -120,7 +121,7 @@ async def test_a_request_the_pipeline_dead_letters_gets_one_outcome_not_two() ->
 
 
 async def test_resending_a_request_with_a_new_message_id_does_the_work_once() -> None:
-    with local_stack() as stack:
+    with local_stack(emulator_config=keeping_every_outcome()) as stack:
         body = sample_request("hr-42", "ana@fabrikam.example", "Ana Lind", PARTNERS).model_dump_json().encode()
         await send(stack, "create-contact", ServiceBusMessage(body, message_id="sb-first"))
         await send(stack, "create-contact", ServiceBusMessage(body, message_id="sb-second"))
@@ -132,9 +133,7 @@ async def test_resending_a_request_with_a_new_message_id_does_the_work_once() ->
         status = await asyncio.to_thread(
             CliRunner().invoke, app, ["status", "hr-42", "--journal", journal], env={"COLUMNS": "240"}
         )
-        records = SqliteJournal(str(stack.journal_database))
-        history = await records.history("hr-42")
-        await records.close()
+        history = await journal_history(stack, "hr-42")
     assert [(o.request_id, o.status) for o in outcomes] == [("hr-42", OutcomeStatus.SUCCEEDED)]
     assert len(contacts) == 1
     # The request id is the identity of every stage's record, and `onboard status <request id>` finds it.
@@ -145,7 +144,7 @@ async def test_resending_a_request_with_a_new_message_id_does_the_work_once() ->
 
 
 async def test_hostile_envelopes_each_end_with_one_outcome() -> None:
-    with local_stack() as stack:
+    with local_stack(emulator_config=keeping_every_outcome()) as stack:
         long_id = "L" * 128  # Service Bus's limit: every id the pipeline derives must still fit
         await send(
             stack,
@@ -184,7 +183,7 @@ async def test_an_app_that_cannot_start_still_ends_each_request_with_an_outcome(
     # report its last delivery), and Service Bus dead-letters each message by itself.
     broken = tmp_path / "policy.json"
     broken.write_text('{"sources": ')
-    few_deliveries = EmulatorConfig.default().with_overrides(max_delivery_count=2)
+    few_deliveries = keeping_every_outcome(EmulatorConfig.default().with_overrides(max_delivery_count=2))
     with local_stack(emulator_config=few_deliveries, policy_file=broken) as stack:
         await send(stack, "create-contact", ServiceBusMessage(sample_request_json(request_id="broken-1")))
         outcomes = await run_host_until(stack, ["broken-1"])

@@ -12,8 +12,9 @@ from typer.testing import CliRunner, Result
 
 from cli.main import app
 from shared.contracts import OutcomeStatus, StageName
-from shared.journal import SqliteJournal, TransitionKind
+from shared.journal import SqliteJournal, TransitionKind, open_journal
 from standins.stack import LocalStack, local_stack
+from tests.fixtures.azurite import Azurite
 from tests.fixtures.pipeline import onboard
 from tests.samples import sample_request as demo_request
 
@@ -108,3 +109,23 @@ async def test_a_journal_that_refuses_writes_costs_a_log_line_not_the_request(
     assert outcomes["j-nolog"].status is OutcomeStatus.SUCCEEDED, outcomes["j-nolog"]
     failures = [r.getMessage() for r in caplog.records if "could not journal" in r.getMessage()]
     assert len(failures) == 3, failures  # create-contact, add-member, verify-delivery
+
+
+async def test_the_host_journals_to_table_storage_when_the_setting_names_it(azurite: Azurite) -> None:
+    setting = f"tables:TableName=hostjournal;{azurite.connection_string}"
+    with local_stack(settings={"ONBOARDING_JOURNAL": setting}) as stack:
+        outcomes = await onboard(stack, [demo_request("j-tables", "di@fabrikam.example", "Di Roy", PARTNERS)])
+        wrote_sqlite = stack.journal_database.exists()
+    journal = open_journal(setting)
+    assert journal is not None
+    try:
+        history = await journal.history("j-tables")
+    finally:
+        await journal.close()
+    assert outcomes["j-tables"].status is OutcomeStatus.SUCCEEDED, outcomes["j-tables"]
+    assert [(t.stage, t.decision, t.outcome_status) for t in history] == [
+        (StageName.CREATE_CONTACT, TransitionKind.PASSED_ON, None),
+        (StageName.ADD_MEMBER, TransitionKind.PASSED_ON, None),
+        (StageName.VERIFY_DELIVERY, TransitionKind.FINISHED, OutcomeStatus.SUCCEEDED),
+    ]
+    assert not wrote_sqlite, "the stack's default SQLite journal was not used"

@@ -20,6 +20,7 @@ from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus, Sta
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import EmulatorConfig, QueueConfig
 from standins.stack import LocalStack, local_stack, running_host
+from tests.tools import require_tool
 
 DOCUMENT = Path("contracts/asyncapi.json")
 PARSER_HOME = Path(".venv/asyncapi/node_modules")
@@ -38,8 +39,10 @@ def request_examples() -> list[dict[str, Any]]:
 
 
 def diagnostics(path: Path) -> list[dict[str, Any]]:
-    if not (PARSER_HOME / "@asyncapi" / "parser").is_dir():
-        pytest.skip("@asyncapi/parser is not installed: `make test` installs it into .venv/asyncapi")
+    require_tool(
+        (PARSER_HOME / "@asyncapi" / "parser").is_dir(),
+        "@asyncapi/parser is not installed: `make test` installs it into .venv/asyncapi",
+    )
     ran = subprocess.run(  # noqa: S603
         ["node", str(VALIDATOR), str(PARSER_HOME), str(path)],  # noqa: S607
         capture_output=True,
@@ -55,11 +58,13 @@ def test_the_checked_in_document_is_what_the_contracts_generate() -> None:
     assert DOCUMENT.read_text() == asyncapi_text(), "run: .venv/bin/onboard asyncapi --output contracts/asyncapi.json"
 
 
+@pytest.mark.stack  # node, about 6 s
 def test_the_official_parser_finds_no_error() -> None:
     errors = [d for d in diagnostics(DOCUMENT) if d["severity"] == ERROR]
     assert errors == []
 
 
+@pytest.mark.stack  # node, about 6 s
 def test_the_parser_check_can_fail(tmp_path: Path) -> None:
     broken = document()
     broken["operations"]["submitRequest"]["channel"] = {"$ref": "#/channels/missing"}

@@ -377,7 +377,7 @@ async def test_latency_is_added_to_every_request(
 ) -> None:
     tenant_sandbox.set_knobs(latency_ms=150, jitter_ms=50, random_seed=1)
     await exchange_directory.get_accepted_domains()
-    assert 0.15 <= tenant_sandbox.request_log[-1].seconds < 1.0
+    assert tenant_sandbox.request_log[-1].seconds >= 0.15  # never less than the knob; how much more is load
 
 
 async def test_token_bucket_throttles_with_retry_after_and_graph_headers(tenant_sandbox: TenantSandbox) -> None:

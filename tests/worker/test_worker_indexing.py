@@ -7,7 +7,7 @@ process and nothing leaks into the rest of the test session.
 
 Which interpreter: $WORKER_PYTHON if set, else .venv/worker (built by `make worker-venv` when python3.13
 is on PATH: the app's requirements as 3.13 resolves them, azure-functions-runtime included). Without
-either the tests skip and say why (pytest -ra prints it).
+either the tests skip and say why (pytest -ra prints it), or fail under CI (tests/tools.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.tools import require_tool
 
 PROBE = Path(__file__).resolve().parent / "index_probe.py"
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -60,8 +62,10 @@ def _index(app_dir: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def indexed() -> dict[str, Any]:
-    if not Path(WORKER_PYTHON).exists():
-        pytest.skip(f"no worker interpreter at {WORKER_PYTHON}: run `make worker-venv` (needs python3.13)")
+    require_tool(
+        Path(WORKER_PYTHON).exists(),
+        f"no worker interpreter at {WORKER_PYTHON}: run `make worker-venv` (needs python3.13)",
+    )
     probe = subprocess.run(  # noqa: S603  # the worker venv's interpreter, a constant script
         [WORKER_PYTHON, "-c", "import sys, azure_functions_runtime; print(sys.version_info >= (3, 13))"],
         capture_output=True,
@@ -69,8 +73,10 @@ def indexed() -> dict[str, Any]:
         env=_worker_env(),
         check=False,
     )
-    if probe.returncode != 0 or probe.stdout.strip() != "True":
-        pytest.skip(f"{WORKER_PYTHON} has no azure-functions-runtime on Python >= 3.13: {probe.stderr.strip()[-300:]}")
+    require_tool(
+        probe.returncode == 0 and probe.stdout.strip() == "True",
+        f"{WORKER_PYTHON} has no azure-functions-runtime on Python >= 3.13: {probe.stderr.strip()[-300:]}",
+    )
     result = _index(APP_DIR)
     assert result.returncode == 0, f"the worker refused to index the app:\n{result.stderr[-4000:]}"
     indexed: dict[str, Any] = json.loads(result.stdout)
