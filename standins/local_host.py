@@ -6,6 +6,11 @@ azure-servicebus SDK, and calls each function with the argument types the Azure 
 azure.servicebus ServiceBusReceivedMessage and an object with ServiceBusMessageActions' methods
 that settles through the SDK receiver. host.json's maxConcurrentCalls bounds the concurrency, and
 locks are renewed while a function runs, up to maxAutoLockRenewalDuration.
+
+As in Azure, where the .NET host process receives, renews locks and settles while the Python worker
+runs the functions, the Service Bus side runs on a thread and event loop of its own, and the
+functions on the caller's event loop (the worker's). A function that holds its event loop (a slow
+first import, CPU-bound work) delays the other invocations, as in Azure, but not lock renewal.
 """
 
 from __future__ import annotations
@@ -133,7 +138,8 @@ class LocalMessageActions:
     among the messages still in flight and raises SettlementError at once when settling fails
     (azurefunctions-extensions-bindings-servicebus 1.0.0b2, serviceBusMessageActions.py; the host's
     Grpc/SettlementService.cs in Azure/azure-sdk-for-net). Here each call runs the SDK's settlement on
-    the host's event loop and waits for it, from the caller's thread.
+    the host's event loop (`loop`, the receiver's) and waits for it, from the caller's thread. A call
+    on `loop` or on `function_loop` (where the functions run) is refused.
     """
 
     def __init__(
@@ -141,9 +147,12 @@ class LocalMessageActions:
         receiver: ServiceBusReceiver,
         loop: asyncio.AbstractEventLoop,
         in_flight: Mapping[str, ServiceBusReceivedMessage],
+        *,
+        function_loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._receiver = receiver
         self._loop = loop
+        self._refused_loops = {loop, function_loop or loop}
         self._in_flight = in_flight
         self.settled = False  # a settlement was asked for (whether or not it succeeded)
 
@@ -174,11 +183,11 @@ class LocalMessageActions:
         settle: Callable[[ServiceBusReceivedMessage], Coroutine[Any, Any, None]],
     ) -> None:
         try:
-            on_host_loop = asyncio.get_running_loop() is self._loop
+            on_a_loop = asyncio.get_running_loop() in self._refused_loops
         except RuntimeError:
-            on_host_loop = False
-        if on_host_loop:
-            # In Azure this call would block every concurrent invocation; here it would deadlock.
+            on_a_loop = False
+        if on_a_loop:
+            # In Azure this call would block every concurrent invocation; on the host's loop it would deadlock.
             raise RuntimeError(
                 f"ServiceBusMessageActions.{method} blocks until the host has settled: "
                 f"call it off the event loop (await asyncio.to_thread(message_actions.{method}, message))"
@@ -316,19 +325,52 @@ class LocalHost:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Receive and invoke until `stop` is set; then finish in-flight invocations and close."""
+        """Receive and invoke until `stop` is set; then finish in-flight invocations and close.
+
+        The functions run on this event loop; receiving, lock renewal and settlement on the host's own
+        loop in a thread (the module docstring says why).
+        """
+        function_loop = asyncio.get_running_loop()
+        host_loop = asyncio.new_event_loop()
+        host_stop = asyncio.Event()  # set and awaited on the host's loop only
+
+        def host() -> None:
+            try:
+                host_loop.run_until_complete(self._serve(function_loop, host_stop))
+            finally:
+                host_loop.run_until_complete(host_loop.shutdown_asyncgens())
+                host_loop.close()
+
+        hosting = asyncio.ensure_future(asyncio.to_thread(host))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({hosting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            with contextlib.suppress(RuntimeError):  # the host's loop already ended (it failed)
+                host_loop.call_soon_threadsafe(host_stop.set)
+            await hosting  # in-flight invocations finish on this loop meanwhile
+
+    async def _serve(self, function_loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+        """On the host's loop: a receiver per trigger until `stop`, the functions called on `function_loop`."""
         clients: dict[str, ServiceBusClient] = {}
         try:
             for trigger in self._triggers:
                 clients.setdefault(trigger.connection, self._client(trigger.connection))
             async with asyncio.TaskGroup() as group:
                 for trigger in self._triggers:
-                    group.create_task(self._pump(trigger, clients[trigger.connection], stop))
+                    group.create_task(self._pump(trigger, clients[trigger.connection], stop, function_loop))
         finally:
             for client in clients.values():
                 await client.close()
 
-    async def _pump(self, trigger: QueueTrigger, client: ServiceBusClient, stop: asyncio.Event) -> None:
+    async def _pump(
+        self,
+        trigger: QueueTrigger,
+        client: ServiceBusClient,
+        stop: asyncio.Event,
+        function_loop: asyncio.AbstractEventLoop,
+    ) -> None:
         """Receive until `stop`; a lost or refused connection is retried with backoff, as the Functions
         host's Service Bus processor keeps receiving after errors instead of stopping the app."""
         logger.info("listening on queue %s for function %s", trigger.queue_name, trigger.function_name)
@@ -357,7 +399,8 @@ class LocalHost:
                             failures = 0
                             self._connection.restored()
                             for message in messages:
-                                task = asyncio.create_task(self._invoke(trigger, receiver, message, renewer))
+                                invocation = self._invoke(trigger, receiver, message, renewer, function_loop)
+                                task = asyncio.create_task(invocation)
                                 running.add(task)
                                 task.add_done_callback(running.discard)
                     finally:
@@ -378,30 +421,40 @@ class LocalHost:
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
         renewer: AutoLockRenewer,
+        function_loop: asyncio.AbstractEventLoop,
     ) -> None:
         if self._options.max_auto_lock_renewal_duration:
             renewer.register(receiver, message)
         token = str(message.lock_token)
         self._in_flight[token] = message  # as the host's ActionsCache: settleable while the function runs
-        actions = LocalMessageActions(receiver, asyncio.get_running_loop(), self._in_flight)
+        actions = LocalMessageActions(
+            receiver, asyncio.get_running_loop(), self._in_flight, function_loop=function_loop
+        )
         arguments: dict[str, Any] = {trigger.message_parameter: as_the_host_hands_it(message)}
         if trigger.actions_parameter:
             arguments[trigger.actions_parameter] = actions
         self.invocations += 1
-        failed = False
         try:
-            result = trigger.user_function(**arguments)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("function %s failed", trigger.function_name)
-            failed = True
+            call = asyncio.run_coroutine_threadsafe(_call(trigger, arguments), function_loop)
+            failed = await asyncio.wrap_future(call)
         finally:
             del self._in_flight[token]
         if failed and (trigger.auto_complete or not actions.settled):
             await _settle_quietly(receiver.abandon_message(message))
         elif not failed and trigger.auto_complete:
             await _settle_quietly(receiver.complete_message(message))
+
+
+async def _call(trigger: QueueTrigger, arguments: dict[str, Any]) -> bool:
+    """On the worker's (the caller's) loop: the function, and whether it failed."""
+    try:
+        result = trigger.user_function(**arguments)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.exception("function %s failed", trigger.function_name)
+        return True
+    return False
 
 
 async def _settle_quietly(settlement: Coroutine[Any, Any, None]) -> None:

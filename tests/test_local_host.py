@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from standins.local_host import (
     host_options,
     load_function_app,
 )
-from standins.servicebus_emulator import ServiceBusEmulator
+from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 
 
 def test_discovers_one_explicitly_settled_trigger_per_stage() -> None:
@@ -131,3 +133,40 @@ async def test_a_free_slot_is_filled_while_a_slow_invocation_still_runs(
         stop.set()
         await running
     assert host.invocations == 7
+
+
+@pytest.mark.stack
+async def test_a_function_that_holds_its_event_loop_past_the_lock_keeps_the_lock(
+    start_emulator: Callable[[EmulatorConfig], ServiceBusEmulator],
+) -> None:
+    """In Azure the .NET host renews locks, so a worker whose event loop is held (a first Graph answer
+    imports about 1,200 model modules on the loop) loses no lock; the local host renews on its own loop."""
+    emulator = start_emulator(EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=5)))
+    done = asyncio.Event()
+    app = func.FunctionApp()
+
+    @app.service_bus_queue_trigger(
+        arg_name="message", queue_name="create-contact", connection="Bus", auto_complete_messages=False
+    )
+    async def handle(
+        message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
+    ) -> None:
+        time.sleep(7)  # noqa: ASYNC251  # holds the event loop past the 5-second lock, on purpose
+        await asyncio.to_thread(message_actions.complete, message)
+        done.set()
+
+    host = LocalHost(app, environment={"Bus": emulator.connection_string})
+    stop = asyncio.Event()
+    running = asyncio.create_task(host.run(stop))
+    try:
+        async with ServiceBusClient.from_connection_string(emulator.connection_string) as client:
+            async with client.get_queue_sender("create-contact") as sender:
+                await sender.send_messages(ServiceBusMessage(b"{}", message_id="held"))
+            await asyncio.wait_for(done.wait(), 20)
+            await asyncio.sleep(1)  # a redelivery, had the lock expired, would start now
+            async with client.get_queue_receiver("create-contact") as receiver:
+                assert await receiver.peek_messages(max_message_count=1) == []  # completed, not lock-lost
+    finally:
+        stop.set()
+        await running
+    assert host.invocations == 1
