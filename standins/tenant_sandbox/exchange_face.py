@@ -32,9 +32,9 @@ BAD_PARAMETER = "System.Management.Automation.ParameterBindingException"
 GROUP_MANAGER_REQUIRED = _EX + "OperationRequiresGroupManagerException"
 TASK_FAILED = _EX + "TaskException"
 MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
-# Roles that may use MANAGER_CHECK on distribution and mail-enabled security groups
-# (Add-DistributionGroupMember docs); Organization Management holds the second one.
-BYPASS_ROLES = frozenset({"Organization Management", "Security Group Creation and Membership"})
+# The management role that makes MANAGER_CHECK available on distribution and mail-enabled security
+# groups (Add-DistributionGroupMember docs); the Organization Management role group holds it.
+BYPASS_ROLES = frozenset({"Security Group Creation and Membership"})
 # The well-known system mailbox app-only callers anchor on; the sandbox also accepts any UPN: anchor.
 ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 CONCURRENCY_LIMIT_ANSWER = (
@@ -175,6 +175,7 @@ class ExchangeFace:
     def __init__(self, directory: Directory, page_size: int) -> None:
         self.d = directory
         self.page_size = page_size
+        self.caller_roles: frozenset[str] = frozenset()
         self.cmdlets: dict[str, Cmdlet] = {
             "Get-AcceptedDomain": self.get_accepted_domain,
             "New-MailContact": self.new_mail_contact,
@@ -217,6 +218,8 @@ class ExchangeFace:
             return exchange_error(400, "BadRequest", "System.Management.Automation.CommandNotFoundException", text)
         try:
             with self.d.lock:
+                # The caller's management roles (the app's gate put them there): parameters follow them too.
+                self.caller_roles = frozenset(getattr(request.state, "exchange_roles", frozenset()))
                 rows = handler(parameters)
         except CmdletError as error:
             return exchange_error(error.status, "BadRequest", error.exception_type, error.text)
@@ -363,7 +366,7 @@ class ExchangeFace:
     def _check_manager(self, group: Group, parameters: dict[str, Any]) -> None:
         """Exchange's group-manager check: the app is never among ManagedBy, so it needs the bypass switch."""
         bypass = parameters.get(MANAGER_CHECK)
-        if bypass is not None and not BYPASS_ROLES & set(self.d.knobs.exchange_roles):
+        if bypass is not None and not BYPASS_ROLES & self.caller_roles:
             # Role-based access hides parameters the caller's roles do not grant.
             raise CmdletError(
                 BAD_PARAMETER, f"A parameter cannot be found that matches parameter name '{MANAGER_CHECK}'."

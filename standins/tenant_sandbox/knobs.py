@@ -49,11 +49,6 @@ class Knobs(_Knob):
     bounce_domains: tuple[str, ...] = Field(default=(), description="mail to these domains fails (trace: Failed)")
     trace_lag_seconds: float = Field(default=0, ge=0, description="a sent message shows in Get-MessageTraceV2 after")
     random_seed: int | None = Field(default=None, description="fix the jitter and error-rate dice")
-    exchange_roles: tuple[str, ...] = Field(
-        default=("Organization Management",),
-        description="the app's Exchange role groups or roles; BypassSecurityGroupManagerCheck needs "
-        "'Organization Management' or 'Security Group Creation and Membership' (e.g. ('Recipient Management',) lacks it)",
-    )
 
     @classmethod
     def load(cls, path: Path) -> Knobs:
