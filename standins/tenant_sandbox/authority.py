@@ -171,7 +171,10 @@ def every_permission() -> frozenset[str]:
 
 # Exchange: management roles and the cmdlets of them the product (and the sandbox) knows.
 ROLE_CMDLETS: dict[str, frozenset[str]] = {
-    "Mail Recipient Creation": frozenset({"New-MailContact", "Remove-MailContact", "Get-MailContact", "Get-Recipient"}),
+    # Get-AcceptedDomain here is unconfirmed (docs/permissions.md): a recipient's creation reads the domains.
+    "Mail Recipient Creation": frozenset(
+        {"New-MailContact", "Remove-MailContact", "Get-MailContact", "Get-Recipient", "Get-AcceptedDomain"}
+    ),
     "Mail Recipients": frozenset({"Get-MailContact", "Set-MailContact", "Get-Recipient"}),
     "Distribution Groups": frozenset(
         {
