@@ -48,6 +48,9 @@ class Knobs(_Knob):
     error_rate: dict[Face, ErrorRate] = Field(default_factory=dict)
     bounce_domains: tuple[str, ...] = Field(default=(), description="mail to these domains fails (trace: Failed)")
     trace_lag_seconds: float = Field(default=0, ge=0, description="a sent message shows in Get-MessageTraceV2 after")
+    message_trace_quota: int = Field(
+        default=100, ge=1, description="Get-MessageTraceV2 queries the tenant accepts in a running 5-minute window"
+    )
     random_seed: int | None = Field(default=None, description="fix the jitter and error-rate dice")
 
     @classmethod

@@ -170,3 +170,12 @@ def test_mail_send_scoped_by_rbac_for_applications_reaches_one_mailbox_only(tena
     assert refused.status_code == 403
     sent = httpx.post(f"{tenant_sandbox.graph_base_url}/users/{welcome}/sendMail", json=mail, headers=headers)
     assert sent.status_code == 202, sent.text
+
+
+def test_message_trace_queries_share_the_tenants_quota(tenant_sandbox: TenantSandbox) -> None:
+    tenant_sandbox.set_knobs(message_trace_quota=3)
+    headers = tenant_sandbox.authorization("exchange")
+    answers = [_invoke(tenant_sandbox, headers, "Get-MessageTraceV2").status_code for _ in range(4)]
+    assert answers == [200, 200, 200, 429]
+    refused = _invoke(tenant_sandbox, headers, "Get-MessageTraceV2")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 300 and "message trace" in refused.text
