@@ -61,8 +61,24 @@ EXCHANGE_MANAGE_AS_APP = AppRoleGrant(
 EXCHANGE_RECIPIENT_ADMINISTRATOR = DirectoryRoleGrant(
     "31392ffb-586c-42d1-9346-e59415a2cc4e",
     "Exchange Recipient Administrator",
-    "New-MailContact, Add-DistributionGroupMember, Set-DistributionGroup / Set-UnifiedGroup",
+    "New-MailContact, Get-MailContact, Get-AcceptedDomain, Add-DistributionGroupMember, Get-/Set-DistributionGroup, "
+    "Get-/Set-UnifiedGroup, Get-UnifiedGroupLinks",
 )
+
+
+@dataclass(frozen=True)
+class ExchangeAssignment:
+    """A right kept on the Exchange side, which only Exchange Online PowerShell can give (printed as steps):
+    an Exchange role for the service principal, or an RBAC for Applications role limited to one mailbox."""
+
+    role: str
+    recipient_scope: str | None
+    why: str
+
+
+SECURITY_GROUP_MEMBERSHIP = "Security Group Creation and Membership"
+APPLICATION_MAIL_SEND = "Application Mail.Send"
+MESSAGE_TRACKING = "Message Tracking"
 
 
 @dataclass(frozen=True)
@@ -72,14 +88,14 @@ class GrantPlan:
     group_kinds: frozenset[GroupKindInUse]
     welcome_sender: str | None
     tenant_wide_mail_send: bool
+    exchange_side: tuple[ExchangeAssignment, ...] = ()  # what the printed Exchange steps give
 
     def manual_steps(self, identity: Identity) -> list[ManualStep]:
         """Exchange Online PowerShell for what Graph cannot grant; empty when nothing is needed."""
         role_group_member = f"(Get-ServicePrincipal -Identity {identity.object_id}).Identity"
+        roles = {assignment.role for assignment in self.exchange_side}
         steps: list[ManualStep] = []
-        if self.group_kinds and (
-            GroupKindInUse.MAIL_ENABLED_SECURITY in self.group_kinds or self.welcome_sender is not None
-        ):
+        if roles:
             steps.append(
                 ManualStep(
                     "Connect to Exchange Online PowerShell as an Exchange administrator and register the identity "
@@ -91,7 +107,7 @@ class GrantPlan:
                     ),
                 )
             )
-        if GroupKindInUse.MAIL_ENABLED_SECURITY in self.group_kinds:
+        if SECURITY_GROUP_MEMBERSHIP in roles:
             steps.append(
                 ManualStep(
                     "Mail-enabled security groups: Exchange Recipient Administrator cannot change their membership; "
@@ -103,7 +119,7 @@ class GrantPlan:
                     ),
                 )
             )
-        if self.welcome_sender is not None and not self.tenant_wide_mail_send:
+        if APPLICATION_MAIL_SEND in roles and self.welcome_sender is not None:
             sender = self.welcome_sender.replace("'", "''")
             steps.append(
                 ManualStep(
@@ -117,7 +133,7 @@ class GrantPlan:
                     ),
                 )
             )
-        if self.welcome_sender is not None:
+        if MESSAGE_TRACKING in roles:
             steps.append(
                 ManualStep(
                     "Welcome message: read the message trace (Get-MessageTraceV2) to confirm delivery",
@@ -138,6 +154,15 @@ def plan_for(
         _graph("Group.Read.All", "5b567255-7703-4780-807c-7be8301ae99b", "resolve the target group and its kind"),
         _graph("User.Read.All", "df021288-bdef-4463-88db-98f22de89214", "find existing guests and internal users"),
     ]
+    if group_kinds & {GroupKindInUse.DISTRIBUTION, GroupKindInUse.MAIL_ENABLED_SECURITY}:
+        roles.append(
+            _graph(
+                "OrgContact.Read.All",
+                "e1a88a34-94c4-4418-be12-c87b00e26bea",
+                "check a mail contact's membership (GET /contacts/{id}/memberOf; checkMemberGroups would need "
+                "Directory.Read.All)",
+            )
+        )
     if GroupKindInUse.M365 in group_kinds:
         roles += [
             _graph(
@@ -155,8 +180,27 @@ def plan_for(
         )
     roles.append(EXCHANGE_MANAGE_AS_APP)
     return GrantPlan(
-        tuple(roles), (EXCHANGE_RECIPIENT_ADMINISTRATOR,), group_kinds, welcome_sender, tenant_wide_mail_send
+        tuple(roles),
+        (EXCHANGE_RECIPIENT_ADMINISTRATOR,),
+        group_kinds,
+        welcome_sender,
+        tenant_wide_mail_send,
+        _exchange_side(group_kinds, welcome_sender, tenant_wide_mail_send=tenant_wide_mail_send),
     )
+
+
+def _exchange_side(
+    group_kinds: frozenset[GroupKindInUse], welcome_sender: str | None, *, tenant_wide_mail_send: bool
+) -> tuple[ExchangeAssignment, ...]:
+    """The Exchange roles no Entra role carries (docs/permissions.md)."""
+    wanted: list[ExchangeAssignment] = []
+    if GroupKindInUse.MAIL_ENABLED_SECURITY in group_kinds:
+        wanted.append(ExchangeAssignment(SECURITY_GROUP_MEMBERSHIP, None, "membership of mail-enabled security groups"))
+    if welcome_sender is not None and not tenant_wide_mail_send:
+        wanted.append(ExchangeAssignment(APPLICATION_MAIL_SEND, welcome_sender, "send the welcome message"))
+    if welcome_sender is not None:
+        wanted.append(ExchangeAssignment(MESSAGE_TRACKING, None, "confirm the welcome message's delivery"))
+    return tuple(wanted)
 
 
 class GrantError(Exception):

@@ -93,8 +93,15 @@ class FakeGraph:
         return frozenset(self.members[group_id])
 
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
-        """Graph sees every group's members, also those Exchange manages (via `self.exchange`)."""
         self.script.check("is_group_member")
+        return self._member(group_id, object_id)
+
+    async def is_contact_member(self, group_id: str, contact_id: str) -> bool:
+        self.script.check("is_contact_member")
+        return self._member(group_id, contact_id)
+
+    def _member(self, group_id: str, object_id: str) -> bool:
+        """Graph sees every group's members, also those Exchange manages (via `self.exchange`)."""
         group = self.groups.get(group_id)
         if self.exchange is not None and group is not None and group.mail in self.exchange.members:
             contacts = self.exchange.contacts

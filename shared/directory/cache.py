@@ -97,6 +97,9 @@ class CachingGraphDirectory:
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
         return await self.inner.is_group_member(group_id, object_id)
 
+    async def is_contact_member(self, group_id: str, contact_id: str) -> bool:
+        return await self.inner.is_contact_member(group_id, contact_id)
+
     async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
         await self.inner.send_mail(sender, recipient, subject, text)
 

@@ -20,6 +20,7 @@ from kiota_authentication_azure.azure_identity_authentication_provider import Az
 from kiota_http.kiota_client_factory import KiotaClientFactory
 from kiota_http.middleware import RetryHandler
 from kiota_http.middleware.options import RetryHandlerOption
+from msgraph.generated.contacts.item.member_of.member_of_request_builder import MemberOfRequestBuilder
 from msgraph.generated.directory_objects.item.check_member_groups.check_member_groups_post_request_body import (
     CheckMemberGroupsPostRequestBody,
 )
@@ -189,16 +190,27 @@ class MsGraphDirectory:
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         members = self._client.groups.by_group_id(group_id).members
         query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id"])
-        page = await self._call(lambda: members.get(RequestConfiguration(query_parameters=query)))
+        return await self._ids(members, RequestConfiguration(query_parameters=query))
+
+    async def is_contact_member(self, group_id: str, contact_id: str) -> bool:
+        # Not checkMemberGroups: for an org contact that needs Directory.Read.All (docs/permissions.md).
+        member_of = self._client.contacts.by_org_contact_id(contact_id).member_of
+        query = MemberOfRequestBuilder.MemberOfRequestBuilderGetQueryParameters(select=["id"])
+        ids = await self._ids(member_of, RequestConfiguration(query_parameters=query))
+        return group_id.lower() in {found.lower() for found in ids}
+
+    async def _ids(self, collection: MembersRequestBuilder | MemberOfRequestBuilder, config: Any) -> frozenset[str]:
+        """The ids of a directory-object collection, following @odata.nextLink (at most MAX_PAGES pages)."""
+        page = await self._call(lambda: collection.get(config))
         ids: set[str] = set()
         for _ in range(MAX_PAGES):
             if page is None:
                 break
-            ids.update(member.id for member in page.value or [] if member.id)
+            ids.update(item.id for item in page.value or [] if item.id)
             if not page.odata_next_link:
                 break
             next_link = page.odata_next_link
-            page = await self._call(lambda link=next_link: members.with_url(link).get())  # type: ignore[misc]
+            page = await self._call(lambda link=next_link: collection.with_url(link).get())  # type: ignore[misc]
         return frozenset(ids)
 
     async def is_group_member(self, group_id: str, object_id: str) -> bool:

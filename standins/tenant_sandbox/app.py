@@ -85,6 +85,12 @@ class RequestLog:
         with self._lock:
             self._entries.clear()
 
+    def forget_since(self, count: int) -> None:
+        """Drop the entries appended after the log held `count` (set-up calls a reader should not see)."""
+        with self._lock:
+            while len(self._entries) > count:
+                self._entries.pop()
+
     def __iter__(self) -> Any:
         return iter(self.entries())
 
@@ -262,12 +268,14 @@ class Authority:
         self.directory, self.grants, self.exchange_face = directory, grants, exchange
 
     def _kind(self, object_id: str) -> ObjectKind | None:
-        if object_id in self.directory.users:
-            return "user"
+        """The kind of a directory object Graph can see; None for one it cannot (yet): the route's 404 answers."""
+        user, contact = self.directory.users.get(object_id), self.directory.contacts.get(object_id)
+        if user is not None:
+            return "user" if self.directory.replicated(user) else None
         if object_id in self.directory.groups:
             return "group"
-        if object_id in self.directory.contacts:
-            return "orgContact"
+        if contact is not None:
+            return "orgContact" if self.directory.replicated(contact) else None
         return "servicePrincipal" if object_id in self.grants.principals else None
 
     def _exchange_assignments(self, caller: Caller) -> list[tuple[str, str | None]]:

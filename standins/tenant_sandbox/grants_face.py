@@ -43,6 +43,8 @@ FIRST_PARTY_ROLES: dict[str, tuple[str, dict[str, str]]] = {
         "Microsoft Graph",
         {
             "Group.Read.All": "5b567255-7703-4780-807c-7be8301ae99b",
+            "GroupMember.Read.All": "98830695-27a2-44f7-8c18-0c3ebc9698f6",
+            "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
             "OrgContact.Read.All": "e1a88a34-94c4-4418-be12-c87b00e26bea",
             "User.Read.All": "df021288-bdef-4463-88db-98f22de89214",
             "User.Invite.All": "09850681-111b-4a89-9bed-3f2cae46d706",
@@ -195,6 +197,14 @@ class Grants:
             assignment = ExchangeRoleAssignment(str(uuid.uuid4()), principal_id, role, recipient_scope)
             self._save(assignment)
             return assignment
+
+    def revoke_exchange_role(self, principal_id: str, role: str) -> None:
+        """As `Remove-RoleGroupMember` or `Remove-ManagementRoleAssignment` would; Exchange looks roles up per call."""
+        with self._lock:
+            for assignment in self.exchange_roles_of(principal_id):
+                if assignment.role == role:
+                    del self.exchange_assignments[assignment.id]
+                    self._store.delete("exchangeRoleAssignment", assignment.id)
 
     def assign_app_role(self, principal_id: str, resource_id: str, app_role_id: str) -> AppRoleAssignment | str:
         """The new assignment, or the text of Graph's 400."""

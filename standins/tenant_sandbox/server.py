@@ -12,17 +12,13 @@ from typing import Any
 import uvicorn
 
 from standins.tenant_sandbox.app import AUDIENCES, RequestLog, apply_knobs, build_app
-from standins.tenant_sandbox.authority import EXCHANGE_ADMINISTRATOR, MANAGE_AS_APP, every_permission
+from standins.tenant_sandbox.credential import full_rights_claims
 from standins.tenant_sandbox.exchange_face import ANCHOR_MAILBOX
 from standins.tenant_sandbox.grants_face import Grants
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault
 from standins.tenant_sandbox.model import Directory, TenantSeed
 from standins.tenant_sandbox.store import DocumentStore
-from standins.tenant_sandbox.token_face import encode_token, token_claims
-
-# Every application permission any route accepts: the sandbox's own contract tests use it to reach a
-# route whatever its rights; the product never does (it asks the token endpoint, like Entra).
-EVERY_GRAPH_PERMISSION = tuple(sorted(every_permission()))
+from standins.tenant_sandbox.token_face import encode_token
 
 START_TIMEOUT = 10.0
 
@@ -83,18 +79,7 @@ class TenantSandbox:
         Without `roles`/`wids` the token holds every right the sandbox checks (for testing a route's shape);
         give them to test what a caller with exactly those rights gets."""
         audience = min(a for a in AUDIENCES[face] if a.startswith("https://"))
-        if roles is None:
-            roles = EVERY_GRAPH_PERMISSION if face == "graph" else (MANAGE_AS_APP,)
-        if wids is None:
-            wids = (EXCHANGE_ADMINISTRATOR,)
-        claims = token_claims(
-            self.tenant_id,
-            audience,
-            object_id="sandbox-tester",
-            app_id="sandbox-tester",
-            roles=list(roles),
-            wids=list(wids),
-        )
+        claims = full_rights_claims(self.tenant_id, audience, roles=roles, wids=wids)
         headers = {"Authorization": f"Bearer {encode_token(claims)}"}
         if face == "exchange":
             headers["X-AnchorMailbox"] = f"APP:{ANCHOR_MAILBOX}@{self.tenant_id}"
