@@ -192,9 +192,15 @@ class FakeExchange:
         )
         return self.warnings
 
-    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
+    async def message_trace(
+        self, sender: str, recipient: str | None, start: datetime, end: datetime
+    ) -> list[TraceEntry]:
         self.script.check("message_trace")
-        return [t for t in self.traces if t.recipient.lower() == recipient.lower() and start <= t.received <= end]
+        return [
+            t
+            for t in self.traces
+            if (recipient is None or t.recipient.lower() == recipient.lower()) and start <= t.received <= end
+        ]
 
 
 # --- recording fakes for the runner (dramatiq's stub broker: record what a worker did) -------

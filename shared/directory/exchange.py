@@ -41,6 +41,7 @@ ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_PAGES = 100
 MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
+TRACE_MAX_ROWS = 5000  # Get-MessageTraceV2 -ResultSize: at most 5000 rows per query
 ROLE_FOR_BYPASS = SECURITY_GROUP_MEMBERSHIP
 CONCURRENCY_LIMIT_TEXT = "You have reached the maximum number of concurrent requests per tenant"
 # Exception types the ExchangeOnlineManagement module retries; a 500 naming any other type is a
@@ -239,13 +240,17 @@ class ExchangeOnlineClient:
             return (await self.invoke("Set-UnifiedGroup", parameters)).warnings
         return await self._as_manager("Set-DistributionGroup", parameters, security_group=security_group)
 
-    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
-        parameters = {
+    async def message_trace(
+        self, sender: str, recipient: str | None, start: datetime, end: datetime
+    ) -> list[TraceEntry]:
+        parameters: dict[str, Any] = {
             "SenderAddress": sender,
-            "RecipientAddress": recipient,
             "StartDate": start.astimezone(UTC).isoformat(),
             "EndDate": end.astimezone(UTC).isoformat(),
+            "ResultSize": TRACE_MAX_ROWS,
         }
+        if recipient is not None:
+            parameters["RecipientAddress"] = recipient
         rows = (await self.invoke("Get-MessageTraceV2", parameters)).rows
         entries: list[TraceEntry] = []
         for row in rows:

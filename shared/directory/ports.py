@@ -159,8 +159,11 @@ class ExchangeDirectory(Protocol):
         """Set-UnifiedGroup / Set-DistributionGroup -RequireSenderAuthenticationEnabled (manager check as above)."""
         ...
 
-    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
-        """Get-MessageTraceV2 for one sender and recipient, newest first (at most 10 days per query)."""
+    async def message_trace(
+        self, sender: str, recipient: str | None, start: datetime, end: datetime
+    ) -> list[TraceEntry]:
+        """Get-MessageTraceV2 for one sender and one recipient (None: every recipient, up to TRACE_MAX_ROWS rows),
+        newest first; at most 10 days per query."""
         ...
 
 
