@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cli.grant_plan import SECURITY_GROUP_MEMBERSHIP
 from shared.contracts import OutcomeStatus, RecipientKind
 from shared.directory.exchange import ROLE_FOR_BYPASS
+from shared.directory.rights import SECURITY_GROUP_MEMBERSHIP
 from standins.local_app import APP_OBJECT_ID
 from standins.stack import LocalStack
 from tests.fixtures.pipeline import onboard

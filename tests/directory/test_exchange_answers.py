@@ -9,7 +9,6 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from cli.grant_plan import SECURITY_GROUP_MEMBERSHIP
 from shared.directory.errors import (
     AddressInUseError,
     AlreadyExistsError,
@@ -19,6 +18,7 @@ from shared.directory.errors import (
     TransientDirectoryError,
 )
 from shared.directory.exchange import ROLE_FOR_BYPASS, ExchangeOnlineClient
+from shared.directory.rights import SECURITY_GROUP_MEMBERSHIP
 from standins.local_app import APP_OBJECT_ID
 from standins.tenant_sandbox import TenantSandbox
 
