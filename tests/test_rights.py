@@ -8,7 +8,9 @@ that right, with nothing half-done hidden; and the plan grants nothing the code 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +99,14 @@ async def test_without_a_right_the_request_ends_permission_denied_naming_it(miss
     assert outcome.reason is DeadLetterReason.PERMISSION_DENIED, outcome
     assert missing.right in outcome.description, outcome.description
     assert "onboard grant" in outcome.description
+
+
+def test_the_rights_table_in_infra_readme_is_the_grant() -> None:
+    """infra/README.md's directory rows name exactly what the grant gives (with every feature on)."""
+    table = (Path(__file__).parent.parent / "infra" / "README.md").read_text()
+    directory_rows = re.findall(
+        r"^\| (?:Microsoft Graph|Office 365 Exchange Online|Entra role|Exchange)[^|]* \| ([^|,(]+?)(?:,| \(| \|)",
+        table,
+        re.MULTILINE,
+    )
+    assert set(directory_rows) == _granted(LOCAL_PLAN)
