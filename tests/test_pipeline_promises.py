@@ -99,7 +99,7 @@ async def test_permission_and_rejection_are_permanent(stack: LocalStack) -> None
     stack.sandbox.inject("exchange", 403, operation="New-MailContact")
     outcome = (await onboard(stack, [demo_request("r-403", "g@fabrikam.example", "G H", PARTNERS)]))["r-403"]
     assert (outcome.status, outcome.reason) == (OutcomeStatus.FAILED, "PermissionDenied")
-    assert "Exchange.ManageAsApp" in outcome.description
+    assert "It needs Exchange Recipient Administrator" in outcome.description  # the role New-MailContact is in
     stack.sandbox.inject("exchange", 400, operation="Add-DistributionGroupMember")
     outcome = (await onboard(stack, [demo_request("r-400", "h@fabrikam.example", "H I", PARTNERS)]))["r-400"]
     assert (outcome.status, outcome.reason, outcome.stage) == (
