@@ -34,9 +34,9 @@ from shared.directory.errors import DirectoryError
 from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.graph import MsGraphDirectory
 from shared.settings import SERVICEBUS_CONNECTION
-from standins.stack import local_stack, running_host
+from standins.local_app import app_credential, grant_local_app
+from standins.stack import local_stack, running_host, sandbox_app_credential
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
-from standins.tenant_sandbox.credential import SandboxCredential
 from standins.tenant_sandbox.knobs import Throttle
 from tools.demo import demo_request
 
@@ -204,7 +204,7 @@ async def run_script(
     environment: dict[str, str], groups: dict[str, tuple[str, str]], requests: list[OnboardingRequest]
 ) -> ScriptRun:
     """The plain script: the fewest calls, one request after another, no checks, no retries."""
-    credential = SandboxCredential(environment["ONBOARDING_TENANT_ID"])
+    credential = sandbox_app_credential(environment)
     graph = MsGraphDirectory(credential, base_url=environment["ONBOARDING_GRAPH_BASE_URL"])
     exchange = ExchangeOnlineClient(
         credential,
@@ -305,8 +305,9 @@ def large_group_row(members: int, knobs: Knobs) -> None:
 
 async def _list_whole_group(seed: TenantSeed) -> str:
     with TenantSandbox(seed) as sandbox:
+        grant_local_app(sandbox)
         exchange = ExchangeOnlineClient(
-            SandboxCredential(sandbox.tenant_id),
+            app_credential(sandbox),
             tenant_id=sandbox.tenant_id,
             base_url=sandbox.exchange_base_url,
         )

@@ -13,11 +13,11 @@ from collections import Counter
 import httpx
 
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
-from standins.tenant_sandbox.credential import SandboxCredential
+from standins.tenant_sandbox.credential import FullRightsCredential
 
 
 async def burst(sandbox: TenantSandbox, requests: int, concurrency: int) -> tuple[Counter[int], float]:
-    credential = SandboxCredential(sandbox.tenant_id)
+    credential = FullRightsCredential(sandbox.tenant_id)
     graph = {"Authorization": f"Bearer {(await credential.get_token('https://graph.microsoft.com/.default')).token}"}
     exchange = {
         "Authorization": f"Bearer {(await credential.get_token('https://outlook.office365.com/.default')).token}",

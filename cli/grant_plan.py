@@ -7,6 +7,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from shared.directory.rights import (
+    APPLICATION_MAIL_SEND,
+    GROUP_MEMBER_WRITE,
+    GROUP_READ,
+    MAIL_SEND,
+    MANAGE_AS_APP,
+    MESSAGE_TRACKING,
+    ORG_CONTACT_READ,
+    RECIPIENT_ADMINISTRATOR,
+    SECURITY_GROUP_MEMBERSHIP,
+    USER_INVITE,
+    USER_READ,
+)
+
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
 PUBLIC_GRAPH = "https://graph.microsoft.com/v1.0"
@@ -54,15 +68,26 @@ def _graph(value: str, documented_id: str, why: str) -> AppRoleGrant:
 EXCHANGE_MANAGE_AS_APP = AppRoleGrant(
     EXCHANGE_APP_ID,
     "Office 365 Exchange Online",
-    "Exchange.ManageAsApp",
+    MANAGE_AS_APP,
     "dc50a0fb-09a3-484d-be87-e023b12c6440",
     "call the Exchange admin endpoint (every group kind: accepted domains, contacts, sender settings)",
 )
 EXCHANGE_RECIPIENT_ADMINISTRATOR = DirectoryRoleGrant(
     "31392ffb-586c-42d1-9346-e59415a2cc4e",
-    "Exchange Recipient Administrator",
-    "New-MailContact, Add-DistributionGroupMember, Set-DistributionGroup / Set-UnifiedGroup",
+    RECIPIENT_ADMINISTRATOR,
+    "New-MailContact, Get-MailContact, Get-AcceptedDomain, Add-DistributionGroupMember, Get-/Set-DistributionGroup, "
+    "Get-/Set-UnifiedGroup, Get-UnifiedGroupLinks",
 )
+
+
+@dataclass(frozen=True)
+class ExchangeAssignment:
+    """A right kept on the Exchange side, which only Exchange Online PowerShell can give (printed as steps):
+    an Exchange role for the service principal, or an RBAC for Applications role limited to one mailbox."""
+
+    role: str
+    recipient_scope: str | None
+    why: str
 
 
 @dataclass(frozen=True)
@@ -72,14 +97,14 @@ class GrantPlan:
     group_kinds: frozenset[GroupKindInUse]
     welcome_sender: str | None
     tenant_wide_mail_send: bool
+    exchange_side: tuple[ExchangeAssignment, ...] = ()  # what the printed Exchange steps give
 
     def manual_steps(self, identity: Identity) -> list[ManualStep]:
         """Exchange Online PowerShell for what Graph cannot grant; empty when nothing is needed."""
         role_group_member = f"(Get-ServicePrincipal -Identity {identity.object_id}).Identity"
+        roles = {assignment.role for assignment in self.exchange_side}
         steps: list[ManualStep] = []
-        if self.group_kinds and (
-            GroupKindInUse.MAIL_ENABLED_SECURITY in self.group_kinds or self.welcome_sender is not None
-        ):
+        if roles:
             steps.append(
                 ManualStep(
                     "Connect to Exchange Online PowerShell as an Exchange administrator and register the identity "
@@ -91,19 +116,18 @@ class GrantPlan:
                     ),
                 )
             )
-        if GroupKindInUse.MAIL_ENABLED_SECURITY in self.group_kinds:
+        if SECURITY_GROUP_MEMBERSHIP in roles:
             steps.append(
                 ManualStep(
-                    "Mail-enabled security groups: Exchange Recipient Administrator cannot change their membership; "
-                    'a role group with only "Security Group Creation and Membership" can',
+                    f"Mail-enabled security groups: {RECIPIENT_ADMINISTRATOR} cannot change their membership; "
+                    f'a role group with only "{SECURITY_GROUP_MEMBERSHIP}" can',
                     (
-                        'New-RoleGroup -Name "Onboarding security group membership" '
-                        '-Roles "Security Group Creation and Membership"',
+                        f'New-RoleGroup -Name "Onboarding security group membership" -Roles "{SECURITY_GROUP_MEMBERSHIP}"',
                         f'Add-RoleGroupMember -Identity "Onboarding security group membership" -Member {role_group_member}',
                     ),
                 )
             )
-        if self.welcome_sender is not None and not self.tenant_wide_mail_send:
+        if APPLICATION_MAIL_SEND in roles and self.welcome_sender is not None:
             sender = self.welcome_sender.replace("'", "''")
             steps.append(
                 ManualStep(
@@ -111,18 +135,18 @@ class GrantPlan:
                     (
                         f'New-ManagementScope -Name "Onboarding welcome sender" '
                         f"-RecipientRestrictionFilter \"PrimarySmtpAddress -eq '{sender}'\"",
-                        f'New-ManagementRoleAssignment -App {identity.object_id} -Role "Application Mail.Send" '
+                        f'New-ManagementRoleAssignment -App {identity.object_id} -Role "{APPLICATION_MAIL_SEND}" '
                         '-CustomResourceScope "Onboarding welcome sender"',
                         f"Test-ServicePrincipalAuthorization -Identity {identity.object_id} -Resource {sender}",
                     ),
                 )
             )
-        if self.welcome_sender is not None:
+        if MESSAGE_TRACKING in roles:
             steps.append(
                 ManualStep(
                     "Welcome message: read the message trace (Get-MessageTraceV2) to confirm delivery",
                     (
-                        'New-RoleGroup -Name "Onboarding message trace" -Roles "Message Tracking"',
+                        f'New-RoleGroup -Name "Onboarding message trace" -Roles "{MESSAGE_TRACKING}"',
                         f'Add-RoleGroupMember -Identity "Onboarding message trace" -Member {role_group_member}',
                     ),
                 )
@@ -135,28 +159,54 @@ def plan_for(
 ) -> GrantPlan:
     """The rights the configured features use, and only those."""
     roles = [
-        _graph("Group.Read.All", "5b567255-7703-4780-807c-7be8301ae99b", "resolve the target group and its kind"),
-        _graph("User.Read.All", "df021288-bdef-4463-88db-98f22de89214", "find existing guests and internal users"),
+        _graph(GROUP_READ, "5b567255-7703-4780-807c-7be8301ae99b", "resolve the target group and its kind"),
+        _graph(USER_READ, "df021288-bdef-4463-88db-98f22de89214", "find existing guests and internal users"),
     ]
+    if group_kinds & {GroupKindInUse.DISTRIBUTION, GroupKindInUse.MAIL_ENABLED_SECURITY}:
+        roles.append(
+            _graph(
+                ORG_CONTACT_READ,
+                "e1a88a34-94c4-4418-be12-c87b00e26bea",
+                "check a mail contact's membership (GET /contacts/{id}/memberOf; checkMemberGroups would need "
+                "Directory.Read.All)",
+            )
+        )
     if GroupKindInUse.M365 in group_kinds:
         roles += [
+            _graph(USER_INVITE, "09850681-111b-4a89-9bed-3f2cae46d706", "invite the guest (Microsoft 365 groups)"),
             _graph(
-                "User.Invite.All", "09850681-111b-4a89-9bed-3f2cae46d706", "invite the guest (Microsoft 365 groups)"
-            ),
-            _graph(
-                "GroupMember.ReadWrite.All",
+                GROUP_MEMBER_WRITE,
                 "dbaae8cf-10b5-4b86-a4a1-f871c94c6695",
                 "add the guest to a Microsoft 365 group",
             ),
         ]
     if welcome_sender is not None and tenant_wide_mail_send:
         roles.append(
-            _graph("Mail.Send", "b633e1c5-b582-4048-a93e-9f11b44c7e96", "send the welcome message (from ANY mailbox)")
+            _graph(MAIL_SEND, "b633e1c5-b582-4048-a93e-9f11b44c7e96", "send the welcome message (from ANY mailbox)")
         )
     roles.append(EXCHANGE_MANAGE_AS_APP)
     return GrantPlan(
-        tuple(roles), (EXCHANGE_RECIPIENT_ADMINISTRATOR,), group_kinds, welcome_sender, tenant_wide_mail_send
+        tuple(roles),
+        (EXCHANGE_RECIPIENT_ADMINISTRATOR,),
+        group_kinds,
+        welcome_sender,
+        tenant_wide_mail_send,
+        _exchange_side(group_kinds, welcome_sender, tenant_wide_mail_send=tenant_wide_mail_send),
     )
+
+
+def _exchange_side(
+    group_kinds: frozenset[GroupKindInUse], welcome_sender: str | None, *, tenant_wide_mail_send: bool
+) -> tuple[ExchangeAssignment, ...]:
+    """The Exchange roles no Entra role carries (docs/permissions.md)."""
+    wanted: list[ExchangeAssignment] = []
+    if GroupKindInUse.MAIL_ENABLED_SECURITY in group_kinds:
+        wanted.append(ExchangeAssignment(SECURITY_GROUP_MEMBERSHIP, None, "membership of mail-enabled security groups"))
+    if welcome_sender is not None and not tenant_wide_mail_send:
+        wanted.append(ExchangeAssignment(APPLICATION_MAIL_SEND, welcome_sender, "send the welcome message"))
+    if welcome_sender is not None:
+        wanted.append(ExchangeAssignment(MESSAGE_TRACKING, None, "confirm the welcome message's delivery"))
+    return tuple(wanted)
 
 
 class GrantError(Exception):

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from cli.command_rights import rights_epilog
 from cli.grant_plan import PUBLIC_GRAPH
 from cli.plumbing import DEFAULT_STATE_DIR, write_or_print
 from cli.settings import SETTINGS_HELP, read_env_file
@@ -32,7 +33,7 @@ def _read_settings_file() -> None:
 VerboseOption = Annotated[bool, typer.Option("--verbose/--quiet", "-v/-q", help="Show the pipeline's log at INFO.")]
 
 
-@app.command()
+@app.command(epilog=rights_epilog("grant"))
 def grant(
     identity: Annotated[
         str,
@@ -153,7 +154,7 @@ def host(
     serve_host(verbose=verbose)
 
 
-@app.command()
+@app.command(epilog=rights_epilog("submit"))
 def submit(
     email: Annotated[str, typer.Option(help="The external person's email address.")],
     display_name: Annotated[str, typer.Option(help="Name shown in the address book.")],
@@ -207,7 +208,7 @@ def submit(
     )
 
 
-@app.command()
+@app.command(epilog=rights_epilog("status"))
 def status(
     request_id: Annotated[
         str | None, typer.Argument(help="One request's history; omit for a summary by state.")
@@ -290,7 +291,7 @@ OlderThanOption = Annotated[str | None, typer.Option(help="Only dead letters old
 AllOption = Annotated[bool, typer.Option("--all", help="Every dead letter of the queues.")]
 
 
-@dlq_app.command("list")
+@dlq_app.command("list", epilog=rights_epilog("dlq list"))
 def dlq_list(queue: QueueOption = None) -> None:
     """List dead letters: queue, sequence number, request, reason, attempts, age, description."""
     from cli.dlq import list_command
@@ -298,7 +299,7 @@ def dlq_list(queue: QueueOption = None) -> None:
     raise typer.Exit(list_command(queue or list(StageName)))
 
 
-@dlq_app.command("show")
+@dlq_app.command("show", epilog=rights_epilog("dlq show"))
 def dlq_show(
     sequence_number: Annotated[int, typer.Argument(min=0, help="The dead letter's sequence number (dlq list).")],
     queue: Annotated[StageName, typer.Option("--queue", "-q", help="Its stage queue.")],
@@ -309,7 +310,7 @@ def dlq_show(
     raise typer.Exit(show_command(queue, sequence_number))
 
 
-@dlq_app.command("replay")
+@dlq_app.command("replay", epilog=rights_epilog("dlq replay"))
 def dlq_replay(
     sequence_numbers: Annotated[list[int] | None, typer.Argument(help="Sequence numbers (dlq list).")] = None,
     queue: QueueOption = None,
@@ -329,7 +330,7 @@ def dlq_replay(
     raise typer.Exit(act_command("replay", queue or list(StageName), selection, confirm=False))
 
 
-@dlq_app.command("purge")
+@dlq_app.command("purge", epilog=rights_epilog("dlq purge"))
 def dlq_purge(
     sequence_numbers: Annotated[list[int] | None, typer.Argument(help="Sequence numbers (dlq list).")] = None,
     queue: QueueOption = None,
@@ -345,7 +346,7 @@ def dlq_purge(
     raise typer.Exit(act_command("purge", queue or list(StageName), selection, confirm=not yes))
 
 
-@app.command()
+@app.command(epilog=rights_epilog("bulk"))
 def bulk(
     csv_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The CSV (docs/bulk-template.csv).")],
     skip_invalid: Annotated[

@@ -97,7 +97,8 @@ def sandbox_credential(tenant_id: str, graph_url: str) -> AsyncTokenCredential:
         raise typer.BadParameter(
             "the sandbox credential is for the local tenant sandbox only", param_hint="--graph-url"
         )
-    return SandboxCredential(tenant_id)
+    # The sandbox's administrator, as an operator's az login is the tenant's: its base URL is Graph's less /v1.0.
+    return SandboxCredential.administrator(tenant_id, authority=graph_url.rstrip("/").removesuffix("/v1.0"))
 
 
 def _port_in_use(port: int) -> bool:

@@ -20,9 +20,9 @@ from pydantic import SecretStr
 
 from shared.contracts import StageName
 from shared.dead_letters import DeadLetterReporter
-from shared.directory.cache import CachingExchangeDirectory, CachingGraphDirectory
+from shared.directory.cache import TRACE_SHARE_SECONDS, CachingExchangeDirectory, CachingGraphDirectory
 from shared.directory.credentials import build_credential
-from shared.directory.exchange import ExchangeOnlineClient
+from shared.directory.exchange import TRACE_MAX_ROWS, ExchangeOnlineClient
 from shared.directory.ports import ExchangeDirectory, GraphDirectory
 from shared.journal import Journal, open_journal
 from shared.logs import install_safe_log_records
@@ -66,7 +66,7 @@ def build_services(
     The directory adapters built here remember group lookups and accepted domains for
     ONBOARDING_DIRECTORY_CACHE_SECONDS (shared/directory/cache.py); adapters handed in are used as they are."""
     closers: list[Callable[[], Awaitable[Any]]] = []
-    ttl = settings.directory_cache_seconds  # 0: no cache wrapper at all (nor shared in-flight lookups)
+    ttl = settings.directory_cache_seconds  # 0: nothing kept (Graph: no cache wrapper at all)
     if credential is None:
         credential = app_credential(settings.directory_credential, settings.managed_identity_client_id)
         closers.append(credential.close)
@@ -83,7 +83,14 @@ def build_services(
             base_url=str(settings.exchange_base_url).rstrip("/"),
         )
         closers.insert(0, built_exchange.close)
-        exchange = CachingExchangeDirectory(built_exchange, ttl) if ttl else built_exchange
+        # Always wrapped: message trace is shared between checks whatever the TTL (the tenant's quota).
+        exchange = CachingExchangeDirectory(
+            built_exchange,
+            ttl,
+            max_trace_rows=TRACE_MAX_ROWS,
+            # Fresher than half a check interval, so a check never reads an answer from before its last one.
+            trace_share_seconds=min(TRACE_SHARE_SECONDS, settings.welcome_check_interval_seconds / 2),
+        )
     if outbox is None:
         built_outbox = QueueSenders.connect(settings, credential)
         closers.insert(0, built_outbox.close)

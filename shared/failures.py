@@ -69,17 +69,19 @@ def decide_on_directory_error(
     if isinstance(error, NotFoundError) and not_found_is_lag:
         return retry_or_give_up(turn, progress, retry, f"not visible yet (replication lag): {error}")
     if isinstance(error, PermissionDeniedError):
-        return dead_letter(
-            turn,
-            progress,
-            DeadLetterReason.PERMISSION_DENIED,
-            f"The app's identity was refused by {error.face}: {error}. Grant the rights listed in "
-            "infra/README.md (Graph application permissions, Exchange.ManageAsApp and the Exchange "
-            "roles named there), then replay it (onboard dlq replay).",
-        )
+        return dead_letter(turn, progress, DeadLetterReason.PERMISSION_DENIED, permission_denied(error))
     return dead_letter(
         turn,
         progress,
         DeadLetterReason.DIRECTORY_REJECTED,
         f"{error.face} refused the change: {error}. Fix it in the tenant and replay (onboard dlq replay), or send a corrected request.",
+    )
+
+
+def permission_denied(error: PermissionDeniedError) -> str:
+    """What was refused, the right it needs, and the fix."""
+    needs = f" It needs {error.needed}." if error.needed else ""
+    return (
+        f"The app's identity was refused by {error.face}: {error}.{needs} Grant the app's rights with "
+        "onboard grant (docs/permissions.md lists each one and why), then replay it (onboard dlq replay)."
     )

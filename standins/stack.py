@@ -15,8 +15,10 @@ from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.grant_plan import GrantPlan
 from shared.bootstrap import close_services, configure_services
 from shared.settings import SERVICEBUS_CONNECTION
+from standins.local_app import LOCAL_PLAN, grant_local_app
 from standins.local_host import LocalHost, load_function_app
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
@@ -45,8 +47,11 @@ def local_stack(
     sandbox_knobs: Knobs | None = None,
     journal_database: Path | None = None,
     settings: Mapping[str, str] | None = None,
+    grant: GrantPlan = LOCAL_PLAN,
 ) -> Iterator[LocalStack]:
-    """Start the stand-ins; without a database path each keeps its state only while it runs."""
+    """Start the stand-ins; without a database path each keeps its state only while it runs.
+
+    The app's identity holds what `onboard grant` gives for `grant` (standins/local_app.py)."""
     emulator = ServiceBusEmulator(
         emulator_config or EmulatorConfig.default(), port=servicebus_port, database=servicebus_database
     )
@@ -60,6 +65,7 @@ def local_stack(
             journal_database = Path(cleanup.enter_context(tempfile.TemporaryDirectory())) / "journal.db"
         emulator.start()
         sandbox.start()
+        client_id = grant_local_app(sandbox, grant)
         environment = {
             SERVICEBUS_CONNECTION: emulator.connection_string,
             "ONBOARDING_TENANT_ID": sandbox.tenant_id,
@@ -68,6 +74,7 @@ def local_stack(
             "ONBOARDING_EXCHANGE_BASE_URL": sandbox.exchange_base_url,
             "ONBOARDING_DIRECTORY_CREDENTIAL": "sandbox",
             "ONBOARDING_ALLOW_SANDBOX_CREDENTIAL": "true",
+            "ONBOARDING_MANAGED_IDENTITY_CLIENT_ID": client_id,
             "ONBOARDING_POLICY_FILE": str(policy_file),
             # Replication lag in the sandbox is seconds, not minutes: retry on that scale locally.
             "ONBOARDING_RETRY_BASE_DELAY_SECONDS": "0.5",
@@ -96,7 +103,22 @@ def app_settings(environment: Mapping[str, str]) -> Iterator[None]:
 def supply_sandbox_credential(environment: Mapping[str, str]) -> None:
     """The app cannot build the sandbox's credential from settings (it is no production code): hand it over."""
     if environment.get("ONBOARDING_DIRECTORY_CREDENTIAL") == "sandbox":
-        configure_services(credential=SandboxCredential(environment.get("ONBOARDING_TENANT_ID", "")))
+        configure_services(credential=sandbox_app_credential(environment))
+
+
+def sandbox_app_credential(environment: Mapping[str, str]) -> SandboxCredential:
+    """The app's identity at the sandbox the settings name (its Exchange URL is the sandbox's base URL)."""
+    client_id = environment.get("ONBOARDING_MANAGED_IDENTITY_CLIENT_ID")
+    if not client_id:
+        raise RuntimeError(
+            "ONBOARDING_MANAGED_IDENTITY_CLIENT_ID is not set: the app's identity in the tenant sandbox "
+            "(onboard sandbox --write-env writes it)"
+        )
+    return SandboxCredential(
+        environment.get("ONBOARDING_TENANT_ID", ""),
+        authority=environment.get("ONBOARDING_EXCHANGE_BASE_URL", ""),
+        client_id=client_id,
+    )
 
 
 @asynccontextmanager

@@ -93,8 +93,15 @@ class FakeGraph:
         return frozenset(self.members[group_id])
 
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
-        """Graph sees every group's members, also those Exchange manages (via `self.exchange`)."""
         self.script.check("is_group_member")
+        return self._member(group_id, object_id)
+
+    async def is_contact_member(self, group_id: str, contact_id: str) -> bool:
+        self.script.check("is_contact_member")
+        return self._member(group_id, contact_id)
+
+    def _member(self, group_id: str, object_id: str) -> bool:
+        """Graph sees every group's members, also those Exchange manages (via `self.exchange`)."""
         group = self.groups.get(group_id)
         if self.exchange is not None and group is not None and group.mail in self.exchange.members:
             contacts = self.exchange.contacts
@@ -185,9 +192,15 @@ class FakeExchange:
         )
         return self.warnings
 
-    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
+    async def message_trace(
+        self, sender: str, recipient: str | None, start: datetime, end: datetime
+    ) -> list[TraceEntry]:
         self.script.check("message_trace")
-        return [t for t in self.traces if t.recipient.lower() == recipient.lower() and start <= t.received <= end]
+        return [
+            t
+            for t in self.traces
+            if (recipient is None or t.recipient.lower() == recipient.lower()) and start <= t.received <= end
+        ]
 
 
 # --- recording fakes for the runner (dramatiq's stub broker: record what a worker did) -------

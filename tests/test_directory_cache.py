@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared.contracts import GroupKind
 from shared.directory.cache import CachingExchangeDirectory, CachingGraphDirectory, TtlCache
 from shared.directory.errors import ThrottledError
+from shared.directory.ports import TraceEntry
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
 
 
@@ -51,7 +53,7 @@ async def test_a_missing_group_is_asked_again_every_time(clock: Clock) -> None:
 async def test_a_failure_is_not_remembered(clock: Clock) -> None:
     script = FailureScript()
     fake = FakeExchange(script)
-    exchange = CachingExchangeDirectory(fake, 60, clock=clock)
+    exchange = CachingExchangeDirectory(fake, 60, max_trace_rows=5000, clock=clock)
     script.fail_next("get_accepted_domains", ThrottledError("slow down", face="exchange", status=429))
     with pytest.raises(ThrottledError):
         await exchange.get_accepted_domains()
@@ -80,7 +82,53 @@ async def test_concurrent_misses_share_one_call(clock: Clock) -> None:
 
 async def test_a_zero_ttl_keeps_nothing(clock: Clock) -> None:
     script = FailureScript()
-    exchange = CachingExchangeDirectory(FakeExchange(script), 0, clock=clock)
+    exchange = CachingExchangeDirectory(FakeExchange(script), 0, max_trace_rows=5000, clock=clock)
     await exchange.get_accepted_domains()
     await exchange.get_accepted_domains()
     assert script.calls == ["get_accepted_domains"] * 2
+
+
+def _trace(exchange: FakeExchange, recipient: str, minutes_ago: float, status: str = "Delivered") -> None:
+    exchange.traces.append(TraceEntry(f"<{recipient}>", recipient, status, NOW - timedelta(minutes=minutes_ago)))
+
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+WELCOME = "welcome@contoso.com"
+
+
+async def test_many_recipients_checks_share_one_trace_query(clock: Clock) -> None:
+    script = FailureScript()
+    fake = FakeExchange(script)
+    for n in range(200):
+        _trace(fake, f"p{n}@fabrikam.example", minutes_ago=n % 50)
+    exchange = CachingExchangeDirectory(fake, 60, max_trace_rows=5000, trace_share_seconds=120, clock=clock)
+    answers = [
+        await exchange.message_trace(WELCOME, f"P{n}@Fabrikam.example", NOW - timedelta(hours=1), NOW)
+        for n in range(200)
+    ]
+    assert all(len(rows) == 1 and rows[0].recipient == f"p{n}@fabrikam.example" for n, rows in enumerate(answers))
+    assert script.calls.count("message_trace") <= 2  # the first check's window, then one wide enough for all
+    clock.now += 121
+    await exchange.message_trace(WELCOME, "p0@fabrikam.example", NOW - timedelta(hours=1), NOW)
+    assert script.calls.count("message_trace") <= 3
+
+
+async def test_a_shared_answer_gives_each_recipient_only_its_own_window(clock: Clock) -> None:
+    fake = FakeExchange(FailureScript())
+    _trace(fake, "ann@fabrikam.example", minutes_ago=90, status="Failed")  # an earlier message, before this one
+    _trace(fake, "ann@fabrikam.example", minutes_ago=5)
+    exchange = CachingExchangeDirectory(fake, 60, max_trace_rows=5000, clock=clock)
+    await exchange.message_trace(WELCOME, "bob@fabrikam.example", NOW - timedelta(hours=2), NOW)  # widens the window
+    rows = await exchange.message_trace(WELCOME, "ann@fabrikam.example", NOW - timedelta(minutes=30), NOW)
+    assert [row.status for row in rows] == ["Delivered"]
+
+
+async def test_a_truncated_shared_answer_asks_for_the_recipient_alone(clock: Clock) -> None:
+    script = FailureScript()
+    fake = FakeExchange(script)
+    for n in range(3):
+        _trace(fake, f"p{n}@fabrikam.example", minutes_ago=1)
+    exchange = CachingExchangeDirectory(fake, 60, max_trace_rows=3, clock=clock)
+    rows = await exchange.message_trace(WELCOME, "p1@fabrikam.example", NOW - timedelta(hours=1), NOW)
+    assert len(rows) == 1
+    assert script.calls.count("message_trace") == 2  # the shared query came back full: one of its own

@@ -57,6 +57,7 @@ def test_grants_what_the_group_kinds_need_and_a_second_run_changes_nothing(tenan
     assert app_roles_of(tenant_sandbox, identity.id) == {
         "Microsoft Graph/Group.Read.All",
         "Microsoft Graph/User.Read.All",
+        "Microsoft Graph/OrgContact.Read.All",
         "Microsoft Graph/User.Invite.All",
         "Microsoft Graph/GroupMember.ReadWrite.All",
         "Office 365 Exchange Online/Exchange.ManageAsApp",
@@ -69,7 +70,7 @@ def test_grants_what_the_group_kinds_need_and_a_second_run_changes_nothing(tenan
     assert second.exit_code == 0, second.output
     assert "Nothing to change" in second.output
     assert posts(tenant_sandbox) == []
-    assert len(tenant_sandbox.grants.assignments_of(identity.id)) == 5
+    assert len(tenant_sandbox.grants.assignments_of(identity.id)) == 6
 
 
 def test_mail_send_is_granted_only_with_the_welcome_message_and_only_tenant_wide_on_request(
@@ -81,6 +82,7 @@ def test_mail_send_is_granted_only_with_the_welcome_message_and_only_tenant_wide
     assert app_roles_of(tenant_sandbox, identity.id) == {
         "Microsoft Graph/Group.Read.All",
         "Microsoft Graph/User.Read.All",
+        "Microsoft Graph/OrgContact.Read.All",
         "Office 365 Exchange Online/Exchange.ManageAsApp",
     }
 
@@ -122,7 +124,7 @@ def test_a_new_identity_is_waited_for_until_it_replicates(tenant_sandbox: Tenant
     assert result.exit_code == 0, result.output
     lookups = [e.status for e in tenant_sandbox.request_log if e.operation == "GET /v1.0/servicePrincipals/{id}"]
     assert 404 in lookups and lookups[-1] == 200
-    assert len(tenant_sandbox.grants.assignments_of(identity.id)) == 3
+    assert len(tenant_sandbox.grants.assignments_of(identity.id)) == 4
 
 
 def test_an_identity_that_never_appears_fails_in_one_line_within_the_bound(tenant_sandbox: TenantSandbox) -> None:
@@ -153,7 +155,8 @@ def test_an_operator_without_the_role_gets_one_line_and_a_hint(tenant_sandbox: T
 async def test_graphs_400_for_a_duplicate_counts_as_already_done(tenant_sandbox: TenantSandbox) -> None:
     """The race the look-up cannot close: another run granted in between. Graph answers 400, not 409."""
     principal = identity_in(tenant_sandbox)
-    graph = MsGraphDirectory(SandboxCredential(tenant_sandbox.tenant_id), base_url=tenant_sandbox.graph_base_url)
+    administrator = SandboxCredential.administrator(tenant_sandbox.tenant_id, authority=tenant_sandbox.base_url)
+    graph = MsGraphDirectory(administrator, base_url=tenant_sandbox.graph_base_url)
     try:
         directory = Directory(graph.sdk, wait_for_identity=5)
         identity = Identity(principal.id, principal.app_id, principal.display_name)
@@ -200,7 +203,11 @@ def test_the_sandbox_answers_grant_calls_as_graph_does(tenant_sandbox: TenantSan
 @pytest.mark.parametrize(
     ("kinds", "welcome", "expected"),
     [
-        ({GroupKindInUse.DISTRIBUTION}, None, {"Group.Read.All", "User.Read.All", "Exchange.ManageAsApp"}),
+        (
+            {GroupKindInUse.DISTRIBUTION},
+            None,
+            {"Group.Read.All", "User.Read.All", "OrgContact.Read.All", "Exchange.ManageAsApp"},
+        ),
         (
             {GroupKindInUse.M365},
             SENDER,

@@ -228,11 +228,14 @@ async def test_transient_failure_on_the_last_attempt_gives_up(world: World) -> N
 
 
 async def test_refused_permission_dead_letters_with_the_fix(world: World) -> None:
-    world.script.fail_next("find_group_by_mail", PermissionDeniedError("forbidden", face="graph", status=403))
+    refused = PermissionDeniedError("forbidden", face="graph", status=403)
+    refused.needed = "Group.Read.All"  # as the Graph adapter names it
+    world.script.fail_next("find_group_by_mail", refused)
     dead = assert_dead_letter(
         await create_contact(request_body(), delivery(), world.deps), DeadLetterReason.PERMISSION_DENIED
     )
-    assert "infra/README.md" in dead.description
+    assert "It needs Group.Read.All." in dead.description
+    assert "onboard grant" in dead.description
 
 
 # --- add-member -----------------------------------------------------------------------------
@@ -308,14 +311,17 @@ async def test_verify_retries_until_membership_is_visible(world: World) -> None:
 
 
 async def test_verify_checks_membership_with_one_call_for_each_kind(world: World) -> None:
-    for group in ("partners@contoso.com", "falcon@contoso.com"):
+    for group, membership_call in (
+        ("partners@contoso.com", "is_contact_member"),  # a mail contact: GET /contacts/{id}/memberOf
+        ("falcon@contoso.com", "is_group_member"),  # a guest: checkMemberGroups
+    ):
         message = await member_message(world, group={"smtp_address": group}, allow_external_senders=False)
         assert message.recipient.directory_object_id is not None
         world.script.calls.clear()
         decision = await verify_delivery(message, delivery(), world.deps)
         assert isinstance(decision, Finish), decision
         # (a Microsoft 365 group's subscription check is one more call, not a membership listing)
-        assert [call for call in world.script.calls if call != "list_unified_group_subscribers"] == ["is_group_member"]
+        assert [call for call in world.script.calls if call != "list_unified_group_subscribers"] == [membership_call]
 
 
 async def test_verify_of_a_message_without_the_object_id_lists_the_members(world: World) -> None:

@@ -6,6 +6,8 @@ import pytest
 
 from shared.contracts import OutcomeStatus, RecipientKind
 from shared.directory.exchange import ROLE_FOR_BYPASS
+from shared.directory.rights import SECURITY_GROUP_MEMBERSHIP
+from standins.local_app import APP_OBJECT_ID
 from standins.stack import LocalStack
 from tests.fixtures.pipeline import onboard
 from tests.samples import sample_request
@@ -26,7 +28,7 @@ async def test_existing_guests_subscriptions_sender_lists_and_missing_roles(stac
     assert guest is not None and partners is not None and falcon is not None
     directory.unsubscribe(falcon, guest.id)  # an admin removed the guest's subscription
     partners.accept_messages_only_from = ["listed@fabrikam.example"]
-    stack.sandbox.set_knobs(exchange_roles=("Recipient Management",))  # Exchange Recipient Administrator
+    stack.sandbox.grants.revoke_exchange_role(APP_OBJECT_ID, SECURITY_GROUP_MEMBERSHIP)  # Recipient Administrator only
     requests = [
         sample_request("x-guest-dl", GUEST, "Existing Guest", PARTNERS),
         sample_request("x-unsubscribed", GUEST, "Existing Guest", FALCON),

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from shared.directory.ports import (
@@ -34,6 +35,13 @@ from shared.directory.ports import (
 
 V = TypeVar("V")
 MAX_ENTRIES = 1024  # groups a process remembers; beyond this the oldest are forgotten
+# Get-MessageTraceV2 allows 100 queries per tenant in a running 5 minutes (docs/permissions.md). One
+# query per welcome sender every TRACE_SHARE_SECONDS answers every recipient's check in this process:
+# 2.5 queries per 5 minutes per instance, however many onboardings it verifies.
+TRACE_SHARE_SECONDS = 120.0
+TRACE_MAX_WINDOW = timedelta(days=10)  # Get-MessageTraceV2's longest query
+TRACE_FORGET_SECONDS = 2 * 3600.0  # a check not repeated for this long (> the longest check interval) is done
+MAX_TRACED = 10_000  # recipients whose window a process remembers
 
 
 class TtlCache(Generic[V]):
@@ -97,16 +105,31 @@ class CachingGraphDirectory:
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
         return await self.inner.is_group_member(group_id, object_id)
 
+    async def is_contact_member(self, group_id: str, contact_id: str) -> bool:
+        return await self.inner.is_contact_member(group_id, contact_id)
+
     async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
         await self.inner.send_mail(sender, recipient, subject, text)
 
 
 class CachingExchangeDirectory:
-    """ExchangeDirectory with the accepted domains remembered; every other call goes straight through."""
+    """ExchangeDirectory with the accepted domains remembered and message trace shared between checks
+    (SharedMessageTrace); every other call goes straight through."""
 
-    def __init__(self, inner: ExchangeDirectory, ttl: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        inner: ExchangeDirectory,
+        ttl: float,
+        *,
+        max_trace_rows: int,
+        trace_share_seconds: float = TRACE_SHARE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.inner = inner
         self._domains: TtlCache[frozenset[str]] = TtlCache(ttl, clock=clock)
+        self._traces = SharedMessageTrace(
+            inner, share_seconds=trace_share_seconds, max_rows=max_trace_rows, clock=clock
+        )
 
     async def get_accepted_domains(self) -> frozenset[str]:
         # A tenant always has at least its initial domain: an empty answer is not worth keeping.
@@ -155,5 +178,68 @@ class CachingExchangeDirectory:
             group, enabled, unified=unified, security_group=security_group
         )
 
-    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
-        return await self.inner.message_trace(sender, recipient, start, end)
+    async def message_trace(
+        self, sender: str, recipient: str | None, start: datetime, end: datetime
+    ) -> list[TraceEntry]:
+        if recipient is None:
+            return await self.inner.message_trace(sender, recipient, start, end)
+        return await self._traces.for_recipient(sender, recipient, start, end)
+
+
+@dataclass(frozen=True)
+class _TraceAnswer:
+    start: datetime
+    end: datetime
+    entries: tuple[TraceEntry, ...]
+    truncated: bool  # as many rows as one query returns: some recipient may be missing
+
+
+class SharedMessageTrace:
+    """Every recipient's trace check answered from one sender-wide Get-MessageTraceV2 per TRACE_SHARE_SECONDS.
+
+    The query's window starts at the earliest start a check asked for in the last TRACE_FORGET_SECONDS,
+    so the checks of one sender converge on one query. An answer with TRACE_MAX_ROWS rows may miss a
+    recipient: that recipient is asked for alone. A recipient's rows are those of the shared answer
+    within its own window, so the answer is the one a query of its own would give, up to
+    TRACE_SHARE_SECONDS old (the next check sees newer rows).
+    """
+
+    def __init__(
+        self,
+        inner: ExchangeDirectory,
+        *,
+        share_seconds: float = TRACE_SHARE_SECONDS,
+        max_rows: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self._max_rows = max_rows
+        self._clock = clock
+        self._answers: TtlCache[_TraceAnswer] = TtlCache(share_seconds, clock=clock)
+        self._asked: dict[tuple[str, str], tuple[datetime, float]] = {}  # (sender, recipient) -> start, when asked
+
+    async def for_recipient(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
+        sender_key, recipient_key = sender.lower(), recipient.lower()
+        self._remember(sender_key, recipient_key, start)
+        answer = await self._answers.get(sender_key, lambda: self._query(sender, sender_key, end))
+        if answer is None or answer.truncated or start < answer.start:
+            return await self._inner.message_trace(sender, recipient, start, end)
+        return [
+            entry
+            for entry in answer.entries
+            if entry.recipient.lower() == recipient_key and start <= entry.received <= end
+        ]
+
+    def _remember(self, sender_key: str, recipient_key: str, start: datetime) -> None:
+        now = self._clock()
+        if len(self._asked) >= MAX_TRACED or (sender_key, recipient_key) not in self._asked:
+            self._asked = {key: seen for key, seen in self._asked.items() if now - seen[1] < TRACE_FORGET_SECONDS}
+            while len(self._asked) >= MAX_TRACED:
+                self._asked.pop(next(iter(self._asked)))
+        self._asked[(sender_key, recipient_key)] = (start, now)
+
+    async def _query(self, sender: str, sender_key: str, end: datetime) -> _TraceAnswer:
+        starts = [start for (key, _), (start, _) in self._asked.items() if key == sender_key]
+        start = max(min(starts), end - TRACE_MAX_WINDOW)
+        entries = await self._inner.message_trace(sender, None, start, end)
+        return _TraceAnswer(start, end, tuple(entries), truncated=len(entries) >= self._max_rows)

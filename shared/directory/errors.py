@@ -65,7 +65,11 @@ class AddressInUseError(AlreadyExistsError):
 
 
 class PermissionDeniedError(DirectoryError):
-    """401/403: the app lacks a right, or the token was refused."""
+    """401/403: the app lacks a right, or the token was refused.
+
+    `needed`: the right the refused call needs, as shared/directory/rights.py names it (set by the adapter)."""
+
+    needed: str | None = None
 
 
 class RejectedRequestError(DirectoryError):

@@ -31,6 +31,7 @@ from shared.directory.errors import (
     classify_status,
 )
 from shared.directory.ports import GroupMember, MailContact, SenderRestrictions, TraceEntry, Warnings
+from shared.directory.rights import MANAGE_AS_APP, SECURITY_GROUP_MEMBERSHIP, exchange_role_for
 from shared.directory.throttle import ThrottleGate
 
 SCOPE = "https://outlook.office365.com/.default"
@@ -40,7 +41,8 @@ ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_PAGES = 100
 MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
-ROLE_FOR_BYPASS = "Security Group Creation and Membership"
+TRACE_MAX_ROWS = 5000  # Get-MessageTraceV2 -ResultSize: at most 5000 rows per query
+ROLE_FOR_BYPASS = SECURITY_GROUP_MEMBERSHIP
 CONCURRENCY_LIMIT_TEXT = "You have reached the maximum number of concurrent requests per tenant"
 # Exception types the ExchangeOnlineManagement module retries; a 500 naming any other type is a
 # cmdlet failure that repeats, not an outage (docs/microsoft-365-facts.md).
@@ -238,13 +240,17 @@ class ExchangeOnlineClient:
             return (await self.invoke("Set-UnifiedGroup", parameters)).warnings
         return await self._as_manager("Set-DistributionGroup", parameters, security_group=security_group)
 
-    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
-        parameters = {
+    async def message_trace(
+        self, sender: str, recipient: str | None, start: datetime, end: datetime
+    ) -> list[TraceEntry]:
+        parameters: dict[str, Any] = {
             "SenderAddress": sender,
-            "RecipientAddress": recipient,
             "StartDate": start.astimezone(UTC).isoformat(),
             "EndDate": end.astimezone(UTC).isoformat(),
+            "ResultSize": TRACE_MAX_ROWS,
         }
+        if recipient is not None:
+            parameters["RecipientAddress"] = recipient
         rows = (await self.invoke("Get-MessageTraceV2", parameters)).rows
         entries: list[TraceEntry] = []
         for row in rows:
@@ -366,7 +372,7 @@ def _classify(cmdlet: str, response: httpx.Response, request_id: str) -> Directo
             f'"{ROLE_FOR_BYPASS}": assign the Exchange Administrator role, or add the app to a role group '
             f'holding "{ROLE_FOR_BYPASS}" (infra/README.md; `onboard grant --group-kinds mail-enabled-security` prints the commands).'
         )
-    return classify_status(
+    error = classify_status(
         status,
         message,
         face="exchange",
@@ -378,6 +384,19 @@ def _classify(cmdlet: str, response: httpx.Response, request_id: str) -> Directo
         and bool(failure.exception_type)
         and failure.exception_type not in TRANSIENT_EXCEPTIONS,
     )
+    if isinstance(error, PermissionDeniedError):
+        error.needed = _right_refused(cmdlet, response, bypass_refused=recognised is PermissionDeniedError)
+    return error
+
+
+def _right_refused(cmdlet: str, response: httpx.Response, *, bypass_refused: bool) -> str:
+    """Which right a refusal is about (docs/permissions.md, "Exchange answers")."""
+    if bypass_refused:
+        return SECURITY_GROUP_MEMBERSHIP
+    diagnostics = response.headers.get("x-ms-diagnostics", "")
+    if response.status_code == 401 and ("no permissions" in diagnostics or not response.content):
+        return MANAGE_AS_APP  # the token carries no Exchange.ManageAsApp
+    return exchange_role_for(cmdlet)
 
 
 def _body_text(response: httpx.Response) -> str:

@@ -8,8 +8,9 @@ them into a scheduled Service Bus retry.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlparse
 
 import httpx
@@ -20,6 +21,7 @@ from kiota_authentication_azure.azure_identity_authentication_provider import Az
 from kiota_http.kiota_client_factory import KiotaClientFactory
 from kiota_http.middleware import RetryHandler
 from kiota_http.middleware.options import RetryHandlerOption
+from msgraph.generated.contacts.item.member_of.member_of_request_builder import MemberOfRequestBuilder
 from msgraph.generated.directory_objects.item.check_member_groups.check_member_groups_post_request_body import (
     CheckMemberGroupsPostRequestBody,
 )
@@ -46,11 +48,13 @@ from shared.directory.errors import (
     AlreadyExistsError,
     DirectoryError,
     NotFoundError,
+    PermissionDeniedError,
     RejectedRequestError,
     TransientDirectoryError,
     classify_status,
 )
 from shared.directory.ports import DirectoryGroup, DirectoryUser
+from shared.directory.rights import GRAPH_CALLS
 
 SCOPE = "https://graph.microsoft.com/.default"
 DIRECTORY_OBJECTS = "https://graph.microsoft.com/v1.0/directoryObjects/"
@@ -61,6 +65,22 @@ MAX_PAGES = 500
 GROUP_FIELDS = ["id", "displayName", "mail", "groupTypes", "mailEnabled", "securityEnabled"]
 USER_FIELDS = ["id", "mail", "userType"]
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _names_the_right(call: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """A refusal names the Graph permission this call needs (shared/directory/rights.py)."""
+    right = GRAPH_CALLS[call.__name__]
+
+    @functools.wraps(call)
+    async def naming(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await call(*args, **kwargs)
+        except PermissionDeniedError as error:
+            error.needed = error.needed or right
+            raise
+
+    return naming
 
 
 def group_kind(group: Group) -> GroupKind:
@@ -137,6 +157,7 @@ class MsGraphDirectory:
         if self._owns_client:
             await self._http.aclose()
 
+    @_names_the_right
     async def get_group(self, group_id: str) -> DirectoryGroup | None:
         query = GroupItemRequestBuilder.GroupItemRequestBuilderGetQueryParameters(select=GROUP_FIELDS)
         item = self._client.groups.by_group_id(group_id)
@@ -146,6 +167,7 @@ class MsGraphDirectory:
             return None
         return _directory_group(group) if group else None
 
+    @_names_the_right
     async def find_group_by_mail(self, address: str) -> DirectoryGroup | None:
         """The group with this primary or secondary SMTP address (one request)."""
         query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
@@ -155,6 +177,7 @@ class MsGraphDirectory:
         groups = page.value if page and page.value else []
         return _directory_group(groups[0]) if groups else None
 
+    @_names_the_right
     async def find_user_by_mail(self, address: str) -> DirectoryUser | None:
         """The user (member or guest) with this primary or secondary SMTP address.
 
@@ -170,6 +193,7 @@ class MsGraphDirectory:
         # refuse (AddressInUseInternally) rather than onboard the wrong object.
         return next((user for user in users if user.user_type == "Member"), users[0] if users else None)
 
+    @_names_the_right
     async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
         invitation = Invitation(
             invited_user_email_address=address,
@@ -182,31 +206,47 @@ class MsGraphDirectory:
             raise RejectedRequestError("the invitation came back without invitedUser.id", face="graph")
         return DirectoryUser(created.invited_user.id, address, "Guest")
 
+    @_names_the_right
     async def add_group_member(self, group_id: str, object_id: str) -> None:
         reference = ReferenceCreate(odata_id=DIRECTORY_OBJECTS + object_id)
         await self._call(lambda: self._client.groups.by_group_id(group_id).members.ref.post(reference))
 
+    @_names_the_right
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         members = self._client.groups.by_group_id(group_id).members
         query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id"])
-        page = await self._call(lambda: members.get(RequestConfiguration(query_parameters=query)))
+        return await self._ids(members, RequestConfiguration(query_parameters=query))
+
+    @_names_the_right
+    async def is_contact_member(self, group_id: str, contact_id: str) -> bool:
+        # Not checkMemberGroups: for an org contact that needs Directory.Read.All (docs/permissions.md).
+        member_of = self._client.contacts.by_org_contact_id(contact_id).member_of
+        query = MemberOfRequestBuilder.MemberOfRequestBuilderGetQueryParameters(select=["id"])
+        ids = await self._ids(member_of, RequestConfiguration(query_parameters=query))
+        return group_id.lower() in {found.lower() for found in ids}
+
+    async def _ids(self, collection: MembersRequestBuilder | MemberOfRequestBuilder, config: Any) -> frozenset[str]:
+        """The ids of a directory-object collection, following @odata.nextLink (at most MAX_PAGES pages)."""
+        page = await self._call(lambda: collection.get(config))
         ids: set[str] = set()
         for _ in range(MAX_PAGES):
             if page is None:
                 break
-            ids.update(member.id for member in page.value or [] if member.id)
+            ids.update(item.id for item in page.value or [] if item.id)
             if not page.odata_next_link:
                 break
             next_link = page.odata_next_link
-            page = await self._call(lambda link=next_link: members.with_url(link).get())  # type: ignore[misc]
+            page = await self._call(lambda link=next_link: collection.with_url(link).get())  # type: ignore[misc]
         return frozenset(ids)
 
+    @_names_the_right
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
         body = CheckMemberGroupsPostRequestBody(group_ids=[group_id])
         check = self._client.directory_objects.by_directory_object_id(object_id).check_member_groups
         answer = await self._call(lambda: check.post(body))
         return group_id.lower() in {found.lower() for found in (answer.value if answer and answer.value else [])}
 
+    @_names_the_right
     async def send_mail(self, sender: str, recipient: str, subject: str, text: str) -> None:
         message = Message(
             subject=subject,

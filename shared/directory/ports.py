@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from shared.contracts import GroupKind
+from shared.contracts import GroupKind, RecipientKind
 
 # `@adminapi.warnings` that came with a successful Exchange change, for the outcome.
 Warnings = tuple[str, ...]
@@ -97,10 +97,17 @@ class GraphDirectory(Protocol):
         ...
 
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
-        """One call, whatever the group's size: POST /directoryObjects/{object_id}/checkMemberGroups.
+        """For a user (a guest), one call whatever the group's size: POST /directoryObjects/{id}/checkMemberGroups.
 
         Any group kind in Entra (Microsoft 365, distribution, mail-enabled security); transitive.
         Raises NotFoundError when the object is not (yet) visible to Graph.
+        """
+        ...
+
+    async def is_contact_member(self, group_id: str, contact_id: str) -> bool:
+        """For an org contact: GET /contacts/{id}/memberOf (a contact is in few groups: one page).
+
+        Raises NotFoundError when the contact is not (yet) visible to Graph.
         """
         ...
 
@@ -152,6 +159,16 @@ class ExchangeDirectory(Protocol):
         """Set-UnifiedGroup / Set-DistributionGroup -RequireSenderAuthenticationEnabled (manager check as above)."""
         ...
 
-    async def message_trace(self, sender: str, recipient: str, start: datetime, end: datetime) -> list[TraceEntry]:
-        """Get-MessageTraceV2 for one sender and recipient, newest first (at most 10 days per query)."""
+    async def message_trace(
+        self, sender: str, recipient: str | None, start: datetime, end: datetime
+    ) -> list[TraceEntry]:
+        """Get-MessageTraceV2 for one sender and one recipient (None: every recipient, up to TRACE_MAX_ROWS rows),
+        newest first; at most 10 days per query."""
         ...
+
+
+async def is_member(graph: GraphDirectory, group_id: str, kind: RecipientKind, object_id: str) -> bool:
+    """Whether the recipient is in the group, asked the way its kind needs the fewest rights."""
+    if kind is RecipientKind.MAIL_CONTACT:
+        return await graph.is_contact_member(group_id, object_id)
+    return await graph.is_group_member(group_id, object_id)

@@ -15,7 +15,7 @@ from shared.contracts import (
 )
 from shared.decisions import DeadLetter, Decision, Finish, PassOn
 from shared.directory.errors import AddressInUseError, DirectoryError, NameInUseError
-from shared.directory.ports import DirectoryGroup, DirectoryUser, MailContact
+from shared.directory.ports import DirectoryGroup, DirectoryUser, MailContact, is_member
 from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, planned
@@ -116,8 +116,12 @@ async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, 
             if group.kind is GroupKind.MICROSOFT_365
             else f"Create a mail contact for {name}"
         )
-    known = run.progress.recipient.directory_object_id if run.progress.recipient else None
-    if known is None or not await deps.graph.is_group_member(group.id, known):
+    known = run.progress.recipient
+    if (
+        known is None
+        or known.directory_object_id is None
+        or not await is_member(deps.graph, group.id, known.kind, known.directory_object_id)
+    ):
         changes.append(f"Add {name} to {group.display_name}")
     if request.allow_external_senders:
         changes.append(f"Let {name} mail {group.display_name}, if it accepts only internal senders now")

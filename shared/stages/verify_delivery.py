@@ -34,7 +34,7 @@ from shared.contracts import (
 )
 from shared.decisions import Decision, PassOn
 from shared.directory.errors import DirectoryError
-from shared.directory.ports import GroupMember, SenderRestrictions
+from shared.directory.ports import GroupMember, SenderRestrictions, is_member
 from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, finish
@@ -157,7 +157,7 @@ async def _check_welcome(run: _Verification, welcome: WelcomeMail, member: str) 
 async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, deps: StageDependencies) -> bool:
     if recipient.directory_object_id is not None:
         # One call however large the group is (listing a 20,000-member group took 100+ pages).
-        return await deps.graph.is_group_member(group.id, recipient.directory_object_id)
+        return await is_member(deps.graph, group.id, recipient.kind, recipient.directory_object_id)
     # A message from an earlier version, without the object id: list the members as before.
     if group.kind is GroupKind.MICROSOFT_365:
         return recipient.id in await deps.graph.list_group_member_ids(group.id)

@@ -26,11 +26,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
+from standins.tenant_sandbox.authority import (
+    INSUFFICIENT_PRIVILEGES,
+    MANAGE_AS_APP,
+    Caller,
+    ObjectKind,
+    cmdlets_of,
+    exchange_roles,
+    graph_rights,
+)
 from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER, ExchangeFace, exchange_error
 from standins.tenant_sandbox.grants_face import Grants, GrantsFace
 from standins.tenant_sandbox.graph_face import GraphFace, graph_error
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault, Verdict
 from standins.tenant_sandbox.model import Directory
+from standins.tenant_sandbox.token_face import TokenFace
 
 # A token's aud: the resource URI or the first-party app id, as Entra issues either.
 AUDIENCES: dict[Face, frozenset[str]] = {
@@ -75,6 +85,12 @@ class RequestLog:
         with self._lock:
             self._entries.clear()
 
+    def forget_since(self, count: int) -> None:
+        """Drop the entries appended after the log held `count` (set-up calls a reader should not see)."""
+        with self._lock:
+            while len(self._entries) > count:
+                self._entries.pop()
+
     def __iter__(self) -> Any:
         return iter(self.entries())
 
@@ -97,12 +113,13 @@ def _claims(token: str) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def refuse_token(request: Request, face: Face, tenant_id: str) -> Response | None:
-    """Microsoft's 401 for a missing, malformed, wrong-audience or wrong-tenant token; None when it is fine."""
+def read_token(request: Request, face: Face, tenant_id: str) -> tuple[dict[str, Any], None] | tuple[None, Response]:
+    """The token's claims, or Microsoft's 401 for a missing, malformed, wrong-audience, wrong-tenant or expired one."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    claims = _claims(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
     if scheme.lower() != "bearer" or not token.strip():
         problem = "Access token is empty."
-    elif (claims := _claims(token.strip())) is None:
+    elif claims is None:
         problem = "IDX14100: JWT is not well formed, there are no dots (.) or the payload is not JSON."
     elif claims.get("aud") not in AUDIENCES[face]:
         problem = "Access token validation failure. Invalid audience."
@@ -111,10 +128,10 @@ def refuse_token(request: Request, face: Face, tenant_id: str) -> Response | Non
     elif not isinstance(claims.get("exp"), int) or claims["exp"] <= time.time():
         problem = "Lifetime validation failed, the token is expired."
     else:
-        return None
+        return claims, None
     if face == "graph":
-        return graph_error(request, 401, "InvalidAuthenticationToken", problem)
-    return JSONResponse(
+        return None, graph_error(request, 401, "InvalidAuthenticationToken", problem)
+    return None, JSONResponse(
         {"error": {"code": "Unauthorized", "message": problem}},
         status_code=401,
         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
@@ -236,6 +253,73 @@ class Admin:
         return Response(status_code=204)
 
 
+# Exchange's answer to a token without Exchange.ManageAsApp: 401, the reason only in a header.
+NO_PERMISSIONS_DIAGNOSTICS = (
+    '2000008;reason="The token contains no permissions, or permissions can not be understood.";'
+    'error_category="invalid_grant"'
+)
+SEND_MAIL_ROUTE = ("POST", "/v1.0/users/{id}/sendMail")
+
+
+class Authority:
+    """Decides, from the token's claims alone, whether the caller may make this call (authority.py)."""
+
+    def __init__(self, directory: Directory, grants: Grants, exchange: ExchangeFace) -> None:
+        self.directory, self.grants, self.exchange_face = directory, grants, exchange
+
+    def _kind(self, object_id: str) -> ObjectKind | None:
+        """The kind of a directory object Graph can see; None for one it cannot (yet): the route's 404 answers."""
+        user, contact = self.directory.users.get(object_id), self.directory.contacts.get(object_id)
+        if user is not None:
+            return "user" if self.directory.replicated(user) else None
+        if object_id in self.directory.groups:
+            return "group"
+        if contact is not None:
+            return "orgContact" if self.directory.replicated(contact) else None
+        return "servicePrincipal" if object_id in self.grants.principals else None
+
+    def _exchange_assignments(self, caller: Caller) -> list[tuple[str, str | None]]:
+        return [(a.role, a.recipient_scope) for a in self.grants.exchange_roles_of(caller.object_id)]
+
+    def _sends_as_scoped_mailbox(self, request: Request, caller: Caller) -> bool:
+        """RBAC for Applications: "Application Mail.Send" for the sending mailbox, kept on the Exchange side."""
+        sender = str(request.path_params.get("id", "")).lower()
+        return any(
+            role == "Application Mail.Send" and (scope is None or scope.lower() == sender)
+            for role, scope in self._exchange_assignments(caller)
+        )
+
+    def check_graph(self, request: Request, route: Route | None, caller: Caller) -> Response | None:
+        if route is None:
+            return None
+        key = (request.method, route.path)
+        object_id = str(request.path_params.get("id", "")) if "id" in request.path_params else None
+        with self.directory.lock:
+            kind = self._kind(object_id) if object_id is not None else None
+        rights = graph_rights(request.method, route.path, kind)
+        if rights is None or rights.allow(caller):
+            return None
+        if key == SEND_MAIL_ROUTE and caller.app_only and self._sends_as_scoped_mailbox(request, caller):
+            return None
+        return graph_error(request, 403, "Authorization_RequestDenied", INSUFFICIENT_PRIVILEGES)
+
+    def roles_in_exchange(self, caller: Caller) -> frozenset[str]:
+        groups = frozenset(role for role, scope in self._exchange_assignments(caller) if scope is None)
+        return exchange_roles(caller, groups)
+
+    def check_exchange(self, cmdlet: str, caller: Caller) -> Response | None:
+        """Exchange.ManageAsApp first, then a role holding the cmdlet (docs/permissions.md, "Exchange answers")."""
+        if MANAGE_AS_APP not in caller.roles:
+            return Response(status_code=401, headers={"x-ms-diagnostics": NO_PERMISSIONS_DIAGNOSTICS})
+        if cmdlet in self.exchange_face.cmdlets and cmdlet not in cmdlets_of(self.roles_in_exchange(caller)):
+            text = f"User is not allowed to call {cmdlet}"
+            inner = {"message": text, "type": "Microsoft.Exchange.Admin.OData.Core.ODataServiceException"}
+            return JSONResponse(
+                {"error": {"code": "Unauthorized", "message": text, "innererror": inner}}, status_code=401
+            )
+        return None
+
+
 def apply_knobs(directory: Directory, gate: Gate, knobs: Knobs) -> None:
     with directory.lock:
         directory.knobs = knobs
@@ -249,23 +333,42 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
     grants = GrantsFace(Grants(directory.store))  # what `onboard grant` calls
     graph_routes = graph.routes() + grants.routes()
     tenant_id = directory.tenant.id
+    tokens = TokenFace(tenant_id, grants.grants)
+    authority = Authority(directory, grants.grants, exchange)
 
-    async def operation_of(request: Request, face: Face) -> str:
-        if face == "exchange":
-            try:
-                return str(json.loads(await request.body())["CmdletInput"]["CmdletName"])
-            except (ValueError, KeyError, TypeError):
-                return "InvokeCommand"
-        route = next((r for r in graph_routes if r.matches(request.scope)[0] is Match.FULL), None)
-        return f"{request.method} {route.path if route else request.url.path}"
+    def graph_route(request: Request) -> Route | None:
+        for route in graph_routes:
+            match, child_scope = route.matches(request.scope)
+            if match is Match.FULL:
+                request.scope["path_params"] = child_scope.get("path_params", {})
+                return route
+        return None
+
+    async def cmdlet_of(request: Request) -> str:
+        try:
+            return str(json.loads(await request.body())["CmdletInput"]["CmdletName"])
+        except (ValueError, KeyError, TypeError):
+            return "InvokeCommand"
 
     async def gate_and_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if request.url.path.startswith(ADMIN_PREFIX):
-            return await call_next(request)
+        if request.url.path.startswith(ADMIN_PREFIX) or "/oauth2/" in request.url.path:
+            return await call_next(request)  # the admin endpoint and Entra's token endpoint: no gate
         started = time.perf_counter()
         face: Face = "graph" if request.url.path.startswith("/v1.0") else "exchange"
-        operation = await operation_of(request, face)
-        response = refuse_token(request, face, tenant_id)
+        route = graph_route(request) if face == "graph" else None
+        operation = (
+            await cmdlet_of(request)
+            if face == "exchange"
+            else f"{request.method} {route.path if route else request.url.path}"
+        )
+        claims, response = read_token(request, face, tenant_id)
+        if claims is not None:
+            caller = Caller.from_claims(claims)
+            if face == "graph":
+                response = authority.check_graph(request, route, caller)
+            else:
+                response = authority.check_exchange(operation, caller)
+                request.state.exchange_roles = authority.roles_in_exchange(caller)
         if response is None:
             verdict = gate.decide(face, operation)
             # Half the latency before the face acts and half after, as on a real network: a write
@@ -287,9 +390,10 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
         return response
 
     app = Starlette(
-        routes=graph_routes + exchange.routes() + admin.routes() + grants.admin_routes(ADMIN_PREFIX),
+        routes=graph_routes + exchange.routes() + tokens.routes() + admin.routes() + grants.admin_routes(ADMIN_PREFIX),
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=gate_and_log)],
     )
     graph.app = app
     app.state.grants = grants.grants
+    app.state.tokens = tokens
     return app

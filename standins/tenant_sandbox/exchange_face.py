@@ -9,7 +9,10 @@ written, never evaluated. Sources: docs/microsoft-365-facts.md.
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -32,9 +35,9 @@ BAD_PARAMETER = "System.Management.Automation.ParameterBindingException"
 GROUP_MANAGER_REQUIRED = _EX + "OperationRequiresGroupManagerException"
 TASK_FAILED = _EX + "TaskException"
 MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
-# Roles that may use MANAGER_CHECK on distribution and mail-enabled security groups
-# (Add-DistributionGroupMember docs); Organization Management holds the second one.
-BYPASS_ROLES = frozenset({"Organization Management", "Security Group Creation and Membership"})
+# The management role that makes MANAGER_CHECK available on distribution and mail-enabled security
+# groups (Add-DistributionGroupMember docs); the Organization Management role group holds it.
+BYPASS_ROLES = frozenset({"Security Group Creation and Membership"})
 # The well-known system mailbox app-only callers anchor on; the sandbox also accepts any UPN: anchor.
 ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 CONCURRENCY_LIMIT_ANSWER = (
@@ -42,16 +45,20 @@ CONCURRENCY_LIMIT_ANSWER = (
 )
 TRACE_MAX_DAYS = 10  # Get-MessageTraceV2: at most 10 days per query, within the last 90
 TRACE_DEFAULT_ROWS, TRACE_MAX_ROWS = 1000, 5000
+# Get-MessageTraceV2: "A maximum of 100 query requests are accepted within a 5 minute running window" per tenant.
+TRACE_QUOTA_WINDOW_SECONDS = 300.0
+TRACE_THROTTLED = _EX + "ThrottlingException"
 
 Cmdlet = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
 
 class CmdletError(Exception):
-    def __init__(self, exception_type: str, text: str, status: int = 400) -> None:
+    def __init__(self, exception_type: str, text: str, status: int = 400, *, retry_after: int | None = None) -> None:
         super().__init__(text)
         self.exception_type = exception_type
         self.text = text
         self.status = status
+        self.retry_after = retry_after
 
 
 TypeIn = Literal["everywhere", "header", "details", "internal_exception"]
@@ -175,6 +182,8 @@ class ExchangeFace:
     def __init__(self, directory: Directory, page_size: int) -> None:
         self.d = directory
         self.page_size = page_size
+        self.caller_roles: frozenset[str] = frozenset()
+        self.trace_queries: deque[float] = deque()  # when each message-trace query of the window was accepted
         self.cmdlets: dict[str, Cmdlet] = {
             "Get-AcceptedDomain": self.get_accepted_domain,
             "New-MailContact": self.new_mail_contact,
@@ -217,8 +226,14 @@ class ExchangeFace:
             return exchange_error(400, "BadRequest", "System.Management.Automation.CommandNotFoundException", text)
         try:
             with self.d.lock:
+                # The caller's management roles (the app's gate put them there): parameters follow them too.
+                self.caller_roles = frozenset(getattr(request.state, "exchange_roles", frozenset()))
                 rows = handler(parameters)
         except CmdletError as error:
+            if error.retry_after is not None:
+                answer = exchange_error(error.status, "TooManyRequests", error.exception_type, error.text)
+                answer.headers["Retry-After"] = str(error.retry_after)
+                return answer
             return exchange_error(error.status, "BadRequest", error.exception_type, error.text)
         skip_text = request.query_params.get("$skip", "0")
         skip = int(skip_text) if skip_text.isdigit() else 0
@@ -363,7 +378,7 @@ class ExchangeFace:
     def _check_manager(self, group: Group, parameters: dict[str, Any]) -> None:
         """Exchange's group-manager check: the app is never among ManagedBy, so it needs the bypass switch."""
         bypass = parameters.get(MANAGER_CHECK)
-        if bypass is not None and not BYPASS_ROLES & set(self.d.knobs.exchange_roles):
+        if bypass is not None and not BYPASS_ROLES & self.caller_roles:
             # Role-based access hides parameters the caller's roles do not grant.
             raise CmdletError(
                 BAD_PARAMETER, f"A parameter cannot be found that matches parameter name '{MANAGER_CHECK}'."
@@ -465,7 +480,24 @@ class ExchangeFace:
             raise CmdletError(BAD_PARAMETER, f'Cannot convert value "{value}" to type System.DateTime.') from error
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
+    def _spend_trace_query(self) -> None:
+        """The tenant's message-trace quota: a running window; a query past it is refused until the oldest ages out."""
+        now = time.monotonic()
+        while self.trace_queries and self.trace_queries[0] <= now - TRACE_QUOTA_WINDOW_SECONDS:
+            self.trace_queries.popleft()
+        if len(self.trace_queries) >= self.d.knobs.message_trace_quota:
+            wait = self.trace_queries[0] + TRACE_QUOTA_WINDOW_SECONDS - now
+            raise CmdletError(
+                TRACE_THROTTLED,
+                "The tenant has exceeded the message trace query limit of "
+                f"{self.d.knobs.message_trace_quota} queries in 5 minutes. Try again later.",
+                429,
+                retry_after=max(1, math.ceil(wait)),
+            )
+        self.trace_queries.append(now)
+
     def get_message_trace(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        self._spend_trace_query()
         now = datetime.now(UTC)
         end = self._date(parameters, "EndDate", now)
         start = self._date(parameters, "StartDate", end - timedelta(days=2))

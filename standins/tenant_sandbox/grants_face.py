@@ -43,6 +43,8 @@ FIRST_PARTY_ROLES: dict[str, tuple[str, dict[str, str]]] = {
         "Microsoft Graph",
         {
             "Group.Read.All": "5b567255-7703-4780-807c-7be8301ae99b",
+            "GroupMember.Read.All": "98830695-27a2-44f7-8c18-0c3ebc9698f6",
+            "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
             "OrgContact.Read.All": "e1a88a34-94c4-4418-be12-c87b00e26bea",
             "User.Read.All": "df021288-bdef-4463-88db-98f22de89214",
             "User.Invite.All": "09850681-111b-4a89-9bed-3f2cae46d706",
@@ -91,6 +93,18 @@ class RoleAssignment:
     directory_scope_id: str
 
 
+@dataclass
+class ExchangeRoleAssignment:
+    """Kept on the Exchange side, not in Entra: a role group a service principal was added to
+    (`Add-RoleGroupMember`), or an RBAC for Applications role (`New-ManagementRoleAssignment -App`),
+    optionally limited to one recipient (a management scope such as the welcome mailbox)."""
+
+    id: str
+    principal_id: str
+    role: str
+    recipient_scope: str | None = None
+
+
 class NewServicePrincipal(BaseModel):
     """The admin endpoint's body: a service principal to plant, e.g. the app's managed identity."""
 
@@ -100,6 +114,13 @@ class NewServicePrincipal(BaseModel):
     app_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     kind: str = "ManagedIdentity"
     visible_after_seconds: float = Field(default=0, ge=0)
+
+
+class NewExchangeRoleAssignment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    principal_id: str = Field(min_length=1)
+    role: str = Field(min_length=1)
+    recipient_scope: str | None = None
 
 
 def _now() -> str:
@@ -115,11 +136,14 @@ class Grants:
         self.principals = {row["id"]: ServicePrincipal(**row) for row in store.all("servicePrincipal")}
         self.app_role_assignments = {row["id"]: AppRoleAssignment(**row) for row in store.all("appRoleAssignment")}
         self.role_assignments = {row["id"]: RoleAssignment(**row) for row in store.all("roleAssignment")}
+        self.exchange_assignments = {
+            row["id"]: ExchangeRoleAssignment(**row) for row in store.all("exchangeRoleAssignment")
+        }
         for app_id, (name, roles) in FIRST_PARTY_ROLES.items():
             if self.by_app_id(app_id) is None:
                 self._save(ServicePrincipal(str(uuid.uuid4()), app_id, name, "Application", dict(roles)))
 
-    def _save(self, obj: ServicePrincipal | AppRoleAssignment | RoleAssignment) -> None:
+    def _save(self, obj: ServicePrincipal | AppRoleAssignment | RoleAssignment | ExchangeRoleAssignment) -> None:
         with self._lock:
             match obj:
                 case ServicePrincipal():
@@ -131,6 +155,9 @@ class Grants:
                 case RoleAssignment():
                     self.role_assignments[obj.id] = obj
                     self._store.put("roleAssignment", obj.id, asdict(obj))
+                case ExchangeRoleAssignment():
+                    self.exchange_assignments[obj.id] = obj
+                    self._store.put("exchangeRoleAssignment", obj.id, asdict(obj))
 
     def add_service_principal(self, new: NewServicePrincipal) -> ServicePrincipal:
         principal = ServicePrincipal(
@@ -156,6 +183,28 @@ class Grants:
     def roles_of(self, principal_id: str | None) -> list[RoleAssignment]:
         with self._lock:
             return [r for r in self.role_assignments.values() if principal_id in (None, r.principal_id)]
+
+    def exchange_roles_of(self, principal_id: str) -> list[ExchangeRoleAssignment]:
+        with self._lock:
+            return [a for a in self.exchange_assignments.values() if a.principal_id == principal_id]
+
+    def assign_exchange_role(self, principal_id: str, role: str, recipient_scope: str | None) -> ExchangeRoleAssignment:
+        """Idempotent, as re-running the printed Exchange steps is."""
+        with self._lock:
+            for existing in self.exchange_roles_of(principal_id):
+                if existing.role == role and existing.recipient_scope == recipient_scope:
+                    return existing
+            assignment = ExchangeRoleAssignment(str(uuid.uuid4()), principal_id, role, recipient_scope)
+            self._save(assignment)
+            return assignment
+
+    def revoke_exchange_role(self, principal_id: str, role: str) -> None:
+        """As `Remove-RoleGroupMember` or `Remove-ManagementRoleAssignment` would; Exchange looks roles up per call."""
+        with self._lock:
+            for assignment in self.exchange_roles_of(principal_id):
+                if assignment.role == role:
+                    del self.exchange_assignments[assignment.id]
+                    self._store.delete("exchangeRoleAssignment", assignment.id)
 
     def assign_app_role(self, principal_id: str, resource_id: str, app_role_id: str) -> AppRoleAssignment | str:
         """The new assignment, or the text of Graph's 400."""
@@ -276,7 +325,10 @@ class GrantsFace:
         ]
 
     def admin_routes(self, prefix: str) -> list[Route]:
-        return [Route(f"{prefix}/servicePrincipals", self.plant_principal, methods=["POST"])]
+        return [
+            Route(f"{prefix}/servicePrincipals", self.plant_principal, methods=["POST"]),
+            Route(f"{prefix}/exchangeRoleAssignments", self.assign_exchange_role, methods=["POST"]),
+        ]
 
     async def list_principals(self, request: Request) -> Response:
         app_id, refused = _filter(request, "appId")
@@ -373,6 +425,17 @@ class GrantsFace:
         if isinstance(result, str):
             return _bad_request(request, result)
         return JSONResponse(_role_assignment_json(result), status_code=201)
+
+    async def assign_exchange_role(self, request: Request) -> Response:
+        """Stands in for the Exchange Online PowerShell steps `onboard grant` prints (role groups, RBAC for Applications)."""
+        try:
+            new = NewExchangeRoleAssignment.model_validate_json(await request.body())
+        except ValidationError as error:
+            return JSONResponse({"error": error.errors(include_url=False, include_context=False)}, status_code=422)
+        if self.grants.visible(new.principal_id) is None:
+            return JSONResponse({"error": f"no service principal {new.principal_id}"}, status_code=404)
+        assignment = self.grants.assign_exchange_role(new.principal_id, new.role, new.recipient_scope)
+        return JSONResponse(asdict(assignment), status_code=201)
 
     async def plant_principal(self, request: Request) -> Response:
         try:

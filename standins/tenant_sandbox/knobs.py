@@ -48,12 +48,10 @@ class Knobs(_Knob):
     error_rate: dict[Face, ErrorRate] = Field(default_factory=dict)
     bounce_domains: tuple[str, ...] = Field(default=(), description="mail to these domains fails (trace: Failed)")
     trace_lag_seconds: float = Field(default=0, ge=0, description="a sent message shows in Get-MessageTraceV2 after")
-    random_seed: int | None = Field(default=None, description="fix the jitter and error-rate dice")
-    exchange_roles: tuple[str, ...] = Field(
-        default=("Organization Management",),
-        description="the app's Exchange role groups or roles; BypassSecurityGroupManagerCheck needs "
-        "'Organization Management' or 'Security Group Creation and Membership' (e.g. ('Recipient Management',) lacks it)",
+    message_trace_quota: int = Field(
+        default=100, ge=1, description="Get-MessageTraceV2 queries the tenant accepts in a running 5-minute window"
     )
+    random_seed: int | None = Field(default=None, description="fix the jitter and error-rate dice")
 
     @classmethod
     def load(cls, path: Path) -> Knobs:

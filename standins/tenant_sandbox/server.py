@@ -12,12 +12,13 @@ from typing import Any
 import uvicorn
 
 from standins.tenant_sandbox.app import AUDIENCES, RequestLog, apply_knobs, build_app
-from standins.tenant_sandbox.credential import TOKEN_LIFETIME_SECONDS, mint_sandbox_token
+from standins.tenant_sandbox.credential import full_rights_claims
 from standins.tenant_sandbox.exchange_face import ANCHOR_MAILBOX
 from standins.tenant_sandbox.grants_face import Grants
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault
 from standins.tenant_sandbox.model import Directory, TenantSeed
 from standins.tenant_sandbox.store import DocumentStore
+from standins.tenant_sandbox.token_face import encode_token
 
 START_TIMEOUT = 10.0
 
@@ -70,11 +71,16 @@ class TenantSandbox:
     def tenant_domain(self) -> str:
         return self.seed.tenant.initial_domain
 
-    def authorization(self, face: Face) -> dict[str, str]:
-        """Headers this sandbox accepts for `face` (for curl, tests and benchmarks): a token, and Exchange's anchor."""
+    def authorization(
+        self, face: Face, *, roles: tuple[str, ...] | None = None, wids: tuple[str, ...] | None = None
+    ) -> dict[str, str]:
+        """Headers this sandbox accepts for `face` (for curl, tests and benchmarks): a token, and Exchange's anchor.
+
+        Without `roles`/`wids` the token holds every right the sandbox checks (for testing a route's shape);
+        give them to test what a caller with exactly those rights gets."""
         audience = min(a for a in AUDIENCES[face] if a.startswith("https://"))
-        token = mint_sandbox_token(audience, self.tenant_id, int(time.time()) + TOKEN_LIFETIME_SECONDS)
-        headers = {"Authorization": f"Bearer {token}"}
+        claims = full_rights_claims(self.tenant_id, audience, roles=roles, wids=wids)
+        headers = {"Authorization": f"Bearer {encode_token(claims)}"}
         if face == "exchange":
             headers["X-AnchorMailbox"] = f"APP:{ANCHOR_MAILBOX}@{self.tenant_id}"
         return headers

@@ -18,6 +18,8 @@ from shared.directory.errors import (
     TransientDirectoryError,
 )
 from shared.directory.exchange import ROLE_FOR_BYPASS, ExchangeOnlineClient
+from shared.directory.rights import SECURITY_GROUP_MEMBERSHIP
+from standins.local_app import APP_OBJECT_ID
 from standins.tenant_sandbox import TenantSandbox
 
 MEMBER_EXISTS = "Microsoft.Exchange.Management.Tasks.MemberAlreadyExistsException"
@@ -163,7 +165,7 @@ async def test_without_the_role_the_bypass_is_refused_with_the_fix(
     tenant_sandbox: TenantSandbox, exchange_directory: ExchangeOnlineClient
 ) -> None:
     contact = await _contact(exchange_directory, "norole")
-    tenant_sandbox.set_knobs(exchange_roles=("Recipient Management",))
+    tenant_sandbox.grants.revoke_exchange_role(APP_OBJECT_ID, SECURITY_GROUP_MEMBERSHIP)
     with pytest.raises(PermissionDeniedError) as raised:
         await exchange_directory.add_distribution_group_member(SECURE, contact, security_group=True)
     assert raised.value.code == "ParameterBindingException" and ROLE_FOR_BYPASS in raised.value.message
@@ -181,7 +183,7 @@ async def test_a_distribution_group_restricted_to_its_managers_gets_the_switch_a
     await exchange_directory.add_distribution_group_member(BOARD, contact)
     adds = [e.status for e in tenant_sandbox.request_log.entries() if e.operation == "Add-DistributionGroupMember"]
     assert adds == [400, 200]
-    tenant_sandbox.set_knobs(exchange_roles=("Recipient Management",))
+    tenant_sandbox.grants.revoke_exchange_role(APP_OBJECT_ID, SECURITY_GROUP_MEMBERSHIP)
     other = await _contact(exchange_directory, "restricted-2")
     with pytest.raises(PermissionDeniedError, match=ROLE_FOR_BYPASS) as raised:
         await exchange_directory.add_distribution_group_member(BOARD, other)

@@ -18,8 +18,9 @@ from shared.directory.errors import (
 )
 from shared.directory.exchange import ANCHOR_MAILBOX, ExchangeOnlineClient
 from shared.directory.throttle import ThrottleGate
+from standins.local_app import app_credential, grant_local_app
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
-from standins.tenant_sandbox.credential import SandboxCredential
+from standins.tenant_sandbox.credential import FullRightsCredential
 
 HOSTILE = 'Robert\'); DROP TABLE--; "$(Remove-Mailbox -Identity *)" `whoami`'
 
@@ -158,8 +159,9 @@ async def test_unified_group_sender_restrictions(
 @pytest.mark.stack
 async def test_members_are_paged_with_next_link() -> None:
     with TenantSandbox(TenantSeed.demo(), page_size=2) as sandbox:
+        grant_local_app(sandbox)
         client = ExchangeOnlineClient(
-            SandboxCredential(sandbox.tenant_id),
+            app_credential(sandbox),
             tenant_id=sandbox.tenant_id,
             base_url=sandbox.exchange_base_url,
         )
@@ -183,9 +185,10 @@ async def test_headers_sent(tenant_sandbox: TenantSandbox) -> None:
     async def record(request: httpx.Request) -> None:
         seen.append(request)
 
+    grant_local_app(tenant_sandbox)
     async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
         client = ExchangeOnlineClient(
-            SandboxCredential(tenant_sandbox.tenant_id),
+            app_credential(tenant_sandbox),
             tenant_id=tenant_sandbox.tenant_id,
             base_url=tenant_sandbox.exchange_base_url,
             http_client=http,
@@ -209,7 +212,7 @@ async def test_missing_token_is_401(tenant_sandbox: TenantSandbox) -> None:
     assert response.status_code == 401
 
 
-class _BadCredential(SandboxCredential):
+class _BadCredential(FullRightsCredential):
     async def get_token(self, *scopes: str, **kwargs: object):  # type: ignore[no-untyped-def]
         token = await super().get_token(*scopes)
         return type(token)("garbage", token.expires_on)
@@ -233,8 +236,9 @@ async def test_throttled(tenant_sandbox: TenantSandbox) -> None:
     """A long Retry-After goes back to the stage (a scheduled retry) and shuts the process's gate for
     every other call; a short one is waited out in-process once, as the Graph client does."""
     gate = ThrottleGate()
+    grant_local_app(tenant_sandbox)
     exchange = ExchangeOnlineClient(
-        SandboxCredential(tenant_sandbox.tenant_id),
+        app_credential(tenant_sandbox),
         tenant_id=tenant_sandbox.tenant_id,
         base_url=tenant_sandbox.exchange_base_url,
         gate=gate,
@@ -247,7 +251,7 @@ async def test_throttled(tenant_sandbox: TenantSandbox) -> None:
         assert 15 < gate.closed_for() <= 17  # the next call from this process waits it out
 
         short = ExchangeOnlineClient(
-            SandboxCredential(tenant_sandbox.tenant_id),
+            app_credential(tenant_sandbox),
             tenant_id=tenant_sandbox.tenant_id,
             base_url=tenant_sandbox.exchange_base_url,
         )
@@ -277,7 +281,7 @@ async def test_throttled(tenant_sandbox: TenantSandbox) -> None:
 async def test_malformed_answers_are_directory_errors(status: int, body: bytes) -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(status, content=body))
     async with httpx.AsyncClient(transport=transport) as http:
-        client = ExchangeOnlineClient(SandboxCredential("t"), tenant_id="t", http_client=http)
+        client = ExchangeOnlineClient(FullRightsCredential("t"), tenant_id="t", http_client=http)
         with pytest.raises(DirectoryError):
             await client.get_accepted_domains()
 
@@ -290,7 +294,7 @@ async def test_next_link_to_another_host_is_refused() -> None:
         return httpx.Response(200, json={"value": [], "@odata.nextLink": "https://evil.example/steal"})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
-        client = ExchangeOnlineClient(SandboxCredential("t"), tenant_id="t", http_client=http)
+        client = ExchangeOnlineClient(FullRightsCredential("t"), tenant_id="t", http_client=http)
         with pytest.raises(DirectoryError, match="another host"):
             await client.get_accepted_domains()
     assert hosts == ["outlook.office365.com"]

@@ -13,8 +13,9 @@ from shared.directory.errors import (
     ThrottledError,
 )
 from shared.directory.graph import MsGraphDirectory
+from standins.local_app import app_credential, grant_local_app
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
-from standins.tenant_sandbox.credential import SandboxCredential
+from standins.tenant_sandbox.credential import FullRightsCredential
 
 REDIRECT = "https://myapps.microsoft.com"
 
@@ -106,7 +107,8 @@ async def test_graph_refuses_distribution_and_mail_enabled_security(
 async def test_list_members_follows_next_links() -> None:
     seed = TenantSeed.demo()
     with TenantSandbox(seed, page_size=1) as sandbox:
-        graph = MsGraphDirectory(SandboxCredential(sandbox.tenant_id), base_url=sandbox.graph_base_url)
+        grant_local_app(sandbox)
+        graph = MsGraphDirectory(app_credential(sandbox), base_url=sandbox.graph_base_url)
         try:
             falcon = _group_id(sandbox, "Project Falcon")
             expected = frozenset(sandbox.directory.groups[falcon].members)
@@ -123,7 +125,7 @@ async def test_list_members_of_unknown_group_is_not_found(graph_directory: MsGra
         await graph_directory.list_group_member_ids("00000000-0000-0000-0000-000000000000")
 
 
-class _NoTokenCredential(SandboxCredential):
+class _NoTokenCredential(FullRightsCredential):
     """Hands out a token the sandbox refuses (not JWT-shaped)."""
 
     async def get_token(self, *scopes: str, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -142,8 +144,9 @@ async def test_refused_token_is_permission_denied(tenant_sandbox: TenantSandbox)
 
 
 async def test_throttling_beyond_the_in_process_budget_is_returned(tenant_sandbox: TenantSandbox) -> None:
+    grant_local_app(tenant_sandbox)
     tenant_sandbox.inject("graph", 429, retry_after=30)
-    graph = MsGraphDirectory(SandboxCredential(tenant_sandbox.tenant_id), base_url=tenant_sandbox.graph_base_url)
+    graph = MsGraphDirectory(app_credential(tenant_sandbox), base_url=tenant_sandbox.graph_base_url)
     try:
         with pytest.raises(ThrottledError) as raised:
             await graph.find_user_by_mail("adele.vance@contoso.com")

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from shared.directory.errors import NotFoundError
+from shared.directory.errors import NotFoundError, PermissionDeniedError
 from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.graph import MsGraphDirectory
+from standins.local_app import app_credential, grant_local_app
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
-from standins.tenant_sandbox.credential import SandboxCredential
 
 pytestmark = pytest.mark.stack
 PARTNERS = "partners@contoso.com"
@@ -25,7 +25,8 @@ def large_tenant() -> Iterator[TenantSandbox]:
 
 @pytest.fixture
 async def clients(large_tenant: TenantSandbox) -> AsyncIterator[tuple[MsGraphDirectory, ExchangeOnlineClient]]:
-    credential = SandboxCredential(large_tenant.tenant_id)
+    grant_local_app(large_tenant)
+    credential = app_credential(large_tenant)
     graph = MsGraphDirectory(credential, base_url=large_tenant.graph_base_url)
     exchange = ExchangeOnlineClient(
         credential,
@@ -52,13 +53,24 @@ async def test_a_contact_in_a_50000_member_group_is_checked_with_one_call(
         name="Big Group Person", external_email_address="big.group@fabrikam.example", display_name="Big Group Person"
     )
     assert contact.external_directory_object_id is not None
-    assert not await graph.is_group_member(group_id, contact.external_directory_object_id)
+    assert not await graph.is_contact_member(group_id, contact.external_directory_object_id)
     await exchange.add_distribution_group_member(PARTNERS, contact.identity)
     large_tenant.request_log.clear()
-    assert await graph.is_group_member(group_id, contact.external_directory_object_id)
-    assert [entry.operation for entry in large_tenant.request_log] == [
-        "POST /v1.0/directoryObjects/{id}/checkMemberGroups"
-    ]
+    assert await graph.is_contact_member(group_id, contact.external_directory_object_id)
+    assert [entry.operation for entry in large_tenant.request_log] == ["GET /v1.0/contacts/{id}/memberOf"]
+
+
+async def test_check_member_groups_on_a_contact_needs_a_right_the_app_is_not_given(
+    large_tenant: TenantSandbox, clients: tuple[MsGraphDirectory, ExchangeOnlineClient]
+) -> None:
+    """Why contacts are asked the other way round: checkMemberGroups on an org contact needs Directory.Read.All."""
+    graph, exchange = clients
+    contact = await exchange.new_mail_contact(
+        name="Asked Wrongly", external_email_address="asked.wrongly@fabrikam.example", display_name="Asked Wrongly"
+    )
+    assert contact.external_directory_object_id is not None
+    with pytest.raises(PermissionDeniedError):
+        await graph.is_group_member(_partners_id(large_tenant), contact.external_directory_object_id)
 
 
 async def test_a_staff_member_and_a_stranger(
@@ -83,6 +95,6 @@ async def test_a_contact_not_replicated_yet_is_not_found(
         )
         assert contact.external_directory_object_id is not None
         with pytest.raises(NotFoundError):
-            await graph.is_group_member(_partners_id(large_tenant), contact.external_directory_object_id)
+            await graph.is_contact_member(_partners_id(large_tenant), contact.external_directory_object_id)
     finally:
         large_tenant.set_knobs(replication_lag_seconds=0)

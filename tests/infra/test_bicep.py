@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from cli.command_rights import COMMAND_RIGHTS, rights_epilog
+from cli.main import app
 from shared.queues import StageName
 from shared.settings import ServiceBusSettings
 from standins.local_host import discover_triggers, load_function_app
@@ -152,42 +155,17 @@ def _on(role: str, *names: str) -> Rights:
 # --watch, every stage queue and its dead-letter sub-queue (upstream.peek_count); dlq list and show
 # peek dead-letter sub-queues; purge receives from them; replay receives and sends back to the same
 # stage queue (dlq.replay). Peeking is receiving as far as roles go.
-OPERATOR_COMMANDS: dict[str, tuple[Rights, str]] = {
-    "onboard submit": (
-        _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, CREATE_CONTACT, OUTCOME_QUEUE) | _on(TABLE_READER, JOURNAL_TABLE),
-        "Azure Service Bus Data Sender on create-contact; with --request-id also Data Receiver on "
-        "create-contact (it peeks for a waiting duplicate) and, if ONBOARDING_JOURNAL is set, Storage Table "
-        "Data Reader on the journal table; with --wait also Data Receiver on the outcome queue or the "
-        "--reply-to queue (it peeks).",
-    ),
-    "onboard bulk": (
-        _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, OUTCOME_QUEUE),
-        "Azure Service Bus Data Sender on create-contact; with --wait also Data Receiver on the outcome "
-        "queue or the --reply-to queue (it peeks); with --check none.",
-    ),
-    "onboard status": (
-        _on(TABLE_READER, JOURNAL_TABLE) | _on(RECEIVER, *STAGE_QUEUES),
-        "Storage Table Data Reader on the journal table; with ServiceBusConnection set also Azure Service "
-        "Bus Data Receiver on create-contact (an unknown id) and, with --watch, on every stage queue (it peeks).",
-    ),
-    "onboard dlq list": (
-        _on(RECEIVER, *STAGE_QUEUES),
-        "Azure Service Bus Data Receiver on each stage queue listed (it peeks the dead-letter sub-queue).",
-    ),
-    "onboard dlq show": (
-        _on(RECEIVER, *STAGE_QUEUES),
-        "Azure Service Bus Data Receiver on the --queue (it peeks the dead-letter sub-queue).",
-    ),
-    "onboard dlq replay": (
-        _on(RECEIVER, *STAGE_QUEUES) | _on(SENDER, *STAGE_QUEUES),
-        "Azure Service Bus Data Receiver and Data Sender on each stage queue replayed (it receives from the "
-        "dead-letter sub-queue and sends to the queue itself).",
-    ),
-    "onboard dlq purge": (
-        _on(RECEIVER, *STAGE_QUEUES),
-        "Azure Service Bus Data Receiver on each stage queue purged (it receives from the dead-letter "
-        "sub-queue and completes).",
-    ),
+OPERATOR_COMMANDS: dict[str, Rights] = {
+    "submit": _on(SENDER, CREATE_CONTACT)
+    | _on(RECEIVER, CREATE_CONTACT, OUTCOME_QUEUE)
+    | _on(TABLE_READER, JOURNAL_TABLE),
+    "bulk": _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, OUTCOME_QUEUE),
+    "status": _on(TABLE_READER, JOURNAL_TABLE) | _on(RECEIVER, *STAGE_QUEUES),
+    "dlq list": _on(RECEIVER, *STAGE_QUEUES),
+    "dlq show": _on(RECEIVER, *STAGE_QUEUES),
+    "dlq replay": _on(RECEIVER, *STAGE_QUEUES) | _on(SENDER, *STAGE_QUEUES),
+    "dlq purge": _on(RECEIVER, *STAGE_QUEUES),
+    "grant": frozenset(),  # Graph and Entra only
 }
 
 
@@ -219,7 +197,7 @@ def test_every_data_role_is_on_a_queue_or_the_table_and_matches_what_the_code_ca
     rights = _data_rights(operatorPrincipalId=OPERATOR, upstreamSenderPrincipalIds=list(UPSTREAMS))
     expected: dict[object, Rights] = {upstream: _on(SENDER, CREATE_CONTACT) for upstream in UPSTREAMS}
     expected[APP_IDENTITY] = _app_rights()
-    expected[OPERATOR] = frozenset().union(*(needed for needed, _ in OPERATOR_COMMANDS.values()))
+    expected[OPERATOR] = frozenset().union(*OPERATOR_COMMANDS.values())
     assert rights == expected
 
 
@@ -236,11 +214,16 @@ def test_operator_and_upstream_rights_only_when_named() -> None:
     assert set(_data_rights(upstreamSenderPrincipalIds=[UPSTREAMS[0]])) == {APP_IDENTITY, UPSTREAMS[0]}
 
 
-def test_deploy_guide_states_each_commands_rights_as_the_template_grants_them() -> None:
-    """docs/deploy.md's table of commands and their rights (the lines each --help repeats)."""
+def test_deploy_guide_and_help_state_each_commands_rights() -> None:
+    """docs/deploy.md's table of commands and their rights, and each command's --help: cli/command_rights.py."""
+    assert set(OPERATOR_COMMANDS) == set(COMMAND_RIGHTS)
     guide = (REPOSITORY / "docs" / "deploy.md").read_text()
-    stated = dict(re.findall(r"^\| `(onboard [a-z ]+)` \| (.+?) \|$", guide, re.MULTILINE))
-    assert stated == {command: line for command, (_, line) in OPERATOR_COMMANDS.items()}
+    stated = dict(re.findall(r"^\| `onboard ([a-z ]+)` \| (.+?) \|$", guide, re.MULTILINE))
+    assert stated == COMMAND_RIGHTS
+    for command in COMMAND_RIGHTS:
+        shown = CliRunner().invoke(app, [*command.split(), "--help"], terminal_width=200)
+        assert shown.exit_code == 0, shown.output
+        assert rights_epilog(command) in " ".join(shown.output.split()), command
 
 
 def _app_settings(**main_parameters: Any) -> dict[str, Any]:

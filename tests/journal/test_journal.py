@@ -195,9 +195,9 @@ async def test_sqlite_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_an_endpoint_setting_uses_the_given_token_credential() -> None:
-    from standins.tenant_sandbox.credential import SandboxCredential
+    from standins.tenant_sandbox.credential import FullRightsCredential
 
-    opened = open_journal("https://onboarding.table.core.windows.net/Journal", credential=SandboxCredential("t"))
+    opened = open_journal("https://onboarding.table.core.windows.net/Journal", credential=FullRightsCredential("t"))
     assert isinstance(opened, TableStorageJournal)
     assert opened.table_name == "Journal"
     assert opened.endpoint == "https://onboarding.table.core.windows.net"

@@ -6,7 +6,6 @@ Each test names the Microsoft behaviour it holds the sandbox to (reference: micr
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +35,7 @@ from shared.directory.errors import (
 from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.graph import MsGraphDirectory
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
-from standins.tenant_sandbox.credential import SandboxCredential, mint_sandbox_token, resource_of
+from standins.tenant_sandbox.credential import FullRightsCredential
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
@@ -48,7 +47,7 @@ GUEST = "existing.guest@fabrikam.example"
 
 def _exchange(sandbox: TenantSandbox) -> ExchangeOnlineClient:
     return ExchangeOnlineClient(
-        SandboxCredential(sandbox.tenant_id),
+        FullRightsCredential(sandbox.tenant_id),
         tenant_id=sandbox.tenant_id,
         base_url=sandbox.exchange_base_url,
     )
@@ -230,17 +229,20 @@ async def test_reinviting_an_existing_guest_returns_that_guest(graph_directory: 
     assert existing is not None and invited.id == existing.id
 
 
-async def test_send_mail_is_accepted_and_refused_for_a_guest_or_unknown_sender(
-    tenant_sandbox: TenantSandbox, graph_directory: MsGraphDirectory
-) -> None:
-    await graph_directory.send_mail(WELCOME, "ann@fabrikam.example", "Welcome", "Hello")
-    assert tenant_sandbox.request_log[-1][1:3] == ("POST /v1.0/users/{id}/sendMail", 202)
-    with pytest.raises(NotFoundError):
-        await graph_directory.send_mail(GUEST, "ann@fabrikam.example", "Welcome", "Hello")
-    with pytest.raises(NotFoundError):
-        await graph_directory.send_mail("nobody@contoso.com", "ann@fabrikam.example", "Welcome", "Hello")
-    with pytest.raises(RejectedRequestError):
-        await graph_directory.send_mail(WELCOME, "not-an-address", "Welcome", "Hello")
+async def test_send_mail_is_accepted_and_refused_for_a_guest_or_unknown_sender(tenant_sandbox: TenantSandbox) -> None:
+    # Tenant-wide Mail.Send: what the face answers for each sender, not what a scoped grant allows.
+    graph = MsGraphDirectory(FullRightsCredential(tenant_sandbox.tenant_id), base_url=tenant_sandbox.graph_base_url)
+    try:
+        await graph.send_mail(WELCOME, "ann@fabrikam.example", "Welcome", "Hello")
+        assert tenant_sandbox.request_log[-1][1:3] == ("POST /v1.0/users/{id}/sendMail", 202)
+        with pytest.raises(NotFoundError):
+            await graph.send_mail(GUEST, "ann@fabrikam.example", "Welcome", "Hello")
+        with pytest.raises(NotFoundError):
+            await graph.send_mail("nobody@contoso.com", "ann@fabrikam.example", "Welcome", "Hello")
+        with pytest.raises(RejectedRequestError):
+            await graph.send_mail(WELCOME, "not-an-address", "Welcome", "Hello")
+    finally:
+        await graph.close()
 
 
 async def test_batch_inner_statuses_are_independent(
@@ -393,7 +395,7 @@ async def test_token_bucket_throttles_with_retry_after_and_graph_headers(tenant_
     assert throttled.headers["x-ms-throttle-scope"].startswith("Tenant_Application/")
     assert throttled.headers["x-ms-resource-unit"] == "1"
     graph = MsGraphDirectory(
-        SandboxCredential(tenant_sandbox.tenant_id), base_url=tenant_sandbox.graph_base_url, max_in_process_retries=0
+        FullRightsCredential(tenant_sandbox.tenant_id), base_url=tenant_sandbox.graph_base_url, max_in_process_retries=0
     )
     try:
         with pytest.raises(ThrottledError) as raised:
@@ -492,15 +494,13 @@ def test_missing_or_malformed_token_is_401(tenant_sandbox: TenantSandbox, header
     assert problem in response.json()["error"]["message"]
 
 
-class _AzureManagementToken(SandboxCredential):
+class _AzureManagementToken(FullRightsCredential):
     async def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
         return await super().get_token("https://management.azure.com/.default")
 
 
-class _ExpiredToken(SandboxCredential):
-    async def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
-        expired = int(time.time()) - 60
-        return AccessToken(mint_sandbox_token(resource_of(scopes[0]), self._tenant_id, expired), expired)
+def _expired(tenant_id: str) -> FullRightsCredential:
+    return FullRightsCredential(tenant_id, expires_in=-60)
 
 
 OTHER_TENANT = "00000000-0000-0000-0000-000000000001"
@@ -510,12 +510,12 @@ OTHER_TENANT = "00000000-0000-0000-0000-000000000001"
     "refused",
     [
         pytest.param(lambda tenant: _AzureManagementToken(tenant), id="wrong-audience"),
-        pytest.param(lambda tenant: SandboxCredential(OTHER_TENANT), id="another-tenant"),
-        pytest.param(lambda tenant: _ExpiredToken(tenant), id="expired"),
+        pytest.param(lambda tenant: FullRightsCredential(OTHER_TENANT), id="another-tenant"),
+        pytest.param(_expired, id="expired"),
     ],
 )
 async def test_a_token_that_is_not_for_this_call_is_refused_by_both_faces(
-    tenant_sandbox: TenantSandbox, refused: Callable[[str], SandboxCredential]
+    tenant_sandbox: TenantSandbox, refused: Callable[[str], FullRightsCredential]
 ) -> None:
     credential = refused(tenant_sandbox.tenant_id)
     graph = MsGraphDirectory(credential, base_url=tenant_sandbox.graph_base_url)

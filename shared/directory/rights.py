@@ -1,0 +1,42 @@
+"""The rights each directory call of the app needs: the one list `onboard grant` grants and outcomes name.
+
+Decided from Microsoft's permission tables in docs/permissions.md ("The app's rights, decided"). A
+call refused for a missing right ends PermissionDenied naming the right here, so the operator
+knows what to grant; tests/test_rights.py holds the grant plan to this list.
+"""
+
+from __future__ import annotations
+
+# Microsoft Graph application permissions
+GROUP_READ = "Group.Read.All"
+USER_READ = "User.Read.All"
+ORG_CONTACT_READ = "OrgContact.Read.All"
+USER_INVITE = "User.Invite.All"
+GROUP_MEMBER_WRITE = "GroupMember.ReadWrite.All"
+MAIL_SEND = "Mail.Send"  # tenant-wide: only when the operator chooses it over APPLICATION_MAIL_SEND
+# Exchange Online: the application permission, the Entra role, and roles kept on the Exchange side
+MANAGE_AS_APP = "Exchange.ManageAsApp"
+RECIPIENT_ADMINISTRATOR = "Exchange Recipient Administrator"
+SECURITY_GROUP_MEMBERSHIP = "Security Group Creation and Membership"
+MESSAGE_TRACKING = "Message Tracking"
+APPLICATION_MAIL_SEND = "Application Mail.Send"
+
+# GraphDirectory's calls (shared/directory/ports.py) -> the Graph permission each needs.
+GRAPH_CALLS: dict[str, str] = {
+    "get_group": GROUP_READ,
+    "find_group_by_mail": GROUP_READ,
+    "find_user_by_mail": USER_READ,
+    "invite_guest": USER_INVITE,
+    "add_group_member": GROUP_MEMBER_WRITE,
+    "list_group_member_ids": GROUP_READ,
+    "is_group_member": f"{USER_READ} and {GROUP_READ}",
+    "is_contact_member": ORG_CONTACT_READ,
+    # RBAC for Applications, scoped to the welcome mailbox (or Mail.Send tenant-wide, if granted so)
+    "send_mail": f"{APPLICATION_MAIL_SEND} for the welcome mailbox",
+}
+# Cmdlets whose role is not the Entra role's: every other cmdlet the app calls needs RECIPIENT_ADMINISTRATOR.
+EXCHANGE_CMDLETS: dict[str, str] = {"Get-MessageTraceV2": MESSAGE_TRACKING}
+
+
+def exchange_role_for(cmdlet: str) -> str:
+    return EXCHANGE_CMDLETS.get(cmdlet, RECIPIENT_ADMINISTRATOR)
