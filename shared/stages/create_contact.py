@@ -44,7 +44,9 @@ async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: S
 
 
 async def _decide(request: OnboardingRequest, turn: Turn, progress: Progress, deps: StageDependencies) -> Decision:
-    denied = policy_refusal_before_lookup(request, deps)
+    denied = policy_refusal_before_lookup(request, deps) or deps.policy.intake_refusal(
+        request.source_system, turn.delivery.queue or STAGE
+    )
     if denied:
         return dead_letter(turn, progress, DeadLetterReason.POLICY_DENIED, denied)
     try:
