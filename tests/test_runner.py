@@ -110,7 +110,11 @@ def _stage_message_of(turn: Turn, request: OnboardingRequest) -> Decision:
 @pytest.mark.parametrize(
     ("decide", "expected", "journalled"),
     [
-        (_stage_message_of, [("send", "add-member", "demo-hr/msg-1/add-member"), ("complete",)], TransitionKind.PASSED_ON),
+        (
+            _stage_message_of,
+            [("send", "add-member", "demo-hr/msg-1/add-member"), ("complete",)],
+            TransitionKind.PASSED_ON,
+        ),
         (
             lambda turn, request: RetryLater(timedelta(seconds=30), "throttled"),
             [("schedule", "create-contact", "demo-hr/msg-1/create-contact/2"), ("complete",)],
