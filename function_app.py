@@ -12,4 +12,4 @@ install_safe_log_records()  # before anything logs: addresses masked, request id
 configure_telemetry()  # Azure Monitor, only when APPLICATIONINSIGHTS_CONNECTION_STRING is set
 
 app = func.FunctionApp()
-app.register_functions(triggers.bp)
+app.register_functions(triggers.blueprint())

@@ -57,9 +57,9 @@ async def send_and_follow(
 ) -> Sent:
     """Send the requests, then, unless `follow_seconds` is None, wait that long at most for their outcomes
     on `outcome_queue` (the reply-to queue, else the app's outcome queue)."""
-    known_ids = [request.request_id for request in requests if request.request_id]
+    known = {request.request_id: request.source_system for request in requests if request.request_id}
     # Before sending: what is on the outcome queue already is an earlier run's (none for a new id).
-    mark = await mark_outcomes(client, outcome_queue, known_ids) if follow_seconds is not None else None
+    mark = await mark_outcomes(client, outcome_queue, known) if follow_seconds is not None else None
     with narration.sending(len(requests)) as advance:
         request_ids = await submit(client, requests, reply_to=reply_to, sent=advance)
     narration.sent(request_ids)
@@ -69,7 +69,7 @@ async def send_and_follow(
         followed = await wait_for_outcomes(
             client,
             outcome_queue,
-            request_ids,
+            dict(zip(request_ids, (request.source_system for request in requests), strict=True)),
             mark=mark,
             within_seconds=follow_seconds,
             on_outcome=lambda _outcome: arrived(1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,11 +91,16 @@ class Followed:
     duplicates: dict[str, OutcomeEvent]
 
 
-async def mark_outcomes(client: ServiceBusClient, queue: str, request_ids: Iterable[str]) -> Mark:
+def _outcome_ids(sources: Mapping[str, str]) -> dict[str, str]:
+    """Each request's outcome MessageId (scoped by its source, whose own its id is) -> its request id."""
+    return {outcome_message_id(request_id, source=source): request_id for request_id, source in sources.items()}
+
+
+async def mark_outcomes(client: ServiceBusClient, queue: str, sources: Mapping[str, str]) -> Mark:
     """One peek pass over `queue` before sending: an outcome's MessageId is `<id>/outcome` in every run
     and outcomes stay on the queue (`--wait` only peeks), so a re-run finds the earlier run's there."""
     at = datetime.now(UTC)
-    by_message_id = {outcome_message_id(request_id): request_id for request_id in request_ids}
+    by_message_id = _outcome_ids(sources)
     earlier: dict[str, OutcomeEvent] = {}
     next_sequence = 0
     async with client.get_queue_receiver(queue) as receiver:
@@ -109,7 +114,7 @@ async def mark_outcomes(client: ServiceBusClient, queue: str, request_ids: Itera
 async def wait_for_outcomes(
     client: ServiceBusClient,
     queue: str,
-    request_ids: Iterable[str],
+    sources: Mapping[str, str],
     *,
     mark: Mark,
     within_seconds: float,
@@ -121,7 +126,7 @@ async def wait_for_outcomes(
     for or time is up. A request whose earlier run was accepted within the duplicate-detection window
     before the mark is not waited for (Service Bus dropped the send), unless a new outcome comes after all.
     """
-    by_message_id = {outcome_message_id(request_id): request_id for request_id in request_ids}
+    by_message_id = _outcome_ids(sources)
     outcomes: dict[str, OutcomeEvent] = {}
     duplicates = {
         request_id: event

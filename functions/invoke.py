@@ -16,11 +16,15 @@ if TYPE_CHECKING:
 
 
 async def run_stage(
-    name: StageName, message: servicebus.ServiceBusReceivedMessage, actions: servicebus.ServiceBusMessageActions
+    name: StageName,
+    message: servicebus.ServiceBusReceivedMessage,
+    actions: servicebus.ServiceBusMessageActions,
+    *,
+    intake: str = "",
 ) -> None:
     from shared import bootstrap, stages  # deferred on purpose, see above
 
-    runner = await bootstrap.stage_runner(stages.BY_NAME[name])
+    runner = await bootstrap.stage_runner(stages.BY_NAME[name], queue=intake)
     await runner.run(message, actions)
 
 

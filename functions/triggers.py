@@ -1,5 +1,5 @@
 """Every trigger of the app: one per stage queue, in the pipeline's order (shared/queues.py, PIPELINE),
-and one per stage's dead-letter sub-queue.
+one per stage's dead-letter sub-queue, and the same two for each source's own intake queue, if any.
 
 Thin by design. A stage's function hands its message to the runner (shared/runner.py), which
 decodes it, calls the stage in shared/stages/ and carries out its decision. A dead-letter
@@ -11,22 +11,22 @@ One function makes every trigger: the host needs a distinct named function for e
 worker reads the handler's annotations to bind the SDK message type.
 """
 
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
 from functions.invoke import report_dead_letter, run_stage
-from shared.queues import PIPELINE, SERVICEBUS_CONNECTION
+from shared.queues import PIPELINE, SERVICEBUS_CONNECTION, StageName, intake_queues
 
-bp = func.Blueprint()
 DEAD_LETTER_QUEUE = "{queue}/$deadletterqueue"  # Service Bus's path of a queue's dead-letter sub-queue
 
 Handler = Callable[[servicebus.ServiceBusReceivedMessage, servicebus.ServiceBusMessageActions], Awaitable[None]]
 
 
-def _trigger(queue: str, function_name: str, call: Handler) -> None:
+def _trigger(bp: func.Blueprint, queue: str, function_name: str, call: Handler) -> None:
     async def handle(
         message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
     ) -> None:
@@ -38,7 +38,19 @@ def _trigger(queue: str, function_name: str, call: Handler) -> None:
     )(handle)
 
 
-for _stage in PIPELINE:
-    _name = _stage.value.replace("-", "_")  # create_contact, add_member, verify_delivery
-    _trigger(_stage.value, _name, partial(run_stage, _stage))
-    _trigger(DEAD_LETTER_QUEUE.format(queue=_stage.value), f"{_name}_dead_letters", partial(report_dead_letter, _stage))
+def blueprint(settings: Mapping[str, str] = os.environ) -> func.Blueprint:
+    """Every trigger, for the intake queues the settings name (read when the host indexes the app)."""
+    bp = func.Blueprint()
+    for stage in PIPELINE:
+        name = stage.value.replace("-", "_")  # create_contact, add_member, verify_delivery
+        _trigger(bp, stage.value, name, partial(run_stage, stage))
+        _trigger(
+            bp, DEAD_LETTER_QUEUE.format(queue=stage.value), f"{name}_dead_letters", partial(report_dead_letter, stage)
+        )
+    # A source's own intake queue (ONBOARDING_INTAKE_QUEUES) is read by create-contact like the shared one.
+    for queue in intake_queues(settings):
+        name = "create_contact_from_" + queue.replace("-", "_").replace(".", "_")
+        _trigger(bp, queue, name, partial(run_stage, StageName.CREATE_CONTACT, intake=queue))
+        dead_letters = DEAD_LETTER_QUEUE.format(queue=queue)
+        _trigger(bp, dead_letters, f"{name}_dead_letters", partial(report_dead_letter, StageName.CREATE_CONTACT))
+    return bp

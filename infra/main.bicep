@@ -61,6 +61,9 @@ param operatorPrincipalId string = ''
 @description('Principal (object) ids of the upstream systems\' identities that put requests on create-contact: each gets Azure Service Bus Data Sender on that queue only. Empty: none.')
 param upstreamSenderPrincipalIds array = []
 
+@description('Intake queues of their own for upstream sources that must not speak for each other (docs/security.md): [{ name: \'intake-<source>\', senderPrincipalId: \'<object id of the source\'s identity>\' }]. Each gets a create-contact trigger (app setting ONBOARDING_INTAKE_QUEUES) and only its sender gets Azure Service Bus Data Sender on it; the policy binds the source to it (intake_queue). Empty: every source shares create-contact.')
+param intakeQueues array = []
+
 // The queues' MaxDeliveryCount. The app reads the same number (ONBOARDING_SERVICEBUS_MAX_DELIVERY_COUNT)
 // to know a delivery is the last one, so both come from this one variable.
 var maxDeliveryCount = 10
@@ -117,6 +120,17 @@ var operatorSender = empty(operatorPrincipalId) ? [] : [
   }
 ]
 var stageQueueRights = concat([appReceiver, appSender], operatorReceiver, operatorSender)
+// A source's own intake queue: read by the app like create-contact (retries go back to it), sent to by the
+// source's identity only.
+var intakeQueueEntities = [for intake in intakeQueues: union(queueProperties, {
+  name: intake.name
+  roleAssignments: concat(stageQueueRights, [
+    {
+      principalId: intake.senderPrincipalId
+      roleDefinitionIdOrName: roles.serviceBusDataSender
+    }
+  ])
+})]
 var queues = [
   union(queueProperties, {
     name: 'create-contact'
@@ -135,6 +149,7 @@ var queues = [
     roleAssignments: concat([appSender], operatorReceiver)
   })
 ]
+var allQueues = concat(queues, intakeQueueEntities)
 
 // The Service Bus-triggered functions of function_app.py, for always-ready instances
 // (Flex names a function's scale group `function:<name>`).
@@ -303,7 +318,7 @@ module serviceBus 'br/public:avm/res/service-bus/namespace:0.15.1' = {
     disableLocalAuth: true
     authorizationRules: []
     // Every data role is on a queue (`queues`); none on the namespace.
-    queues: queues
+    queues: allQueues
   }
 }
 
@@ -345,6 +360,7 @@ module functionApp 'app/function-app.bicep' = {
     onboardingTenantId: onboardingTenantId
     onboardingTenantDomain: onboardingTenantDomain
     policyFile: policyFile
+    intakeQueueNames: [for intake in intakeQueues: intake.name]
   }
 }
 

@@ -231,7 +231,8 @@ async def _reporting_services() -> tuple[Outbox, str, Journal | None]:
         return _reporting[0], _reporting[1], _reporting[2]
 
 
-async def stage_runner(stage: Stage[Any]) -> StageRunner:
+async def stage_runner(stage: Stage[Any], *, queue: str = "") -> StageRunner:
+    """`queue`: a source's own intake queue the stage reads from, when not its own."""
     services = await get_services()
     settings = services.settings
     return StageRunner(
@@ -241,4 +242,5 @@ async def stage_runner(stage: Stage[Any]) -> StageRunner:
         settings.outcome_queue,
         settings.servicebus_max_delivery_count,
         services.journal,
+        queue,
     )

@@ -65,6 +65,10 @@ class Delivery:
     replay: int = 0  # an operator's replay of a dead letter (onboard dlq replay): its own MessageIds and outcome
     throttles: int = 0  # retries the tenant's throttling forced: they do not use up attempts
     warnings: tuple[str, ...] = ()  # what intake noticed about the envelope (an unusable ReplyTo); reaches the outcome
+    # The source system the body names: request ids are the source's own, so every MessageId derived from
+    # one is scoped by it, and one source cannot make Service Bus drop another's messages (docs/security.md).
+    source: str = ""
+    queue: str = ""  # the queue it arrived on, when not the stage's own (an intake queue): retries go back there
 
 
 class ReceivedMessage(Protocol):
@@ -173,7 +177,8 @@ def decode(message: ReceivedMessage, reads: type[Input], now: datetime) -> Inbou
             ) from None
         if request_id != delivery.request_id:
             delivery = _with_request_id(delivery, request_id)
-    return Inbound(payload, delivery, body)
+    source = payload.source_system if isinstance(payload, OnboardingRequest) else payload.request.source_system
+    return Inbound(payload, replace(delivery, source=source), body)
 
 
 def message_key(request_id: str) -> str:
@@ -239,7 +244,7 @@ def _own_retry(message: ReceivedMessage, request: OnboardingRequest, now: dateti
     if not any(name in properties for name in BOOKKEEPING):
         return None
     try:
-        claimed = read_delivery(message, now)
+        claimed = replace(read_delivery(message, now), source=request.source_system)
     except EnvelopeError:
         return None
     expected_id = retry_message_id(StageName.CREATE_CONTACT, claimed, claimed.attempt)
@@ -306,15 +311,15 @@ def phase_of(body: StageMessage) -> str:
     return f"welcome-check-{body.welcome.checks}" if body.welcome else ""
 
 
-def _request_key(request_id: str, replay: int) -> str:
-    """A replay is a new run of the request: its MessageIds must not meet the first run's in the
-    duplicate-detection window, or Service Bus would drop them."""
-    key = message_key(request_id)
+def _request_key(request_id: str, replay: int, source: str) -> str:
+    """Scoped by the source, whose own the request id is; a replay is a new run of the request: its
+    MessageIds must not meet the first run's in the duplicate-detection window, or Service Bus would drop them."""
+    key = message_key(f"{source}/{request_id}" if source else request_id)
     return f"{key}/replay-{replay}" if replay else key
 
 
 def _stage_key(delivery: Delivery, stage: StageName, phase: str) -> str:
-    key = _request_key(delivery.request_id, delivery.replay)
+    key = _request_key(delivery.request_id, delivery.replay, delivery.source)
     return f"{key}/{stage}/{phase}" if phase else f"{key}/{stage}"
 
 
@@ -376,16 +381,16 @@ def _attempt_message(stage: StageName, body: bytes, delivery: Delivery, attempt:
 def outcome_message(outcome: OutcomeEvent, delivery: Delivery) -> ServiceBusMessage:
     return _message(
         outcome.model_dump_json().encode(),
-        message_id=outcome_message_id(delivery.request_id, delivery.replay),
+        message_id=outcome_message_id(delivery.request_id, delivery.replay, delivery.source),
         delivery=delivery,
         properties=_bookkeeping(delivery, ""),
         subject=f"onboarding.{outcome.status}",
     )
 
 
-def outcome_message_id(request_id: str, replay: int = 0) -> str:
+def outcome_message_id(request_id: str, replay: int = 0, source: str = "") -> str:
     """One per run of a request: a second outcome for the same run is dropped by duplicate detection."""
-    return f"{_request_key(request_id, replay)}/outcome"
+    return f"{_request_key(request_id, replay, source)}/outcome"
 
 
 def _message(

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ANY_GROUP = "*"
+INTAKE_QUEUE = "create-contact"  # the shared intake: every source's, unless the policy gives it its own
 
 
 def _lower_all(values: list[str]) -> frozenset[str]:
@@ -21,6 +22,13 @@ class SourcePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     allowed_groups: frozenset[str] = Field(min_length=1)
+    intake_queue: str = Field(
+        default=INTAKE_QUEUE,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$",
+        description="The only queue this source's requests may arrive on. Sources that share a queue can "
+        "speak for each other; a queue of its own (ONBOARDING_INTAKE_QUEUES) that only its identity may "
+        "send to makes the source a fact, not a claim (docs/security.md).",
+    )
 
     @field_validator("allowed_groups", mode="before")
     @classmethod
@@ -58,6 +66,16 @@ class OnboardingPolicy(BaseModel):
 
     def source_known(self, source_system: str) -> bool:
         return source_system in self.sources
+
+    def intake_refusal(self, source_system: str, queue: str) -> str | None:
+        """Why a request claiming this source may not come through this queue; None when it may."""
+        expected = self.sources[source_system].intake_queue
+        if queue.lower() == expected.lower():
+            return None
+        return (
+            f"Source system {source_system!r} sends through queue {expected!r}; this request came through "
+            f"{queue!r}, whose senders may not speak for it."
+        )
 
     def group_allowed(self, source_system: str, group_id: str, group_mail: str | None) -> bool:
         source = self.sources.get(source_system)

@@ -1,12 +1,15 @@
 """The names the triggers bind to (the stage queues, the Service Bus connection setting) and the
 pipeline's order: PIPELINE, read by function_app.py, the stage registry and the stages.
 
-A leaf that imports nothing: the host imports function_app to index its functions at every cold
+A leaf that imports only the standard library: the host imports function_app to index its functions at every cold
 start, and these names are all that indexing needs (docs/performance.md, cold start).
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
 
@@ -35,3 +38,25 @@ def next_stage(stage: StageName) -> StageName:
     if position == len(PIPELINE) - 1:
         raise ValueError(f"{stage} is the last stage: it finishes the request")
     return PIPELINE[position + 1]
+
+
+# Queues of their own for upstream sources, comma-separated (docs/security.md): each gets a create-contact
+# trigger, and a source the policy binds to one may send through it only. Read when the host indexes the
+# functions, so a bad name stops the app from starting instead of leaving a queue unread.
+INTAKE_QUEUES_SETTING = "ONBOARDING_INTAKE_QUEUES"
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$")
+
+
+def intake_queues(settings: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+    """The extra intake queues the settings name, in order, each once."""
+    names: list[str] = []
+    for name in (part.strip() for part in settings.get(INTAKE_QUEUES_SETTING, "").split(",")):
+        if not name or name.lower() in {n.lower() for n in names}:
+            continue
+        if not _QUEUE_NAME.match(name) or name.lower() in {stage.value for stage in StageName}:
+            raise ValueError(
+                f"{INTAKE_QUEUES_SETTING}: {name!r} is not a queue of its own (letters, digits, '.', '_', '-'; "
+                "not a stage queue)"
+            )
+        names.append(name)
+    return tuple(names)

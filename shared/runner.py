@@ -106,8 +106,9 @@ class Carrier:
             case RetryLater(delay, cause, throttled):
                 retry = envelope.retry_message(self.stage, body, delivery, throttled=throttled)
                 when = f"in {delay.total_seconds():.1f} s: {cause}"
+                queue = delivery.queue or self.stage  # back to the intake queue it came through
                 return Effect(
-                    decision, delivery, self.stage, retry, now + delay, "complete", TransitionKind.RETRY_SCHEDULED, when
+                    decision, delivery, queue, retry, now + delay, "complete", TransitionKind.RETRY_SCHEDULED, when
                 )
             case DeadLetter(reason, description):
                 cause = f"{reason}: {description}"
@@ -192,6 +193,7 @@ class StageRunner:
     outcome_queue: str
     max_delivery_count: int = 10  # the queues' MaxDeliveryCount (infra); the last delivery reports a crash
     journal: Journal | None = None
+    queue: str = ""  # an intake queue of its own (ONBOARDING_INTAKE_QUEUES); "": the stage's queue
 
     @property
     def stage_name(self) -> StageName:
@@ -214,7 +216,7 @@ class StageRunner:
             )
             with request_context(unreadable.delivery.request_id, unreadable.delivery.correlation_id):
                 return await self._carry_out(refusal, unreadable.delivery, b"", message, actions)
-        delivery = inbound.delivery
+        delivery = replace(inbound.delivery, queue=self.queue)
         with request_context(delivery.request_id, delivery.correlation_id):
             try:
                 decision = await self.stage.handle(inbound.payload, delivery, self.dependencies)

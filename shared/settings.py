@@ -17,6 +17,7 @@ from pydantic import AliasChoices, EmailStr, Field, HttpUrl, SecretStr, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.journal.setting import parse_journal_setting
+from shared.queues import INTAKE_QUEUES_SETTING, intake_queues
 from shared.queues import SERVICEBUS_CONNECTION as SERVICEBUS_CONNECTION
 
 CredentialKind = Literal["managed-identity", "default", "sandbox"]
@@ -52,6 +53,18 @@ class Settings(ServiceBusSettings):
     """Everything the function app reads."""
 
     tenant_id: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")
+    intake_queues: str = Field(
+        default="",
+        description="Comma-separated intake queues of their own for sources (docs/security.md): read when the "
+        "host indexes the app (shared/queues.py, intake_queues), which gives each a create-contact trigger.",
+    )
+
+    @field_validator("intake_queues")
+    @classmethod
+    def _intake_queue_names(cls, value: str) -> str:
+        intake_queues({INTAKE_QUEUES_SETTING: value})  # the names the triggers are made from, checked alike
+        return value
+
     tenant_domain: str | None = Field(
         default=None,
         min_length=3,

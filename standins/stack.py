@@ -15,6 +15,8 @@ from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import azure.functions as func
+
 from cli.grant_plan import GrantPlan
 from shared.bootstrap import close_services, configure_services
 from shared.settings import SERVICEBUS_CONNECTION
@@ -122,11 +124,13 @@ def sandbox_app_credential(environment: Mapping[str, str]) -> SandboxCredential:
 
 
 @asynccontextmanager
-async def running_host(environment: Mapping[str, str], *, concurrency: int | None = None) -> AsyncIterator[LocalHost]:
-    """The local Functions host running function_app.py against `environment` until the block ends."""
+async def running_host(
+    environment: Mapping[str, str], *, concurrency: int | None = None, app: func.FunctionApp | None = None
+) -> AsyncIterator[LocalHost]:
+    """The local Functions host running function_app.py (or `app`) against `environment` until the block ends."""
     with app_settings(environment):
         supply_sandbox_credential(environment)
-        host = LocalHost(load_function_app(), environment=environment, concurrency=concurrency)
+        host = LocalHost(app or load_function_app(), environment=environment, concurrency=concurrency)
         stop = asyncio.Event()
         task = asyncio.create_task(host.run(stop))
         try:

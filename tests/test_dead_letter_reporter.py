@@ -82,7 +82,7 @@ async def test_a_message_seen_twice_publishes_once_even_after_duplicate_detectio
     assert recorder.kinds() == ["send", "defer", "defer"]
     ((queue, message, _),) = recorder.sent
     outcome = OutcomeEvent.model_validate_json(b"".join(message.body))
-    assert (queue, message.message_id) == (OUTCOMES, "hr-7/outcome")
+    assert (queue, message.message_id) == (OUTCOMES, "demo-hr/hr-7/outcome")
     assert (outcome.request_id, outcome.reason) == ("hr-7", DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED)
     assert [t.outcome_status for t in await journal.history("hr-7")][-1] is OutcomeStatus.FAILED
 

@@ -63,7 +63,7 @@ async def test_a_dead_letter_replayed_after_its_cause_is_fixed_succeeds_with_one
 
         # The role is granted (the scripted refusal is used up); the operator replays.
         (done,) = await replay(client, StageName.ADD_MEMBER, [view], datetime.now(UTC))
-        assert done.ok and done.result == f"replayed as {request_id}/replay-1/add-member/1"
+        assert done.ok and done.result == f"replayed as demo-hr/{request_id}/replay-1/add-member/1"
         second = await collect_outcomes(client, OUTCOMES, [request_id], within_seconds=30)
         assert second[request_id].status is OutcomeStatus.SUCCEEDED
         assert await list_dead_letters(client, [StageName.ADD_MEMBER]) == []  # replayed means gone

@@ -33,7 +33,7 @@ def outcome(request_id: str, status: OutcomeStatus, accepted_at: datetime) -> Se
         accepted_at=accepted_at,
         finished_at=accepted_at,
     )
-    return ServiceBusMessage(event.model_dump_json(), message_id=outcome_message_id(request_id))
+    return ServiceBusMessage(event.model_dump_json(), message_id=outcome_message_id(request_id, source="demo-hr"))
 
 
 async def test_an_earlier_runs_outcome_is_not_this_sends_and_a_recent_one_means_it_was_dropped(
@@ -42,7 +42,7 @@ async def test_an_earlier_runs_outcome_is_not_this_sends_and_a_recent_one_means_
     # Runs minutes apart, in seconds: without duplicate detection the second outcome is kept.
     emulator = start_emulator(EmulatorConfig.default().with_overrides(requires_duplicate_detection=False))
     now = datetime.now(UTC)
-    ids = ["old-run", "recent-run"]
+    ids = {"old-run": "demo-hr", "recent-run": "demo-hr"}  # request id -> its source
     async with ServiceBusClient.from_connection_string(emulator.connection_string) as client:
         async with client.get_queue_sender(OUTCOMES) as sender:
             # Outcomes on the queue before the send: a run 20 minutes ago, and one inside the window.

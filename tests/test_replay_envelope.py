@@ -36,7 +36,7 @@ def test_a_replayed_upstream_request_is_a_new_run_of_the_same_request() -> None:
     first = envelope.decode(upstream, OnboardingRequest, NOW - timedelta(days=2))
 
     again = envelope.replay_message(StageName.CREATE_CONTACT, first.body, first.delivery, NOW)
-    assert again.message_id == "req-7/replay-1/create-contact/1"
+    assert again.message_id == "demo-hr/req-7/replay-1/create-contact/1"  # scoped by the request's source
     replayed = envelope.decode(_received(again), OnboardingRequest, NOW)
     assert (replayed.delivery.request_id, replayed.delivery.replay, replayed.delivery.attempt) == ("req-7", 1, 1)
     assert replayed.delivery.first_attempt_at == NOW  # the age budget starts again
@@ -45,11 +45,11 @@ def test_a_replayed_upstream_request_is_a_new_run_of_the_same_request() -> None:
 
     # Everything the run sends next is its own: duplicate detection cannot confuse it with the first run.
     assert envelope.retry_message(StageName.CREATE_CONTACT, replayed.body, replayed.delivery).message_id == (
-        "req-7/replay-1/create-contact/2"
+        "demo-hr/req-7/replay-1/create-contact/2"
     )
     assert envelope.outcome_message_id("req-7", 1) == "req-7/replay-1/outcome" != envelope.outcome_message_id("req-7")
     twice = envelope.replay_message(StageName.CREATE_CONTACT, replayed.body, replayed.delivery, NOW)
-    assert twice.message_id == "req-7/replay-2/create-contact/1"
+    assert twice.message_id == "demo-hr/req-7/replay-2/create-contact/1"
 
 
 def test_upstream_cannot_claim_a_replay_without_the_matching_message_id() -> None:

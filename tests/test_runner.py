@@ -110,18 +110,22 @@ def _stage_message_of(turn: Turn, request: OnboardingRequest) -> Decision:
 @pytest.mark.parametrize(
     ("decide", "expected", "journalled"),
     [
-        (_stage_message_of, [("send", "add-member", "msg-1/add-member"), ("complete",)], TransitionKind.PASSED_ON),
+        (
+            _stage_message_of,
+            [("send", "add-member", "demo-hr/msg-1/add-member"), ("complete",)],
+            TransitionKind.PASSED_ON,
+        ),
         (
             lambda turn, request: RetryLater(timedelta(seconds=30), "throttled"),
-            [("schedule", "create-contact", "msg-1/create-contact/2"), ("complete",)],
+            [("schedule", "create-contact", "demo-hr/msg-1/create-contact/2"), ("complete",)],
             TransitionKind.RETRY_SCHEDULED,
         ),
         (
             lambda turn, request: dead_letter(turn, Progress(), DeadLetterReason.GROUP_NOT_FOUND, "no group"),
-            [("send", OUTCOMES, "msg-1/outcome"), ("deadletter", "GroupNotFound")],
+            [("send", OUTCOMES, "demo-hr/msg-1/outcome"), ("deadletter", "GroupNotFound")],
             TransitionKind.DEAD_LETTERED,
         ),
-        (a_finish, [("send", OUTCOMES, "msg-1/outcome"), ("complete",)], TransitionKind.FINISHED),
+        (a_finish, [("send", OUTCOMES, "demo-hr/msg-1/outcome"), ("complete",)], TransitionKind.FINISHED),
     ],
     ids=["pass-on", "retry-later", "dead-letter", "finish"],
 )
@@ -177,7 +181,7 @@ async def test_a_retry_is_scheduled_one_attempt_later_with_the_same_body() -> No
 async def test_the_outcome_goes_to_the_reply_to_queue() -> None:
     harness = Harness(a_finish)
     await harness.run(FakeReceivedMessage(sample_request_json(), reply_to="hr-outcomes"))
-    assert harness.recorder.events[0] == ("send", "hr-outcomes", "msg-1/outcome")
+    assert harness.recorder.events[0] == ("send", "hr-outcomes", "demo-hr/msg-1/outcome")
 
 
 # --- typed input: the message is decoded once, before the stage ------------------------------
@@ -188,7 +192,7 @@ async def test_the_bodys_request_id_is_the_identity_of_everything_that_follows()
     await harness.run(FakeReceivedMessage(sample_request_json(request_id="hr-42"), message_id="sb-1"))
     ((_, delivery),) = harness.seen
     assert (delivery.request_id, delivery.correlation_id) == ("hr-42", "hr-42")
-    assert harness.recorder.events[0] == ("send", OUTCOMES, "hr-42/outcome")
+    assert harness.recorder.events[0] == ("send", OUTCOMES, "demo-hr/hr-42/outcome")
     assert harness.outcome().request_id == "hr-42"
     assert harness.journal.transitions[0].request_id == "hr-42"
 
@@ -235,7 +239,8 @@ async def test_the_pipelines_own_retry_keeps_its_attempt() -> None:
         FIRST_ATTEMPT_AT.encode(): NOW.isoformat(),
     }
     body = sample_request_json(request_id="r-7")
-    await harness.run(FakeReceivedMessage(body, message_id="r-7/create-contact/3", application_properties=own))
+    # the MessageId the pipeline derives: scoped by the body's source
+    await harness.run(FakeReceivedMessage(body, message_id="demo-hr/r-7/create-contact/3", application_properties=own))
     ((_, delivery),) = harness.seen
     assert (delivery.request_id, delivery.attempt) == ("r-7", 3)
 
@@ -258,7 +263,7 @@ async def test_an_unusable_reply_to_falls_back_to_the_outcome_queue_with_a_warni
     await harness.run(FakeReceivedMessage(sample_request_json(), reply_to=reply_to))
     ((_, delivery),) = harness.seen
     assert delivery.reply_to is None and "ReplyTo" in delivery.warnings[0]
-    assert harness.recorder.events[0] == ("send", OUTCOMES, "msg-1/outcome")
+    assert harness.recorder.events[0] == ("send", OUTCOMES, "demo-hr/msg-1/outcome")
 
 
 async def test_a_reply_to_queue_that_does_not_exist_falls_back_with_a_warning() -> None:
@@ -266,8 +271,8 @@ async def test_a_reply_to_queue_that_does_not_exist_falls_back_with_a_warning() 
     harness.recorder.missing_queues.add("hr-outcomes")
     decision = await harness.run(FakeReceivedMessage(sample_request_json(), reply_to="hr-outcomes"))
     assert harness.recorder.events[:3] == [
-        ("send", "hr-outcomes", "msg-1/outcome"),
-        ("send", OUTCOMES, "msg-1/outcome"),
+        ("send", "hr-outcomes", "demo-hr/msg-1/outcome"),
+        ("send", OUTCOMES, "demo-hr/msg-1/outcome"),
         ("complete",),
     ]
     outcome = harness.outcome()
@@ -279,7 +284,7 @@ async def test_a_reply_to_queue_that_does_not_exist_falls_back_with_a_warning() 
 async def test_an_unusable_reply_to_is_a_warning_even_on_a_refused_request() -> None:
     harness = Harness(a_finish)
     await harness.run(FakeReceivedMessage(b"not json", reply_to="create-contact"))
-    assert harness.recorder.events[0] == ("send", OUTCOMES, "msg-1/outcome")
+    assert harness.recorder.events[0] == ("send", OUTCOMES, "msg-1/outcome")  # no body: no source to scope by
     assert "ReplyTo" in harness.outcome().warnings[0]
 
 
@@ -353,7 +358,7 @@ async def test_a_crash_on_the_last_delivery_dead_letters_with_an_outcome() -> No
     harness = Harness(raises, max_delivery_count=3)
     decision = await harness.run(FakeReceivedMessage(sample_request_json(), delivery_count=3))
     assert harness.recorder.events == [
-        ("send", OUTCOMES, "msg-1/outcome"),
+        ("send", OUTCOMES, "demo-hr/msg-1/outcome"),
         ("deadletter", "ProcessingFailed"),
         ("journal", TransitionKind.DEAD_LETTERED),
     ]

@@ -25,6 +25,7 @@ param serviceBusFunctionNames array
 param onboardingTenantId string
 param onboardingTenantDomain string
 param policyFile string
+param intakeQueueNames array
 
 // The trigger bindings' connection name (SERVICEBUS_CONNECTION in shared/settings.py) must prefix
 // the ServiceBusConnection__* settings below; tests/infra/test_function_bindings.py checks both.
@@ -59,8 +60,13 @@ var policySetting = empty(policyFile) ? {} : {
   ONBOARDING_POLICY_FILE: policyFile
 }
 
+// A source's own intake queues, each with a create-contact trigger (shared/queues.py, intake_queues).
+var intakeSetting = empty(intakeQueueNames) ? {} : {
+  ONBOARDING_INTAKE_QUEUES: join(intakeQueueNames, ',')
+}
+
 // siteConfig.appSettings takes a list of name/value pairs.
-var siteAppSettings = [for setting in items(union(appSettings, policySetting)): {
+var siteAppSettings = [for setting in items(union(appSettings, policySetting, intakeSetting)): {
   name: setting.key
   value: setting.value
 }]

@@ -17,12 +17,17 @@ from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error
 from shared.progress import Progress, Turn
 from shared.queues import next_stage
+from shared.stages.admission import admitted
 from shared.stages.dependencies import StageDependencies
 
 STAGE = StageName.ADD_MEMBER
 
 
 async def add_member(message: StageMessage, delivery: Delivery, deps: StageDependencies) -> Decision:
+    checked = await admitted(STAGE, message, delivery, deps)
+    if not isinstance(checked, StageMessage):
+        return checked
+    message = checked
     group, recipient = message.group, message.recipient
     progress = Progress.of(message)
     try:

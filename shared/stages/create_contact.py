@@ -21,6 +21,7 @@ from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, planned
 from shared.progress import Progress, Turn
 from shared.queues import next_stage
+from shared.stages.admission import group_refusal, policy_refusal_before_lookup
 from shared.stages.dependencies import StageDependencies
 
 STAGE = StageName.CREATE_CONTACT
@@ -43,7 +44,9 @@ async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: S
 
 
 async def _decide(request: OnboardingRequest, turn: Turn, progress: Progress, deps: StageDependencies) -> Decision:
-    denied = _policy_refusal_before_lookup(request, deps)
+    denied = policy_refusal_before_lookup(request, deps) or deps.policy.intake_refusal(
+        request.source_system, turn.delivery.queue or STAGE
+    )
     if denied:
         return dead_letter(turn, progress, DeadLetterReason.POLICY_DENIED, denied)
     try:
@@ -79,12 +82,8 @@ async def _create(request: OnboardingRequest, run: _ContactCreation) -> Decision
         return run.dead_letter(DeadLetterReason.UNSUPPORTED_GROUP_KIND, unsupported)
     assert group.mail is not None  # every supported kind is mail-enabled
     run.progress.group = ResolvedGroup(id=group.id, display_name=group.display_name, mail=group.mail, kind=group.kind)
-    if not deps.policy.group_allowed(request.source_system, group.id, group.mail):
-        return run.dead_letter(
-            DeadLetterReason.POLICY_DENIED,
-            f"Source system {request.source_system!r} may not add members to group {group.display_name!r}. "
-            "Add the group to its allowed_groups in the policy file if this is intended.",
-        )
+    if refusal := group_refusal(request, group, deps):
+        return run.dead_letter(DeadLetterReason.POLICY_DENIED, refusal)
     address = str(request.external_email)
     if address.rsplit("@", 1)[1].lower() in await deps.exchange.get_accepted_domains():
         return run.dead_letter(
@@ -146,14 +145,6 @@ def _unsupported_kind(group: DirectoryGroup) -> str | None:
             f"Group {group.display_name!r} is a security group without mail; external people can only "
             f"be onboarded into {_FIX_HINT_KINDS}."
         )
-    return None
-
-
-def _policy_refusal_before_lookup(request: OnboardingRequest, deps: StageDependencies) -> str | None:
-    if not deps.policy.source_known(request.source_system):
-        return f"Source system {request.source_system!r} is not listed in the policy: every source is denied unless listed."
-    if deps.policy.domain_blocked(str(request.external_email)):
-        return "The external address's domain is blocked by policy (blocked_domains)."
     return None
 
 

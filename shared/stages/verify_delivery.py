@@ -39,6 +39,7 @@ from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, finish
 from shared.progress import Progress, Turn
+from shared.stages.admission import admitted
 from shared.stages.dependencies import StageDependencies, WelcomeMail
 
 STAGE = StageName.VERIFY_DELIVERY
@@ -60,6 +61,10 @@ class _Verification:
 
 
 async def verify_delivery(message: StageMessage, delivery: Delivery, deps: StageDependencies) -> Decision:
+    checked = await admitted(STAGE, message, delivery, deps)
+    if not isinstance(checked, StageMessage):
+        return checked
+    message = checked
     run = _Verification(Turn(STAGE, delivery, deps.clock()), Progress.of(message), message, deps)
     turn, progress = run.turn, run.progress
     member = _who_joined(message)

@@ -143,6 +143,8 @@ class Template:
             return not arguments[0]
         if kind == "string" and len(arguments) == 1 and isinstance(arguments[0], int | str):
             return str(arguments[0])
+        if kind == "join" and len(arguments) == 2 and isinstance(arguments[0], list) and isinstance(arguments[1], str):
+            return arguments[1].join(str(item) for item in arguments[0])
         if kind == "items" and len(arguments) == 1 and isinstance(arguments[0], dict):
             return [{"key": key, "value": item} for key, item in arguments[0].items()]
         raise Unsupported(f"{self.path.name}: function {kind}({arguments!r})")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cli.command_rights import COMMAND_RIGHTS, rights_epilog
 from cli.main import app
-from shared.queues import StageName
+from shared.queues import StageName, intake_queues
 from shared.settings import ServiceBusSettings
 from standins.local_host import discover_triggers, load_function_app
 from tests.infra.bicep import INFRA, REPOSITORY, Ref, bicep_files, function_app_template, main_template, parse
@@ -263,6 +263,24 @@ def test_policy_file_setting_only_when_given() -> None:
     """An empty ONBOARDING_POLICY_FILE would be read as the path "."; without it the app denies every request."""
     assert "ONBOARDING_POLICY_FILE" not in _app_settings(policyFile="")
     assert _app_settings(policyFile="policy.json")["ONBOARDING_POLICY_FILE"] == "policy.json"
+
+
+def test_a_sources_own_intake_queue_is_read_by_the_app_and_sent_to_by_that_source_only() -> None:
+    """docs/security.md, "Sources": the queue, its rights, and the setting that gives it a trigger."""
+    partner = "00000000-0000-0000-0000-0000000000b1"
+    intake = [{"name": "intake-partner-portal", "senderPrincipalId": partner}]
+    rights = _data_rights(intakeQueues=intake, operatorPrincipalId=OPERATOR)
+    assert rights[partner] == _on(SENDER, "intake-partner-portal")
+    assert _on(RECEIVER, "intake-partner-portal") | _on(SENDER, "intake-partner-portal") <= rights[APP_IDENTITY]
+    settings = _app_settings(intakeQueues=intake)
+    assert intake_queues(settings) == ("intake-partner-portal",)
+    assert "ONBOARDING_INTAKE_QUEUES" not in _app_settings()
+    main = main_template(intakeQueues=intake)
+    queues = main.evaluate(main.module_params("serviceBus")["queues"])
+    shared, own = (next(q for q in queues if q["name"] == name) for name in (CREATE_CONTACT, "intake-partner-portal"))
+    assert {k: v for k, v in own.items() if k not in {"name", "roleAssignments"}} == {
+        k: v for k, v in shared.items() if k not in {"name", "roleAssignments"}
+    }
 
 
 def test_scale_comes_from_parameters() -> None:

@@ -48,13 +48,13 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def _index(app_dir: Path) -> subprocess.CompletedProcess[str]:
+def _index(app_dir: Path, settings: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603  # the worker venv's interpreter and our own probe
         [WORKER_PYTHON, str(PROBE), str(app_dir)],
         capture_output=True,
         text=True,
         timeout=120,
-        env=_worker_env(),
+        env=_worker_env() | (settings or {}),
         cwd=app_dir,
         check=False,
     )
@@ -105,6 +105,19 @@ def test_trigger_binding_metadata(indexed: dict[str, Any], function_name: str) -
     assert function["settlement_client_arg"] == "message_actions"
     assert function["deferred_bindings_enabled"] is True
     assert function["is_async"] is True
+
+
+def test_a_sources_own_intake_queue_is_indexed_from_the_app_setting(indexed: dict[str, Any]) -> None:
+    """Azure gives the worker the app settings as it indexes: ONBOARDING_INTAKE_QUEUES adds two triggers."""
+    result = _index(APP_DIR, {"ONBOARDING_INTAKE_QUEUES": "intake-partner"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    queues = {f["name"]: f["raw_bindings"][0]["queueName"] for f in json.loads(result.stdout)["functions"]}
+    assert queues == EXPECTED_QUEUES | {
+        "create_contact_from_intake_partner": "intake-partner",
+        "create_contact_from_intake_partner_dead_letters": "intake-partner/$deadletterqueue",
+    }
+    refused = _index(APP_DIR, {"ONBOARDING_INTAKE_QUEUES": "add-member"})
+    assert refused.returncode != 0 and "ONBOARDING_INTAKE_QUEUES" in refused.stderr
 
 
 def test_versions_are_the_pinned_ones(indexed: dict[str, Any]) -> None:
