@@ -132,3 +132,20 @@ async def test_a_truncated_shared_answer_asks_for_the_recipient_alone(clock: Clo
     rows = await exchange.message_trace(WELCOME, "p1@fabrikam.example", NOW - timedelta(hours=1), NOW)
     assert len(rows) == 1
     assert script.calls.count("message_trace") == 2  # the shared query came back full: one of its own
+
+
+async def test_a_burst_into_one_group_changes_its_sender_setting_once(clock: Clock) -> None:
+    script = FailureScript()
+    exchange = CachingExchangeDirectory(FakeExchange(script), 60, max_trace_rows=5000, clock=clock)
+    changes = [
+        exchange.set_require_sender_authentication("Partners@contoso.com", False, unified=False) for _ in range(6)
+    ]
+    await asyncio.gather(*changes)
+    await exchange.set_require_sender_authentication("partners@contoso.com", False, unified=False)  # a moment later
+    assert script.calls.count("set_require_sender_authentication") == 1
+    await exchange.set_require_sender_authentication("partners@contoso.com", True, unified=False)  # turned back
+    await exchange.set_require_sender_authentication("partners@contoso.com", False, unified=False)  # so made again
+    assert script.calls.count("set_require_sender_authentication") == 3
+    clock.now += 11  # past the burst: a change asked for now is made
+    await exchange.set_require_sender_authentication("partners@contoso.com", False, unified=False)
+    assert script.calls.count("set_require_sender_authentication") == 4

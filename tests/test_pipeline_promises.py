@@ -156,6 +156,15 @@ async def test_many_welcomes_are_verified_within_the_tenants_message_trace_quota
     assert 429 not in traces, traces
 
 
+async def test_a_burst_into_one_group_turns_its_sender_check_off_once(stack: LocalStack) -> None:
+    """Six people into Partners at once (it requires authenticated senders): one Set-DistributionGroup."""
+    requests = [demo_request(f"burst-{n}", f"b{n}@fabrikam.example", f"Burst {n}", PARTNERS) for n in range(6)]
+    outcomes = await onboard(stack, requests)
+    assert all(o.status is not OutcomeStatus.FAILED for o in outcomes.values()), outcomes
+    changes = [e for e in stack.sandbox.request_log if e.operation == "Set-DistributionGroup"]
+    assert len(changes) == 1, changes
+
+
 async def test_a_rerun_for_someone_already_in_the_group_sends_no_second_welcome() -> None:
     """A bulk file sent again after the duplicate-detection window must not mail everyone again."""
     welcome = {"ONBOARDING_WELCOME_SENDER": "welcome@contoso.com", "ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS": "0.5"}

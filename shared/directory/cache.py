@@ -5,6 +5,9 @@ tenant perhaps once a month, yet cost two directory calls per request, and those
 against the same per-tenant throttle as the writes. The wrappers below implement the ports and keep
 those answers for `ttl` seconds in this process (a Functions instance), nothing else.
 
+A change that many requests make alike (turning a group's RequireSenderAuthenticationEnabled off for
+a burst of requests into it) is made once; its answer serves the others for SENDER_CHANGE_SHARE_SECONDS.
+
 Safety: only answers that exist are kept ("no such group" is asked again every time, so a group
 created a second ago is found); concurrent misses for one key share one call. Staleness is bounded
 by the TTL: a group renamed, re-kinded or deleted within it is seen as before; the write that
@@ -35,6 +38,9 @@ from shared.directory.ports import (
 
 V = TypeVar("V")
 MAX_ENTRIES = 1024  # groups a process remembers; beyond this the oldest are forgotten
+# A burst of requests into one group arrives within seconds; an administrator turning the setting back
+# within this window would be missed by a request that then reports the change (docs/performance.md).
+SENDER_CHANGE_SHARE_SECONDS = 10.0
 # Get-MessageTraceV2 allows 100 queries per tenant in a running 5 minutes (docs/permissions.md). One
 # query per welcome sender every TRACE_SHARE_SECONDS answers every recipient's check in this process:
 # 2.5 queries per 5 minutes per instance, however many onboardings it verifies.
@@ -52,6 +58,9 @@ class TtlCache(Generic[V]):
         self._clock = clock
         self._entries: dict[str, tuple[float, V]] = {}
         self._in_flight: dict[str, asyncio.Future[V | None]] = {}
+
+    def forget(self, key: str) -> None:
+        self._entries.pop(key, None)
 
     async def get(self, key: str, load: Callable[[], Awaitable[V | None]]) -> V | None:
         entry = self._entries.get(key)
@@ -127,6 +136,7 @@ class CachingExchangeDirectory:
     ) -> None:
         self.inner = inner
         self._domains: TtlCache[frozenset[str]] = TtlCache(ttl, clock=clock)
+        self._sender_changes: TtlCache[Warnings] = TtlCache(min(ttl, SENDER_CHANGE_SHARE_SECONDS), clock=clock)
         self._traces = SharedMessageTrace(
             inner, share_seconds=trace_share_seconds, max_rows=max_trace_rows, clock=clock
         )
@@ -174,8 +184,18 @@ class CachingExchangeDirectory:
     async def set_require_sender_authentication(
         self, group: str, enabled: bool, *, unified: bool, security_group: bool = False
     ) -> Warnings:
-        return await self.inner.set_require_sender_authentication(
-            group, enabled, unified=unified, security_group=security_group
+        # A burst of requests into one group all find it closed to external senders: one change serves
+        # them all (concurrent calls share it; later ones within seconds are answered by it).
+        group_key = group.lower()
+        self._sender_changes.forget(f"{group_key}:{not enabled}")  # the opposite change is not in force any more
+        return (
+            await self._sender_changes.get(
+                f"{group_key}:{enabled}",
+                lambda: self.inner.set_require_sender_authentication(
+                    group, enabled, unified=unified, security_group=security_group
+                ),
+            )
+            or ()
         )
 
     async def message_trace(
