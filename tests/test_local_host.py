@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,6 +25,17 @@ from standins.local_host import (
     load_function_app,
 )
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
+
+Handler = Callable[[servicebus.ServiceBusReceivedMessage, servicebus.ServiceBusMessageActions], Awaitable[None]]
+
+
+def _app_on_create_contact(handle: Handler) -> func.FunctionApp:
+    """An app of one explicitly settled function on create-contact, bound as function_app.py binds its own."""
+    app = func.FunctionApp()
+    app.service_bus_queue_trigger(
+        arg_name="message", queue_name="create-contact", connection="Bus", auto_complete_messages=False
+    )(handle)
+    return app
 
 
 def test_discovers_one_explicitly_settled_trigger_per_stage() -> None:
@@ -102,11 +113,7 @@ async def test_a_free_slot_is_filled_while_a_slow_invocation_still_runs(
     release_slow = asyncio.Event()
     all_fast_done = asyncio.Event()
     fast_done: list[str] = []
-    app = func.FunctionApp()
 
-    @app.service_bus_queue_trigger(
-        arg_name="message", queue_name="create-contact", connection="Bus", auto_complete_messages=False
-    )
     async def handle(
         message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
     ) -> None:
@@ -118,6 +125,7 @@ async def test_a_free_slot_is_filled_while_a_slow_invocation_still_runs(
                 all_fast_done.set()
         await asyncio.to_thread(message_actions.complete, message)
 
+    app = _app_on_create_contact(handle)
     host = LocalHost(app, environment={"Bus": servicebus_emulator.connection_string}, concurrency=3)
     stop = asyncio.Event()
     running = asyncio.create_task(host.run(stop))
@@ -143,11 +151,7 @@ async def test_a_function_that_holds_its_event_loop_past_the_lock_keeps_the_lock
     imports about 1,200 model modules on the loop) loses no lock; the local host renews on its own loop."""
     emulator = start_emulator(EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=5)))
     done = asyncio.Event()
-    app = func.FunctionApp()
 
-    @app.service_bus_queue_trigger(
-        arg_name="message", queue_name="create-contact", connection="Bus", auto_complete_messages=False
-    )
     async def handle(
         message: servicebus.ServiceBusReceivedMessage, message_actions: servicebus.ServiceBusMessageActions
     ) -> None:
@@ -155,7 +159,7 @@ async def test_a_function_that_holds_its_event_loop_past_the_lock_keeps_the_lock
         await asyncio.to_thread(message_actions.complete, message)
         done.set()
 
-    host = LocalHost(app, environment={"Bus": emulator.connection_string})
+    host = LocalHost(_app_on_create_contact(handle), environment={"Bus": emulator.connection_string})
     stop = asyncio.Event()
     running = asyncio.create_task(host.run(stop))
     try:

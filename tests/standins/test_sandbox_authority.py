@@ -136,26 +136,17 @@ def test_exchange_needs_manage_as_app_then_a_role_for_each_cmdlet(tenant_sandbox
         tenant_sandbox, headers, "New-MailContact", Name="Ana Silva", ExternalEmailAddress="ana@fabrikam.example"
     )
     assert created.status_code == 200, created.text
+    add_with_bypass = {
+        "Identity": "suppliers-secure@contoso.com",
+        "Member": "ana@fabrikam.example",
+        "BypassSecurityGroupManagerCheck": True,
+    }
     # Recipient Management holds no "Security Group Creation and Membership": the bypass switch does not exist.
-    hidden = _invoke(
-        tenant_sandbox,
-        headers,
-        "Add-DistributionGroupMember",
-        Identity="suppliers-secure@contoso.com",
-        Member="ana@fabrikam.example",
-        BypassSecurityGroupManagerCheck=True,
-    )
+    hidden = _invoke(tenant_sandbox, headers, "Add-DistributionGroupMember", **add_with_bypass)
     assert hidden.status_code == 400 and "BypassSecurityGroupManagerCheck" in hidden.text
 
     tenant_sandbox.grants.assign_exchange_role(principal_id, "Security Group Creation and Membership", None)
-    added = _invoke(
-        tenant_sandbox,
-        headers,
-        "Add-DistributionGroupMember",
-        Identity="suppliers-secure@contoso.com",
-        Member="ana@fabrikam.example",
-        BypassSecurityGroupManagerCheck=True,
-    )
+    added = _invoke(tenant_sandbox, headers, "Add-DistributionGroupMember", **add_with_bypass)
     assert added.status_code == 200, added.text
 
 
