@@ -17,6 +17,7 @@ from shared.directory.rights import (
     MESSAGE_TRACKING,
     ORG_CONTACT_READ,
     RECIPIENT_ADMINISTRATOR,
+    ROLE_TEMPLATE_IDS,
     SECURITY_GROUP_MEMBERSHIP,
     USER_INVITE,
     USER_READ,
@@ -75,7 +76,7 @@ EXCHANGE_MANAGE_AS_APP = AppRoleGrant(
     "call the Exchange admin endpoint (every group kind: accepted domains, contacts, sender settings)",
 )
 EXCHANGE_RECIPIENT_ADMINISTRATOR = DirectoryRoleGrant(
-    "31392ffb-586c-42d1-9346-e59415a2cc4e",
+    ROLE_TEMPLATE_IDS[RECIPIENT_ADMINISTRATOR],
     RECIPIENT_ADMINISTRATOR,
     "New-MailContact, Get-MailContact, Get-AcceptedDomain, Add-DistributionGroupMember, Get-/Set-DistributionGroup, "
     "Get-/Set-UnifiedGroup, Get-UnifiedGroupLinks",

@@ -25,6 +25,9 @@ SECURITY_GROUP_MEMBERSHIP = "Security Group Creation and Membership"
 MESSAGE_TRACKING = "Message Tracking"
 APPLICATION_MAIL_SEND = "Application Mail.Send"
 
+# Entra directory roles' template ids, as a token's `wids` claim carries them.
+ROLE_TEMPLATE_IDS: dict[str, str] = {RECIPIENT_ADMINISTRATOR: "31392ffb-586c-42d1-9346-e59415a2cc4e"}
+
 # GraphDirectory's calls (shared/directory/ports.py) -> the Graph permission each needs.
 GRAPH_CALLS: dict[str, str] = {
     "get_group": GROUP_READ,
