@@ -16,6 +16,8 @@ from enum import StrEnum
 # The trigger bindings name this connection; the Functions host resolves it from app settings
 # `ServiceBusConnection` (connection string) or `ServiceBusConnection__fullyQualifiedNamespace`.
 SERVICEBUS_CONNECTION = "ServiceBusConnection"
+# The app's own queue for `onboard doctor`: a SelfCheckRequest there runs the app's self-check (shared/selfcheck.py).
+SELF_CHECK_QUEUE = "doctor"
 # The queues' DuplicateDetectionHistoryTimeWindow (infra/main.bicep, the emulator's config.json):
 # a MessageId seen within it is dropped, and the send still succeeds.
 DUPLICATE_WINDOW = timedelta(minutes=10)
