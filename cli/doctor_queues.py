@@ -69,7 +69,7 @@ def differences(queue: QueueProperties, expected: QueueExpectation) -> list[str]
     return found
 
 
-class _PlainHttpTransport(AioHttpTransport):
+class _PlainHttpTransport(AioHttpTransport):  # type: ignore[misc]  # azure-core exports it untyped
     """For the development emulator, which serves management over plain HTTP on its own port: the Python
     SDK's administration client always builds https:// URLs (Microsoft's .NET client switches by itself)."""
 
@@ -98,9 +98,7 @@ async def management_client(
         yield client
 
 
-async def check_queues(
-    client: ServiceBusAdministrationClient, expectations: list[QueueExpectation]
-) -> list[Check]:
+async def check_queues(client: ServiceBusAdministrationClient, expectations: list[QueueExpectation]) -> list[Check]:
     checks: list[Check] = []
     for expected in expectations:
         name = f"queue {expected.name}"

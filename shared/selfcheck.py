@@ -23,14 +23,16 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError
+from azure.servicebus import ServiceBusMessage
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.contracts import GroupKind, GroupRef, RequestId
@@ -53,7 +55,11 @@ from shared.directory.rights import (
     SUPPORTED_KINDS,
     Features,
 )
+from shared.envelope import JSON, EnvelopeError, ReceivedMessage, check_reply_to, read_body
+from shared.logs import request_context
+from shared.outbox import Outbox, UnknownQueueError
 from shared.policy import ANY_GROUP, OnboardingPolicy
+from shared.runner import settle_off_loop
 from shared.stages.create_contact import find_group, unsupported_kind
 
 logger = logging.getLogger("onboarding.selfcheck")
@@ -215,11 +221,11 @@ def check_roles(resource: str, held: frozenset[str], needed: Iterable[str], *, w
     """A token's application permissions against the features' list: each needed one, and any beyond it."""
     needed = tuple(needed)
     checks = [
-        Check(area="token", name=f"{resource} {role}", status=Status.OK, detail="in the token's roles")
+        Check(area="token", name=f"{resource} roles: {role}", status=Status.OK, detail="in the token's roles")
         if role in held
         else Check(
             area="token",
-            name=f"{resource} {role}",
+            name=f"{resource} roles: {role}",
             status=Status.WRONG,
             detail="not in the token's roles: calls that need it end PermissionDenied",
             fix=GRANT_HINT,
@@ -231,7 +237,7 @@ def check_roles(resource: str, held: frozenset[str], needed: Iterable[str], *, w
         checks.append(
             Check(
                 area="token",
-                name=f"{resource} {extra}",
+                name=f"{resource} roles: {extra}",
                 status=Status.WARNING,
                 detail="tenant-wide Mail.Send: any mailbox, where the docs advise Application Mail.Send on one"
                 if chosen
@@ -279,7 +285,7 @@ class SelfCheckTools:
     credential: AsyncTokenCredential
     graph: GraphDirectory
     exchange: ExchangeDirectory
-    page_of_groups: Callable[[int], Awaitable[tuple[int, str | None]]]  # GET /groups?$top=n: (rows, nextLink)
+    first_page_of_groups: Callable[[int], Awaitable[tuple[int, str | None]]]  # GET /groups?$top=n: rows, nextLink
     policy_file: Path | None
     welcome_sender: str | None
     clock: Callable[[], datetime]
@@ -328,7 +334,7 @@ async def _token_checks(tools: SelfCheckTools, features: Features) -> list[Check
 
 
 def _recipient_administrator(wids: frozenset[str]) -> Check:
-    name = f"Exchange {RECIPIENT_ADMINISTRATOR}"
+    name = f"Exchange wids: {RECIPIENT_ADMINISTRATOR}"
     if ROLE_TEMPLATE_IDS[RECIPIENT_ADMINISTRATOR] in wids:
         return Check(area="token", name=name, status=Status.OK, detail="in the token's wids")
     return Check(
@@ -375,7 +381,7 @@ async def _graph_checks(tools: SelfCheckTools) -> list[Check]:
 async def _top_shape(tools: SelfCheckTools) -> Check:
     name = "$top paging on /groups"
     try:
-        rows, next_link = await tools.page_of_groups(1)
+        rows, next_link = await tools.first_page_of_groups(1)
     except DirectoryError as error:
         return Check(area="graph", name=name, status=Status.WRONG, detail=f"answered {error}")
     if rows > 1:
@@ -481,8 +487,75 @@ def log_report(report: SelfCheckReport) -> None:
     (logger.warning if wrong else logger.info)("self-check: %d of %d checks wrong", wrong, len(report.checks))
 
 
-def decode_request(body: bytes) -> SelfCheckRequest | None:
-    try:
-        return SelfCheckRequest.model_validate_json(body)
-    except ValidationError:
-        return None
+class SelfCheckActions(Protocol):
+    """The settlement half of the Functions host's ServiceBusMessageActions that the responder uses."""
+
+    def complete(self, message: Any) -> None: ...
+
+    def abandon(self, message: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class SelfCheckResponder:
+    """Answers one message of the `doctor` queue: runs the self-check and publishes the report like an
+    outcome (ReplyTo, else the outcome queue; a ReplyTo queue that does not exist falls back, saying so)."""
+
+    tools: Callable[[], AbstractAsyncContextManager[SelfCheckTools]] | None  # None: the app cannot start
+    outbox: Outbox
+    outcome_queue: str
+    clock: Callable[[], datetime]
+    cannot_start: str | None = None  # why the app's services could not be built
+
+    async def run(self, message: ReceivedMessage, actions: SelfCheckActions) -> SelfCheckReport | None:
+        try:
+            request = SelfCheckRequest.model_validate_json(read_body(message))
+        except (EnvelopeError, ValidationError) as error:
+            logger.warning("a doctor message that is not a SelfCheckRequest was dropped: %s", type(error).__name__)
+            await settle_off_loop(actions.complete, message, who="the self-check")
+            return None
+        with request_context(request.request_id, message.correlation_id or request.request_id):
+            try:
+                report = await self._report(request)
+                await self._publish(report, message)
+            except Exception:
+                logger.exception("the self-check could not answer; the message comes back")
+                await settle_off_loop(actions.abandon, message, who="the self-check")
+                raise
+            await settle_off_loop(actions.complete, message, who="the self-check")
+            log_report(report)
+            return report
+
+    async def _report(self, request: SelfCheckRequest) -> SelfCheckReport:
+        if self.tools is None:
+            refusal = Check(
+                area="app",
+                name="start",
+                status=Status.WRONG,
+                detail=f"the app cannot start: {self.cannot_start}",
+                fix="fix the setting or file it names (README, Settings), then restart the app",
+            )
+            return SelfCheckReport(request_id=request.request_id, checked_at=self.clock(), checks=(refusal,))
+        async with self.tools() as tools:
+            return await run_self_check(request, tools)
+
+    async def _publish(self, report: SelfCheckReport, message: ReceivedMessage) -> None:
+        reply_to, warning = check_reply_to(message.reply_to)
+        extra = [warning] if warning else []
+        try:
+            await self.outbox.send(reply_to or self.outcome_queue, _report_message(report, extra, message))
+        except UnknownQueueError as unknown:
+            extra.append(f"ReplyTo queue {unknown.queue!r} does not exist, so the report went to the outcome queue.")
+            await self.outbox.send(self.outcome_queue, _report_message(report, extra, message))
+
+
+def _report_message(report: SelfCheckReport, warnings: list[str], message: ReceivedMessage) -> ServiceBusMessage:
+    notes = tuple(Check(area="app", name="ReplyTo", status=Status.WARNING, detail=w) for w in warnings)
+    body = report.model_copy(update={"checks": (*report.checks, *notes)}) if notes else report
+    assert body.request_id is not None
+    return ServiceBusMessage(
+        body.model_dump_json().encode(),
+        message_id=report_message_id(body.request_id),
+        correlation_id=message.correlation_id or body.request_id,
+        content_type=JSON,
+        subject=SUBJECT,
+    )
