@@ -105,6 +105,14 @@ def doctor_command(
         document = {"checks": [c.model_dump(mode="json") for c in checks], "summary": summary, "exit_code": code}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")  # plain: no wrapping, no colours
     else:
+        from cli.upstream import namespace_of
+
+        who = identity or settings.managed_identity_client_id or "not given"
+        console.print(
+            f"onboard doctor: tenant {settings.tenant_id}, Service Bus {namespace_of(settings)}, identity {who}\n",
+            markup=False,
+            highlight=False,
+        )
         console.print(render(checks, code))
     return code
 

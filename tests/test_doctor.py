@@ -16,13 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 from typer.testing import CliRunner
 
 from cli.main import app
 from shared.directory import rights
 from shared.queues import SELF_CHECK_QUEUE
-from shared.selfcheck import OR_FILTER_FALLBACK, SUBJECT
+from shared.selfcheck import (
+    OR_FILTER_FALLBACK,
+    SUBJECT,
+    SelfCheckReport,
+    SelfCheckRequest,
+    Status,
+    report_message_id,
+)
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.local_app import LOCAL_PLAN, without
 from standins.servicebus_emulator import EmulatorConfig
@@ -81,11 +89,18 @@ def test_a_deployment_as_granted_holds_everything_the_product_needs() -> None:
 def test_a_refused_or_filter_is_wrong_and_names_the_fallback() -> None:
     with local_stack(sandbox_knobs=Knobs(refuse_or_with_lambda=True)) as stack:
         code, report = doctor(stack)
+        shown = CliRunner().invoke(app, ["doctor"], env={**stack.environment, "COLUMNS": "200"})
     assert code == 1
     refused = by_name(report)["combined address filter on /groups"]
     assert refused["status"] == "wrong" and "Request_UnsupportedQuery" in refused["detail"]
     assert refused["fix"] == OR_FILTER_FALLBACK and "two requests" in refused["fix"]
     assert by_name(report)["group partners@contoso.com"]["status"] == "wrong"  # looked up by address
+    # As a person reads it: the line, its fix, the verdict.
+    assert shown.exit_code == 1
+    lines = " ".join(shown.stdout.split())
+    assert "wrong graph combined address filter on /groups: Graph refused" in lines
+    assert f"Fix: {OR_FILTER_FALLBACK}" in lines
+    assert "something the product needs does not hold." in lines
 
 
 def test_an_app_role_not_granted_is_wrong_in_the_directory_and_in_the_token() -> None:
@@ -152,3 +167,35 @@ async def test_with_wait_the_deployed_app_checks_itself_and_answers_on_the_outco
     assert by_name(report)["Get-MessageTraceV2"]["status"] == "ok"
     assert [message.subject for message in published] == [SUBJECT]
     assert any("self-check: 0 of" in record.getMessage() for record in caplog.records), "no start-up run logged"
+
+
+async def test_an_app_that_cannot_start_still_answers_and_says_why(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.json")
+    with local_stack() as stack:
+        async with running_host({**stack.environment, "ONBOARDING_POLICY_FILE": missing}):
+            # One process: the command's environment is the host's too.
+            code, report = await asyncio.to_thread(
+                doctor, stack, "--wait", "--timeout", "60", ONBOARDING_POLICY_FILE=missing
+            )
+    assert code == 1
+    start = by_name(report)["start"]
+    assert start["status"] == "wrong" and "missing.json does not exist" in start["detail"]
+
+
+async def test_a_report_whose_reply_to_queue_does_not_exist_goes_to_the_outcome_queue_saying_so() -> None:
+    request = SelfCheckRequest(request_id="doctor-reply-to-1", message_trace=False)
+    with local_stack() as stack:
+        async with (
+            running_host(stack.environment),
+            ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        ):
+            async with client.get_queue_sender(SELF_CHECK_QUEUE) as sender:
+                await sender.send_messages(
+                    ServiceBusMessage(request.model_dump_json(), message_id=request.request_id, reply_to="nobody-reads")
+                )
+            async with client.get_queue_receiver(OUTCOMES, max_wait_time=30) as receiver:
+                (message,) = await receiver.receive_messages(max_message_count=1, max_wait_time=30)
+    assert message.message_id == report_message_id(request.request_id) and message.subject == SUBJECT
+    report = SelfCheckReport.model_validate_json(b"".join(message.body))
+    assert "'nobody-reads' does not exist" in report.checks[-1].detail
+    assert {check.status for check in report.checks} <= {Status.OK, Status.WARNING}
