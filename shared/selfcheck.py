@@ -42,6 +42,7 @@ from shared.directory.errors import (
     PermissionDeniedError,
     RejectedRequestError,
     ThrottledError,
+    TransientDirectoryError,
 )
 from shared.directory.ports import ExchangeDirectory, GraphDirectory
 from shared.directory.rights import (
@@ -174,8 +175,8 @@ async def check_policy(policy_file: Path | None, graph: GraphDirectory) -> Polic
         checks.append(check)
         if kind is not None:
             kinds.add(kind)
-        if check.status is Status.WRONG and check.fix == GRANT_HINT:
-            break  # the identity cannot read groups: every other group would say the same
+        if check.fix == GRANT_HINT:
+            break  # the identity may not read groups: every other group would say the same
     return PolicyFindings(checks, SUPPORTED_KINDS if any_group else frozenset(kinds))
 
 
@@ -267,12 +268,12 @@ async def _probe(
     except PermissionDeniedError as error:
         needed = error.needed or right
         return line(Status.WRONG, f"refused ({error.status}): needs {needed}", f"{GRANT_HINT}; it names {needed}")
-    except ThrottledError as error:
-        what = "the tenant's message-trace quota is spent" if quota else "throttled"
-        return line(Status.SKIPPED, f"{what} ({error.message})", "run the doctor again in a few minutes")
+    except NotFoundError:
+        return line(Status.OK, passes)
+    except TransientDirectoryError as error:  # throttled, or a passing outage: says nothing about the right
+        what = "the tenant's message-trace quota is spent" if quota and isinstance(error, ThrottledError) else error
+        return line(Status.SKIPPED, f"not answered now ({what})", "run the doctor again in a few minutes")
     except DirectoryError as error:
-        if isinstance(error, NotFoundError):
-            return line(Status.OK, passes)
         return line(Status.WRONG, f"answered {error}")
     return line(Status.OK, passes)
 
