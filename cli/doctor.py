@@ -32,7 +32,7 @@ from rich.text import Text
 
 from cli.plumbing import settings_for
 from shared.contracts import GroupKind
-from shared.queues import SELF_CHECK_QUEUE
+from shared.queues import SELF_CHECK_QUEUE, intake_queues
 from shared.selfcheck import (
     Check,
     SelfCheckReport,
@@ -375,7 +375,7 @@ async def _queues(settings: DoctorSettings) -> list[Check]:
                 fix="set ONBOARDING_SERVICEBUS_MANAGEMENT_CONNECTION (`onboard sandbox --write-env` writes it)",
             )
         ]
-    expectations = expected_queues(settings.outcome_queue, settings.servicebus_max_delivery_count)
+    expectations = expected_queues(settings.outcome_queue, settings.servicebus_max_delivery_count, intake_queues())
     try:
         async with management_client(connection, settings.servicebus_namespace) as client:
             return await check_queues(client, expectations)

@@ -41,8 +41,12 @@ class QueueExpectation:
     dead_letter_on_expiry: bool | None  # an expired request is dead-lettered, so its dead-letter function reports it
 
 
-def expected_queues(outcome_queue: str, max_delivery_count: int) -> list[QueueExpectation]:
-    stages = [QueueExpectation(stage.value, True, max_delivery_count, True) for stage in PIPELINE]
+def expected_queues(
+    outcome_queue: str, max_delivery_count: int, intake: tuple[str, ...] = ()
+) -> list[QueueExpectation]:
+    """The stage queues, each source's own intake queue (read by create-contact like its own), the outcome
+    queue and the doctor's."""
+    stages = [QueueExpectation(name, True, max_delivery_count, True) for name in (*PIPELINE, *intake)]
     return [
         *stages,
         QueueExpectation(outcome_queue, True, None, None),  # a second outcome of one run is dropped

@@ -55,10 +55,10 @@ def intake_queues(settings: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     for name in (part.strip() for part in settings.get(INTAKE_QUEUES_SETTING, "").split(",")):
         if not name or name.lower() in {n.lower() for n in names}:
             continue
-        if not _QUEUE_NAME.match(name) or name.lower() in {stage.value for stage in StageName}:
+        if not _QUEUE_NAME.match(name) or name.lower() in {stage.value for stage in StageName} | {SELF_CHECK_QUEUE}:
             raise ValueError(
                 f"{INTAKE_QUEUES_SETTING}: {name!r} is not a queue of its own (letters, digits, '.', '_', '-'; "
-                "not a stage queue)"
+                "not a stage queue nor the doctor's)"
             )
         names.append(name)
     return tuple(names)

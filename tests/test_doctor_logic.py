@@ -131,3 +131,9 @@ def test_a_tokens_claims_are_read_and_anything_else_is_no_claims() -> None:
 )
 def test_the_emulator_writes_durations_as_service_bus_does(duration: timedelta, text: str) -> None:
     assert iso_duration(duration) == text
+
+
+def test_a_sources_own_intake_queue_is_held_to_what_create_contact_relies_on() -> None:
+    by_name = {q.name: q for q in expected_queues("onboarding-outcomes", 10, ("intake-partner",))}
+    assert by_name["intake-partner"] == QueueExpectation("intake-partner", True, 10, True)
+    assert by_name["create-contact"] == QueueExpectation("create-contact", True, 10, True)
