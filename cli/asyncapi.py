@@ -199,7 +199,10 @@ def asyncapi_document() -> dict[str, Any]:
             },
             "outcomes": {
                 "address": OUTCOME_QUEUE,
-                "description": "One outcome event per request whose ReplyTo is empty or unusable.",
+                "description": "One outcome event per request whose ReplyTo is empty or unusable. An operator's "
+                "`onboard doctor --wait` also leaves the app's self-check report here (subject "
+                "onboarding.selfcheck, not an outcome event): read outcome events by their subject, "
+                "onboarding.<status>.",
                 "messages": {"outcome": outcome_message},
             },
             "replyTo": {

@@ -32,6 +32,12 @@ COMMAND_RIGHTS: dict[str, str] = {
         "dead-letter sub-queue and completes)."
     ),
     "grant": "none in Azure; in Entra ID, Privileged Role Administrator (it assigns Graph app roles and a directory role).",
+    "doctor": (
+        "Azure Service Bus Data Sender on doctor and Data Receiver on the outcome queue or the --reply-to "
+        "queue (it peeks), with --wait; Azure Service Bus Data Owner on the queues for their properties "
+        "(that check is skipped without it); in Entra ID, Global Reader (it reads the identity's rights and the "
+        "policy's groups)."
+    ),
 }
 
 

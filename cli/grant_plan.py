@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from shared.contracts import GroupKind
 from shared.directory.rights import (
     APPLICATION_MAIL_SEND,
     GROUP_MEMBER_WRITE,
@@ -16,9 +17,11 @@ from shared.directory.rights import (
     MESSAGE_TRACKING,
     ORG_CONTACT_READ,
     RECIPIENT_ADMINISTRATOR,
+    ROLE_TEMPLATE_IDS,
     SECURITY_GROUP_MEMBERSHIP,
     USER_INVITE,
     USER_READ,
+    Features,
 )
 
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
@@ -73,7 +76,7 @@ EXCHANGE_MANAGE_AS_APP = AppRoleGrant(
     "call the Exchange admin endpoint (every group kind: accepted domains, contacts, sender settings)",
 )
 EXCHANGE_RECIPIENT_ADMINISTRATOR = DirectoryRoleGrant(
-    "31392ffb-586c-42d1-9346-e59415a2cc4e",
+    ROLE_TEMPLATE_IDS[RECIPIENT_ADMINISTRATOR],
     RECIPIENT_ADMINISTRATOR,
     "New-MailContact, Get-MailContact, Get-AcceptedDomain, Add-DistributionGroupMember, Get-/Set-DistributionGroup, "
     "Get-/Set-UnifiedGroup, Get-UnifiedGroupLinks",
@@ -154,59 +157,57 @@ class GrantPlan:
         return steps
 
 
+# Every app role a plan may hold, with Microsoft's id and why the product needs it.
+_APP_ROLES = {
+    grant.value: grant
+    for grant in (
+        _graph(GROUP_READ, "5b567255-7703-4780-807c-7be8301ae99b", "resolve the target group and its kind"),
+        _graph(USER_READ, "df021288-bdef-4463-88db-98f22de89214", "find existing guests and internal users"),
+        _graph(
+            ORG_CONTACT_READ,
+            "e1a88a34-94c4-4418-be12-c87b00e26bea",
+            "check a mail contact's membership (GET /contacts/{id}/memberOf; checkMemberGroups would need "
+            "Directory.Read.All)",
+        ),
+        _graph(USER_INVITE, "09850681-111b-4a89-9bed-3f2cae46d706", "invite the guest (Microsoft 365 groups)"),
+        _graph(GROUP_MEMBER_WRITE, "dbaae8cf-10b5-4b86-a4a1-f871c94c6695", "add the guest to a Microsoft 365 group"),
+        _graph(MAIL_SEND, "b633e1c5-b582-4048-a93e-9f11b44c7e96", "send the welcome message (from ANY mailbox)"),
+        EXCHANGE_MANAGE_AS_APP,
+    )
+}
+_DIRECTORY_ROLES = {role.name: role for role in (EXCHANGE_RECIPIENT_ADMINISTRATOR,)}
+_EXCHANGE_SIDE_WHY = {
+    SECURITY_GROUP_MEMBERSHIP: "membership of mail-enabled security groups",
+    APPLICATION_MAIL_SEND: "send the welcome message",
+    MESSAGE_TRACKING: "confirm the welcome message's delivery",
+}
+KIND_IN_USE = {
+    GroupKindInUse.DISTRIBUTION: GroupKind.DISTRIBUTION,
+    GroupKindInUse.MAIL_ENABLED_SECURITY: GroupKind.MAIL_ENABLED_SECURITY,
+    GroupKindInUse.M365: GroupKind.MICROSOFT_365,
+}
+
+
 def plan_for(
     group_kinds: frozenset[GroupKindInUse], welcome_sender: str | None, *, tenant_wide_mail_send: bool = False
 ) -> GrantPlan:
-    """The rights the configured features use, and only those."""
-    roles = [
-        _graph(GROUP_READ, "5b567255-7703-4780-807c-7be8301ae99b", "resolve the target group and its kind"),
-        _graph(USER_READ, "df021288-bdef-4463-88db-98f22de89214", "find existing guests and internal users"),
-    ]
-    if group_kinds & {GroupKindInUse.DISTRIBUTION, GroupKindInUse.MAIL_ENABLED_SECURITY}:
-        roles.append(
-            _graph(
-                ORG_CONTACT_READ,
-                "e1a88a34-94c4-4418-be12-c87b00e26bea",
-                "check a mail contact's membership (GET /contacts/{id}/memberOf; checkMemberGroups would need "
-                "Directory.Read.All)",
-            )
-        )
-    if GroupKindInUse.M365 in group_kinds:
-        roles += [
-            _graph(USER_INVITE, "09850681-111b-4a89-9bed-3f2cae46d706", "invite the guest (Microsoft 365 groups)"),
-            _graph(
-                GROUP_MEMBER_WRITE,
-                "dbaae8cf-10b5-4b86-a4a1-f871c94c6695",
-                "add the guest to a Microsoft 365 group",
-            ),
-        ]
-    if welcome_sender is not None and tenant_wide_mail_send:
-        roles.append(
-            _graph(MAIL_SEND, "b633e1c5-b582-4048-a93e-9f11b44c7e96", "send the welcome message (from ANY mailbox)")
-        )
-    roles.append(EXCHANGE_MANAGE_AS_APP)
+    """The rights the configured features use, and only those (shared/directory/rights.py, Features)."""
+    features = Features(
+        frozenset(KIND_IN_USE[kind] for kind in group_kinds), welcome_sender is not None, tenant_wide_mail_send
+    )
     return GrantPlan(
-        tuple(roles),
-        (EXCHANGE_RECIPIENT_ADMINISTRATOR,),
+        tuple(_APP_ROLES[value] for value in features.app_roles()),
+        tuple(_DIRECTORY_ROLES[name] for name in features.directory_roles()),
         group_kinds,
         welcome_sender,
         tenant_wide_mail_send,
-        _exchange_side(group_kinds, welcome_sender, tenant_wide_mail_send=tenant_wide_mail_send),
+        tuple(
+            ExchangeAssignment(
+                role, welcome_sender if role == APPLICATION_MAIL_SEND else None, _EXCHANGE_SIDE_WHY[role]
+            )
+            for role in features.exchange_side()
+        ),
     )
-
-
-def _exchange_side(
-    group_kinds: frozenset[GroupKindInUse], welcome_sender: str | None, *, tenant_wide_mail_send: bool
-) -> tuple[ExchangeAssignment, ...]:
-    """The Exchange roles no Entra role carries (docs/permissions.md)."""
-    wanted: list[ExchangeAssignment] = []
-    if GroupKindInUse.MAIL_ENABLED_SECURITY in group_kinds:
-        wanted.append(ExchangeAssignment(SECURITY_GROUP_MEMBERSHIP, None, "membership of mail-enabled security groups"))
-    if welcome_sender is not None and not tenant_wide_mail_send:
-        wanted.append(ExchangeAssignment(APPLICATION_MAIL_SEND, welcome_sender, "send the welcome message"))
-    if welcome_sender is not None:
-        wanted.append(ExchangeAssignment(MESSAGE_TRACKING, None, "confirm the welcome message's delivery"))
-    return tuple(wanted)
 
 
 class GrantError(Exception):

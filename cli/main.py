@@ -5,6 +5,7 @@ Each command's module is imported only when that command runs, so `onboard --hel
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -86,6 +87,49 @@ def grant(
     )
 
 
+@app.command(epilog=rights_epilog("doctor"))
+def doctor(
+    identity: Annotated[
+        str | None,
+        typer.Option(
+            help="The app's managed identity whose rights to read: object (principal) id or client id "
+            "(azd env get-value ONBOARDING_IDENTITY_PRINCIPAL_ID); default ONBOARDING_MANAGED_IDENTITY_CLIENT_ID."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Ask the deployed app to check itself on its doctor queue; print its report.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds --wait waits for the app's report.")] = 180.0,
+    reply_to: Annotated[
+        str | None, typer.Option(help="Queue for the app's report (default: ONBOARDING_OUTCOME_QUEUE).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document instead of lines, for automation.")
+    ] = False,
+) -> None:
+    """Check a deployment, changing nothing: one line per check (ok, wrong with its fix, warning, skipped).
+
+    Reads with your own sign-in the policy file and its groups, the rights granted to the app's identity and
+    the queues' properties; with --wait the app checks what only its own identity can (its tokens, each
+    Exchange cmdlet family, Graph's filters) and answers on the outcome queue. Needs the app's settings
+    (ONBOARDING_TENANT_ID, ServiceBusConnection or ServiceBusConnection__fullyQualifiedNamespace,
+    ONBOARDING_POLICY_FILE, ONBOARDING_WELCOME_SENDER if used). Against `onboard sandbox` both halves run
+    here. Exit code: 0 everything holds, 1 something is wrong, 3 nothing wrong but something unchecked.
+    """
+    credentials = None
+    if os.environ.get("ONBOARDING_DIRECTORY_CREDENTIAL") == "sandbox":  # the local stand-ins' tenant
+        from cli.sandbox import sandbox_doctor_credentials
+
+        credentials = sandbox_doctor_credentials(os.environ)
+    from cli.doctor import doctor_command
+
+    raise typer.Exit(
+        doctor_command(
+            identity, wait=wait, timeout=timeout, reply_to=reply_to, as_json=as_json, credentials=credentials
+        )
+    )
+
+
 @app.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all outcomes.")] = 90.0,
@@ -105,6 +149,9 @@ def demo(
 @app.command()
 def sandbox(
     servicebus_port: Annotated[int, typer.Option(help="AMQP port of the Service Bus emulator.")] = 5672,
+    servicebus_management_port: Annotated[
+        int, typer.Option(help="HTTP port of the emulator's management endpoint (onboard doctor reads queues there).")
+    ] = 5300,
     tenant_port: Annotated[int, typer.Option(help="HTTP port of the tenant sandbox.")] = 8765,
     state_dir: Annotated[
         Path,
@@ -125,6 +172,7 @@ def sandbox(
 
     serve_sandbox(
         servicebus_port=servicebus_port,
+        servicebus_management_port=servicebus_management_port,
         tenant_port=tenant_port,
         state_dir=state_dir,
         seed=seed,

@@ -18,12 +18,17 @@ from cli.plumbing import configure_logging, console, fail, until_interrupted
 from cli.settings import ENV_FILE, write_env_file
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from azure.core.credentials_async import AsyncTokenCredential
+
+    from cli.doctor import Credentials
 
 
 def serve_sandbox(
     *,
     servicebus_port: int,
+    servicebus_management_port: int,
     tenant_port: int,
     state_dir: Path,
     seed: Path | None,
@@ -48,6 +53,7 @@ def serve_sandbox(
         raise typer.BadParameter(str(error), param_hint="--knobs") from None
     for port, option, what in (
         (servicebus_port, "--servicebus-port", "Service Bus emulator"),
+        (servicebus_management_port, "--servicebus-management-port", "Service Bus emulator's management endpoint"),
         (tenant_port, "--tenant-port", "tenant sandbox"),
     ):
         if _port_in_use(port):
@@ -66,7 +72,9 @@ def serve_sandbox(
             sandbox_port=tenant_port,
             sandbox_database=state_dir / "tenant.db",
             journal_database=state_dir / "journal.db",
-            settings=WELCOME_SETTINGS,
+            servicebus_management_port=servicebus_management_port,
+            # A person watching `onboard host` sees the app's start-up self-check (tests turn it off).
+            settings={**WELCOME_SETTINGS, "ONBOARDING_SELF_CHECK_AT_START": "true"},
         ) as stack:
             # Created now, empty: `onboard status` then tells "nothing handled yet" from a wrong path.
             await SqliteJournal(stack.journal_database).close()
@@ -111,3 +119,20 @@ def _port_in_use(port: int) -> bool:
                 return True
             raise
     return False
+
+
+def sandbox_doctor_credentials(environment: Mapping[str, str]) -> Credentials:
+    """`onboard doctor` against the stand-ins: the sandbox's administrator for the administrator's half, and
+    the local app's identity for the app's half (the sandbox lends it; a managed identity would not)."""
+    from cli.doctor import Credentials
+    from standins.stack import sandbox_app_credential
+    from standins.tenant_sandbox.credential import SandboxCredential
+
+    tenant_id, authority = (
+        environment.get("ONBOARDING_TENANT_ID", ""),
+        environment.get("ONBOARDING_EXCHANGE_BASE_URL", ""),
+    )
+    return Credentials(
+        operator=lambda: SandboxCredential.administrator(tenant_id, authority=authority),
+        app=lambda: sandbox_app_credential(environment),
+    )

@@ -34,3 +34,11 @@ async def report_dead_letter(
     from shared import bootstrap  # deferred on purpose, see above
 
     await (await bootstrap.dead_letter_reporter(name)).run(message, actions)
+
+
+async def answer_self_check(
+    message: servicebus.ServiceBusReceivedMessage, actions: servicebus.ServiceBusMessageActions
+) -> None:
+    from shared import bootstrap  # deferred on purpose, see above
+
+    await (await bootstrap.self_check_responder()).run(message, actions)

@@ -1,5 +1,6 @@
 """Every trigger of the app: one per stage queue, in the pipeline's order (shared/queues.py, PIPELINE),
-one per stage's dead-letter sub-queue, and the same two for each source's own intake queue, if any.
+one per stage's dead-letter sub-queue, the same two for each source's own intake queue, if any, and
+one on the `doctor` queue, where `onboard doctor` asks the app for its self-check (shared/selfcheck.py).
 
 Thin by design. A stage's function hands its message to the runner (shared/runner.py), which
 decodes it, calls the stage in shared/stages/ and carries out its decision. A dead-letter
@@ -18,8 +19,8 @@ from functools import partial
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from functions.invoke import report_dead_letter, run_stage
-from shared.queues import PIPELINE, SERVICEBUS_CONNECTION, StageName, intake_queues
+from functions.invoke import answer_self_check, report_dead_letter, run_stage
+from shared.queues import PIPELINE, SELF_CHECK_QUEUE, SERVICEBUS_CONNECTION, StageName, intake_queues
 
 DEAD_LETTER_QUEUE = "{queue}/$deadletterqueue"  # Service Bus's path of a queue's dead-letter sub-queue
 
@@ -53,4 +54,5 @@ def blueprint(settings: Mapping[str, str] = os.environ) -> func.Blueprint:
         _trigger(bp, queue, name, partial(run_stage, StageName.CREATE_CONTACT, intake=queue))
         dead_letters = DEAD_LETTER_QUEUE.format(queue=queue)
         _trigger(bp, dead_letters, f"{name}_dead_letters", partial(report_dead_letter, StageName.CREATE_CONTACT))
+    _trigger(bp, SELF_CHECK_QUEUE, "doctor", answer_self_check)
     return bp

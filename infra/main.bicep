@@ -103,8 +103,9 @@ var upstreamSenders = [for principalId in upstreamSenderPrincipalIds: {
   principalId: principalId
   roleDefinitionIdOrName: roles.serviceBusDataSender
 }]
-// The operator: submit and bulk send to create-contact; peeking (submit --wait, status, dlq list/show)
-// and receiving (dlq purge, dlq replay) need Receiver; dlq replay sends back to the stage queue.
+// The operator: submit and bulk send to create-contact; peeking (submit --wait, status, dlq list/show,
+// doctor --wait) and receiving (dlq purge, dlq replay) need Receiver; dlq replay sends back to the stage
+// queue; doctor sends its request to the doctor queue.
 var operatorReceiver = empty(operatorPrincipalId) ? [] : [
   {
     principalId: operatorPrincipalId
@@ -147,6 +148,13 @@ var queues = [
   union(queueProperties, {
     name: outcomeQueueName
     roleAssignments: concat([appSender], operatorReceiver)
+  })
+  // `onboard doctor` asks the app for its self-check here; an expired request is dropped, not
+  // dead-lettered: no one waits for its answer any more.
+  union(queueProperties, {
+    name: 'doctor'
+    deadLetteringOnMessageExpiration: false
+    roleAssignments: concat([appReceiver], operatorSender)
   })
 ]
 var allQueues = concat(queues, intakeQueueEntities)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -30,6 +31,7 @@ from shared.outbox import Outbox, QueueSenders
 from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
 from shared.runner import StageRunner
+from shared.selfcheck import SelfCheckResponder, SelfCheckTools, log_report, run_self_check
 from shared.settings import CredentialKind, ServiceBusSettings, Settings
 from shared.stages import Stage, StageDependencies, WelcomeMail
 from shared.stages.dependencies import utc_now
@@ -44,6 +46,7 @@ class Services:
     outbox: Outbox
     journal: Journal | None
     closers: tuple[Callable[[], Awaitable[Any]], ...] = field(default=(), repr=False)
+    credential: AsyncTokenCredential | None = field(default=None, repr=False)  # the app's identity (self-check)
 
     async def close(self) -> None:
         """Close everything build_services opened (not what was handed in), the credential last."""
@@ -113,7 +116,7 @@ def build_services(
         guest_redirect_url=str(settings.guest_redirect_url),
         welcome=_welcome(settings),
     )
-    return Services(settings, dependencies, outbox, journal, tuple(closers))
+    return Services(settings, dependencies, outbox, journal, tuple(closers), credential)
 
 
 def app_credential(kind: CredentialKind, client_id: str | None) -> AsyncTokenCredential:
@@ -154,17 +157,80 @@ def configure_services(**overrides: Any) -> None:
 
 
 async def get_services() -> Services:
-    global _services
+    global _services, _start_up_check
     async with _lock:
         if _services is None:
             install_safe_log_records()
             _services = build_services(Settings(), **_overrides)  # fields come from the environment
+            if _services.settings.self_check_at_start:
+                _start_up_check = asyncio.get_running_loop().create_task(_check_at_start(_services))
         return _services
+
+
+_start_up_check: asyncio.Task[None] | None = None
+
+
+async def _check_at_start(services: Services) -> None:
+    """The self-check once per process, into the log: a wrong right shows before the first request needs it."""
+    try:
+        async with self_check_tools(services.settings, services.credential) as tools:
+            log_report(await run_self_check(None, tools))
+    except Exception:
+        logger.exception("the start-up self-check could not run")
+
+
+@asynccontextmanager
+async def self_check_tools(
+    settings: Settings, credential: AsyncTokenCredential | None, clock: Callable[[], datetime] = utc_now
+) -> AsyncIterator[SelfCheckTools]:
+    """Directory clients of the app's own identity, without the app's caches, for one self-check."""
+    from shared.directory.graph import MsGraphDirectory  # msgraph-sdk is the heaviest import: only when used
+
+    if credential is None:
+        raise RuntimeError("the self-check needs the app's credential; these services were given adapters only")
+    graph = MsGraphDirectory(credential, base_url=str(settings.graph_base_url).rstrip("/"))
+    exchange = ExchangeOnlineClient(
+        credential, tenant_id=settings.tenant_id, base_url=str(settings.exchange_base_url).rstrip("/")
+    )
+    try:
+        yield SelfCheckTools(
+            credential=credential,
+            graph=graph,
+            exchange=exchange,
+            first_page_of_groups=graph.first_page_of_groups,
+            policy_file=settings.policy_file,
+            welcome_sender=str(settings.welcome_sender) if settings.welcome_sender else None,
+            clock=clock,
+        )
+    finally:
+        await graph.close()
+        await exchange.close()
+
+
+async def self_check_responder() -> SelfCheckResponder:
+    """The doctor queue's responder. When the app's services cannot be built, it still answers, with Service
+    Bus alone, saying why the app cannot start (the same fallback as the dead-letter functions)."""
+    try:
+        services = await get_services()
+    except Exception as error:
+        outbox, outcome_queue, _ = await _reporting_services()
+        why = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        return SelfCheckResponder(None, outbox, outcome_queue, utc_now, cannot_start=why)
+    return SelfCheckResponder(
+        lambda: self_check_tools(services.settings, services.credential, services.stage_dependencies.clock),
+        services.outbox,
+        services.settings.outcome_queue,
+        services.stage_dependencies.clock,
+    )
 
 
 async def close_services() -> None:
     """For hosts that end (the local host, tests); Azure simply recycles the process."""
-    global _services, _reporting
+    global _services, _reporting, _start_up_check
+    if _start_up_check is not None:
+        _start_up_check.cancel()
+        await asyncio.gather(_start_up_check, return_exceptions=True)
+        _start_up_check = None
     async with _lock:
         if _services is not None:
             await _services.close()

@@ -16,6 +16,8 @@ from enum import StrEnum
 # The trigger bindings name this connection; the Functions host resolves it from app settings
 # `ServiceBusConnection` (connection string) or `ServiceBusConnection__fullyQualifiedNamespace`.
 SERVICEBUS_CONNECTION = "ServiceBusConnection"
+# The app's own queue for `onboard doctor`: a SelfCheckRequest there runs the app's self-check (shared/selfcheck.py).
+SELF_CHECK_QUEUE = "doctor"
 # The queues' DuplicateDetectionHistoryTimeWindow (infra/main.bicep, the emulator's config.json):
 # a MessageId seen within it is dropped, and the send still succeeds.
 DUPLICATE_WINDOW = timedelta(minutes=10)
@@ -53,10 +55,10 @@ def intake_queues(settings: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     for name in (part.strip() for part in settings.get(INTAKE_QUEUES_SETTING, "").split(",")):
         if not name or name.lower() in {n.lower() for n in names}:
             continue
-        if not _QUEUE_NAME.match(name) or name.lower() in {stage.value for stage in StageName}:
+        if not _QUEUE_NAME.match(name) or name.lower() in {stage.value for stage in StageName} | {SELF_CHECK_QUEUE}:
             raise ValueError(
                 f"{INTAKE_QUEUES_SETTING}: {name!r} is not a queue of its own (letters, digits, '.', '_', '-'; "
-                "not a stage queue)"
+                "not a stage queue nor the doctor's)"
             )
         names.append(name)
     return tuple(names)

@@ -43,6 +43,7 @@ def local_stack(
     emulator_config: EmulatorConfig | None = None,
     policy_file: Path = DEMO_POLICY,
     servicebus_port: int = 0,
+    servicebus_management_port: int = 0,
     servicebus_database: Path | None = None,
     sandbox_port: int = 0,
     sandbox_database: Path | None = None,
@@ -55,7 +56,10 @@ def local_stack(
 
     The app's identity holds what `onboard grant` gives for `grant` (standins/local_app.py)."""
     emulator = ServiceBusEmulator(
-        emulator_config or EmulatorConfig.default(), port=servicebus_port, database=servicebus_database
+        emulator_config or EmulatorConfig.default(),
+        port=servicebus_port,
+        management_port=servicebus_management_port,
+        database=servicebus_database,
     )
     sandbox = TenantSandbox(
         seed or TenantSeed.demo(), port=sandbox_port, database=sandbox_database, knobs=sandbox_knobs
@@ -82,6 +86,10 @@ def local_stack(
             "ONBOARDING_RETRY_BASE_DELAY_SECONDS": "0.5",
             "ONBOARDING_RETRY_MAX_DELAY_SECONDS": "5",
             "ONBOARDING_JOURNAL": f"sqlite:{journal_database.resolve()}",
+            # Tests script faults call by call; a start-up self-check would take some (`onboard sandbox` turns it on).
+            "ONBOARDING_SELF_CHECK_AT_START": "false",
+            # `onboard doctor` reads the queues' properties here (the emulator's management port).
+            "ONBOARDING_SERVICEBUS_MANAGEMENT_CONNECTION": emulator.management_connection_string,
             **(settings or {}),
         }
         yield LocalStack(emulator, sandbox, environment, journal_database)

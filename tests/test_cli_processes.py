@@ -44,6 +44,8 @@ def test_the_readme_flow_by_hand_works_with_no_traceback_and_no_needless_error(t
         "sandbox",
         "--servicebus-port",
         str(free_port("127.0.0.1")),
+        "--servicebus-management-port",
+        str(free_port("127.0.0.1")),
         "--tenant-port",
         str(free_port("127.0.0.1")),
         "--write-env",
@@ -83,7 +85,7 @@ def test_the_readme_flow_by_hand_works_with_no_traceback_and_no_needless_error(t
         assert "drops it as a duplicate" in resent.stderr and "still waiting on the queue" in resent.stderr
 
         host = RunningOnboard("host", cwd=tmp_path)
-        host.wait_for("Local host runs 6 functions")
+        host.wait_for("Local host runs 7 functions")
         waited = onboard("submit", *REQUEST, "--group", "partners@contoso.com", "--request-id", "by-hand-2", "--wait")
         assert waited.returncode == 0, waited.stdout + waited.stderr
         assert "Outcome    Succeeded" in waited.stdout and "Partners (Distribution)" in waited.stdout
@@ -95,6 +97,10 @@ def test_the_readme_flow_by_hand_works_with_no_traceback_and_no_needless_error(t
         summary = onboard("status").stdout
         assert "by-hand-3: GroupNotFound" in summary
         assert "by-hand-1" in summary and "by-hand-2" in summary
+        # The deployment as a whole, from the .env the sandbox wrote: both halves, the app's through its queue.
+        checked = onboard("doctor", "--wait", "--timeout", "60")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "everything the product needs holds" in checked.stdout
     finally:
         host_code = host.stop() if host else 0
         sandbox_code = sandbox.stop()

@@ -98,7 +98,7 @@ async def test_a_source_bound_to_its_intake_is_a_fact_and_its_request_ids_its_ow
 
 def test_intake_queues_are_checked_when_the_app_is_indexed() -> None:
     assert intake_queues({INTAKE_QUEUES_SETTING: " intake-a, intake-b ,intake-a,"}) == ("intake-a", "intake-b")
-    for bad in ("add-member", "has space", "-dash-first"):
+    for bad in ("add-member", "has space", "-dash-first", "doctor"):
         with pytest.raises(ValueError, match=INTAKE_QUEUES_SETTING):
             intake_queues({INTAKE_QUEUES_SETTING: bad})
     app = func.FunctionApp()

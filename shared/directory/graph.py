@@ -256,6 +256,14 @@ class MsGraphDirectory:
         body = SendMailPostRequestBody(message=message, save_to_sent_items=False)
         await self._call(lambda: self._client.users.by_user_id(sender).send_mail.post(body))
 
+    @_names_the_right
+    async def first_page_of_groups(self, top: int) -> tuple[int, str | None]:
+        """GET /groups?$top=n: how many rows the first page holds, and its @odata.nextLink (the self-check's
+        look at Graph's paging; the pipeline itself never sends $top)."""
+        query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(top=top, select=["id"])
+        page = await self._call(lambda: self._client.groups.get(RequestConfiguration(query_parameters=query)))
+        return (len(page.value or []), page.odata_next_link) if page else (0, None)
+
     @property
     def sdk(self) -> GraphServiceClient:
         """The configured GraphServiceClient, for calls this port does not wrap (contract tests)."""

@@ -15,7 +15,7 @@ from shared.contracts import (
 )
 from shared.decisions import DeadLetter, Decision, Finish, PassOn
 from shared.directory.errors import AddressInUseError, DirectoryError, NameInUseError
-from shared.directory.ports import DirectoryGroup, DirectoryUser, MailContact, is_member
+from shared.directory.ports import DirectoryGroup, DirectoryUser, GraphDirectory, MailContact, is_member
 from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, planned
@@ -71,13 +71,13 @@ class _ContactCreation:
 
 async def _create(request: OnboardingRequest, run: _ContactCreation) -> Decision:
     deps = run.deps
-    group = await _find_group(request.group, deps)
+    group = await find_group(request.group, deps.graph)
     if group is None:
         return run.dead_letter(
             DeadLetterReason.GROUP_NOT_FOUND,
             f"No group {request.group.describe()} exists in the tenant. Check the group's address or id.",
         )
-    unsupported = _unsupported_kind(group)
+    unsupported = unsupported_kind(group)
     if unsupported:
         return run.dead_letter(DeadLetterReason.UNSUPPORTED_GROUP_KIND, unsupported)
     assert group.mail is not None  # every supported kind is mail-enabled
@@ -128,13 +128,15 @@ async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, 
     return planned(run.turn, run.progress, f"Dry run, nothing was changed. A real run would: {plan}.")
 
 
-async def _find_group(ref: GroupRef, deps: StageDependencies) -> DirectoryGroup | None:
+async def find_group(ref: GroupRef, graph: GraphDirectory) -> DirectoryGroup | None:
+    """The target group by object id or by address (also read by the self-check, for the policy's groups)."""
     if ref.object_id is not None:
-        return await deps.graph.get_group(str(ref.object_id))
-    return await deps.graph.find_group_by_mail(str(ref.smtp_address))
+        return await graph.get_group(str(ref.object_id))
+    return await graph.find_group_by_mail(str(ref.smtp_address))
 
 
-def _unsupported_kind(group: DirectoryGroup) -> str | None:
+def unsupported_kind(group: DirectoryGroup) -> str | None:
+    """Why the pipeline refuses this group (UnsupportedGroupKind), or None when it onboards into it."""
     if group.is_dynamic:
         return (
             f"Group {group.display_name!r} has dynamic membership: its members come from a rule, so no "

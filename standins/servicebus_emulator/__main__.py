@@ -25,6 +25,9 @@ def serve(
     database: Annotated[
         Path | None, typer.Option(dir_okay=False, help="SQLite file that keeps messages across restarts")
     ] = None,
+    management_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="HTTP port of the management endpoint (Microsoft's uses 5300)")
+    ] = 5300,
 ) -> None:
     try:
         queues = EmulatorConfig.load(config) if config else EmulatorConfig.default()
@@ -33,10 +36,12 @@ def serve(
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with ServiceBusEmulator(queues, port=port, database=database) as emulator:
+    with ServiceBusEmulator(queues, port=port, management_port=management_port, database=database) as emulator:
         print(f"Service Bus emulator on 127.0.0.1:{emulator.port}; queues: {', '.join(q.name for q in queues.queues)}")
         # Quoted: the connection string holds `;`, which a shell sourcing .env would cut at.
-        print(f"ServiceBusConnection={shlex.quote(emulator.connection_string)}", flush=True)
+        print(f"ServiceBusConnection={shlex.quote(emulator.connection_string)}")
+        management = shlex.quote(emulator.management_connection_string)
+        print(f"ONBOARDING_SERVICEBUS_MANAGEMENT_CONNECTION={management}", flush=True)
         stop.wait()
 
 

@@ -12,6 +12,7 @@ from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from standins.servicebus_emulator.broker import Broker
 from standins.servicebus_emulator.config import EmulatorConfig
+from standins.servicebus_emulator.management import MANAGE_RULE, ManagementEndpoint, management_app
 from standins.servicebus_emulator.sqlite_log import SqliteMessageLog
 from standins.servicebus_emulator.store import QueueStore
 
@@ -28,12 +29,20 @@ def free_port(host: str) -> int:
 
 class ServiceBusEmulator:
     def __init__(
-        self, config: EmulatorConfig, *, host: str = "127.0.0.1", port: int = 0, database: Path | None = None
+        self,
+        config: EmulatorConfig,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        management_port: int = 0,
+        database: Path | None = None,
     ) -> None:
-        """`database`: a SQLite file that keeps messages across restarts; None keeps them in memory."""
+        """`database`: a SQLite file that keeps messages across restarts; None keeps them in memory.
+        `management_port`: the HTTP port of the management endpoint (Microsoft's emulator uses 5300)."""
         self.config = config
         self.host = host
         self.port = port or free_port(host)
+        self.management = ManagementEndpoint(management_app(config), host=host, port=management_port or free_port(host))
         self._log = SqliteMessageLog(database) if database else None
         self.store = QueueStore(config, self._log)
         if self._log:
@@ -47,9 +56,14 @@ class ServiceBusEmulator:
     def connection_string(self) -> str:
         """The connection string of Microsoft's emulator, with this port."""
         return (
-            f"Endpoint=sb://localhost:{self.port};SharedAccessKeyName=RootManageSharedAccessKey;"
+            f"Endpoint=sb://localhost:{self.port};SharedAccessKeyName={MANAGE_RULE};"
             "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;"
         )
+
+    @property
+    def management_connection_string(self) -> str:
+        """For the administration client, as Microsoft's emulator has it: the same string on the management port."""
+        return self.connection_string.replace(f"localhost:{self.port};", f"localhost:{self.management.port};", 1)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -62,6 +76,11 @@ class ServiceBusEmulator:
         if not self._ready.wait(START_TIMEOUT_SECONDS) or self._failure:
             self.stop()
             raise RuntimeError(f"the Service Bus emulator did not start on {self.host}:{self.port}: {self._failure}")
+        try:
+            self.management.start()
+        except RuntimeError:
+            self.stop()
+            raise
 
     def _run(self, container: Container) -> None:
         try:
@@ -72,6 +91,7 @@ class ServiceBusEmulator:
             self._ready.set()
 
     def stop(self) -> None:
+        self.management.stop()
         if self._thread is None:
             return
         self._injector.trigger(ApplicationEvent("stop_emulator"))

@@ -51,6 +51,11 @@ class Knobs(_Knob):
     message_trace_quota: int = Field(
         default=100, ge=1, description="Get-MessageTraceV2 queries the tenant accepts in a running 5-minute window"
     )
+    refuse_or_with_lambda: bool = Field(
+        default=False,
+        description="Graph answers `or` between a lambda (proxyAddresses/any) and another clause with its 400 "
+        "Request_UnsupportedQuery: the refusal docs/stand-in-differences.md leaves unconfirmed",
+    )
     random_seed: int | None = Field(default=None, description="fix the jitter and error-rate dice")
 
     @classmethod

@@ -43,6 +43,20 @@ async def test_find_group_by_mail_derives_each_kind(graph_directory: MsGraphDire
     assert await graph_directory.find_group_by_mail("o'brien@contoso.com") is None
 
 
+async def test_a_tenant_that_refuses_or_with_a_lambda_answers_graphs_400_to_the_address_lookups(
+    tenant_sandbox: TenantSandbox, graph_directory: MsGraphDirectory
+) -> None:
+    """Unconfirmed in Microsoft (docs/stand-in-differences.md): the knob plays the refusal `onboard doctor` detects."""
+    tenant_sandbox.set_knobs(refuse_or_with_lambda=True)
+    with pytest.raises(RejectedRequestError) as refused:
+        await graph_directory.find_group_by_mail("partners@contoso.com")
+    assert (refused.value.status, refused.value.code) == (400, "Request_UnsupportedQuery")
+    with pytest.raises(RejectedRequestError):
+        await graph_directory.find_user_by_mail("adele.vance@contoso.com")
+    tenant_sandbox.set_knobs(refuse_or_with_lambda=False)
+    assert await graph_directory.find_group_by_mail("partners@contoso.com") is not None
+
+
 async def test_get_group_by_id_and_unknown(tenant_sandbox: TenantSandbox, graph_directory: MsGraphDirectory) -> None:
     group = await graph_directory.get_group(_group_id(tenant_sandbox, "Finance Team"))
     assert group is not None and group.kind is GroupKind.SECURITY and group.mail is None

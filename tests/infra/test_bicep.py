@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cli.command_rights import COMMAND_RIGHTS, rights_epilog
 from cli.main import app
-from shared.queues import StageName, intake_queues
+from shared.queues import SELF_CHECK_QUEUE, StageName, intake_queues
 from shared.settings import ServiceBusSettings
 from standins.local_host import discover_triggers, load_function_app
 from tests.infra.bicep import INFRA, REPOSITORY, Ref, bicep_files, function_app_template, main_template, parse
@@ -166,6 +166,9 @@ OPERATOR_COMMANDS: dict[str, Rights] = {
     "dlq replay": _on(RECEIVER, *STAGE_QUEUES) | _on(SENDER, *STAGE_QUEUES),
     "dlq purge": _on(RECEIVER, *STAGE_QUEUES),
     "grant": frozenset(),  # Graph and Entra only
+    # doctor sends its request to the doctor queue and, with --wait, peeks the outcome queue for the report;
+    # its queue check needs Manage (Data Owner), which the template does not give: without it, that check is skipped.
+    "doctor": _on(SENDER, SELF_CHECK_QUEUE) | _on(RECEIVER, OUTCOME_QUEUE),
 }
 
 

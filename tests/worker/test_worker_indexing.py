@@ -37,6 +37,8 @@ EXPECTED_QUEUES = {
     "create_contact_dead_letters": "create-contact/$deadletterqueue",
     "add_member_dead_letters": "add-member/$deadletterqueue",
     "verify_delivery_dead_letters": "verify-delivery/$deadletterqueue",
+    # functions/triggers.py: the app's self-check, asked for by `onboard doctor` (issue 24)
+    "doctor": "doctor",
 }
 
 
