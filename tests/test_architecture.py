@@ -138,6 +138,18 @@ def test_production_settings_cannot_select_the_sandbox_credential() -> None:
         build_services(allowed)
 
 
+@pytest.mark.parametrize("setting", ["graph_base_url", "exchange_base_url"])
+def test_the_directory_is_reached_over_https_except_in_the_sandbox(setting: str) -> None:
+    """The bearer token travels to both base URLs: never in clear text to a real tenant."""
+    plain = {**SETTINGS, setting: "http://graph.contoso.example/v1.0"}
+    with pytest.raises(ValidationError, match=f"ONBOARDING_{setting.upper()} must be an https:// URL"):
+        Settings.model_validate(plain)
+    with pytest.raises(ValidationError, match="must be an https:// URL"):
+        Settings.model_validate({**plain, "directory_credential": "default"})
+    sandbox = {**plain, "directory_credential": "sandbox", "allow_sandbox_credential": True}
+    assert str(getattr(Settings.model_validate(sandbox), setting)).startswith("http://")
+
+
 async def test_build_services_uses_the_adapters_it_is_given_and_closes_only_its_own() -> None:
     recorder, script = Recorder(), FailureScript()
     graph, exchange = FakeGraph(script), FakeExchange(script)
