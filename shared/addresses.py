@@ -48,9 +48,7 @@ def within_rfc5321_lengths(address: str) -> str:
     local, _, domain = address.rpartition("@")
     local_octets = len(local.encode("utf-8"))
     if local_octets > LOCAL_PART_MAX_OCTETS:
-        raise ValueError(
-            f"the part before @ is {local_octets} octets; RFC 5321 allows at most {LOCAL_PART_MAX_OCTETS}"
-        )
+        raise ValueError(f"the part before @ is {local_octets} octets; RFC 5321 allows at most {LOCAL_PART_MAX_OCTETS}")
     try:
         domain_octets = len(normal_domain(domain))
     except ValueError:
