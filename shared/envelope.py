@@ -222,9 +222,10 @@ def id_text(raw: object, sequence_number: int | None = None) -> str:
     """
     if isinstance(raw, bytes):
         try:
-            raw = raw.decode("utf-8")  # as the SDK reads a binary id; property values come as bytes
+            text = raw.decode("utf-8")  # as the SDK reads a binary id; property values come as bytes
         except UnicodeDecodeError:
             return f"{_DERIVED}binary:sha256-{hashlib.sha256(raw).hexdigest()}"
+        return id_text(text, sequence_number)
     if isinstance(raw, str) and raw:
         return _DERIVED + raw if raw.startswith(_DERIVED) else raw
     if raw is None or raw == "":
