@@ -28,6 +28,10 @@ from shared.powershell import quoted
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
 PUBLIC_GRAPH = "https://graph.microsoft.com/v1.0"
+# The Exchange-side objects the printed steps create (the app's self-check names the first in its manual check).
+SECURITY_GROUP_ROLE_GROUP = "Onboarding security group membership"
+MESSAGE_TRACE_ROLE_GROUP = "Onboarding message trace"
+WELCOME_SENDER_SCOPE = "Onboarding welcome sender"
 
 
 class GroupKindInUse(StrEnum):
@@ -125,7 +129,7 @@ class GrantPlan:
                 )
             )
         if SECURITY_GROUP_MEMBERSHIP in roles:
-            role_group = quoted("Onboarding security group membership")
+            role_group = quoted(SECURITY_GROUP_ROLE_GROUP)
             steps.append(
                 ManualStep(
                     f"Mail-enabled security groups: {RECIPIENT_ADMINISTRATOR} cannot change their membership; "
@@ -137,7 +141,7 @@ class GrantPlan:
                 )
             )
         if APPLICATION_MAIL_SEND in roles and self.welcome_sender is not None:
-            scope = quoted("Onboarding welcome sender")
+            scope = quoted(WELCOME_SENDER_SCOPE)
             # The OPATH filter is a string holding a string: the sender is quoted inside it, then the whole.
             sender_filter = quoted(f"PrimarySmtpAddress -eq {quoted(self.welcome_sender)}")
             steps.append(
@@ -153,7 +157,7 @@ class GrantPlan:
                 )
             )
         if MESSAGE_TRACKING in roles:
-            role_group = quoted("Onboarding message trace")
+            role_group = quoted(MESSAGE_TRACE_ROLE_GROUP)
             steps.append(
                 ManualStep(
                     "Welcome message: read the message trace (Get-MessageTraceV2) to confirm delivery",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from cli.grant_plan import GroupKindInUse, Identity, plan_for
 from shared.powershell import SINGLE_QUOTES, quoted
 
+ROOT = Path(__file__).resolve().parents[1]
 SENDER = "o'welcome\u2018@contoso.com"
 HOSTILE = "o'brien\u2018x\u2019y\u201az\u201b@fabrikam.example $(Remove-Mailbox -Identity *) `whoami` \"; exit"
 
@@ -45,3 +49,16 @@ def test_the_grant_steps_quote_every_value_they_splice_in() -> None:
     assert f"-RecipientRestrictionFilter {quoted('PrimarySmtpAddress -eq ' + quoted(SENDER))}" in text
     outside_values = text.replace(quoted(HOSTILE), "")
     assert '"' not in outside_values, "no double-quoted string: PowerShell expands $(...) inside those"
+
+
+def test_no_printed_command_quotes_a_spliced_value_by_hand() -> None:
+    """`-Identity '{x}'` or `-Identity "{x}"` in an f-string is how the unsafe commands were written."""
+    by_hand = re.compile(r"""-[A-Z][A-Za-z]+ ['"\u2018\u2019]\{""")
+    sources = [*ROOT.joinpath("shared").rglob("*.py"), *ROOT.joinpath("cli").rglob("*.py")]
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sources
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if by_hand.search(line)
+    ]
+    assert found == []
