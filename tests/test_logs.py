@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -96,12 +95,11 @@ def test_the_groups_addresses_are_shown_and_the_persons_never() -> None:
     assert group not in mask_emails(line, shown=[]), "shown only when named"
 
 
-def test_a_long_run_without_an_address_is_masked_in_linear_time() -> None:
-    text = "n" * 200_000 + " " + "%41" * 50_000 + " jane@fabrikam.example"
-    started = time.perf_counter()
-    masked = mask_emails(text)
-    assert masked.endswith(" j***@fabrikam.example")
-    assert time.perf_counter() - started < 5, "quadratic backtracking"
+def test_a_local_part_is_read_back_a_bounded_way_so_a_long_line_costs_linear_time() -> None:
+    """Each @ looks back at most 1,024 characters: a 200,000-letter run is read once, not once per letter."""
+    masked = mask_emails("x" * 5000 + "jane@fabrikam.example")
+    assert masked == "x" * (5004 - 1024) + "x***@fabrikam.example"
+    assert mask_emails("n" * 200_000) == "n" * 200_000
 
 
 @pytest.mark.parametrize(
