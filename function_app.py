@@ -5,10 +5,11 @@ on each stage's dead-letter sub-queue so that nothing ends without an outcome.""
 import azure.functions as func
 
 from functions import triggers
-from shared.logs import install_safe_log_records
+from shared.logs import install_safe_log_records, quiet_third_party_loggers
 from shared.telemetry import configure_telemetry
 
-install_safe_log_records()  # before anything logs: addresses masked, request ids on every record
+install_safe_log_records()  # before anything logs: addresses and secrets masked, request ids on every record
+quiet_third_party_loggers()  # the HTTP and AMQP stacks log URLs and connection events at INFO, which Azure keeps
 configure_telemetry()  # Azure Monitor, only when APPLICATIONINSIGHTS_CONNECTION_STRING is set
 
 app = func.FunctionApp()

@@ -39,6 +39,7 @@ MAX_ROWS = 50_000
 MAX_BYTES = 20 * 1024 * 1024
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 COLUMNS = REQUIRED + OPTIONAL
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # What shared/contracts.py's patterns and types mean, in words, per field (a dotted pydantic loc).
 # Fields not listed keep pydantic's message, which is plain already (an email address, a length).
 RULES = {
@@ -190,12 +191,19 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
     return Row(line, request_id, request)
 
 
+def spreadsheet_cell(value: str) -> str:
+    """A cell a spreadsheet shows as text: one that starts like a formula gets a leading single quote
+    (OWASP, "CSV Injection"), which the spreadsheet hides; the request id itself is the text after it."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 def write_request_ids(path: Path, rows: Sequence[Row]) -> None:
-    """`line,request_id` for every row sent, as CSV: a request id may hold a comma or a quote."""
+    """`line,request_id` for every row sent, as CSV: a request id may hold a comma or a quote, and
+    may start like a formula (`=HYPERLINK(...)` is a valid id), which a spreadsheet would run."""
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(("line", "request_id"))
-        writer.writerows((row.line, row.request_id) for row in rows)
+        writer.writerows((row.line, spreadsheet_cell(row.request_id)) for row in rows)
 
 
 def send_file(

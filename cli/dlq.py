@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 import typer
 from azure.servicebus import ServiceBusMessageState, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+from pydantic_core import from_json
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -32,6 +33,7 @@ from shared import envelope
 from shared.contracts import StageName
 from shared.envelope import Delivery
 from shared.logs import mask_emails
+from shared.progress import group_addresses
 from shared.reasons import REASONS
 from shared.settings import ServiceBusSettings
 
@@ -110,17 +112,28 @@ def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
 
 
+def masking_for(queue: StageName, message: ServiceBusReceivedMessage) -> Callable[[str], str]:
+    """Mask as the logs do: every address but the tenant's group addresses the message names (read
+    leniently: an unreadable dead letter names none, so everything in it is masked)."""
+    try:
+        shown = group_addresses(envelope.decode_from(queue, message, datetime.now(UTC)).payload)
+    except envelope.UnreadableMessage:
+        shown = frozenset()
+    return lambda text: mask_emails(text, shown=shown)
+
+
 def view_of(queue: StageName, message: ServiceBusReceivedMessage) -> DeadLetterView:
     """What the message says about itself, read leniently: a dead letter may be unreadable."""
     properties = {_text(k): v for k, v in (message.application_properties or {}).items()}
     request_id = envelope.claimed_request_id(message)
     attempt = _text(properties.get(envelope.ATTEMPT))
+    mask = masking_for(queue, message)
     return DeadLetterView(
         queue=queue,
         sequence_number=message.sequence_number or 0,
-        request_id=mask_emails(request_id),
+        request_id=mask(request_id),
         reason=message.dead_letter_reason or "",
-        description=mask_emails(message.dead_letter_error_description or ""),
+        description=mask(message.dead_letter_error_description or ""),
         attempts=max(int(attempt) if attempt.isdigit() else 1, message.delivery_count or 0),
         enqueued_at=message.enqueued_time_utc or datetime.now(UTC),
         deferred=message.state is ServiceBusMessageState.DEFERRED,
@@ -265,6 +278,7 @@ def render_list(views: Sequence[DeadLetterView], now: datetime) -> RenderableTyp
 
 def render_one(queue: StageName, message: ServiceBusReceivedMessage, now: datetime) -> RenderableType:
     view = view_of(queue, message)
+    mask = masking_for(queue, message)
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column()
@@ -272,7 +286,7 @@ def render_one(queue: StageName, message: ServiceBusReceivedMessage, now: dateti
         ("Queue", f"{queue.value}/$deadletterqueue"),
         ("Sequence", str(view.sequence_number)),
         ("Request", view.request_id),
-        ("MessageId", mask_emails(message.message_id or "")),
+        ("MessageId", mask(envelope.message_id_of(message))),
         ("Reason", view.reason),
         ("Description", view.description),
         ("Attempts", str(view.attempts)),
@@ -280,14 +294,15 @@ def render_one(queue: StageName, message: ServiceBusReceivedMessage, now: dateti
         ("State", "deferred (outcome reported)" if view.deferred else "active"),
     ]
     for name, value in sorted((_text(k), _text(v)) for k, v in (message.application_properties or {}).items()):
-        rows.append((f"  {name}", mask_emails(value)))
+        rows.append((f"  {name}", mask(value)))
     for label, value in rows:
         grid.add_row(label, Text(value))
     try:
-        body = json.dumps(json.loads(envelope.read_body(message)), indent=2, ensure_ascii=False)
+        # pydantic's parser: a body nested too deeply is "not JSON" here, not a RecursionError.
+        body = json.dumps(from_json(envelope.read_body(message)), indent=2, ensure_ascii=False)
     except (ValueError, envelope.EnvelopeError):
         body = "(not JSON)"
-    return Group(grid, Text("Body", style="dim"), Text(mask_emails(body)))
+    return Group(grid, Text("Body", style="dim"), Text(mask(body)))
 
 
 def render_done(done: Sequence[Done]) -> RenderableType:

@@ -23,10 +23,15 @@ from shared.directory.rights import (
     USER_READ,
     Features,
 )
+from shared.powershell import quoted
 
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
 PUBLIC_GRAPH = "https://graph.microsoft.com/v1.0"
+# The Exchange-side objects the printed steps create (the app's self-check names the first in its manual check).
+SECURITY_GROUP_ROLE_GROUP = "Onboarding security group membership"
+MESSAGE_TRACE_ROLE_GROUP = "Onboarding message trace"
+WELCOME_SENDER_SCOPE = "Onboarding welcome sender"
 
 
 class GroupKindInUse(StrEnum):
@@ -103,8 +108,12 @@ class GrantPlan:
     exchange_side: tuple[ExchangeAssignment, ...] = ()  # what the printed Exchange steps give
 
     def manual_steps(self, identity: Identity) -> list[ManualStep]:
-        """Exchange Online PowerShell for what Graph cannot grant; empty when nothing is needed."""
-        role_group_member = f"(Get-ServicePrincipal -Identity {identity.object_id}).Identity"
+        """Exchange Online PowerShell for what Graph cannot grant; empty when nothing is needed.
+
+        Every value is a single-quoted literal (shared/powershell.py): the identity's display name
+        and the sender come from the tenant and the settings, and must paste as data, never as code."""
+        object_id, app_id = quoted(identity.object_id), quoted(identity.app_id)
+        role_group_member = f"(Get-ServicePrincipal -Identity {object_id}).Identity"
         roles = {assignment.role for assignment in self.exchange_side}
         steps: list[ManualStep] = []
         if roles:
@@ -114,43 +123,47 @@ class GrantPlan:
                     "(skip New-ServicePrincipal if Get-ServicePrincipal already finds it)",
                     (
                         "Connect-ExchangeOnline",
-                        f"New-ServicePrincipal -AppId {identity.app_id} -ObjectId {identity.object_id} "
-                        f'-DisplayName "{identity.display_name}"',
+                        f"New-ServicePrincipal -AppId {app_id} -ObjectId {object_id} "
+                        f"-DisplayName {quoted(identity.display_name)}",
                     ),
                 )
             )
         if SECURITY_GROUP_MEMBERSHIP in roles:
+            role_group = quoted(SECURITY_GROUP_ROLE_GROUP)
             steps.append(
                 ManualStep(
                     f"Mail-enabled security groups: {RECIPIENT_ADMINISTRATOR} cannot change their membership; "
                     f'a role group with only "{SECURITY_GROUP_MEMBERSHIP}" can',
                     (
-                        f'New-RoleGroup -Name "Onboarding security group membership" -Roles "{SECURITY_GROUP_MEMBERSHIP}"',
-                        f'Add-RoleGroupMember -Identity "Onboarding security group membership" -Member {role_group_member}',
+                        f"New-RoleGroup -Name {role_group} -Roles {quoted(SECURITY_GROUP_MEMBERSHIP)}",
+                        f"Add-RoleGroupMember -Identity {role_group} -Member {role_group_member}",
                     ),
                 )
             )
         if APPLICATION_MAIL_SEND in roles and self.welcome_sender is not None:
-            sender = self.welcome_sender.replace("'", "''")
+            scope = quoted(WELCOME_SENDER_SCOPE)
+            # The OPATH filter is a string holding a string: the sender is quoted inside it, then the whole.
+            sender_filter = quoted(f"PrimarySmtpAddress -eq {quoted(self.welcome_sender)}")
             steps.append(
                 ManualStep(
                     "Welcome message: Mail.Send for the welcome mailbox only (RBAC for Applications)",
                     (
-                        f'New-ManagementScope -Name "Onboarding welcome sender" '
-                        f"-RecipientRestrictionFilter \"PrimarySmtpAddress -eq '{sender}'\"",
-                        f'New-ManagementRoleAssignment -App {identity.object_id} -Role "{APPLICATION_MAIL_SEND}" '
-                        '-CustomResourceScope "Onboarding welcome sender"',
-                        f"Test-ServicePrincipalAuthorization -Identity {identity.object_id} -Resource {sender}",
+                        f"New-ManagementScope -Name {scope} -RecipientRestrictionFilter {sender_filter}",
+                        f"New-ManagementRoleAssignment -App {object_id} -Role {quoted(APPLICATION_MAIL_SEND)} "
+                        f"-CustomResourceScope {scope}",
+                        f"Test-ServicePrincipalAuthorization -Identity {object_id} "
+                        f"-Resource {quoted(self.welcome_sender)}",
                     ),
                 )
             )
         if MESSAGE_TRACKING in roles:
+            role_group = quoted(MESSAGE_TRACE_ROLE_GROUP)
             steps.append(
                 ManualStep(
                     "Welcome message: read the message trace (Get-MessageTraceV2) to confirm delivery",
                     (
-                        f'New-RoleGroup -Name "Onboarding message trace" -Roles "{MESSAGE_TRACKING}"',
-                        f'Add-RoleGroupMember -Identity "Onboarding message trace" -Member {role_group_member}',
+                        f"New-RoleGroup -Name {role_group} -Roles {quoted(MESSAGE_TRACKING)}",
+                        f"Add-RoleGroupMember -Identity {role_group} -Member {role_group_member}",
                     ),
                 )
             )

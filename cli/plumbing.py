@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings
 from rich.console import Console
 
 from cli.settings import SettingsProblem, load_settings
-from shared.logs import install_safe_log_records
+from shared.logs import install_safe_log_records, quiet_third_party_loggers
 from shared.queues import DUPLICATE_WINDOW
 from shared.settings import ServiceBusSettings
 
@@ -57,8 +57,9 @@ def configure_logging(verbose: bool, handler: logging.Handler | None = None) -> 
     handler.setFormatter(CONSOLE_FORMATTER)
     handler.addFilter(_DropNormalEvents())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
-    # The AMQP and HTTP stacks are chatty at INFO: keep them to warnings unless asked.
-    for noisy in ("azure", "uamqp", "httpx", "uvicorn", "proton"):
+    # The AMQP and HTTP stacks are chatty at INFO, and so are the stand-ins' servers: warnings only.
+    quiet_third_party_loggers()
+    for noisy in ("uvicorn", "proton"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # The SDK warns of each closed connection; the local host says once that Service Bus went away
     # and once that it is back, and the commands report an unreachable namespace themselves.

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import from_json
 
 REQUEST_TYPE = "org.m365-external-onboarding.request.v1"
 STRUCTURED = "application/cloudevents"
 _PREFIXES = ("cloudEvents:", "cloudEvents_")
 _JSON_TYPES = ("application/json", "text/json")
+_TOO_DEEP = "recursion limit exceeded"  # pydantic_core's error for JSON nested past its limit
 
 
 class CloudEventError(ValueError):
@@ -89,8 +91,12 @@ def unwrap(body: bytes, content_type: str | None, properties: dict[str, Any]) ->
 
 def _structured(body: bytes) -> Unwrapped:
     try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        # pydantic's parser, as for the plain request: it stops at a nesting depth where json.loads
+        # would raise RecursionError (an event 100,000 arrays deep), which is a crash, not a refusal.
+        parsed = from_json(body)
+    except ValueError as error:
+        if str(error).startswith(_TOO_DEEP):
+            raise CloudEventError("the CloudEvent is nested too deeply to be a request") from None
         raise CloudEventError("the CloudEvent is not JSON") from None
     event = _validated(_StructuredEvent, parsed)
     if event.data_base64 is not None:

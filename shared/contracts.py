@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
-from shared.queues import StageName as StageName  # the one leaf contracts may import: names only
+from shared.addresses import within_rfc5321_lengths
+from shared.queues import StageName as StageName  # leaves only: names, and how addresses are measured
 
 CONTRACT_VERSION: Literal["1"] = "1"
 
@@ -49,6 +50,8 @@ NamePart = Annotated[
     AfterValidator(_no_control_characters),
     _NO_CONTROL_SCHEMA,
 ]
+# An address's shape is email-validator's (through pydantic); its lengths are RFC 5321's, in octets.
+SmtpAddress = Annotated[EmailStr, AfterValidator(within_rfc5321_lengths)]
 # A request id is the request's identity end to end: in MessageIds (Service Bus allows 128
 # characters; longer derived ids use a digest), in logs, and as a Table Storage key (no / \ # ?).
 REQUEST_ID_PATTERN = r"^[^/\\#?\s\x00-\x1f\x7f-\x9f]{1,128}$"
@@ -90,7 +93,7 @@ class _Contract(BaseModel):
 class GroupRef(_Contract):
     """The target group: exactly one of its SMTP address or its Entra object id."""
 
-    smtp_address: EmailStr | None = None
+    smtp_address: SmtpAddress | None = None
     object_id: uuid.UUID | None = None
 
     @model_validator(mode="after")
@@ -107,7 +110,7 @@ class OnboardingRequest(_Contract):
     """What an upstream system puts on queue `create-contact`."""
 
     contract_version: Literal["1"] = CONTRACT_VERSION
-    external_email: EmailStr
+    external_email: SmtpAddress
     display_name: DisplayName
     first_name: NamePart | None = None
     last_name: NamePart | None = None

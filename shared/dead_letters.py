@@ -27,7 +27,7 @@ from shared.journal.ports import Journal
 from shared.logs import request_context
 from shared.outbox import Outbox
 from shared.outcomes import dead_letter
-from shared.progress import Progress, Turn
+from shared.progress import Progress, Turn, group_addresses
 from shared.queues import PIPELINE
 from shared.reasons import facts_of
 from shared.runner import Carrier, settle_off_loop
@@ -70,7 +70,7 @@ class DeadLetterReporter:
             await _settle(actions.defer, message)
             return None
         turn, progress = self._what_is_known(message)
-        with request_context(turn.delivery.request_id, turn.delivery.correlation_id):
+        with request_context(turn.delivery.request_id, turn.delivery.correlation_id, group_addresses(progress)):
             if settled_elsewhere := await self._settled_elsewhere(turn.delivery.request_id, message.enqueued_time_utc):
                 logger.warning(
                     "%s: Service Bus dead-lettered a message (%s) but %s", self.stage, reason, settled_elsewhere

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -49,6 +50,7 @@ MESSAGE_KEY_MAX = 64
 _ENTITY_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]|/(?!/))*[A-Za-z0-9_]$|^[A-Za-z0-9]$")
 _PIPELINE_QUEUES = frozenset(stage.value for stage in PIPELINE)
 _REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)
+_DERIVED = "\\"  # starts an id text derived from a non-string id (id_text): never a request id's character
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,36 @@ def check_reply_to(reply_to: str | None) -> tuple[str | None, str | None]:
 
 
 def message_id_of(message: ReceivedMessage) -> str:
-    """The message's MessageId, or a name from its sequence number when it has none."""
-    return message.message_id or f"seq-{message.sequence_number}"
+    """The message's MessageId as text, one text per distinct MessageId (the journal, the outcome and
+    every derived MessageId are keyed by it): see `id_text`."""
+    return id_text(message.message_id, message.sequence_number)
+
+
+def id_text(raw: object, sequence_number: int | None = None) -> str:
+    """An id as sent, as text, without two ids ever sharing one.
+
+    A string is kept whole; only a leading backslash is doubled. Anything else is named by a text
+    that starts with one backslash and its AMQP type, which no string can then be, and which no valid
+    request id is (a request id holds no backslash), so such a message needs request_id in its body:
+    a binary id that is not UTF-8 by a SHA-256 digest of all its bytes, a uuid or ulong by its value,
+    a missing or empty one by the message's sequence number.
+    """
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")  # as the SDK reads a binary id; property values come as bytes
+        except UnicodeDecodeError:
+            return f"{_DERIVED}binary:sha256-{hashlib.sha256(raw).hexdigest()}"
+        return id_text(text, sequence_number)
+    if isinstance(raw, str) and raw:
+        return _DERIVED + raw if raw.startswith(_DERIVED) else raw
+    if raw is None or raw == "":
+        return f"{_DERIVED}{'none' if raw is None else 'empty'}:seq-{sequence_number}"
+    if isinstance(raw, uuid.UUID):
+        return f"{_DERIVED}uuid:{raw}"
+    if isinstance(raw, int):
+        return f"{_DERIVED}ulong:{raw}"
+    digest = hashlib.sha256(repr(raw).encode()).hexdigest()
+    return f"{_DERIVED}{type(raw).__name__}:sha256-{digest}"
 
 
 def claimed_request_id(message: ReceivedMessage) -> str:
@@ -214,8 +244,7 @@ def claimed_request_id(message: ReceivedMessage) -> str:
     too (`decode`); this is what the envelope alone says."""
     properties = message.application_properties
     claimed = _text_keys(properties if isinstance(properties, dict) else None).get(REQUEST_ID)
-    text = claimed.decode(errors="replace") if isinstance(claimed, bytes) else claimed
-    return str(text) if text else message_id_of(message)
+    return message_id_of(message) if claimed in (None, "", b"") else id_text(claimed)
 
 
 def _upstream_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
@@ -225,7 +254,7 @@ def _upstream_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
     return Delivery(
         message_id,
         message_id,
-        message.correlation_id or message_id,
+        _correlation_id(message) or message_id,
         reply_to,
         1,
         now,
@@ -296,7 +325,7 @@ def read_delivery(message: ReceivedMessage, now: datetime) -> Delivery:
     return Delivery(
         message_id=message_id,
         request_id=request_id,
-        correlation_id=message.correlation_id or request_id,
+        correlation_id=_correlation_id(message) or request_id,
         reply_to=message.reply_to,
         attempt=int(attempt_text),
         first_attempt_at=first_attempt_at if first_attempt_at.tzinfo else first_attempt_at.replace(tzinfo=UTC),
@@ -405,6 +434,12 @@ def _message(
         subject=subject,
         application_properties=dict(properties),  # type: ignore[arg-type]
     )
+
+
+def _correlation_id(message: ReceivedMessage) -> str | None:
+    """Upstream's CorrelationId when it is text; any other AMQP type is ignored (the request id stands in)."""
+    correlation_id = message.correlation_id
+    return correlation_id if isinstance(correlation_id, str) and correlation_id else None
 
 
 def _text_keys(properties: dict[str | bytes, Any] | None) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared.addresses import normal_address, normal_domain
+
 ANY_GROUP = "*"
 INTAKE_QUEUE = "create-contact"  # the shared intake: every source's, unless the policy gives it its own
 
@@ -46,10 +48,22 @@ class OnboardingPolicy(BaseModel):
         description="Groups whose RequireSenderAuthenticationEnabled the app may turn off (5.7.133 fix).",
     )
 
-    @field_validator("blocked_domains", "sender_authentication_fix_allowed", mode="before")
+    @field_validator("sender_authentication_fix_allowed", mode="before")
     @classmethod
     def _normalise(cls, values: list[str]) -> frozenset[str]:
         return _lower_all(values)
+
+    @field_validator("blocked_domains", mode="before")
+    @classmethod
+    def _normal_domains(cls, values: list[str]) -> frozenset[str]:
+        """Each domain in its ASCII form, however the file spells it (xn--mller-kva.example = müller.example)."""
+        domains = set()
+        for value in values:
+            try:
+                domains.add(normal_domain(value))
+            except ValueError as error:
+                raise ValueError(f"blocked_domains: {value!r} is {error}") from None
+        return frozenset(domains)
 
     @classmethod
     def load(cls, path: Path) -> OnboardingPolicy:
@@ -61,7 +75,7 @@ class OnboardingPolicy(BaseModel):
             raise ValueError(f"policy file {path} is invalid: {error}") from error
 
     def domain_blocked(self, address: str) -> bool:
-        domain = address.rsplit("@", 1)[-1].lower()
+        domain = normal_address(address).rsplit("@", 1)[-1]  # the same ASCII form as the entries
         return any(domain == blocked or domain.endswith("." + blocked) for blocked in self.blocked_domains)
 
     def source_known(self, source_system: str) -> bool:

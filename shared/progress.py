@@ -7,6 +7,7 @@ from dataclasses import Field, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from shared.addresses import same_address
 from shared.contracts import OnboardingRequest, Recipient, ResolvedGroup, StageMessage, StageName, WelcomeCheck
 from shared.envelope import Delivery
 
@@ -56,3 +57,17 @@ class Progress:
 
 def _fields_of(source: object, wanted: Iterable[Field[Any]]) -> dict[str, Any]:
     return {wanted_field.name: getattr(source, wanted_field.name) for wanted_field in wanted}
+
+
+def group_addresses(message: OnboardingRequest | StageMessage | Progress) -> frozenset[str]:
+    """The addresses a message names as the tenant's group, which logs, the journal and `onboard dlq`
+    show (docs/logging.md): the group the request asks for and the group the directory resolved. The
+    person's own address is never among them, even when a request gives it as the group too."""
+    request, resolved = (message, None) if isinstance(message, OnboardingRequest) else (message.request, message.group)
+    if request is None:
+        return frozenset()
+    named = {str(request.group.smtp_address)} if request.group.smtp_address else set()
+    if resolved is not None:
+        named.add(resolved.mail)
+    person = str(request.external_email)
+    return frozenset(address for address in named if not same_address(address, person))

@@ -33,10 +33,10 @@ from shared.decisions import DeadLetter, Decision, Finish, PassOn, RetryLater
 from shared.envelope import Delivery
 from shared.journal.model import CAUSE_MAX, Transition, TransitionKind
 from shared.journal.ports import Journal
-from shared.logs import request_context
+from shared.logs import mask_emails, request_context
 from shared.outbox import Outbox, UnknownQueueError
 from shared.outcomes import dead_letter
-from shared.progress import Progress, Turn
+from shared.progress import Progress, Turn, group_addresses
 from shared.reasons import REASONS
 from shared.stages import Stage, StageDependencies
 
@@ -173,7 +173,7 @@ class Carrier:
                 stage=self.stage,
                 decision=kind,
                 attempt=delivery.attempt,
-                cause=cause[:CAUSE_MAX],
+                cause=mask_emails(cause)[:CAUSE_MAX],  # masked first: a cut could leave half an address
                 outcome_status=outcome_status,
                 at=at or self.clock(),
             )
@@ -217,7 +217,7 @@ class StageRunner:
             with request_context(unreadable.delivery.request_id, unreadable.delivery.correlation_id):
                 return await self._carry_out(refusal, unreadable.delivery, b"", message, actions)
         delivery = replace(inbound.delivery, queue=self.queue)
-        with request_context(delivery.request_id, delivery.correlation_id):
+        with request_context(delivery.request_id, delivery.correlation_id, group_addresses(inbound.payload)):
             try:
                 decision = await self.stage.handle(inbound.payload, delivery, self.dependencies)
             except Exception as error:

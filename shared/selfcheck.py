@@ -60,6 +60,7 @@ from shared.envelope import JSON, EnvelopeError, ReceivedMessage, check_reply_to
 from shared.logs import request_context
 from shared.outbox import Outbox, UnknownQueueError
 from shared.policy import ANY_GROUP, OnboardingPolicy
+from shared.powershell import quoted
 from shared.runner import settle_off_loop
 from shared.stages.create_contact import find_group, unsupported_kind
 
@@ -459,9 +460,9 @@ async def _exchange_checks(tools: SelfCheckTools, features: Features, *, message
 def _unverifiable(features: Features, sender: str | None) -> list[Check]:
     """Exchange-side roles that no read exercises: how an administrator verifies them by hand."""
     by_hand = {
-        SECURITY_GROUP_MEMBERSHIP: 'Get-RoleGroupMember "Onboarding security group membership" (Exchange Online '
+        SECURITY_GROUP_MEMBERSHIP: f"Get-RoleGroupMember -Identity {quoted('Onboarding security group membership')} (Exchange Online "
         "PowerShell) lists the app",
-        APPLICATION_MAIL_SEND: f"Test-ServicePrincipalAuthorization -Identity <identity> -Resource {sender} "
+        APPLICATION_MAIL_SEND: f"Test-ServicePrincipalAuthorization -Identity <identity> -Resource {quoted(sender or '')} "
         "answers InScope True",
     }
     return [

@@ -125,6 +125,20 @@ class Settings(ServiceBusSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _directory_over_https(self) -> Settings:
+        # The bearer token goes to both base URLs. msgraph-sdk (kiota) refuses http itself except for
+        # localhost; the Exchange client would send it in clear text. Only the local sandbox speaks http.
+        if self.directory_credential == "sandbox":
+            return self
+        for name in ("graph_base_url", "exchange_base_url"):
+            if getattr(self, name).scheme != "https":
+                raise ValueError(
+                    f"ONBOARDING_{name.upper()} must be an https:// URL: the app's bearer token is sent there "
+                    "(http is only for the local sandbox, ONBOARDING_DIRECTORY_CREDENTIAL=sandbox)"
+                )
+        return self
+
     @property
     def retry_max_age(self) -> timedelta:
         return timedelta(hours=self.retry_max_age_hours)

@@ -134,12 +134,9 @@ class FakeExchange:
         self.script.check("get_accepted_domains")
         return self.accepted_domains
 
-    async def find_mail_contact(self, identity: str) -> MailContact | None:
+    async def find_mail_contact(self, address: str) -> MailContact | None:
         self.script.check("find_mail_contact")
-        return next(
-            (c for c in self.contacts.values() if identity.lower() in {c.identity, c.external_email_address.lower()}),
-            None,
-        )
+        return next((c for c in self.contacts.values() if c.external_email_address.lower() == address.lower()), None)
 
     async def new_mail_contact(
         self,

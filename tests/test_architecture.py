@@ -101,11 +101,12 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
     assert not cycles
 
 
-def test_contracts_import_nothing_of_the_project_but_the_leaf_of_queue_names() -> None:
-    assert {m for m in imported_modules(ROOT / "shared" / "contracts.py") if m.startswith("shared")} <= {
-        "shared.queues"
-    }
-    assert not {m for m in imported_modules(ROOT / "shared" / "queues.py") if m.split(".")[0] in {"shared", "pydantic"}}
+def test_contracts_import_nothing_of_the_project_but_two_leaves() -> None:
+    leaves = {"shared.queues", "shared.addresses"}  # queue names; how addresses are measured
+    assert {m for m in imported_modules(ROOT / "shared" / "contracts.py") if m.startswith("shared")} <= leaves
+    for leaf in leaves:
+        path = ROOT / "shared" / f"{leaf.split('.')[1]}.py"
+        assert not {m for m in imported_modules(path) if m.split(".")[0] in {"shared", "pydantic"}}
 
 
 def test_the_deployed_package_never_imports_the_stand_ins_or_the_command_line() -> None:
@@ -136,6 +137,18 @@ def test_production_settings_cannot_select_the_sandbox_credential() -> None:
     allowed = Settings.model_validate({**SETTINGS, "directory_credential": "sandbox", "allow_sandbox_credential": True})
     with pytest.raises(RuntimeError, match="supplied by the local host"):
         build_services(allowed)
+
+
+@pytest.mark.parametrize("setting", ["graph_base_url", "exchange_base_url"])
+def test_the_directory_is_reached_over_https_except_in_the_sandbox(setting: str) -> None:
+    """The bearer token travels to both base URLs: never in clear text to a real tenant."""
+    plain = {**SETTINGS, setting: "http://graph.contoso.example/v1.0"}
+    with pytest.raises(ValidationError, match=f"ONBOARDING_{setting.upper()} must be an https:// URL"):
+        Settings.model_validate(plain)
+    with pytest.raises(ValidationError, match="must be an https:// URL"):
+        Settings.model_validate({**plain, "directory_credential": "default"})
+    sandbox = {**plain, "directory_credential": "sandbox", "allow_sandbox_credential": True}
+    assert str(getattr(Settings.model_validate(sandbox), setting)).startswith("http://")
 
 
 async def test_build_services_uses_the_adapters_it_is_given_and_closes_only_its_own() -> None:

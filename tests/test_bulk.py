@@ -14,7 +14,7 @@ from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 from typer.testing import CliRunner
 
-from cli.bulk import BulkFileError, check_file, check_text, stable_request_id, write_request_ids
+from cli.bulk import BulkFileError, check_file, check_text, spreadsheet_cell, stable_request_id, write_request_ids
 from cli.main import app
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import ServiceBusEmulator
@@ -344,6 +344,45 @@ def test_the_request_ids_written_out_are_csv_whatever_they_hold(tmp_path: Path) 
     write_request_ids(tmp_path / "ids.csv", checked.rows)
     with (tmp_path / "ids.csv").open(newline="") as file:
         assert [row["request_id"] for row in csv.DictReader(file)] == ["a,b", 'x"y']
+
+
+# OWASP "CSV Injection": a cell starting with = + - @ tab or CR is run as a formula by spreadsheets.
+FORMULAS = ['=HYPERLINK("evil.example","open")', "+1", "-2+3", "@SUM(1)"]
+
+
+@pytest.mark.stack
+def test_the_written_request_ids_open_in_a_spreadsheet_as_text_not_formulas(
+    servicebus_emulator: ServiceBusEmulator, tmp_path: Path
+) -> None:
+    csv_file, ids = tmp_path / "people.csv", tmp_path / "ids.csv"
+    with csv_file.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(FULL_HEADER.strip().split(","))
+        for n, request_id in enumerate(FORMULAS):
+            writer.writerow(
+                [f"f{n}@fabrikam.example", f"F {n}", "partners@contoso.com", "demo-hr", "", "", request_id, ""]
+            )
+    env = {SERVICEBUS_CONNECTION: servicebus_emulator.connection_string}
+    sent = CliRunner().invoke(app, ["bulk", str(csv_file), "--output", str(ids)], env=env)
+    assert sent.exit_code == 0, sent.output
+    with ids.open(newline="") as file:
+        written = [row["request_id"] for row in csv.DictReader(file)]
+    assert written == [f"'{request_id}" for request_id in FORMULAS]
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("a=1", "a=1"),
+        ("hr-2026-1", "hr-2026-1"),
+        ("", ""),
+    ],
+)
+def test_a_cell_that_would_start_a_formula_gets_a_leading_quote(value: str, cell: str) -> None:
+    assert spreadsheet_cell(value) == cell
 
 
 def test_a_file_with_only_its_header_is_said_to_have_no_rows(tmp_path: Path) -> None:

@@ -90,6 +90,29 @@ def test_a_bad_event_is_one_specific_invalid_request(body: Any, content_type: st
     assert raised.value.delivery.request_id == "msg-1"  # the outcome can still name the message
 
 
+DEPTH = 100_000
+
+
+def deeply_nested(where: str) -> bytes:
+    """JSON nested DEPTH arrays deep at `where` (a 200 kB body, within Service Bus's 256 KB)."""
+    deep = "[" * DEPTH + "]" * DEPTH
+    if where == "data":
+        return b'{"specversion": "1.0", "id": "evt-deep", "source": "/hr", "type": "%s", "data": %s}' % (
+            REQUEST_TYPE.encode(),
+            deep.encode(),
+        )
+    return b'{"specversion": "1.0", "id": "evt-deep", "source": "/hr", "extension": %s}' % deep.encode()
+
+
+@pytest.mark.parametrize("where", ["data", "extension"])
+@pytest.mark.parametrize("content_type", ["application/cloudevents+json", None])
+def test_an_event_nested_too_deep_is_an_invalid_request_not_a_crash(where: str, content_type: str | None) -> None:
+    with pytest.raises(envelope.UnreadableMessage) as raised:
+        decoded(deeply_nested(where), content_type=content_type)
+    assert "nested too deeply" in raised.value.description
+    assert raised.value.delivery.request_id == "msg-1"
+
+
 def test_a_binary_event_with_a_bad_attribute_is_refused() -> None:
     properties: dict[str | bytes, Any] = {b"cloudEvents:specversion": "1.0", b"cloudEvents:id": "e"}
     with pytest.raises(envelope.UnreadableMessage, match="source: Field required"):

@@ -73,6 +73,36 @@ def test_request_rejects_out_of_contract_values(change: dict[str, object]) -> No
         OnboardingRequest.model_validate(body)
 
 
+LONG_DOMAIN = ".".join(["d" * 63] * 3) + "." + "e" * 57  # 249 octets: 4 labels within 63, RFC 1035's 253 whole
+
+
+@pytest.mark.parametrize(
+    ("address", "fits"),
+    [
+        ("a" * 64 + "@fabrikam.example", True),
+        ("a" * 65 + "@fabrikam.example", False),  # RFC 5321 4.5.3.1.1: local part at most 64 octets
+        ("\u00fc" * 32 + "@fabrikam.example", True),  # 64 octets in UTF-8
+        ("\u00fc" * 33 + "@fabrikam.example", False),  # 33 characters, 66 octets
+        ("a@" + LONG_DOMAIN, True),
+        ("a" * 5 + "@" + LONG_DOMAIN, False),  # 255 octets: over the 254 of a whole path's address
+    ],
+)
+def test_addresses_keep_to_rfc_5321_lengths_in_octets(address: str, fits: bool) -> None:
+    for field in ("external_email", "group"):
+        body: dict[str, object] = {
+            "external_email": "a@fabrikam.example",
+            "display_name": "A",
+            "group": {"smtp_address": "g@contoso.com"},
+            "source_system": "hr",
+        }
+        body[field] = address if field == "external_email" else {"smtp_address": address}
+        if fits:
+            OnboardingRequest.model_validate(body)
+        else:
+            with pytest.raises(ValidationError, match=r"octets|too long"):  # email-validator checks the whole
+                OnboardingRequest.model_validate(body)
+
+
 # A stage message as versions before the envelope's copies were dropped wrote it (add-member's queue).
 EARLIER_STAGE_MESSAGE: dict[str, Any] = {
     "contract_version": "1",

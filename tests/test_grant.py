@@ -10,6 +10,7 @@ from cli.grant_graph import Directory
 from cli.grant_plan import GroupKindInUse, Identity, plan_for
 from cli.main import app
 from shared.directory.graph import MsGraphDirectory
+from shared.powershell import quoted
 from standins.tenant_sandbox import TenantSandbox
 from standins.tenant_sandbox.credential import SandboxCredential
 from standins.tenant_sandbox.grants_face import (
@@ -89,10 +90,10 @@ def test_mail_send_is_granted_only_with_the_welcome_message_and_only_tenant_wide
     scoped = grant(tenant_sandbox, identity.id, "--group-kinds", "distribution", "--welcome-sender", SENDER, "--yes")
     assert scoped.exit_code == 0, scoped.output
     assert "Microsoft Graph/Mail.Send" not in app_roles_of(tenant_sandbox, identity.id)
-    assert f"-RecipientRestrictionFilter \"PrimarySmtpAddress -eq '{SENDER}'\"" in scoped.output
-    assert f'New-ManagementRoleAssignment -App {identity.id} -Role "Application Mail.Send"' in scoped.output
-    assert f"New-ServicePrincipal -AppId {identity.app_id} -ObjectId {identity.id}" in scoped.output
-    assert '-Roles "Message Tracking"' in scoped.output
+    assert f"-RecipientRestrictionFilter {quoted(f'PrimarySmtpAddress -eq {quoted(SENDER)}')}" in scoped.output
+    assert f"New-ManagementRoleAssignment -App '{identity.id}' -Role 'Application Mail.Send'" in scoped.output
+    assert f"New-ServicePrincipal -AppId '{identity.app_id}' -ObjectId '{identity.id}'" in scoped.output
+    assert "-Roles 'Message Tracking'" in scoped.output
 
     wide = grant(
         tenant_sandbox,
@@ -113,8 +114,8 @@ def test_mail_enabled_security_groups_print_the_role_group_steps(tenant_sandbox:
     identity = identity_in(tenant_sandbox)
     result = grant(tenant_sandbox, identity.app_id, "--group-kinds", "mail-enabled-security", "--yes")  # by client id
     assert result.exit_code == 0, result.output
-    assert '-Roles "Security Group Creation and Membership"' in result.output
-    assert 'Add-RoleGroupMember -Identity "Onboarding security group membership"' in result.output
+    assert "-Roles 'Security Group Creation and Membership'" in result.output
+    assert "Add-RoleGroupMember -Identity 'Onboarding security group membership'" in result.output
     assert [r.role_definition_id for r in tenant_sandbox.grants.roles_of(identity.id)] == [ERA]
 
 

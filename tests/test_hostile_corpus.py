@@ -1,26 +1,39 @@
 """A hostile corpus among valid requests, sent as an upstream system would: each message ends in
-exactly one outcome with its documented reason, hostile names are stored literally, and the host
-keeps running. Through the real azure-servicebus SDK, the emulator, the sandbox and the local host; the
-outcome queue keeps every message sent to it, so a second outcome is counted whatever its MessageId.
+exactly one outcome with its documented reason, hostile names are stored literally, the host keeps
+running, and no log line holds a person's address, a token or a key in any spelling. Through the
+real azure-servicebus SDK, the emulator, the sandbox and the local host; the outcome queue keeps
+every message sent to it, so a second outcome is counted whatever its MessageId.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import logging
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.amqp import AmqpAnnotatedMessage, AmqpMessageProperties
+from pydantic_core import from_json
 
-from shared.contracts import DeadLetterReason, OutcomeStatus
+from shared.cloudevents import REQUEST_TYPE
+from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus
+from shared.logs import LOG_FORMAT, THIRD_PARTY_LOGGERS
 from shared.settings import SERVICEBUS_CONNECTION
+from standins.local_host import load_function_app
 from standins.stack import local_stack
 from tests.fixtures.pipeline import keeping_every_outcome
 from tests.samples import PARTNERS
+from tests.test_logs import spellings
 from tests.test_one_outcome import run_host_until
+from tools.demo import DEMO_POLICY
 
 pytestmark = pytest.mark.stack  # starts the stand-ins and the local host
 
@@ -31,6 +44,12 @@ DLQ = "add-member/$deadletterqueue"
 
 OK, WARNED, FAILED = OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS, OutcomeStatus.FAILED
 INVALID = DeadLetterReason.INVALID_REQUEST
+# Blocked in the corpus's policy as written there; requests spell the same domains the other way.
+BLOCKED_PUNYCODE, BLOCKED_UNICODE = "xn--mller-kva.example", "bl\u00f6cked.example"
+# A contact planted with this Name and another person's address: Get-MailContact -Identity finds it.
+NAMED_LIKE = "named-like@fabrikam.example"
+BINARY_ID = b"\xff\x00\xfe"
+DEEP = 100_000
 HOSTILE_NAMES = (
     "Robert'); DROP TABLE contacts;--",
     "$(Remove-Mailbox -Identity * -Confirm:$false)",
@@ -38,6 +57,15 @@ HOSTILE_NAMES = (
     "Zoë 李 \u202eevil\u202c",
     "🙂 Smile O'Neil",
 )
+
+
+FALCON = {"smtp_address": "project-falcon@contoso.com"}
+
+
+def deep_event() -> bytes:
+    """A structured CloudEvent whose data is nested DEEP arrays deep (json.loads: RecursionError)."""
+    deep = "[" * DEEP + "]" * DEEP
+    return f'{{"specversion": "1.0", "id": "deep", "source": "/hr", "type": "{REQUEST_TYPE}", "data": {deep}}}'.encode()
 
 
 def request(case: str, **changes: Any) -> dict[str, Any]:
@@ -108,6 +136,10 @@ def corpus() -> list[Case]:
         "request-id-query": request("request-id-query", request_id="a?b#c"),
         "name-200k": request("name-200k", display_name="n" * 200_000),
         "nan": json.dumps(request("nan", first_name=None)).replace("null", "NaN").encode(),
+        # RFC 5321's lengths, in octets: 65 ASCII, and 33 two-octet letters before the @.
+        "email-local-65": request("email-local-65", external_email="a" * 65 + "@fabrikam.example"),
+        "email-local-66-octets": request("email-local-66-octets", external_email="\u00fc" * 33 + "@fabrikam.example"),
+        "group-local-65": request("group-local-65", group={"smtp_address": "g" * 65 + "@contoso.com"}),
     }
     cases: list[Case] = [(case, data(case, body), FAILED, INVALID) for case, body in bad_bodies.items()]
     refused = {
@@ -130,6 +162,14 @@ def corpus() -> list[Case]:
             request("security-group", group={"object_id": "7c1d2e3f-0004-4b5c-8d9e-0f1a2b3c4d04"}),
             "UnsupportedGroupKind",
         ),
+        "blocked-punycode-entry": (
+            request("blocked-punycode-entry", external_email="x@m\u00fcller.example"),
+            "PolicyDenied",
+        ),
+        "blocked-unicode-entry": (
+            request("blocked-unicode-entry", external_email="x@xn--blcked-xxa.example"),
+            "PolicyDenied",
+        ),
         "internal-user": (
             request(
                 "internal-user",
@@ -146,6 +186,53 @@ def corpus() -> list[Case]:
     sequence_body = AmqpAnnotatedMessage(
         sequence_body=[[1, 2]], properties=AmqpMessageProperties(message_id="amqp-sequence")
     )
+    binary_id = AmqpAnnotatedMessage(
+        data_body=[json.dumps(request("binary-id")).encode()], properties=AmqpMessageProperties(message_id=BINARY_ID)
+    )
+    binary_id_with_body_id = AmqpAnnotatedMessage(
+        data_body=[json.dumps(request("binary-body-id", request_id="binary-body-id")).encode()],
+        properties=AmqpMessageProperties(message_id=BINARY_ID + b"\x01"),
+    )
+    cases += [
+        ("\\binary:sha256-" + hashlib.sha256(BINARY_ID).hexdigest(), binary_id, FAILED, INVALID),
+        ("binary-body-id", binary_id_with_body_id, OK, None),
+        ("deep-event", data("deep-event", deep_event(), content_type="application/cloudevents+json"), FAILED, INVALID),
+        ("deep-event-untyped", data("deep-event-untyped", deep_event()), FAILED, INVALID),
+        # Valid requests whose addresses a log line could spell many ways (the log test looks for each).
+        (
+            "unicode",
+            data("unicode", request("unicode", external_email="j\u00fcrgen@m\u00fcller-partner.example")),
+            OK,
+            None,
+        ),
+        (
+            "quoted",
+            data("quoted", request("quoted", external_email="o'hara\u2018x@fabrikam.example", group=FALCON)),
+            OK,
+            None,
+        ),
+        (
+            "ann.lee@fabrikam.example",
+            data(
+                "ann", request("ann", external_email="ann.lee@fabrikam.example", request_id="ann.lee@fabrikam.example")
+            ),
+            OK,
+            None,
+        ),
+        (
+            "correlated",
+            data("correlated", request("correlated"), correlation_id="correlated@fabrikam.example"),
+            OK,
+            None,
+        ),
+        # Get-MailContact -Identity finds the planted contact by its Name: not this person's.
+        (
+            NAMED_LIKE,
+            data("named-like", request("named-like", external_email=NAMED_LIKE, request_id=NAMED_LIKE)),
+            OK,
+            None,
+        ),
+    ]
     cases += [
         ("amqp-value", value_body, FAILED, INVALID),
         ("amqp-sequence", sequence_body, FAILED, INVALID),
@@ -182,20 +269,72 @@ def corpus() -> list[Case]:
     return cases
 
 
-async def test_every_hostile_message_ends_in_exactly_one_outcome_with_its_reason() -> None:
+@dataclass(frozen=True)
+class CorpusRun:
+    cases: list[Case]
+    outcomes: list[OutcomeEvent]
+    stored: dict[str, str]  # address -> display name, of every contact and guest
+    impostor_in_partners: bool
+    log_lines: list[str]
+    secrets: list[str]  # what no log line may hold: the connection string and its key
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="module")
+def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorpusRun]:
+    """The corpus, once, through the stack, with every log line of every logger at DEBUG: the third
+    parties too, which the app keeps to warnings, so the masking alone must hold."""
+    policy = json.loads(DEMO_POLICY.read_text())
+    policy["blocked_domains"] += [BLOCKED_PUNYCODE, BLOCKED_UNICODE]
+    policy_file = tmp_path_factory.mktemp("corpus") / "policy.json"
+    policy_file.write_text(json.dumps(policy))
+    load_function_app()  # its import quiets the third parties: turned up again below, for this run
+    root, handler = logging.getLogger(), _Lines()
+    levels = {name: logging.getLogger(name).level for name in ("", *THIRD_PARTY_LOGGERS)}
+    root.addHandler(handler)
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    try:
+        yield asyncio.run(_run_corpus(policy_file, handler))
+    finally:
+        root.removeHandler(handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+async def _run_corpus(policy_file: Path, handler: _Lines) -> CorpusRun:
     cases = corpus()
-    assert len([case for case in cases if case[2] is FAILED]) >= 50
-    with local_stack(emulator_config=keeping_every_outcome()) as stack:
+    with local_stack(emulator_config=keeping_every_outcome(), policy_file=policy_file) as stack:
+        directory = stack.sandbox.directory
+        impostor = directory.add_contact(NAMED_LIKE, "Someone Else", "someone.else@tailspin.example", None, None)
+        connection = stack.environment[SERVICEBUS_CONNECTION]
         async with (
-            ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+            ServiceBusClient.from_connection_string(connection) as client,
             client.get_queue_sender("create-contact") as sender,
         ):
             for _, message, _, _ in cases:
                 await sender.send_messages(message)
-        outcomes = await run_host_until(stack, [case[0] for case in cases], within_seconds=150)
-        directory = stack.sandbox.directory
+        outcomes = await run_host_until(stack, [case[0] for case in cases], within_seconds=180)
         stored = {c.external_email_address: c.display_name for c in directory.contacts.values()}
         stored |= {u.mail: u.display_name for u in directory.users.values() if u.user_type == "Guest"}
+        partners = directory.group_by_identity(PARTNERS)
+        impostor_in_partners = partners is not None and impostor.guid in partners.members
+    key = next(part.split("=", 1)[1] for part in connection.split(";") if part.startswith("SharedAccessKey="))
+    return CorpusRun(cases, outcomes, stored, impostor_in_partners, handler.lines, [connection, key])
+
+
+def test_every_hostile_message_ends_in_exactly_one_outcome_with_its_reason(corpus_run: CorpusRun) -> None:
+    cases, outcomes, stored = corpus_run.cases, corpus_run.outcomes, corpus_run.stored
+    assert len([case for case in cases if case[2] is FAILED]) >= 50
     counted: dict[str, int] = {}
     for outcome in outcomes:
         counted[outcome.request_id] = counted.get(outcome.request_id, 0) + 1
@@ -210,3 +349,36 @@ async def test_every_hostile_message_ends_in_exactly_one_outcome_with_its_reason
     assert set(by_id) == {case[0] for case in cases}
     for index, name in enumerate(HOSTILE_NAMES):
         assert stored[f"name-{index}@fabrikam.example"] == name, "stored literally"
+    assert stored[NAMED_LIKE] == "Person named-like", "the person got a contact of their own"
+    assert not corpus_run.impostor_in_partners, "the contact only named like the address was not added"
+
+
+def test_no_log_line_holds_an_address_a_token_or_a_key_in_any_spelling(corpus_run: CorpusRun) -> None:
+    lines = corpus_run.log_lines
+    assert len(lines) > len(corpus_run.cases), "the run was logged"
+    assert any("%40" in line or "%2540" in line for line in lines), "URLs with addresses were logged (masked)"
+    persons = {
+        address
+        for _, message, _, _ in corpus_run.cases
+        if isinstance(message, ServiceBusMessage)
+        for address in _external_emails(b"".join(message.body))
+    }
+    assert len(persons) > 40
+    leaks = {
+        (address, form)
+        for address in persons
+        for form, text in spellings(address).items()
+        if any(text in line for line in lines)
+    }
+    assert leaks == set()
+    assert [line for line in lines if "eyJ" in line or any(secret in line for secret in corpus_run.secrets)] == []
+    assert [line for line in lines if "Bearer " in line and "Bearer ***" not in line] == []
+
+
+def _external_emails(body: bytes) -> list[str]:
+    try:
+        parsed = from_json(body)  # json.loads would raise RecursionError on the deep events
+    except ValueError:
+        return []
+    address = parsed.get("external_email") if isinstance(parsed, dict) else None
+    return [address] if isinstance(address, str) and "@" in address else []

@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from azure.servicebus import ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient
+from rich.console import Console
 from typer.testing import CliRunner, Result
 
+from cli.dlq import list_dead_letters, render_one
 from cli.main import app
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal import SqliteJournal, TransitionKind, open_journal
+from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack
 from tests.fixtures.azurite import Azurite
 from tests.fixtures.pipeline import onboard
@@ -21,6 +27,7 @@ from tests.samples import sample_request as demo_request
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 PARTNERS = "partners@contoso.com"
+UNKNOWN_GROUP = "no-such-group@contoso.com"
 WIDE = {"COLUMNS": "220"}  # rich wraps to the terminal; keep each row on one line for the asserts
 
 
@@ -29,15 +36,18 @@ async def status_command(arguments: list[str], env: dict[str, str]) -> Result:
     return await asyncio.to_thread(CliRunner().invoke, app, arguments, env=env)
 
 
-async def test_each_transition_is_journalled_and_onboard_status_prints_it(stack: LocalStack) -> None:
+async def test_each_transition_is_journalled_and_onboard_status_prints_it(
+    stack: LocalStack, caplog: pytest.LogCaptureFixture
+) -> None:
     stack.sandbox.inject("exchange", 503, count=1, operation="New-MailContact")
-    outcomes = await onboard(
-        stack,
-        [
-            demo_request("j-ok", "ana@fabrikam.example", "Ana Lind", PARTNERS),
-            demo_request("j-unknown", "bo@fabrikam.example", "Bo Ek", "no-such-group@contoso.com"),
-        ],
-    )
+    with caplog.at_level(logging.INFO, "onboarding"):
+        outcomes = await onboard(
+            stack,
+            [
+                demo_request("j-ok", "ana@fabrikam.example", "Ana Lind", PARTNERS),
+                demo_request("j-unknown", "bo@fabrikam.example", "Bo Ek", UNKNOWN_GROUP),
+            ],
+        )
     assert outcomes["j-ok"].status is OutcomeStatus.SUCCEEDED, outcomes["j-ok"]
 
     journal = SqliteJournal(stack.journal_database)
@@ -76,6 +86,24 @@ async def test_each_transition_is_journalled_and_onboard_status_prints_it(stack:
     assert set(rows) == {"j-ok", "j-unknown"}
     assert "finished" in rows["j-ok"] and "Succeeded" in rows["j-ok"]
     assert "dead-lettered" in rows["j-unknown"]
+
+    # The tenant's group address is shown wherever it is named, the person's never (docs/logging.md).
+    refused = " ".join((await status_command(["status", "j-unknown"], env)).output.split())  # as wrapped
+    assert f"No group <{UNKNOWN_GROUP}> exists" in refused and "bo@fabrikam.example" not in refused
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.request_id == "j-unknown")  # type: ignore[attr-defined]
+    assert f"<{UNKNOWN_GROUP}>" in logged
+    assert all("ana@" not in r.getMessage() and "bo@" not in r.getMessage() for r in caplog.records)
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        client.get_queue_receiver("create-contact", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dead_letters,
+    ):
+        (dead_letter,) = await dead_letters.peek_messages(max_message_count=10)
+        (view,) = await list_dead_letters(client, [StageName.CREATE_CONTACT])
+    shown = Console(width=200, record=True)
+    with shown.capture() as captured:
+        shown.print(render_one(StageName.CREATE_CONTACT, dead_letter, datetime.now(UTC)))
+    assert f"<{UNKNOWN_GROUP}>" in view.description and f"<{UNKNOWN_GROUP}>" in captured.get()
+    assert '"b***@fabrikam.example"' in captured.get() and "bo@fabrikam.example" not in captured.get()
 
 
 def test_onboard_status_explains_a_missing_or_malformed_journal(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from tests.samples import sample_request
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 GUEST = "existing.guest@fabrikam.example"
+QUOTED_GUEST = "o'hara\u2018x@fabrikam.example"
 PARTNERS, SECURE, FALCON = "partners@contoso.com", "suppliers-secure@contoso.com", "project-falcon@contoso.com"
 
 
@@ -27,11 +28,16 @@ async def test_existing_guests_subscriptions_sender_lists_and_missing_roles(stac
     )
     assert guest is not None and partners is not None and falcon is not None
     directory.unsubscribe(falcon, guest.id)  # an admin removed the guest's subscription
+    # The same for a guest whose address holds quotes PowerShell ends a string at (the fix must paste whole).
+    quoted_guest = directory.add_guest(QUOTED_GUEST, "O'Hara")
+    directory.add_member(falcon, quoted_guest.id)
+    directory.unsubscribe(falcon, quoted_guest.id)
     partners.accept_messages_only_from = ["listed@fabrikam.example"]
     stack.sandbox.grants.revoke_exchange_role(APP_OBJECT_ID, SECURITY_GROUP_MEMBERSHIP)  # Recipient Administrator only
     requests = [
         sample_request("x-guest-dl", GUEST, "Existing Guest", PARTNERS),
         sample_request("x-unsubscribed", GUEST, "Existing Guest", FALCON),
+        sample_request("x-unsubscribed-quoted", QUOTED_GUEST, "O'Hara", FALCON),
         sample_request("x-listed", "listed@fabrikam.example", "Listed Person", PARTNERS),
         sample_request("x-secure", "sec@fabrikam.example", "Sec Person", SECURE),
     ]
@@ -54,6 +60,10 @@ async def test_existing_guests_subscriptions_sender_lists_and_missing_roles(stac
         f"Add-UnifiedGroupLinks -Identity '{FALCON}' -LinkType Subscribers -Links '{GUEST}'" in w
         for w in unsubscribed.warnings
     )
+
+    unsubscribed_quoted = outcomes["x-unsubscribed-quoted"]
+    fix = "Add-UnifiedGroupLinks -Identity 'project-falcon@contoso.com' -LinkType Subscribers -Links 'o''hara\u2018\u2018x@fabrikam.example'"
+    assert any(w.endswith(fix) for w in unsubscribed_quoted.warnings), unsubscribed_quoted.warnings
 
     # 11. The sender list names the new contact (as its object GUID): no "not listed" warning.
     listed = outcomes["x-listed"]

@@ -149,8 +149,8 @@ class CachingExchangeDirectory:
     async def _nonempty_domains(self) -> frozenset[str] | None:
         return await self.inner.get_accepted_domains() or None
 
-    async def find_mail_contact(self, identity: str) -> MailContact | None:
-        return await self.inner.find_mail_contact(identity)
+    async def find_mail_contact(self, address: str) -> MailContact | None:
+        return await self.inner.find_mail_contact(address)
 
     async def new_mail_contact(
         self,

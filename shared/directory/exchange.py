@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from azure.core.credentials_async import AsyncTokenCredential
 
+from shared.addresses import same_address
 from shared.directory.errors import (
     AddressInUseError,
     AlreadyExistsError,
@@ -169,12 +170,16 @@ class ExchangeOnlineClient:
         rows = (await self.invoke("Get-AcceptedDomain", {})).rows
         return frozenset(str(row.get("DomainName", "")).lower() for row in rows if row.get("DomainName"))
 
-    async def find_mail_contact(self, identity: str) -> MailContact | None:
+    async def find_mail_contact(self, address: str) -> MailContact | None:
+        """The person's contact: the one whose ExternalEmailAddress is `address`. -Identity also matches
+        a Name, an alias or a Guid, so a contact found through those (named like the address, holding
+        another) is someone else's and not returned."""
         try:
-            rows = (await self.invoke("Get-MailContact", {"Identity": identity})).rows
+            rows = (await self.invoke("Get-MailContact", {"Identity": address})).rows
         except NotFoundError:
             return None
-        return _mail_contact(rows[0]) if rows else None
+        contacts = (_mail_contact(row) for row in rows)
+        return next((c for c in contacts if same_address(c.external_email_address, address)), None)
 
     async def new_mail_contact(
         self,

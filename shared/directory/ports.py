@@ -121,7 +121,9 @@ class ExchangeDirectory(Protocol):
         """The tenant's own domains, lower-case."""
         ...
 
-    async def find_mail_contact(self, identity: str) -> MailContact | None: ...
+    async def find_mail_contact(self, address: str) -> MailContact | None:
+        """The mail contact whose external address is `address` (never one that only has it as its name)."""
+        ...
 
     async def new_mail_contact(
         self,

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shared.contracts import OutcomeStatus, StageName
 from shared.logs import mask_emails
@@ -22,6 +31,7 @@ JournalRequestId = Annotated[str, StringConstraints(min_length=1, max_length=256
 
 CAUSE_MAX = 2000  # a cause is a reason plus a short description, not a body dump
 ATTEMPT_MAX = 999_999  # the key pads attempts to six digits
+_AS_STORED = "as_stored"
 
 
 class TransitionKind(StrEnum):
@@ -39,8 +49,10 @@ _WITH_OUTCOME = frozenset({TransitionKind.DEAD_LETTERED, TransitionKind.FINISHED
 
 
 class Transition(BaseModel):
-    """One delivery's transition. `cause` must not hold an address or a secret: the caller masks
-    (addresses are masked here again, as a second line of defence)."""
+    """One delivery's transition. `cause` must not hold a person's address or a secret: the caller masks
+    (addresses are masked here again, as a second line of defence, showing the group addresses of the
+    request in hand; a transition read back with `as_stored` is not masked again, or the CLI, which has
+    no request in hand, would mask those)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -56,10 +68,17 @@ class Transition(BaseModel):
     outcome_status: OutcomeStatus | None = None
     at: AwareDatetime
 
+    @classmethod
+    def as_stored(cls, **fields: Any) -> Transition:
+        """A transition as a journal gives it back: its cause was masked when it was recorded."""
+        return cls.model_validate(fields, context={_AS_STORED: True})
+
     @field_validator("cause")
     @classmethod
-    def _mask(cls, cause: str | None) -> str | None:
-        return None if cause is None else mask_emails(cause)
+    def _mask(cls, cause: str | None, info: ValidationInfo) -> str | None:
+        if cause is None or (info.context or {}).get(_AS_STORED):
+            return cause
+        return mask_emails(cause)
 
     @field_validator("at")
     @classmethod

@@ -156,7 +156,7 @@ def _iso(at: datetime) -> str:
 
 def _transition(row: tuple[Any, ...]) -> Transition:
     request_id, _key, stage, decision, attempt, cause, outcome_status, at = row
-    return Transition(
+    return Transition.as_stored(
         request_id=request_id,
         stage=stage,
         decision=decision,

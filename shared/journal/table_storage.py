@@ -201,7 +201,7 @@ def _utf16(key: str) -> bytes:
 
 
 def _transition(entity: dict[str, Any] | Any) -> Transition:
-    return Transition(
+    return Transition.as_stored(
         request_id=_request_id(str(entity["PartitionKey"])),
         stage=entity["Stage"],
         decision=entity["Decision"],

@@ -38,6 +38,7 @@ from shared.directory.ports import GroupMember, SenderRestrictions, is_member
 from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, finish
+from shared.powershell import quoted
 from shared.progress import Progress, Turn
 from shared.stages.admission import admitted
 from shared.stages.dependencies import StageDependencies, WelcomeMail
@@ -115,7 +116,7 @@ async def _check_subscription(run: _Verification) -> None:
             f"The guest is a member of {group.display_name!r} but not subscribed to it, so the group's "
             "conversations do not reach them by mail. The app cannot subscribe anyone (Add-UnifiedGroupLinks "
             "refuses app-only callers); an Exchange administrator can: "
-            f"Add-UnifiedGroupLinks -Identity '{group.mail}' -LinkType Subscribers -Links '{address}'"
+            f"Add-UnifiedGroupLinks -Identity {quoted(group.mail)} -LinkType Subscribers -Links {quoted(address)}"
         )
 
 
@@ -192,7 +193,7 @@ async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Reci
             progress.warnings.append(
                 f"Group {group.display_name!r} accepts mail only from authenticated senders: mail from this "
                 "person bounces with 550 5.7.133. Fix, if intended: "
-                f"{cmdlet} -Identity '{group.mail}' -RequireSenderAuthenticationEnabled $false "
+                f"{cmdlet} -Identity {quoted(group.mail)} -RequireSenderAuthenticationEnabled $false "
                 "(or allow the fix for this group in the policy)."
             )
     progress.warnings.extend(_other_restrictions(restrictions, recipient, str(run.message.request.external_email)))

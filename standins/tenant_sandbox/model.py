@@ -298,15 +298,19 @@ class Directory:
 
     @_locked
     def contact_by_identity(self, identity: str) -> Contact | None:
+        """Exchange -Identity: a Guid or object id, else the address, else the Name (the first kind that
+        finds a contact wins; Exchange's own order is not documented, docs/stand-in-differences.md)."""
         key = identity.lower()
-        return next(
-            (
-                c
-                for c in self.contacts.values()
-                if key in {c.guid, c.external_directory_object_id, c.name.lower(), c.external_email_address.lower()}
-            ),
-            None,
+        kinds: tuple[Callable[[Contact], set[str]], ...] = (
+            lambda c: {c.guid, c.external_directory_object_id},
+            lambda c: {c.external_email_address.lower()},
+            lambda c: {c.name.lower()},
         )
+        for keys_of in kinds:
+            found = next((c for c in self.contacts.values() if key in keys_of(c)), None)
+            if found is not None:
+                return found
+        return None
 
     @_locked
     def address_owner(self, address: str) -> str | None:

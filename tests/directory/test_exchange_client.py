@@ -43,9 +43,23 @@ async def test_new_mail_contact_then_find_by_each_identity(
     assert contact.name == "Jane Doe (Fabrikam)" and contact.external_directory_object_id
     stored = tenant_sandbox.directory.contact_by_identity(contact.identity)
     assert stored is not None and (stored.first_name, stored.last_name) == ("Jane", "Doe")
-    for identity in (contact.identity, "JANE.DOE@fabrikam.example", "Jane Doe (Fabrikam)"):
-        assert await exchange_directory.find_mail_contact(identity) == contact
+    for address in ("jane.doe@fabrikam.example", "JANE.DOE@fabrikam.example"):
+        assert await exchange_directory.find_mail_contact(address) == contact
     assert await exchange_directory.find_mail_contact("nobody@fabrikam.example") is None
+
+
+async def test_a_contact_named_like_the_address_but_holding_another_is_not_the_persons(
+    tenant_sandbox: TenantSandbox, exchange_directory: ExchangeOnlineClient
+) -> None:
+    """Get-MailContact -Identity also matches a contact's Name: its answer is compared with the address."""
+    tenant_sandbox.directory.add_contact(
+        "jane.doe@fabrikam.example", "Not Jane", "someone.else@tailspin.example", None, None
+    )
+    assert await exchange_directory.find_mail_contact("jane.doe@fabrikam.example") is None
+    janes = await exchange_directory.new_mail_contact(
+        name="Jane Doe", external_email_address="jane.doe@fabrikam.example", display_name="Jane Doe"
+    )
+    assert await exchange_directory.find_mail_contact("Jane.Doe@fabrikam.example") == janes
 
 
 async def test_hostile_display_name_is_stored_literally(

@@ -20,6 +20,7 @@ from shared.journal import (
 )
 from shared.journal.setting import MEMORY
 from shared.journal.table_storage import TableStorageJournal
+from shared.logs import request_context
 from tests.fixtures.azurite import Azurite
 
 T0 = datetime(2026, 11, 23, 9, 0, 0, 123456, tzinfo=UTC)
@@ -134,6 +135,16 @@ async def test_times_come_back_in_utc_to_the_microsecond(journal: Journal) -> No
 
 
 # --- the model --------------------------------------------------------------------------------
+
+
+async def test_a_cause_shows_the_requests_group_and_keeps_it_when_read_without_a_request(journal: Journal) -> None:
+    cause = "GroupNotFound: No group <partners@contoso.com>; not jordan.reyes@fabrikam.example"
+    with request_context("hr-5", "hr-5", shown=["partners@contoso.com"]):
+        await journal.record(transition("hr-5", 0, cause=cause))
+    (stored,) = await journal.history("hr-5")  # as `onboard status` reads it: no request in hand
+    assert stored.cause == "GroupNotFound: No group <partners@contoso.com>; not j***@fabrikam.example"
+    (state,) = [s for s in await journal.summary() if s.request_id == "hr-5"]
+    assert state.last_cause == stored.cause
 
 
 def test_a_cause_never_keeps_an_email_address() -> None:

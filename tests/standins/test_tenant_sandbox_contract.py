@@ -211,7 +211,7 @@ async def test_org_contact_writes_are_refused_as_graph_refuses_them(
             headers=tenant_sandbox.authorization("graph"),
         )
     assert created.status_code == 400 and "'Create'" in created.json()["error"]["message"]
-    assert (await exchange_directory.find_mail_contact(contact_id)) is not None
+    assert (await exchange_directory.invoke("Get-MailContact", {"Identity": contact_id})).rows
 
 
 async def test_get_user_by_id_and_by_mail(graph_directory: MsGraphDirectory) -> None:
