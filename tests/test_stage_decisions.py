@@ -18,7 +18,16 @@ from shared.contracts import (
     StageName,
 )
 from shared.decisions import DeadLetter, Finish, PassOn, RetryLater
-from shared.directory.errors import NotFoundError, PermissionDeniedError, ThrottledError, TransientDirectoryError
+from shared.directory.errors import (
+    AddressHeldInternallyError,
+    DirectoryError,
+    GuestsNotAllowedError,
+    InvitationRefusedError,
+    NotFoundError,
+    PermissionDeniedError,
+    ThrottledError,
+    TransientDirectoryError,
+)
 from shared.directory.ports import DirectoryUser, SenderRestrictions, TraceEntry
 from shared.envelope import Delivery
 from shared.policy import OnboardingPolicy
@@ -165,6 +174,56 @@ async def test_internal_member_is_not_invited_as_a_guest(world: World) -> None:
     world.graph.users["u1"] = DirectoryUser("u1", "jordan.reyes@fabrikam.example", "Member")
     decision = await create_contact(request_body(group={"object_id": world.m365.id}), delivery(), world.deps)
     assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
+
+
+async def test_an_internal_users_other_address_is_not_invited(world: World) -> None:
+    """Entra matches an invitation by UPN and otherMails too: a member's private address is theirs."""
+    member = DirectoryUser("u1", "jordan@contoso.com", "Member")
+    world.graph.users["u1"] = member
+    world.graph.other_addresses["jordan.reyes@fabrikam.example"] = member
+    decision = await create_contact(request_body(group={"object_id": world.m365.id}), delivery(), world.deps)
+    assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
+    assert "invite_guest" not in world.script.calls
+
+
+async def test_an_invitation_answering_a_member_is_not_taken_for_a_guest(world: World) -> None:
+    world.graph.invited_user_type = "Member"  # invitedUserType: an existing B2B member came back
+    decision = await create_contact(request_body(group={"object_id": world.m365.id}), delivery(), world.deps)
+    assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "says"),
+    [
+        (
+            AddressHeldInternallyError(
+                "The invited user already exists in the directory as object ID: u1.", face="graph"
+            ),
+            DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
+            "add that user to the group instead",
+        ),
+        (
+            InvitationRefusedError("Guest invitations not allowed for your company.", face="graph", status=403),
+            DeadLetterReason.INVITATION_REFUSED,
+            "allow/deny list",
+        ),
+    ],
+)
+async def test_an_invitation_graph_refuses_ends_with_its_own_reason(
+    world: World, error: DirectoryError, reason: DeadLetterReason, says: str
+) -> None:
+    world.script.fail_next("invite_guest", error)
+    decision = await create_contact(request_body(group={"object_id": world.m365.id}), delivery(), world.deps)
+    dead = assert_dead_letter(decision, reason)
+    assert says in dead.description and "onboard grant" not in dead.description
+
+
+async def test_a_group_refusing_guests_is_not_a_missing_right(world: World) -> None:
+    message = await pass_on(world, request_body(group={"object_id": world.m365.id}))
+    refusal = GuestsNotAllowedError("Guests users are not allowed to join this Unified Group", face="graph", status=403)
+    world.script.fail_next("add_group_member", refusal)
+    dead = assert_dead_letter(await add_member(message, delivery(), world.deps), DeadLetterReason.GUESTS_NOT_ALLOWED)
+    assert "AllowToAddGuests" in dead.description and "onboard grant" not in dead.description
 
 
 async def test_address_in_an_accepted_domain_is_refused(world: World) -> None:
