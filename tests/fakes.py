@@ -97,6 +97,9 @@ class FakeGraph:
         if object_id in self.members[group_id]:
             raise AlreadyExistsError("already a member", face="graph", status=400)
         self.members[group_id].add(object_id)
+        group = self.groups.get(group_id)
+        if self.exchange is not None and group is not None and group.mail and group.kind is GroupKind.MICROSOFT_365:
+            self.exchange.subscribers[group.mail].add(object_id)  # a guest is subscribed when added (no lag here)
 
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         self.script.check("list_group_member_ids")

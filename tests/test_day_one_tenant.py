@@ -77,6 +77,16 @@ async def test_a_new_guest_is_not_reported_unsubscribed_while_exchange_catches_u
     assert outcome.recipient is not None and outcome.recipient.kind is RecipientKind.GUEST_USER
 
 
+async def test_a_guest_exchange_never_shows_ends_with_a_warning_that_says_so(stack: LocalStack) -> None:
+    stack.sandbox.set_knobs(exchange_lag_seconds=3600)  # Exchange does not catch up within the retry budget
+    outcome = (await onboard(stack, [sample_request("d1-behind", "lou@tailspin.example", "Lou Reed", FALCON)]))[
+        "d1-behind"
+    ]
+    assert outcome.status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS, (outcome.reason, outcome.description)
+    (warning,) = outcome.warnings
+    assert "did not yet show the guest" in warning and "not subscribed" not in warning
+
+
 async def test_a_contact_entra_does_not_have_yet_is_checked_once_it_has(stack: LocalStack, readback: Readback) -> None:
     """New-MailContact answers without an Entra id for a while: the product never sends an empty id to Graph."""
     stack.sandbox.set_knobs(replication_lag_seconds=2)

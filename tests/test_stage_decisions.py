@@ -387,6 +387,26 @@ async def test_verify_checks_membership_with_one_call_for_each_kind(world: World
         assert others == [membership_call]
 
 
+async def test_verify_waits_while_exchange_has_not_listed_a_new_guest(world: World) -> None:
+    message = await member_message(world, group={"smtp_address": "falcon@contoso.com"}, allow_external_senders=False)
+    world.exchange.subscribers["falcon@contoso.com"].clear()  # Exchange has not learned of the add yet
+    decision = await verify_delivery(message, delivery(), world.deps)
+    assert isinstance(decision, RetryLater) and "sync lag" in decision.cause
+    # The retry budget spent (3 attempts here): it finishes, saying Exchange had not caught up, not "unsubscribed".
+    last = await verify_delivery(message, delivery(attempt=3), world.deps)
+    assert isinstance(last, Finish) and last.outcome.status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS
+    (warning,) = last.outcome.warnings
+    assert "did not yet show the guest" in warning and "Get-UnifiedGroupLinks -Identity 'falcon@contoso.com'" in warning
+
+
+async def test_verify_warns_at_once_about_a_member_from_before_who_is_not_subscribed(world: World) -> None:
+    message = await member_message(world, group={"smtp_address": "falcon@contoso.com"}, allow_external_senders=False)
+    world.exchange.subscribers["falcon@contoso.com"].clear()  # an administrator removed the subscription
+    decision = await verify_delivery(message.model_copy(update={"newly_added": False}), delivery(), world.deps)
+    assert isinstance(decision, Finish)
+    assert any("Add-UnifiedGroupLinks" in warning for warning in decision.outcome.warnings)
+
+
 async def test_verify_of_a_message_without_the_object_id_takes_it_from_the_directory(world: World) -> None:
     message = await member_message(world, allow_external_senders=False)
     older = message.model_copy(update={"recipient": message.recipient.model_copy(update={"directory_object_id": None})})
