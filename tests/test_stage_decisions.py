@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -414,6 +415,19 @@ async def test_verify_of_a_message_without_the_object_id_takes_it_from_the_direc
     decision = await verify_delivery(older, delivery(), world.deps)
     assert isinstance(decision, Finish)
     assert "is_contact_member" in world.script.calls and "list_distribution_group_members" not in world.script.calls
+    assert decision.outcome.recipient == message.recipient  # the Entra id found again travels on
+
+
+async def test_verify_waits_while_entra_has_no_id_for_the_contact(world: World) -> None:
+    """New-MailContact may answer before Entra has the contact: no empty id goes to Graph, it is read again later."""
+    message = await member_message(world, allow_external_senders=False)
+    contact = world.exchange.contacts[message.recipient.id]
+    world.exchange.contacts[contact.identity] = replace(contact, external_directory_object_id=None)
+    early = message.model_copy(update={"recipient": message.recipient.model_copy(update={"directory_object_id": None})})
+    world.script.calls.clear()
+    decision = await verify_delivery(early, delivery(), world.deps)
+    assert isinstance(decision, RetryLater) and "not visible yet" in decision.cause
+    assert not {"is_contact_member", "list_distribution_group_members"} & set(world.script.calls)
 
 
 async def test_verify_skips_sender_checks_when_not_asked(world: World) -> None:

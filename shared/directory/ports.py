@@ -41,7 +41,7 @@ class MailContact:
     identity: str
     name: str
     external_email_address: str  # bare address, without the "SMTP:" prefix
-    external_directory_object_id: str | None
+    external_directory_object_id: str | None  # the Entra object id; None until Entra has the contact
 
 
 @dataclass(frozen=True)

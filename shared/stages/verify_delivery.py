@@ -73,7 +73,7 @@ async def verify_delivery(message: StageMessage, delivery: Delivery, deps: Stage
     try:
         if message.welcome is not None and deps.welcome is not None:
             return await _check_welcome(run, deps.welcome, member)
-        if not await _is_member(message.group, message.recipient, str(message.request.external_email), deps):
+        if not await _is_member(run):
             cause = "the new membership is not visible yet (replication lag)"
             return retry_or_give_up(turn, progress, deps.retry, cause)
         guest_in_m365 = (
@@ -187,15 +187,15 @@ async def _check_welcome(run: _Verification, welcome: WelcomeMail, member: str) 
     return PassOn(STAGE, progress.stage_message(), welcome.check_interval)
 
 
-async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, deps: StageDependencies) -> bool:
-    if recipient.directory_object_id is not None:
-        # One call however large the group is (listing a 20,000-member group took 100+ pages).
-        return await is_member(deps.graph, group.id, recipient.kind, recipient.directory_object_id)
-    # A message from an earlier version, without the object id: list the members as before.
-    if group.kind is GroupKind.MICROSOFT_365:
-        return recipient.id in await deps.graph.list_group_member_ids(group.id)
-    members = await deps.exchange.list_distribution_group_members(group.mail)
-    return any(_is_recipient(member, recipient, address) for member in members)
+async def _is_member(run: _Verification) -> bool:
+    """One call however large the group is (listing a 20,000-member group took 100+ pages), with the
+    recipient's Entra object id as admission read it from the directory. False while Entra does not have
+    the recipient: New-MailContact answers before Entra has the contact (an empty ExternalDirectoryObjectId),
+    and an Exchange Guid is never sent to Graph in its place."""
+    recipient = run.message.recipient
+    if not recipient.directory_object_id:
+        return False
+    return await is_member(run.deps.graph, run.message.group.id, recipient.kind, recipient.directory_object_id)
 
 
 async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Recipient, run: _Verification) -> None:
