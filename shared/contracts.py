@@ -76,6 +76,8 @@ class DeadLetterReason(StrEnum):
     UNSUPPORTED_GROUP_KIND = "UnsupportedGroupKind"
     POLICY_DENIED = "PolicyDenied"
     ADDRESS_IN_USE_INTERNALLY = "AddressInUseInternally"
+    INVITATION_REFUSED = "InvitationRefused"
+    GUESTS_NOT_ALLOWED = "GuestsNotAllowed"
     PERMISSION_DENIED = "PermissionDenied"
     DIRECTORY_REJECTED = "DirectoryRejected"
     RETRIES_EXHAUSTED = "RetriesExhausted"

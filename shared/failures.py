@@ -9,7 +9,10 @@ from __future__ import annotations
 from shared.contracts import DeadLetterReason
 from shared.decisions import DeadLetter, Decision, RetryLater
 from shared.directory.errors import (
+    AddressHeldInternallyError,
     DirectoryError,
+    GuestsNotAllowedError,
+    InvitationRefusedError,
     NotFoundError,
     PermissionDeniedError,
     ThrottledError,
@@ -70,6 +73,8 @@ def decide_on_directory_error(
         return retry_or_give_up(turn, progress, retry, f"not visible yet (replication lag): {error}")
     if isinstance(error, PermissionDeniedError):
         return dead_letter(turn, progress, DeadLetterReason.PERMISSION_DENIED, permission_denied(error))
+    if refusal := _policy_refusal(error):
+        return dead_letter(turn, progress, *refusal)
     return dead_letter(
         turn,
         progress,
@@ -85,3 +90,28 @@ def permission_denied(error: PermissionDeniedError) -> str:
         f"The app's identity was refused by {error.face}: {error}.{needs} Grant the app's rights with "
         "onboard grant (docs/permissions.md lists each one and why), then replay it (onboard dlq replay)."
     )
+
+
+def _policy_refusal(error: DirectoryError) -> tuple[DeadLetterReason, str] | None:
+    """Refusals of the tenant's or the group's own settings (or of the address): more rights change nothing."""
+    if isinstance(error, AddressHeldInternallyError):
+        return DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, (
+            f"Graph will not invite the address: {error.message} That is a user of this tenant, not an external "
+            "person; add that user to the group instead."
+        )
+    if isinstance(error, InvitationRefusedError):
+        return DeadLetterReason.INVITATION_REFUSED, (
+            f"Graph refused to invite the person as a guest: {error}. The tenant's external collaboration settings "
+            "decide this (Entra admin center, External Identities): who may invite guests (an app invites only when "
+            "invitations are open to members or everyone, authorizationPolicy allowInvitesFrom) and which domains "
+            "may be invited (the B2B collaboration allow/deny list). If this person should be invited, change them "
+            "and replay (onboard dlq replay); if the address itself is refused, send a corrected request."
+        )
+    if isinstance(error, GuestsNotAllowedError):
+        return DeadLetterReason.GUESTS_NOT_ALLOWED, (
+            f"The group does not accept guests: {error}. Its guest setting forbids adding them (the group's "
+            "Group.Unified.Guest setting AllowToAddGuests=false, or the tenant-wide Group.Unified one); the app's "
+            "rights are not the cause. If this person should join, allow guests for the group (Set-MgGroupSetting, "
+            "or the Microsoft 365 admin center), then replay (onboard dlq replay)."
+        )
+    return None

@@ -44,6 +44,12 @@ REASONS: Mapping[DeadLetterReason, ReasonFacts] = MappingProxyType(
         DeadLetterReason.UNSUPPORTED_GROUP_KIND: ReasonFacts(Fix.NEW_REQUEST, refuses_the_request=True),
         DeadLetterReason.POLICY_DENIED: ReasonFacts(Fix.REPLAY, "changing the policy", refuses_the_request=True),
         DeadLetterReason.ADDRESS_IN_USE_INTERNALLY: ReasonFacts(Fix.NEITHER, refuses_the_request=True),
+        DeadLetterReason.INVITATION_REFUSED: ReasonFacts(
+            Fix.REPLAY, "changing the tenant's external collaboration settings", refuses_the_request=True
+        ),
+        DeadLetterReason.GUESTS_NOT_ALLOWED: ReasonFacts(
+            Fix.REPLAY, "allowing guests in the group", refuses_the_request=True
+        ),
         DeadLetterReason.PERMISSION_DENIED: ReasonFacts(Fix.REPLAY, "granting the rights"),
         DeadLetterReason.DIRECTORY_REJECTED: ReasonFacts(Fix.REPLAY, "fixing the tenant"),
         DeadLetterReason.RETRIES_EXHAUSTED: ReasonFacts(Fix.REPLAY),

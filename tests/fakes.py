@@ -52,6 +52,8 @@ class FakeGraph:
         self.script = script
         self.groups: dict[str, DirectoryGroup] = {}
         self.users: dict[str, DirectoryUser] = {}
+        self.other_addresses: dict[str, DirectoryUser] = {}  # a user's UPN or otherMails, lower-case: Entra's view
+        self.invited_user_type: str = "Guest"  # what an invitation that creates a user answers (invitedUserType)
         self.members: dict[str, set[str]] = defaultdict(set)
         self.sent: list[tuple[str, str, str]] = []  # (sender, recipient, subject)
         self.exchange: FakeExchange | None = None  # whose distribution-group members Graph also sees
@@ -73,12 +75,20 @@ class FakeGraph:
         self.script.check("find_user_by_mail")
         return next((u for u in self.users.values() if (u.mail or "").lower() == address.lower()), None)
 
+    async def find_user_for_invitation(self, address: str) -> DirectoryUser | None:
+        self.script.check("find_user_for_invitation")
+        return await self._find_claimed(address)
+
+    async def _find_claimed(self, address: str) -> DirectoryUser | None:
+        by_mail = next((u for u in self.users.values() if (u.mail or "").lower() == address.lower()), None)
+        return by_mail or self.other_addresses.get(address.lower())
+
     async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
         self.script.check("invite_guest")
-        existing = await self.find_user_by_mail(address)
+        existing = await self._find_claimed(address)
         if existing:
             return existing
-        user = DirectoryUser(str(uuid.uuid4()), address, "Guest")
+        user = DirectoryUser(str(uuid.uuid4()), address, "Guest" if self.invited_user_type == "Guest" else "Member")
         self.users[user.id] = user
         return user
 
@@ -87,6 +97,9 @@ class FakeGraph:
         if object_id in self.members[group_id]:
             raise AlreadyExistsError("already a member", face="graph", status=400)
         self.members[group_id].add(object_id)
+        group = self.groups.get(group_id)
+        if self.exchange is not None and group is not None and group.mail and group.kind is GroupKind.MICROSOFT_365:
+            self.exchange.subscribers[group.mail].add(object_id)  # a guest is subscribed when added (no lag here)
 
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         self.script.check("list_group_member_ids")

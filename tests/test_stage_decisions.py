@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,16 @@ from shared.contracts import (
     StageName,
 )
 from shared.decisions import DeadLetter, Finish, PassOn, RetryLater
-from shared.directory.errors import NotFoundError, PermissionDeniedError, ThrottledError, TransientDirectoryError
+from shared.directory.errors import (
+    AddressHeldInternallyError,
+    DirectoryError,
+    GuestsNotAllowedError,
+    InvitationRefusedError,
+    NotFoundError,
+    PermissionDeniedError,
+    ThrottledError,
+    TransientDirectoryError,
+)
 from shared.directory.ports import DirectoryUser, SenderRestrictions, TraceEntry
 from shared.envelope import Delivery
 from shared.policy import OnboardingPolicy
@@ -165,6 +175,56 @@ async def test_internal_member_is_not_invited_as_a_guest(world: World) -> None:
     world.graph.users["u1"] = DirectoryUser("u1", "jordan.reyes@fabrikam.example", "Member")
     decision = await create_contact(request_body(group={"object_id": world.m365.id}), delivery(), world.deps)
     assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
+
+
+async def test_an_internal_users_other_address_is_not_invited(world: World) -> None:
+    """Entra matches an invitation by UPN and otherMails too: a member's private address is theirs."""
+    member = DirectoryUser("u1", "jordan@contoso.com", "Member")
+    world.graph.users["u1"] = member
+    world.graph.other_addresses["jordan.reyes@fabrikam.example"] = member
+    decision = await create_contact(request_body(group={"object_id": world.m365.id}), delivery(), world.deps)
+    assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
+    assert "invite_guest" not in world.script.calls
+
+
+async def test_an_invitation_answering_a_member_is_not_taken_for_a_guest(world: World) -> None:
+    world.graph.invited_user_type = "Member"  # invitedUserType: an existing B2B member came back
+    decision = await create_contact(request_body(group={"object_id": world.m365.id}), delivery(), world.deps)
+    assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "says"),
+    [
+        (
+            AddressHeldInternallyError(
+                "The invited user already exists in the directory as object ID: u1.", face="graph"
+            ),
+            DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
+            "add that user to the group instead",
+        ),
+        (
+            InvitationRefusedError("Guest invitations not allowed for your company.", face="graph", status=403),
+            DeadLetterReason.INVITATION_REFUSED,
+            "allow/deny list",
+        ),
+    ],
+)
+async def test_an_invitation_graph_refuses_ends_with_its_own_reason(
+    world: World, error: DirectoryError, reason: DeadLetterReason, says: str
+) -> None:
+    world.script.fail_next("invite_guest", error)
+    decision = await create_contact(request_body(group={"object_id": world.m365.id}), delivery(), world.deps)
+    dead = assert_dead_letter(decision, reason)
+    assert says in dead.description and "onboard grant" not in dead.description
+
+
+async def test_a_group_refusing_guests_is_not_a_missing_right(world: World) -> None:
+    message = await pass_on(world, request_body(group={"object_id": world.m365.id}))
+    refusal = GuestsNotAllowedError("Guests users are not allowed to join this Unified Group", face="graph", status=403)
+    world.script.fail_next("add_group_member", refusal)
+    dead = assert_dead_letter(await add_member(message, delivery(), world.deps), DeadLetterReason.GUESTS_NOT_ALLOWED)
+    assert "AllowToAddGuests" in dead.description and "onboard grant" not in dead.description
 
 
 async def test_address_in_an_accepted_domain_is_refused(world: World) -> None:
@@ -328,6 +388,26 @@ async def test_verify_checks_membership_with_one_call_for_each_kind(world: World
         assert others == [membership_call]
 
 
+async def test_verify_waits_while_exchange_has_not_listed_a_new_guest(world: World) -> None:
+    message = await member_message(world, group={"smtp_address": "falcon@contoso.com"}, allow_external_senders=False)
+    world.exchange.subscribers["falcon@contoso.com"].clear()  # Exchange has not learned of the add yet
+    decision = await verify_delivery(message, delivery(), world.deps)
+    assert isinstance(decision, RetryLater) and "sync lag" in decision.cause
+    # The retry budget spent (3 attempts here): it finishes, saying Exchange had not caught up, not "unsubscribed".
+    last = await verify_delivery(message, delivery(attempt=3), world.deps)
+    assert isinstance(last, Finish) and last.outcome.status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS
+    (warning,) = last.outcome.warnings
+    assert "did not yet show the guest" in warning and "Get-UnifiedGroupLinks -Identity 'falcon@contoso.com'" in warning
+
+
+async def test_verify_warns_at_once_about_a_member_from_before_who_is_not_subscribed(world: World) -> None:
+    message = await member_message(world, group={"smtp_address": "falcon@contoso.com"}, allow_external_senders=False)
+    world.exchange.subscribers["falcon@contoso.com"].clear()  # an administrator removed the subscription
+    decision = await verify_delivery(message.model_copy(update={"newly_added": False}), delivery(), world.deps)
+    assert isinstance(decision, Finish)
+    assert any("Add-UnifiedGroupLinks" in warning for warning in decision.outcome.warnings)
+
+
 async def test_verify_of_a_message_without_the_object_id_takes_it_from_the_directory(world: World) -> None:
     message = await member_message(world, allow_external_senders=False)
     older = message.model_copy(update={"recipient": message.recipient.model_copy(update={"directory_object_id": None})})
@@ -335,6 +415,19 @@ async def test_verify_of_a_message_without_the_object_id_takes_it_from_the_direc
     decision = await verify_delivery(older, delivery(), world.deps)
     assert isinstance(decision, Finish)
     assert "is_contact_member" in world.script.calls and "list_distribution_group_members" not in world.script.calls
+    assert decision.outcome.recipient == message.recipient  # the Entra id found again travels on
+
+
+async def test_verify_waits_while_entra_has_no_id_for_the_contact(world: World) -> None:
+    """New-MailContact may answer before Entra has the contact: no empty id goes to Graph, it is read again later."""
+    message = await member_message(world, allow_external_senders=False)
+    contact = world.exchange.contacts[message.recipient.id]
+    world.exchange.contacts[contact.identity] = replace(contact, external_directory_object_id=None)
+    early = message.model_copy(update={"recipient": message.recipient.model_copy(update={"directory_object_id": None})})
+    world.script.calls.clear()
+    decision = await verify_delivery(early, delivery(), world.deps)
+    assert isinstance(decision, RetryLater) and "not visible yet" in decision.cause
+    assert not {"is_contact_member", "list_distribution_group_members"} & set(world.script.calls)
 
 
 async def test_verify_skips_sender_checks_when_not_asked(world: World) -> None:

@@ -102,6 +102,9 @@ class CachingGraphDirectory:
     async def find_user_by_mail(self, address: str) -> DirectoryUser | None:
         return await self.inner.find_user_by_mail(address)
 
+    async def find_user_for_invitation(self, address: str) -> DirectoryUser | None:
+        return await self.inner.find_user_for_invitation(address)
+
     async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
         return await self.inner.invite_guest(address, display_name, redirect_url)
 

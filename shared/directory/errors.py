@@ -76,6 +76,22 @@ class RejectedRequestError(DirectoryError):
     """Any other 4xx: the directory refuses this request as it stands."""
 
 
+class AddressHeldInternallyError(RejectedRequestError):
+    """POST /invitations: a user of the tenant (not a guest) already holds the address."""
+
+
+class PolicyRefusedError(DirectoryError):
+    """The tenant's or the group's own policy refuses this: not a missing right, even when Graph answers 403."""
+
+
+class InvitationRefusedError(PolicyRefusedError):
+    """POST /invitations refused by the tenant's external collaboration settings: who may invite, which domains."""
+
+
+class GuestsNotAllowedError(PolicyRefusedError):
+    """A Microsoft 365 group (or the tenant) does not accept guests: AllowToAddGuests=false."""
+
+
 def classify_status(
     status: int,
     message: str,
@@ -91,15 +107,16 @@ def classify_status(
 
     `recognised` is what the face read from the body (an Exchange exception type, a Graph error
     message); the status wins over it only where the status alone decides: throttling, outages,
-    and refused rights. Throttling read from the body wins over any status. A 500 whose body names
-    a permanent failure (`server_fault_is_permanent`) is not retried for a day.
+    and refused rights. Throttling read from the body wins over any status, and a policy's refusal
+    over a 401/403. A 500 whose body names a permanent failure (`server_fault_is_permanent`) is not
+    retried for a day.
     """
     common: dict[str, Any] = {"face": face, "status": status, "code": code, "request_id": request_id}
     if status == 429 or recognised is ThrottledError:
         return ThrottledError(message, retry_after=retry_after, **common)
     if status == 408 or (status >= 500 and not (status == 500 and server_fault_is_permanent)):
         return TransientDirectoryError(message, retry_after=retry_after, **common)
-    if status in (401, 403):
+    if status in (401, 403) and not (recognised is not None and issubclass(recognised, PolicyRefusedError)):
         return PermissionDeniedError(message, **common)
     if recognised is not None:
         return recognised(message, **common)

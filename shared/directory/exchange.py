@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -39,7 +40,12 @@ SCOPE = "https://outlook.office365.com/.default"
 # The well-known system mailbox every tenant has. App-only callers anchor on it in the APP: form
 # with the tenant id, as CIPP and ExoHelper have since 2025 (docs/microsoft-365-facts.md).
 ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# Exchange ends a slow cmdlet on its side and answers; the client waits longer than that, as the mature
+# callers do (CIPP 100 s, ExoHelper 60 min), so it gets Exchange's answer instead of abandoning a cmdlet
+# that may still finish (docs/microsoft-365-facts.md, section 8).
+TIMEOUT = httpx.Timeout(100.0, connect=10.0)
+# The longest the process's gate is held on Exchange's Rate-Limit-Reset: a bound on a header that is wrong.
+MAX_RATE_LIMIT_HOLD = 300.0
 MAX_PAGES = 100
 MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
 TRACE_MAX_ROWS = 5000  # Get-MessageTraceV2 -ResultSize: at most 5000 rows per query
@@ -152,6 +158,9 @@ class ExchangeOnlineClient:
                 f"{cmdlet}: network error {type(error).__name__}", face="exchange", request_id=request_id
             ) from error
         request_id = response.headers.get("request-id", request_id)
+        if _budget_spent(response):
+            # Exchange says no request is left until Rate-Limit-Reset: none goes from this process before then.
+            self._gate.hold(min(_until_reset(response) or 0.0, MAX_RATE_LIMIT_HOLD))
         if response.is_success:
             page = _page(response)
             if page is None:
@@ -250,8 +259,8 @@ class ExchangeOnlineClient:
     ) -> list[TraceEntry]:
         parameters: dict[str, Any] = {
             "SenderAddress": sender,
-            "StartDate": start.astimezone(UTC).isoformat(),
-            "EndDate": end.astimezone(UTC).isoformat(),
+            "StartDate": exchange_date(start),
+            "EndDate": exchange_date(end, round_up=True),
             "ResultSize": TRACE_MAX_ROWS,
         }
         if recipient is not None:
@@ -308,10 +317,16 @@ def _bare_address(value: Any) -> str | None:
     return text.split(":", 1)[1] if text.lower().startswith("smtp:") else text
 
 
+def _entra_id(row: dict[str, Any]) -> str | None:
+    """ExternalDirectoryObjectId, or None while Exchange has not had it from Entra (it answers an empty one)."""
+    value = row.get("ExternalDirectoryObjectId")
+    return str(value) if value else None
+
+
 def _group_member(row: dict[str, Any]) -> GroupMember:
     return GroupMember(
         identity=str(row.get("Guid") or row.get("Identity") or ""),
-        external_directory_object_id=row.get("ExternalDirectoryObjectId"),
+        external_directory_object_id=_entra_id(row),
         email_address=_bare_address(row.get("PrimarySmtpAddress") or row.get("ExternalEmailAddress")),
     )
 
@@ -325,7 +340,7 @@ def _mail_contact(row: dict[str, Any]) -> MailContact:
         identity=str(identity),
         name=str(row.get("Name", "")),
         external_email_address=address,
-        external_directory_object_id=row.get("ExternalDirectoryObjectId"),
+        external_directory_object_id=_entra_id(row),
     )
 
 
@@ -383,7 +398,7 @@ def _classify(cmdlet: str, response: httpx.Response, request_id: str) -> Directo
         face="exchange",
         code=failure.exception_type,
         request_id=request_id,
-        retry_after=_retry_after(response),
+        retry_after=retry_after_of(response),
         recognised=ThrottledError if concurrency_limit else recognised,
         server_fault_is_permanent=status == 500
         and bool(failure.exception_type)
@@ -414,8 +429,45 @@ def _body_text(response: httpx.Response) -> str:
         return ""
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_of(response: httpx.Response) -> float | None:
+    """Retry-After, else (ExoHelper reads it too) the seconds until Rate-Limit-Reset."""
     try:
         return float(response.headers["Retry-After"])
     except (KeyError, ValueError):
+        return _until_reset(response)
+
+
+def _budget_spent(response: httpx.Response) -> bool:
+    try:
+        return int(response.headers["Rate-Limit-Remaining"]) <= 0
+    except (KeyError, ValueError):
+        return False
+
+
+def _until_reset(response: httpx.Response) -> float | None:
+    """Rate-Limit-Reset as seconds from now: a number of seconds, or a time (ISO 8601 or HTTP date)."""
+    value = response.headers.get("Rate-Limit-Reset", "").strip()
+    if not value:
         return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def exchange_date(moment: datetime, *, round_up: bool = False) -> str:
+    """A date as the mature callers send it: UTC, to the second, without an offset (CIPP's ToString('s')).
+    `round_up` for a window's end, so the last fraction of a second stays inside it."""
+    utc = moment.astimezone(UTC)
+    if round_up and utc.microsecond:
+        utc += timedelta(seconds=1)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S")

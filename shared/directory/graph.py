@@ -45,8 +45,11 @@ from msgraph_core import GraphClientFactory
 
 from shared.contracts import GroupKind
 from shared.directory.errors import (
+    AddressHeldInternallyError,
     AlreadyExistsError,
     DirectoryError,
+    GuestsNotAllowedError,
+    InvitationRefusedError,
     NotFoundError,
     PermissionDeniedError,
     RejectedRequestError,
@@ -64,6 +67,12 @@ MAX_PAGES = 500
 # the users' default set: ask for exactly what _directory_group / _directory_user read.
 GROUP_FIELDS = ["id", "displayName", "mail", "groupTypes", "mailEnabled", "securityEnabled"]
 USER_FIELDS = ["id", "mail", "userType"]
+# Refusals that Graph answers with the codes of other failures, told apart by their text
+# (docs/microsoft-365-facts.md, section 8): a group's guest policy (403 Authorization_RequestDenied, as
+# a missing right), an internal user's address, and a missing right on POST /invitations.
+GUESTS_REFUSED = "not allowed to join this unified group"
+HELD_INTERNALLY = "already exists in the directory"
+RIGHTS_REFUSED = "insufficient privileges"
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -107,6 +116,13 @@ def by_address(address: str) -> str:
     "smtp:" form is how Exchange writes secondary addresses.
     """
     return f"mail eq {_odata_string(address)} or proxyAddresses/any(p:p eq {_odata_string('smtp:' + address)})"
+
+
+def as_entra_matches(address: str) -> str:
+    """A $filter for every user an invitation for `address` meets: its UPN, mail, proxy addresses and
+    otherMails (the query Microsoft documents for "already invited?"; docs/microsoft-365-facts.md, section 8)."""
+    literal = _odata_string(address)
+    return f"userPrincipalName eq {literal} or {by_address(address)} or otherMails/any(o:o eq {literal})"
 
 
 class BriefRetryHandler(RetryHandler):
@@ -182,11 +198,18 @@ class MsGraphDirectory:
         """The user (member or guest) with this primary or secondary SMTP address.
 
         Not otherMails: it is a non-routing list (a member's private address may sit there), and
-        Exchange does not refuse a contact for an address that is only someone's otherMails.
+        Exchange does not refuse a contact for an address that is only someone's otherMails. An
+        invitation does: the guest path asks find_user_for_invitation.
         """
-        query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
-            filter=by_address(address), select=USER_FIELDS
-        )
+        return await self._users_where(by_address(address))
+
+    @_names_the_right
+    async def find_user_for_invitation(self, address: str) -> DirectoryUser | None:
+        """The user an invitation for this address would meet: also by UPN and otherMails."""
+        return await self._users_where(as_entra_matches(address))
+
+    async def _users_where(self, condition: str) -> DirectoryUser | None:
+        query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(filter=condition, select=USER_FIELDS)
         page = await self._call(lambda: self._client.users.get(RequestConfiguration(query_parameters=query)))
         users = [_directory_user(user) for user in (page.value if page and page.value else [])]
         # Should a member and a guest both carry the address, the member wins: the stages then
@@ -201,10 +224,14 @@ class MsGraphDirectory:
             invite_redirect_url=redirect_url,
             send_invitation_message=False,
         )
-        created = await self._call(lambda: self._client.invitations.post(invitation))
+        created = await self._call(lambda: self._client.invitations.post(invitation), invitation=True)
         if created is None or created.invited_user is None or not created.invited_user.id:
             raise RejectedRequestError("the invitation came back without invitedUser.id", face="graph")
-        return DirectoryUser(created.invited_user.id, address, "Guest")
+        # An existing user comes back as it is: a guest only if Graph says so.
+        user_type = (created.invited_user_type or "").lower()
+        if user_type not in ("guest", "member"):
+            raise RejectedRequestError("the invitation came back without invitedUserType", face="graph")
+        return DirectoryUser(created.invited_user.id, address, "Guest" if user_type == "guest" else "Member")
 
     @_names_the_right
     async def add_group_member(self, group_id: str, object_id: str) -> None:
@@ -269,11 +296,11 @@ class MsGraphDirectory:
         """The configured GraphServiceClient, for calls this port does not wrap (contract tests)."""
         return self._client
 
-    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, operation: Callable[[], Awaitable[T]], *, invitation: bool = False) -> T:
         try:
             return await operation()
         except APIError as error:
-            raise _classify(error) from error
+            raise _classify(error, invitation=invitation) from error
         except httpx.TimeoutException as error:
             raise TransientDirectoryError("Graph request timed out", face="graph") from error
         except httpx.TransportError as error:
@@ -298,7 +325,22 @@ def _directory_user(user: User) -> DirectoryUser:
     return DirectoryUser(user.id, user.mail, "Guest" if (user.user_type or "").lower() == "guest" else "Member")
 
 
-def _classify(error: APIError) -> DirectoryError:
+def _recognised(status: int, message: str, *, invitation: bool) -> type[DirectoryError] | None:
+    """What a refusal's text says that its status and code do not."""
+    text = message.lower()
+    if status == 403 and GUESTS_REFUSED in text:
+        return GuestsNotAllowedError
+    if invitation:
+        if HELD_INTERNALLY in text:
+            return AddressHeldInternallyError
+        # Any other 4xx but a missing right (401, "Insufficient privileges …") is the tenant refusing the
+        # invitation: who may invite, the B2B allow/deny list, or the address itself.
+        return InvitationRefusedError if status in (400, 403) and RIGHTS_REFUSED not in text else None
+    # Graph answers "already a member" with 400 Request_BadRequest, not 409.
+    return AlreadyExistsError if status == 400 and "already exist" in text else None
+
+
+def _classify(error: APIError, *, invitation: bool = False) -> DirectoryError:
     status = error.response_status_code or 0
     headers: Any = error.response_headers or {}
     odata = getattr(error, "error", None)
@@ -312,8 +354,7 @@ def _classify(error: APIError) -> DirectoryError:
         code=code,
         request_id=getattr(inner, "request_id", None) or _header(headers, "request-id"),
         retry_after=_seconds(_header(headers, "retry-after")),
-        # Graph answers "already a member" with 400 Request_BadRequest, not 409.
-        recognised=AlreadyExistsError if status == 400 and "already exist" in message else None,
+        recognised=_recognised(status, message, invitation=invitation),
     )
 
 

@@ -41,7 +41,7 @@ class MailContact:
     identity: str
     name: str
     external_email_address: str  # bare address, without the "SMTP:" prefix
-    external_directory_object_id: str | None
+    external_directory_object_id: str | None  # the Entra object id; None until Entra has the contact
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,19 @@ class GraphDirectory(Protocol):
         """The user, member or guest, with this address as its primary or any secondary SMTP address."""
         ...
 
+    async def find_user_for_invitation(self, address: str) -> DirectoryUser | None:
+        """The user an invitation for this address meets in Entra: by user principal name, mail, any SMTP
+        address or otherMails. A Member among them wins."""
+        ...
+
     async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
-        """POST /invitations without an invitation mail; an existing guest is returned as is."""
+        """POST /invitations without an invitation mail; an existing user is returned as is, its user_type
+        read from the answer's invitedUserType. Raises AddressHeldInternallyError, InvitationRefusedError."""
         ...
 
     async def add_group_member(self, group_id: str, object_id: str) -> None:
-        """POST /groups/{id}/members/$ref. Raises AlreadyExistsError when already a member."""
+        """POST /groups/{id}/members/$ref. Raises AlreadyExistsError when already a member, GuestsNotAllowedError
+        when the group does not accept guests."""
         ...
 
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:

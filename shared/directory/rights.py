@@ -33,6 +33,7 @@ GRAPH_CALLS: dict[str, str] = {
     "get_group": GROUP_READ,
     "find_group_by_mail": GROUP_READ,
     "find_user_by_mail": USER_READ,
+    "find_user_for_invitation": USER_READ,
     "invite_guest": USER_INVITE,
     "add_group_member": GROUP_MEMBER_WRITE,
     "list_group_member_ids": GROUP_READ,

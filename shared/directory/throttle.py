@@ -1,5 +1,6 @@
-"""One gate per process for Exchange Online: once it answers 429 with Retry-After, no call from this
-process goes to Exchange before then.
+"""One gate per process for Exchange Online: once it answers 429 with Retry-After, or says with
+Rate-Limit-Remaining: 0 that nothing is left until Rate-Limit-Reset, no call from this process goes
+to Exchange before then.
 
 Exchange throttles per app and tenant (docs/microsoft-365-facts.md), so a 429 to one invocation is
 the answer every concurrent invocation would get: without the gate, the other

@@ -101,7 +101,10 @@ async def _create(request: OnboardingRequest, run: _ContactCreation) -> Decision
 async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, run: _ContactCreation) -> Decision:
     """A dry run: what a real run would change, found with reads only; the request ends here."""
     deps, changes, name = run.deps, run.progress.changes, request.display_name
-    user = await deps.graph.find_user_by_mail(address)
+    if group.kind is GroupKind.MICROSOFT_365:
+        user = await deps.graph.find_user_for_invitation(address)
+    else:
+        user = await deps.graph.find_user_by_mail(address)
     if user is not None and user.user_type == "Member":
         return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, _INTERNAL_USER)
     contact = None if group.kind is GroupKind.MICROSOFT_365 else await deps.exchange.find_mail_contact(address)
@@ -197,7 +200,8 @@ async def _address_taken(address: str, run: _ContactCreation) -> Decision:
 
 async def _ensure_guest(request: OnboardingRequest, address: str, run: _ContactCreation) -> Decision:
     graph = run.deps.graph
-    user = await graph.find_user_by_mail(address)
+    # Looked up as Entra matches an invitation (UPN, mail, proxy addresses, otherMails), not by mail alone.
+    user = await graph.find_user_for_invitation(address)
     if user is not None and user.user_type == "Member":
         return run.dead_letter(
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
@@ -207,6 +211,8 @@ async def _ensure_guest(request: OnboardingRequest, address: str, run: _ContactC
         return run.pass_on(_guest_recipient(user, created=False))
     # An invitation for an address that is already a guest returns that guest: safe to repeat.
     guest = await graph.invite_guest(address, request.display_name, run.deps.guest_redirect_url)
+    if guest.user_type != "Guest":  # invitedUserType: an existing user of the tenant came back
+        return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, _INTERNAL_USER)
     return run.pass_on(_guest_recipient(guest, created=True))
 
 

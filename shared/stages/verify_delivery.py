@@ -14,7 +14,9 @@ already a member before this request (a re-run) gets no second welcome message.
 A guest in a Microsoft 365 group gets the group's conversations by mail only as a subscriber.
 Exchange subscribes guests when they are added, but an admin may have removed it, or the group
 may not deliver to subscribers at all; the app cannot subscribe anyone itself (Add-UnifiedGroupLinks
-refuses app-only callers), so the outcome warns and names the admin's command.
+refuses app-only callers), so the outcome warns and names the admin's command. Exchange learns of
+a guest added through Graph only after a while: a guest this request added who is not a subscriber
+yet is checked again later, within the retry budget, instead of being reported unsubscribed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from shared.contracts import (
     StageName,
     WelcomeCheck,
 )
-from shared.decisions import Decision, PassOn
+from shared.decisions import Decision, PassOn, RetryLater
 from shared.directory.errors import DirectoryError
 from shared.directory.ports import GroupMember, SenderRestrictions, is_member
 from shared.envelope import Delivery
@@ -72,11 +74,14 @@ async def verify_delivery(message: StageMessage, delivery: Delivery, deps: Stage
     try:
         if message.welcome is not None and deps.welcome is not None:
             return await _check_welcome(run, deps.welcome, member)
-        if not await _is_member(message.group, message.recipient, str(message.request.external_email), deps):
+        if not await _is_member(run):
             cause = "the new membership is not visible yet (replication lag)"
             return retry_or_give_up(turn, progress, deps.retry, cause)
-        if message.group.kind is GroupKind.MICROSOFT_365 and message.recipient.kind is RecipientKind.GUEST_USER:
-            await _check_subscription(run)
+        guest_in_m365 = (
+            message.group.kind is GroupKind.MICROSOFT_365 and message.recipient.kind is RecipientKind.GUEST_USER
+        )
+        if guest_in_m365 and (waiting := await _check_subscription(run)) is not None:
+            return waiting
         if message.request.allow_external_senders:
             await _make_group_accept_external_mail(message.group, message.recipient, run)
         if deps.welcome is not None and message.newly_added:
@@ -107,17 +112,40 @@ def _is_recipient(member: GroupMember, recipient: Recipient, address: str) -> bo
     )
 
 
-async def _check_subscription(run: _Verification) -> None:
+async def _check_subscription(run: _Verification) -> RetryLater | None:
+    """A re-check later while Exchange has not caught up with a guest this request added; else None."""
     group, recipient = run.message.group, run.message.recipient
     address = str(run.message.request.external_email)
     subscribers = await run.deps.exchange.list_unified_group_subscribers(group.mail)
-    if not any(_is_recipient(member, recipient, address) for member in subscribers):
-        run.progress.warnings.append(
-            f"The guest is a member of {group.display_name!r} but not subscribed to it, so the group's "
-            "conversations do not reach them by mail. The app cannot subscribe anyone (Add-UnifiedGroupLinks "
-            "refuses app-only callers); an Exchange administrator can: "
-            f"Add-UnifiedGroupLinks -Identity {quoted(group.mail)} -LinkType Subscribers -Links {quoted(address)}"
-        )
+    if any(_is_recipient(member, recipient, address) for member in subscribers):
+        return None
+    if run.message.newly_added:
+        # Exchange subscribes a guest when it is added, but learns of Entra's changes later: not there yet.
+        return _wait_for_exchange(run)
+    run.progress.warnings.append(
+        f"The guest is a member of {group.display_name!r} but not subscribed to it, so the group's "
+        "conversations do not reach them by mail. The app cannot subscribe anyone (Add-UnifiedGroupLinks "
+        "refuses app-only callers); an Exchange administrator can: "
+        f"Add-UnifiedGroupLinks -Identity {quoted(group.mail)} -LinkType Subscribers -Links {quoted(address)}"
+    )
+    return None
+
+
+def _wait_for_exchange(run: _Verification) -> RetryLater | None:
+    """A re-check within the stage's retry budget; once it is spent, a warning that Exchange had not caught up."""
+    delivery, group = run.turn.delivery, run.message.group
+    delay = run.deps.retry.next_delay(
+        attempt=delivery.attempt, first_attempt_at=delivery.first_attempt_at, now=run.turn.now, retry_after=None
+    )
+    if delay is not None:
+        return RetryLater(delay, "Exchange does not list the new guest among the group's subscribers yet (sync lag)")
+    run.progress.warnings.append(
+        f"Exchange did not yet show the guest among the subscribers of {group.display_name!r} (it learns of "
+        "Entra's changes later; guests are subscribed when added). Check later with "
+        f"Get-UnifiedGroupLinks -Identity {quoted(group.mail)} -LinkType Subscribers; a guest still missing then "
+        "does not get the group's conversations by mail until an Exchange administrator subscribes them."
+    )
+    return None
 
 
 async def _send_welcome(run: _Verification, welcome: WelcomeMail) -> PassOn:
@@ -160,15 +188,15 @@ async def _check_welcome(run: _Verification, welcome: WelcomeMail, member: str) 
     return PassOn(STAGE, progress.stage_message(), welcome.check_interval)
 
 
-async def _is_member(group: ResolvedGroup, recipient: Recipient, address: str, deps: StageDependencies) -> bool:
-    if recipient.directory_object_id is not None:
-        # One call however large the group is (listing a 20,000-member group took 100+ pages).
-        return await is_member(deps.graph, group.id, recipient.kind, recipient.directory_object_id)
-    # A message from an earlier version, without the object id: list the members as before.
-    if group.kind is GroupKind.MICROSOFT_365:
-        return recipient.id in await deps.graph.list_group_member_ids(group.id)
-    members = await deps.exchange.list_distribution_group_members(group.mail)
-    return any(_is_recipient(member, recipient, address) for member in members)
+async def _is_member(run: _Verification) -> bool:
+    """One call however large the group is (listing a 20,000-member group took 100+ pages), with the
+    recipient's Entra object id as admission read it from the directory. False while Entra does not have
+    the recipient: New-MailContact answers before Entra has the contact (an empty ExternalDirectoryObjectId),
+    and an Exchange Guid is never sent to Graph in its place."""
+    recipient = run.message.recipient
+    if not recipient.directory_object_id:
+        return False
+    return await is_member(run.deps.graph, run.message.group.id, recipient.kind, recipient.directory_object_id)
 
 
 async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Recipient, run: _Verification) -> None:

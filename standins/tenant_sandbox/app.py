@@ -16,6 +16,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
@@ -38,7 +40,7 @@ from standins.tenant_sandbox.authority import (
 from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER, ExchangeFace, exchange_error
 from standins.tenant_sandbox.grants_face import Grants, GrantsFace
 from standins.tenant_sandbox.graph_face import GraphFace, graph_error
-from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault, Verdict
+from standins.tenant_sandbox.knobs import Face, Gate, Knobs, RateLimit, ScriptedFault, Verdict
 from standins.tenant_sandbox.model import Directory
 from standins.tenant_sandbox.token_face import TokenFace
 
@@ -196,6 +198,22 @@ def _exchange_fault(status: int, fault: ScriptedFault | None) -> Response:
     return JSONResponse({"error": error}, status_code=status)
 
 
+def _cmdlet_ended(limit: float) -> Response:
+    """Exchange's answer when it ends a cmdlet that ran past its limit (shape unconfirmed: a gateway timeout)."""
+    text = f"The operation did not complete within {limit:g} seconds and was ended by the server."
+    return JSONResponse({"error": {"code": "GatewayTimeout", "message": text}}, status_code=504)
+
+
+def _rate_limit_headers(state: RateLimit) -> dict[str, str]:
+    """What Exchange says about its budget on each answer (ExoHelper reads Rate-Limit-Remaining and -Reset)."""
+    reset = datetime.now(UTC) + timedelta(seconds=state.reset_in_seconds)
+    return {
+        "Rate-Limit-Limit": str(state.limit),
+        "Rate-Limit-Remaining": str(state.remaining),
+        "Rate-Limit-Reset": reset.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+    }
+
+
 class Admin:
     """/_sandbox: the knobs and the request log, over HTTP, for `onboard sandbox` and benchmarks."""
 
@@ -209,6 +227,8 @@ class Admin:
             Route(f"{ADMIN_PREFIX}/faults", self.get_faults, methods=["GET"]),
             Route(f"{ADMIN_PREFIX}/faults", self.add_fault, methods=["POST"]),
             Route(f"{ADMIN_PREFIX}/faults", self.clear_faults, methods=["DELETE"]),
+            Route(f"{ADMIN_PREFIX}/settings", self.get_settings, methods=["GET"]),
+            Route(f"{ADMIN_PREFIX}/settings", self.change_settings, methods=["PATCH"]),
             Route(f"{ADMIN_PREFIX}/requests", self.get_requests, methods=["GET"]),
             Route(f"{ADMIN_PREFIX}/requests", self.clear_requests, methods=["DELETE"]),
         ]
@@ -228,6 +248,22 @@ class Admin:
             return JSONResponse({"error": "the body must be a JSON object of knobs"}, status_code=422)
         apply_knobs(self.directory, self.gate, knobs)
         return JSONResponse(knobs.model_dump(mode="json"))
+
+    async def get_settings(self, request: Request) -> Response:
+        return JSONResponse(asdict(self.directory.settings))
+
+    async def change_settings(self, request: Request) -> Response:
+        """The tenant's external collaboration and guest settings, as an administrator changes them."""
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise TypeError
+            settings = self.directory.change_settings(**changes)
+        except ValidationError as error:
+            return JSONResponse({"error": error.errors(include_url=False, include_context=False)}, status_code=422)
+        except (ValueError, TypeError):
+            return JSONResponse({"error": "the body must be a JSON object of settings"}, status_code=422)
+        return JSONResponse(asdict(settings))
 
     async def get_faults(self, request: Request) -> Response:
         return JSONResponse([fault.model_dump(mode="json") for fault in self.gate.pending_script()])
@@ -364,6 +400,7 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
         claims, response = read_token(request, face, tenant_id)
         if claims is not None:
             caller = Caller.from_claims(claims)
+            request.state.caller = caller  # a face may decide by who calls (invitations: app-only or not)
             if face == "graph":
                 response = authority.check_graph(request, route, caller)
             else:
@@ -373,15 +410,27 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
             verdict = gate.decide(face, operation)
             # Half the latency before the face acts and half after, as on a real network: a write
             # is done while its caller still waits for the answer (a caller can die in between).
-            await asyncio.sleep(verdict.delay_seconds / 2)
-            if verdict.status == 200 and verdict.fault is not None:
+            # Exchange ends a cmdlet that runs past its limit on its side, acted on or not.
+            limit = gate.knobs.exchange_cmdlet_timeout_seconds
+            half = verdict.delay_seconds / 2
+            ended = face == "exchange" and verdict.delay_seconds > limit
+            await asyncio.sleep(min(half, limit) if ended else half)
+            if ended and half >= limit:
+                response = _cmdlet_ended(limit)
+            elif verdict.status == 200 and verdict.fault is not None:
                 request.state.adminapi_warnings = verdict.fault.warnings  # the face acts, then warns
                 response = await call_next(request)
             elif verdict.status is not None:
                 response = _verdict_response(request, face, verdict, tenant_id)
             else:
                 response = await call_next(request)
-            await asyncio.sleep(verdict.delay_seconds / 2)
+            if ended and half < limit:
+                await asyncio.sleep(limit - half)
+                response = _cmdlet_ended(limit)  # the cmdlet acted; its answer is lost
+            elif not ended:
+                await asyncio.sleep(half)
+            if face == "exchange" and verdict.rate_limit is not None:
+                response.headers.update(_rate_limit_headers(verdict.rate_limit))
             if face == "graph":
                 response.headers["x-ms-resource-unit"] = "1"
                 if verdict.throttle_percentage is not None and verdict.throttle_percentage >= 80:

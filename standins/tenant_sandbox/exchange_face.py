@@ -10,6 +10,7 @@ written, never evaluated. Sources: docs/microsoft-365-facts.md.
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from collections import deque
@@ -50,6 +51,8 @@ TRACE_QUOTA_WINDOW_SECONDS = 300.0
 TRACE_THROTTLED = _EX + "ThrottlingException"
 
 Cmdlet = Callable[[dict[str, Any]], list[dict[str, Any]]]
+# The date form CIPP sends ((Get-Date).ToUniversalTime().ToString('s'), optionally with a Z).
+_CALLERS_DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z?")
 
 
 class CmdletError(Exception):
@@ -107,7 +110,8 @@ def _not_found(identity: str, tenant: str) -> CmdletError:
     )
 
 
-def _contact_json(contact: Contact) -> dict[str, Any]:
+def _contact_json(contact: Contact, *, in_entra: bool) -> dict[str, Any]:
+    """`in_entra`: Entra has the contact's object; before that its ExternalDirectoryObjectId is empty."""
     return {
         "Guid": contact.guid,
         "Identity": contact.name,
@@ -117,7 +121,7 @@ def _contact_json(contact: Contact) -> dict[str, Any]:
         "PrimarySmtpAddress": contact.external_email_address,
         "FirstName": contact.first_name or "",
         "LastName": contact.last_name or "",
-        "ExternalDirectoryObjectId": contact.external_directory_object_id,
+        "ExternalDirectoryObjectId": contact.external_directory_object_id if in_entra else "",
         "RecipientType": "MailContact",
         "RecipientTypeDetails": "MailContact",
     }
@@ -126,7 +130,7 @@ def _contact_json(contact: Contact) -> dict[str, Any]:
 def _user_json(user: User) -> dict[str, Any]:
     kind = "UserMailbox" if user.user_type == "Member" else "MailUser"
     return {
-        "Guid": user.id,
+        "Guid": user.exchange_guid,
         "Identity": user.display_name,
         "Name": user.display_name,
         "DisplayName": user.display_name,
@@ -146,7 +150,7 @@ def _group_json(group: Group, links: Callable[[list[str]], list[str]]) -> dict[s
         GroupKind.SECURITY: "UniversalSecurityGroup",
     }[group.kind]
     return {
-        "Guid": group.id,
+        "Guid": group.exchange_guid,
         "Identity": group.display_name,
         "Name": group.display_name,
         "DisplayName": group.display_name,
@@ -303,12 +307,15 @@ class ExchangeFace:
         contact = self.d.add_contact(
             name, display_name, address, str(first) if first else None, str(last) if last else None
         )
-        return [_contact_json(contact)]
+        return [self._contact_row(contact)]
+
+    def _contact_row(self, contact: Contact) -> dict[str, Any]:
+        return _contact_json(contact, in_entra=self.d.replicated(contact))
 
     def get_mail_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         if "Identity" not in parameters:
-            return [_contact_json(c) for c in self.d.contacts.values()]
-        return [_contact_json(self._contact(parameters))]
+            return [self._contact_row(c) for c in self.d.contacts.values()]
+        return [self._contact_row(self._contact(parameters))]
 
     def set_mail_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         contact = self._contact(parameters)
@@ -333,11 +340,11 @@ class ExchangeFace:
         identity = self._required(parameters, "Identity")
         contact = self.d.contact_by_identity(identity)
         if contact is not None:
-            return [_contact_json(contact)]
-        user = self.d.users.get(identity) or self.d.user_by_mail(identity)
+            return [self._contact_row(contact)]
+        user = self.d.exchange_user(identity)
         if user is not None:
             return [_user_json(user)]
-        group = self.d.group_by_identity(identity)
+        group = self.d.exchange_group(identity)
         if group is not None and group.mail:
             return [_group_json(group, self._links)]
         raise _not_found(identity, self.d.tenant.initial_domain)
@@ -345,7 +352,7 @@ class ExchangeFace:
     # Groups and membership
 
     def _exchange_group(self, identity: str, *, unified: bool) -> Group:
-        group = self.d.group_by_identity(identity)
+        group = self.d.exchange_group(identity)
         mail_group = (
             (GroupKind.MICROSOFT_365,) if unified else (GroupKind.DISTRIBUTION, GroupKind.MAIL_ENABLED_SECURITY)
         )
@@ -353,26 +360,27 @@ class ExchangeFace:
             raise _not_found(identity, self.d.tenant.initial_domain)
         return group
 
-    def _recipient(self, identity: str) -> Contact | User | None:
-        contact = self.d.contact_by_identity(identity)
-        return contact or self.d.users.get(identity) or self.d.user_by_mail(identity)
-
     def _recipient_id(self, identity: str) -> str | None:
-        recipient = self._recipient(identity)
-        if recipient is None or not self.d.replicated(recipient):
-            return None
-        return recipient.external_directory_object_id if isinstance(recipient, Contact) else recipient.id
+        """The Entra object id of the recipient Exchange's -Member names (its Guid, name or address), once
+        both directories know it."""
+        contact = self.d.contact_by_identity(identity)
+        if contact is not None:
+            return contact.external_directory_object_id if self.d.replicated(contact) else None
+        user = self.d.exchange_user(identity)
+        return user.id if user is not None and self.d.replicated(user) else None
 
     def _links(self, identities: list[str]) -> list[str]:
-        """Stored sender or manager identities as Exchange lists them: each object's ExternalDirectoryObjectId."""
+        """Stored sender or manager identities (addresses or ids, as the seed or a test wrote them) as
+        Exchange lists them: each object's ExternalDirectoryObjectId."""
         found: list[str] = []
         for identity in identities:
-            recipient = self._recipient(identity)
-            group = None if recipient else self.d.group_by_identity(identity)
-            if isinstance(recipient, Contact):
-                found.append(recipient.external_directory_object_id)
+            contact = self.d.contacts.get(identity) or self.d.contact_by_identity(identity)
+            user = self.d.users.get(identity) or self.d.user_by_mail(identity)
+            group = self.d.group_by_identity(identity)
+            if contact is not None:
+                found.append(contact.external_directory_object_id)
             else:
-                found.append(recipient.id if recipient else group.id if group else identity)
+                found.append(user.id if user else group.id if group else identity)
         return found
 
     def _check_manager(self, group: Group, parameters: dict[str, Any]) -> None:
@@ -423,18 +431,21 @@ class ExchangeFace:
         self.d.remove_member(group, object_id)
         return []
 
-    def _member_rows(self, object_ids: list[str]) -> list[dict[str, Any]]:
+    def _member_rows(self, group: Group, object_ids: list[str]) -> list[dict[str, Any]]:
+        """The members Exchange knows of: a guest or a membership made through Graph only after the lag."""
         rows: list[dict[str, Any]] = []
         for object_id in object_ids:
+            if not self.d.link_known_to_exchange(group, object_id):
+                continue
             if object_id in self.d.contacts:
-                rows.append(_contact_json(self.d.contacts[object_id]))
-            elif object_id in self.d.users:
+                rows.append(self._contact_row(self.d.contacts[object_id]))
+            elif object_id in self.d.users and self.d.known_to_exchange(self.d.users[object_id]):
                 rows.append(_user_json(self.d.users[object_id]))
         return rows
 
     def get_members(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         group = self._exchange_group(self._required(parameters, "Identity"), unified=False)
-        return self._member_rows(group.members)
+        return self._member_rows(group, group.members)
 
     def get_unified_group_links(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         group = self._exchange_group(self._required(parameters, "Identity"), unified=True)
@@ -442,7 +453,7 @@ class ExchangeFace:
         links = {"members": group.members, "subscribers": group.subscribers, "owners": []}.get(link_type)
         if links is None:
             raise CmdletError(BAD_PARAMETER, f"Cannot bind parameter 'LinkType'. Cannot convert value \"{link_type}\".")
-        return self._member_rows(links)
+        return self._member_rows(group, links)
 
     def change_unified_group_links(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         """Every sandbox token is app-only, and these cmdlets refuse app-only callers (the text is the sandbox's)."""
@@ -471,14 +482,15 @@ class ExchangeFace:
     # Message trace
 
     def _date(self, parameters: dict[str, Any], name: str, default: datetime) -> datetime:
+        """Only the form the mature callers send (UTC, to the second, without an offset): how Exchange reads
+        an offset or another form is unconfirmed, so the sandbox refuses them (stricter)."""
         value = parameters.get(name)
         if value is None:
             return default
-        try:
-            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError as error:
-            raise CmdletError(BAD_PARAMETER, f'Cannot convert value "{value}" to type System.DateTime.') from error
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        text = str(value)
+        if not _CALLERS_DATE.fullmatch(text):
+            raise CmdletError(BAD_PARAMETER, f'Cannot convert value "{text}" to type System.DateTime.')
+        return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
 
     def _spend_trace_query(self) -> None:
         """The tenant's message-trace quota: a running window; a query past it is refused until the oldest ages out."""

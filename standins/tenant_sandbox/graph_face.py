@@ -20,21 +20,28 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from shared.contracts import GroupKind
-from standins.tenant_sandbox.model import Contact, Directory, Group, User
+from standins.tenant_sandbox.authority import Caller
+from standins.tenant_sandbox.model import Contact, Directory, Group, User, external_upn
 
 _LITERAL = r"'((?:[^']|'')*)'"
 # One clause Graph answers without advanced query parameters: `mail eq '…'` or
 # `<collection>/any(x:x eq '…')` (filter-directory-objects: "Default" for eq on these).
 _CLAUSE = re.compile(
-    rf"\s*(?:(?P<scalar>mail)\s+eq\s+{_LITERAL}"
+    rf"\s*(?:(?P<scalar>mail|userPrincipalName)\s+eq\s+{_LITERAL}"
     rf"|(?P<collection>proxyAddresses|otherMails)/any\(\s*(?P<var>\w+)\s*:\s*(?P=var)\s+eq\s+'(?P<item>(?:[^']|'')*)'\s*\))\s*",
     re.IGNORECASE,
 )
 _OR = re.compile(r"or\b", re.IGNORECASE)
-_ADDRESSED = frozenset({"mail", "proxyAddresses"})  # groups and org contacts; users also otherMails
+_ADDRESSED = frozenset({"mail", "proxyAddresses"})  # groups and org contacts; users also otherMails and UPN
+_USER_ADDRESSED = _ADDRESSED | {"otherMails", "userPrincipalName"}
 _LAMBDA = frozenset({"proxyAddresses", "otherMails"})  # clauses written as collection/any(x:x eq '…')
 UNSUPPORTED_QUERY = "Unsupported Query."  # Graph's 400 text for a filter it does not take
-_CANONICAL = {"mail": "mail", "proxyaddresses": "proxyAddresses", "othermails": "otherMails"}
+_CANONICAL = {
+    "mail": "mail",
+    "userprincipalname": "userPrincipalName",
+    "proxyaddresses": "proxyAddresses",
+    "othermails": "otherMails",
+}
 # Operators Graph accepts on directory objects only with ConsistencyLevel: eventual and $count=true.
 _ADVANCED = re.compile(r"\bendswith\s*\(|\bne\s|\bnot\s*\(|\bnot\s", re.IGNORECASE)
 MAX_TOP = 999
@@ -76,6 +83,15 @@ def _error_body(code: str, message: str, request_id: str = "", client_request_id
 
 
 MAX_CHECK_MEMBER_GROUPS = 20
+# Refusals of a tenant's or a group's policy (docs/microsoft-365-facts.md, "Invitations can be refused",
+# "Groups can refuse guests"). Graph's status and code for the first two are unconfirmed.
+INVITATIONS_OFF = "Guest invitations not allowed for your company. Contact your company administrator for more details."
+DOMAIN_NOT_INVITABLE = "The domain of the invited user is currently blocked by your invitation policy."
+ALREADY_IN_DIRECTORY = "The invited user already exists in the directory as object ID: {id}."
+GUESTS_NOT_ALLOWED = (
+    "Guests users are not allowed to join this Unified Group due to policy setting. "
+    "paramName: Members, paramValue: , objectType: Microsoft.Online.DirectoryServices.Group"
+)
 
 
 def _group_json(group: Group) -> dict[str, Any]:
@@ -100,8 +116,7 @@ def _user_json(user: User, initial_domain: str) -> dict[str, Any]:
     A B2B guest has mail = the invited address, that address in otherMails and as "SMTP:" in
     proxyAddresses, and a "#EXT#" user principal name in the tenant's initial domain.
     """
-    guest = user.user_type == "Guest"
-    upn = f"{user.mail.replace('@', '_')}#EXT#@{initial_domain}" if guest else user.mail
+    upn = user.user_principal_name or (external_upn(user.mail, initial_domain) if user.external else user.mail)
     return {
         "@odata.type": "#microsoft.graph.user",
         "id": user.id,
@@ -116,8 +131,8 @@ def _user_json(user: User, initial_domain: str) -> dict[str, Any]:
         "surname": None,
         "userPrincipalName": upn,
         "userType": user.user_type,
-        "otherMails": [user.mail] if guest else [],
-        "proxyAddresses": ["SMTP:" + user.mail],
+        "otherMails": list(user.other_mails),
+        "proxyAddresses": ["SMTP:" + user.mail] if user.mail else [],
     }
 
 
@@ -166,7 +181,7 @@ def _parse_filter(text: str) -> list[tuple[str, str]] | None:
         if match is None:
             return None
         if match.group("scalar"):
-            clauses.append(("mail", match.group(2)))
+            clauses.append((_CANONICAL[match.group("scalar").lower()], match.group(2)))
         else:
             clauses.append((_CANONICAL[match.group("collection").lower()], match.group("item")))
         position = match.end()
@@ -318,6 +333,10 @@ class GraphFace:
             replica = self.d.users.get(object_id) or self.d.contacts.get(object_id)
             if not self.d.object_exists(object_id) or (replica is not None and not self.d.replicated(replica)):
                 return self._missing(request, object_id)
+            guest = object_id in self.d.users and self.d.users[object_id].user_type == "Guest"
+            if group.kind is GroupKind.MICROSOFT_365 and guest and not self.d.guests_allowed_in(group):
+                # The group's (or the tenant's) guest setting, not a missing right: the same code, its own text.
+                return graph_error(request, 403, "Authorization_RequestDenied", GUESTS_NOT_ALLOWED)
             if object_id in group.members:
                 return graph_error(
                     request,
@@ -329,7 +348,7 @@ class GraphFace:
                 return graph_error(
                     request, 400, "Request_BadRequest", "An org contact cannot be a member of a Microsoft 365 group."
                 )
-            self.d.add_member(group, object_id)
+            self.d.add_member(group, object_id, through_graph=True)
         return Response(status_code=204)
 
     async def check_member_groups(self, request: Request) -> Response:
@@ -392,7 +411,7 @@ class GraphFace:
     async def list_users(self, request: Request) -> Response:
         with self.d.lock:
             users = [u for u in self.d.users.values() if self.d.replicated(u)]
-            return self._filtered(request, [self._user_row(u) for u in users], _ADDRESSED | {"otherMails"})
+            return self._filtered(request, [self._user_row(u) for u in users], _USER_ADDRESSED)
 
     def _user(self, id_or_mail: str) -> User | None:
         user = self.d.users.get(id_or_mail) or self.d.user_by_mail(id_or_mail)
@@ -443,7 +462,17 @@ class GraphFace:
             return graph_error(request, 400, "BadRequest", "The invited user email address is invalid.")
         display_name = str(payload.get("invitedUserDisplayName") or address)
         with self.d.lock:
-            user = self.d.user_by_mail(address) or self.d.add_guest(address, display_name)
+            if not self._may_invite(request):
+                return graph_error(request, 403, "Unauthorized", INVITATIONS_OFF)
+            claimed = self.d.users_claiming(address)
+            if internal := next((u for u in claimed if not u.external), None):
+                return graph_error(request, 400, "BadRequest", ALREADY_IN_DIRECTORY.format(id=internal.id))
+            if claimed:
+                user = claimed[0]  # an existing B2B user is returned as it is: the allow/deny list does not apply
+            elif self.d.settings.domain_blocked(address):
+                return graph_error(request, 400, "BadRequest", DOMAIN_NOT_INVITABLE)
+            else:
+                user = self.d.add_guest(address, display_name)
         invitation = {
             "@odata.type": "#microsoft.graph.invitation",
             "id": str(uuid.uuid4()),
@@ -457,6 +486,14 @@ class GraphFace:
             "invitedUser": {"id": user.id},
         }
         return JSONResponse(invitation, status_code=201)
+
+    def _may_invite(self, request: Request) -> bool:
+        """authorizationPolicy.allowInvitesFrom: app-only callers are refused when invitations are off or
+        limited to administrators and Guest Inviters (Create invitation, Permissions)."""
+        allowed = self.d.settings.allow_invites_from
+        caller: Caller | None = getattr(request.state, "caller", None)
+        app_only = caller is None or caller.app_only
+        return allowed != "none" and not (allowed == "adminsAndGuestInviters" and app_only)
 
     # JSON batching
 

@@ -1,7 +1,10 @@
 """Realism knobs: how unkind the sandbox is. Set at start (JSON file or arguments) or live over /_sandbox.
 
-Every knob defaults to "off", so tests opt into latency, throttling and faults explicitly. The
-shapes are validated with pydantic, so a bad knob file or admin request gets a specific 422.
+Latency, throttling, faults and Entra's replication lag default to "off", so tests opt into them
+explicitly. Two Microsoft traits that every caller meets are on by default: Exchange learns what
+Graph changed only after `exchange_lag_seconds`, and ends a cmdlet that runs longer than
+`exchange_cmdlet_timeout_seconds` on its side. The shapes are validated with pydantic, so a bad
+knob file or admin request gets a specific 422.
 """
 
 from __future__ import annotations
@@ -43,6 +46,17 @@ class Knobs(_Knob):
     jitter_ms: float = Field(default=0, ge=0, description="plus a uniform random delay up to this")
     replication_lag_seconds: float = Field(
         default=0, ge=0, description="a new contact or guest is invisible to Graph and to Add-DistributionGroupMember"
+    )
+    exchange_lag_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="a guest invited or a member added through Graph reaches Exchange (Get-Recipient, "
+        "Get-UnifiedGroupLinks) this much later",
+    )
+    exchange_cmdlet_timeout_seconds: float = Field(
+        default=90.0,
+        gt=0,
+        description="Exchange ends a cmdlet that takes longer (latency included) on its side: 504, the change made",
     )
     throttle: dict[Face, Throttle] = Field(default_factory=dict, description="token bucket per face; absent = none")
     error_rate: dict[Face, ErrorRate] = Field(default_factory=dict)
@@ -122,6 +136,19 @@ class _Bucket:
     def used_percentage(self) -> float:
         return 100.0 * (1 - self.tokens / self.capacity)
 
+    def state(self) -> RateLimit:
+        """What the bucket holds now, as Exchange's Rate-Limit-* headers tell it."""
+        return RateLimit(self.capacity, max(math.floor(self.tokens), 0), (self.capacity - self.tokens) / self.rate)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Exchange's Rate-Limit-Limit, Rate-Limit-Remaining, and the seconds until Rate-Limit-Reset (full again)."""
+
+    limit: int
+    remaining: int
+    reset_in_seconds: float
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -132,6 +159,7 @@ class Verdict:
     retry_after: int | None = None
     throttle_percentage: float | None = None  # Graph's x-ms-throttle-limit-percentage, when a bucket is set
     fault: ScriptedFault | None = None  # the scripted fault that decided, for its answer's shape
+    rate_limit: RateLimit | None = None  # the face's bucket after this request, when a bucket is set
 
 
 class Gate:
@@ -177,16 +205,16 @@ class Gate:
                 if scripted.status == 429 and retry_after is None:
                     retry_after = 1
                 return Verdict(delay, scripted.status, retry_after, fault=scripted)
-            percentage = None
+            percentage, limit = None, None
             if (bucket := self._buckets.get(face)) is not None:
                 wait = bucket.take(time.monotonic())
-                percentage = bucket.used_percentage()
+                percentage, limit = bucket.used_percentage(), bucket.state()
                 if wait is not None:
-                    return Verdict(delay, 429, max(1, math.ceil(wait)), 100.0)
+                    return Verdict(delay, 429, max(1, math.ceil(wait)), 100.0, rate_limit=limit)
             rate = knobs.error_rate.get(face)
             if rate is not None and self._random.random() < rate.rate:
-                return Verdict(delay, rate.status, None, percentage)
-            return Verdict(delay, None, None, percentage)
+                return Verdict(delay, rate.status, None, percentage, rate_limit=limit)
+            return Verdict(delay, None, None, percentage, rate_limit=limit)
 
     def _take_scripted(self, face: Face, operation: str) -> ScriptedFault | None:
         for index, fault in enumerate(self._script):

@@ -7,18 +7,27 @@ uvicorn's thread while tests read the model.
 
 Seed format (see demo_tenant.json):
     {"tenant": {"id": GUID, "name": str, "initial_domain": "x.onmicrosoft.com", "domains": [str]},
-     "users": [{"id", "display_name", "mail", "user_type": "Member"|"Guest"}],
+     "settings"?: {"allow_invites_from"?: "none"|"adminsAndGuestInviters"|"adminsGuestInvitersAndAllMembers"|"everyone",
+                   "b2b_allowed_domains"?: [str] | "b2b_blocked_domains"?: [str], "allow_to_add_guests"?: bool},
+     "users": [{"id", "display_name", "mail", "user_type": "Member"|"Guest", "user_principal_name"?,
+                "other_mails"?: [str], "external"?: bool (default: guests are external, members internal)}],
      "groups": [{"id", "display_name", "mail"?, "secondary_addresses"?: [str], "kind": "Microsoft365"|"Distribution"|"MailEnabledSecurity"|"Security",
                  "dynamic"?, "require_sender_authentication"?, "accept_messages_only_from"?,
                  "reject_messages_from"?, "moderation_enabled"?, "managed_by"?: [str],
                  "manager_check"?: bool (default: mail-enabled security groups only),
                  "auto_subscribe_new_members"?, "subscribers"?: [object ids] (Microsoft 365 groups),
+                 "allow_to_add_guests"?: bool (Group.Unified.Guest; absent: the tenant's setting),
                  "members"?: [object ids]}]}
+
+Entra and Exchange are two directories here as in Microsoft: users and groups have an Exchange
+`Guid` of their own (never the Entra object id), and what Graph changes reaches Exchange only after
+`exchange_lag_seconds` (docs/microsoft-365-facts.md, "Entra and Exchange are not one database").
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 import uuid
@@ -27,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.contracts import GroupKind
 from standins.tenant_sandbox.knobs import Knobs
@@ -50,11 +59,32 @@ class TenantInfo(_Seed):
     domains: tuple[str, ...]
 
 
+InvitesFrom = Literal["none", "adminsAndGuestInviters", "adminsGuestInvitersAndAllMembers", "everyone"]
+
+
+class SeedSettings(_Seed):
+    """The tenant's external collaboration settings (Entra) and its Microsoft 365 group guest setting."""
+
+    allow_invites_from: InvitesFrom = "everyone"  # authorizationPolicy.allowInvitesFrom
+    b2b_allowed_domains: tuple[str, ...] = ()  # the B2B allow list: only these domains may be invited
+    b2b_blocked_domains: tuple[str, ...] = ()  # the B2B deny list
+    allow_to_add_guests: bool = True  # the tenant-wide Group.Unified setting AllowToAddGuests
+
+    @model_validator(mode="after")
+    def _one_list(self) -> SeedSettings:
+        if self.b2b_allowed_domains and self.b2b_blocked_domains:
+            raise ValueError("a tenant has an allow list or a deny list of domains, not both")
+        return self
+
+
 class SeedUser(_Seed):
     id: str
     display_name: str
     mail: str
     user_type: Literal["Member", "Guest"] = "Member"
+    user_principal_name: str | None = None  # default: the mail of an internal user, the #EXT# form of an external one
+    other_mails: tuple[str, ...] = ()  # a guest's invited address is added here as Entra does
+    external: bool | None = None  # a B2B user (from another organisation); default: guests are, members are not
 
 
 class SeedGroup(_Seed):
@@ -74,11 +104,13 @@ class SeedGroup(_Seed):
     manager_check: bool | None = None
     auto_subscribe_new_members: bool = False
     subscribers: tuple[str, ...] = ()  # who receives a Microsoft 365 group's conversations by mail
+    allow_to_add_guests: bool | None = None  # the group's Group.Unified.Guest setting; None: the tenant's
     members: tuple[str, ...] = ()
 
 
 class TenantSeed(_Seed):
     tenant: TenantInfo
+    settings: SeedSettings = SeedSettings()
     users: tuple[SeedUser, ...] = ()
     groups: tuple[SeedGroup, ...] = ()
 
@@ -115,6 +147,11 @@ class TenantSeed(_Seed):
         return self.model_copy(update={"users": self.users + staff, "groups": groups})
 
 
+def external_upn(address: str, initial_domain: str) -> str:
+    """A B2B user's user principal name: the address with "_" for "@", then #EXT# in the initial domain."""
+    return f"{address.replace('@', '_')}#EXT#@{initial_domain}"
+
+
 @dataclass
 class User:
     id: str
@@ -122,6 +159,15 @@ class User:
     mail: str
     user_type: str
     replicated_at: float = 0.0  # time.time() from which Graph sees a new guest
+    user_principal_name: str = ""
+    other_mails: list[str] = field(default_factory=list)
+    external: bool = False  # a B2B user (its home is another organisation), whatever its userType
+    exchange_guid: str = field(default_factory=lambda: str(uuid.uuid4()))  # Exchange's Guid, not the Entra id
+    exchange_visible_at: float = 0.0  # time.time() from which Exchange knows a user made through Graph
+
+    def addresses(self) -> set[str]:
+        """What Entra matches an invitation against, lower-case: UPN, mail, proxyAddresses, otherMails."""
+        return {a.lower() for a in (self.user_principal_name, self.mail, *self.other_mails) if a}
 
 
 @dataclass
@@ -153,12 +199,42 @@ class Group:
     manager_check: bool = False
     auto_subscribe_new_members: bool = False
     subscribers: list[str] = field(default_factory=list)
+    allow_to_add_guests: bool | None = None  # Group.Unified.Guest; None: the tenant's Group.Unified setting
+    exchange_guid: str = field(default_factory=lambda: str(uuid.uuid4()))  # Exchange's Guid, not the Entra id
+    # Memberships made through Graph, by object id: the time.time() from which Exchange lists them.
+    exchange_visible_at: dict[str, float] = field(default_factory=dict)
 
     def proxy_addresses(self) -> list[str]:
         """Exchange's form: the primary address as "SMTP:", every other one as "smtp:"."""
         if not self.mail:
             return []
         return ["SMTP:" + self.mail] + ["smtp:" + address for address in self.secondary_addresses]
+
+
+@dataclass
+class TenantSettings:
+    """SeedSettings as the directory holds them: changeable while the sandbox runs (change_settings)."""
+
+    allow_invites_from: str = "everyone"
+    b2b_allowed_domains: list[str] = field(default_factory=list)
+    b2b_blocked_domains: list[str] = field(default_factory=list)
+    allow_to_add_guests: bool = True
+
+    @classmethod
+    def of(cls, chosen: SeedSettings) -> TenantSettings:
+        return cls(
+            chosen.allow_invites_from,
+            list(chosen.b2b_allowed_domains),
+            list(chosen.b2b_blocked_domains),
+            chosen.allow_to_add_guests,
+        )
+
+    def domain_blocked(self, address: str) -> bool:
+        """The B2B allow/deny list: an allow list admits only its domains, a deny list refuses its own."""
+        domain = address.rsplit("@", 1)[-1].lower()
+        if self.b2b_allowed_domains:
+            return domain not in {d.lower() for d in self.b2b_allowed_domains}
+        return domain in {d.lower() for d in self.b2b_blocked_domains}
 
 
 @dataclass
@@ -206,6 +282,7 @@ class Directory:
         self.contacts: dict[str, Contact] = {}  # by external directory object id
         self.groups: dict[str, Group] = {}
         self.traces: dict[str, TraceRow] = {}
+        self.settings = TenantSettings()
         stored_tenant = self.store.get_meta("tenant_id")
         if stored_tenant is None:
             self._plant(seed)
@@ -215,8 +292,14 @@ class Directory:
             self._load()
 
     def _plant(self, seed: TenantSeed) -> None:
+        initial = seed.tenant.initial_domain
         for u in seed.users:
-            self._save(User(u.id, u.display_name, u.mail, u.user_type))
+            external = u.user_type == "Guest" if u.external is None else u.external
+            upn = u.user_principal_name or (external_upn(u.mail, initial) if external else u.mail)
+            other_mails = list(u.other_mails) or ([u.mail] if external else [])
+            user = User(u.id, u.display_name, u.mail, u.user_type, user_principal_name=upn, other_mails=other_mails)
+            user.external = external
+            self._save(user)
         for g in seed.groups:
             self._save(
                 Group(
@@ -235,19 +318,34 @@ class Directory:
                     g.kind is GroupKind.MAIL_ENABLED_SECURITY if g.manager_check is None else g.manager_check,
                     g.auto_subscribe_new_members,
                     list(g.subscribers),
+                    g.allow_to_add_guests,
                 )
             )
+        self._save_settings(TenantSettings.of(seed.settings))
         self.store.set_meta("tenant_id", seed.tenant.id)
 
+    def _save_settings(self, settings: TenantSettings) -> None:
+        self.settings = settings
+        self.store.set_meta("settings", json.dumps(asdict(settings)))
+
     def _load(self) -> None:
+        if (stored := self.store.get_meta("settings")) is not None:
+            self.settings = TenantSettings(**json.loads(stored))
         for row in self.store.all("user"):
-            self._remember(User(**row))
+            self._keep_guid(User(**row), row)
         for row in self.store.all("contact"):
             self._remember(Contact(**row))
         for row in self.store.all("group"):
-            self._remember(Group(**{**row, "kind": GroupKind(row["kind"])}))
+            self._keep_guid(Group(**{**row, "kind": GroupKind(row["kind"])}), row)
         for row in self.store.all("trace"):
             self._remember(TraceRow(**row))
+
+    def _keep_guid(self, obj: User | Group, row: dict[str, Any]) -> None:
+        """A database from before Exchange Guids were modelled: the Guid given now is kept from now on."""
+        if "exchange_guid" in row:
+            self._remember(obj)
+        else:
+            self._save(obj)
 
     def _remember(self, obj: User | Contact | Group | TraceRow) -> None:
         match obj:
@@ -278,6 +376,48 @@ class Directory:
         return next((u for u in self.users.values() if u.mail.lower() == address.lower()), None)
 
     @_locked
+    def users_claiming(self, address: str) -> list[User]:
+        """The users an invitation for `address` meets: its UPN, mail, proxy address or one of its otherMails."""
+        key = address.lower()
+        return [u for u in self.users.values() if key in u.addresses()]
+
+    @_locked
+    def guests_allowed_in(self, group: Group) -> bool:
+        """Group.Unified.Guest AllowToAddGuests, within the tenant's Group.Unified setting: a tenant that
+        forbids guests is not overridden by a group that allows them (the stricter reading)."""
+        return self.settings.allow_to_add_guests and group.allow_to_add_guests is not False
+
+    @_locked
+    def known_to_exchange(self, user: User) -> bool:
+        """A user made through Graph (a new guest) reaches Exchange only after the Entra-to-Exchange lag."""
+        return time.time() >= user.exchange_visible_at
+
+    @_locked
+    def link_known_to_exchange(self, group: Group, object_id: str) -> bool:
+        """A membership made through Graph is listed by Exchange only after the Entra-to-Exchange lag."""
+        return time.time() >= group.exchange_visible_at.get(object_id, 0.0)
+
+    @_locked
+    def exchange_user(self, identity: str) -> User | None:
+        """Exchange's -Identity for a user: its Exchange Guid or address (never the Entra object id), once Exchange knows it."""
+        key = identity.lower()
+        user = next((u for u in self.users.values() if key in {u.exchange_guid, u.mail.lower()}), None)
+        return user if user is not None and self.known_to_exchange(user) else None
+
+    @_locked
+    def exchange_group(self, identity: str) -> Group | None:
+        """Exchange's -Identity for a group: its Exchange Guid, address or name (never the Entra object id)."""
+        key = identity.lower()
+        return next(
+            (
+                g
+                for g in self.groups.values()
+                if key in {g.exchange_guid, (g.mail or "").lower(), g.display_name.lower()}
+            ),
+            None,
+        )
+
+    @_locked
     def group_by_mail(self, address: str) -> Group | None:
         """The group whose primary address this is (Graph's `mail`)."""
         return next((g for g in self.groups.values() if (g.mail or "").lower() == address.lower()), None)
@@ -290,7 +430,7 @@ class Directory:
 
     @_locked
     def group_by_identity(self, identity: str) -> Group | None:
-        """Exchange -Identity: address, name, or id."""
+        """A group by its Entra id, address or name: for tests and tools (the Exchange face uses exchange_group)."""
         key = identity.lower()
         return self.groups.get(identity) or next(
             (g for g in self.groups.values() if key in {(g.mail or "").lower(), g.display_name.lower()}), None
@@ -298,11 +438,11 @@ class Directory:
 
     @_locked
     def contact_by_identity(self, identity: str) -> Contact | None:
-        """Exchange -Identity: a Guid or object id, else the address, else the Name (the first kind that
-        finds a contact wins; Exchange's own order is not documented, docs/stand-in-differences.md)."""
+        """Exchange -Identity: the Guid (never the Entra object id), else the address, else the Name (the first
+        kind that finds a contact wins; Exchange's own order is not documented, docs/stand-in-differences.md)."""
         key = identity.lower()
         kinds: tuple[Callable[[Contact], set[str]], ...] = (
-            lambda c: {c.guid, c.external_directory_object_id},
+            lambda c: {c.guid},
             lambda c: {c.external_email_address.lower()},
             lambda c: {c.name.lower()},
         )
@@ -406,13 +546,35 @@ class Directory:
 
     @_locked
     def add_guest(self, address: str, display_name: str) -> User:
-        guest = User(str(uuid.uuid4()), display_name, address, "Guest", self._replicated_at())
+        """What an invitation creates: a B2B guest, seen by Graph after the replication lag and by Exchange
+        after the Entra-to-Exchange lag."""
+        guest = User(
+            str(uuid.uuid4()),
+            display_name,
+            address,
+            "Guest",
+            self._replicated_at(),
+            user_principal_name=external_upn(address, self.tenant.initial_domain),
+            other_mails=[address],
+            external=True,
+            exchange_visible_at=time.time() + self.knobs.exchange_lag_seconds,
+        )
         self._save(guest)
         return guest
 
     @_locked
-    def add_member(self, group: Group, object_id: str) -> None:
+    def change_settings(self, /, **changes: Any) -> TenantSettings:
+        """Change the tenant's settings while running (an administrator in the Entra admin center)."""
+        current = asdict(self.settings)
+        self._save_settings(TenantSettings.of(SeedSettings.model_validate({**current, **changes})))
+        return self.settings
+
+    @_locked
+    def add_member(self, group: Group, object_id: str, *, through_graph: bool = False) -> None:
+        """`through_graph`: made in Entra (POST members/$ref), so Exchange lists it only after the lag."""
         group.members.append(object_id)
+        if through_graph:
+            group.exchange_visible_at[object_id] = time.time() + self.knobs.exchange_lag_seconds
         guest = object_id in self.users and self.users[object_id].user_type == "Guest"
         # Set-UnifiedGroup docs: AutoSubscribeNewMembers applies to internal members only; "Guest user
         # accounts are always subscribed when added as a member."
@@ -423,6 +585,7 @@ class Directory:
     @_locked
     def remove_member(self, group: Group, object_id: str) -> None:
         group.members.remove(object_id)
+        group.exchange_visible_at.pop(object_id, None)
         if object_id in group.subscribers:
             group.subscribers.remove(object_id)
         self._save(group)
