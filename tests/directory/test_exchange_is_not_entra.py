@@ -26,7 +26,7 @@ async def test_a_contact_entra_does_not_have_yet_has_no_entra_id(
         name="Early", external_email_address="early@fabrikam.example", display_name="Early"
     )
     assert contact.external_directory_object_id is None
-    found = await exchange_directory.find_mail_contact(contact.identity)
+    found = await exchange_directory.find_mail_contact("early@fabrikam.example")  # it takes the address
     assert found is not None and found.external_directory_object_id is None
 
 
