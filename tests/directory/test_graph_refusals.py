@@ -21,22 +21,11 @@ from shared.directory.rights import GROUP_MEMBER_WRITE, USER_INVITE
 from standins.local_app import LOCAL_PLAN, app_credential, grant_local_app, without
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
 from standins.tenant_sandbox.model import SeedUser
+from tests.fixtures.day_one import PAT, SAM
 
 pytestmark = pytest.mark.stack
 REDIRECT = "https://myapplications.microsoft.com"
 FALCON_ID = "7c1d2e3f-0003-4b5c-8d9e-0f1a2b3c4d03"
-PAT = SeedUser(
-    id="0b6a9c1e-4444-4a4e-9b1a-5f7c2d3e4a04",
-    display_name="Pat Doe",
-    mail="pat.doe@contoso.com",
-    other_mails=("pat.private@fabrikam.example",),
-)
-SAM = SeedUser(
-    id="0b6a9c1e-5555-4a4e-9b1a-5f7c2d3e4a05",
-    display_name="Sam Roe",
-    mail="sam.roe@contoso.com",
-    user_principal_name="sam@fabrikam.example",
-)
 ROBIN = SeedUser(
     id="0b6a9c1e-6666-4a4e-9b1a-5f7c2d3e4a06", display_name="Robin", mail="robin@partner.example", external=True
 )

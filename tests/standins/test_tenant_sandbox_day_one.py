@@ -16,23 +16,11 @@ from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
 from standins.tenant_sandbox.authority import ACCESS_AS_USER, GLOBAL_ADMINISTRATOR
 from standins.tenant_sandbox.model import SeedUser
 from standins.tenant_sandbox.token_face import encode_token, token_claims
+from tests.fixtures.day_one import PAT, SAM
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
 FALCON = "project-falcon@contoso.com"
-# An internal user whose private address sits in otherMails, and one whose UPN is an external-looking address.
-PAT = SeedUser(
-    id="0b6a9c1e-4444-4a4e-9b1a-5f7c2d3e4a04",
-    display_name="Pat Doe",
-    mail="pat.doe@contoso.com",
-    other_mails=("pat.private@fabrikam.example",),
-)
-SAM = SeedUser(
-    id="0b6a9c1e-5555-4a4e-9b1a-5f7c2d3e4a05",
-    display_name="Sam Roe",
-    mail="sam.roe@contoso.com",
-    user_principal_name="sam@fabrikam.example",
-)
 # A B2B user from another organisation whose userType is Member (cross-tenant synchronisation does this).
 ROBIN = SeedUser(
     id="0b6a9c1e-6666-4a4e-9b1a-5f7c2d3e4a06",
