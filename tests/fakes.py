@@ -54,6 +54,7 @@ class FakeGraph:
         self.users: dict[str, DirectoryUser] = {}
         self.other_addresses: dict[str, DirectoryUser] = {}  # a user's UPN or otherMails, lower-case: Entra's view
         self.invited_user_type: str = "Guest"  # what an invitation that creates a user answers (invitedUserType)
+        self.invited_sponsors: dict[str, tuple[str, ...]] = {}  # address -> the sponsors its invitation named
         self.members: dict[str, set[str]] = defaultdict(set)
         self.sent: list[tuple[str, str, str]] = []  # (sender, recipient, subject)
         self.exchange: FakeExchange | None = None  # whose distribution-group members Graph also sees
@@ -83,8 +84,11 @@ class FakeGraph:
         by_mail = next((u for u in self.users.values() if (u.mail or "").lower() == address.lower()), None)
         return by_mail or self.other_addresses.get(address.lower())
 
-    async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
+    async def invite_guest(
+        self, address: str, display_name: str, redirect_url: str, sponsors: tuple[str, ...] = ()
+    ) -> DirectoryUser:
         self.script.check("invite_guest")
+        self.invited_sponsors[address.lower()] = sponsors
         existing = await self._find_claimed(address)
         if existing:
             return existing

@@ -105,8 +105,10 @@ class CachingGraphDirectory:
     async def find_user_for_invitation(self, address: str) -> DirectoryUser | None:
         return await self.inner.find_user_for_invitation(address)
 
-    async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
-        return await self.inner.invite_guest(address, display_name, redirect_url)
+    async def invite_guest(
+        self, address: str, display_name: str, redirect_url: str, sponsors: tuple[str, ...] = ()
+    ) -> DirectoryUser:
+        return await self.inner.invite_guest(address, display_name, redirect_url, sponsors)
 
     async def add_group_member(self, group_id: str, object_id: str) -> None:
         await self.inner.add_group_member(group_id, object_id)

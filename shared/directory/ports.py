@@ -89,8 +89,11 @@ class GraphDirectory(Protocol):
         address or otherMails. A Member among them wins."""
         ...
 
-    async def invite_guest(self, address: str, display_name: str, redirect_url: str) -> DirectoryUser:
-        """POST /invitations without an invitation mail; an existing user is returned as is, its user_type
+    async def invite_guest(
+        self, address: str, display_name: str, redirect_url: str, sponsors: tuple[str, ...] = ()
+    ) -> DirectoryUser:
+        """POST /invitations without an invitation mail, naming `sponsors` (user or group object ids) as the
+        invitation's invitedUserSponsors when there are any; an existing user is returned as is, its user_type
         read from the answer's invitedUserType. Raises AddressHeldInternallyError, InvitationRefusedError."""
         ...
 

@@ -135,6 +135,7 @@ GRAPH_ROUTES: dict[tuple[str, str], Rights | Mapping[ObjectKind, Rights]] = {
     ("GET", "/v1.0/users"): _USER_READ,
     ("GET", "/v1.0/users/{id}"): _USER_READ,
     ("POST", "/v1.0/users/{id}/sendMail"): _rights("Mail.Send"),
+    ("GET", "/v1.0/users/{id}/sponsors"): _USER_READ,
     ("POST", "/v1.0/invitations"): _rights("User.Invite.All", "User.ReadWrite.All", "Directory.ReadWrite.All"),
     ("GET", "/v1.0/servicePrincipals"): _APPLICATION_READ,
     ("GET", "/v1.0/servicePrincipals/{id}"): _APPLICATION_READ,

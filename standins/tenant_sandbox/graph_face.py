@@ -87,6 +87,11 @@ MAX_CHECK_MEMBER_GROUPS = 20
 # "Groups can refuse guests"). Graph's status and code for the first two are unconfirmed.
 INVITATIONS_OFF = "Guest invitations not allowed for your company. Contact your company administrator for more details."
 DOMAIN_NOT_INVITABLE = "The domain of the invited user is currently blocked by your invitation policy."
+# "You can add up to five sponsors when inviting a new guest user" (Entra, Sponsors field for B2B users).
+MAX_SPONSORS = 5
+TOO_MANY_SPONSORS = f"A guest user can have at most {MAX_SPONSORS} sponsors."
+# Graph's answer for a sponsor that is not a user or group of the tenant is unconfirmed (docs/stand-in-differences.md).
+INVALID_SPONSORS = "One or more of the invited user's sponsors are not users or groups of this directory."
 ALREADY_IN_DIRECTORY = "The invited user already exists in the directory as object ID: {id}."
 GUESTS_NOT_ALLOWED = (
     "Guests users are not allowed to join this Unified Group due to policy setting. "
@@ -224,6 +229,7 @@ class GraphFace:
             Route("/v1.0/users", self.list_users, methods=["GET"]),
             Route("/v1.0/users/{id}", self.get_user, methods=["GET"]),
             Route("/v1.0/users/{id}/sendMail", self.send_mail, methods=["POST"]),
+            Route("/v1.0/users/{id}/sponsors", self.list_sponsors, methods=["GET"]),
             Route("/v1.0/invitations", self.invite, methods=["POST"]),
             Route("/v1.0/$batch", self.batch, methods=["POST"]),
         ]
@@ -423,6 +429,19 @@ class GraphFace:
             user = self._user(key)
             return JSONResponse(_select(request, self._user_row(user))) if user else self._missing(request, key)
 
+    async def list_sponsors(self, request: Request) -> Response:
+        """List sponsors: the users and groups responsible for a guest, as directory objects."""
+        key = request.path_params["id"]
+        with self.d.lock:
+            user = self._user(key)
+            if user is None:
+                return self._missing(request, key)
+            rows = [
+                {"@odata.type": "#microsoft.graph.group" if s in self.d.groups else "#microsoft.graph.user", "id": s}
+                for s in user.sponsors
+            ]
+        return self._page(request, rows)
+
     async def send_mail(self, request: Request) -> Response:
         key = request.path_params["id"]
         try:
@@ -461,7 +480,12 @@ class GraphFace:
         if "@" not in address:
             return graph_error(request, 400, "BadRequest", "The invited user email address is invalid.")
         display_name = str(payload.get("invitedUserDisplayName") or address)
+        sponsors = _sponsor_ids(payload.get("invitedUserSponsors"))
+        if sponsors is None or len(sponsors) > MAX_SPONSORS:
+            return graph_error(request, 400, "BadRequest", INVALID_SPONSORS if sponsors is None else TOO_MANY_SPONSORS)
         with self.d.lock:
+            if any(s not in self.d.groups and (s not in self.d.users or self.d.users[s].external) for s in sponsors):
+                return graph_error(request, 400, "BadRequest", INVALID_SPONSORS)
             if not self._may_invite(request):
                 return graph_error(request, 403, "Unauthorized", INVITATIONS_OFF)
             claimed = self.d.users_claiming(address)
@@ -472,7 +496,7 @@ class GraphFace:
             elif self.d.settings.domain_blocked(address):
                 return graph_error(request, 400, "BadRequest", DOMAIN_NOT_INVITABLE)
             else:
-                user = self.d.add_guest(address, display_name)
+                user = self.d.add_guest(address, display_name, sponsors)
         invitation = {
             "@odata.type": "#microsoft.graph.invitation",
             "id": str(uuid.uuid4()),
@@ -542,3 +566,12 @@ class GraphFace:
             body = _error_body("BadRequest", f"Resource not found for the segment '{url.strip('/').split('/')[0]}'.")
             keep["content-type"] = "application/json"
         return {"id": request_id, "status": answer.status_code, "headers": keep, "body": body}
+
+
+def _sponsor_ids(value: Any) -> tuple[str, ...] | None:
+    """invitedUserSponsors as Graph takes it: directory objects, each named by its id; None when malformed."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, dict) and isinstance(v.get("id"), str) for v in value):
+        return None
+    return tuple(dict.fromkeys(str(v["id"]).lower() for v in value))

@@ -164,6 +164,7 @@ class User:
     external: bool = False  # a B2B user (its home is another organisation), whatever its userType
     exchange_guid: str = field(default_factory=lambda: str(uuid.uuid4()))  # Exchange's Guid, not the Entra id
     exchange_visible_at: float = 0.0  # time.time() from which Exchange knows a user made through Graph
+    sponsors: list[str] = field(default_factory=list)  # object ids of users or groups (invitedUserSponsors)
 
     def addresses(self) -> set[str]:
         """What Entra matches an invitation against, lower-case: UPN, mail, proxyAddresses, otherMails."""
@@ -545,9 +546,9 @@ class Directory:
         self.store.delete("contact", object_id)
 
     @_locked
-    def add_guest(self, address: str, display_name: str) -> User:
+    def add_guest(self, address: str, display_name: str, sponsors: tuple[str, ...] = ()) -> User:
         """What an invitation creates: a B2B guest, seen by Graph after the replication lag and by Exchange
-        after the Entra-to-Exchange lag."""
+        after the Entra-to-Exchange lag, with the invitation's sponsors (user or group object ids)."""
         guest = User(
             str(uuid.uuid4()),
             display_name,
@@ -558,6 +559,7 @@ class Directory:
             other_mails=[address],
             external=True,
             exchange_visible_at=time.time() + self.knobs.exchange_lag_seconds,
+            sponsors=list(sponsors),
         )
         self._save(guest)
         return guest

@@ -6,6 +6,7 @@ import pytest
 
 from shared.contracts import GroupKind
 from shared.directory.errors import (
+    InvitationRefusedError,
     AlreadyExistsError,
     NotFoundError,
     PermissionDeniedError,
@@ -82,6 +83,21 @@ async def test_invite_guest_then_add_to_microsoft_365_group(
     await graph_directory.add_group_member(falcon, guest.id)
     assert guest.id in tenant_sandbox.directory.groups[falcon].members
     assert guest.id in await graph_directory.list_group_member_ids(falcon)
+
+
+async def test_an_invitation_names_its_sponsors_and_refuses_ones_the_tenant_does_not_have(
+    tenant_sandbox: TenantSandbox, graph_directory: MsGraphDirectory
+) -> None:
+    """invitedUserSponsors: up to five users or groups of the tenant (docs/microsoft-365-facts.md, Sponsors)."""
+    adele = tenant_sandbox.directory.user_by_mail("adele.vance@contoso.com")
+    assert adele is not None
+    partners = _group_id(tenant_sandbox, "partners@contoso.com")
+    guest = await graph_directory.invite_guest("sponsored@fabrikam.example", "Sponsored", REDIRECT, (adele.id, partners))
+    assert tenant_sandbox.directory.users[guest.id].sponsors == [adele.id, partners]
+    unknown = "00000000-0000-0000-0000-0000000000aa"
+    with pytest.raises(InvitationRefusedError):
+        await graph_directory.invite_guest("unsponsored@fabrikam.example", "Nobody's", REDIRECT, (unknown,))
+    assert tenant_sandbox.directory.user_by_mail("unsponsored@fabrikam.example") is None
 
 
 async def test_add_member_twice_is_already_exists(
