@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from shared.addresses import within_rfc5321_lengths
 from shared.queues import StageName as StageName  # leaves only: names, and how addresses are measured
@@ -57,6 +66,10 @@ SmtpAddress = Annotated[EmailStr, AfterValidator(within_rfc5321_lengths)]
 REQUEST_ID_PATTERN = r"^[^/\\#?\s\x00-\x1f\x7f-\x9f]{1,128}$"
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 SourceSystem = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+# "You can add up to five sponsors when inviting a new guest user" (docs/microsoft-365-facts.md, Sponsors).
+SPONSORS_MAX = 5
+# A lease ends at most this far after the request is accepted: a typo in the year must not grant a century.
+LEASE_MAX = timedelta(days=3 * 366)
 
 
 class GroupKind(StrEnum):
@@ -129,6 +142,20 @@ class OnboardingRequest(_Contract):
         default=False,
         description="Plan only: check the policy and resolve the group and the person, change nothing in the "
         "tenant. The outcome's status is Planned and its changes say what would be done.",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the membership ends (a lease): with a time zone, after the request is accepted and at "
+        "most three years later. The app then removes the person from the group as an offboard would and "
+        "publishes that outcome; a notice event comes first (docs/leases.md). A later request for the same "
+        "person and group sets the end anew (a renewal). Absent: the group's default lease in the policy, if any.",
+    )
+    sponsors: tuple[uuid.UUID, ...] = Field(
+        default=(),
+        max_length=SPONSORS_MAX,
+        description="Object ids of the users or groups accountable for a guest (Graph invitedUserSponsors), "
+        "at most five; only for a Microsoft 365 group's newly invited guest. Absent: the group's sponsors in the "
+        "policy, if any.",
     )
 
 
@@ -216,6 +243,9 @@ class OutcomeEvent(_Contract):
     changes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     accepted_at: datetime | None = None
+    expires_at: datetime | None = Field(
+        default=None, description="When the membership ends (its lease), for an onboarding that has one."
+    )
     finished_at: datetime
 
 

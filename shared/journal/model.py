@@ -130,3 +130,42 @@ class RequestState(BaseModel):
 def check_limit(limit: int) -> None:
     if limit < 1:
         raise ValueError(f"summary limit must be at least 1, not {limit}")
+
+
+class LeaseState(StrEnum):
+    """Where a lease stands. Only an active lease's wake-up acts; the others are history."""
+
+    ACTIVE = "active"
+    EXPIRED = "expired"  # its end came: the app sent the offboard request that removes the membership
+    ENDED = "ended"  # the person was offboarded before the end (an offboard request, or an onboarding without one)
+
+
+class Lease(BaseModel):
+    """A membership that ends: one per person and group (`key`), the latest onboarding's end.
+
+    The lease journal is the truth; a scheduled wake-up message only says "look now" (docs/leases.md).
+    It holds the person's address, since the app must name the person in the offboard request it sends
+    at the end: shown masked by `onboard leases`, like the rest of the journal.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: Annotated[str, StringConstraints(pattern=r"^lease-[0-9a-f]{32}$")]
+    external_email: str = Field(min_length=3, max_length=320)
+    display_name: str = Field(min_length=1, max_length=256)
+    group_id: str = Field(min_length=1, max_length=256)
+    group_mail: str = Field(min_length=3, max_length=320)
+    group_display_name: str = Field(max_length=256)
+    source_system: str = Field(min_length=1, max_length=64)
+    ends_at: AwareDatetime
+    notice_at: AwareDatetime
+    request_id: JournalRequestId  # the onboarding that set this end
+    correlation_id: str = Field(min_length=1, max_length=256)
+    reply_to: str | None = Field(default=None, max_length=260)  # where the notice and the expiry's outcome go
+    state: LeaseState = LeaseState.ACTIVE
+    updated_at: AwareDatetime
+
+    @field_validator("ends_at", "notice_at", "updated_at")
+    @classmethod
+    def _in_utc(cls, at: datetime) -> datetime:
+        return at.astimezone(UTC)

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from shared.contracts import OutcomeStatus, StageName
-from shared.journal.model import RequestState, Transition, TransitionKind
+from shared.journal.model import Lease, LeaseState, RequestState, Transition, TransitionKind
 
 # A request whose latest transition is one of these has failed (or crashed and waits for redelivery).
 FAILED = frozenset({TransitionKind.DEAD_LETTERED, TransitionKind.CRASHED})
@@ -57,3 +57,25 @@ class Journal(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class LeaseBook(Protocol):
+    """Where leases are kept (docs/leases.md): beside the journal, in the same store. Unlike a transition, a
+    lease is the truth the wake-ups act on, so a write that fails raises, and the stage runs again."""
+
+    async def lease(self, key: str) -> Lease | None:
+        """The lease of one person and group, whatever its state; None when there never was one."""
+        ...
+
+    async def keep_lease(self, lease: Lease) -> None:
+        """Write the lease whole (the latest onboarding's end wins, also over an expired or ended one)."""
+        ...
+
+    async def settle_lease(self, key: str, ends_at: datetime, state: LeaseState) -> bool:
+        """Move the lease from active to `state`, only if it is still active and still ends at `ends_at`
+        (a renewal in between wins); True when this call moved it."""
+        ...
+
+    async def leases(self, *, ending_before: datetime | None = None) -> list[Lease]:
+        """The active leases, soonest end first; only those ending before `ending_before` when given."""
+        ...

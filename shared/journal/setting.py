@@ -12,9 +12,10 @@ from urllib.parse import urlsplit
 
 MEMORY = ":memory:"
 
-# Azure's rule for table names; Azurite applies it too.
-_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
-_TABLE_NAME_RULE = "3 to 63 letters or digits, starting with a letter"
+# Azure's rule for table names (3 to 63 letters or digits, starting with a letter; Azurite applies it
+# too), less the six letters the lease table beside the journal's adds ("<table>leases").
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,56}$")
+_TABLE_NAME_RULE = "3 to 57 letters or digits, starting with a letter (the lease table beside it adds 'leases')"
 
 FORMS = (
     "sqlite:///absolute/path.db, sqlite:relative/path.db, sqlite::memory:, "

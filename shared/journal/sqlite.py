@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shared.contracts import OutcomeStatus, StageName
-from shared.journal.model import RequestState, Transition, TransitionKind, check_limit
+from shared.journal.model import Lease, LeaseState, RequestState, Transition, TransitionKind, check_limit
 from shared.journal.ports import FAILED, LATEST_FAILURES, Tally, Where
 from shared.journal.setting import MEMORY
 
@@ -38,7 +38,20 @@ CREATE TABLE IF NOT EXISTS transitions (
     PRIMARY KEY (request_id, row_key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS transitions_by_time ON transitions (at);
+CREATE TABLE IF NOT EXISTS leases (
+    key     TEXT PRIMARY KEY,
+    state   TEXT NOT NULL,
+    ends_at TEXT NOT NULL,
+    body    TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_by_end ON leases (state, ends_at);
 """
+# A lease is kept whole as its JSON (Lease.model_dump_json); state and ends_at are columns to query and to
+# make the settling update conditional.
+_KEEP_LEASE = "INSERT OR REPLACE INTO leases (key, state, ends_at, body) VALUES (?, ?, ?, ?)"
+_LEASE = "SELECT body FROM leases WHERE key = ?"
+_SETTLE_LEASE = "UPDATE leases SET state = ?, body = ? WHERE key = ? AND state = ? AND ends_at = ?"
+_ACTIVE_LEASES = "SELECT body FROM leases WHERE state = ? AND ends_at < ? ORDER BY ends_at, key"
 
 # Plain literals (no f-strings): the queries take values only through placeholders.
 _INSERT = """
@@ -135,6 +148,34 @@ class SqliteJournal:
             for stage, decision, status, n in counted
         }
         return Tally(since, counts, [_transition(row) for row in latest])
+
+    async def lease(self, key: str) -> Lease | None:
+        row = await self._run(lambda c: c.execute(_LEASE, (key,)).fetchone())
+        return None if row is None else Lease.model_validate_json(row[0])
+
+    async def keep_lease(self, lease: Lease) -> None:
+        row = (lease.key, lease.state.value, _iso(lease.ends_at), lease.model_dump_json())
+        await self._run(lambda c: c.execute(_KEEP_LEASE, row))
+
+    async def settle_lease(self, key: str, ends_at: datetime, state: LeaseState) -> bool:
+        def settle(c: sqlite3.Connection) -> bool:
+            c.execute("BEGIN IMMEDIATE")  # read and conditional write in one transaction
+            try:
+                row = c.execute(_LEASE, (key,)).fetchone()
+                if row is None:
+                    return False
+                settled = Lease.model_validate_json(row[0]).model_copy(update={"state": state})
+                arguments = (state.value, settled.model_dump_json(), key, LeaseState.ACTIVE.value, _iso(ends_at))
+                return c.execute(_SETTLE_LEASE, arguments).rowcount == 1
+            finally:
+                c.execute("COMMIT")
+
+        return await self._run(settle)
+
+    async def leases(self, *, ending_before: datetime | None = None) -> list[Lease]:
+        before = _iso(ending_before) if ending_before is not None else "9999"  # ISO times sort as text
+        rows = await self._run(lambda c: c.execute(_ACTIVE_LEASES, (LeaseState.ACTIVE.value, before)).fetchall())
+        return [Lease.model_validate_json(body) for (body,) in rows]
 
     async def close(self) -> None:
         await self._run(lambda c: c.close())

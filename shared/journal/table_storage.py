@@ -23,12 +23,13 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.contracts import OutcomeStatus, StageName
-from shared.journal.model import RequestState, Transition, TransitionKind, check_limit
+from shared.journal.model import Lease, LeaseState, RequestState, Transition, TransitionKind, check_limit
 from shared.journal.ports import FAILED, LATEST_FAILURES, Tally, Where
 
 # Table Storage refuses these in PartitionKey and RowKey: "Characters disallowed in key fields",
@@ -48,14 +49,30 @@ class UnsortedResultsError(AzureError):
     Azurite) never do; the counts, which rely on it, would be wrong."""
 
 
+# Leases live in a table of their own beside the journal's (`<table>leases`, created with it in
+# infra/main.bicep), so the journal's scans never meet them: one entity per lease, PartitionKey = its key.
+LEASE_TABLE_SUFFIX = "leases"
+_LEASE_ROW = "lease"
+
+
 class TableStorageJournal:
-    def __init__(self, client: TableClient, *, owned_credential: AsyncTokenCredential | None = None) -> None:
+    def __init__(
+        self,
+        client: TableClient,
+        *,
+        owned_credential: AsyncTokenCredential | None = None,
+        leases: TableClient | None = None,
+    ) -> None:
         self._client = client
+        self._leases = leases
         self._owned_credential = owned_credential  # closed with the journal when we created it
 
     @classmethod
     def from_connection_string(cls, connection_string: str, table_name: str) -> TableStorageJournal:
-        return cls(TableClient.from_connection_string(connection_string, table_name))
+        return cls(
+            TableClient.from_connection_string(connection_string, table_name),
+            leases=TableClient.from_connection_string(connection_string, table_name + LEASE_TABLE_SUFFIX),
+        )
 
     @classmethod
     def from_endpoint(
@@ -63,7 +80,65 @@ class TableStorageJournal:
     ) -> TableStorageJournal:
         """`endpoint` is the account's table endpoint, e.g. https://<account>.table.core.windows.net."""
         client = TableClient(endpoint, table_name, credential=credential)
-        return cls(client, owned_credential=credential if owns_credential else None)
+        leases = TableClient(endpoint, table_name + LEASE_TABLE_SUFFIX, credential=credential)
+        return cls(client, owned_credential=credential if owns_credential else None, leases=leases)
+
+    @property
+    def _lease_table(self) -> TableClient:
+        if self._leases is None:
+            raise RuntimeError("this journal was opened without its lease table")
+        return self._leases
+
+    async def lease(self, key: str) -> Lease | None:
+        with contextlib.suppress(ResourceNotFoundError):  # no such lease, or no table yet
+            entity = await self._lease_table.get_entity(key, _LEASE_ROW)
+            return Lease.model_validate_json(str(entity["Body"]))
+        return None
+
+    async def keep_lease(self, lease: Lease) -> None:
+        entity = {
+            "PartitionKey": lease.key,
+            "RowKey": _LEASE_ROW,
+            "State": lease.state.value,
+            "EndsAt": lease.ends_at,
+            "Body": lease.model_dump_json(),
+        }
+        try:
+            await self._lease_table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        except ResourceNotFoundError:  # no table yet (in Azure the infrastructure creates it)
+            with contextlib.suppress(ResourceExistsError):
+                await self._lease_table.create_table()
+            await self._lease_table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    async def settle_lease(self, key: str, ends_at: datetime, state: LeaseState) -> bool:
+        try:
+            entity = await self._lease_table.get_entity(key, _LEASE_ROW)
+        except ResourceNotFoundError:
+            return False
+        lease = Lease.model_validate_json(str(entity["Body"]))
+        if lease.state is not LeaseState.ACTIVE or lease.ends_at != ends_at.astimezone(UTC):
+            return False
+        settled = lease.model_copy(update={"state": state})
+        replacement = {**entity, "State": state.value, "Body": settled.model_dump_json()}
+        try:  # only if nobody wrote the lease since it was read (a renewal wins)
+            await self._lease_table.update_entity(
+                replacement,
+                mode=UpdateMode.REPLACE,
+                etag=entity.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            return False
+        return True
+
+    async def leases(self, *, ending_before: datetime | None = None) -> list[Lease]:
+        query = "State eq @state" + (" and EndsAt lt @before" if ending_before is not None else "")
+        parameters: dict[str, Any] = {"state": LeaseState.ACTIVE.value}
+        if ending_before is not None:
+            parameters["before"] = ending_before.astimezone(UTC)
+        entities = self._lease_table.query_entities(query, parameters=parameters, select=["Body"])
+        found = [Lease.model_validate_json(str(entity["Body"])) async for entity in _unless_no_table(entities)]
+        return sorted(found, key=lambda lease: (lease.ends_at, lease.key))
 
     @property
     def table_name(self) -> str:
@@ -151,6 +226,8 @@ class TableStorageJournal:
 
     async def close(self) -> None:
         await self._client.close()
+        if self._leases is not None:
+            await self._leases.close()
         if self._owned_credential is not None:
             await self._owned_credential.close()
 

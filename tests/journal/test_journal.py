@@ -227,10 +227,10 @@ SECRET = "c2VjcmV0LWtleS10aGF0LW11c3Qtbm90LWxlYWs="
         ("sqlite://host/journal.db", "takes no host"),
         ("http://onboarding.table.core.windows.net/Journal", "use https://"),
         ("https://onboarding.table.core.windows.net", "names no table"),
-        ("https://onboarding.table.core.windows.net/journal-1", "table name is 3 to 63 letters or digits"),
+        ("https://onboarding.table.core.windows.net/journal-1", "table name is 3 to 57 letters or digits"),
         ("https://onboarding.table.core.windows.net/Journal?sv=2024&sig=abc", "takes no query"),
         (f"tables:AccountName=a;AccountKey={SECRET}", "exactly one TableName"),
-        (f"tables:TableName=j;AccountName=a;AccountKey={SECRET}", "table name is 3 to 63"),
+        (f"tables:TableName=j;AccountName=a;AccountKey={SECRET}", "table name is 3 to 57"),
         (f"tables:TableName=Journal;Nonsense={SECRET}", "connection string is not usable"),
     ],
 )
