@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from shared.cloudevents import REQUEST_TYPE
 from shared.contracts import (
     GroupKind,
+    LeaseNotice,
     OnboardingRequest,
     OutcomeEvent,
     OutcomeStatus,
@@ -24,6 +25,8 @@ from shared.contracts import (
     ResolvedGroup,
     StageName,
 )
+from shared.journal.model import Lease
+from shared.leases import CLOUDEVENTS_JSON, NOTICE_SOURCE, NOTICE_SUBJECT, NOTICE_TYPE, notice_message
 
 OUTCOME_QUEUE = "onboarding-outcomes"
 _REF = "#/components/schemas/{model}"
@@ -103,6 +106,49 @@ OUTCOME_EXAMPLE: dict[str, Any] = {  # built from the model, so it is valid by c
 }
 
 
+_LEASE = Lease(
+    key="lease-" + "3f2a" * 8,
+    external_email="jordan.reyes@fabrikam.example",
+    display_name="Jordan Reyes",
+    group_id="7f1c2b1e-4a0b-4c83-9f35-2d7a3c1b9e10",
+    group_mail="partners@contoso.com",
+    group_display_name="Partners",
+    group_kind=GroupKind.DISTRIBUTION,
+    source_system="demo-hr",
+    ends_at=datetime(2027, 3, 31, 17, 0, tzinfo=UTC),
+    notice_at=datetime(2027, 3, 24, 17, 0, tzinfo=UTC),
+    request_id="hr-2026-0042",
+    correlation_id="hr-2026-0042",
+    updated_at=datetime(2026, 11, 23, 9, 0, 5, tzinfo=UTC),
+)
+_NOTICE = notice_message(_LEASE, datetime(2027, 3, 24, 17, 0, 2, tzinfo=UTC))  # as the app builds it
+LEASE_NOTICE_EXAMPLE: dict[str, Any] = {
+    "name": "lease-ending",
+    "summary": "Seven days before the membership of hr-2026-0042 ends",
+    "headers": {"messageId": _NOTICE.message_id, "correlationId": "hr-2026-0042", "contentType": CLOUDEVENTS_JSON},
+    "payload": json.loads(b"".join(_NOTICE.body)),
+}
+
+
+def _lease_notice_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "CloudEvents 1.0, JSON event format, structured mode (docs/leases.md). Subject "
+        f"{NOTICE_SUBJECT}: tell it from outcome events by the message's subject or content type.",
+        "required": ["specversion", "type", "source", "id", "time", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "type": {"const": NOTICE_TYPE},
+            "source": {"const": NOTICE_SOURCE},
+            "id": {"type": "string", "description": "<lease id>/<end>/notice: one per lease and end."},
+            "time": {"type": "string", "format": "date-time"},
+            "subject": {"type": "string", "description": "The lease id."},
+            "datacontenttype": {"const": "application/json"},
+            "data": {"$ref": _REF.format(model="LeaseNotice")},
+        },
+    }
+
+
 def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
     """Each model and every model it uses, referenced as components (a schema's own #/$defs would
     resolve against the AsyncAPI document's root)."""
@@ -166,6 +212,7 @@ def _cloudevent_schema() -> dict[str, Any]:
 def asyncapi_document() -> dict[str, Any]:
     intake = StageName.CREATE_CONTACT.value
     outcome_message = {"$ref": "#/components/messages/OutcomeEvent"}
+    notice_message_ref = {"$ref": "#/components/messages/LeaseNotice"}
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -202,14 +249,14 @@ def asyncapi_document() -> dict[str, Any]:
                 "description": "One outcome event per request whose ReplyTo is empty or unusable. An operator's "
                 "`onboard doctor --wait` also leaves the app's self-check report here (subject "
                 "onboarding.selfcheck, not an outcome event): read outcome events by their subject, "
-                "onboarding.<status>.",
-                "messages": {"outcome": outcome_message},
+                "onboarding.<status>. A lease's notice comes here too (subject onboarding.LeaseEnding).",
+                "messages": {"outcome": outcome_message, "leaseNotice": notice_message_ref},
             },
             "replyTo": {
                 "address": "{replyTo}",
-                "description": "The queue a request names in its ReplyTo.",
+                "description": "The queue a request names in its ReplyTo: its outcome, and its lease's notice.",
                 "parameters": {"replyTo": {"description": "The request's AMQP reply-to."}},
-                "messages": {"outcome": outcome_message},
+                "messages": {"outcome": outcome_message, "leaseNotice": notice_message_ref},
             },
         },
         "operations": {
@@ -236,6 +283,13 @@ def asyncapi_document() -> dict[str, Any]:
                 "channel": {"$ref": "#/channels/outcomes"},
                 "messages": [{"$ref": "#/channels/outcomes/messages/outcome"}],
             },
+            "receiveLeaseNotice": {
+                "action": "receive",
+                "title": "Receive lease notices",
+                "summary": "Before a lease ends: renew it with an onboarding request that names a later expires_at.",
+                "channel": {"$ref": "#/channels/outcomes"},
+                "messages": [{"$ref": "#/channels/outcomes/messages/leaseNotice"}],
+            },
         },
         "components": {
             "messages": {
@@ -258,6 +312,16 @@ def asyncapi_document() -> dict[str, Any]:
                     "payload": {"$ref": "#/components/schemas/OnboardingRequestCloudEvent"},
                     "examples": CLOUDEVENT_EXAMPLES,
                 },
+                "LeaseNotice": {
+                    "name": "LeaseNotice",
+                    "title": "A lease ends soon (CloudEvent org.m365-external-onboarding.lease.ending.v1)",
+                    "summary": "Published ONBOARDING_LEASE_NOTICE_SECONDS before a lease ends, once per lease and end.",
+                    "contentType": CLOUDEVENTS_JSON,
+                    "headers": _headers(reply_to=False, content_types=[CLOUDEVENTS_JSON]),
+                    "payload": {"$ref": "#/components/schemas/LeaseNoticeCloudEvent"},
+                    "correlationId": {"location": "$message.header#/correlationId"},
+                    "examples": [LEASE_NOTICE_EXAMPLE],
+                },
                 "OutcomeEvent": {
                     "name": "OutcomeEvent",
                     "title": "Outcome event (contract v1)",
@@ -269,8 +333,8 @@ def asyncapi_document() -> dict[str, Any]:
                     "examples": [OUTCOME_EXAMPLE],
                 },
             },
-            "schemas": _schemas(OnboardingRequest, OutcomeEvent)
-            | {"OnboardingRequestCloudEvent": _cloudevent_schema()},
+            "schemas": _schemas(OnboardingRequest, OutcomeEvent, LeaseNotice)
+            | {"OnboardingRequestCloudEvent": _cloudevent_schema(), "LeaseNoticeCloudEvent": _lease_notice_schema()},
             "securitySchemes": {
                 "entraId": {
                     "type": "oauth2",

@@ -21,6 +21,7 @@ COMMAND_RIGHTS: dict[str, str] = {
         "Service Bus Data Receiver on create-contact (an unknown id) and, with --watch, on every "
         "stage queue (it peeks)."
     ),
+    "leases": "Storage Table Data Reader on the lease table (the journal table's name followed by 'leases').",
     "dlq list": "Azure Service Bus Data Receiver on each stage queue listed (it peeks the dead-letter sub-queue).",
     "dlq show": "Azure Service Bus Data Receiver on the --queue (it peeks the dead-letter sub-queue).",
     "dlq replay": (

@@ -130,6 +130,33 @@ def doctor(
     )
 
 
+@app.command(epilog=rights_epilog("leases"))
+def leases(
+    within: Annotated[
+        str, typer.Option(help="List the leases that end within this long: 12h, 7d, 90d.", show_default=True)
+    ] = "7d",
+    journal: Annotated[
+        str,
+        typer.Option(
+            envvar="ONBOARDING_JOURNAL",
+            show_envvar=True,
+            show_default=True,
+            help="The journal setting the app uses; leases are kept beside its transitions.",
+        ),
+    ] = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}",
+) -> None:
+    """List the memberships that end within --within, soonest first (docs/leases.md).
+
+    Each lease: when it ends, the person (masked, as in the logs), the group, the source and the request
+    that set the end, and when its notice is published. A lease past its end is flagged OVERDUE: its
+    wake-up has not acted yet (the app is down, or the wake-up is in the leases queue's dead letters).
+    To renew a lease, send an onboarding for the same person and group with a later expires_at.
+    """
+    from cli.leases import leases_command
+
+    raise typer.Exit(leases_command(journal, within))
+
+
 @app.command()
 def demo(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all outcomes.")] = 90.0,

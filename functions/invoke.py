@@ -42,3 +42,11 @@ async def answer_self_check(
     from shared import bootstrap  # deferred on purpose, see above
 
     await (await bootstrap.self_check_responder()).run(message, actions)
+
+
+async def watch_lease(
+    message: servicebus.ServiceBusReceivedMessage, actions: servicebus.ServiceBusMessageActions
+) -> None:
+    from shared import bootstrap  # deferred on purpose, see above
+
+    await (await bootstrap.lease_watch()).run(message, actions)

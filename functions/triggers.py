@@ -1,6 +1,7 @@
 """Every trigger of the app: one per stage queue, in the pipeline's order (shared/queues.py, PIPELINE),
 one per stage's dead-letter sub-queue, the same two for each source's own intake queue, if any, and
-one on the `doctor` queue, where `onboard doctor` asks the app for its self-check (shared/selfcheck.py).
+one on the `doctor` queue, where `onboard doctor` asks the app for its self-check (shared/selfcheck.py),
+and one on the `leases` queue, where leases' scheduled wake-ups arrive (shared/lease_watch.py).
 
 Thin by design. A stage's function hands its message to the runner (shared/runner.py), which
 decodes it, calls the stage in shared/stages/ and carries out its decision. A dead-letter
@@ -19,8 +20,8 @@ from functools import partial
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from functions.invoke import answer_self_check, report_dead_letter, run_stage
-from shared.queues import PIPELINE, SELF_CHECK_QUEUE, SERVICEBUS_CONNECTION, StageName, intake_queues
+from functions.invoke import answer_self_check, report_dead_letter, run_stage, watch_lease
+from shared.queues import LEASE_QUEUE, PIPELINE, SELF_CHECK_QUEUE, SERVICEBUS_CONNECTION, StageName, intake_queues
 
 DEAD_LETTER_QUEUE = "{queue}/$deadletterqueue"  # Service Bus's path of a queue's dead-letter sub-queue
 
@@ -55,4 +56,5 @@ def blueprint(settings: Mapping[str, str] = os.environ) -> func.Blueprint:
         dead_letters = DEAD_LETTER_QUEUE.format(queue=queue)
         _trigger(bp, dead_letters, f"{name}_dead_letters", partial(report_dead_letter, StageName.CREATE_CONTACT))
     _trigger(bp, SELF_CHECK_QUEUE, "doctor", answer_self_check)
+    _trigger(bp, LEASE_QUEUE, "leases", watch_lease)  # wake-ups of leases (shared/lease_watch.py)
     return bp

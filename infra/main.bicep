@@ -34,6 +34,10 @@ param onboardingTenantId string
 @description('ONBOARDING_TENANT_DOMAIN: the tenant\'s initial domain, <tenant>.onmicrosoft.com.')
 param onboardingTenantDomain string
 
+@description('ONBOARDING_LEASE_NOTICE_SECONDS: how long before a lease ends its notice event is published, so an owner can renew (docs/leases.md). Default 7 days.')
+@minValue(1)
+param leaseNoticeSeconds int = 604800
+
 @description('ONBOARDING_POLICY_FILE: path of the policy file deployed with the code (for example policy.json). Empty leaves the setting out: the app then denies every request.')
 param policyFile string = ''
 
@@ -156,6 +160,12 @@ var queues = [
     deadLetteringOnMessageExpiration: false
     roleAssignments: concat([appReceiver], operatorSender)
   })
+  // Leases' scheduled wake-ups (docs/leases.md): the app schedules them and reads them. A wake-up's
+  // time-to-live starts when it appears, so one months away does not expire before it.
+  union(queueProperties, {
+    name: 'leases'
+    roleAssignments: [appReceiver, appSender]
+  })
 ]
 var allQueues = concat(queues, intakeQueueEntities)
 
@@ -168,6 +178,8 @@ var serviceBusFunctionNames = [
 ]
 
 var journalTableName = 'onboardingjournal'
+// Leases are kept beside the journal, in a table of their own (shared/journal/table_storage.py).
+var leaseTableName = '${journalTableName}leases'
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -276,24 +288,22 @@ module storage 'br/public:avm/res/storage/storage-account:0.29.0' = {
     // The journal table exists before the app starts, so the app writes with rights on the table
     // alone and `onboard status` reads with Storage Table Data Reader (reading never creates it).
     tableServices: {
-      tables: [
-        {
-          name: journalTableName
-          roleAssignments: concat([
-            {
-              principalId: identity.outputs.principalId
-              principalType: 'ServicePrincipal'
-              roleDefinitionIdOrName: roles.storageTableDataContributor
-            }
-          ], empty(operatorPrincipalId) ? [] : [
-            {
-              principalId: operatorPrincipalId
-              principalType: 'User'
-              roleDefinitionIdOrName: roles.storageTableDataReader
-            }
-          ])
-        }
-      ]
+      tables: [for table in [journalTableName, leaseTableName]: {
+        name: table
+        roleAssignments: concat([
+          {
+            principalId: identity.outputs.principalId
+            principalType: 'ServicePrincipal'
+            roleDefinitionIdOrName: roles.storageTableDataContributor
+          }
+        ], empty(operatorPrincipalId) ? [] : [
+          {
+            principalId: operatorPrincipalId
+            principalType: 'User'
+            roleDefinitionIdOrName: roles.storageTableDataReader
+          }
+        ])
+      }]
     }
     // Host storage (AzureWebJobsStorage: its own containers) and the deployment package.
     roleAssignments: [
@@ -368,6 +378,7 @@ module functionApp 'app/function-app.bicep' = {
     onboardingTenantId: onboardingTenantId
     onboardingTenantDomain: onboardingTenantDomain
     policyFile: policyFile
+    leaseNoticeSeconds: leaseNoticeSeconds
     intakeQueueNames: [for intake in intakeQueues: intake.name]
   }
 }

@@ -26,6 +26,9 @@ from shared.directory.credentials import build_credential
 from shared.directory.exchange import TRACE_MAX_ROWS, ExchangeOnlineClient
 from shared.directory.ports import ExchangeDirectory, GraphDirectory
 from shared.journal import Journal, open_journal
+from shared.journal.ports import LeaseBook
+from shared.lease_watch import LeaseWatch
+from shared.leases import LeaseKeeper
 from shared.logs import install_safe_log_records
 from shared.outbox import Outbox, QueueSenders
 from shared.policy import OnboardingPolicy
@@ -102,10 +105,22 @@ def build_services(
         journal = open_journal(settings.journal.get_secret_value() if settings.journal else None, credential)
         if journal is not None:
             closers.insert(0, journal.close)
+    policy = policy or _policy(settings)
+    book = journal if isinstance(journal, LeaseBook) else None
+    if book is None and policy.uses_leases():
+        raise ValueError(
+            "the policy gives groups a default_lease, but leases are kept in the journal and ONBOARDING_JOURNAL "
+            "names none: set it, or remove default_lease (docs/leases.md)"
+        )
+    leases = (
+        LeaseKeeper(book, outbox, timedelta(seconds=settings.lease_notice_seconds), utc_now)
+        if book is not None
+        else None
+    )
     dependencies = StageDependencies(
         graph=graph,
         exchange=exchange,
-        policy=policy or _policy(settings),
+        policy=policy,
         retry=RetryPolicy(
             max_attempts=settings.retry_max_attempts,
             base_delay=timedelta(seconds=settings.retry_base_delay_seconds),
@@ -115,6 +130,7 @@ def build_services(
         ),
         guest_redirect_url=str(settings.guest_redirect_url),
         welcome=_welcome(settings),
+        leases=leases,
     )
     return Services(settings, dependencies, outbox, journal, tuple(closers), credential)
 
@@ -295,6 +311,16 @@ async def _reporting_services() -> tuple[Outbox, str, Journal | None]:
 
             _reporting = (outbox, settings.outcome_queue, journal, close)
         return _reporting[0], _reporting[1], _reporting[2]
+
+
+async def lease_watch() -> LeaseWatch:
+    """The `leases` queue's handler: it needs the lease book, so the app's services must start."""
+    services = await get_services()
+    book = services.journal
+    if not isinstance(book, LeaseBook):
+        raise RuntimeError("a lease wake-up came, but ONBOARDING_JOURNAL names no journal to keep leases in")
+    deps = services.stage_dependencies
+    return LeaseWatch(book, services.outbox, deps.policy, services.settings.outcome_queue, deps.clock)
 
 
 async def stage_runner(stage: Stage[Any], *, queue: str = "") -> StageRunner:

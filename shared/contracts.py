@@ -249,10 +249,26 @@ class OutcomeEvent(_Contract):
     finished_at: datetime
 
 
+class LeaseNotice(_Contract):
+    """Published before a lease ends (docs/leases.md), as the data of a CloudEvent of type
+    org.m365-external-onboarding.lease.ending.v1, to the onboarding's ReplyTo, else `onboarding-outcomes`."""
+
+    contract_version: Literal["1"] = CONTRACT_VERSION
+    lease_id: str = Field(description="The lease of this person and group; the same across renewals.")
+    request_id: str = Field(description="The onboarding whose end this is.")
+    source_system: str
+    external_email: str
+    display_name: str
+    group: ResolvedGroup
+    ends_at: datetime = Field(description="When the app removes the membership, unless the lease is renewed.")
+    description: str
+
+
 def contract_schemas() -> dict[str, Any]:
     """The JSON Schemas upstream systems and consumers validate against."""
     return {
         "OnboardingRequest": OnboardingRequest.model_json_schema(),
         "StageMessage": StageMessage.model_json_schema(),
         "OutcomeEvent": OutcomeEvent.model_json_schema(),
+        "LeaseNotice": LeaseNotice.model_json_schema(),
     }

@@ -6,11 +6,14 @@ object id; "*" means any group. The file format is in the README.
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.addresses import normal_address, normal_domain
+from shared.contracts import LEASE_MAX, SPONSORS_MAX
 
 ANY_GROUP = "*"
 INTAKE_QUEUE = "create-contact"  # the shared intake: every source's, unless the policy gives it its own
@@ -38,15 +41,49 @@ class SourcePolicy(BaseModel):
         return _lower_all(values)
 
 
+class GroupPolicy(BaseModel):
+    """What the policy gives every onboarding into one group, unless the request says otherwise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_lease: timedelta | None = Field(
+        default=None,
+        description="A lease for every onboarding that names no expires_at: an ISO 8601 duration (P90D) from "
+        "when the request is accepted, at most three years (docs/leases.md).",
+    )
+    sponsors: tuple[uuid.UUID, ...] = Field(
+        default=(),
+        max_length=SPONSORS_MAX,
+        description="Object ids of the users or groups a new guest is invited with as sponsors, when the "
+        "request names none (Graph invitedUserSponsors; at most five).",
+    )
+
+    @field_validator("default_lease")
+    @classmethod
+    def _bounded(cls, lease: timedelta | None) -> timedelta | None:
+        if lease is not None and not timedelta(0) < lease <= LEASE_MAX:
+            raise ValueError(f"default_lease must be more than 0 and at most {LEASE_MAX.days} days")
+        return lease
+
+
 class OnboardingPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sources: dict[str, SourcePolicy] = Field(default_factory=dict)
+    groups: dict[str, GroupPolicy] = Field(
+        default_factory=dict,
+        description="Per group (SMTP address or object id; '*' for any other): a default lease and sponsors.",
+    )
     blocked_domains: frozenset[str] = frozenset()
     sender_authentication_fix_allowed: frozenset[str] = Field(
         default=frozenset(),
         description="Groups whose RequireSenderAuthenticationEnabled the app may turn off (5.7.133 fix).",
     )
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _group_names(cls, groups: dict[str, object]) -> dict[str, object]:
+        return {name.strip().lower(): rules for name, rules in groups.items()}
 
     @field_validator("sender_authentication_fix_allowed", mode="before")
     @classmethod
@@ -94,6 +131,16 @@ class OnboardingPolicy(BaseModel):
     def group_allowed(self, source_system: str, group_id: str, group_mail: str | None) -> bool:
         source = self.sources.get(source_system)
         return source is not None and _matches(source.allowed_groups, group_id, group_mail)
+
+    def group_rules(self, group_id: str, group_mail: str | None) -> GroupPolicy:
+        """The group's own entry (by id, then by address), else the '*' entry, else nothing given."""
+        for name in (group_id.lower(), (group_mail or "").lower(), ANY_GROUP):
+            if name and name in self.groups:
+                return self.groups[name]
+        return GroupPolicy()
+
+    def uses_leases(self) -> bool:
+        return any(rules.default_lease is not None for rules in self.groups.values())
 
     def sender_authentication_fix_allowed_for(self, group_id: str, group_mail: str | None) -> bool:
         return _matches(self.sender_authentication_fix_allowed, group_id, group_mail)

@@ -18,6 +18,8 @@ from enum import StrEnum
 SERVICEBUS_CONNECTION = "ServiceBusConnection"
 # The app's own queue for `onboard doctor`: a SelfCheckRequest there runs the app's self-check (shared/selfcheck.py).
 SELF_CHECK_QUEUE = "doctor"
+# Wake-ups of leases (docs/leases.md): scheduled messages that say "look at this lease now", read by one trigger.
+LEASE_QUEUE = "leases"
 # The queues' DuplicateDetectionHistoryTimeWindow (infra/main.bicep, the emulator's config.json):
 # a MessageId seen within it is dropped, and the send still succeeds.
 DUPLICATE_WINDOW = timedelta(minutes=10)
@@ -55,10 +57,13 @@ def intake_queues(settings: Mapping[str, str] = os.environ) -> tuple[str, ...]:
     for name in (part.strip() for part in settings.get(INTAKE_QUEUES_SETTING, "").split(",")):
         if not name or name.lower() in {n.lower() for n in names}:
             continue
-        if not _QUEUE_NAME.match(name) or name.lower() in {stage.value for stage in StageName} | {SELF_CHECK_QUEUE}:
+        if not _QUEUE_NAME.match(name) or name.lower() in {stage.value for stage in StageName} | {
+            SELF_CHECK_QUEUE,
+            LEASE_QUEUE,
+        }:
             raise ValueError(
                 f"{INTAKE_QUEUES_SETTING}: {name!r} is not a queue of its own (letters, digits, '.', '_', '-'; "
-                "not a stage queue nor the doctor's)"
+                "not a stage queue, the doctor's nor the leases')"
             )
         names.append(name)
     return tuple(names)

@@ -100,6 +100,12 @@ class Settings(ServiceBusSettings):
     welcome_subject: str = Field(default="Welcome to {group}", min_length=1, max_length=255)
     welcome_check_interval_seconds: float = Field(default=300.0, gt=0, le=3600)
     welcome_deadline_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60)
+    lease_notice_seconds: float = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        le=366 * 24 * 3600,
+        description="How long before a lease ends its notice event is published, so an owner can renew it.",
+    )
     self_check_at_start: bool = Field(
         default=True,
         description="Run the self-check (shared/selfcheck.py) once when a process starts, into the log.",

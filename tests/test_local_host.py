@@ -41,7 +41,7 @@ def _app_on_create_contact(handle: Handler) -> func.FunctionApp:
 def test_discovers_one_explicitly_settled_trigger_per_stage_and_the_doctors() -> None:
     triggers = {t.queue_name: t for t in discover_triggers(load_function_app())}
     stages = {"create-contact", "add-member", "verify-delivery"}
-    assert set(triggers) == stages | {f"{stage}/$deadletterqueue" for stage in stages} | {"doctor"}
+    assert set(triggers) == stages | {f"{stage}/$deadletterqueue" for stage in stages} | {"doctor", "leases"}
     for trigger in triggers.values():
         assert trigger.connection == "ServiceBusConnection"
         assert trigger.auto_complete is False

@@ -26,6 +26,7 @@ param onboardingTenantId string
 param onboardingTenantDomain string
 param policyFile string
 param intakeQueueNames array
+param leaseNoticeSeconds int
 
 // The trigger bindings' connection name (SERVICEBUS_CONNECTION in shared/settings.py) must prefix
 // the ServiceBusConnection__* settings below; tests/infra/test_function_bindings.py checks both.
@@ -53,6 +54,7 @@ var appSettings = {
   ONBOARDING_JOURNAL: '${storageEndpoints.table}${journalTableName}'
   ONBOARDING_OUTCOME_QUEUE: outcomeQueueName
   ONBOARDING_SERVICEBUS_MAX_DELIVERY_COUNT: string(maxDeliveryCount)
+  ONBOARDING_LEASE_NOTICE_SECONDS: string(leaseNoticeSeconds)
 }
 
 // An empty ONBOARDING_POLICY_FILE would be read as the path "." and fail; leave the setting out instead.

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.contracts import OutcomeStatus, StageName
+from shared.contracts import GroupKind, OutcomeStatus, StageName
 from shared.logs import mask_emails
 
 # Wider than contracts.RequestId on purpose: an unreadable envelope is journalled under the raw
@@ -156,6 +156,7 @@ class Lease(BaseModel):
     group_id: str = Field(min_length=1, max_length=256)
     group_mail: str = Field(min_length=3, max_length=320)
     group_display_name: str = Field(max_length=256)
+    group_kind: GroupKind
     source_system: str = Field(min_length=1, max_length=64)
     ends_at: AwareDatetime
     notice_at: AwareDatetime

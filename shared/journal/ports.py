@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal.model import Lease, LeaseState, RequestState, Transition, TransitionKind
@@ -59,6 +59,7 @@ class Journal(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
 class LeaseBook(Protocol):
     """Where leases are kept (docs/leases.md): beside the journal, in the same store. Unlike a transition, a
     lease is the truth the wake-ups act on, so a write that fails raises, and the stage runs again."""

@@ -18,6 +18,7 @@ from shared.directory.errors import AddressInUseError, DirectoryError, NameInUse
 from shared.directory.ports import DirectoryGroup, DirectoryUser, GraphDirectory, MailContact, is_member
 from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
+from shared.leases import NO_LEASE_BOOK, end_refusal, requested_end
 from shared.outcomes import dead_letter, planned
 from shared.progress import Progress, Turn
 from shared.queues import next_stage
@@ -84,6 +85,11 @@ async def _create(request: OnboardingRequest, run: _ContactCreation) -> Decision
     run.progress.group = ResolvedGroup(id=group.id, display_name=group.display_name, mail=group.mail, kind=group.kind)
     if refusal := group_refusal(request, group, deps):
         return run.dead_letter(DeadLetterReason.POLICY_DENIED, refusal)
+    if refusal := end_refusal(request, run.turn.now):
+        return run.dead_letter(DeadLetterReason.INVALID_REQUEST, refusal)
+    ends_at = requested_end(request, run.progress.group, run.turn.now, deps.policy)
+    if ends_at is not None and deps.leases is None:
+        return run.dead_letter(DeadLetterReason.POLICY_DENIED, NO_LEASE_BOOK)
     address = str(request.external_email)
     if address.rsplit("@", 1)[1].lower() in await deps.exchange.get_accepted_domains():
         return run.dead_letter(
@@ -127,6 +133,8 @@ async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, 
         changes.append(f"Add {name} to {group.display_name}")
     if request.allow_external_senders:
         changes.append(f"Let {name} mail {group.display_name}, if it accepts only internal senders now")
+    if (ends_at := requested_end(request, group, run.turn.now, deps.policy)) is not None:
+        changes.append(f"End the membership at {ends_at:%Y-%m-%d %H:%M} UTC (a lease)")
     plan = "; ".join(changes)
     return planned(run.turn, run.progress, f"Dry run, nothing was changed. A real run would: {plan}.")
 
@@ -210,7 +218,12 @@ async def _ensure_guest(request: OnboardingRequest, address: str, run: _ContactC
     if user is not None:
         return run.pass_on(_guest_recipient(user, created=False))
     # An invitation for an address that is already a guest returns that guest: safe to repeat.
-    guest = await graph.invite_guest(address, request.display_name, run.deps.guest_redirect_url)
+    group = run.progress.group
+    assert group is not None  # resolved before any recipient is made
+    sponsors = request.sponsors or run.deps.policy.group_rules(group.id, group.mail).sponsors
+    guest = await graph.invite_guest(
+        address, request.display_name, run.deps.guest_redirect_url, tuple(str(s) for s in sponsors)
+    )
     if guest.user_type != "Guest":  # invitedUserType: an existing user of the tenant came back
         return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, _INTERNAL_USER)
     return run.pass_on(_guest_recipient(guest, created=True))

@@ -5,10 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
 
 from shared.directory.ports import ExchangeDirectory, GraphDirectory
 from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from shared.contracts import StageMessage
+    from shared.decisions import Finish
+    from shared.envelope import Delivery
 
 
 def utc_now() -> datetime:
@@ -25,6 +31,14 @@ class WelcomeMail:
     deadline: timedelta
 
 
+class LeaseKeeping(Protocol):
+    """Keeps a finished onboarding's lease (shared/leases.py, LeaseKeeper)."""
+
+    async def finished(
+        self, decision: Finish, message: StageMessage, delivery: Delivery, policy: OnboardingPolicy
+    ) -> Finish: ...
+
+
 @dataclass(frozen=True)
 class StageDependencies:
     graph: GraphDirectory
@@ -34,3 +48,4 @@ class StageDependencies:
     guest_redirect_url: str
     welcome: WelcomeMail | None = None
     clock: Callable[[], datetime] = utc_now
+    leases: LeaseKeeping | None = None  # None: no lease book (no journal), so a lease is refused at intake

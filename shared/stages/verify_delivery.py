@@ -34,7 +34,7 @@ from shared.contracts import (
     StageName,
     WelcomeCheck,
 )
-from shared.decisions import Decision, PassOn, RetryLater
+from shared.decisions import Decision, Finish, PassOn, RetryLater
 from shared.directory.errors import DirectoryError
 from shared.directory.ports import GroupMember, SenderRestrictions, is_member
 from shared.envelope import Delivery
@@ -64,6 +64,14 @@ class _Verification:
 
 
 async def verify_delivery(message: StageMessage, delivery: Delivery, deps: StageDependencies) -> Decision:
+    decision = await _verify(message, delivery, deps)
+    if isinstance(decision, Finish) and deps.leases is not None:
+        # The membership is proven: now its end, if it has one, is kept (docs/leases.md).
+        return await deps.leases.finished(decision, message, delivery, deps.policy)
+    return decision
+
+
+async def _verify(message: StageMessage, delivery: Delivery, deps: StageDependencies) -> Decision:
     checked = await admitted(STAGE, message, delivery, deps)
     if not isinstance(checked, StageMessage):
         return checked

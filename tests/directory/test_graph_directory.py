@@ -6,8 +6,8 @@ import pytest
 
 from shared.contracts import GroupKind
 from shared.directory.errors import (
-    InvitationRefusedError,
     AlreadyExistsError,
+    InvitationRefusedError,
     NotFoundError,
     PermissionDeniedError,
     RejectedRequestError,
@@ -92,7 +92,9 @@ async def test_an_invitation_names_its_sponsors_and_refuses_ones_the_tenant_does
     adele = tenant_sandbox.directory.user_by_mail("adele.vance@contoso.com")
     assert adele is not None
     partners = _group_id(tenant_sandbox, "partners@contoso.com")
-    guest = await graph_directory.invite_guest("sponsored@fabrikam.example", "Sponsored", REDIRECT, (adele.id, partners))
+    guest = await graph_directory.invite_guest(
+        "sponsored@fabrikam.example", "Sponsored", REDIRECT, (adele.id, partners)
+    )
     assert tenant_sandbox.directory.users[guest.id].sponsors == [adele.id, partners]
     unknown = "00000000-0000-0000-0000-0000000000aa"
     with pytest.raises(InvitationRefusedError):

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from cli.command_rights import COMMAND_RIGHTS, rights_epilog
 from cli.main import app
-from shared.queues import SELF_CHECK_QUEUE, StageName, intake_queues
+from shared.journal.table_storage import LEASE_TABLE_SUFFIX
+from shared.queues import LEASE_QUEUE, SELF_CHECK_QUEUE, StageName, intake_queues
 from shared.settings import ServiceBusSettings
 from standins.local_host import discover_triggers, load_function_app
 from tests.infra.bicep import INFRA, REPOSITORY, Ref, bicep_files, function_app_template, main_template, parse
@@ -80,7 +81,7 @@ def test_storage_accepts_identities_only() -> None:
     assert storage["defaultToOAuthAuthentication"] is True
     assert storage["allowBlobPublicAccess"] is False
     assert storage["minimumTlsVersion"] == "TLS1_2"
-    assert [table["name"] for table in storage["tableServices"]["tables"]] == [JOURNAL_TABLE]
+    assert [table["name"] for table in storage["tableServices"]["tables"]] == [JOURNAL_TABLE, LEASE_TABLE]
 
 
 def test_service_bus_is_standard_with_local_auth_off_and_no_sas_rule() -> None:
@@ -137,6 +138,7 @@ STAGE_QUEUES = frozenset(stage.value for stage in StageName)
 CREATE_CONTACT = StageName.CREATE_CONTACT.value
 OUTCOME_QUEUE = ServiceBusSettings.model_fields["outcome_queue"].default
 JOURNAL_TABLE = "onboardingjournal"
+LEASE_TABLE = JOURNAL_TABLE + LEASE_TABLE_SUFFIX
 DEAD_LETTER_SUFFIX = "/$deadletterqueue"
 
 Rights = frozenset[tuple[str, str]]  # (role, queue or table)
@@ -161,6 +163,7 @@ OPERATOR_COMMANDS: dict[str, Rights] = {
     | _on(TABLE_READER, JOURNAL_TABLE),
     "bulk": _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, OUTCOME_QUEUE),
     "status": _on(TABLE_READER, JOURNAL_TABLE) | _on(RECEIVER, *STAGE_QUEUES),
+    "leases": _on(TABLE_READER, LEASE_TABLE),
     "dlq list": _on(RECEIVER, *STAGE_QUEUES),
     "dlq show": _on(RECEIVER, *STAGE_QUEUES),
     "dlq replay": _on(RECEIVER, *STAGE_QUEUES) | _on(SENDER, *STAGE_QUEUES),
@@ -179,7 +182,9 @@ def _app_rights() -> Rights:
     queue (a ReplyTo queue is its upstream's to grant); the journal is written."""
     triggers = discover_triggers(load_function_app())
     received = {trigger.queue_name.removesuffix(DEAD_LETTER_SUFFIX) for trigger in triggers}
-    return _on(RECEIVER, *received) | _on(SENDER, *STAGE_QUEUES, OUTCOME_QUEUE) | _on(TABLE_CONTRIBUTOR, JOURNAL_TABLE)
+    # Leases: the app schedules wake-ups on the leases queue and keeps leases in their table (shared/leases.py).
+    sent = _on(SENDER, *STAGE_QUEUES, OUTCOME_QUEUE, LEASE_QUEUE)
+    return _on(RECEIVER, *received) | sent | _on(TABLE_CONTRIBUTOR, JOURNAL_TABLE, LEASE_TABLE)
 
 
 def _data_rights(**parameters: Any) -> dict[object, Rights]:

@@ -21,6 +21,7 @@ def _lease(key: str, ends_in_days: float, **changes: object) -> Lease:
         "group_id": "7c1d2e3f-0003-4b5c-8d9e-0f1a2b3c4d03",
         "group_mail": "project-falcon@contoso.com",
         "group_display_name": "Project Falcon",
+        "group_kind": "Microsoft365",
         "source_system": "demo-hr",
         "ends_at": ends_at,
         "notice_at": ends_at - timedelta(days=7),

@@ -39,6 +39,8 @@ EXPECTED_QUEUES = {
     "verify_delivery_dead_letters": "verify-delivery/$deadletterqueue",
     # functions/triggers.py: the app's self-check, asked for by `onboard doctor` (issue 24)
     "doctor": "doctor",
+    # functions/triggers.py: leases' scheduled wake-ups (issue 26)
+    "leases": "leases",
 }
 
 

@@ -1,0 +1,109 @@
+"""The trigger's half of leases (docs/leases.md): one wake-up of queue `leases`, read against the lease book.
+
+The wake-up only says "look now"; the lease book says what is true. A wake-up for an end the lease no
+longer has (renewed), for a lease that ended early (offboarded) or already expired does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from azure.servicebus import ServiceBusMessage
+from pydantic import ValidationError
+
+from shared.envelope import EnvelopeError, ReceivedMessage, read_body
+from shared.journal.model import Lease, LeaseState
+from shared.journal.ports import LeaseBook
+from shared.leases import LeaseWake, notice_message, offboard_message
+from shared.logs import request_context
+from shared.outbox import Outbox, UnknownQueueError
+from shared.policy import INTAKE_QUEUE, OnboardingPolicy
+from shared.queues import LEASE_QUEUE
+from shared.runner import settle_off_loop
+
+logger = logging.getLogger("onboarding.leases")
+
+
+class LeaseActions(Protocol):
+    def complete(self, message: Any) -> None: ...
+
+    def abandon(self, message: Any) -> None: ...
+
+    def deadletter(
+        self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class LeaseWatch:
+    """Handles one wake-up of queue `leases`: reads the lease and acts only when the lease still says so."""
+
+    book: LeaseBook
+    outbox: Outbox
+    policy: OnboardingPolicy
+    outcome_queue: str
+    clock: Callable[[], datetime]
+
+    async def run(self, message: ReceivedMessage, actions: LeaseActions) -> str:
+        """What the wake-up did, in a word (for the log and the tests)."""
+        try:
+            wake = LeaseWake.model_validate_json(read_body(message))
+        except (EnvelopeError, ValidationError) as error:
+            # Not ours to act on: kept in the dead-letter queue for an operator, never guessed at.
+            logger.warning("a message on %s that is not a lease wake-up was dead-lettered", LEASE_QUEUE)
+            await settle_off_loop(
+                actions.deadletter,
+                message,
+                who="the lease watch",
+                deadletter_reason="InvalidRequest",
+                deadletter_error_description=f"not a lease wake-up: {type(error).__name__}",
+            )
+            return "refused"
+        with request_context(wake.key, message.correlation_id or wake.key):
+            try:
+                done = await self._act(wake)
+            except Exception:
+                logger.exception("the lease wake-up could not act; it comes back")
+                await settle_off_loop(actions.abandon, message, who="the lease watch")
+                raise
+            logger.info("lease %s, %s wake-up for the end at %s: %s", wake.key, wake.kind, wake.ends_at, done)
+            await settle_off_loop(actions.complete, message, who="the lease watch")
+            return done
+
+    async def _act(self, wake: LeaseWake) -> str:
+        lease = await self.book.lease(wake.key)
+        if lease is None or lease.ends_at != wake.ends_at:
+            return "superseded"  # renewed (another end) or never kept: an old schedule does nothing
+        if wake.kind == "notice":
+            if lease.state is not LeaseState.ACTIVE:
+                return lease.state.value
+            await self._publish(notice_message(lease, self.clock()), lease)
+            return "noticed"
+        if lease.state is LeaseState.ACTIVE and not await self.book.settle_lease(
+            lease.key, lease.ends_at, LeaseState.EXPIRED
+        ):
+            return "superseded"  # a renewal or an offboard came in between: it wins
+        if lease.state is LeaseState.ENDED:
+            return "ended"
+        # Expired by this wake-up, or by an earlier delivery of it that crashed before sending: (re)send.
+        await self.outbox.send(self._intake(lease), offboard_message(lease))
+        return "expired"
+
+    def _intake(self, lease: Lease) -> str:
+        """The source's own intake queue when the policy binds it to one (else create-contact would refuse)."""
+        source = self.policy.sources.get(lease.source_system)
+        return source.intake_queue if source is not None else INTAKE_QUEUE
+
+    async def _publish(self, message: ServiceBusMessage, lease: Lease) -> None:
+        """To the onboarding's ReplyTo, else the outcome queue (also when that ReplyTo is gone)."""
+        if lease.reply_to:
+            try:
+                await self.outbox.send(lease.reply_to, message)
+                return
+            except UnknownQueueError:
+                logger.warning("the lease's ReplyTo queue does not exist; the notice goes to the outcome queue")
+        await self.outbox.send(self.outcome_queue, message)

@@ -1,0 +1,235 @@
+"""Leases: memberships that end (docs/leases.md).
+
+An onboarding with an end (the request's `expires_at`, else the group's `default_lease` in the policy)
+keeps a lease when it finishes: one per person and group, in the lease book beside the journal, and two
+scheduled wake-up messages on queue `leases`, one for the notice and one for the end. The lease book is
+the truth; a wake-up only says "look now". When it comes, the lease is read again: a lease that was
+renewed (another end), ended early (an offboard) or already expired makes the wake-up do nothing, so an
+old schedule can never act. At the end the app sends an offboard request for the person and group
+through the source's intake queue, with a request id derived from the lease and its end, and its outcome
+is published like any other.
+
+Scheduled messages are durable in Service Bus (they survive restarts and redeployments of the app) and
+their time-to-live starts when they appear; duplicate detection cannot guard a wake-up months away
+(docs/service-bus-facts.md), the lease book's conditional settling does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+from azure.servicebus import ServiceBusMessage
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
+
+from shared.addresses import normal_address
+from shared.contracts import LEASE_MAX, LeaseNotice, OnboardingRequest, ResolvedGroup, StageMessage
+from shared.decisions import Finish
+from shared.envelope import JSON, REQUEST_ID, Delivery
+from shared.journal.model import Lease, LeaseState
+from shared.journal.ports import LeaseBook
+from shared.outbox import Outbox
+from shared.policy import OnboardingPolicy
+from shared.queues import LEASE_QUEUE
+
+NOTICE_TYPE = "org.m365-external-onboarding.lease.ending.v1"
+NOTICE_SOURCE = "/m365-external-onboarding/leases"
+NOTICE_SUBJECT = "onboarding.LeaseEnding"
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+WakeKind = Literal["notice", "expiry"]
+
+
+def lease_key(external_email: str, group_id: str) -> str:
+    """One lease per person and group, however the address is spelt (a digest: no address in a key)."""
+    text = f"{normal_address(external_email)}\n{group_id.lower()}"
+    return "lease-" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _compact(at: datetime) -> str:
+    return f"{at:%Y%m%dT%H%M%S%fZ}"
+
+
+def expiry_request_id(key: str, ends_at: datetime) -> str:
+    """The offboard request a lease's end sends: derived from the lease and its end, so a second wake-up for
+    the same end sends the same request (Service Bus drops its MessageId) and another end another request."""
+    return f"{key}-{_compact(ends_at)}"
+
+
+def requested_end(
+    request: OnboardingRequest, group: ResolvedGroup, accepted_at: datetime, policy: OnboardingPolicy
+) -> datetime | None:
+    """The request's end, else the group's default lease from when the request was accepted, else none."""
+    if request.expires_at is not None:
+        return request.expires_at
+    default = policy.group_rules(group.id, group.mail).default_lease
+    return accepted_at + default if default is not None else None
+
+
+def end_refusal(request: OnboardingRequest, accepted_at: datetime) -> str | None:
+    """Why the request's expires_at cannot be a lease's end (InvalidRequest), or None."""
+    if request.expires_at is None:
+        return None
+    if request.expires_at <= accepted_at:
+        return "expires_at is not in the future: the membership would end before it began."
+    if request.expires_at - accepted_at > LEASE_MAX:
+        return f"expires_at is more than {LEASE_MAX.days} days away; send a nearer end and renew it later."
+    return None
+
+
+NO_LEASE_BOOK = (
+    "This deployment keeps no journal (ONBOARDING_JOURNAL), where leases are kept, so it could not end the "
+    "membership on time: the request is refused rather than granted for good. Send it without expires_at, or "
+    "set ONBOARDING_JOURNAL."
+)
+
+
+class LeaseWake(BaseModel):
+    """The body of a wake-up on queue `leases`: which lease, for which of its ends, and what to do."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: Annotated[str, StringConstraints(pattern=r"^lease-[0-9a-f]{32}$")]
+    ends_at: AwareDatetime
+    kind: WakeKind
+
+
+@dataclass(frozen=True)
+class LeaseKeeper:
+    """What verify-delivery keeps when an onboarding finishes: the lease and its two wake-ups."""
+
+    book: LeaseBook
+    outbox: Outbox
+    notice_before: timedelta
+    clock: Callable[[], datetime]
+
+    async def finished(
+        self, decision: Finish, message: StageMessage, delivery: Delivery, policy: OnboardingPolicy
+    ) -> Finish:
+        """The finished onboarding with its lease kept (or an old one ended), said in the outcome."""
+        if decision.outcome.status not in ("Succeeded", "SucceededWithWarnings"):
+            return decision
+        key = lease_key(str(message.request.external_email), message.group.id)
+        ends_at = requested_end(message.request, message.group, message.accepted_at, policy)
+        if ends_at is None:
+            return await self._without_end(decision, key)
+        lease = self._lease(key, ends_at, message, delivery)
+        await self.book.keep_lease(lease)
+        now = self.clock()
+        wakes: tuple[tuple[WakeKind, datetime], ...] = (("notice", lease.notice_at), ("expiry", lease.ends_at))
+        for kind, at in wakes:
+            await self.outbox.schedule(LEASE_QUEUE, wake_message(lease, kind), max(at, now))
+        change = (
+            f"The membership ends at {lease.ends_at:%Y-%m-%d %H:%M} UTC (lease {key}); a notice is published at "
+            f"{lease.notice_at:%Y-%m-%d %H:%M} UTC. A later request for the same person and group renews it."
+        )
+        outcome = decision.outcome.model_copy(
+            update={"changes": (*decision.outcome.changes, change), "expires_at": lease.ends_at}
+        )
+        return Finish(outcome)
+
+    async def _without_end(self, decision: Finish, key: str) -> Finish:
+        """An onboarding without an end for someone whose membership had one: it no longer ends."""
+        lease = await self.book.lease(key)
+        if lease is None or lease.state is not LeaseState.ACTIVE:
+            return decision
+        if not await self.book.settle_lease(key, lease.ends_at, LeaseState.ENDED):
+            return decision  # settled meanwhile: its end came, or another request changed it
+        change = (
+            f"The lease that ended the membership at {lease.ends_at:%Y-%m-%d %H:%M} UTC is removed: it no longer ends."
+        )
+        return Finish(decision.outcome.model_copy(update={"changes": (*decision.outcome.changes, change)}))
+
+    def _lease(self, key: str, ends_at: datetime, message: StageMessage, delivery: Delivery) -> Lease:
+        request, group = message.request, message.group
+        return Lease(
+            key=key,
+            external_email=str(request.external_email),
+            display_name=request.display_name,
+            group_id=group.id,
+            group_mail=group.mail,
+            group_display_name=group.display_name,
+            group_kind=group.kind,
+            source_system=request.source_system,
+            ends_at=ends_at,
+            notice_at=max(ends_at - self.notice_before, message.accepted_at),
+            request_id=delivery.request_id,
+            correlation_id=delivery.correlation_id,
+            reply_to=delivery.reply_to,
+            updated_at=self.clock(),
+        )
+
+
+def wake_message(lease: Lease, kind: WakeKind) -> ServiceBusMessage:
+    """A wake-up: its MessageId names the lease, the end and the kind, so scheduling it again within the
+    duplicate-detection window keeps one."""
+    wake = LeaseWake(key=lease.key, ends_at=lease.ends_at, kind=kind)
+    return ServiceBusMessage(
+        wake.model_dump_json().encode(),
+        message_id=f"{lease.key}/{_compact(lease.ends_at)}/{kind}",
+        correlation_id=lease.correlation_id,
+        content_type=JSON,
+        application_properties={REQUEST_ID: lease.request_id},
+    )
+
+
+def notice_message(lease: Lease, now: datetime) -> ServiceBusMessage:
+    """The notice as a structured CloudEvent (docs/cloudevents.md, Lease notices)."""
+    group = ResolvedGroup(
+        id=lease.group_id, display_name=lease.group_display_name, mail=lease.group_mail, kind=lease.group_kind
+    )
+    notice = LeaseNotice(
+        lease_id=lease.key,
+        request_id=lease.request_id,
+        source_system=lease.source_system,
+        external_email=lease.external_email,
+        display_name=lease.display_name,
+        group=group,
+        ends_at=lease.ends_at,
+        description=(
+            f"The membership in {lease.group_display_name!r} ends at {lease.ends_at:%Y-%m-%d %H:%M} UTC. To renew "
+            "it, send an onboarding request for the same person and group with a later expires_at."
+        ),
+    )
+    event_id = f"{lease.key}/{_compact(lease.ends_at)}/notice"
+    event = {
+        "specversion": "1.0",
+        "type": NOTICE_TYPE,
+        "source": NOTICE_SOURCE,
+        "id": event_id,
+        "time": now.isoformat(),
+        "subject": lease.key,
+        "datacontenttype": JSON,
+        "data": notice.model_dump(mode="json"),
+    }
+    return ServiceBusMessage(
+        json.dumps(event).encode(),
+        message_id=event_id,
+        correlation_id=lease.correlation_id,
+        content_type=CLOUDEVENTS_JSON,
+        subject=NOTICE_SUBJECT,
+        application_properties={REQUEST_ID: lease.request_id},
+    )
+
+
+def offboard_message(lease: Lease) -> ServiceBusMessage:
+    """The offboard request a lease's end sends, as upstream would, into the pipeline."""
+    request_id = expiry_request_id(lease.key, lease.ends_at)
+    request = {
+        "action": "offboard",
+        "external_email": lease.external_email,
+        "display_name": lease.display_name,
+        "group": {"object_id": lease.group_id},
+        "source_system": lease.source_system,
+        "request_id": request_id,
+    }
+    return ServiceBusMessage(
+        json.dumps(request).encode(),
+        message_id=request_id,
+        correlation_id=lease.correlation_id,
+        reply_to=lease.reply_to,
+        content_type=JSON,
+    )
