@@ -217,11 +217,13 @@ async def run_script(
             address, mail = str(request.external_email), str(request.group.smtp_address)
             group_id, kind = groups[mail]
             if kind == "Microsoft365":
-                guest = await graph.invite_guest(address, request.display_name, "https://myapps.microsoft.com")
+                guest = await graph.invite_guest(address, request.required_display_name, "https://myapps.microsoft.com")
                 await graph.add_group_member(group_id, guest.id)
             else:
                 contact = await exchange.new_mail_contact(
-                    name=request.display_name, external_email_address=address, display_name=request.display_name
+                    name=request.required_display_name,
+                    external_email_address=address,
+                    display_name=request.required_display_name,
                 )
                 await exchange.add_distribution_group_member(mail, contact.identity)
             calls += 2

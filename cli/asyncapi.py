@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.cloudevents import REQUEST_TYPE
+from shared.cloudevents import REQUEST_TYPE, REQUEST_TYPES
 from shared.contracts import (
+    CONTRACT_VERSION,
     GroupKind,
     LeaseNotice,
     OnboardingRequest,
@@ -199,7 +200,12 @@ def _cloudevent_schema() -> dict[str, Any]:
         "required": ["specversion", "type", "source", "id"],
         "properties": {
             "specversion": {"const": "1.0"},
-            "type": {"const": REQUEST_TYPE},
+            "type": {
+                "enum": list(REQUEST_TYPES.values()),
+                "description": "One type per action: "
+                + "; ".join(f"{event_type} for {action}" for action, event_type in REQUEST_TYPES.items())
+                + ". The request's action must be the one its type names (no action means onboard).",
+            },
             "source": {"type": "string", "minLength": 1},
             "id": {"type": "string", "minLength": 1, "description": "The request id unless data names one."},
             "datacontenttype": {"type": "string", "enum": ["application/json"]},
@@ -217,10 +223,11 @@ def asyncapi_document() -> dict[str, Any]:
         "asyncapi": "3.0.0",
         "info": {
             "title": "M365 external onboarding: the upstream contract",
-            "version": "1",
-            "description": "Put an onboarding request on the create-contact queue; receive one outcome event per "
-            "request on its ReplyTo queue, else on onboarding-outcomes. Contract v1: fields are only added, "
-            "never changed or removed. The stage queues between the functions are internal. Every example "
+            "version": CONTRACT_VERSION,
+            "description": "Put a request on the create-contact queue (its action: onboard, the default; offboard; "
+            "update); receive one outcome event per request on its ReplyTo queue, else on onboarding-outcomes. "
+            "Contract v1: fields are only added, never changed or removed (1.1 added action; a 1.0 request "
+            "keeps its meaning). The stage queues between the functions are internal. Every example "
             "request onboards into the demo tenant of `make demo` and ends Succeeded (the tests send each).",
         },
         "defaultContentType": "application/json",
@@ -262,7 +269,7 @@ def asyncapi_document() -> dict[str, Any]:
         "operations": {
             "submitRequest": {
                 "action": "send",
-                "title": "Submit an onboarding request",
+                "title": "Submit a request: onboard, offboard or update a person",
                 "channel": {"$ref": "#/channels/intake"},
                 "messages": [
                     {"$ref": "#/channels/intake/messages/request"},

@@ -4,7 +4,8 @@ Structured mode: the body is the JSON event format (content-type `application/cl
 a JSON body with `specversion`) and `data` holds the plain request. Binary mode: the body is the
 plain request and the attributes travel as application properties `cloudEvents:<name>` (the AMQP
 binding's prefix; `cloudEvents_` too, which some SDKs write). Either way the request inside is the
-contract v1 request, and the event's `id` is its request id unless `data` names one.
+contract v1 request, and the event's `id` is its request id unless `data` names one. Each action
+has its event type; the request's own `action` must be the one its type names.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import from_json
 
+from shared.contracts import RequestAction
+
+# The onboard type kept its name from before requests had an action: events that use it keep their meaning.
 REQUEST_TYPE = "org.m365-external-onboarding.request.v1"
+REQUEST_TYPES: dict[RequestAction, str] = {
+    RequestAction.ONBOARD: REQUEST_TYPE,
+    RequestAction.OFFBOARD: "org.m365-external-onboarding.request.offboard.v1",
+    RequestAction.UPDATE: "org.m365-external-onboarding.request.update.v1",
+}
+_ACTION_OF_TYPE = {event_type: action for action, event_type in REQUEST_TYPES.items()}
 STRUCTURED = "application/cloudevents"
 _PREFIXES = ("cloudEvents:", "cloudEvents_")
 _JSON_TYPES = ("application/json", "text/json")
@@ -42,8 +52,8 @@ class _Attributes(BaseModel):
 
     @model_validator(mode="after")
     def _ours(self) -> _Attributes:
-        if self.type != REQUEST_TYPE:
-            raise ValueError(f"type must be {REQUEST_TYPE}, not {self.type[:80]!r}")
+        if self.type not in _ACTION_OF_TYPE:
+            raise ValueError(f"type must be one of {', '.join(REQUEST_TYPES.values())}, not {self.type[:80]!r}")
         if self.datacontenttype and self.datacontenttype.split(";")[0].strip().lower() not in _JSON_TYPES:
             raise ValueError(f"datacontenttype must be application/json, not {self.datacontenttype[:60]!r}")
         return self
@@ -64,6 +74,7 @@ class _StructuredEvent(_Attributes):
 class Unwrapped:
     request: bytes  # the plain contract v1 request, JSON
     event_id: str
+    action: RequestAction  # what the event's type names: the request's action must be the same
 
 
 def unwrap(body: bytes, content_type: str | None, properties: dict[str, Any]) -> Unwrapped | None:
@@ -83,7 +94,7 @@ def unwrap(body: bytes, content_type: str | None, properties: dict[str, Any]) ->
         return _structured(body)
     if binary:
         attributes = _validated(_Attributes, {**binary, "datacontenttype": content_type} if content_type else binary)
-        return Unwrapped(body, attributes.id)
+        return Unwrapped(body, attributes.id, _ACTION_OF_TYPE[attributes.type])
     if media_type in ("", *_JSON_TYPES) and _claims_specversion(body):
         return _structured(body)  # the JSON event format sent without its content type
     return None
@@ -99,12 +110,23 @@ def _structured(body: bytes) -> Unwrapped:
             raise CloudEventError("the CloudEvent is nested too deeply to be a request") from None
         raise CloudEventError("the CloudEvent is not JSON") from None
     event = _validated(_StructuredEvent, parsed)
+    action = _ACTION_OF_TYPE[event.type]
     if event.data_base64 is not None:
         try:
-            return Unwrapped(base64.b64decode(event.data_base64, validate=True), event.id)
+            return Unwrapped(base64.b64decode(event.data_base64, validate=True), event.id, action)
         except (binascii.Error, ValueError):
             raise CloudEventError("data_base64 is not base64") from None
-    return Unwrapped(json.dumps(event.data).encode(), event.id)
+    return Unwrapped(json.dumps(event.data).encode(), event.id, action)
+
+
+def check_action(event: Unwrapped, requested: RequestAction) -> None:
+    """The request inside must ask for what the event's type names (a request without `action` onboards):
+    a consumer routing by type and the pipeline reading the body must never disagree."""
+    if requested is not event.action:
+        raise CloudEventError(
+            f"its type {REQUEST_TYPES[event.action]} is for action {event.action}, but the request's action is "
+            f"{requested}: set action to {event.action} in the request, or send the type of {requested}"
+        )
 
 
 def _validated(model: type[_Attributes], value: Any) -> Any:

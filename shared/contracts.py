@@ -27,7 +27,10 @@ from pydantic import (
 from shared.addresses import within_rfc5321_lengths
 from shared.queues import StageName as StageName  # leaves only: names, and how addresses are measured
 
-CONTRACT_VERSION: Literal["1"] = "1"
+# Contract 1.1 adds the request's `action` (offboard, update) to 1.0's onboarding; every 1.0 message
+# is a valid 1.1 message with the same meaning, so both versions are read and 1.1 is written.
+ContractVersion = Literal["1", "1.1"]
+CONTRACT_VERSION: ContractVersion = "1.1"
 
 # Exchange limits (New-MailContact): Name 64 characters, DisplayName 256.
 DISPLAY_NAME_MAX = 256
@@ -81,6 +84,14 @@ class GroupKind(StrEnum):
     SECURITY = "Security"
 
 
+class RequestAction(StrEnum):
+    """What a request asks for; absent means onboard, as every request before contract 1.1 did."""
+
+    ONBOARD = "onboard"  # the person becomes a member of the group (creating their recipient if needed)
+    OFFBOARD = "offboard"  # the person stops being a member (and the recipient this app created goes)
+    UPDATE = "update"  # the person's recipient gets the request's display name and names
+
+
 class DeadLetterReason(StrEnum):
     """The documented vocabulary an operator acts on (README: "Dead-letter reasons")."""
 
@@ -95,10 +106,17 @@ class DeadLetterReason(StrEnum):
     DIRECTORY_REJECTED = "DirectoryRejected"
     RETRIES_EXHAUSTED = "RetriesExhausted"
     DELIVERY_FAILED = "DeliveryFailed"
+    ADDRESS_CHANGE_REFUSED = "AddressChangeRefused"
     PROCESSING_FAILED = "ProcessingFailed"
     # Service Bus's own reasons, for what it dead-letters by itself (what each means: shared/reasons.py).
     MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
     TTL_EXPIRED = "TTLExpiredException"
+
+
+def _display_name_required_unless_offboard(schema: dict[str, Any]) -> None:
+    """The JSON Schema of the validator's rule: display_name is required unless the action is offboard."""
+    schema["if"] = {"properties": {"action": {"const": RequestAction.OFFBOARD.value}}, "required": ["action"]}
+    schema["else"] = {"required": ["display_name"]}
 
 
 class _Contract(BaseModel):
@@ -122,13 +140,28 @@ class GroupRef(_Contract):
 
 
 class OnboardingRequest(_Contract):
-    """What an upstream system puts on queue `create-contact`."""
+    """What an upstream system puts on queue `create-contact`: onboard, offboard or update one person."""
 
-    contract_version: Literal["1"] = CONTRACT_VERSION
+    model_config = ConfigDict(json_schema_extra=_display_name_required_unless_offboard)
+
+    contract_version: ContractVersion = CONTRACT_VERSION
+    action: RequestAction = Field(
+        default=RequestAction.ONBOARD,
+        description="onboard (the default): make the person a member of the group. offboard: remove the "
+        "membership; the recipient goes too when this app created it and it is in no other group the policy "
+        "manages. update: give the person's recipient this display name and these names.",
+    )
     external_email: SmtpAddress
-    display_name: DisplayName
+    display_name: DisplayName | None = Field(
+        default=None, description="Required to onboard and to update; an offboard ignores it."
+    )
     first_name: NamePart | None = None
     last_name: NamePart | None = None
+    new_external_email: SmtpAddress | None = Field(
+        default=None,
+        description="update only. An address is the person's identity here, so an update that changes it is "
+        "refused (AddressChangeRefused): send an offboard for the old address and an onboard for the new one.",
+    )
     group: GroupRef
     allow_external_senders: bool = Field(
         default=True,
@@ -157,6 +190,21 @@ class OnboardingRequest(_Contract):
         "at most five; only for a Microsoft 365 group's newly invited guest. Absent: the group's sponsors in the "
         "policy, if any.",
     )
+
+    @model_validator(mode="after")
+    def _fields_fit_the_action(self) -> OnboardingRequest:
+        if self.action is not RequestAction.OFFBOARD and self.display_name is None:
+            raise ValueError(f"display_name is required to {self.action}")
+        if self.new_external_email is not None and self.action is not RequestAction.UPDATE:
+            raise ValueError("new_external_email belongs to an update only")
+        return self
+
+    @property
+    def required_display_name(self) -> str:
+        """The display name of an onboard or update, which the validator made sure of."""
+        if self.display_name is None:
+            raise ValueError(f"a request to {self.action} has no display_name")
+        return self.display_name
 
 
 class ResolvedGroup(_Contract):
@@ -194,7 +242,7 @@ class WelcomeCheck(_Contract):
 class StageMessage(_Contract):
     """State carried from one stage to the next (body of add-member and verify-delivery messages)."""
 
-    contract_version: Literal["1"] = CONTRACT_VERSION
+    contract_version: ContractVersion = CONTRACT_VERSION
     request: OnboardingRequest  # request_id always set here
     group: ResolvedGroup
     recipient: Recipient
@@ -231,9 +279,12 @@ class OutcomeStatus(StrEnum):
 class OutcomeEvent(_Contract):
     """Published once per request to its ReplyTo queue, else to `onboarding-outcomes`."""
 
-    contract_version: Literal["1"] = CONTRACT_VERSION
+    contract_version: ContractVersion = CONTRACT_VERSION
     request_id: str
     source_system: str | None
+    action: RequestAction | None = Field(
+        default=None, description="What the request asked for; absent when its body could not be read."
+    )
     status: OutcomeStatus
     reason: DeadLetterReason | None = Field(default=None, description="Dead-letter reason when status is Failed.")
     description: str
@@ -253,7 +304,7 @@ class LeaseNotice(_Contract):
     """Published before a lease ends (docs/leases.md), as the data of a CloudEvent of type
     org.m365-external-onboarding.lease.ending.v1, to the onboarding's ReplyTo, else `onboarding-outcomes`."""
 
-    contract_version: Literal["1"] = CONTRACT_VERSION
+    contract_version: ContractVersion = CONTRACT_VERSION
     lease_id: str = Field(description="The lease of this person and group; the same across renewals.")
     request_id: str = Field(description="The onboarding whose end this is.")
     source_system: str

@@ -151,21 +151,27 @@ def decode(message: ReceivedMessage, reads: type[Input], now: datetime) -> Inbou
         body = read_body(message)
     except EnvelopeError as error:
         raise UnreadableMessage(delivery, f"The message envelope is unusable: {error}.") from None
-    event_id = None
+    event: cloudevents.Unwrapped | None = None
     if reads is OnboardingRequest:
         try:
             event = cloudevents.unwrap(body, message.content_type, _text_keys(message.application_properties))
         except cloudevents.CloudEventError as error:
             raise UnreadableMessage(delivery, f"The request's CloudEvent is unusable: {error}.") from None
         if event is not None:  # from here on the request is the plain one: a retry re-sends that
-            body, event_id = event.request, event.event_id
+            body = event.request
     try:
         payload = reads.model_validate_json(body)
     except ValidationError as error:
         what = "request" if reads is OnboardingRequest else "stage message"
         description = f"The {what} is not a valid contract v1 {reads.__name__}: {describe_validation_error(error)}"
         raise UnreadableMessage(delivery, description) from None
+    event_id = event.event_id if event is not None else None
     if isinstance(payload, OnboardingRequest):
+        if event is not None:
+            try:
+                cloudevents.check_action(event, payload.action)
+            except cloudevents.CloudEventError as error:
+                raise UnreadableMessage(delivery, f"The request's CloudEvent is unusable: {error}.") from None
         delivery = _own_retry(message, payload, now) or delivery
         # The request id: the body's, else the CloudEvent's id, else the MessageId.
         request_id = payload.request_id or event_id or delivery.request_id

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +28,16 @@ from azure.servicebus import ServiceBusMessage
 from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
 
 from shared.addresses import normal_address
-from shared.contracts import LEASE_MAX, LeaseNotice, OnboardingRequest, ResolvedGroup, StageMessage
+from shared.contracts import (
+    LEASE_MAX,
+    GroupRef,
+    LeaseNotice,
+    OnboardingRequest,
+    OutcomeStatus,
+    RequestAction,
+    ResolvedGroup,
+    StageMessage,
+)
 from shared.decisions import Finish
 from shared.envelope import JSON, REQUEST_ID, Delivery
 from shared.journal.model import Lease, LeaseState
@@ -62,7 +72,10 @@ def expiry_request_id(key: str, ends_at: datetime) -> str:
 def requested_end(
     request: OnboardingRequest, group: ResolvedGroup, accepted_at: datetime, policy: OnboardingPolicy
 ) -> datetime | None:
-    """The request's end, else the group's default lease from when the request was accepted, else none."""
+    """The request's end, else the group's default lease from when the request was accepted, else none
+    (always none for an offboard or an update: only an onboarding starts a lease)."""
+    if request.action is not RequestAction.ONBOARD:
+        return None
     if request.expires_at is not None:
         return request.expires_at
     default = policy.group_rules(group.id, group.mail).default_lease
@@ -73,6 +86,8 @@ def end_refusal(request: OnboardingRequest, accepted_at: datetime) -> str | None
     """Why the request's expires_at cannot be a lease's end (InvalidRequest), or None."""
     if request.expires_at is None:
         return None
+    if request.action is not RequestAction.ONBOARD:
+        return f"expires_at is for an onboarding; a request to {request.action} cannot carry one."
     if request.expires_at <= accepted_at:
         return "expires_at is not in the future: the membership would end before it began."
     if request.expires_at - accepted_at > LEASE_MAX:
@@ -110,7 +125,10 @@ class LeaseKeeper:
         self, decision: Finish, message: StageMessage, delivery: Delivery, policy: OnboardingPolicy
     ) -> Finish:
         """The finished onboarding with its lease kept (or an old one ended), said in the outcome."""
-        if decision.outcome.status not in ("Succeeded", "SucceededWithWarnings"):
+        if message.request.action is not RequestAction.ONBOARD or decision.outcome.status not in (
+            OutcomeStatus.SUCCEEDED,
+            OutcomeStatus.SUCCEEDED_WITH_WARNINGS,
+        ):
             return decision
         key = lease_key(str(message.request.external_email), message.group.id)
         ends_at = requested_end(message.request, message.group, message.accepted_at, policy)
@@ -148,7 +166,7 @@ class LeaseKeeper:
         return Lease(
             key=key,
             external_email=str(request.external_email),
-            display_name=request.display_name,
+            display_name=request.required_display_name,
             group_id=group.id,
             group_mail=group.mail,
             group_display_name=group.display_name,
@@ -218,16 +236,15 @@ def notice_message(lease: Lease, now: datetime) -> ServiceBusMessage:
 def offboard_message(lease: Lease) -> ServiceBusMessage:
     """The offboard request a lease's end sends, as upstream would, into the pipeline."""
     request_id = expiry_request_id(lease.key, lease.ends_at)
-    request = {
-        "action": "offboard",
-        "external_email": lease.external_email,
-        "display_name": lease.display_name,
-        "group": {"object_id": lease.group_id},
-        "source_system": lease.source_system,
-        "request_id": request_id,
-    }
+    request = OnboardingRequest(
+        action=RequestAction.OFFBOARD,
+        external_email=lease.external_email,
+        group=GroupRef(object_id=uuid.UUID(lease.group_id)),
+        source_system=lease.source_system,
+        request_id=request_id,
+    )
     return ServiceBusMessage(
-        json.dumps(request).encode(),
+        request.model_dump_json(exclude_none=True).encode(),
         message_id=request_id,
         correlation_id=lease.correlation_id,
         reply_to=lease.reply_to,

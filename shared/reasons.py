@@ -54,6 +54,10 @@ REASONS: Mapping[DeadLetterReason, ReasonFacts] = MappingProxyType(
         DeadLetterReason.DIRECTORY_REJECTED: ReasonFacts(Fix.REPLAY, "fixing the tenant"),
         DeadLetterReason.RETRIES_EXHAUSTED: ReasonFacts(Fix.REPLAY),
         DeadLetterReason.DELIVERY_FAILED: ReasonFacts(Fix.NEW_REQUEST, refuses_the_request=True),
+        # An address is the person's identity (idempotency, provenance): a change is an offboard and an onboard.
+        DeadLetterReason.ADDRESS_CHANGE_REFUSED: ReasonFacts(
+            Fix.NEW_REQUEST, refuses_the_request=True, replayable=False
+        ),
         DeadLetterReason.PROCESSING_FAILED: ReasonFacts(Fix.REPLAY, "fixing the cause"),
         DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED: ReasonFacts(
             Fix.REPLAY, "fixing the cause", set_by_service_bus=True

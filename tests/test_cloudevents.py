@@ -14,8 +14,8 @@ from azure.servicebus.aio import ServiceBusClient
 
 from cli.upstream import collect_outcomes
 from shared import envelope
-from shared.cloudevents import REQUEST_TYPE
-from shared.contracts import OnboardingRequest, OutcomeStatus, StageName
+from shared.cloudevents import REQUEST_TYPE, REQUEST_TYPES
+from shared.contracts import OnboardingRequest, OutcomeStatus, RequestAction, StageName
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, running_host
 from tests.fakes import FakeReceivedMessage
@@ -70,7 +70,9 @@ def test_binary_mode_attributes_in_application_properties(prefix: str) -> None:
     ("body", "content_type", "said"),
     [
         (event(specversion="0.3"), None, "specversion"),
-        (event(type="com.example.other"), None, f"type must be {REQUEST_TYPE}"),
+        (event(type="com.example.other"), None, f"type must be one of {REQUEST_TYPE}"),
+        (event(type=REQUEST_TYPES[RequestAction.OFFBOARD]), None, "set action to offboard in the request"),
+        (event(data=REQUEST | {"action": "update"}), None, "is for action onboard, but the request's action is update"),
         (event(id=None), None, "id: Field required"),
         (event(id="a/b"), None, "The CloudEvent id cannot serve as the request id"),
         (event(data_base64="e30="), None, "exactly one of data and data_base64"),
@@ -111,6 +113,16 @@ def test_an_event_nested_too_deep_is_an_invalid_request_not_a_crash(where: str, 
         decoded(deeply_nested(where), content_type=content_type)
     assert "nested too deeply" in raised.value.description
     assert raised.value.delivery.request_id == "msg-1"
+
+
+@pytest.mark.parametrize("action", list(RequestAction))
+def test_each_action_has_its_type_in_both_modes(action: RequestAction) -> None:
+    request = REQUEST | {"action": action.value}
+    structured = decoded(event(type=REQUEST_TYPES[action], data=request), content_type="application/cloudevents+json")
+    attributes = {"specversion": "1.0", "id": "evt-3", "source": "/hr", "type": REQUEST_TYPES[action]}
+    properties: dict[str | bytes, Any] = {f"cloudEvents:{k}".encode(): v for k, v in attributes.items()}
+    binary = decoded(request, content_type="application/json", application_properties=properties)
+    assert structured.payload.action is binary.payload.action is action
 
 
 def test_a_binary_event_with_a_bad_attribute_is_refused() -> None:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from shared import envelope
-from shared.contracts import OnboardingRequest, StageMessage, StageName
+from shared.contracts import OnboardingRequest, RequestAction, StageMessage, StageName
 from shared.progress import Progress
 from tests.fakes import FakeReceivedMessage
 
@@ -31,8 +31,11 @@ def test_checked_in_schema_matches_onboard_schema() -> None:
 def test_schema_forbids_unknown_fields_and_bounds_names() -> None:
     request_schema = json.loads(SCHEMA_FILE.read_text())["OnboardingRequest"]
     assert request_schema["additionalProperties"] is False
-    assert request_schema["properties"]["display_name"]["maxLength"] == 256
-    assert set(request_schema["required"]) == {"external_email", "display_name", "group", "source_system"}
+    assert request_schema["properties"]["display_name"]["anyOf"][0]["maxLength"] == 256
+    assert set(request_schema["required"]) == {"external_email", "group", "source_system"}
+    # display_name is required unless the action is offboard: the validator's rule, in the schema too
+    assert request_schema["if"]["properties"]["action"] == {"const": "offboard"}
+    assert request_schema["else"] == {"required": ["display_name"]}
 
 
 def test_minimal_request_gets_defaults() -> None:
@@ -47,7 +50,32 @@ def test_minimal_request_gets_defaults() -> None:
     assert request.display_name == "Jordan Reyes"
     assert request.allow_external_senders is True
     assert request.request_id is None
-    assert request.contract_version == "1"
+    assert (request.contract_version, request.action) == ("1.1", RequestAction.ONBOARD)
+
+
+def test_a_contract_1_0_request_keeps_its_meaning() -> None:
+    earlier = {
+        "contract_version": "1",
+        "external_email": "a@fabrikam.example",
+        "display_name": "A",
+        "group": {"smtp_address": "g@contoso.com"},
+        "source_system": "hr",
+    }
+    assert OnboardingRequest.model_validate(earlier).action is RequestAction.ONBOARD
+
+
+@pytest.mark.parametrize(
+    ("action", "change"),
+    [
+        ("offboard", {}),  # an offboard needs no names
+        ("offboard", {"display_name": "A"}),  # and ignores them when a bulk file sends them along
+        ("update", {"display_name": "A B", "first_name": "A"}),
+        ("update", {"display_name": "A", "new_external_email": "b@fabrikam.example"}),  # refused by its stage
+    ],
+)
+def test_each_action_takes_the_fields_it_reads(action: str, change: dict[str, object]) -> None:
+    body = {"external_email": "a@fabrikam.example", "group": {"smtp_address": "g@contoso.com"}, "source_system": "hr"}
+    assert OnboardingRequest.model_validate(body | change | {"action": action}).action == action
 
 
 @pytest.mark.parametrize(
@@ -59,6 +87,10 @@ def test_minimal_request_gets_defaults() -> None:
         {"first_name": "y" * 65},
         {"contract_version": "2"},
         {"group": {}},
+        {"action": "delete"},
+        {"display_name": None},  # onboard needs a display name
+        {"action": "update", "display_name": None},
+        {"new_external_email": "b@fabrikam.example"},  # only an update names a new address
     ],
 )
 def test_request_rejects_out_of_contract_values(change: dict[str, object]) -> None:

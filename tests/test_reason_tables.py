@@ -43,9 +43,12 @@ def test_the_runbook_gives_each_reason_the_tables_fix_and_marks_service_bus_own(
 
 
 def test_the_runbook_says_a_replay_skips_exactly_the_reasons_the_table_calls_not_replayable() -> None:
-    said = re.search(r"`onboard dlq replay` skips only `(\w+)`", (ROOT / "docs" / "runbook.md").read_text())
+    said = re.search(
+        r"`onboard dlq replay` skips only ((?:`\w+`(?:, | and )?)+)", (ROOT / "docs" / "runbook.md").read_text()
+    )
     assert said, "the runbook says which reasons a replay skips"
-    assert [reason.value for reason, facts in REASONS.items() if not facts.replayable] == [said.group(1)]
+    skipped = re.findall(r"`(\w+)`", said.group(1))
+    assert [reason.value for reason, facts in REASONS.items() if not facts.replayable] == skipped
 
 
 def test_a_reason_the_app_does_not_know_has_no_facts() -> None:

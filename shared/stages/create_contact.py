@@ -166,12 +166,12 @@ async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _C
     existing = await exchange.find_mail_contact(address)
     if existing is not None:
         return run.pass_on(_contact_recipient(existing, created=False))
-    for name in contact_name_candidates(request.display_name, address):
+    for name in contact_name_candidates(request.required_display_name, address):
         try:
             contact = await exchange.new_mail_contact(
                 name=name,
                 external_email_address=address,
-                display_name=request.display_name,
+                display_name=request.required_display_name,
                 first_name=request.first_name,
                 last_name=request.last_name,
             )
@@ -222,7 +222,7 @@ async def _ensure_guest(request: OnboardingRequest, address: str, run: _ContactC
     assert group is not None  # resolved before any recipient is made
     sponsors = request.sponsors or run.deps.policy.group_rules(group.id, group.mail).sponsors
     guest = await graph.invite_guest(
-        address, request.display_name, run.deps.guest_redirect_url, tuple(str(s) for s in sponsors)
+        address, request.required_display_name, run.deps.guest_redirect_url, tuple(str(s) for s in sponsors)
     )
     if guest.user_type != "Guest":  # invitedUserType: an existing user of the tenant came back
         return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, _INTERNAL_USER)
