@@ -1,0 +1,159 @@
+"""Leases end to end (docs/leases.md): the real SDK, the emulator, the tenant sandbox and the local host
+running function_app.py, with leases of seconds and a notice a few seconds before the end.
+
+Nothing here times the app: each test waits for what it expects to arrive (an outcome, a notice, the
+old wake-up consumed) and checks what arrived and in which order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from azure.servicebus.aio import ServiceBusClient
+
+from cli.upstream import peeked, submit
+from shared.contracts import LeaseNotice, OnboardingRequest, OutcomeEvent, OutcomeStatus
+from shared.journal import SqliteJournal
+from shared.journal.model import Lease, LeaseState
+from shared.leases import NOTICE_SUBJECT, NOTICE_TYPE, expiry_request_id, lease_key
+from shared.queues import LEASE_QUEUE
+from shared.settings import SERVICEBUS_CONNECTION
+from standins.stack import LocalStack, local_stack, running_host
+from tests.fixtures.pipeline import OUTCOMES, Readback
+from tests.samples import PARTNERS, sample_request
+from tests.waiting import HANG_GUARD_SECONDS
+
+pytestmark = pytest.mark.stack
+
+PERSON = "lena.fischer@fabrikam.example"
+NOTICE_SECONDS = 10  # ONBOARDING_LEASE_NOTICE_SECONDS here: the notice comes this long before the end
+
+
+@pytest.fixture
+def stack() -> Iterator[LocalStack]:
+    with local_stack(settings={"ONBOARDING_LEASE_NOTICE_SECONDS": str(NOTICE_SECONDS)}) as running:
+        yield running
+
+
+def _leased(request_id: str, ends_at: datetime | None) -> OnboardingRequest:
+    request = sample_request(request_id, PERSON, "Lena Fischer", PARTNERS)
+    return request.model_copy(update={"expires_at": ends_at})
+
+
+async def _lease(stack: LocalStack, key: str) -> Lease | None:
+    journal = SqliteJournal(str(stack.journal_database))
+    try:
+        return await journal.lease(key)
+    finally:
+        await journal.close()
+
+
+class OutcomeQueue:
+    """What arrives on the outcome queue, in order: outcome events and lease notices, told apart by subject."""
+
+    def __init__(self, client: ServiceBusClient) -> None:
+        self.client = client
+        self.arrived: list[OutcomeEvent | LeaseNotice] = []
+
+    async def until(self, request_id: str) -> OutcomeEvent:
+        """Receive until the outcome of `request_id` has arrived; return it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANG_GUARD_SECONDS
+        async with self.client.get_queue_receiver(OUTCOMES) as receiver:
+            while loop.time() < deadline:
+                for message in await receiver.receive_messages(max_message_count=20, max_wait_time=2):
+                    body = b"".join(message.body)
+                    if message.subject == NOTICE_SUBJECT:
+                        event = json.loads(body)
+                        assert event["type"] == NOTICE_TYPE and message.content_type == "application/cloudevents+json"
+                        self.arrived.append(LeaseNotice.model_validate(event["data"]))
+                    else:
+                        self.arrived.append(OutcomeEvent.model_validate_json(body))
+                    await receiver.complete_message(message)
+                done = [a for a in self.arrived if isinstance(a, OutcomeEvent) and a.request_id == request_id]
+                if done:
+                    return done[0]
+        raise AssertionError(f"no outcome for {request_id} within {HANG_GUARD_SECONDS:.0f} s")
+
+    def notices(self) -> list[LeaseNotice]:
+        return [a for a in self.arrived if isinstance(a, LeaseNotice)]
+
+
+async def _wake_ups_left(client: ServiceBusClient, ends_at: datetime) -> int:
+    """Wake-ups still on the leases queue (scheduled ones are peeked too) for the end `ends_at`."""
+    count = 0
+    async with client.get_queue_receiver(LEASE_QUEUE) as receiver:
+        async for message in peeked(receiver):
+            wake = json.loads(b"".join(message.body))
+            count += datetime.fromisoformat(wake["ends_at"]) == ends_at
+    return count
+
+
+async def test_a_lease_survives_a_host_restart_gives_notice_then_ends_the_membership(
+    stack: LocalStack, readback: Readback
+) -> None:
+    ends_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=NOTICE_SECONDS + 15)
+    async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
+        queue = OutcomeQueue(client)
+        async with running_host(stack.environment):
+            await submit(client, [_leased("lease-e2e-1", ends_at)])
+            onboarded = await queue.until("lease-e2e-1")
+        # The host is gone between scheduling and the end: the wake-ups wait in Service Bus.
+        assert onboarded.status is OutcomeStatus.SUCCEEDED, onboarded
+        assert onboarded.expires_at == ends_at
+        assert onboarded.group is not None
+        key = lease_key(PERSON, onboarded.group.id)
+        lease = await _lease(stack, key)
+        assert lease is not None and lease.state is LeaseState.ACTIVE and lease.ends_at == ends_at
+        assert await _wake_ups_left(client, ends_at) == 2  # the notice and the end
+        async with running_host(stack.environment):
+            offboarded = await queue.until(expiry_request_id(key, ends_at))
+    (notice,) = queue.notices()
+    assert notice.lease_id == key and notice.ends_at == ends_at and notice.request_id == "lease-e2e-1"
+    assert queue.arrived.index(notice) < queue.arrived.index(offboarded)  # the notice came first
+    assert offboarded.status in (OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS), offboarded
+    members = await readback.exchange.list_distribution_group_members(PARTNERS)
+    assert PERSON not in {(m.email_address or "").lower() for m in members}
+    expired = await _lease(stack, key)
+    assert expired is not None and expired.state is LeaseState.EXPIRED
+
+
+async def test_a_renewal_extends_the_lease_and_the_old_schedule_does_nothing(
+    stack: LocalStack, readback: Readback
+) -> None:
+    first_end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=NOTICE_SECONDS + 8)
+    renewed_end = first_end + timedelta(days=30)
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        running_host(stack.environment),
+    ):
+        queue = OutcomeQueue(client)
+        await submit(client, [_leased("lease-e2e-2", first_end)])
+        first = await queue.until("lease-e2e-2")
+        await submit(client, [_leased("lease-e2e-2-renewed", renewed_end)])
+        renewed = await queue.until("lease-e2e-2-renewed")
+        assert first.group is not None and renewed.expires_at == renewed_end
+        key = lease_key(PERSON, first.group.id)
+        lease = await _lease(stack, key)
+        assert lease is not None and lease.ends_at == renewed_end and lease.request_id == "lease-e2e-2-renewed"
+        # Wait until the first end's wake-ups have come and gone (they stay scheduled until then).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANG_GUARD_SECONDS
+        while await _wake_ups_left(client, first_end) and loop.time() < deadline:
+            await asyncio.sleep(1)
+        assert await _wake_ups_left(client, first_end) == 0
+        assert await _wake_ups_left(client, renewed_end) == 2
+    still = await _lease(stack, key)
+    assert still is not None and still.state is LeaseState.ACTIVE and still.ends_at == renewed_end
+    assert queue.notices() == []  # the first end's notice did nothing either
+    journal = SqliteJournal(str(stack.journal_database))
+    try:
+        assert await journal.history(expiry_request_id(key, first_end)) == []  # no offboard was sent
+    finally:
+        await journal.close()
+    members = await readback.exchange.list_distribution_group_members(PARTNERS)
+    assert PERSON in {(m.email_address or "").lower() for m in members}
