@@ -95,6 +95,8 @@ def end_refusal(request: OnboardingRequest, accepted_at: datetime) -> str | None
     return None
 
 
+_DONE = frozenset({OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS})  # not Planned, not Failed
+
 NO_LEASE_BOOK = (
     "This deployment keeps no journal (ONBOARDING_JOURNAL), where leases are kept, so it could not end the "
     "membership on time: the request is refused rather than granted for good. Send it without expires_at, or "
@@ -125,10 +127,7 @@ class LeaseKeeper:
         self, decision: Finish, message: StageMessage, delivery: Delivery, policy: OnboardingPolicy
     ) -> Finish:
         """The finished onboarding with its lease kept (or an old one ended), said in the outcome."""
-        if message.request.action is not RequestAction.ONBOARD or decision.outcome.status not in (
-            OutcomeStatus.SUCCEEDED,
-            OutcomeStatus.SUCCEEDED_WITH_WARNINGS,
-        ):
+        if message.request.action is not RequestAction.ONBOARD or decision.outcome.status not in _DONE:
             return decision
         key = lease_key(str(message.request.external_email), message.group.id)
         ends_at = requested_end(message.request, message.group, message.accepted_at, policy)
@@ -148,6 +147,21 @@ class LeaseKeeper:
             update={"changes": (*decision.outcome.changes, change), "expires_at": lease.ends_at}
         )
         return Finish(outcome)
+
+    async def offboarded(self, decision: Finish, request: OnboardingRequest) -> Finish:
+        """An offboard that removed (or found no) membership ends the person's lease in that group, so its
+        wake-ups do nothing. The offboard a lease's own end sent finds its lease expired already."""
+        group = decision.outcome.group
+        if group is None or decision.outcome.status not in _DONE:
+            return decision
+        key = lease_key(str(request.external_email), group.id)
+        lease = await self.book.lease(key)
+        if lease is None or lease.state is not LeaseState.ACTIVE:
+            return decision
+        if not await self.book.settle_lease(key, lease.ends_at, LeaseState.ENDED):
+            return decision
+        change = f"The lease that would have ended the membership at {lease.ends_at:%Y-%m-%d %H:%M} UTC is ended."
+        return Finish(decision.outcome.model_copy(update={"changes": (*decision.outcome.changes, change)}))
 
     async def _without_end(self, decision: Finish, key: str) -> Finish:
         """An onboarding without an end for someone whose membership had one: it no longer ends."""

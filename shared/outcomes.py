@@ -13,6 +13,7 @@ def outcome_event(
     return OutcomeEvent(
         request_id=turn.delivery.request_id,
         source_system=progress.request.source_system if progress.request else None,
+        action=progress.request.action if progress.request else None,
         status=status,
         reason=reason,
         description=description,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +16,14 @@ from azure.servicebus import ServiceBusMessage
 from azure.servicebus.amqp import AmqpMessageBodyType
 
 from shared.contracts import GroupKind
-from shared.directory.errors import AddressInUseError, AlreadyExistsError, DirectoryError, NameInUseError
+from shared.directory.errors import (
+    AddressInUseError,
+    AlreadyExistsError,
+    DirectoryError,
+    NameInUseError,
+    NotAMemberError,
+    NotFoundError,
+)
 from shared.directory.ports import (
     DirectoryGroup,
     DirectoryUser,
@@ -105,6 +112,16 @@ class FakeGraph:
         if self.exchange is not None and group is not None and group.mail and group.kind is GroupKind.MICROSOFT_365:
             self.exchange.subscribers[group.mail].add(object_id)  # a guest is subscribed when added (no lag here)
 
+    async def remove_group_member(self, group_id: str, object_id: str) -> None:
+        self.script.check("remove_group_member")
+        if object_id not in self.members[group_id]:
+            raise NotFoundError("not a member", face="graph", status=404)
+        self.members[group_id].discard(object_id)
+
+    async def contact_group_ids(self, contact_id: str) -> frozenset[str]:
+        self.script.check("contact_group_ids")
+        return frozenset(group_id for group_id in self.groups if self._member(group_id, contact_id))
+
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         self.script.check("list_group_member_ids")
         return frozenset(self.members[group_id])
@@ -146,6 +163,7 @@ class FakeExchange:
         self.warnings: Warnings = ()  # what every change answers with (@adminapi.warnings)
         self.restrictions: dict[str, SenderRestrictions] = {}
         self.traces: list[TraceEntry] = []
+        self.renamed: dict[str, tuple[str, str | None, str | None]] = {}  # Set-Contact's names, by identity
 
     async def get_accepted_domains(self) -> frozenset[str]:
         self.script.check("get_accepted_domains")
@@ -176,6 +194,32 @@ class FakeExchange:
         self.contacts[contact.identity] = contact
         self.taken_names.add(name)
         return contact
+
+    async def stamp_mail_contact(self, identity: str, value: str) -> None:
+        self.script.check("stamp_mail_contact")
+        self.contacts[identity] = replace(self.contacts[identity], provenance=value)
+
+    async def set_contact_names(
+        self, identity: str, *, display_name: str, first_name: str | None, last_name: str | None
+    ) -> None:
+        self.script.check("set_contact_names")
+        self.renamed[identity] = (display_name, first_name, last_name)
+
+    async def remove_mail_contact(self, identity: str) -> None:
+        self.script.check("remove_mail_contact")
+        if self.contacts.pop(identity, None) is None:
+            raise NotFoundError("no such contact", face="exchange", status=404)
+        for members in self.members.values():
+            members.discard(identity)
+
+    async def remove_distribution_group_member(
+        self, group: str, member: str, *, security_group: bool = False
+    ) -> Warnings:
+        self.script.check("remove_distribution_group_member")
+        if member not in self.members[group]:
+            raise NotAMemberError("not a member", face="exchange", status=400)
+        self.members[group].discard(member)
+        return self.warnings
 
     async def add_distribution_group_member(self, group: str, member: str, *, security_group: bool = False) -> Warnings:
         self.script.check("add_distribution_group_member")

@@ -37,7 +37,7 @@ async def test_a_group_outside_the_policy_is_refused_before_any_change(world: Wo
     forged = _forged(message, group=message.group.model_copy(update={"id": secret.id, "mail": secret.mail}))
     forged = _forged(forged, group=forged.group.model_copy(update={"kind": GroupKind.MICROSOFT_365}))
     dead = assert_dead_letter(await add_member(forged, delivery(), world.deps), DeadLetterReason.POLICY_DENIED)
-    assert "may not add members to group 'Group board@contoso.com'" in dead.description
+    assert "may not manage the members of group 'Group board@contoso.com'" in dead.description
     assert not world.graph.members[secret.id] and "add_group_member" not in world.script.calls
 
 

@@ -113,8 +113,14 @@ class CachingGraphDirectory:
     async def add_group_member(self, group_id: str, object_id: str) -> None:
         await self.inner.add_group_member(group_id, object_id)
 
+    async def remove_group_member(self, group_id: str, object_id: str) -> None:
+        await self.inner.remove_group_member(group_id, object_id)
+
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         return await self.inner.list_group_member_ids(group_id)
+
+    async def contact_group_ids(self, contact_id: str) -> frozenset[str]:
+        return await self.inner.contact_group_ids(contact_id)
 
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
         return await self.inner.is_group_member(group_id, object_id)
@@ -174,8 +180,26 @@ class CachingExchangeDirectory:
             last_name=last_name,
         )
 
+    async def stamp_mail_contact(self, identity: str, value: str) -> None:
+        await self.inner.stamp_mail_contact(identity, value)
+
+    async def set_contact_names(
+        self, identity: str, *, display_name: str, first_name: str | None, last_name: str | None
+    ) -> None:
+        await self.inner.set_contact_names(
+            identity, display_name=display_name, first_name=first_name, last_name=last_name
+        )
+
+    async def remove_mail_contact(self, identity: str) -> None:
+        await self.inner.remove_mail_contact(identity)
+
     async def add_distribution_group_member(self, group: str, member: str, *, security_group: bool = False) -> Warnings:
         return await self.inner.add_distribution_group_member(group, member, security_group=security_group)
+
+    async def remove_distribution_group_member(
+        self, group: str, member: str, *, security_group: bool = False
+    ) -> Warnings:
+        return await self.inner.remove_distribution_group_member(group, member, security_group=security_group)
 
     async def list_distribution_group_members(self, group: str) -> list[GroupMember]:
         return await self.inner.list_distribution_group_members(group)

@@ -76,6 +76,10 @@ class RejectedRequestError(DirectoryError):
     """Any other 4xx: the directory refuses this request as it stands."""
 
 
+class NotAMemberError(RejectedRequestError):
+    """Remove-DistributionGroupMember: the recipient is not a member of the group (MemberNotFoundException)."""
+
+
 class AddressHeldInternallyError(RejectedRequestError):
     """POST /invitations: a user of the tenant (not a guest) already holds the address."""
 

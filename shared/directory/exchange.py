@@ -25,6 +25,7 @@ from shared.directory.errors import (
     AlreadyExistsError,
     DirectoryError,
     NameInUseError,
+    NotAMemberError,
     NotFoundError,
     PermissionDeniedError,
     RejectedRequestError,
@@ -35,6 +36,7 @@ from shared.directory.errors import (
 from shared.directory.ports import GroupMember, MailContact, SenderRestrictions, TraceEntry, Warnings
 from shared.directory.rights import MANAGE_AS_APP, SECURITY_GROUP_MEMBERSHIP, exchange_role_for
 from shared.directory.throttle import ThrottleGate
+from shared.provenance import CONTACT_ATTRIBUTE
 
 SCOPE = "https://outlook.office365.com/.default"
 # The well-known system mailbox every tenant has. App-only callers anchor on it in the APP: form
@@ -66,6 +68,7 @@ GROUP_MANAGER_REQUIRED = "OperationRequiresGroupManagerException"
 _ERROR_BY_EXCEPTION: dict[str, type[DirectoryError]] = {
     "ManagementObjectNotFoundException": NotFoundError,
     "MemberAlreadyExistsException": AlreadyExistsError,
+    "MemberNotFoundException": NotAMemberError,
     "ADObjectAlreadyExistsException": NameInUseError,
     # Which of the two Exchange Online raises for New-MailContact on a guest's address is unconfirmed.
     "ProxyAddressExistsException": AddressInUseError,
@@ -206,9 +209,28 @@ class ExchangeOnlineClient:
             raise RejectedRequestError("New-MailContact returned no contact", face="exchange")
         return _mail_contact(rows[0])
 
+    async def stamp_mail_contact(self, identity: str, value: str) -> None:
+        await self.invoke("Set-MailContact", {"Identity": identity, CONTACT_ATTRIBUTE: value})
+
+    async def set_contact_names(
+        self, identity: str, *, display_name: str, first_name: str | None, last_name: str | None
+    ) -> None:
+        parameters = {"Identity": identity, "DisplayName": display_name}
+        parameters |= {k: v for k, v in (("FirstName", first_name), ("LastName", last_name)) if v}
+        await self.invoke("Set-Contact", parameters)
+
+    async def remove_mail_contact(self, identity: str) -> None:
+        await self.invoke("Remove-MailContact", {"Identity": identity})
+
     async def add_distribution_group_member(self, group: str, member: str, *, security_group: bool = False) -> Warnings:
         parameters = {"Identity": group, "Member": member}
         return await self._as_manager("Add-DistributionGroupMember", parameters, security_group=security_group)
+
+    async def remove_distribution_group_member(
+        self, group: str, member: str, *, security_group: bool = False
+    ) -> Warnings:
+        parameters = {"Identity": group, "Member": member}
+        return await self._as_manager("Remove-DistributionGroupMember", parameters, security_group=security_group)
 
     async def _as_manager(self, cmdlet: str, parameters: dict[str, Any], *, security_group: bool) -> Warnings:
         """A change Exchange allows only a group's managers, or callers with the bypass switch.
@@ -341,6 +363,7 @@ def _mail_contact(row: dict[str, Any]) -> MailContact:
         name=str(row.get("Name", "")),
         external_email_address=address,
         external_directory_object_id=_entra_id(row),
+        provenance=str(row.get(CONTACT_ATTRIBUTE) or "") or None,
     )
 
 

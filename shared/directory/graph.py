@@ -244,6 +244,11 @@ class MsGraphDirectory:
         await self._call(lambda: self._client.groups.by_group_id(group_id).members.ref.post(reference))
 
     @_names_the_right
+    async def remove_group_member(self, group_id: str, object_id: str) -> None:
+        member = self._client.groups.by_group_id(group_id).members.by_directory_object_id(object_id)
+        await self._call(lambda: member.ref.delete())
+
+    @_names_the_right
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         members = self._client.groups.by_group_id(group_id).members
         query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id"])
@@ -252,10 +257,14 @@ class MsGraphDirectory:
     @_names_the_right
     async def is_contact_member(self, group_id: str, contact_id: str) -> bool:
         # Not checkMemberGroups: for an org contact that needs Directory.Read.All (docs/permissions.md).
+        return group_id.lower() in await self.contact_group_ids(contact_id)
+
+    @_names_the_right
+    async def contact_group_ids(self, contact_id: str) -> frozenset[str]:
         member_of = self._client.contacts.by_org_contact_id(contact_id).member_of
         query = MemberOfRequestBuilder.MemberOfRequestBuilderGetQueryParameters(select=["id"])
         ids = await self._ids(member_of, RequestConfiguration(query_parameters=query))
-        return group_id.lower() in {found.lower() for found in ids}
+        return frozenset(found.lower() for found in ids)
 
     async def _ids(self, collection: MembersRequestBuilder | MemberOfRequestBuilder, config: Any) -> frozenset[str]:
         """The ids of a directory-object collection, following @odata.nextLink (at most MAX_PAGES pages)."""

@@ -42,6 +42,7 @@ class MailContact:
     name: str
     external_email_address: str  # bare address, without the "SMTP:" prefix
     external_directory_object_id: str | None  # the Entra object id; None until Entra has the contact
+    provenance: str | None = None  # the app's stamp (shared/provenance.py) when the app created it
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,17 @@ class GraphDirectory(Protocol):
         when the group does not accept guests."""
         ...
 
+    async def remove_group_member(self, group_id: str, object_id: str) -> None:
+        """DELETE /groups/{id}/members/{id}/$ref. Raises NotFoundError when the object is not a member."""
+        ...
+
     async def list_group_member_ids(self, group_id: str) -> frozenset[str]:
         """Every member's object id, following @odata.nextLink."""
+        ...
+
+    async def contact_group_ids(self, contact_id: str) -> frozenset[str]:
+        """The groups an org contact is a direct member of: GET /contacts/{id}/memberOf (few: a contact
+        is in few groups). Raises NotFoundError when the contact is not (yet) visible to Graph."""
         ...
 
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
@@ -145,6 +155,27 @@ class ExchangeDirectory(Protocol):
         last_name: str | None = None,
     ) -> MailContact:
         """New-MailContact. Raises NameInUseError or AddressInUseError on a clash."""
+        ...
+
+    async def stamp_mail_contact(self, identity: str, value: str) -> None:
+        """Set-MailContact -CustomAttributeN: the app's provenance stamp (shared/provenance.py)."""
+        ...
+
+    async def set_contact_names(
+        self, identity: str, *, display_name: str, first_name: str | None, last_name: str | None
+    ) -> None:
+        """Set-Contact -DisplayName, and -FirstName / -LastName when given (Set-MailContact has neither)."""
+        ...
+
+    async def remove_mail_contact(self, identity: str) -> None:
+        """Remove-MailContact. Raises NotFoundError when it is gone already."""
+        ...
+
+    async def remove_distribution_group_member(
+        self, group: str, member: str, *, security_group: bool = False
+    ) -> Warnings:
+        """Remove-DistributionGroupMember, with the manager check as for adding. Raises NotAMemberError when
+        the recipient is not a member."""
         ...
 
     async def add_distribution_group_member(self, group: str, member: str, *, security_group: bool = False) -> Warnings:

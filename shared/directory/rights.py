@@ -36,10 +36,12 @@ GRAPH_CALLS: dict[str, str] = {
     "find_user_for_invitation": USER_READ,
     "invite_guest": USER_INVITE,
     "add_group_member": GROUP_MEMBER_WRITE,
+    "remove_group_member": GROUP_MEMBER_WRITE,
     "list_group_member_ids": GROUP_READ,
     "first_page_of_groups": GROUP_READ,
     "is_group_member": f"{USER_READ} and {GROUP_READ}",
     "is_contact_member": ORG_CONTACT_READ,
+    "contact_group_ids": ORG_CONTACT_READ,
     # RBAC for Applications, scoped to the welcome mailbox (or Mail.Send tenant-wide, if granted so)
     "send_mail": f"{APPLICATION_MAIL_SEND} for the welcome mailbox",
 }

@@ -19,16 +19,18 @@ from dataclasses import dataclass
 from shared.contracts import (
     DeadLetterReason,
     GroupKind,
+    GroupRef,
     OnboardingRequest,
     Recipient,
     RecipientKind,
+    RequestAction,
     ResolvedGroup,
     StageMessage,
     StageName,
 )
 from shared.decisions import Decision
 from shared.directory.errors import DirectoryError
-from shared.directory.ports import DirectoryGroup
+from shared.directory.ports import DirectoryGroup, GraphDirectory
 from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter
@@ -36,6 +38,8 @@ from shared.progress import Progress, Turn
 from shared.stages.dependencies import StageDependencies
 
 SUPPORTED_KINDS = frozenset({GroupKind.DISTRIBUTION, GroupKind.MAIL_ENABLED_SECURITY, GroupKind.MICROSOFT_365})
+INTERNAL_USER = "The address belongs to an internal user of this tenant; add that user to the group instead."
+_FIX_HINT_KINDS = "distribution groups, mail-enabled security groups and Microsoft 365 groups"
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,48 @@ def group_refusal(request: OnboardingRequest, group: DirectoryGroup, deps: Stage
     if deps.policy.group_allowed(request.source_system, group.id, group.mail):
         return None
     return (
-        f"Source system {request.source_system!r} may not add members to group {group.display_name!r}. "
+        f"Source system {request.source_system!r} may not manage the members of group {group.display_name!r}. "
         "Add the group to its allowed_groups in the policy file if this is intended."
     )
+
+
+async def find_group(ref: GroupRef, graph: GraphDirectory) -> DirectoryGroup | None:
+    """The target group by object id or by address (also read by the self-check, for the policy's groups)."""
+    if ref.object_id is not None:
+        return await graph.get_group(str(ref.object_id))
+    return await graph.find_group_by_mail(str(ref.smtp_address))
+
+
+def unsupported_kind(group: DirectoryGroup) -> str | None:
+    """Why the pipeline refuses this group (UnsupportedGroupKind), or None when it onboards into it."""
+    if group.is_dynamic:
+        return (
+            f"Group {group.display_name!r} has dynamic membership: its members come from a rule, so no "
+            "one can be added to it. Target a group with assigned membership."
+        )
+    if group.kind is GroupKind.SECURITY or not group.mail:
+        return (
+            f"Group {group.display_name!r} is a security group without mail; external people can only "
+            f"be onboarded into {_FIX_HINT_KINDS}."
+        )
+    return None
+
+
+async def intake_group(request: OnboardingRequest, deps: StageDependencies) -> ResolvedGroup | Refused:
+    """The request's group as intake resolves it for any action: found, of a kind the app manages, and
+    allowed to the request's source by the policy."""
+    group = await find_group(request.group, deps.graph)
+    if group is None:
+        return Refused(
+            DeadLetterReason.GROUP_NOT_FOUND,
+            f"No group {request.group.describe()} exists in the tenant. Check the group's address or id.",
+        )
+    if unsupported := unsupported_kind(group):
+        return Refused(DeadLetterReason.UNSUPPORTED_GROUP_KIND, unsupported)
+    assert group.mail is not None  # every supported kind is mail-enabled
+    if refusal := group_refusal(request, group, deps):
+        return Refused(DeadLetterReason.POLICY_DENIED, refusal)
+    return ResolvedGroup(id=group.id, display_name=group.display_name, mail=group.mail, kind=group.kind)
 
 
 async def admitted(
@@ -103,6 +146,11 @@ async def admit(message: StageMessage, deps: StageDependencies) -> Admission:
     request = message.request
     if request.dry_run:
         return _refused("The message is a dry run: a dry run ends at create-contact and never reaches this stage.")
+    if request.action is not RequestAction.ONBOARD:
+        return _refused(
+            f"The message carries an {request.action}: an {request.action} ends at create-contact and never "
+            "reaches this stage."
+        )
     if refusal := policy_refusal_before_lookup(request, deps):
         return _refused(refusal)
     group = await deps.graph.get_group(message.group.id)

@@ -2,32 +2,38 @@ from __future__ import annotations
 
 import hashlib
 
+from shared import provenance
 from shared.contracts import (
     NAME_PART_MAX,
     DeadLetterReason,
     GroupKind,
-    GroupRef,
     OnboardingRequest,
     Recipient,
     RecipientKind,
+    RequestAction,
     ResolvedGroup,
     StageName,
 )
 from shared.decisions import DeadLetter, Decision, Finish, PassOn
 from shared.directory.errors import AddressInUseError, DirectoryError, NameInUseError
-from shared.directory.ports import DirectoryGroup, DirectoryUser, GraphDirectory, MailContact, is_member
+from shared.directory.ports import DirectoryUser, MailContact, is_member
 from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.leases import NO_LEASE_BOOK, end_refusal, requested_end
 from shared.outcomes import dead_letter, planned
 from shared.progress import Progress, Turn
 from shared.queues import next_stage
-from shared.stages.admission import group_refusal, policy_refusal_before_lookup
+from shared.stages.admission import (
+    INTERNAL_USER,
+    Refused,
+    intake_group,
+    policy_refusal_before_lookup,
+)
 from shared.stages.dependencies import StageDependencies
+from shared.stages.offboard import offboard
+from shared.stages.update import update
 
 STAGE = StageName.CREATE_CONTACT
-_INTERNAL_USER = "The address belongs to an internal user of this tenant; add that user to the group instead."
-_FIX_HINT_KINDS = "distribution groups, mail-enabled security groups and Microsoft 365 groups"
 
 
 async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
@@ -41,6 +47,8 @@ async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: S
     decision = await _decide(request, turn, progress, deps)
     if request.dry_run and isinstance(decision, DeadLetter):
         return Finish(decision.outcome)  # the Failed outcome, and nothing left in the dead-letter queue
+    if request.action is RequestAction.OFFBOARD and isinstance(decision, Finish) and deps.leases is not None:
+        return await deps.leases.offboarded(decision, request)  # an early offboard ends the lease
     return decision
 
 
@@ -50,7 +58,13 @@ async def _decide(request: OnboardingRequest, turn: Turn, progress: Progress, de
     )
     if denied:
         return dead_letter(turn, progress, DeadLetterReason.POLICY_DENIED, denied)
+    if refusal := end_refusal(request, turn.now):
+        return dead_letter(turn, progress, DeadLetterReason.INVALID_REQUEST, refusal)
     try:
+        if request.action is RequestAction.OFFBOARD:
+            return await offboard(request, turn, progress, deps)
+        if request.action is RequestAction.UPDATE:
+            return await update(request, turn, progress, deps)
         return await _create(request, _ContactCreation(turn, progress, deps))
     except DirectoryError as error:
         return decide_on_directory_error(turn, progress, deps.retry, error)
@@ -72,22 +86,11 @@ class _ContactCreation:
 
 async def _create(request: OnboardingRequest, run: _ContactCreation) -> Decision:
     deps = run.deps
-    group = await find_group(request.group, deps.graph)
-    if group is None:
-        return run.dead_letter(
-            DeadLetterReason.GROUP_NOT_FOUND,
-            f"No group {request.group.describe()} exists in the tenant. Check the group's address or id.",
-        )
-    unsupported = unsupported_kind(group)
-    if unsupported:
-        return run.dead_letter(DeadLetterReason.UNSUPPORTED_GROUP_KIND, unsupported)
-    assert group.mail is not None  # every supported kind is mail-enabled
-    run.progress.group = ResolvedGroup(id=group.id, display_name=group.display_name, mail=group.mail, kind=group.kind)
-    if refusal := group_refusal(request, group, deps):
-        return run.dead_letter(DeadLetterReason.POLICY_DENIED, refusal)
-    if refusal := end_refusal(request, run.turn.now):
-        return run.dead_letter(DeadLetterReason.INVALID_REQUEST, refusal)
-    ends_at = requested_end(request, run.progress.group, run.turn.now, deps.policy)
+    group = await intake_group(request, deps)
+    if isinstance(group, Refused):
+        return run.dead_letter(group.reason, group.description)
+    run.progress.group = group
+    ends_at = requested_end(request, group, run.turn.now, deps.policy)
     if ends_at is not None and deps.leases is None:
         return run.dead_letter(DeadLetterReason.POLICY_DENIED, NO_LEASE_BOOK)
     address = str(request.external_email)
@@ -98,7 +101,7 @@ async def _create(request: OnboardingRequest, run: _ContactCreation) -> Decision
             "as users, not as external contacts.",
         )
     if request.dry_run:
-        return await _plan(request, address, run.progress.group, run)
+        return await _plan(request, address, group, run)
     if group.kind is GroupKind.MICROSOFT_365:
         return await _ensure_guest(request, address, run)
     return await _ensure_mail_contact(request, address, run)
@@ -112,7 +115,7 @@ async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, 
     else:
         user = await deps.graph.find_user_by_mail(address)
     if user is not None and user.user_type == "Member":
-        return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, _INTERNAL_USER)
+        return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, INTERNAL_USER)
     contact = None if group.kind is GroupKind.MICROSOFT_365 else await deps.exchange.find_mail_contact(address)
     if contact is not None:
         run.progress.recipient = _contact_recipient(contact, created=False)
@@ -139,33 +142,11 @@ async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, 
     return planned(run.turn, run.progress, f"Dry run, nothing was changed. A real run would: {plan}.")
 
 
-async def find_group(ref: GroupRef, graph: GraphDirectory) -> DirectoryGroup | None:
-    """The target group by object id or by address (also read by the self-check, for the policy's groups)."""
-    if ref.object_id is not None:
-        return await graph.get_group(str(ref.object_id))
-    return await graph.find_group_by_mail(str(ref.smtp_address))
-
-
-def unsupported_kind(group: DirectoryGroup) -> str | None:
-    """Why the pipeline refuses this group (UnsupportedGroupKind), or None when it onboards into it."""
-    if group.is_dynamic:
-        return (
-            f"Group {group.display_name!r} has dynamic membership: its members come from a rule, so no "
-            "one can be added to it. Target a group with assigned membership."
-        )
-    if group.kind is GroupKind.SECURITY or not group.mail:
-        return (
-            f"Group {group.display_name!r} is a security group without mail; external people can only "
-            f"be onboarded into {_FIX_HINT_KINDS}."
-        )
-    return None
-
-
 async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _ContactCreation) -> Decision:
     exchange = run.deps.exchange
     existing = await exchange.find_mail_contact(address)
     if existing is not None:
-        return run.pass_on(_contact_recipient(existing, created=False))
+        return run.pass_on(_found_contact(existing, run))
     for name in contact_name_candidates(request.required_display_name, address):
         try:
             contact = await exchange.new_mail_contact(
@@ -179,6 +160,8 @@ async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _C
             continue  # someone else's object has this name: try our next, address-derived name
         except AddressInUseError:
             return await _address_taken(address, run)
+        # Stamped before anything else: a contact the app created is one it may delete when offboarding.
+        await exchange.stamp_mail_contact(contact.identity, provenance.stamp(run.turn.delivery.request_id))
         return run.pass_on(_contact_recipient(contact, created=True))
     return run.dead_letter(
         DeadLetterReason.DIRECTORY_REJECTED,
@@ -191,12 +174,12 @@ async def _address_taken(address: str, run: _ContactCreation) -> Decision:
     """The address exists already: ours from an earlier run (not yet visible), or someone else's."""
     contact = await run.deps.exchange.find_mail_contact(address)
     if contact is not None:
-        return run.pass_on(_contact_recipient(contact, created=False))
+        return run.pass_on(_found_contact(contact, run))
     user = await run.deps.graph.find_user_by_mail(address)
     if user is not None and user.user_type == "Member":
         return run.dead_letter(
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
-            _INTERNAL_USER,
+            INTERNAL_USER,
         )
     if user is not None:
         # A guest (a mail user to Exchange) holds the address, so no contact can have it; the guest
@@ -213,7 +196,7 @@ async def _ensure_guest(request: OnboardingRequest, address: str, run: _ContactC
     if user is not None and user.user_type == "Member":
         return run.dead_letter(
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
-            _INTERNAL_USER,
+            INTERNAL_USER,
         )
     if user is not None:
         return run.pass_on(_guest_recipient(user, created=False))
@@ -225,12 +208,19 @@ async def _ensure_guest(request: OnboardingRequest, address: str, run: _ContactC
         address, request.required_display_name, run.deps.guest_redirect_url, tuple(str(s) for s in sponsors)
     )
     if guest.user_type != "Guest":  # invitedUserType: an existing user of the tenant came back
-        return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, _INTERNAL_USER)
+        return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, INTERNAL_USER)
     return run.pass_on(_guest_recipient(guest, created=True))
 
 
 def _guest_recipient(user: DirectoryUser, *, created: bool) -> Recipient:
     return Recipient(kind=RecipientKind.GUEST_USER, id=user.id, created=created, directory_object_id=user.id)
+
+
+def _found_contact(contact: MailContact, run: _ContactCreation) -> Recipient:
+    """A contact that exists already: created by an earlier run of this request (its stamp says so), else
+    adopted: the app makes it a member, and never deletes it."""
+    created = provenance.created_by(contact.provenance) == run.turn.delivery.request_id
+    return _contact_recipient(contact, created=created)
 
 
 def _contact_recipient(contact: MailContact, *, created: bool) -> Recipient:

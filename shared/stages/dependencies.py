@@ -12,7 +12,7 @@ from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from shared.contracts import StageMessage
+    from shared.contracts import OnboardingRequest, StageMessage
     from shared.decisions import Finish
     from shared.envelope import Delivery
 
@@ -37,6 +37,8 @@ class LeaseKeeping(Protocol):
     async def finished(
         self, decision: Finish, message: StageMessage, delivery: Delivery, policy: OnboardingPolicy
     ) -> Finish: ...
+
+    async def offboarded(self, decision: Finish, request: OnboardingRequest) -> Finish: ...
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,9 @@ GRAPH_ROUTES: dict[tuple[str, str], Rights | Mapping[ObjectKind, Rights]] = {
     ("POST", "/v1.0/groups/{id}/members/$ref"): _rights(
         "GroupMember.ReadWrite.All", "Group.ReadWrite.All", "Directory.ReadWrite.All"
     ),
+    ("DELETE", "/v1.0/groups/{id}/members/{member}/$ref"): _rights(
+        "GroupMember.ReadWrite.All", "Group.ReadWrite.All", "Directory.ReadWrite.All"
+    ),
     ("GET", "/v1.0/contacts"): _CONTACT_READ,
     ("POST", "/v1.0/contacts"): _CONTACT_READ,  # answered 405 after the check: org contacts are read-only
     ("GET", "/v1.0/contacts/{id}"): _CONTACT_READ,
@@ -176,7 +179,7 @@ ROLE_CMDLETS: dict[str, frozenset[str]] = {
     "Mail Recipient Creation": frozenset(
         {"New-MailContact", "Remove-MailContact", "Get-MailContact", "Get-Recipient", "Get-AcceptedDomain"}
     ),
-    "Mail Recipients": frozenset({"Get-MailContact", "Set-MailContact", "Get-Recipient"}),
+    "Mail Recipients": frozenset({"Get-MailContact", "Set-MailContact", "Set-Contact", "Get-Recipient"}),
     "Distribution Groups": frozenset(
         {
             "Get-DistributionGroup",

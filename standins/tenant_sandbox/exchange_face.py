@@ -49,6 +49,9 @@ TRACE_DEFAULT_ROWS, TRACE_MAX_ROWS = 1000, 5000
 # Get-MessageTraceV2: "A maximum of 100 query requests are accepted within a 5 minute running window" per tenant.
 TRACE_QUOTA_WINDOW_SECONDS = 300.0
 TRACE_THROTTLED = _EX + "ThrottlingException"
+# Exchange's recipient attributes for an organization's own use: CustomAttribute1 to 15, 1024 characters each.
+CUSTOM_ATTRIBUTES = tuple(f"CustomAttribute{n}" for n in range(1, 16))
+CUSTOM_ATTRIBUTE_MAX = 1024
 
 Cmdlet = Callable[[dict[str, Any]], list[dict[str, Any]]]
 # The date form CIPP sends ((Get-Date).ToUniversalTime().ToString('s'), optionally with a Z).
@@ -124,7 +127,7 @@ def _contact_json(contact: Contact, *, in_entra: bool) -> dict[str, Any]:
         "ExternalDirectoryObjectId": contact.external_directory_object_id if in_entra else "",
         "RecipientType": "MailContact",
         "RecipientTypeDetails": "MailContact",
-    }
+    } | {name: contact.custom_attributes.get(name, "") for name in CUSTOM_ATTRIBUTES}
 
 
 def _user_json(user: User) -> dict[str, Any]:
@@ -193,6 +196,7 @@ class ExchangeFace:
             "New-MailContact": self.new_mail_contact,
             "Get-MailContact": self.get_mail_contact,
             "Set-MailContact": self.set_mail_contact,
+            "Set-Contact": self.set_contact,
             "Remove-MailContact": self.remove_mail_contact,
             "Get-Recipient": self.get_recipient,
             "Add-DistributionGroupMember": self.add_member,
@@ -317,14 +321,47 @@ class ExchangeFace:
             return [self._contact_row(c) for c in self.d.contacts.values()]
         return [self._contact_row(self._contact(parameters))]
 
-    def set_mail_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        contact = self._contact(parameters)
+    def _names(self, contact: Contact, parameters: dict[str, Any]) -> None:
+        """-Name and -DisplayName, which both Set-MailContact and Set-Contact take."""
         display_name = str(parameters.get("DisplayName", contact.display_name))
         name = str(parameters.get("Name", contact.name))
         self._check_names(name, display_name)
         if name.lower() != contact.name.lower() and self.d.name_taken(name):
             raise CmdletError(NAME_IN_USE, f'The name "{name}" is already being used. Please try another name.')
         contact.name, contact.display_name = name, display_name
+
+    def _only(self, parameters: dict[str, Any], accepted: set[str]) -> None:
+        """A parameter the cmdlet does not have is PowerShell's binding error (FirstName is Set-Contact's,
+        CustomAttribute1 Set-MailContact's)."""
+        for name in parameters:
+            if name not in accepted:
+                raise CmdletError(BAD_PARAMETER, f"A parameter cannot be found that matches parameter name '{name}'.")
+
+    def set_mail_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        self._only(parameters, {"Identity", "Name", "DisplayName", *CUSTOM_ATTRIBUTES})
+        contact = self._contact(parameters)
+        self._names(contact, parameters)
+        for name in CUSTOM_ATTRIBUTES:
+            if name in parameters:
+                value = "" if parameters[name] is None else str(parameters[name])
+                if len(value) > CUSTOM_ATTRIBUTE_MAX:
+                    raise CmdletError(
+                        INVALID_VALUE,
+                        f"The length of the property is too long. The maximum length is {CUSTOM_ATTRIBUTE_MAX} and "
+                        f"the length of the value provided is {len(value)}.",
+                    )
+                if value:
+                    contact.custom_attributes[name] = value
+                else:
+                    contact.custom_attributes.pop(name, None)  # $null or "" clears the attribute
+        self.d.update_contact(contact)
+        return []
+
+    def set_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        """The contact's person attributes (names); a mail contact is a contact, so its Guid identifies it."""
+        self._only(parameters, {"Identity", "Name", "DisplayName", "FirstName", "LastName"})
+        contact = self._contact(parameters)
+        self._names(contact, parameters)
         for field, key in (("first_name", "FirstName"), ("last_name", "LastName")):
             if key in parameters:
                 setattr(contact, field, str(parameters[key]) if parameters[key] else None)

@@ -220,6 +220,7 @@ class GraphFace:
             Route("/v1.0/groups/{id}", self.get_group, methods=["GET"]),
             Route("/v1.0/groups/{id}/members", self.list_members, methods=["GET"]),
             Route("/v1.0/groups/{id}/members/$ref", self.add_member, methods=["POST"]),
+            Route("/v1.0/groups/{id}/members/{member}/$ref", self.remove_member, methods=["DELETE"]),
             Route("/v1.0/contacts", self.list_contacts, methods=["GET"]),
             Route("/v1.0/contacts", self.refuse_contact_write, methods=["POST"]),
             Route("/v1.0/contacts/{id}", self.get_contact, methods=["GET"]),
@@ -355,6 +356,26 @@ class GraphFace:
                     request, 400, "Request_BadRequest", "An org contact cannot be a member of a Microsoft 365 group."
                 )
             self.d.add_member(group, object_id, through_graph=True)
+        return Response(status_code=204)
+
+    async def remove_member(self, request: Request) -> Response:
+        """DELETE /groups/{id}/members/{id}/$ref: 204; a member that is not one is Graph's 404 for a
+        reference it cannot find; a distribution or mail-enabled security group is Exchange's to change."""
+        group_id, object_id = request.path_params["id"], request.path_params["member"]
+        with self.d.lock:
+            group = self.d.groups.get(group_id)
+            if group is None:
+                return self._missing(request, group_id)
+            if group.kind in (GroupKind.DISTRIBUTION, GroupKind.MAIL_ENABLED_SECURITY):
+                return graph_error(
+                    request,
+                    400,
+                    "Request_BadRequest",
+                    "Cannot Update a mail-enabled security groups and or distribution list.",
+                )
+            if object_id not in group.members:
+                return self._missing(request, object_id)
+            self.d.remove_member(group, object_id)
         return Response(status_code=204)
 
     async def check_member_groups(self, request: Request) -> Response:

@@ -181,6 +181,8 @@ class Contact:
     first_name: str | None
     last_name: str | None
     replicated_at: float = 0.0  # time.time() from which Graph and Add-DistributionGroupMember see it
+    # CustomAttribute1..15 that hold a value (Set-MailContact writes them; Get-MailContact lists all 15).
+    custom_attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -310,11 +310,13 @@ async def test_set_and_remove_mail_contact(
     contact = await exchange_directory.find_mail_contact("ann@fabrikam.example")
     assert contact is not None
     contact_id = contact.identity  # Exchange's Guid: Exchange does not take the Entra object id as -Identity
-    await exchange_directory.invoke(
-        "Set-MailContact", {"Identity": "Ann", "DisplayName": 'Ann "$(x)"; B', "LastName": "Lee"}
-    )
+    await exchange_directory.invoke("Set-MailContact", {"Identity": "Ann", "DisplayName": 'Ann "$(x)"; B'})
+    await exchange_directory.invoke("Set-Contact", {"Identity": contact_id, "LastName": "Lee"})
     row = (await exchange_directory.invoke("Get-MailContact", {"Identity": "ann@fabrikam.example"})).rows[0]
     assert row["DisplayName"] == 'Ann "$(x)"; B' and row["LastName"] == "Lee"
+    # FirstName and LastName are Set-Contact's: Set-MailContact has no such parameter (Microsoft's syntax).
+    with pytest.raises(RejectedRequestError, match="parameter name 'LastName'"):
+        await exchange_directory.invoke("Set-MailContact", {"Identity": contact_id, "LastName": "Lee"})
     await exchange_directory.invoke("Remove-MailContact", {"Identity": contact_id})
     assert await exchange_directory.find_mail_contact("Ann") is None
     assert await exchange_directory.list_distribution_group_members("Partners") == []
