@@ -15,6 +15,7 @@ from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBu
 
 from shared.contracts import OnboardingRequest, OutcomeEvent, StageName
 from shared.envelope import outcome_message_id
+from shared.leases import NOTICE_SUBJECT
 from shared.queues import DUPLICATE_WINDOW
 from shared.settings import ServiceBusSettings
 
@@ -221,6 +222,9 @@ async def collect_outcomes(
             if remaining <= 0:
                 break
             for message in await receiver.receive_messages(max_message_count=20, max_wait_time=min(remaining, 2)):
+                if message.subject == NOTICE_SUBJECT:  # a lease's notice shares the queue: not an outcome
+                    await receiver.complete_message(message)
+                    continue
                 outcome = OutcomeEvent.model_validate_json(b"".join(message.body))
                 if outcome.request_id in wanted:
                     outcomes[outcome.request_id] = outcome
