@@ -14,6 +14,7 @@ import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -30,11 +31,12 @@ from cli.plumbing import (
     with_servicebus,
 )
 from cli.upstream import group_target
-from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus, StageName
+from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus, RequestAction, StageName
+from shared.leases import end_refusal
 from shared.settings import ServiceBusSettings
 
 REQUIRED = ("external_email", "display_name", "group", "source_system")
-OPTIONAL = ("first_name", "last_name", "request_id", "allow_external_senders")
+OPTIONAL = ("first_name", "last_name", "request_id", "allow_external_senders", "action", "expires_at")
 MAX_ROWS = 50_000
 MAX_BYTES = 20 * 1024 * 1024
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -46,7 +48,9 @@ RULES = {
     "group.object_id": "must be an SMTP address (name@domain) or a group object id (GUID)",
     "source_system": "must be 1-64 letters, digits, '.', '_' or '-'",
     "request_id": r"must be 1-128 characters without spaces, control characters, / \ # or ?",
+    "expires_at": "must be a time with its time zone, such as 2027-03-31T17:00:00Z or 2027-03-31T19:00:00+02:00",
 }
+_ACTIONS = {action.value for action in RequestAction}
 
 
 class BulkFileError(ValueError):
@@ -77,10 +81,16 @@ class Checked:
         return len({problem.line for problem in self.problems})
 
 
-def stable_request_id(email: str, group: str, source_system: str) -> str:
-    """Who is onboarded into which group for whom: the same row gives the same id in every run."""
-    identity = "\n".join((email.strip().lower(), group.strip().lower(), source_system.strip()))
-    return "bulk-" + hashlib.sha256(identity.encode()).hexdigest()[:32]
+def stable_request_id(
+    email: str, group: str, source_system: str, action: str = RequestAction.ONBOARD, expires_at: str = ""
+) -> str:
+    """Who is onboarded (offboarded, updated) into which group for whom, until when: the same row gives the
+    same id in every run. An offboard and a renewal (another end) are other requests than the onboarding, so
+    duplicate detection does not drop them; a plain onboarding row keeps the id it always had."""
+    parts = [email.strip().lower(), group.strip().lower(), source_system.strip()]
+    parts += [action] if action != RequestAction.ONBOARD else []
+    parts += [expires_at] if expires_at else []
+    return "bulk-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 def dry_run_id(request_id: str) -> str:
@@ -156,17 +166,28 @@ def _records(text: str) -> Iterator[tuple[int, list[str]]]:
 def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Problem]:
     """The row as a request, or every problem it has: one per field, in column order."""
     values = {name: value.strip() for name, value in raw.items()}
-    said = {name: "required" for name in REQUIRED if not values[name]}
+    action = values.get("action", "").lower() or RequestAction.ONBOARD.value
+    optional_name = action == RequestAction.OFFBOARD  # an offboard names the person by address alone
+    said = {
+        name: "required" for name in REQUIRED if not values[name] and not (optional_name and name == "display_name")
+    }
     senders = values.get("allow_external_senders", "").lower()
     if senders and senders not in _BOOLEANS:
         said["allow_external_senders"] = "must be true or false"
-    group = values["group"]
-    request_id = values.get("request_id") or stable_request_id(values["external_email"], group, values["source_system"])
+    if action not in _ACTIONS:
+        said["action"] = f"must be {', '.join(sorted(_ACTIONS))} (empty: onboard)"
+        action = RequestAction.ONBOARD.value
+    group, expires_at = values["group"], values.get("expires_at", "")
+    request_id = values.get("request_id") or stable_request_id(
+        values["external_email"], group, values["source_system"], action, expires_at
+    )
     try:
         request = OnboardingRequest.model_validate(
             {
+                "action": action,
                 "external_email": values["external_email"],
-                "display_name": values["display_name"],
+                "display_name": values["display_name"] or None,
+                "expires_at": expires_at or None,
                 "first_name": values.get("first_name") or None,
                 "last_name": values.get("last_name") or None,
                 "group": group_target(group),
@@ -178,10 +199,14 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
         )
     except ValidationError as error:
         for found in error.errors():
-            loc = [str(part) for part in found["loc"]]
+            loc = [str(part) for part in found["loc"]] or _field_named_in(found["msg"])
             said.setdefault(
-                loc[0] if loc else "row", RULES.get(".".join(loc), found["msg"].removeprefix("Value error, "))
+                loc[0], RULES.get(".".join(loc), found["msg"].removeprefix("Value error, "))
             )
+    else:
+        # The end as intake will judge it (in the future, at most three years away), judged now.
+        if refusal := end_refusal(request, datetime.now(UTC)):
+            said["expires_at"] = refusal
     if said:
         in_column_order = sorted(said, key=lambda name: COLUMNS.index(name) if name in COLUMNS else len(COLUMNS))
         return [Problem(line, name, said[name]) for name in in_column_order]
@@ -189,6 +214,11 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
         request_id = dry_run_id(request_id)
         request = request.model_copy(update={"request_id": request_id})
     return Row(line, request_id, request)
+
+
+def _field_named_in(message: str) -> list[str]:
+    """A rule about the whole request names the field it is about (display_name, to onboard): report it there."""
+    return [next((name for name in COLUMNS if name in message), "row")]
 
 
 def spreadsheet_cell(value: str) -> str:

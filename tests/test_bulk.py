@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -391,3 +393,45 @@ def test_a_file_with_only_its_header_is_said_to_have_no_rows(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["bulk", str(csv_file), "--check"], env={})
     assert result.exit_code == 2
     assert "No rows below the header" in result.output
+
+
+LIFECYCLE_HEADER = "external_email,display_name,group,source_system,action,expires_at\n"
+
+
+def test_action_and_expires_at_columns_make_offboards_and_leases() -> None:
+    text = LIFECYCLE_HEADER + (
+        "a@fabrikam.example,A,partners@contoso.com,demo-hr,,2099-01-01T00:00:00Z\n"  # too far: three years at most
+        "b@fabrikam.example,,partners@contoso.com,demo-hr,offboard,\n"  # an offboard needs no name
+        "c@fabrikam.example,,partners@contoso.com,demo-hr,update,\n"  # an update does
+        "d@fabrikam.example,D,partners@contoso.com,demo-hr,leave,\n"
+        "e@fabrikam.example,E,partners@contoso.com,demo-hr,,2027-03-31 17:00\n"  # no time zone
+        "f@fabrikam.example,F,partners@contoso.com,demo-hr,,2020-03-31T17:00:00Z\n"  # in the past
+        "g@fabrikam.example,G,partners@contoso.com,demo-hr,offboard,2030-03-31T17:00:00Z\n"  # only an onboarding ends
+    )
+    checked = check_text(text)
+    fields = {(p.line, p.field): p.reason for p in checked.problems}
+    assert set(fields) == {
+        (2, "expires_at"),
+        (4, "display_name"),
+        (5, "action"),
+        (6, "expires_at"),
+        (7, "expires_at"),
+        (8, "expires_at"),
+    }
+    assert "more than" in fields[(2, "expires_at")] and "time zone" in fields[(6, "expires_at")]
+    assert "not in the future" in fields[(7, "expires_at")] and "onboarding" in fields[(8, "expires_at")]
+    assert fields[(5, "action")] == "must be offboard, onboard, update (empty: onboard)"
+    (offboard,) = checked.rows
+    assert offboard.request.action == "offboard" and offboard.request.display_name is None
+
+
+def test_an_offboard_or_a_renewal_row_has_its_own_stable_id_and_a_plain_row_keeps_its_old_one() -> None:
+    onboard = stable_request_id("a@fabrikam.example", "partners@contoso.com", "demo-hr")
+    assert onboard == "bulk-" + hashlib.sha256(b"a@fabrikam.example\npartners@contoso.com\ndemo-hr").hexdigest()[:32]
+    offboard = stable_request_id("a@fabrikam.example", "partners@contoso.com", "demo-hr", "offboard")
+    lease = stable_request_id("a@fabrikam.example", "partners@contoso.com", "demo-hr", "onboard", "2027-03-31T17:00Z")
+    renewal = stable_request_id("a@fabrikam.example", "partners@contoso.com", "demo-hr", "onboard", "2027-06-30T17:00Z")
+    assert len({onboard, offboard, lease, renewal}) == 4
+    soon = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    (row,) = check_text(LIFECYCLE_HEADER + f"a@fabrikam.example,A,partners@contoso.com,demo-hr,onboard,{soon}\n").rows
+    assert row.request.expires_at is not None and row.request_id != onboard
