@@ -200,9 +200,7 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
     except ValidationError as error:
         for found in error.errors():
             loc = [str(part) for part in found["loc"]] or _field_named_in(found["msg"])
-            said.setdefault(
-                loc[0], RULES.get(".".join(loc), found["msg"].removeprefix("Value error, "))
-            )
+            said.setdefault(loc[0], RULES.get(".".join(loc), found["msg"].removeprefix("Value error, ")))
     else:
         # The end as intake will judge it (in the future, at most three years away), judged now.
         if refusal := end_refusal(request, datetime.now(UTC)):

@@ -35,7 +35,7 @@ from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
 from shared.stages import StageDependencies, add_member, create_contact, verify_delivery
 from shared.stages.create_contact import contact_name_candidates
-from shared.stages.dependencies import WelcomeMail
+from shared.stages.dependencies import LeaseKeeping, WelcomeMail
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -55,6 +55,7 @@ class World:
         self.dl = self.graph.add_group(GroupKind.DISTRIBUTION, "partners@contoso.com")
         self.m365 = self.graph.add_group(GroupKind.MICROSOFT_365, "falcon@contoso.com")
         self.welcome: WelcomeMail | None = None
+        self.leases: LeaseKeeping | None = None  # no lease book, as without a journal
         self.now = NOW
 
     @property
@@ -67,6 +68,7 @@ class World:
             guest_redirect_url="https://myapplications.microsoft.com",
             welcome=self.welcome,
             clock=lambda: self.now,
+            leases=self.leases,
         )
 
 
