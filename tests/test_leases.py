@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.servicebus.aio import ServiceBusClient
+from typer.testing import CliRunner
 
+from cli.main import app
 from cli.upstream import peeked, submit
 from shared.contracts import LeaseNotice, OnboardingRequest, OutcomeEvent, OutcomeStatus
 from shared.journal import SqliteJournal
@@ -194,3 +197,29 @@ async def test_an_early_offboard_ends_the_lease_and_its_old_schedule_does_nothin
         await journal.close()
     still = await _lease(stack, key)
     assert still is not None and still.state is LeaseState.ENDED
+
+
+ADELE = "0b6a9c1e-1111-4a4e-9b1a-5f7c2d3e4a01"  # a member user of the demo tenant
+
+
+async def test_a_guest_is_invited_with_its_sponsors_and_onboard_leases_lists_its_lease(stack: LocalStack) -> None:
+    ends_at = datetime.now(UTC).replace(microsecond=0) + timedelta(days=20)
+    request = sample_request("lease-e2e-4", "ines.moreau@tailspin.example", "Ines Moreau", "project-falcon@contoso.com")
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        running_host(stack.environment),
+    ):
+        await submit(client, [request.model_copy(update={"expires_at": ends_at, "sponsors": (uuid.UUID(ADELE),)})])
+        outcome = await OutcomeQueue(client).until("lease-e2e-4")
+    assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
+    assert outcome.recipient is not None and outcome.recipient.created
+    assert stack.sandbox.directory.users[outcome.recipient.id].sponsors == [ADELE]
+
+    environment = {"ONBOARDING_JOURNAL": f"sqlite:{stack.journal_database}", "COLUMNS": "200"}
+    within = await asyncio.to_thread(CliRunner().invoke, app, ["leases", "--within", "21d"], env=environment)
+    assert within.exit_code == 0, within.output
+    assert "project-falcon@contoso.com" in within.output and "lease-e2e-4" in within.output
+    assert f"{ends_at:%Y-%m-%d %H:%M}" in within.output
+    assert "ines.moreau@tailspin.example" not in within.output and "i***@tailspin.example" in within.output
+    sooner = await asyncio.to_thread(CliRunner().invoke, app, ["leases", "--within", "7d"], env=environment)
+    assert sooner.exit_code == 0 and "No lease ends within 7d." in sooner.output
