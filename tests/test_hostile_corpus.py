@@ -140,6 +140,18 @@ def corpus() -> list[Case]:
         "email-local-65": request("email-local-65", external_email="a" * 65 + "@fabrikam.example"),
         "email-local-66-octets": request("email-local-66-octets", external_email="\u00fc" * 33 + "@fabrikam.example"),
         "group-local-65": request("group-local-65", group={"smtp_address": "g" * 65 + "@contoso.com"}),
+        # A lease's end and a guest's sponsors (issue 26): only an aware time, only up to five object ids.
+        "expires-naive": request("expires-naive", expires_at="2027-03-31T17:00:00"),
+        "expires-not-a-time": request("expires-not-a-time", expires_at="tomorrow"),
+        "expires-number": request("expires-number", expires_at=1e308),
+        "expires-year-10000": request("expires-year-10000", expires_at="10000-01-01T00:00:00Z"),
+        "expires-past": request("expires-past", expires_at="2001-01-01T00:00:00Z"),
+        "expires-far": request("expires-far", expires_at="2999-01-01T00:00:00+14:00"),
+        "expires-on-offboard": request("expires-on-offboard", action="offboard", expires_at="2030-01-01T00:00:00Z"),
+        "sponsors-six": request("sponsors-six", sponsors=[str(uuid.uuid4()) for _ in range(6)]),
+        "sponsors-not-uuid": request("sponsors-not-uuid", sponsors=["adele.vance@contoso.com"]),
+        "sponsors-string": request("sponsors-string", sponsors=str(uuid.uuid4())),
+        "sponsors-1000": request("sponsors-1000", sponsors=[str(uuid.uuid4())] * 1000),
     }
     cases: list[Case] = [(case, data(case, body), FAILED, INVALID) for case, body in bad_bodies.items()]
     refused = {
