@@ -61,6 +61,17 @@ REQUEST_EXAMPLES: list[dict[str, Any]] = [
             "allow_external_senders": False,
         },
     },
+    {
+        "name": "offboard",
+        "summary": "Remove a person from a group (contract 1.1); someone who is not a member: Succeeded, saying so",
+        "headers": {"messageId": "hr-2026-0045"},
+        "payload": {
+            "action": "offboard",
+            "external_email": "alex.kim@fabrikam.example",
+            "group": {"smtp_address": "partners@contoso.com"},
+            "source_system": "demo-hr",
+        },
+    },
 ]
 CLOUDEVENT_EXAMPLES: list[dict[str, Any]] = [
     {
@@ -228,7 +239,7 @@ def asyncapi_document() -> dict[str, Any]:
             "update); receive one outcome event per request on its ReplyTo queue, else on onboarding-outcomes. "
             "Contract v1: fields are only added, never changed or removed (1.1 added action; a 1.0 request "
             "keeps its meaning). The stage queues between the functions are internal. Every example "
-            "request onboards into the demo tenant of `make demo` and ends Succeeded (the tests send each).",
+            "request runs against the demo tenant of `make demo` and ends Succeeded (the tests send each).",
         },
         "defaultContentType": "application/json",
         "servers": {

@@ -5,13 +5,18 @@ tests/test_cli.py holds the table in docs/deploy.md and every command's help to 
 
 from __future__ import annotations
 
+# What sending one request needs, whatever its action.
+_ONE_REQUEST = (
+    "Azure Service Bus Data Sender on create-contact; with --request-id also Data Receiver on "
+    "create-contact (it peeks for a waiting duplicate) and, if ONBOARDING_JOURNAL is set, "
+    "Storage Table Data Reader on the journal table; with --wait also Data Receiver on the "
+    "outcome queue or the --reply-to queue (it peeks)."
+)
+
 COMMAND_RIGHTS: dict[str, str] = {
-    "submit": (
-        "Azure Service Bus Data Sender on create-contact; with --request-id also Data Receiver on "
-        "create-contact (it peeks for a waiting duplicate) and, if ONBOARDING_JOURNAL is set, "
-        "Storage Table Data Reader on the journal table; with --wait also Data Receiver on the "
-        "outcome queue or the --reply-to queue (it peeks)."
-    ),
+    "submit": _ONE_REQUEST,
+    "offboard": _ONE_REQUEST,
+    "update": _ONE_REQUEST,
     "bulk": (
         "Azure Service Bus Data Sender on create-contact; with --wait also Data Receiver on the "
         "outcome queue or the --reply-to queue (it peeks); with --check none."

@@ -6,7 +6,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from shared.contracts import OutcomeEvent, OutcomeStatus
+from shared.contracts import OutcomeEvent, OutcomeStatus, RequestAction
 
 _STATUS_STYLES = {
     OutcomeStatus.SUCCEEDED: "green",
@@ -22,10 +22,15 @@ def outcome_lines(outcome: OutcomeEvent) -> list[tuple[str, Text]]:
     if outcome.reason:
         status.append(f": {outcome.reason}")
     lines = [("Outcome", status)]
+    onboarding = outcome.action in (None, RequestAction.ONBOARD)
+    if not onboarding:
+        lines.append(("Action", Text(str(outcome.action))))
     if outcome.group:
         lines.append(("Group", Text(f"{outcome.group.display_name} ({outcome.group.kind})")))
     if outcome.recipient:
-        lines.append(("Recipient", Text(f"{outcome.recipient.kind}{' (new)' if outcome.recipient.created else ''}")))
+        # An onboarding says whether it created the recipient; an offboard or update whether the app did.
+        mark = " (new)" if onboarding else " (created by this app)"
+        lines.append(("Recipient", Text(f"{outcome.recipient.kind}{mark if outcome.recipient.created else ''}")))
     lines.append(("Details", Text(outcome.description)))
     lines.extend(("Change", Text(change)) for change in outcome.changes)
     lines.extend(("Warning", Text(warning, style="yellow")) for warning in outcome.warnings)

@@ -1,5 +1,5 @@
-"""`onboard submit`: one request, validated here, sent to `create-contact`, and with `--wait` followed
-to its outcome event."""
+"""`onboard submit`, `onboard offboard`, `onboard update`: one request, validated here, sent to
+`create-contact`, and with `--wait` followed to its outcome event."""
 
 from __future__ import annotations
 
@@ -25,37 +25,21 @@ if TYPE_CHECKING:
 
 
 def submit_one(
+    command: str,
+    fields: dict[str, object],
     *,
-    email: str,
-    display_name: str,
     group: str,
-    source_system: str,
-    first_name: str | None,
-    last_name: str | None,
     request_id: str | None,
-    allow_external_senders: bool,
-    dry_run: bool,
     reply_to: str | None,
     wait: bool,
     timeout: float,
 ) -> int:
-    """Send one request; the exit code: 0 sent (with `wait`: succeeded), 3 with `wait`: failed, no
-    outcome in time, or dropped as a duplicate of an earlier run."""
-    settings = settings_for("submit", ServiceBusSettings)
+    """Send one request of `command` (its action and fields, the group as typed); the exit code: 0 sent (with
+    `wait`: succeeded), 3 with `wait`: failed, no outcome in time, or dropped as a duplicate of an earlier run."""
+    settings = settings_for(command, ServiceBusSettings)
+    body = {name: value for name, value in fields.items() if value is not None}
     try:
-        request = OnboardingRequest.model_validate(
-            {
-                "external_email": email,
-                "display_name": display_name,
-                "first_name": first_name,
-                "last_name": last_name,
-                "group": group_target(group),
-                "source_system": source_system,
-                "request_id": request_id,
-                "allow_external_senders": allow_external_senders,
-                "dry_run": dry_run,
-            }
-        )
+        request = OnboardingRequest.model_validate(body | {"group": group_target(group), "request_id": request_id})
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise fail(f"Invalid request: {problems}", 2) from None
@@ -73,7 +57,7 @@ def submit_one(
                 errors.print(
                     f"Sent request {sent_id}, but Service Bus drops it as a duplicate: {duplicate}, within "
                     f"create-contact's {DUPLICATE_WINDOW_TEXT} duplicate-detection window. "
-                    "Use a new --request-id to onboard again.",
+                    "Use a new --request-id to send it again.",
                     markup=False,
                 )
             else:

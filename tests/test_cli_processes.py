@@ -89,6 +89,20 @@ def test_the_readme_flow_by_hand_works_with_no_traceback_and_no_needless_error(t
         waited = onboard("submit", *REQUEST, "--group", "partners@contoso.com", "--request-id", "by-hand-2", "--wait")
         assert waited.returncode == 0, waited.stdout + waited.stderr
         assert "Outcome    Succeeded" in waited.stdout and "Partners (Distribution)" in waited.stdout
+        person = (
+            "--email",
+            "ana.silva@fabrikam.example",
+            "--group",
+            "partners@contoso.com",
+            "--source-system",
+            "demo-hr",
+        )
+        renamed = onboard("update", *person, "--display-name", "Ana Silva-Reis", "--request-id", "by-hand-4", "--wait")
+        assert renamed.returncode == 0, renamed.stdout + renamed.stderr
+        assert "Action     update" in renamed.stdout and "display name and names" in renamed.stdout
+        left = onboard("offboard", *person, "--request-id", "by-hand-5", "--wait")
+        assert left.returncode == 0, left.stdout + left.stderr
+        assert "no longer a member" in left.stdout and "Deleted the mail contact this app created" in left.stdout
         failed = onboard(
             "submit", *REQUEST, "--group", "no-such-group@contoso.com", "--request-id", "by-hand-3", "--wait"
         )

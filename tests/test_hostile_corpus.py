@@ -23,8 +23,8 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.amqp import AmqpAnnotatedMessage, AmqpMessageProperties
 from pydantic_core import from_json
 
-from shared.cloudevents import REQUEST_TYPE
-from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus
+from shared.cloudevents import REQUEST_TYPE, REQUEST_TYPES
+from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, RequestAction
 from shared.logs import LOG_FORMAT, THIRD_PARTY_LOGGERS
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.local_host import load_function_app
@@ -77,6 +77,17 @@ def request(case: str, **changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return {k: v for k, v in body.items() if v is not ...}
+
+
+def offboard_event(case: str) -> dict[str, Any]:
+    """A CloudEvent of the offboard type carrying a request without an action (an onboarding)."""
+    return {
+        "specversion": "1.0",
+        "id": case,
+        "source": "/hr",
+        "type": REQUEST_TYPES[RequestAction.OFFBOARD],
+        "data": request(case),
+    }
 
 
 def data(case: str, body: bytes | dict[str, Any], **envelope: Any) -> ServiceBusMessage:
@@ -132,6 +143,13 @@ def corpus() -> list[Case]:
         "email-header-injection": request("email-header-injection", external_email="a@fabrikam.example\r\nBcc: x@e.x"),
         "email-zero-width": request("email-zero-width", external_email="a\u200b@fabrikam.example"),
         "version-number": request("version-number", contract_version=1),
+        # Contract 1.1's action and the fields each action reads.
+        "action-unknown": request("action-unknown", action="delete"),
+        "action-number": request("action-number", action=1),
+        "action-null": request("action-null", action=None),
+        "update-no-name": request("update-no-name", action="update", display_name=...),
+        "offboard-new-address": request("offboard-new-address", action="offboard", new_external_email="n@x.example"),
+        "new-address-bad": request("new-address-bad", action="update", new_external_email="not-an-address"),
         "request-id-number": request("request-id-number", request_id=5),
         "request-id-query": request("request-id-query", request_id="a?b#c"),
         "name-200k": request("name-200k", display_name="n" * 200_000),
@@ -165,6 +183,19 @@ def corpus() -> list[Case]:
             "PolicyDenied",
         ),
         "unknown-group": (request("unknown-group", group={"smtp_address": "nobody@contoso.com"}), "GroupNotFound"),
+        "address-change": (
+            request("address-change", action="update", new_external_email="moved@northwind.example"),
+            "AddressChangeRefused",
+        ),
+        "update-nobody": (request("update-nobody", action="update"), "DirectoryRejected"),
+        "offboard-blocked": (
+            request("offboard-blocked", action="offboard", external_email="x@blocked.example"),
+            "PolicyDenied",
+        ),
+        "offboard-not-allowed": (
+            request("offboard-not-allowed", action="offboard", group={"smtp_address": "board@contoso.com"}),
+            "PolicyDenied",
+        ),
         "unknown-group-id": (request("unknown-group-id", group={"object_id": str(uuid.uuid4())}), "GroupNotFound"),
         "dynamic-group": (
             request("dynamic-group", group={"smtp_address": "all-staff@contoso.com"}),
@@ -210,6 +241,9 @@ def corpus() -> list[Case]:
         ("binary-body-id", binary_id_with_body_id, OK, None),
         ("deep-event", data("deep-event", deep_event(), content_type="application/cloudevents+json"), FAILED, INVALID),
         ("deep-event-untyped", data("deep-event-untyped", deep_event()), FAILED, INVALID),
+        # An offboard event whose request onboards: the type and the body must agree.
+        ("type-mismatch", data("type-mismatch", offboard_event("type-mismatch")), FAILED, INVALID),
+        ("offboard-nobody", data("offboard-nobody", request("offboard-nobody", action="offboard")), OK, None),
         # Valid requests whose addresses a log line could spell many ways (the log test looks for each).
         (
             "unicode",
