@@ -157,10 +157,13 @@ def _on(role: str, *names: str) -> Rights:
 # --watch, every stage queue and its dead-letter sub-queue (upstream.peek_count); dlq list and show
 # peek dead-letter sub-queues; purge receives from them; replay receives and sends back to the same
 # stage queue (dlq.replay). Peeking is receiving as far as roles go.
+_ONE_REQUEST = (
+    _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, CREATE_CONTACT, OUTCOME_QUEUE) | _on(TABLE_READER, JOURNAL_TABLE)
+)
 OPERATOR_COMMANDS: dict[str, Rights] = {
-    "submit": _on(SENDER, CREATE_CONTACT)
-    | _on(RECEIVER, CREATE_CONTACT, OUTCOME_QUEUE)
-    | _on(TABLE_READER, JOURNAL_TABLE),
+    "submit": _ONE_REQUEST,
+    "offboard": _ONE_REQUEST,  # submit's flow with action offboard (cli/submit.py)
+    "update": _ONE_REQUEST,
     "bulk": _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, OUTCOME_QUEUE),
     "status": _on(TABLE_READER, JOURNAL_TABLE) | _on(RECEIVER, *STAGE_QUEUES),
     "leases": _on(TABLE_READER, LEASE_TABLE),
