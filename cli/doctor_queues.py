@@ -20,7 +20,7 @@ from azure.servicebus.aio.management import ServiceBusAdministrationClient
 from azure.servicebus.management import QueueProperties
 from pydantic import SecretStr
 
-from shared.queues import DUPLICATE_WINDOW, PIPELINE, SELF_CHECK_QUEUE
+from shared.queues import DUPLICATE_WINDOW, LEASE_QUEUE, PIPELINE, SELF_CHECK_QUEUE
 from shared.selfcheck import Check, Status
 
 MANAGE_ROLE = "Azure Service Bus Data Owner"
@@ -45,12 +45,14 @@ def expected_queues(
     outcome_queue: str, max_delivery_count: int, intake: tuple[str, ...] = ()
 ) -> list[QueueExpectation]:
     """The stage queues, each source's own intake queue (read by create-contact like its own), the outcome
-    queue and the doctor's."""
+    queue, the doctor's and the leases' wake-ups."""
     stages = [QueueExpectation(name, True, max_delivery_count, True) for name in (*PIPELINE, *intake)]
     return [
         *stages,
         QueueExpectation(outcome_queue, True, None, None),  # a second outcome of one run is dropped
         QueueExpectation(SELF_CHECK_QUEUE, None, None, None),
+        # A wake-up rescheduled within the window (the same end kept again) is dropped: one pair per end.
+        QueueExpectation(LEASE_QUEUE, True, None, None),
     ]
 
 

@@ -20,8 +20,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +31,8 @@ from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 from rich.console import Console
 
-from shared.contracts import OutcomeEvent, StageName
+from shared.contracts import OutcomeEvent, OutcomeStatus, StageName
+from shared.leases import NOTICE_SUBJECT, expiry_request_id, lease_key
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from standins.stack import LocalStack, local_stack
@@ -38,7 +40,7 @@ from standins.tenant_sandbox import Knobs
 
 OUTCOMES = "onboarding-outcomes"
 GROUPS = ("partners@contoso.com", "suppliers-secure@contoso.com", "project-falcon@contoso.com")
-QUEUES = (*(stage.value for stage in StageName), OUTCOMES)
+QUEUES = (*(stage.value for stage in StageName), OUTCOMES, "leases")
 UNKIND_TENANT = {
     "error_rate": {"graph": {"rate": 0.05}, "exchange": {"rate": 0.05}},
     "throttle": {
@@ -47,12 +49,21 @@ UNKIND_TENANT = {
     },
     "replication_lag_seconds": 1.0,
 }
+# A share of the valid requests carry a lease of LEASE_SECONDS (docs/leases.md): its end sends an offboard
+# request through the same chaos, whose outcome is counted like any other.
+LEASED_SHARE = 0.1
+LEASE_SECONDS = (30.0, 90.0)
+LEASE_NOTICE_SECONDS = "10"
+_DONE = {OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS}
 
 
 @dataclass
 class Report:
     sent: int = 0
     invalid_sent: int = 0
+    leased: set[str] = field(default_factory=set)  # request ids sent with an end
+    expired: int = 0  # leases whose end's offboard has an outcome
+    notices: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)  # by status
     lost: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
@@ -69,7 +80,8 @@ class Report:
         statuses = ", ".join(f"{status} {count}" for status, count in sorted(self.outcomes.items()))
         left = ", ".join(f"{queue} {count}" for queue, count in self.left.items() if count) or "nothing"
         return [
-            f"requests sent: {self.sent} ({self.invalid_sent} invalid on purpose)",
+            f"requests sent: {self.sent} ({self.invalid_sent} invalid on purpose, {len(self.leased)} with a lease)",
+            f"leases ended: {self.expired} (their offboard's outcome counted below), notices: {self.notices}",
             f"outcomes: {sum(self.outcomes.values())} ({statuses})",
             f"lost (no outcome): {len(self.lost)}" + (f" e.g. {self.lost[:5]}" if self.lost else ""),
             f"duplicated: {len(self.duplicated)}" + (f" e.g. {self.duplicated[:5]}" if self.duplicated else ""),
@@ -83,13 +95,15 @@ def request_body(index: int, rng: random.Random, invalid_share: float) -> tuple[
     request_id = f"chaos-{index:05d}"
     if rng.random() < invalid_share:
         return request_id, json.dumps({"request_id": request_id, "external_email": "nope"}).encode(), True
-    body = {
+    body: dict[str, object] = {
         "request_id": request_id,
         "external_email": f"person{index:05d}@fabrikam.example",
         "display_name": f"Chaos Person {index:05d}",
         "group": {"smtp_address": GROUPS[index % len(GROUPS)]},
         "source_system": "demo-hr",
     }
+    if rng.random() < LEASED_SHARE:
+        body["expires_at"] = (datetime.now(UTC) + timedelta(seconds=rng.uniform(*LEASE_SECONDS))).isoformat()
     return request_id, json.dumps(body).encode(), False
 
 
@@ -137,7 +151,10 @@ async def run_chaos(
         database = Path(folder) / "servicebus.db"
         config = EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=5))
         knobs = Knobs.model_validate({**UNKIND_TENANT, "random_seed": seed})
-        with local_stack(emulator_config=config, servicebus_database=database, sandbox_knobs=knobs) as stack:
+        settings = {"ONBOARDING_LEASE_NOTICE_SECONDS": LEASE_NOTICE_SECONDS}
+        with local_stack(
+            emulator_config=config, servicebus_database=database, sandbox_knobs=knobs, settings=settings
+        ) as stack:
             emulator = stack.emulator
             host = Host(stack.environment)
             await host.start()
@@ -158,9 +175,9 @@ async def run_chaos(
                     await host.kill()
                     report.kills += 1
                     await host.start()
-                outcomes = await _collect(stack, set(ids), deadline)
+                outcomes = await _collect(stack, lambda seen: set(ids) | _ends(report, seen), deadline, report)
                 await host.stop()
-                _count(report, ids, outcomes, stack)
+                _count(report, [*ids, *sorted(_ends(report, outcomes))], outcomes, stack)
                 report.left = await _left_in_queues(emulator.connection_string)
             finally:
                 await host.stop()
@@ -183,6 +200,8 @@ async def _send_all(
             request_id, body, invalid = request_body(index, rng, invalid_share)
             ids.append(request_id)
             report.invalid_sent += invalid
+            if b"expires_at" in body:
+                report.leased.add(request_id)
             batch.append(ServiceBusMessage(body, message_id=request_id, content_type="application/json"))
             if len(batch) == 50:
                 await sender.send_messages(batch)
@@ -201,8 +220,22 @@ async def _restart(emulator: ServiceBusEmulator, config: EmulatorConfig, databas
     return again
 
 
-async def _collect(stack: LocalStack, wanted: set[str], deadline: float) -> list[OutcomeEvent]:
-    """Every outcome until each wanted request has one (then a little longer, to see duplicates).
+def _ends(report: Report, outcomes: list[OutcomeEvent]) -> set[str]:
+    """The offboard request each lease that began sends at its end: one per leased onboarding that succeeded."""
+    return {
+        expiry_request_id(
+            lease_key(f"person{o.request_id.removeprefix('chaos-')}@fabrikam.example", o.group.id), o.expires_at
+        )
+        for o in outcomes
+        if o.request_id in report.leased and o.status in _DONE and o.group is not None and o.expires_at is not None
+    }
+
+
+async def _collect(
+    stack: LocalStack, wanted: Callable[[list[OutcomeEvent]], set[str]], deadline: float, report: Report
+) -> list[OutcomeEvent]:
+    """Every outcome until each wanted request has one (then a little longer, to see duplicates); which are
+    wanted grows with what arrives (a lease's end sends a request of its own).
 
     Counted once per sequence number: an outcome message delivered again because its completion
     was lost (a lock that ran out on this busy machine) is the same event, not a duplicate; a
@@ -219,18 +252,22 @@ async def _collect(stack: LocalStack, wanted: set[str], deadline: float) -> list
                     for message in batch:
                         if (number := message.sequence_number or 0) not in seen:
                             seen.add(number)
-                            outcomes.append(OutcomeEvent.model_validate_json(b"".join(message.body)))
+                            if message.subject == NOTICE_SUBJECT:  # a lease's notice, not an outcome
+                                report.notices += 1
+                            else:
+                                outcomes.append(OutcomeEvent.model_validate_json(b"".join(message.body)))
                         await receiver.complete_message(message)
             except Exception:  # the broker restarting under us: try again
                 await asyncio.sleep(1)
                 continue
-            if grace is None and wanted <= {o.request_id for o in outcomes}:
+            if grace is None and wanted(outcomes) <= {o.request_id for o in outcomes}:
                 grace = time.monotonic() + 5
     return outcomes
 
 
 def _count(report: Report, ids: list[str], outcomes: list[OutcomeEvent], stack: LocalStack) -> None:
     per_request = Counter(o.request_id for o in outcomes)
+    report.expired = sum(1 for request_id in ids if request_id.startswith("lease-") and per_request[request_id])
     report.outcomes = Counter(str(o.status) for o in outcomes)
     report.lost = [request_id for request_id in ids if per_request[request_id] == 0]
     report.duplicated = [request_id for request_id, n in per_request.items() if n > 1]
