@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from shared.journal.ports import LeaseBook
 from shared.outbox import Outbox
 from shared.policy import OnboardingPolicy
 from shared.queues import LEASE_QUEUE
+
+logger = logging.getLogger("onboarding.leases")
 
 NOTICE_TYPE = "org.m365-external-onboarding.lease.ending.v1"
 NOTICE_SOURCE = "/m365-external-onboarding/leases"
@@ -164,12 +167,25 @@ class LeaseKeeper:
         return Finish(decision.outcome.model_copy(update={"changes": (*decision.outcome.changes, change)}))
 
     async def _without_end(self, decision: Finish, key: str) -> Finish:
-        """An onboarding without an end for someone whose membership had one: it no longer ends."""
-        lease = await self.book.lease(key)
-        if lease is None or lease.state is not LeaseState.ACTIVE:
-            return decision
-        if not await self.book.settle_lease(key, lease.ends_at, LeaseState.ENDED):
-            return decision  # settled meanwhile: its end came, or another request changed it
+        """An onboarding without an end for someone whose membership had one: it no longer ends.
+
+        An onboarding without an end never waits for the journal (a journal that is down costs a warning,
+        never a retry): when the lease book cannot be read, the outcome says so and names the check."""
+        try:
+            lease = await self.book.lease(key)
+            if lease is None or lease.state is not LeaseState.ACTIVE:
+                return decision
+            if not await self.book.settle_lease(key, lease.ends_at, LeaseState.ENDED):
+                return decision  # settled meanwhile: its end came, or another request changed it
+        except Exception as error:
+            logger.warning("could not look for a lease to remove: %s", type(error).__name__)
+            warning = (
+                f"Could not read the lease book ({type(error).__name__}) to remove an earlier end of this "
+                f"membership: if it had one (onboard leases; lease {key}), it still ends then."
+            )
+            outcome = decision.outcome
+            status = OutcomeStatus.SUCCEEDED_WITH_WARNINGS
+            return Finish(outcome.model_copy(update={"warnings": (*outcome.warnings, warning), "status": status}))
         change = (
             f"The lease that ended the membership at {lease.ends_at:%Y-%m-%d %H:%M} UTC is removed: it no longer ends."
         )

@@ -162,3 +162,13 @@ async def test_a_wake_up_acts_only_on_the_active_lease_with_its_end_and_only_onc
     assert notice[0] == "onboarding-outcomes"
     assert offboard == again == ("create-contact", expiry_request_id(key, later_end))
     assert "complete" in recorder.kinds()
+
+
+async def test_an_onboarding_without_an_end_does_not_wait_for_a_lease_book_that_is_down(
+    world: World, book: SqliteJournal
+) -> None:
+    world.leases = _keeper(book, Recorder(), world)
+    await book.close()  # the journal's storage is gone
+    finished = await _onboarded(world)
+    assert finished.outcome.status is OutcomeStatus.SUCCEEDED_WITH_WARNINGS
+    assert any("Could not read the lease book" in warning for warning in finished.outcome.warnings)
