@@ -157,20 +157,22 @@ class LeaseKeeper:
         group = decision.outcome.group
         if group is None or decision.outcome.status not in _DONE:
             return decision
-        key = lease_key(str(request.external_email), group.id)
-        lease = await self.book.lease(key)
-        if lease is None or lease.state is not LeaseState.ACTIVE:
-            return decision
-        if not await self.book.settle_lease(key, lease.ends_at, LeaseState.ENDED):
-            return decision
-        change = f"The lease that would have ended the membership at {lease.ends_at:%Y-%m-%d %H:%M} UTC is ended."
-        return Finish(decision.outcome.model_copy(update={"changes": (*decision.outcome.changes, change)}))
+        change = "The lease that would have ended the membership at {ends_at:%Y-%m-%d %H:%M} UTC is ended."
+        return await self._end(decision, lease_key(str(request.external_email), group.id), change)
 
     async def _without_end(self, decision: Finish, key: str) -> Finish:
-        """An onboarding without an end for someone whose membership had one: it no longer ends.
+        """An onboarding without an end for someone whose membership had one: it no longer ends."""
+        change = "The lease that ended the membership at {ends_at:%Y-%m-%d %H:%M} UTC is removed: it no longer ends."
+        return await self._end(decision, key, change)
 
-        An onboarding without an end never waits for the journal (a journal that is down costs a warning,
-        never a retry): when the lease book cannot be read, the outcome says so and names the check."""
+    async def _end(self, decision: Finish, key: str, change: str) -> Finish:
+        """End the person's active lease, saying so (`change`, formatted with its end) in the outcome.
+
+        Neither an offboard nor an onboarding without an end waits for the journal (a journal that is down
+        costs a warning, never a retry): when the lease book cannot be used, the outcome says which lease
+        may still end the membership. That end's offboard then finds nothing to remove, or, after a later
+        onboarding, removes it: `onboard leases` shows it, and an offboard or onboarding sent again ends it."""
+        outcome = decision.outcome
         try:
             lease = await self.book.lease(key)
             if lease is None or lease.state is not LeaseState.ACTIVE:
@@ -178,18 +180,15 @@ class LeaseKeeper:
             if not await self.book.settle_lease(key, lease.ends_at, LeaseState.ENDED):
                 return decision  # settled meanwhile: its end came, or another request changed it
         except Exception as error:
-            logger.warning("could not look for a lease to remove: %s", type(error).__name__)
+            logger.warning("could not look for a lease to end: %s", type(error).__name__)
             warning = (
-                f"Could not read the lease book ({type(error).__name__}) to remove an earlier end of this "
+                f"Could not read the lease book ({type(error).__name__}) to end an earlier lease of this "
                 f"membership: if it had one (onboard leases; lease {key}), it still ends then."
             )
-            outcome = decision.outcome
             status = OutcomeStatus.SUCCEEDED_WITH_WARNINGS
             return Finish(outcome.model_copy(update={"warnings": (*outcome.warnings, warning), "status": status}))
-        change = (
-            f"The lease that ended the membership at {lease.ends_at:%Y-%m-%d %H:%M} UTC is removed: it no longer ends."
-        )
-        return Finish(decision.outcome.model_copy(update={"changes": (*decision.outcome.changes, change)}))
+        ended = change.format(ends_at=lease.ends_at)
+        return Finish(outcome.model_copy(update={"changes": (*outcome.changes, ended)}))
 
     def _lease(self, key: str, ends_at: datetime, message: StageMessage, delivery: Delivery) -> Lease:
         request, group = message.request, message.group
