@@ -330,7 +330,7 @@ DEPLOYED_PYTHON = Path(__file__).resolve().parents[1] / ".venv" / "worker" / "bi
 
 
 def cold_start_row() -> None:
-    interpreters = {"dev venv, Python 3.11": sys.executable}
+    interpreters = {"dev venv, Python 3.13": sys.executable}
     if DEPLOYED_PYTHON.exists():
         interpreters["requirements.txt only, Python 3.13 (as deployed)"] = str(DEPLOYED_PYTHON)
     for label, python in interpreters.items():
