@@ -1,8 +1,8 @@
 """`onboard dlq`: see, replay and purge what the stage queues dead-lettered.
 
-Most dead letters are deferred: the dead-letter functions report each once and defer it, so it stays
-for operators (shared/dead_letters.py). Peeking shows deferred and active ones alike; a deferred one
-can then only be taken by its sequence number, an active one by receiving it.
+Dead letters stay active: the dead-letter sweep only peeks (shared/dead_letters.py). Those an
+earlier version's dead-letter functions deferred are still taken: peeking shows deferred and active
+ones alike; a deferred one can only be taken by its sequence number, an active one by receiving it.
 
 A replay is a new run of the request, not a copy of the message: the same body (request id, what
 earlier stages gathered), the next replay number, and a fresh attempt budget, so its MessageIds and
@@ -28,11 +28,11 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.plumbing import console, errors, fail, settings_for, with_servicebus
-from cli.upstream import PEEK_BATCH, peeked
 from shared import envelope
 from shared.contracts import StageName
 from shared.envelope import Delivery
 from shared.logs import mask_emails
+from shared.outbox import PEEK_BATCH, peeked
 from shared.progress import group_addresses
 from shared.reasons import REASONS
 from shared.settings import ServiceBusSettings
@@ -272,7 +272,7 @@ def render_list(views: Sequence[DeadLetterView], now: datetime) -> RenderableTyp
             _age_text(view.age(now)),
             Text(description),
         )
-    note = Text("* reported as an outcome and deferred: replay takes it by sequence number", style="dim")
+    note = Text("* deferred by an earlier version: replay takes it by sequence number", style="dim")
     return Group(table, note) if any(v.deferred for v in views) else table
 
 
@@ -291,7 +291,7 @@ def render_one(queue: StageName, message: ServiceBusReceivedMessage, now: dateti
         ("Description", view.description),
         ("Attempts", str(view.attempts)),
         ("Age", _age_text(view.age(now))),
-        ("State", "deferred (outcome reported)" if view.deferred else "active"),
+        ("State", "deferred (by an earlier version)" if view.deferred else "active"),
     ]
     for name, value in sorted((_text(k), _text(v)) for k, v in (message.application_properties or {}).items()):
         rows.append((f"  {name}", mask(value)))

@@ -23,7 +23,7 @@ def serve_host(*, verbose: bool) -> None:
 
     async def serve() -> None:
         local_host = LocalHost(load_function_app())
-        count = len(local_host.triggers)
+        count = len(local_host.triggers) + len(local_host.timers)
         console.print(f"Local host runs {count} functions on {namespace_of(settings)}. Ctrl-C stops.", markup=False)
         try:
             await local_host.run(until_interrupted())

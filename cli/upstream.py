@@ -10,18 +10,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.identity.aio import DefaultAzureCredential
-from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceivedMessage, ServiceBusSubQueue
-from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 
 from shared.contracts import OnboardingRequest, OutcomeEvent, StageName
 from shared.envelope import outcome_message_id
+from shared.outbox import peeked
 from shared.queues import DUPLICATE_WINDOW
 from shared.settings import ServiceBusSettings
 
 # A command line should fail within seconds when the namespace is unreachable, not after the
 # SDK's default three retries (about 13 s).
 CLIENT_RETRIES = 1
-PEEK_BATCH = 100
 # Service Bus Standard refuses a batch over 256 KiB as the broker counts it. The SDK fills a batch to
 # its own estimate, which came out 19 bytes short of what the emulator received (262,163 bytes for a
 # full 262,144-byte batch of 1,000 rows), and Service Bus answers "exceeds the limit (262144 bytes)"
@@ -53,15 +53,6 @@ async def servicebus_client(settings: ServiceBusSettings) -> AsyncIterator[Servi
         ServiceBusClient(str(settings.servicebus_namespace), credential, retry_total=CLIENT_RETRIES) as client,
     ):
         yield client
-
-
-async def peeked(receiver: ServiceBusReceiver, from_sequence: int = 0) -> AsyncIterator[ServiceBusReceivedMessage]:
-    """Every message from `from_sequence` to the end of the queue, in order, peeked (no lock, nothing
-    settled): Service Bus numbers a queue's messages in the order they were enqueued."""
-    while batch := await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=from_sequence):
-        for message in batch:
-            from_sequence = (message.sequence_number or 0) + 1
-            yield message
 
 
 async def is_queued(client: ServiceBusClient, queue: str, message_id: str) -> bool:

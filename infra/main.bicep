@@ -76,7 +76,7 @@ var queueProperties = {
   maxDeliveryCount: maxDeliveryCount
   lockDuration: 'PT1M'
   defaultMessageTimeToLive: 'P14D'
-  deadLetteringOnMessageExpiration: true // an expired request still gets an outcome (the dead-letter functions)
+  deadLetteringOnMessageExpiration: true // an expired request still gets an outcome (the dead-letter sweep)
   requiresDuplicateDetection: true
   duplicateDetectionHistoryTimeWindow: 'PT10M'
   requiresSession: false

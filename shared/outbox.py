@@ -1,5 +1,6 @@
 """Where decisions' messages go (the `Outbox` port), and its Service Bus implementation: one client
-per process and one cached sender per queue (`QueueSenders`).
+per process and one cached sender per queue (`QueueSenders`), which also peeks the dead-letter
+sub-queues for the dead-letter sweep (shared/dead_letters.py).
 
 An aio sender opens its link lazily on first use, and two coroutines opening it at once break it
 (the SDK is not safe for concurrent use of one handler), so each queue's sender has its own lock.
@@ -8,19 +9,31 @@ An aio sender opens its link lazily on first use, and two coroutines opening it 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.servicebus import ServiceBusMessage
-from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
 from azure.servicebus.exceptions import MessagingEntityNotFoundError, ServiceBusAuthenticationError
 
 from shared.settings import ServiceBusSettings
 
+PEEK_BATCH = 100  # messages per peek
+
+
+async def peeked(receiver: ServiceBusReceiver, from_sequence: int = 0) -> AsyncIterator[ServiceBusReceivedMessage]:
+    """Every message from `from_sequence` to the end of the queue, in order, peeked (no lock, nothing
+    settled): Service Bus numbers a queue's messages in the order they were enqueued."""
+    while batch := await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=from_sequence):
+        for message in batch:
+            from_sequence = (message.sequence_number or 0) + 1
+            yield message
+
 
 class Outbox(Protocol):
-    """What the runner and the dead-letter functions send through; tests hand in a recording fake."""
+    """What the runner and the dead-letter sweep send through; tests hand in a recording fake."""
 
     async def send(self, queue: str, message: ServiceBusMessage) -> None: ...
 
@@ -75,6 +88,12 @@ class QueueSenders:
         sender, lock = self._sender(queue)
         async with lock:
             await sender.schedule_messages(message, at)
+
+    async def dead_letters(self, queue: str) -> AsyncIterator[ServiceBusReceivedMessage]:
+        """Every message in `queue`'s dead-letter sub-queue, peeked: the sweep reads, never settles."""
+        async with self._client.get_queue_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as receiver:
+            async for message in peeked(receiver):
+                yield message
 
     async def close(self) -> None:
         for sender, _ in self._senders.values():

@@ -1,4 +1,4 @@
-"""A local stand-in for the Azure Functions host, for the Service Bus triggers of function_app.py.
+"""A local stand-in for the Azure Functions host, for the Service Bus and timer triggers of function_app.py.
 
 It discovers the triggers with `app.get_functions()`, receives from whatever namespace the
 trigger's connection setting names (the emulator, or a real namespace in Azure) with the real
@@ -6,6 +6,10 @@ azure-servicebus SDK, and calls each function with the argument types the Azure 
 azure.servicebus ServiceBusReceivedMessage and an object with ServiceBusMessageActions' methods
 that settles through the SDK receiver. host.json's maxConcurrentCalls bounds the concurrency, and
 locks are renewed while a function runs, up to maxAutoLockRenewalDuration.
+
+A timer function runs on its NCRONTAB schedule (UTC, standins/ncrontab.py), never alongside itself,
+as the host's storage lock keeps one run at a time across instances; `run_timer` runs one at once, as
+the host's admin endpoint does (POST /admin/functions/<name>).
 
 As in Azure, where the .NET host process receives, renews locks and settles while the Python worker
 runs the functions, the Service Bus side runs on a thread and event loop of its own, and the
@@ -27,13 +31,15 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import azure.functions as func
 from azure.functions.decorators.servicebus import ServiceBusQueueTrigger
+from azure.functions.decorators.timer import TimerTrigger
+from azure.functions.timer import TimerRequest
 from azure.identity.aio import DefaultAzureCredential
 from azure.servicebus import ServiceBusReceivedMessage
 from azure.servicebus._pyamqp._encode import encode_payload
@@ -51,12 +57,15 @@ from azurefunctions.extensions.bindings.servicebus import ServiceBusConverter
 from azurefunctions.extensions.bindings.servicebus.serviceBusMessageActions import SettlementError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from standins.ncrontab import Schedule
+
 logger = logging.getLogger("onboarding.local_host")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MAX_CONCURRENT_CALLS = 16  # the Functions Service Bus extension's default
 RECONNECT_FIRST_DELAY_SECONDS = 1.0
 RECONNECT_MAX_DELAY_SECONDS = 30.0
+PAST_DUE = timedelta(seconds=1)  # a timer run this much later than its schedule says so (TimerRequest.past_due)
 
 
 @dataclass(frozen=True)
@@ -70,10 +79,22 @@ class QueueTrigger:
     user_function: Callable[..., Any]
 
 
+@dataclass(frozen=True)
+class TimerFunction:
+    function_name: str
+    schedule: Schedule
+    parameter: str
+    user_function: Callable[..., Any]
+
+
 @functools.cache  # get_functions() refuses to run twice on one app ("not a unique function name")
+def _functions(app: func.FunctionApp) -> tuple[Any, ...]:
+    return tuple(app.get_functions())
+
+
 def discover_triggers(app: func.FunctionApp) -> tuple[QueueTrigger, ...]:
     triggers = []
-    for function in app.get_functions():
+    for function in _functions(app):
         trigger = function.get_trigger()
         if not isinstance(trigger, ServiceBusQueueTrigger):
             continue
@@ -90,6 +111,17 @@ def discover_triggers(app: func.FunctionApp) -> tuple[QueueTrigger, ...]:
             )
         )
     return tuple(triggers)
+
+
+def discover_timers(app: func.FunctionApp) -> tuple[TimerFunction, ...]:
+    timers = []
+    for function in _functions(app):
+        trigger = function.get_trigger()
+        if isinstance(trigger, TimerTrigger):
+            user_function = function.get_user_function()
+            name = function.get_function_name() or user_function.__name__
+            timers.append(TimerFunction(name, Schedule.parse(trigger.schedule), trigger.name, user_function))
+    return tuple(timers)
 
 
 def _actions_parameter(user_function: Callable[..., Any], message_parameter: str) -> str | None:
@@ -298,8 +330,10 @@ class LocalHost:
         receive_wait_seconds: float = 1.0,
     ) -> None:
         self._triggers = discover_triggers(app)
-        if not self._triggers:
-            raise RuntimeError("the function app has no Service Bus triggers")
+        self._timers = {timer.function_name: timer for timer in discover_timers(app)}
+        if not self._triggers and not self._timers:
+            raise RuntimeError("the function app has no Service Bus or timer triggers")
+        self._timer_locks: dict[str, asyncio.Lock] = {}
         self._environment = environment
         self._options = host_options()
         self._concurrency = concurrency or self._options.max_concurrent_calls
@@ -311,6 +345,33 @@ class LocalHost:
     @property
     def triggers(self) -> list[QueueTrigger]:
         return list(self._triggers)
+
+    @property
+    def timers(self) -> list[TimerFunction]:
+        return list(self._timers.values())
+
+    async def run_timer(self, function_name: str, *, past_due: bool = False) -> None:
+        """Run a timer function now, on the caller's loop (the worker's), once any run of it has ended;
+        a failure is logged, as the host does (a timer function is not retried)."""
+        timer = self._timers[function_name]
+        lock = self._timer_locks.setdefault(function_name, asyncio.Lock())
+        async with lock:
+            self.invocations += 1
+            try:
+                result = timer.user_function(**{timer.parameter: TimerRequest(past_due=past_due)})
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("function %s failed", function_name)
+
+    async def _on_schedule(self, timer: TimerFunction, stop: asyncio.Event) -> None:
+        logger.info("function %s runs on schedule %r (UTC)", timer.function_name, timer.schedule.expression)
+        while not stop.is_set():
+            due = timer.schedule.next_after(datetime.now(UTC))
+            try:
+                await asyncio.wait_for(stop.wait(), max((due - datetime.now(UTC)).total_seconds(), 0))
+            except TimeoutError:
+                await self.run_timer(timer.function_name, past_due=datetime.now(UTC) - due > PAST_DUE)
 
     def _client(self, connection: str) -> ServiceBusClient:
         connection_string = self._environment.get(connection)
@@ -343,12 +404,16 @@ class LocalHost:
 
         hosting = asyncio.ensure_future(asyncio.to_thread(host))
         stopping = asyncio.ensure_future(stop.wait())
+        timers_stop = asyncio.Event()
+        ticking = [asyncio.create_task(self._on_schedule(timer, timers_stop)) for timer in self._timers.values()]
         try:
             await asyncio.wait({hosting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            timers_stop.set()  # a timer function that is running finishes first
             with contextlib.suppress(RuntimeError):  # the host's loop already ended (it failed)
                 host_loop.call_soon_threadsafe(host_stop.set)
+            await asyncio.gather(*ticking)
             await hosting  # in-flight invocations finish on this loop meanwhile
 
     async def _serve(self, function_loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -360,6 +425,7 @@ class LocalHost:
             async with asyncio.TaskGroup() as group:
                 for trigger in self._triggers:
                     group.create_task(self._pump(trigger, clients[trigger.connection], stop, function_loop))
+            await stop.wait()  # an app of timers alone: the host runs until it is stopped all the same
         finally:
             for client in clients.values():
                 await client.close()

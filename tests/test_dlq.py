@@ -34,11 +34,11 @@ from tests.samples import PARTNERS, sample_request
 pytestmark = pytest.mark.stack
 
 
-async def _reported(client: ServiceBusClient, queue: StageName, count: int) -> list[DeadLetterView]:
-    """The dead letters once the dead-letter functions have reported and deferred `count` of them."""
+async def _dead_lettered(client: ServiceBusClient, queue: StageName, count: int) -> list[DeadLetterView]:
+    """The dead letters of `queue` once there are `count`: the pipeline publishes the outcome first."""
     async with asyncio.timeout(20):
         while True:
-            views = [v for v in await list_dead_letters(client, [queue]) if v.deferred]
+            views = await list_dead_letters(client, [queue])
             if len(views) >= count:
                 return views
             await asyncio.sleep(0.2)
@@ -55,11 +55,11 @@ async def test_a_dead_letter_replayed_after_its_cause_is_fixed_succeeds_with_one
         first = await collect_outcomes(client, OUTCOMES, [request_id], within_seconds=30)
         assert first[request_id].reason is DeadLetterReason.PERMISSION_DENIED
 
-        (view,) = await _reported(client, StageName.ADD_MEMBER, 1)
-        assert (view.request_id, view.reason, view.deferred) == (request_id, "PermissionDenied", True)
+        (view,) = await _dead_lettered(client, StageName.ADD_MEMBER, 1)
+        assert (view.request_id, view.reason, view.deferred) == (request_id, "PermissionDenied", False)
         text = _rendered(render_list([view], datetime.now(UTC)))
         assert all(len(line) <= 80 for line in text.splitlines())
-        assert "add-member*" in text and "PermissionDenied" in text and email not in text
+        assert "add-member" in text and "PermissionDenied" in text and email not in text
 
         # The role is granted (the scripted refusal is used up); the operator replays.
         (done,) = await replay(client, StageName.ADD_MEMBER, [view], datetime.now(UTC))

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from cli.command_rights import COMMAND_RIGHTS, rights_epilog
 from cli.main import app
+from functions.triggers import swept_queues
 from shared.queues import SELF_CHECK_QUEUE, StageName, intake_queues
 from shared.settings import ServiceBusSettings
 from standins.local_host import discover_triggers, load_function_app
@@ -137,7 +138,6 @@ STAGE_QUEUES = frozenset(stage.value for stage in StageName)
 CREATE_CONTACT = StageName.CREATE_CONTACT.value
 OUTCOME_QUEUE = ServiceBusSettings.model_fields["outcome_queue"].default
 JOURNAL_TABLE = "onboardingjournal"
-DEAD_LETTER_SUFFIX = "/$deadletterqueue"
 
 Rights = frozenset[tuple[str, str]]  # (role, queue or table)
 
@@ -173,12 +173,13 @@ OPERATOR_COMMANDS: dict[str, Rights] = {
 
 
 def _app_rights() -> Rights:
-    """What the function app's code calls: each trigger receives from its queue (a dead-letter
-    sub-queue is covered by its queue's role); a stage passes on to the next stage queue or schedules
-    a retry on its own (shared/runner.py), so it sends to every stage queue; outcomes go to the outcome
-    queue (a ReplyTo queue is its upstream's to grant); the journal is written."""
+    """What the function app's code calls: each trigger receives from its queue, and the dead-letter
+    sweep peeks the same queues' dead-letter sub-queues (covered by the queue's role: functions/triggers.py
+    swept_queues); a stage passes on to the next stage queue or schedules a retry on its own
+    (shared/runner.py), so it sends to every stage queue; outcomes go to the outcome queue (a ReplyTo
+    queue is its upstream's to grant); the journal is written."""
     triggers = discover_triggers(load_function_app())
-    received = {trigger.queue_name.removesuffix(DEAD_LETTER_SUFFIX) for trigger in triggers}
+    received = {trigger.queue_name for trigger in triggers} | set(swept_queues())
     return _on(RECEIVER, *received) | _on(SENDER, *STAGE_QUEUES, OUTCOME_QUEUE) | _on(TABLE_CONTRIBUTOR, JOURNAL_TABLE)
 
 

@@ -49,9 +49,6 @@ def app_settings() -> dict[str, Any]:
     return {setting["name"]: setting["value"] for setting in app.variable("siteAppSettings")}
 
 
-DEAD_LETTER_SUFFIX = "/$deadletterqueue"
-
-
 def _camel(name: str) -> str:
     """The emulator's MaxDeliveryCount is the ARM template's maxDeliveryCount."""
     return name[0].lower() + name[1:]
@@ -63,7 +60,7 @@ def test_every_trigger_queue_is_provisioned_like_the_emulator_queue(
     bicep_queues: dict[str, dict[str, Any]],
 ) -> None:
     for trigger in triggers:
-        queue_name = trigger.queue_name.removesuffix(DEAD_LETTER_SUFFIX)  # a sub-queue exists with its queue
+        queue_name = trigger.queue_name
         assert queue_name in bicep_queues, f"{trigger.function_name}: no queue {queue_name!r} in infra"
         assert queue_name in emulator_queues, (
             f"{trigger.function_name}: no queue {queue_name!r} in {EMULATOR_CONFIG.name}"
@@ -112,7 +109,7 @@ def test_max_delivery_count_setting_is_the_queues_max_delivery_count(
 
 
 def test_always_ready_names_the_indexed_stage_functions(triggers: tuple[QueueTrigger, ...]) -> None:
-    """The dead-letter functions need no always-ready instance: a late outcome for a dead letter is fine;
+    """The dead-letter sweep (a timer) needs no always-ready instance: a late outcome for a dead letter is fine;
     nor does the doctor, which an operator waits for by hand."""
     stages = {trigger.function_name for trigger in triggers if trigger.queue_name in {s.value for s in PIPELINE}}
     assert set(main_template().variable("serviceBusFunctionNames")) == stages

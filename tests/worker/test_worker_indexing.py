@@ -33,13 +33,11 @@ EXPECTED_QUEUES = {
     "create_contact": "create-contact",
     "add_member": "add-member",
     "verify_delivery": "verify-delivery",
-    # functions/triggers.py: each stage's dead-letter sub-queue (issue 12)
-    "create_contact_dead_letters": "create-contact/$deadletterqueue",
-    "add_member_dead_letters": "add-member/$deadletterqueue",
-    "verify_delivery_dead_letters": "verify-delivery/$deadletterqueue",
     # functions/triggers.py: the app's self-check, asked for by `onboard doctor` (issue 24)
     "doctor": "doctor",
 }
+# functions/triggers.py: the timer that sweeps the dead-letter sub-queues (issue 24; no trigger on them)
+SWEEP = "dead_letter_sweep"
 
 
 def _worker_env() -> dict[str, str]:
@@ -86,7 +84,15 @@ def indexed() -> dict[str, Any]:
 
 
 def test_every_function_is_indexed(indexed: dict[str, Any]) -> None:
-    assert {f["name"] for f in indexed["functions"]} == set(EXPECTED_QUEUES)
+    assert {f["name"] for f in indexed["functions"]} == {*EXPECTED_QUEUES, SWEEP}
+
+
+def test_the_dead_letter_sweep_is_a_timer(indexed: dict[str, Any]) -> None:
+    function = next(f for f in indexed["functions"] if f["name"] == SWEEP)
+    assert function["raw_bindings"] == [
+        {"type": "timerTrigger", "direction": "IN", "name": "timer", "schedule": "0 */5 * * * *", "runOnStartup": False}
+    ]
+    assert function["is_async"] is True
 
 
 @pytest.mark.parametrize("function_name", sorted(EXPECTED_QUEUES))
@@ -110,14 +116,12 @@ def test_trigger_binding_metadata(indexed: dict[str, Any], function_name: str) -
 
 
 def test_a_sources_own_intake_queue_is_indexed_from_the_app_setting(indexed: dict[str, Any]) -> None:
-    """Azure gives the worker the app settings as it indexes: ONBOARDING_INTAKE_QUEUES adds two triggers."""
+    """Azure gives the worker the app settings as it indexes: ONBOARDING_INTAKE_QUEUES adds a trigger."""
     result = _index(APP_DIR, {"ONBOARDING_INTAKE_QUEUES": "intake-partner"})
     assert result.returncode == 0, result.stderr[-4000:]
-    queues = {f["name"]: f["raw_bindings"][0]["queueName"] for f in json.loads(result.stdout)["functions"]}
-    assert queues == EXPECTED_QUEUES | {
-        "create_contact_from_intake_partner": "intake-partner",
-        "create_contact_from_intake_partner_dead_letters": "intake-partner/$deadletterqueue",
-    }
+    functions = json.loads(result.stdout)["functions"]
+    queues = {f["name"]: f["raw_bindings"][0].get("queueName") for f in functions if f["name"] != SWEEP}
+    assert queues == EXPECTED_QUEUES | {"create_contact_from_intake_partner": "intake-partner"}
     refused = _index(APP_DIR, {"ONBOARDING_INTAKE_QUEUES": "add-member"})
     assert refused.returncode != 0 and "ONBOARDING_INTAKE_QUEUES" in refused.stderr
 
