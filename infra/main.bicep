@@ -39,16 +39,18 @@ param policyFile string = ''
 
 // Scale that respects the tenant: every concurrent invocation may call Graph and Exchange Online.
 // Per Service Bus function, at most maximumInstanceCount x maxConcurrentCalls messages run at once
-// (docs/deploy.md, "Scale arithmetic").
+// (docs/deploy.md, "Scale arithmetic"). 40 is the lowest maximumInstanceCount every region accepts
+// (below 40 is a preview in a few regions), so the per-instance concurrency is what bounds the load:
+// 40 x 1 = 40 per function by default.
 @minValue(1)
 @maxValue(1000)
-@description('Flex Consumption maximumInstanceCount: on-demand instances per function (each Service Bus function scales on its own).')
-param maximumInstanceCount int = 4
+@description('Flex Consumption maximumInstanceCount: on-demand instances per function (each Service Bus function scales on its own). Below 40 only where the region offers it (a preview).')
+param maximumInstanceCount int = 40
 
 @minValue(1)
 @maxValue(1000)
-@description('Messages one instance processes at once: overrides host.json extensions.serviceBus.maxConcurrentCalls.')
-param maxConcurrentCalls int = 8
+@description('Messages one instance processes at once: overrides host.json extensions.serviceBus.maxConcurrentCalls (8, for the one local process).')
+param maxConcurrentCalls int = 1
 
 @minValue(0)
 @maxValue(10)

@@ -289,7 +289,7 @@ def test_a_sources_own_intake_queue_is_read_by_the_app_and_sent_to_by_that_sourc
 
 def test_scale_comes_from_parameters() -> None:
     default = _site()["functionAppConfig"]["scaleAndConcurrency"]
-    assert (default["maximumInstanceCount"], default["alwaysReady"]) == (4, [])
+    assert (default["maximumInstanceCount"], default["alwaysReady"]) == (DEPLOYS_ANYWHERE, [])
     scale = _site(maximumInstanceCount=2, alwaysReadyInstances=1)["functionAppConfig"]["scaleAndConcurrency"]
     assert scale["maximumInstanceCount"] == 2
     assert scale["alwaysReady"] == [
@@ -300,10 +300,17 @@ def test_scale_comes_from_parameters() -> None:
     )
 
 
-def test_max_concurrent_calls_default_matches_host_json() -> None:
-    """host.json serves local runs; the app setting overrides it in Azure. Same number by default."""
+# Flex Consumption accepts a maximumInstanceCount below 40 only in a few regions, as a preview.
+DEPLOYS_ANYWHERE = 40
+
+
+def test_the_default_ceiling_per_function_is_the_one_the_deploy_guide_states() -> None:
+    """Instances cannot go below 40 everywhere, so the per-instance concurrency bounds the tenant's load.
+    host.json's number serves the one local process; the app setting overrides it in Azure."""
+    parameters = main_template().parameters
+    instances, calls = (parameters[name]["default"] for name in ("maximumInstanceCount", "maxConcurrentCalls"))
+    assert instances == DEPLOYS_ANYWHERE
     host = json.loads((INFRA.parent / "host.json").read_text())
-    assert (
-        main_template().parameters["maxConcurrentCalls"]["default"]
-        == host["extensions"]["serviceBus"]["maxConcurrentCalls"]
-    )
+    assert calls <= host["extensions"]["serviceBus"]["maxConcurrentCalls"]
+    guide = (REPOSITORY / "docs" / "deploy.md").read_text()
+    assert f"`{instances} \u00d7 {calls} = {instances * calls}` by default" in guide
