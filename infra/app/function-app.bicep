@@ -27,6 +27,9 @@ param onboardingTenantDomain string
 param policyFile string
 param intakeQueueNames array
 
+@description('The app\'s tuning settings (welcome message, retries, cache), by app setting name: infra/main.bicep.')
+param tuningSettings object
+
 // The trigger bindings' connection name (SERVICEBUS_CONNECTION in shared/settings.py) must prefix
 // the ServiceBusConnection__* settings below; tests/infra/test_function_bindings.py checks both.
 var appSettings = {
@@ -66,7 +69,7 @@ var intakeSetting = empty(intakeQueueNames) ? {} : {
 }
 
 // siteConfig.appSettings takes a list of name/value pairs.
-var siteAppSettings = [for setting in items(union(appSettings, policySetting, intakeSetting)): {
+var siteAppSettings = [for setting in items(union(appSettings, tuningSettings, policySetting, intakeSetting)): {
   name: setting.key
   value: setting.value
 }]
