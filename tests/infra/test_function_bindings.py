@@ -226,8 +226,9 @@ def test_each_parameters_default_is_the_apps_default() -> None:
         parameter = next((p for p, marker in markers.items() if settings.get(_setting_name(field)) == marker), None)
         if parameter is None or parameters[parameter].get("default") in (None, ""):
             continue  # required, from infrastructure, or left out when empty (the app's default applies)
-        default = parameters[parameter]["default"]
-        assert TypeAdapter(spec.annotation).validate_python(str(default)) == spec.default, parameter
+        default, annotation = parameters[parameter]["default"], spec.annotation
+        assert annotation is not None, field
+        assert TypeAdapter(annotation).validate_python(str(default)) == spec.default, parameter
 
 
 def test_an_empty_optional_parameter_leaves_its_setting_out() -> None:
