@@ -228,7 +228,7 @@ async def _ask_the_app(settings: DoctorSettings, wait_seconds: float, reply_to: 
 
 async def _end_of(client: ServiceBusClient, queue: str) -> int:
     """The sequence number after the queue's last message: a report published later has a higher one."""
-    from cli.upstream import peeked
+    from shared.outbox import peeked
 
     next_sequence = 0
     async with client.get_queue_receiver(queue) as receiver:
@@ -241,7 +241,7 @@ async def _report(
     client: ServiceBusClient, queue: str, request_id: str, start: int, wait_seconds: float
 ) -> SelfCheckReport | None:
     """The app's report, peeked (it stays on the queue for whatever else reads it), or None in time."""
-    from cli.upstream import peeked
+    from shared.outbox import peeked
 
     wanted = report_message_id(request_id)
     deadline = asyncio.get_running_loop().time() + wait_seconds

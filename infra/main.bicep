@@ -87,6 +87,10 @@ param retryMaxThrottles int = 100
 @description('ONBOARDING_DIRECTORY_CACHE_SECONDS: how long a process remembers a resolved group and the accepted domains (0: not at all).')
 param directoryCacheSeconds int = 60
 
+@allowed(['true', 'false'])
+@description('ONBOARDING_SELF_CHECK_AT_START: run the self-check once when an instance starts, into its log (onboard doctor asks for it on demand either way).')
+param selfCheckAtStart string = 'true'
+
 // Scale that respects the tenant: every concurrent invocation may call Graph and Exchange Online.
 // Per Service Bus function, at most maximumInstanceCount x maxConcurrentCalls messages run at once
 // (docs/deploy.md, "Scale arithmetic"). 40 is the lowest maximumInstanceCount every region accepts
@@ -236,6 +240,7 @@ var tuningSettings = union(welcomeSenderSetting, {
   ONBOARDING_RETRY_MAX_AGE_HOURS: string(retryMaxAgeHours)
   ONBOARDING_RETRY_MAX_THROTTLES: string(retryMaxThrottles)
   ONBOARDING_DIRECTORY_CACHE_SECONDS: string(directoryCacheSeconds)
+  ONBOARDING_SELF_CHECK_AT_START: selfCheckAtStart
 })
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
