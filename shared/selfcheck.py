@@ -62,7 +62,8 @@ from shared.outbox import Outbox, UnknownQueueError
 from shared.policy import ANY_GROUP, OnboardingPolicy
 from shared.powershell import quoted
 from shared.runner import settle_off_loop
-from shared.stages.create_contact import find_group, unsupported_kind
+from shared.stages.admission import unsupported_kind
+from shared.stages.create_contact import find_group
 
 logger = logging.getLogger("onboarding.selfcheck")
 

@@ -73,6 +73,21 @@ async def test_an_internal_user_named_as_the_guest_is_refused(world: World) -> N
     assert INTERNAL_ID not in world.graph.members[world.m365.id]
 
 
+async def test_an_internal_user_found_by_other_mails_is_refused_not_waited_for(world: World) -> None:
+    """Entra matches an address in otherMails too (as create-contact's look-up does): no replication lag."""
+    internal = DirectoryUser(INTERNAL_ID, None, "Member")
+    world.graph.users[INTERNAL_ID] = internal
+    world.graph.other_addresses["ceo@fabrikam.example"] = internal
+    message = await pass_on(world, request_body(group={"smtp_address": "falcon@contoso.com"}))
+    forged = _forged(
+        message,
+        request=message.request.model_copy(update={"external_email": "ceo@fabrikam.example"}),
+        recipient=message.recipient.model_copy(update={"id": INTERNAL_ID, "directory_object_id": INTERNAL_ID}),
+    )
+    dead = assert_dead_letter(await add_member(forged, delivery(), world.deps), DeadLetterReason.POLICY_DENIED)
+    assert "internal user" in dead.description
+
+
 async def test_a_dry_run_never_acts_in_a_later_stage(world: World) -> None:
     message = await pass_on(world, request_body())
     forged = _forged(message, request=message.request.model_copy(update={"dry_run": True}))

@@ -21,12 +21,11 @@ from shared.failures import decide_on_directory_error, retry_or_give_up
 from shared.outcomes import dead_letter, planned
 from shared.progress import Progress, Turn
 from shared.queues import next_stage
-from shared.stages.admission import group_refusal, policy_refusal_before_lookup
+from shared.stages.admission import group_refusal, policy_refusal_before_lookup, unsupported_kind
 from shared.stages.dependencies import StageDependencies
 
 STAGE = StageName.CREATE_CONTACT
 _INTERNAL_USER = "The address belongs to an internal user of this tenant; add that user to the group instead."
-_FIX_HINT_KINDS = "distribution groups, mail-enabled security groups and Microsoft 365 groups"
 
 
 async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
@@ -136,21 +135,6 @@ async def find_group(ref: GroupRef, graph: GraphDirectory) -> DirectoryGroup | N
     if ref.object_id is not None:
         return await graph.get_group(str(ref.object_id))
     return await graph.find_group_by_mail(str(ref.smtp_address))
-
-
-def unsupported_kind(group: DirectoryGroup) -> str | None:
-    """Why the pipeline refuses this group (UnsupportedGroupKind), or None when it onboards into it."""
-    if group.is_dynamic:
-        return (
-            f"Group {group.display_name!r} has dynamic membership: its members come from a rule, so no "
-            "one can be added to it. Target a group with assigned membership."
-        )
-    if group.kind is GroupKind.SECURITY or not group.mail:
-        return (
-            f"Group {group.display_name!r} is a security group without mail; external people can only "
-            f"be onboarded into {_FIX_HINT_KINDS}."
-        )
-    return None
 
 
 async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _ContactCreation) -> Decision:
