@@ -199,3 +199,26 @@ async def test_a_report_whose_reply_to_queue_does_not_exist_goes_to_the_outcome_
     report = SelfCheckReport.model_validate_json(b"".join(message.body))
     assert "'nobody-reads' does not exist" in report.checks[-1].detail
     assert {check.status for check in report.checks} <= {Status.OK, Status.WARNING}
+
+
+async def test_a_flood_of_doctor_messages_spends_one_message_trace_query_per_spacing() -> None:
+    """The doctor queue is outside input: a second report within the spacing leaves message trace out."""
+    requests = [SelfCheckRequest(request_id=f"doctor-flood-{n}") for n in range(2)]
+    with local_stack(settings=WELCOME_SETTINGS) as stack:
+        async with (
+            running_host(stack.environment),
+            ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        ):
+            async with client.get_queue_sender(SELF_CHECK_QUEUE) as sender:
+                for request in requests:
+                    await sender.send_messages(
+                        ServiceBusMessage(request.model_dump_json(), message_id=request.request_id)
+                    )
+            received = []
+            async with client.get_queue_receiver(OUTCOMES, max_wait_time=30) as receiver:
+                while len(received) < len(requests):
+                    batch = await receiver.receive_messages(max_message_count=2, max_wait_time=30)
+                    assert batch, "a report did not arrive"
+                    received += batch
+    traces = sorted(by_name(json.loads(b"".join(message.body)))["Get-MessageTraceV2"]["status"] for message in received)
+    assert traces == ["ok", "skipped"]
