@@ -226,6 +226,13 @@ async def _ask_the_app(settings: DoctorSettings, wait_seconds: float, reply_to: 
     return list(report.checks)
 
 
+def _held(name: str, held: bool, state: str, need: str, fix: str) -> Check:
+    """One right of the plan: held, or not, with why it is needed and the grant that gives it."""
+    if held:
+        return Check(area="rights", name=name, status=Status.OK, detail=state)
+    return Check(area="rights", name=name, status=Status.WRONG, detail=f"not {state}; {need}", fix=fix)
+
+
 async def _end_of(client: ServiceBusClient, queue: str) -> int:
     """The sequence number after the queue's last message: a report published later has a higher one."""
     from shared.outbox import peeked
@@ -308,23 +315,11 @@ def _rights_lines(plan: GrantPlan, seen: Review, *, app_half_ran: bool) -> list[
     if plan.welcome_sender:
         fix += f" --welcome-sender {plan.welcome_sender}"
     checks = [
-        Check(
-            area="rights",
-            name=f"{grant.resource}: {grant.value}",
-            status=Status.OK if seen.has_app_role(grant) else Status.WRONG,
-            detail="granted" if seen.has_app_role(grant) else f"not granted; needed to {grant.why}",
-            fix=None if seen.has_app_role(grant) else fix,
-        )
+        _held(f"{grant.resource}: {grant.value}", seen.has_app_role(grant), "granted", f"needed to {grant.why}", fix)
         for grant in plan.app_roles
     ]
     checks += [
-        Check(
-            area="rights",
-            name=f"Entra role: {role.name}",
-            status=Status.OK if seen.has_role(role) else Status.WRONG,
-            detail="assigned" if seen.has_role(role) else f"not assigned; needed for {role.why}",
-            fix=None if seen.has_role(role) else fix,
-        )
+        _held(f"Entra role: {role.name}", seen.has_role(role), "assigned", f"needed for {role.why}", fix)
         for role in plan.directory_roles
     ]
     planned = {(seen.resources[g.resource_app_id].object_id, seen.role_id(g)) for g in plan.app_roles}
