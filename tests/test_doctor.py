@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.servicebus import ServiceBusMessage
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient
 from typer.testing import CliRunner
 
@@ -214,7 +214,7 @@ async def test_a_flood_of_doctor_messages_spends_one_message_trace_query_per_spa
                     await sender.send_messages(
                         ServiceBusMessage(request.model_dump_json(), message_id=request.request_id)
                     )
-            received = []
+            received: list[ServiceBusReceivedMessage] = []
             async with client.get_queue_receiver(OUTCOMES, max_wait_time=30) as receiver:
                 while len(received) < len(requests):
                     batch = await receiver.receive_messages(max_message_count=2, max_wait_time=30)
