@@ -40,7 +40,7 @@ from tests.fakes import FailureScript, FakeExchange, FakeGraph
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 # What every later stage reads before it acts (shared/stages/admission.py): the group and the recipient.
-ADMISSION_CALLS = frozenset({"get_group", "find_mail_contact", "find_user_by_mail"})
+ADMISSION_CALLS = frozenset({"get_group", "find_mail_contact", "find_user_for_invitation"})
 
 
 class World:
