@@ -25,9 +25,19 @@ def serve_host(*, verbose: bool) -> None:
         local_host = LocalHost(load_function_app())
         count = len(local_host.triggers) + len(local_host.timers)
         console.print(f"Local host runs {count} functions on {namespace_of(settings)}. Ctrl-C stops.", markup=False)
+        stop = until_interrupted()
+
+        async def say_what_stopping_waits_for() -> None:
+            await stop.wait()
+            running = local_host.in_flight
+            finishing = f"letting {running} running invocation(s) finish, then " if running else ""
+            console.print(f"Stopping: {finishing}closing the connections to Service Bus and the tenant.", markup=False)
+
+        saying = asyncio.ensure_future(say_what_stopping_waits_for())
         try:
-            await local_host.run(until_interrupted())
+            await local_host.run(stop)
         finally:
+            saying.cancel()
             await close_services()
 
     asyncio.run(serve())
