@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.progress import Progress
 
-from cli.following import Advance, Narration, send_and_follow
+from cli.following import Advance, Narration, send_and_follow, stopped_waiting
 from cli.plumbing import (
     DUPLICATE_WINDOW_MINUTES,
     DUPLICATE_WINDOW_TEXT,
@@ -240,8 +240,19 @@ def send_file(
         raise fail("No valid rows; nothing sent.", 2)
     settings = settings_for("bulk", ServiceBusSettings)  # only now: checking a file needs no Service Bus
     rows = checked.rows
+    sent_ids: list[str] = []  # once all are sent: what Ctrl-C while waiting leaves behind
+    sent_so_far = 0
+    again = (
+        f"`onboard bulk {csv_file} --wait` again within {DUPLICATE_WINDOW_MINUTES} minutes waits for them "
+        "once more and sends none twice"
+    )
 
-    def say_sent(_request_ids: list[str]) -> None:
+    def count_sent(count: int) -> None:
+        nonlocal sent_so_far
+        sent_so_far += count
+
+    def say_sent(request_ids: list[str]) -> None:
+        sent_ids.extend(request_ids)
         skipped = f", skipped {checked.bad_rows} bad row(s)" if checked.problems else ""
         console.print(f"Sent {len(rows)} request(s) to {StageName.CREATE_CONTACT}{skipped}.", markup=False)
         console.print(
@@ -257,6 +268,16 @@ def send_file(
         elif len(rows) <= 20:
             console.print("\n".join(r.request_id for r in rows), markup=False)
 
+    def interrupted() -> str:
+        if sent_ids:
+            return stopped_waiting(sent_ids, "Interrupted while waiting", again=again)
+        if sent_so_far:
+            return (
+                f"Interrupted after sending {sent_so_far} of {len(rows)} request(s). Run the same command again "
+                f"within {DUPLICATE_WINDOW_MINUTES} minutes: Service Bus drops the ones already sent."
+            )
+        return "Interrupted; nothing was sent."
+
     sent = with_servicebus(
         settings,
         lambda client: send_and_follow(
@@ -265,22 +286,31 @@ def send_file(
             reply_to=reply_to,
             outcome_queue=reply_to or settings.outcome_queue,
             follow_seconds=timeout if wait else None,
-            narration=Narration(sending=_progress("Sending"), sent=say_sent, following=_progress("Outcomes")),
+            narration=Narration(
+                sending=_progress("Sending", count_sent), sent=say_sent, following=_progress("Outcomes"), again=again
+            ),
         ),
+        interrupted=interrupted,
     )
     if sent.followed is None:  # not --wait
         return 0
     return _report(rows, sent.followed.outcomes, len(sent.followed.duplicates))
 
 
-def _progress(label: str) -> Callable[[int], AbstractContextManager[Advance]]:
-    """A progress bar on a terminal (none otherwise), gone when the step is done."""
+def _progress(label: str, also: Advance | None = None) -> Callable[[int], AbstractContextManager[Advance]]:
+    """A progress bar on a terminal (none otherwise), gone when the step is done; `also` is told each step."""
 
     @contextmanager
     def bar(total: int) -> Iterator[Advance]:
         with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
             task = progress.add_task(label, total=total)
-            yield lambda count: progress.advance(task, count)
+
+            def advance(count: int) -> None:
+                progress.advance(task, count)
+                if also is not None:
+                    also(count)
+
+            yield advance
 
     return bar
 

@@ -13,7 +13,7 @@ import typer
 
 from cli.command_rights import rights_epilog
 from cli.grant_plan import PUBLIC_GRAPH
-from cli.plumbing import DEFAULT_STATE_DIR, write_or_print
+from cli.plumbing import DEFAULT_STATE_DIR, configure_logging, write_or_print
 from cli.settings import SETTINGS_HELP, read_env_file
 from shared.contracts import StageName
 
@@ -29,6 +29,8 @@ app = typer.Typer(
 def _read_settings_file() -> None:
     # Before any command parses its options, so options with an environment variable see .env too.
     read_env_file()
+    # Warnings only, one line each, and none of the SDKs' tracebacks (host, sandbox and demo set their own).
+    configure_logging(verbose=False)
 
 
 VerboseOption = Annotated[bool, typer.Option("--verbose/--quiet", "-v/-q", help="Show the pipeline's log at INFO.")]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from azure.core.exceptions import AzureError
 from pydantic import ValidationError
 
-from cli.following import Narration, send_and_follow
+from cli.following import Narration, send_and_follow, stopped_waiting
 from cli.outcomes import render_outcome
 from cli.plumbing import DUPLICATE_WINDOW_TEXT, console, errors, fail, settings_for, with_servicebus
 from cli.upstream import group_target, is_queued
@@ -61,12 +61,14 @@ def submit_one(
         raise fail(f"Invalid request: {problems}", 2) from None
     handled_at = _first_handled(request_id) if request_id is not None else None
     outcome_queue = reply_to or settings.outcome_queue
+    sent_ids: list[str] = []  # once sent: what Ctrl-C while waiting leaves behind
 
     async def send(client: ServiceBusClient) -> int:
         # Service Bus accepts a resend of a MessageId it saw within the window and drops it silently.
         waiting = request_id is not None and await is_queued(client, StageName.CREATE_CONTACT, request_id)
 
         def say_sent(request_ids: list[str]) -> None:
+            sent_ids.extend(request_ids)
             (sent_id,) = request_ids
             duplicate = _duplicate_because(waiting, handled_at)
             if duplicate:
@@ -111,7 +113,10 @@ def submit_one(
         console.print(render_outcome(outcome))
         return 3 if outcome.status is OutcomeStatus.FAILED else 0
 
-    return with_servicebus(settings, send)
+    def interrupted() -> str:
+        return stopped_waiting(sent_ids, "Interrupted while waiting") if sent_ids else "Interrupted; nothing was sent."
+
+    return with_servicebus(settings, send, interrupted=interrupted)
 
 
 def _duplicate_because(waiting: bool, handled_at: datetime | None) -> str | None:

@@ -7,9 +7,11 @@ restarting under a running host) must be one line that says what to do, with no 
 from __future__ import annotations
 
 import asyncio
+import random
 import shlex
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +19,16 @@ import pytest
 from azure.servicebus.aio import ServiceBusClient
 
 from cli.settings import write_env_file
-from cli.upstream import collect_outcomes, submit
-from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus
+from cli.upstream import peek_count
+from shared.settings import SERVICEBUS_CONNECTION
+from standins.local_host import RECONNECT_MAX_DELAY_SECONDS
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from standins.servicebus_emulator.server import free_port
 from standins.stack import local_stack
 from tests.fixtures.pipeline import OUTCOMES
 from tests.onboard_process import RunningOnboard, run_onboard
-from tests.samples import PARTNERS, sample_request
+from tests.waiting import HANG_GUARD_SECONDS
+from tools.chaos import Report, count_outcomes, every_outcome, send_requests
 
 pytestmark = pytest.mark.stack
 
@@ -169,38 +173,98 @@ def test_a_port_in_use_is_one_line_naming_the_option(tmp_path: Path, occupied_po
     assert not (tmp_path / "state").exists()
 
 
-def test_a_running_host_waits_for_service_bus_and_survives_its_restart(tmp_path: Path) -> None:
-    with local_stack() as stack:
+def test_a_running_host_waits_for_service_bus_and_survives_its_restart_under_load(tmp_path: Path) -> None:
+    """Service Bus away at the start, then a broker restart while 300 requests are in flight: one line
+    when it goes and one when it is back, handling again within the backoff bound, no traceback,
+    and every request ends with exactly one outcome (nothing lost, nothing done twice)."""
+    database = tmp_path / "servicebus.db"  # durable, as `onboard sandbox` keeps it: a restart loses nothing
+    with local_stack(servicebus_database=database) as stack:
         port = stack.emulator.port
         stack.emulator.stop()  # the host starts while Service Bus is away
         write_env_file(stack.environment, tmp_path / ".env")
         host = RunningOnboard("host", "--quiet", cwd=tmp_path)
         emulators: list[ServiceBusEmulator] = []
+
+        def start_emulator() -> ServiceBusEmulator:
+            emulators.append(ServiceBusEmulator(EmulatorConfig.default(), port=port, database=database))
+            emulators[-1].start()
+            return emulators[-1]
+
+        report = Report()
         try:
             host.wait_for("Service Bus is unreachable")
-            for outage in (1, 2):
-                emulators.append(ServiceBusEmulator(EmulatorConfig.default(), port=port))
-                emulators[-1].start()
-                host.wait_for("reconnected to Service Bus", count=outage, timeout=60)
-                if outage == 1:
-                    emulators[-1].stop()
-                    host.wait_for("Service Bus is unreachable", count=2, timeout=60)
-            # After the restart the host still works: a request sent now ends with its outcome.
-            request = sample_request("after-restart-1", "ana.silva@fabrikam.example", "Ana Silva", PARTNERS)
-            outcomes = asyncio.run(submit_and_collect(emulators[-1].connection_string, request))
+            connection = start_emulator().connection_string
+            host.wait_for("reconnected to Service Bus", timeout=60)
+            ids = asyncio.run(send_requests(stack, 300, random.Random(25), 0.0, report))
+            asyncio.run(wait_for_outcomes_on_their_queue(connection, at_least=20))  # requests in flight now
+            emulators[-1].stop()
+            start_emulator()
+            back_at = time.monotonic()
+            host.wait_for("reconnected to Service Bus", count=2, timeout=120)
+            reconnected_after = time.monotonic() - back_at
+            outcomes = asyncio.run(every_outcome(stack, set(ids), time.monotonic() + HANG_GUARD_SECONDS))
+            count_outcomes(report, ids, outcomes, stack)
         finally:
             code = host.stop()  # first: the emulator's stop is no outage the host should see
             for emulator in emulators:
                 emulator.stop()
 
-    assert outcomes["after-restart-1"].status is OutcomeStatus.SUCCEEDED, outcomes
+    assert (report.lost, report.duplicated) == ([], []), report.lines()
+    assert sum(report.outcomes.values()) == 300
+    # The next try after Service Bus is back comes within the backoff's cap; a few seconds to connect.
+    assert reconnected_after < RECONNECT_MAX_DELAY_SECONDS + 10, host.output
     assert code == 0, host.output
     assert "Traceback" not in host.output
-    # One line to start, then one per outage and one per recovery, however many queues noticed.
-    assert len(host.lines) == 1 + 2 + 2, host.output
+    # One line to start, one per outage and one per recovery however many queues and invocations
+    # noticed, and one to say what stopping waits for.
+    assert len(host.lines) == 1 + 2 + 2 + 1, host.output
+    assert sum("Service Bus is unreachable" in line for line in host.lines) == 2
+    assert host.lines[-1].startswith("Stopping:")
 
 
-async def submit_and_collect(connection: str, request: OnboardingRequest) -> dict[str, OutcomeEvent]:
+async def wait_for_outcomes_on_their_queue(connection: str, *, at_least: int) -> None:
     async with ServiceBusClient.from_connection_string(connection) as client:
-        ids = await submit(client, [request])
-        return await collect_outcomes(client, OUTCOMES, ids, within_seconds=60)
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while await peek_count(client, OUTCOMES, cap=at_least) < at_least:
+            assert time.monotonic() < deadline, f"fewer than {at_least} outcomes within {HANG_GUARD_SECONDS} s"
+            await asyncio.sleep(0.5)
+
+
+def test_a_wait_that_service_bus_ends_says_the_requests_were_sent_and_how_to_follow_them(tmp_path: Path) -> None:
+    """`bulk --wait` with no host: Service Bus goes away while it waits, then comes back for `submit
+    --wait`, which is stopped with Ctrl-C. Both say what was sent and how to follow it, no traceback."""
+    emulator = ServiceBusEmulator(EmulatorConfig.default())
+    emulator.start()
+    try:
+        write_env_file({SERVICEBUS_CONNECTION: emulator.connection_string}, tmp_path / ".env")
+        (tmp_path / "people.csv").write_text(
+            "external_email,display_name,group,source_system\n"
+            "ana.silva@fabrikam.example,Ana Silva,partners@contoso.com,demo-hr\n"
+            "ben.okafor@fabrikam.example,Ben Okafor,partners@contoso.com,demo-hr\n"
+        )
+        bulk = RunningOnboard("bulk", "people.csv", "--wait", cwd=tmp_path)
+        bulk.wait_for("Sent 2 request(s)")
+        emulator.stop()
+        bulk_code = bulk.finish()
+        emulator = ServiceBusEmulator(EmulatorConfig.default(), port=emulator.port)
+        emulator.start()
+        submit = RunningOnboard(
+            "submit", *REQUEST, "--group", "partners@contoso.com", "--request-id", "w-1", "--wait", cwd=tmp_path
+        )
+        submit.wait_for("Waiting up to")
+        submit_code = submit.stop()
+    finally:
+        emulator.stop()
+
+    assert bulk_code == 3, bulk.output
+    assert bulk.lines[-1] == (
+        "Stopped waiting: Service Bus went away. All 2 requests were sent and go on in the "
+        "pipeline: `onboard status --watch` shows where they stand, `onboard status REQUEST_ID` one of them; "
+        "`onboard bulk people.csv --wait` again within 10 minutes waits for them once more and sends none twice."
+    )
+    assert submit_code == 130, submit.output
+    assert submit.lines[-1] == (
+        "Interrupted while waiting. Request w-1 was sent and goes on in the pipeline: "
+        "`onboard status w-1` shows where it stands."
+    )
+    assert "Traceback" not in bulk.output + submit.output

@@ -142,7 +142,7 @@ async def run_chaos(
             host = Host(stack.environment)
             await host.start()
             try:
-                ids = await _send_all(stack, requests, rng, invalid_share, report)
+                ids = await send_requests(stack, requests, rng, invalid_share, report)
                 deadline = started + seconds
                 chaos_until = time.monotonic() + min(seconds / 2, 15 + requests * 0.05)
                 moments = sorted(rng.uniform(1, chaos_until - time.monotonic()) for _ in range(kills))
@@ -158,9 +158,9 @@ async def run_chaos(
                     await host.kill()
                     report.kills += 1
                     await host.start()
-                outcomes = await _collect(stack, set(ids), deadline)
+                outcomes = await every_outcome(stack, set(ids), deadline)
                 await host.stop()
-                _count(report, ids, outcomes, stack)
+                count_outcomes(report, ids, outcomes, stack)
                 report.left = await _left_in_queues(emulator.connection_string)
             finally:
                 await host.stop()
@@ -170,9 +170,10 @@ async def run_chaos(
     return report
 
 
-async def _send_all(
+async def send_requests(
     stack: LocalStack, requests: int, rng: random.Random, invalid_share: float, report: Report
 ) -> list[str]:
+    """`requests` requests on create-contact, a share of them invalid on purpose; their ids."""
     ids: list[str] = []
     async with (
         ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
@@ -201,7 +202,7 @@ async def _restart(emulator: ServiceBusEmulator, config: EmulatorConfig, databas
     return again
 
 
-async def _collect(stack: LocalStack, wanted: set[str], deadline: float) -> list[OutcomeEvent]:
+async def every_outcome(stack: LocalStack, wanted: set[str], deadline: float) -> list[OutcomeEvent]:
     """Every outcome until each wanted request has one (then a little longer, to see duplicates).
 
     Counted once per sequence number: an outcome message delivered again because its completion
@@ -229,7 +230,8 @@ async def _collect(stack: LocalStack, wanted: set[str], deadline: float) -> list
     return outcomes
 
 
-def _count(report: Report, ids: list[str], outcomes: list[OutcomeEvent], stack: LocalStack) -> None:
+def count_outcomes(report: Report, ids: list[str], outcomes: list[OutcomeEvent], stack: LocalStack) -> None:
+    """Outcomes by status, and what was lost or duplicated: in the outcomes and in the sandbox's directory."""
     per_request = Counter(o.request_id for o in outcomes)
     report.outcomes = Counter(str(o.status) for o in outcomes)
     report.lost = [request_id for request_id in ids if per_request[request_id] == 0]
