@@ -219,8 +219,9 @@ async def _ask_the_app(settings: DoctorSettings, wait_seconds: float, reply_to: 
                 name="the app's own checks",
                 status=Status.WRONG,
                 detail=f"no report on {queue} within {wait_seconds:.0f} s",
-                fix="is the app running and indexed (docs/deploy.md, step 4)? A first message after an idle "
-                "period can wait about 2 minutes for an instance: try a longer --timeout",
+                fix="is the app running and indexed (docs/deploy.md, step 4)? An app that refuses to start says "
+                "why in its log, in a line with `the app cannot start`. A first message after an idle period can "
+                "wait about 2 minutes for an instance: try a longer --timeout",
             )
         ]
     return list(report.checks)

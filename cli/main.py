@@ -13,7 +13,7 @@ import typer
 
 from cli.command_rights import rights_epilog
 from cli.grant_plan import PUBLIC_GRAPH
-from cli.plumbing import DEFAULT_STATE_DIR, configure_logging, write_or_print
+from cli.plumbing import DEFAULT_STATE_DIR, configure_logging, errors, write_or_print
 from cli.settings import SETTINGS_HELP, read_env_file
 from shared.contracts import StageName
 
@@ -26,9 +26,12 @@ app = typer.Typer(
 
 
 @app.callback()
-def _read_settings_file() -> None:
+def _read_settings_file(context: typer.Context) -> None:
     # Before any command parses its options, so options with an environment variable see .env too.
-    read_env_file()
+    warnings = read_env_file()
+    if context.invoked_subcommand != "host":  # the app says so itself when it starts (shared/startup.py)
+        for warning in warnings:
+            errors.print(warning, markup=False, highlight=False, soft_wrap=True)
     # Warnings only, one line each, and none of the SDKs' tracebacks (host, sandbox and demo set their own).
     configure_logging(verbose=False)
 

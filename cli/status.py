@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -26,7 +27,7 @@ from rich.text import Text
 
 from cli.dlq import parse_age
 from cli.plumbing import DEFAULT_STATE_DIR, console, fail, talk_to_servicebus, until_interrupted, with_servicebus
-from cli.settings import SettingsProblem, load_settings
+from cli.settings import ENV_FILE, SettingsProblem, load_settings
 from cli.upstream import is_queued, peek_count, servicebus_client
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal import Journal, RequestState, Transition, TransitionKind
@@ -401,11 +402,7 @@ def status_command(
     try:
         local_file = sqlite_file(journal_setting)
         if local_file is not None and not local_file.exists():
-            raise fail(
-                f"No journal at {local_file}. Run `onboard sandbox` (it keeps one in {DEFAULT_STATE_DIR}/) "
-                "or set ONBOARDING_JOURNAL to the journal the app writes.",
-                2,
-            )
+            raise fail(_no_journal_at(local_file), 2)
         # Table Storage by URL signs in as the operator (DefaultAzureCredential: az login), who needs
         # "Storage Table Data Reader" on the table.
         journal = open_journal(journal_setting)
@@ -428,6 +425,22 @@ def status_command(
         if not known:
             return 1  # as for a search that finds nothing: scripts can tell
     return 0
+
+
+def _no_journal_at(local_file: Path) -> str:
+    """Where the journal was looked for, and where the settings naming it were: a command run in another
+    directory than `onboard sandbox --write-env` finds neither."""
+    if not ENV_FILE.exists():
+        return (
+            f"No journal at {local_file.resolve()}, and no .env in {Path.cwd()}: run the command in the directory "
+            "that holds the .env `onboard sandbox --write-env` wrote, or set ONBOARDING_JOURNAL (or --journal) to "
+            "the journal the app writes."
+        )
+    return (
+        f"No journal at {local_file.resolve()}: set ONBOARDING_JOURNAL (or --journal) to the journal the app "
+        f"writes, in {ENV_FILE.resolve()} or the environment (`onboard sandbox` keeps one in {DEFAULT_STATE_DIR}/ "
+        "of the directory it runs in)."
+    )
 
 
 def _watch(journal: Journal, interval: float, window: timedelta) -> int:

@@ -59,7 +59,7 @@ from shared.directory.rights import (
 from shared.envelope import JSON, EnvelopeError, ReceivedMessage, check_reply_to, read_body
 from shared.logs import request_context
 from shared.outbox import Outbox, UnknownQueueError
-from shared.policy import ANY_GROUP, OnboardingPolicy
+from shared.policy import ANY_GROUP, OnboardingPolicy, PolicyFileError
 from shared.powershell import quoted
 from shared.runner import settle_off_loop
 from shared.stages.admission import unsupported_kind
@@ -162,10 +162,17 @@ async def check_policy(policy_file: Path | None, graph: GraphDirectory) -> Polic
         )
     try:
         policy = OnboardingPolicy.load(policy_file)
-    except ValueError as error:  # ValidationError included: pydantic's text names the field, not the values
-        first = str(error).splitlines()[0]
+    except PolicyFileError as error:  # one line, naming fields, not values
         return PolicyFindings(
-            [Check(area="policy", name="policy file", status=Status.WRONG, detail=first, fix="fix the file")],
+            [
+                Check(
+                    area="policy",
+                    name="policy file",
+                    status=Status.WRONG,
+                    detail=f"{policy_file}: {error}",
+                    fix="fix the file",
+                )
+            ],
             SUPPORTED_KINDS,
         )
     checks = [

@@ -10,7 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.settings import env_name, read_env_file
+from cli.settings import read_env_file
+from shared.setting_names import env_name
 from shared.settings import SERVICEBUS_CONNECTION, Settings
 from tests.onboard_process import run_onboard
 
@@ -142,4 +143,4 @@ def test_status_reads_its_journal_setting_from_dot_env(tmp_path: Path, monkeypat
     result = CliRunner().invoke(app, ["status"], env={"COLUMNS": "240"})
 
     assert result.exit_code == 2
-    assert result.output.startswith(f"No journal at {elsewhere}.")
+    assert result.output.startswith(f"No journal at {elsewhere}: set ONBOARDING_JOURNAL (or --journal)")

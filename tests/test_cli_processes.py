@@ -144,6 +144,62 @@ def test_each_command_names_only_the_settings_it_needs_by_environment_variable(t
     (line,) = lines_of(submit.stdout + submit.stderr)
     assert line.startswith("onboard submit: set exactly one of ServiceBusConnection")
     assert "TENANT" not in line
+    # Run where there is no .env (say, in docs/), each says where it looked.
+    assert f"or in a .env file: there is none in {tmp_path} (run the command in the directory that holds it)" in line
+
+    status = run_onboard("status", cwd=tmp_path)
+    assert status.returncode == 2
+    (line,) = lines_of(status.stdout + status.stderr)
+    assert line.startswith(f"No journal at {tmp_path / '.onboard' / 'journal.db'}, and no .env in {tmp_path}:")
+    assert "Run `onboard sandbox`" not in line  # it may well be running, in the directory that has the .env
+
+
+def test_a_host_whose_policy_file_is_missing_refuses_to_start_and_takes_no_message(tmp_path: Path) -> None:
+    missing = tmp_path / "policy.json"
+    with local_stack() as stack:
+        write_env_file({**stack.environment, "ONBOARDING_POLICY_FILE": str(missing)}, tmp_path / ".env")
+        waiting = run_onboard(
+            "submit", *REQUEST, "--group", "partners@contoso.com", "--request-id", "p-1", cwd=tmp_path
+        )
+        assert waiting.returncode == 0, waiting.stderr
+
+        host = run_onboard("host", cwd=tmp_path)
+
+        left = asyncio.run(peeked_requests(stack.environment[SERVICEBUS_CONNECTION]))
+    assert host.returncode == 2
+    assert lines_of(host.stdout + host.stderr) == [
+        f"onboard host: the app cannot start: ONBOARDING_POLICY_FILE={missing}: the file does not exist"
+    ]
+    assert left == [("p-1", 0)], "the request waits, never delivered"
+
+
+async def peeked_requests(connection: str) -> list[tuple[str | None, int | None]]:
+    async with (
+        ServiceBusClient.from_connection_string(connection) as client,
+        client.get_queue_receiver("create-contact") as receiver,
+    ):
+        return [(m.message_id, m.delivery_count) for m in await receiver.peek_messages(max_message_count=10)]
+
+
+def test_a_mistyped_setting_name_is_named_and_a_missing_policy_said_at_start(tmp_path: Path) -> None:
+    with local_stack() as stack:
+        environment = {name: value for name, value in stack.environment.items() if name != "ONBOARDING_POLICY_FILE"}
+        write_env_file({**environment, "ONBOARDING_POLICY_FIEL": "policy.json"}, tmp_path / ".env")
+        status = run_onboard("status", cwd=tmp_path)
+        host = RunningOnboard("host", "--quiet", cwd=tmp_path)
+        try:
+            host.wait_for("Local host runs")
+        finally:
+            code = host.stop()
+
+    typo = "ONBOARDING_POLICY_FIEL ({where}) is not a setting of this app and is ignored; did you mean ONBOARDING_POLICY_FILE?"
+    assert typo.format(where=f"in {tmp_path / '.env'}") in lines_of(status.stderr)
+    assert code == 0
+    said = [line.split(" [-] ", 1)[-1] for line in host.lines[:2]]
+    assert said == [
+        typo.format(where="among the app settings"),
+        "ONBOARDING_POLICY_FILE is not set: every request will be denied (PolicyDenied)",
+    ]
 
 
 @pytest.fixture

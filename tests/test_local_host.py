@@ -24,9 +24,9 @@ from standins.local_host import (
     discover_timers,
     discover_triggers,
     host_options,
-    load_function_app,
 )
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
+from tests.fixtures.pipeline import indexed_app
 
 Handler = Callable[[servicebus.ServiceBusReceivedMessage, servicebus.ServiceBusMessageActions], Awaitable[None]]
 
@@ -41,7 +41,7 @@ def _app_on_create_contact(handle: Handler) -> func.FunctionApp:
 
 
 def test_discovers_one_explicitly_settled_trigger_per_stage_and_the_doctors() -> None:
-    triggers = {t.queue_name: t for t in discover_triggers(load_function_app())}
+    triggers = {t.queue_name: t for t in discover_triggers(indexed_app())}
     # none on a dead-letter sub-queue: a timer sweeps those
     assert set(triggers) == {"create-contact", "add-member", "verify-delivery", "doctor"}
     for trigger in triggers.values():
@@ -50,7 +50,7 @@ def test_discovers_one_explicitly_settled_trigger_per_stage_and_the_doctors() ->
         assert trigger.message_parameter == "message"
         assert trigger.actions_parameter == "message_actions"
         assert trigger.function_name == trigger.queue_name.replace("-", "_")
-    (sweep,) = discover_timers(load_function_app())
+    (sweep,) = discover_timers(indexed_app())
     assert (sweep.function_name, sweep.schedule.expression) == (DEAD_LETTER_SWEEP_FUNCTION, DEAD_LETTER_SWEEP_SCHEDULE)
 
 

@@ -21,10 +21,12 @@ from cli.upstream import collect_outcomes
 from functions.triggers import DEAD_LETTER_SWEEP_FUNCTION
 from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, StageName
 from shared.settings import SERVICEBUS_CONNECTION
+from shared.startup import AppCannotStart
 from standins.servicebus_emulator import EmulatorConfig
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fixtures.pipeline import OUTCOMES, journal_history, keeping_every_outcome
 from tests.samples import PARTNERS, sample_request, sample_request_json
+from tools.demo import DEMO_POLICY
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
@@ -187,17 +189,27 @@ async def test_hostile_envelopes_each_end_with_one_outcome() -> None:
     )
 
 
-async def test_an_app_that_cannot_start_still_ends_each_request_with_an_outcome(tmp_path: Path) -> None:
-    # A broken policy file: every stage fails before it can decide anything (so also before it could
-    # report its last delivery), and Service Bus dead-letters each message by itself.
-    broken = tmp_path / "policy.json"
-    broken.write_text('{"sources": ')
-    few_deliveries = keeping_every_outcome(EmulatorConfig.default().with_overrides(max_delivery_count=2))
-    with local_stack(emulator_config=few_deliveries, policy_file=broken) as stack:
+async def test_an_app_that_cannot_start_takes_no_message_and_handles_it_once_fixed(tmp_path: Path) -> None:
+    # A broken policy file stops the app at its start, as the Functions worker fails to index it
+    # (shared/startup.py): the request waits on its queue, never delivered, instead of crashing on
+    # every delivery until Service Bus dead-letters it; with the file fixed, it runs.
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"sources": ')
+    with local_stack(policy_file=policy) as stack:
         await send(stack, "create-contact", ServiceBusMessage(sample_request_json(request_id="broken-1")))
+        with pytest.raises(AppCannotStart, match=rf"ONBOARDING_POLICY_FILE={policy}: not a valid policy: Invalid JSON"):
+            async with running_host(stack.environment):
+                pass
+        waiting = await peeked(stack, "create-contact")
+        policy.write_text(DEMO_POLICY.read_text())
         outcomes = await run_host_until(stack, ["broken-1"])
-        kept = await dead_letters(stack, "create-contact")
-    assert [(o.request_id, o.status, o.reason) for o in outcomes] == [
-        ("broken-1", OutcomeStatus.FAILED, DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED)
-    ]
-    assert [m.dead_letter_reason for m in kept] == ["MaxDeliveryCountExceeded"]
+    assert [message.delivery_count for message in waiting] == [0]
+    assert [(o.request_id, o.status) for o in outcomes] == [("broken-1", OutcomeStatus.SUCCEEDED)]
+
+
+async def peeked(stack: LocalStack, queue: str) -> list[ServiceBusReceivedMessage]:
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        client.get_queue_receiver(queue) as receiver,
+    ):
+        return list(await receiver.peek_messages(max_message_count=10))

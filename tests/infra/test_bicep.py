@@ -22,7 +22,8 @@ from cli.main import app
 from functions.triggers import swept_queues
 from shared.queues import SELF_CHECK_QUEUE, StageName, intake_queues
 from shared.settings import ServiceBusSettings
-from standins.local_host import discover_triggers, load_function_app
+from standins.local_host import discover_triggers
+from tests.fixtures.pipeline import indexed_app
 from tests.infra.bicep import INFRA, REPOSITORY, Ref, bicep_files, function_app_template, main_template, parse
 
 ROLE_IDS = {
@@ -178,7 +179,7 @@ def _app_rights() -> Rights:
     swept_queues); a stage passes on to the next stage queue or schedules a retry on its own
     (shared/runner.py), so it sends to every stage queue; outcomes go to the outcome queue (a ReplyTo
     queue is its upstream's to grant); the journal is written."""
-    triggers = discover_triggers(load_function_app())
+    triggers = discover_triggers(indexed_app())
     received = {trigger.queue_name for trigger in triggers} | set(swept_queues())
     return _on(RECEIVER, *received) | _on(SENDER, *STAGE_QUEUES, OUTCOME_QUEUE) | _on(TABLE_CONTRIBUTOR, JOURNAL_TABLE)
 

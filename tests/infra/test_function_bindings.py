@@ -17,7 +17,8 @@ from pydantic import AliasChoices, TypeAdapter
 
 from shared.queues import PIPELINE
 from shared.settings import Settings
-from standins.local_host import QueueTrigger, discover_triggers, load_function_app
+from standins.local_host import QueueTrigger, discover_triggers
+from tests.fixtures.pipeline import indexed_app
 from tests.infra.bicep import REPOSITORY, Ref, function_app_template, main_template
 
 EMULATOR_CONFIG = REPOSITORY / "standins" / "servicebus_emulator" / "config.json"
@@ -26,7 +27,7 @@ EMULATOR_CONFIG = REPOSITORY / "standins" / "servicebus_emulator" / "config.json
 @pytest.fixture(scope="module")
 def triggers() -> tuple[QueueTrigger, ...]:
     # discover_triggers is cached: get_functions() cannot run twice on one app.
-    found = discover_triggers(load_function_app())
+    found = discover_triggers(indexed_app())
     assert found, "function_app.py indexes no Service Bus trigger"
     return found
 

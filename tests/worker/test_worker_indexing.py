@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.tools import require_tool
+from tools.demo import OFFLINE_APP_SETTINGS
 
 PROBE = Path(__file__).resolve().parent / "index_probe.py"
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -41,11 +42,11 @@ SWEEP = "dead_letter_sweep"
 
 
 def _worker_env() -> dict[str, str]:
-    # Only what an interpreter needs: no APPLICATIONINSIGHTS_*, ServiceBusConnection*, ONBOARDING_* from the
-    # developer's shell, so indexing proves the app imports without settings (as the host indexes it).
+    # Only what an interpreter needs and the app settings Azure gives the worker as it indexes (the app
+    # checks them then: shared/startup.py), the fewest it starts with: nothing from the developer's shell.
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT"}}
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave no __pycache__ in the app tree
-    return env
+    return env | OFFLINE_APP_SETTINGS
 
 
 def _index(app_dir: Path, settings: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -124,6 +125,19 @@ def test_a_sources_own_intake_queue_is_indexed_from_the_app_setting(indexed: dic
     assert queues == EXPECTED_QUEUES | {"create_contact_from_intake_partner": "intake-partner"}
     refused = _index(APP_DIR, {"ONBOARDING_INTAKE_QUEUES": "add-member"})
     assert refused.returncode != 0 and "ONBOARDING_INTAKE_QUEUES" in refused.stderr
+
+
+def test_an_app_that_cannot_start_fails_its_indexing_in_one_line_naming_the_setting(
+    indexed: dict[str, Any], tmp_path: Path
+) -> None:
+    """A missing policy file fails the worker's indexing; the worker then answers the host's init with
+    that failure and the host indexes no function (docs/functions-host.md): nothing is consumed."""
+    missing = tmp_path / "policy.json"
+    refused = _index(APP_DIR, {"ONBOARDING_POLICY_FILE": str(missing)})
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"shared.startup.AppCannotStart: the app cannot start: ONBOARDING_POLICY_FILE={missing}: the file does not exist"
+    )
 
 
 def test_versions_are_the_pinned_ones(indexed: dict[str, Any]) -> None:
