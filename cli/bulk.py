@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from rich.progress import Progress
 
 from cli.following import Advance, Narration, send_and_follow, stopped_waiting
+from cli.outcomes import wait_exit_code
 from cli.plumbing import (
     DUPLICATE_WINDOW_MINUTES,
     DUPLICATE_WINDOW_TEXT,
@@ -218,8 +220,7 @@ def send_file(
     timeout: float,
 ) -> int:
     """Check the file, then (unless `check`) send its rows and with `wait` follow them; the exit code:
-    0 checked or sent (with `wait`: all succeeded), 2 bad rows or file, 3 with `wait`: a request failed
-    or had no outcome in time."""
+    0 checked or sent, 2 bad rows or file, and with `wait` as cli.outcomes.wait_exit_code says."""
     try:
         checked = check_file(csv_file, dry_run=dry_run)
     except BulkFileError as error:
@@ -294,7 +295,7 @@ def send_file(
     )
     if sent.followed is None:  # not --wait
         return 0
-    return _report(rows, sent.followed.outcomes, len(sent.followed.duplicates))
+    return _report(rows, sent.followed.outcomes, sent.followed.duplicates)
 
 
 def _progress(label: str, also: Advance | None = None) -> Callable[[int], AbstractContextManager[Advance]]:
@@ -315,26 +316,30 @@ def _progress(label: str, also: Advance | None = None) -> Callable[[int], Abstra
     return bar
 
 
-def _report(rows: Sequence[Row], outcomes: dict[str, OutcomeEvent], duplicates: int) -> int:
-    """The count per outcome status and the line of every failed (or planned) row; 3 when any failed or
-    is missing."""
+def _report(rows: Sequence[Row], outcomes: dict[str, OutcomeEvent], earlier: dict[str, OutcomeEvent]) -> int:
+    """The count per outcome status and the line of every failed (or planned) row, this run's and, for rows
+    Service Bus dropped as duplicates, the earlier run's that stands; the exit code (cli.outcomes.wait_exit_code)."""
     by_status: dict[str, int] = {}
     for event in outcomes.values():
         by_status[event.status] = by_status.get(event.status, 0) + 1
-    missing = len(rows) - len(outcomes) - duplicates
+    missing = len(rows) - len(outcomes) - len(earlier)
     summary = ", ".join(f"{status} {count}" for status, count in sorted(by_status.items()))
     console.print(f"Outcomes: {summary or 'none'}" + (f", no outcome yet {missing}" if missing else ""), markup=False)
-    if duplicates:
+    if earlier:
+        stood = ", ".join(
+            f"{status} {count}" for status, count in sorted(Counter(e.status for e in earlier.values()).items())
+        )
         console.print(
-            f"Not run again: {duplicates} request(s) ran within the {DUPLICATE_WINDOW_TEXT} duplicate-detection "
-            "window before this send, so Service Bus dropped them; their earlier outcomes stand "
-            "(`onboard status ID`).",
+            f"Not run again: {len(earlier)} request(s) ran within the {DUPLICATE_WINDOW_TEXT} duplicate-detection "
+            f"window before this send, so Service Bus dropped them; their earlier outcomes stand ({stood}; "
+            "`onboard status ID`).",
             markup=False,
         )
     for row in rows:
-        outcome = outcomes.get(row.request_id)
+        outcome = outcomes.get(row.request_id) or earlier.get(row.request_id)
+        before = " (earlier run)" if row.request_id in earlier else ""
         if outcome is not None and outcome.status is OutcomeStatus.FAILED:
-            console.print(f"  line {row.line}: {row.request_id}: {outcome.reason}", markup=False)
+            console.print(f"  line {row.line}: {row.request_id}: {outcome.reason}{before}", markup=False)
         elif outcome is not None and outcome.status is OutcomeStatus.PLANNED:
-            console.print(f"  line {row.line}: {'; '.join(outcome.changes) or 'nothing to do'}", markup=False)
-    return 3 if missing or any(o.status is OutcomeStatus.FAILED for o in outcomes.values()) else 0
+            console.print(f"  line {row.line}: {'; '.join(outcome.changes) or 'nothing to do'}{before}", markup=False)
+    return wait_exit_code(outcomes.get(row.request_id) or earlier.get(row.request_id) for row in rows)

@@ -239,7 +239,8 @@ def submit(
     """Validate one request and put it on queue create-contact.
 
     Needs ServiceBusConnection (or ServiceBusConnection__fullyQualifiedNamespace, signed in with az login).
-    Exit code with --wait: 0 succeeded, 3 failed or no outcome in time.
+    Exit code with --wait: 0 when it succeeded, 3 when it failed or had no outcome in time; resent
+    within 10 minutes, it counts with the outcome of its earlier run.
     """
     from cli.submit import submit_one
 
@@ -424,8 +425,9 @@ def bulk(
     Columns: external_email, display_name, group, source_system; optional first_name, last_name,
     request_id, allow_external_senders. Nothing is sent while any row is bad, unless --skip-invalid.
     Each row's request id is stable, so sending the file again within 10 minutes adds nothing.
-    Exit codes: 0 sent or, with --check, every row valid (with --wait: all succeeded), 2 bad rows or
-    file, 3 with --wait: a request failed or had no outcome in time.
+    Exit codes: 0 sent or, with --check, every row valid, 2 bad rows or file; with --wait 0 when every
+    request succeeded and 3 when any failed or had no outcome in time, a row resent within 10 minutes
+    counting with the outcome of its earlier run.
     """
     from cli.bulk import send_file
 

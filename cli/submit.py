@@ -13,10 +13,10 @@ from azure.core.exceptions import AzureError
 from pydantic import ValidationError
 
 from cli.following import Narration, send_and_follow, stopped_waiting
-from cli.outcomes import render_outcome
+from cli.outcomes import render_outcome, wait_exit_code
 from cli.plumbing import DUPLICATE_WINDOW_TEXT, console, errors, fail, settings_for, with_servicebus
 from cli.upstream import group_target, is_queued
-from shared.contracts import OnboardingRequest, OutcomeStatus, StageName
+from shared.contracts import OnboardingRequest, StageName
 from shared.queues import DUPLICATE_WINDOW
 from shared.settings import ServiceBusSettings
 
@@ -39,8 +39,7 @@ def submit_one(
     wait: bool,
     timeout: float,
 ) -> int:
-    """Send one request; the exit code: 0 sent (with `wait`: succeeded), 3 with `wait`: failed, no
-    outcome in time, or dropped as a duplicate of an earlier run."""
+    """Send one request; the exit code: 0 sent, and with `wait` as cli.outcomes.wait_exit_code says."""
     settings = settings_for("submit", ServiceBusSettings)
     try:
         request = OnboardingRequest.model_validate(
@@ -99,9 +98,9 @@ def submit_one(
         if sent.followed is None:  # not --wait
             return 0
         if (earlier := sent.followed.duplicates.get(sent_id)) is not None:
-            errors.print(f"No new run: the earlier run of {sent_id} ended like this.", markup=False)
+            errors.print(f"No new run: the earlier run of {sent_id} ended like this, and stands.", markup=False)
             console.print(render_outcome(earlier))
-            return 3
+            return wait_exit_code([earlier])
         outcome = sent.followed.outcomes.get(sent_id)
         if outcome is None:
             errors.print(
@@ -109,9 +108,9 @@ def submit_one(
                 f"`onboard status {sent_id}` shows where it stands.",
                 markup=False,
             )
-            return 3
-        console.print(render_outcome(outcome))
-        return 3 if outcome.status is OutcomeStatus.FAILED else 0
+        else:
+            console.print(render_outcome(outcome))
+        return wait_exit_code([outcome])
 
     def interrupted() -> str:
         return stopped_waiting(sent_ids, "Interrupted while waiting") if sent_ids else "Interrupted; nothing was sent."

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cli.bulk import BulkFileError, check_file, check_text, spreadsheet_cell, stable_request_id, write_request_ids
 from cli.main import app
@@ -391,3 +391,39 @@ def test_a_file_with_only_its_header_is_said_to_have_no_rows(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["bulk", str(csv_file), "--check"], env={})
     assert result.exit_code == 2
     assert "No rows below the header" in result.output
+
+
+def test_a_request_not_run_again_counts_with_its_earlier_runs_outcome_in_submit_and_bulk(
+    host_in_background: LocalStack, tmp_path: Path
+) -> None:
+    """One rule for --wait (cli.outcomes.wait_exit_code): 0 when every request succeeded, 3 when any
+    failed; a request Service Bus dropped as a duplicate counts with its earlier run's outcome."""
+    csv_file = tmp_path / "two.csv"
+    missing_group = "no-such-group@contoso.com"
+    csv_file.write_text(HEADER + good_row(7) + f"nobody@fabrikam.example,Nobody,{missing_group},demo-hr\n")
+    env = {SERVICEBUS_CONNECTION: host_in_background.environment[SERVICEBUS_CONNECTION]}
+
+    def bulk_wait() -> Result:
+        return CliRunner().invoke(app, ["bulk", str(csv_file), "--wait", "--timeout", "60"], env=env)
+
+    first, again = bulk_wait(), bulk_wait()
+    failed_id = stable_request_id("nobody@fabrikam.example", missing_group, "demo-hr")
+    assert first.exit_code == 3, first.output
+    assert f"line 3: {failed_id}: GroupNotFound" in first.output
+    assert again.exit_code == 3, again.output  # before: 0, the earlier failure unseen
+    assert "Not run again: 2 request(s)" in again.output and "(Failed 1, Succeeded 1;" in again.output
+    assert f"line 3: {failed_id}: GroupNotFound (earlier run)" in again.output
+
+    def submit_wait(email: str, group: str) -> Result:
+        request_id = stable_request_id(email, group, "demo-hr")
+        options = ["--email", email, "--display-name", "Someone", "--group", group, "--source-system", "demo-hr"]
+        return CliRunner().invoke(
+            app, ["submit", *options, "--request-id", request_id, "--wait", "--timeout", "60"], env=env
+        )
+
+    succeeded_again = submit_wait("person.7@fabrikam.example", "partners@contoso.com")
+    failed_again = submit_wait("nobody@fabrikam.example", missing_group)
+    assert succeeded_again.exit_code == 0, succeeded_again.output  # before: 3, though the run stood Succeeded
+    assert "No new run" in succeeded_again.output and "Outcome    Succeeded" in succeeded_again.output
+    assert failed_again.exit_code == 3, failed_again.output
+    assert "No new run" in failed_again.output and "Failed: GroupNotFound" in failed_again.output
