@@ -31,7 +31,7 @@ from cli.plumbing import (
     settings_for,
     with_servicebus,
 )
-from cli.upstream import group_target
+from cli.upstream import group_target, request_problems
 from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus, StageName
 from shared.settings import ServiceBusSettings
 
@@ -42,13 +42,6 @@ MAX_BYTES = 20 * 1024 * 1024
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 COLUMNS = REQUIRED + OPTIONAL
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-# What shared/contracts.py's patterns and types mean, in words, per field (a dotted pydantic loc).
-# Fields not listed keep pydantic's message, which is plain already (an email address, a length).
-RULES = {
-    "group.object_id": "must be an SMTP address (name@domain) or a group object id (GUID)",
-    "source_system": "must be 1-64 letters, digits, '.', '_' or '-'",
-    "request_id": r"must be 1-128 characters without spaces, control characters, / \ # or ?",
-}
 
 
 class BulkFileError(ValueError):
@@ -107,6 +100,12 @@ def check_text(text: str, *, dry_run: bool = False) -> Checked:
     records = _records(text.removeprefix("\ufeff"))
     header = next((fields for _, fields in records if fields), [])  # csv gives [] for a blank line
     columns = [name.strip() for name in header]
+    if len(columns) == 1 and columns[0].count(";") >= len(REQUIRED) - 1:
+        # Excel saves "CSV" with semicolons where the decimal separator is a comma.
+        raise BulkFileError(
+            "line 1: the columns are separated by semicolons, not commas: save the file as "
+            '"CSV UTF-8 (Comma delimited)" or replace each ; with ,'
+        )
     if twice := sorted({name for name in columns if columns.count(name) > 1}):
         raise BulkFileError(f"line 1: column(s) named more than once: {', '.join(twice)}")
     missing = [name for name in REQUIRED if name not in columns]
@@ -179,11 +178,8 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
             }
         )
     except ValidationError as error:
-        for found in error.errors():
-            loc = [str(part) for part in found["loc"]]
-            said.setdefault(
-                loc[0] if loc else "row", RULES.get(".".join(loc), found["msg"].removeprefix("Value error, "))
-            )
+        for field, reason in request_problems(error).items():
+            said.setdefault(field, reason)
     if said:
         in_column_order = sorted(said, key=lambda name: COLUMNS.index(name) if name in COLUMNS else len(COLUMNS))
         return [Problem(line, name, said[name]) for name in in_column_order]

@@ -6,10 +6,12 @@ Each command's module is imported only when that command runs, so `onboard --hel
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from cli.command_rights import rights_epilog
 from cli.grant_plan import PUBLIC_GRAPH
@@ -17,16 +19,46 @@ from cli.plumbing import DEFAULT_STATE_DIR, configure_logging, errors, write_or_
 from cli.settings import SETTINGS_HELP, read_env_file
 from shared.contracts import StageName
 
+PACKAGE = "m365-external-onboarding"
+# `onboard --help` lists the commands in the order a newcomer meets them: try it, run it by hand,
+# look after it, deploy it, then the reference documents.
+NEWCOMER_ORDER = (
+    "demo", "sandbox", "host", "submit", "status", "bulk", "dlq", "grant", "doctor", "schema", "asyncapi",
+)  # fmt: skip
+
+
+class _InNewcomerOrder(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:  # Any: typer's own click Context is not public
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: NEWCOMER_ORDER.index(name) if name in NEWCOMER_ORDER else len(names))
+
+
 # rich_markup_mode=None: typer's rich help shows every flag as `<bool>`; click's plain help does not.
 app = typer.Typer(
+    cls=_InNewcomerOrder,
     help=f"Onboard external people into Microsoft 365 groups. {SETTINGS_HELP}",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        try:
+            version = metadata.version(PACKAGE)
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed: pip install -e .)"
+        typer.echo(f"onboard {version}")
+        raise typer.Exit
+
+
 @app.callback()
-def _read_settings_file(context: typer.Context) -> None:
+def _read_settings_file(
+    context: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     # Before any command parses its options, so options with an environment variable see .env too.
     warnings = read_env_file()
     if context.invoked_subcommand != "host":  # the app says so itself when it starts (shared/startup.py)

@@ -15,13 +15,24 @@ from pydantic import ValidationError
 from cli.following import Narration, send_and_follow, stopped_waiting
 from cli.outcomes import render_outcome, wait_exit_code
 from cli.plumbing import DUPLICATE_WINDOW_TEXT, console, errors, fail, settings_for, with_servicebus
-from cli.upstream import group_target, is_queued
+from cli.upstream import group_target, is_queued, request_problems
 from shared.contracts import OnboardingRequest, StageName
 from shared.queues import DUPLICATE_WINDOW
 from shared.settings import ServiceBusSettings
 
 if TYPE_CHECKING:
     from azure.servicebus.aio import ServiceBusClient
+
+# The option a person gave each field of the request with.
+OPTIONS = {
+    "external_email": "--email",
+    "display_name": "--display-name",
+    "first_name": "--first-name",
+    "last_name": "--last-name",
+    "group": "--group",
+    "source_system": "--source-system",
+    "request_id": "--request-id",
+}
 
 
 def submit_one(
@@ -56,8 +67,10 @@ def submit_one(
             }
         )
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise fail(f"Invalid request: {problems}", 2) from None
+        problems = "; ".join(
+            f"{OPTIONS.get(field, field)} {reason}" for field, reason in request_problems(error).items()
+        )
+        raise fail(f"Invalid request: {problems.removesuffix('.')}.", 2) from None
     handled_at = _first_handled(request_id) if request_id is not None else None
     outcome_queue = reply_to or settings.outcome_queue
     sent_ids: list[str] = []  # once sent: what Ctrl-C while waiting leaves behind

@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.identity.aio import DefaultAzureCredential
-from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSubQueue
-from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceivedMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
+from pydantic import ValidationError
 
 from shared.contracts import OnboardingRequest, OutcomeEvent, StageName
 from shared.envelope import outcome_message_id
 from shared.outbox import peeked
 from shared.queues import DUPLICATE_WINDOW
+from shared.setting_names import in_plain_words
 from shared.settings import ServiceBusSettings
 
 # A command line should fail within seconds when the namespace is unreachable, not after the
@@ -150,6 +152,25 @@ async def wait_for_outcomes(
 def group_target(group: str) -> dict[str, str]:
     """A request's `group` from what a person writes: an SMTP address, else an object id."""
     return {"smtp_address": group} if "@" in group else {"object_id": group}
+
+
+GROUP_RULE = "must be the group's SMTP address (name@domain) or its object id (a GUID), not its display name"
+# What shared/contracts.py's patterns and types mean, in words, per field (its dotted location).
+REQUEST_RULES = {
+    "group.object_id": GROUP_RULE,
+    "group.smtp_address": GROUP_RULE,
+    "source_system": "must be 1-64 letters, digits, '.', '_' or '-'",
+    "request_id": r"must be 1-128 characters without spaces, control characters, / \ # or ?",
+}
+
+
+def request_problems(error: ValidationError) -> dict[str, str]:
+    """Each field of a request the contract refused (the first dotted part: `group`), in plain words."""
+    problems: dict[str, str] = {}
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else "request"
+        problems.setdefault(field, in_plain_words(problem, REQUEST_RULES))
+    return problems
 
 
 def request_message(request: OnboardingRequest, request_id: str, *, reply_to: str | None = None) -> ServiceBusMessage:

@@ -57,13 +57,16 @@ def names_of(*models: type[BaseSettings]) -> frozenset[str]:
     return frozenset(env_name(model, field) for model in models for field in model.model_fields)
 
 
-def in_plain_words(problem: Mapping[str, Any]) -> str:
-    """One pydantic error as a person reads it: no regular expressions, no type names."""
+def in_plain_words(problem: Mapping[str, Any], rules: Mapping[str, str] = PATTERN_RULES) -> str:
+    """One pydantic error as a person reads it: no regular expressions, no type names. `rules` says what
+    a field (its dotted location) must be, where its pattern or type would say it in code."""
     kind, context = problem["type"], problem.get("ctx") or {}
-    field = str(problem["loc"][0]) if problem["loc"] else ""
+    field = ".".join(str(part) for part in problem["loc"])
+    if kind != "missing" and field in rules:
+        return rules[field]
     words = {
         "missing": "is not set",
-        "string_pattern_mismatch": PATTERN_RULES.get(field, "has the wrong form"),
+        "string_pattern_mismatch": "has the wrong form",
         "int_parsing": "must be a whole number",
         "float_parsing": "must be a number",
         "bool_parsing": "must be true or false",
@@ -72,14 +75,16 @@ def in_plain_words(problem: Mapping[str, Any]) -> str:
         "greater_than_equal": f"must be at least {context.get('ge')}",
         "greater_than": f"must be more than {context.get('gt')}",
         "less_than_equal": f"must be at most {context.get('le')}",
-        "string_too_short": f"must be at least {context.get('min_length')} characters",
+        "string_too_short": "must not be empty"
+        if context.get("min_length") == 1
+        else f"must be at least {context.get('min_length')} characters",
         "string_too_long": f"must be at most {context.get('max_length')} characters",
         "literal_error": f"must be one of {context.get('expected')}",
     }
     if kind in words:
         return words[kind]
     message = str(problem["msg"]).removeprefix("Value error, ")
-    return "is not an email address" if message.startswith("value is not a valid email address") else message
+    return message.replace("value is not a valid email address", "is not an email address", 1)
 
 
 def describe_problems(model: type[BaseSettings], error: ValidationError) -> str:

@@ -84,6 +84,11 @@ def test_ids_are_stable_per_person_and_group_and_a_repeated_row_is_reported() ->
         (HEADER.strip() + ",colour\n", "unknown column(s): colour"),
         (HEADER + 'a@b.example,"unclosed,partners@contoso.com,demo-hr\n', "not valid CSV"),
         (HEADER.strip() + ",display_name\n", "column(s) named more than once: display_name"),
+        (  # as Excel saves "CSV" where the decimal separator is a comma
+            HEADER.replace(",", ";") + "a@b.example;A;partners@contoso.com;demo-hr\n",
+            'line 1: the columns are separated by semicolons, not commas: save the file as "CSV UTF-8 (Comma '
+            'delimited)" or replace each ; with ,',
+        ),
     ],
 )
 def test_a_file_that_cannot_be_read_as_a_whole_says_why(text: str, said: str) -> None:
@@ -140,7 +145,7 @@ def test_a_file_that_is_not_utf8_names_the_line_of_the_bad_byte(tmp_path: Path) 
         check_file(csv_file)
 
 
-GROUP_RULE = "must be an SMTP address (name@domain) or a group object id (GUID)"
+GROUP_RULE = "must be the group's SMTP address (name@domain) or its object id (a GUID), not its display name"
 REQUEST_ID_RULE = r"must be 1-128 characters without spaces, control characters, / \ # or ?"
 
 
@@ -160,8 +165,8 @@ REQUEST_ID_RULE = r"must be 1-128 characters without spaces, control characters,
         ("a@fabrikam.example,A,partners@contoso.com,", "source_system", "required"),
         (
             "a@fabrikam,A,partners@contoso.com,demo-hr",
-            "external_email",  # pydantic's own words where they are plain
-            "value is not a valid email address: The part after the @-sign is not valid. It should have a period.",
+            "external_email",  # the email validator's own words: they are plain
+            "is not an email address: The part after the @-sign is not valid. It should have a period.",
         ),
         ("a@fabrikam.example,A,partners@contoso.com,demo-hr,,,has space,", "request_id", REQUEST_ID_RULE),
         ("a@fabrikam.example,A,partners@contoso.com,demo-hr,,,a/b,", "request_id", REQUEST_ID_RULE),

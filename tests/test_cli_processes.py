@@ -203,29 +203,44 @@ def test_a_mistyped_setting_name_is_named_and_a_missing_policy_said_at_start(tmp
 
 
 @pytest.fixture
-def occupied_port() -> Iterator[int]:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        yield listener.getsockname()[1]
+def occupied_ports() -> Iterator[tuple[int, int]]:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as one,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as two,
+    ):
+        for listener in (one, two):
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+        yield one.getsockname()[1], two.getsockname()[1]
 
 
-def test_a_port_in_use_is_one_line_naming_the_option(tmp_path: Path, occupied_port: int) -> None:
-    result = run_onboard(
+def test_ports_in_use_are_one_line_naming_each_option(tmp_path: Path, occupied_ports: tuple[int, int]) -> None:
+    servicebus, tenant = occupied_ports
+    management = str(free_port("127.0.0.1"))
+    state = ("--servicebus-management-port", management, "--state-dir", str(tmp_path / "state"))
+    one = run_onboard(
         "sandbox",
         "--servicebus-port",
-        str(occupied_port),
+        str(servicebus),
         "--tenant-port",
         str(free_port("127.0.0.1")),
-        "--state-dir",
-        str(tmp_path / "state"),
+        *state,
         cwd=tmp_path,
     )
+    both = run_onboard(
+        "sandbox", "--servicebus-port", str(servicebus), "--tenant-port", str(tenant), *state, cwd=tmp_path
+    )
 
-    assert result.returncode == 1
-    (line,) = lines_of(result.stdout + result.stderr)
-    assert f"Port {occupied_port} (for the Service Bus emulator) is already in use" in line
-    assert "--servicebus-port" in line
+    assert (one.returncode, both.returncode) == (1, 1)
+    assert lines_of(one.stdout + one.stderr) == [
+        f"Port {servicebus} (for the Service Bus emulator) is already in use, perhaps by another `onboard sandbox`: "
+        "stop that, or pass --servicebus-port."
+    ]
+    assert lines_of(both.stdout + both.stderr) == [  # every port at once, not one per try
+        f"Ports {servicebus} (for the Service Bus emulator; --servicebus-port), {tenant} (for the tenant sandbox; "
+        "--tenant-port) are already in use, perhaps by another `onboard sandbox`: stop that, or pass other ports "
+        "with those options."
+    ]
     assert not (tmp_path / "state").exists()
 
 

@@ -16,6 +16,7 @@ from cli.dlq import (
     DeadLetterView,
     Selection,
     confirm_question,
+    known_reason,
     list_dead_letters,
     parse_age,
     purge,
@@ -59,7 +60,8 @@ async def test_a_dead_letter_replayed_after_its_cause_is_fixed_succeeds_with_one
         assert (view.request_id, view.reason, view.deferred) == (request_id, "PermissionDenied", False)
         text = _rendered(render_list([view], datetime.now(UTC)))
         assert all(len(line) <= 80 for line in text.splitlines())
-        assert "add-member" in text and "PermissionDenied" in text and email not in text
+        assert "add-member/$deadletterqueue: 1" in text
+        assert "PermissionDenied" in text and email not in text
 
         # The role is granted (the scripted refusal is used up); the operator replays.
         (done,) = await replay(client, StageName.ADD_MEMBER, [view], datetime.now(UTC))
@@ -163,3 +165,15 @@ def test_the_commands_list_ask_before_purging_and_refuse_an_empty_selection(
     purged = CliRunner().invoke(app, ["dlq", "purge", "--all", "--yes"], env=env)
     assert purged.exit_code == 0 and "purged" in purged.output
     assert "No dead letters." in CliRunner().invoke(app, ["dlq", "list"], env=env).output
+
+
+def test_a_reason_the_app_does_not_know_is_refused_naming_the_closest_one() -> None:
+    """Before, `--reason PolicyDenid` matched nothing and said only that nothing matched."""
+    env = {"COLUMNS": "400"}
+    typo = CliRunner().invoke(app, ["dlq", "replay", "--reason", "PolicyDenid"], env=env)
+    assert typo.exit_code == 2
+    assert typo.output.startswith(
+        "--reason PolicyDenid is not a dead-letter reason of this app: did you mean PolicyDenied?"
+    )
+    assert "MaxDeliveryCountExceeded" in typo.output and "by its sequence number" in typo.output
+    assert known_reason("policydenied") == "PolicyDenied"  # any case, as the listing's matching
