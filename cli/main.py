@@ -230,9 +230,10 @@ def host(
 ) -> None:
     """Run function_app.py's triggers against the configured namespace and tenant (emulator or Azure).
 
-    Needs every app setting (README, Settings): ServiceBusConnection, ONBOARDING_TENANT_ID,
-    ONBOARDING_TENANT_DOMAIN and what the directory credential needs. If Service Bus goes away, the
-    host says so once and reconnects with backoff.
+    Needs every app setting (docs/settings.md): ServiceBusConnection, ONBOARDING_TENANT_ID and what
+    the directory credential needs; it stops before taking any message when one is wrong or the
+    policy file does not load. If Service Bus goes away, it says so once and reconnects with backoff,
+    handling messages again at most 30 s after Service Bus is back.
     """
     from cli.host import serve_host
 

@@ -30,16 +30,12 @@ param pythonVersion string = '3.13' // docs/functions-host.md: the worker that i
 @description('ONBOARDING_TENANT_ID: GUID of the Microsoft 365 tenant whose groups the app manages.')
 param onboardingTenantId string
 
-@minLength(3)
-@description('ONBOARDING_TENANT_DOMAIN: the tenant\'s initial domain, <tenant>.onmicrosoft.com.')
-param onboardingTenantDomain string
-
 @description('ONBOARDING_POLICY_FILE: path of the policy file deployed with the code (for example policy.json). Empty leaves the setting out: the app then denies every request.')
 param policyFile string = ''
 
 // Every other setting the app reads (shared/settings.py) is a parameter too: `azd provision` replaces
 // all app settings, so one set by hand would be lost. Defaults are the app's own (tests/infra checks).
-@description('ONBOARDING_WELCOME_SENDER: the mailbox that sends the welcome message. Empty leaves the setting out: no welcome message.')
+@description('ONBOARDING_WELCOME_SENDER: the mailbox that sends the welcome message (docs/deploy.md, step 10). Empty leaves the setting out: no welcome message.')
 param welcomeSender string = ''
 
 @minLength(1)
@@ -440,7 +436,6 @@ module functionApp 'app/function-app.bicep' = {
     alwaysReadyInstances: alwaysReadyInstances
     serviceBusFunctionNames: serviceBusFunctionNames
     onboardingTenantId: onboardingTenantId
-    onboardingTenantDomain: onboardingTenantDomain
     policyFile: policyFile
     intakeQueueNames: [for intake in intakeQueues: intake.name]
     tuningSettings: tuningSettings

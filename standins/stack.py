@@ -77,7 +77,6 @@ def local_stack(
         environment = {
             SERVICEBUS_CONNECTION: emulator.connection_string,
             "ONBOARDING_TENANT_ID": sandbox.tenant_id,
-            "ONBOARDING_TENANT_DOMAIN": sandbox.tenant_domain,
             "ONBOARDING_GRAPH_BASE_URL": sandbox.graph_base_url,
             "ONBOARDING_EXCHANGE_BASE_URL": sandbox.exchange_base_url,
             "ONBOARDING_DIRECTORY_CREDENTIAL": "sandbox",

@@ -23,7 +23,6 @@ param maxConcurrentCalls int
 param alwaysReadyInstances int
 param serviceBusFunctionNames array
 param onboardingTenantId string
-param onboardingTenantDomain string
 param policyFile string
 param intakeQueueNames array
 
@@ -48,9 +47,8 @@ var appSettings = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
   // host.json's extensions.serviceBus.maxConcurrentCalls, overridden here so scale is set per deployment.
   AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls: string(maxConcurrentCalls)
-  // The app's own settings (README, Settings).
+  // The app's own settings (docs/settings.md). ONBOARDING_TENANT_DOMAIN is not among them: the app reads none.
   ONBOARDING_TENANT_ID: onboardingTenantId
-  ONBOARDING_TENANT_DOMAIN: onboardingTenantDomain
   ONBOARDING_DIRECTORY_CREDENTIAL: 'managed-identity'
   ONBOARDING_MANAGED_IDENTITY_CLIENT_ID: identityClientId
   ONBOARDING_JOURNAL: '${storageEndpoints.table}${journalTableName}'

@@ -261,13 +261,21 @@ def test_app_settings_are_identity_based() -> None:
     assert settings["ONBOARDING_JOURNAL"] == "${storage.outputs.serviceEndpoints.table}onboardingjournal"
     assert settings["ONBOARDING_DIRECTORY_CREDENTIAL"] == "managed-identity"
     assert settings["ONBOARDING_TENANT_ID"] == Ref("onboardingTenantId")
-    assert settings["ONBOARDING_TENANT_DOMAIN"] == Ref("onboardingTenantDomain")
+    assert "ONBOARDING_TENANT_DOMAIN" not in settings  # the app reads none (docs/settings.md)
 
 
 def test_policy_file_setting_only_when_given() -> None:
     """An empty ONBOARDING_POLICY_FILE would be read as the path "."; without it the app denies every request."""
     assert "ONBOARDING_POLICY_FILE" not in _app_settings(policyFile="")
     assert _app_settings(policyFile="policy.json")["ONBOARDING_POLICY_FILE"] == "policy.json"
+
+
+def test_the_welcome_message_is_on_only_with_a_sender() -> None:
+    """docs/deploy.md, step 10: ONBOARDING_WELCOME_SENDER in the azd environment turns it on."""
+    assert "ONBOARDING_WELCOME_SENDER" not in _app_settings(welcomeSender="")
+    assert _app_settings(welcomeSender="welcome@contoso.com")["ONBOARDING_WELCOME_SENDER"] == "welcome@contoso.com"
+    parameters = json.loads((REPOSITORY / "infra" / "main.parameters.json").read_text())["parameters"]
+    assert parameters["welcomeSender"] == {"value": "${ONBOARDING_WELCOME_SENDER}"}
 
 
 def test_a_sources_own_intake_queue_is_read_by_the_app_and_sent_to_by_that_source_only() -> None:

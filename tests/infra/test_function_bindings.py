@@ -131,7 +131,6 @@ def test_app_settings_pass_the_apps_start_up_validation(
     """With example values for what only a deployment knows, Settings() accepts what infra sets."""
     deployment = {
         Ref("onboardingTenantId"): "11111111-2222-3333-4444-555555555555",
-        Ref("onboardingTenantDomain"): "contoso.onmicrosoft.com",
         Ref("identity.outputs.clientId"): "66666666-7777-8888-9999-000000000000",
         Ref("appInsights.outputs.connectionString"): "InstrumentationKey=00000000-0000-0000-0000-000000000000",
         Ref("storage.outputs.serviceEndpoints.blob"): "https://stexample.blob.core.windows.net/",
