@@ -90,7 +90,7 @@ check: lint typecheck test
 chaos: $(STAMP)
 	$(BIN)/python -m tools.chaos
 
-# Prints numbers; nothing is asserted (see README, Benchmarks).
+# Prints numbers; nothing is asserted (docs/performance.md).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.servicebus_emulator
 	$(BIN)/python -m benchmarks.servicebus_emulator --database $(VENV)/bench-servicebus.db --messages 2000

@@ -69,7 +69,7 @@ class GroupKind(StrEnum):
 
 
 class DeadLetterReason(StrEnum):
-    """The documented vocabulary an operator acts on (README: "Dead-letter reasons")."""
+    """The documented vocabulary an operator acts on (docs/reasons.md)."""
 
     INVALID_REQUEST = "InvalidRequest"
     GROUP_NOT_FOUND = "GroupNotFound"

@@ -1,7 +1,7 @@
 """Which source systems may put whom into which group: deny unless listed.
 
 Loaded from a JSON file (setting ONBOARDING_POLICY_FILE). Groups are named by SMTP address or
-object id; "*" means any group. The file format is in the README.
+object id; "*" means any group. The file format is in docs/settings.md.
 """
 
 from __future__ import annotations

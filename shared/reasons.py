@@ -3,7 +3,7 @@ what it asked, and the operator's fix (a replay once the cause is fixed, or a ne
 
 The runner reads it for how loud its log line is, the dead-letter sweep for which reasons the
 pipeline set itself (and so already published an outcome), and `onboard dlq replay` for what it
-sends again. The README's and docs/runbook.md's reason tables are prose for people; a test checks
+sends again. docs/reasons.md's and docs/runbook.md's reason tables are prose for people; a test checks
 that they list these reasons in this order with these fixes.
 """
 

@@ -155,7 +155,7 @@ async def check_policy(policy_file: Path | None, graph: GraphDirectory) -> Polic
                     name="policy file",
                     status=Status.WRONG,
                     detail="ONBOARDING_POLICY_FILE is not set: the app denies every request",
-                    fix="write policy.json next to host.json and set ONBOARDING_POLICY_FILE (README, Policy)",
+                    fix="write policy.json next to host.json and set ONBOARDING_POLICY_FILE (docs/settings.md, Policy)",
                 )
             ],
             SUPPORTED_KINDS,
@@ -566,7 +566,7 @@ class SelfCheckResponder:
                 name="start",
                 status=Status.WRONG,
                 detail=f"the app cannot start: {self.cannot_start}",
-                fix="fix the setting or file it names (README, Settings), then restart the app",
+                fix="fix the setting or file it names (docs/settings.md), then restart the app",
             )
             return SelfCheckReport(request_id=request.request_id, checked_at=self.clock(), checks=(refusal,))
         async with self.tools() as tools:
