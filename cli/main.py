@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from cli.command_rights import rights_epilog
 from cli.grant_plan import PUBLIC_GRAPH
-from cli.plumbing import DEFAULT_STATE_DIR, configure_logging, errors, write_or_print
+from cli.plumbing import DEFAULT_STATE_DIR, errors, quiet_libraries, write_or_print
 from cli.settings import SETTINGS_HELP, read_env_file
 from shared.contracts import StageName
 
@@ -64,8 +64,8 @@ def _read_settings_file(
     if context.invoked_subcommand != "host":  # the app says so itself when it starts (shared/startup.py)
         for warning in warnings:
             errors.print(warning, markup=False, highlight=False, soft_wrap=True)
-    # Warnings only, one line each, and none of the SDKs' tracebacks (host, sandbox and demo set their own).
-    configure_logging(verbose=False)
+    # None of the SDKs' own records (with their tracebacks) before a command's one-line message.
+    quiet_libraries()
 
 
 VerboseOption = Annotated[bool, typer.Option("--verbose/--quiet", "-v/-q", help="Show the pipeline's log at INFO.")]

@@ -52,11 +52,17 @@ class _DropNormalEvents(logging.Filter):
 
 
 def configure_logging(verbose: bool, handler: logging.Handler | None = None) -> None:
-    install_safe_log_records()
+    """The log of a command that runs the app or the stand-ins (host, sandbox, demo): one line each."""
     handler = handler or logging.StreamHandler(sys.stderr)
     handler.setFormatter(CONSOLE_FORMATTER)
     handler.addFilter(_DropNormalEvents())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """For every command: addresses masked, and the libraries' own records kept from a person's terminal."""
+    install_safe_log_records()
     # The AMQP and HTTP stacks are chatty at INFO, and so are the stand-ins' servers: warnings only.
     quiet_third_party_loggers()
     for noisy in ("uvicorn", "proton"):

@@ -84,7 +84,7 @@ LINK_OPEN_TIMEOUT_SECONDS = 30.0
 ENDING_ROUNDS = 1000
 # Closing a link or a client waits for the broker's answer; a broker that is gone never gives one.
 CLOSE_TIMEOUT_SECONDS = 5.0
-# A settlement waits for the host's loop; should that loop be gone, the worker thread must not wait forever.
+# A settlement that gets no answer (a link that never answers) ends, and gives the connection up.
 SETTLEMENT_TIMEOUT_SECONDS = 60.0
 # What a settlement may meet that concerns its message alone; any other Service Bus error means the
 # link is gone (on a closed connection the SDK also raises "Handler failed: 'NoneType' object has no
@@ -267,7 +267,7 @@ class LocalMessageActions:
             raise SettlementError(method, f"LockToken {token} not found.", KeyError(token))
         try:
             on_host = asyncio.run_coroutine_threadsafe(self._settle_on_host(settle, original), self._loop)
-            on_host.result(timeout=SETTLEMENT_TIMEOUT_SECONDS)
+            on_host.result(timeout=SETTLEMENT_TIMEOUT_SECONDS + CLOSE_TIMEOUT_SECONDS)  # the host's own bound first
         except Exception as error:  # the SDK raises MessageAlreadySettled and lock errors alike
             self._unless_ended()
             raise SettlementError(method, type(error).__name__, error) from error
@@ -287,7 +287,10 @@ class LocalMessageActions:
             self.end()
             raise ServiceBusConnectionError(message="the connection the message came on is gone")
         try:
-            await settle(message)
+            try:
+                await asyncio.wait_for(settle(message), SETTLEMENT_TIMEOUT_SECONDS)
+            except TimeoutError:  # a link that never answers is as gone as a closed one
+                raise OperationTimeoutError(message=f"no answer within {SETTLEMENT_TIMEOUT_SECONDS:.0f} s") from None
         except ServiceBusError as error:
             if connection is not None and not isinstance(error, MESSAGE_ONLY):
                 connection.give_up(error)
@@ -559,14 +562,14 @@ class LocalHost:
         try:
             for trigger in self._triggers:
                 clients.setdefault(trigger.connection, self._client(trigger.connection))
-            pumps = [
-                self._pump(trigger, clients[trigger.connection], connection, stop, function_loop)
-                for trigger in self._triggers
-            ]
-            ended = sum(await asyncio.gather(*pumps))
+            async with asyncio.TaskGroup() as group:  # a pump that fails unexpectedly stops the others
+                pumps = [
+                    group.create_task(self._pump(trigger, clients[trigger.connection], connection, stop, function_loop))
+                    for trigger in self._triggers
+                ]
             if not self._triggers:
                 await stop.wait()  # an app of timers alone: the host runs until it is stopped all the same
-            return ended
+            return sum(pump.result() for pump in pumps)
         finally:
             await asyncio.gather(*(_quietly(client.close()) for client in clients.values()))
 
