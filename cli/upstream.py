@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.identity.aio import DefaultAzureCredential
-from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceivedMessage, ServiceBusSubQueue
-from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 from pydantic import ValidationError
 
 from shared.contracts import OnboardingRequest, OutcomeEvent, StageName
