@@ -178,6 +178,7 @@ NOT_IN_AZURE = {
     "allow_sandbox_credential": "a flag of the local stand-ins only",
     "graph_base_url": "the tenant sandbox's URL locally; Microsoft Graph's default in Azure",
     "exchange_base_url": "the tenant sandbox's URL locally; Exchange Online's default in Azure",
+    "tenant_domain": "read by no code: still accepted, so an older deployment's setting stays valid",
 }
 # Every other field is a parameter of infra/main.bicep, fed by an azd variable of the same name as the
 # app setting (infra/main.parameters.json) and listed in docs/deploy.md's parameter table.
