@@ -405,7 +405,11 @@ class Directory:
         """Exchange's -Identity for a user: its Exchange Guid or address (never the Entra object id), once Exchange knows it."""
         key = identity.lower()
         user = next(
-            (u for u in self.users.values() if key == u.exchange_guid or (key == u.mail.lower() and not u.smtp_withheld)),
+            (
+                u
+                for u in self.users.values()
+                if key == u.exchange_guid or (key == u.mail.lower() and not u.smtp_withheld)
+            ),
             None,
         )
         return user if user is not None and self.known_to_exchange(user) else None
