@@ -78,6 +78,7 @@ class DeadLetterReason(StrEnum):
     ADDRESS_IN_USE_INTERNALLY = "AddressInUseInternally"
     INVITATION_REFUSED = "InvitationRefused"
     GUESTS_NOT_ALLOWED = "GuestsNotAllowed"
+    ADDRESS_HELD_BY_MAIL_CONTACT = "AddressHeldByMailContact"
     PERMISSION_DENIED = "PermissionDenied"
     DIRECTORY_REJECTED = "DirectoryRejected"
     RETRIES_EXHAUSTED = "RetriesExhausted"

@@ -50,6 +50,9 @@ REASONS: Mapping[DeadLetterReason, ReasonFacts] = MappingProxyType(
         DeadLetterReason.GUESTS_NOT_ALLOWED: ReasonFacts(
             Fix.REPLAY, "allowing guests in the group", refuses_the_request=True
         ),
+        DeadLetterReason.ADDRESS_HELD_BY_MAIL_CONTACT: ReasonFacts(
+            Fix.REPLAY, "removing the mail contact", refuses_the_request=True
+        ),
         DeadLetterReason.PERMISSION_DENIED: ReasonFacts(Fix.REPLAY, "granting the rights"),
         DeadLetterReason.DIRECTORY_REJECTED: ReasonFacts(Fix.REPLAY, "fixing the tenant"),
         DeadLetterReason.RETRIES_EXHAUSTED: ReasonFacts(Fix.REPLAY),
