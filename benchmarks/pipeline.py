@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -38,7 +39,7 @@ from standins.local_app import app_credential, grant_local_app
 from standins.stack import local_stack, running_host, sandbox_app_credential
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
 from standins.tenant_sandbox.knobs import Throttle
-from tools.demo import demo_request
+from tools.demo import OFFLINE_APP_SETTINGS, demo_request
 
 OUTCOMES = "onboarding-outcomes"
 GROUPS = {
@@ -332,7 +333,8 @@ DEPLOYED_PYTHON = Path(__file__).resolve().parents[1] / ".venv" / "worker" / "bi
 
 
 def cold_start_row() -> None:
-    interpreters = {"dev venv, Python 3.11": sys.executable}
+    app_environment = {**os.environ, **OFFLINE_APP_SETTINGS}  # importing the app checks its settings
+    interpreters = {"dev venv, Python 3.13": sys.executable}
     if DEPLOYED_PYTHON.exists():
         interpreters["requirements.txt only, Python 3.13 (as deployed)"] = str(DEPLOYED_PYTHON)
     for label, python in interpreters.items():
@@ -346,7 +348,9 @@ def cold_start_row() -> None:
             )
             # Our own interpreters on code written above: no outside input reaches the command line.
             runs = [
-                subprocess.run([python, "-c", measure], capture_output=True, text=True, check=True)  # noqa: S603
+                subprocess.run(  # noqa: S603
+                    [python, "-c", measure], capture_output=True, text=True, check=True, env=app_environment
+                )
                 for _ in range(5)
             ]
             samples = sorted((float(r.stdout.split()[0]), float(r.stdout.split()[1]) / 1024) for r in runs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.progress import Progress
 
-from cli.following import Advance, Narration, send_and_follow
+from cli.following import Advance, Narration, send_and_follow, stopped_waiting
+from cli.outcomes import wait_exit_code
 from cli.plumbing import (
     DUPLICATE_WINDOW_MINUTES,
     DUPLICATE_WINDOW_TEXT,
@@ -30,7 +32,7 @@ from cli.plumbing import (
     settings_for,
     with_servicebus,
 )
-from cli.upstream import group_target
+from cli.upstream import group_target, request_problems
 from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus, RequestAction, StageName
 from shared.leases import end_refusal
 from shared.settings import ServiceBusSettings
@@ -42,14 +44,6 @@ MAX_BYTES = 20 * 1024 * 1024
 _BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 COLUMNS = REQUIRED + OPTIONAL
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-# What shared/contracts.py's patterns and types mean, in words, per field (a dotted pydantic loc).
-# Fields not listed keep pydantic's message, which is plain already (an email address, a length).
-RULES = {
-    "group.object_id": "must be an SMTP address (name@domain) or a group object id (GUID)",
-    "source_system": "must be 1-64 letters, digits, '.', '_' or '-'",
-    "request_id": r"must be 1-128 characters without spaces, control characters, / \ # or ?",
-    "expires_at": "must be a time with its time zone, such as 2027-03-31T17:00:00Z or 2027-03-31T19:00:00+02:00",
-}
 _ACTIONS = {action.value for action in RequestAction}
 
 
@@ -115,6 +109,12 @@ def check_text(text: str, *, dry_run: bool = False) -> Checked:
     records = _records(text.removeprefix("\ufeff"))
     header = next((fields for _, fields in records if fields), [])  # csv gives [] for a blank line
     columns = [name.strip() for name in header]
+    if len(columns) == 1 and columns[0].count(";") >= len(REQUIRED) - 1:
+        # Excel saves "CSV" with semicolons where the decimal separator is a comma.
+        raise BulkFileError(
+            "line 1: the columns are separated by semicolons, not commas: save the file as "
+            '"CSV UTF-8 (Comma delimited)" or replace each ; with ,'
+        )
     if twice := sorted({name for name in columns if columns.count(name) > 1}):
         raise BulkFileError(f"line 1: column(s) named more than once: {', '.join(twice)}")
     missing = [name for name in REQUIRED if name not in columns]
@@ -198,9 +198,8 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
             }
         )
     except ValidationError as error:
-        for found in error.errors():
-            loc = [str(part) for part in found["loc"]] or _field_named_in(found["msg"])
-            said.setdefault(loc[0], RULES.get(".".join(loc), found["msg"].removeprefix("Value error, ")))
+        for field, reason in request_problems(error, fields=COLUMNS).items():
+            said.setdefault(field, reason)
     else:
         # The end as intake will judge it (in the future, at most three years away), judged now.
         if refusal := end_refusal(request, datetime.now(UTC)):
@@ -212,11 +211,6 @@ def _check_row(line: int, raw: dict[str, str], dry_run: bool) -> Row | list[Prob
         request_id = dry_run_id(request_id)
         request = request.model_copy(update={"request_id": request_id})
     return Row(line, request_id, request)
-
-
-def _field_named_in(message: str) -> list[str]:
-    """A rule about the whole request names the field it is about (display_name, to onboard): report it there."""
-    return [next((name for name in COLUMNS if name in message), "row")]
 
 
 def spreadsheet_cell(value: str) -> str:
@@ -246,8 +240,7 @@ def send_file(
     timeout: float,
 ) -> int:
     """Check the file, then (unless `check`) send its rows and with `wait` follow them; the exit code:
-    0 checked or sent (with `wait`: all succeeded), 2 bad rows or file, 3 with `wait`: a request failed
-    or had no outcome in time."""
+    0 checked or sent, 2 bad rows or file, and with `wait` as cli.outcomes.wait_exit_code says."""
     try:
         checked = check_file(csv_file, dry_run=dry_run)
     except BulkFileError as error:
@@ -268,8 +261,19 @@ def send_file(
         raise fail("No valid rows; nothing sent.", 2)
     settings = settings_for("bulk", ServiceBusSettings)  # only now: checking a file needs no Service Bus
     rows = checked.rows
+    sent_ids: list[str] = []  # once all are sent: what Ctrl-C while waiting leaves behind
+    sent_so_far = 0
+    again = (
+        f"`onboard bulk {csv_file} --wait` again within {DUPLICATE_WINDOW_MINUTES} minutes waits for them "
+        "once more and sends none twice"
+    )
 
-    def say_sent(_request_ids: list[str]) -> None:
+    def count_sent(count: int) -> None:
+        nonlocal sent_so_far
+        sent_so_far += count
+
+    def say_sent(request_ids: list[str]) -> None:
+        sent_ids.extend(request_ids)
         skipped = f", skipped {checked.bad_rows} bad row(s)" if checked.problems else ""
         console.print(f"Sent {len(rows)} request(s) to {StageName.CREATE_CONTACT}{skipped}.", markup=False)
         console.print(
@@ -285,6 +289,16 @@ def send_file(
         elif len(rows) <= 20:
             console.print("\n".join(r.request_id for r in rows), markup=False)
 
+    def interrupted() -> str:
+        if sent_ids:
+            return stopped_waiting(sent_ids, "Interrupted while waiting", again=again)
+        if sent_so_far:
+            return (
+                f"Interrupted after sending {sent_so_far} of {len(rows)} request(s). Run the same command again "
+                f"within {DUPLICATE_WINDOW_MINUTES} minutes: Service Bus drops the ones already sent."
+            )
+        return "Interrupted; nothing was sent."
+
     sent = with_servicebus(
         settings,
         lambda client: send_and_follow(
@@ -293,46 +307,59 @@ def send_file(
             reply_to=reply_to,
             outcome_queue=reply_to or settings.outcome_queue,
             follow_seconds=timeout if wait else None,
-            narration=Narration(sending=_progress("Sending"), sent=say_sent, following=_progress("Outcomes")),
+            narration=Narration(
+                sending=_progress("Sending", count_sent), sent=say_sent, following=_progress("Outcomes"), again=again
+            ),
         ),
+        interrupted=interrupted,
     )
     if sent.followed is None:  # not --wait
         return 0
-    return _report(rows, sent.followed.outcomes, len(sent.followed.duplicates))
+    return _report(rows, sent.followed.outcomes, sent.followed.duplicates)
 
 
-def _progress(label: str) -> Callable[[int], AbstractContextManager[Advance]]:
-    """A progress bar on a terminal (none otherwise), gone when the step is done."""
+def _progress(label: str, also: Advance | None = None) -> Callable[[int], AbstractContextManager[Advance]]:
+    """A progress bar on a terminal (none otherwise), gone when the step is done; `also` is told each step."""
 
     @contextmanager
     def bar(total: int) -> Iterator[Advance]:
         with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
             task = progress.add_task(label, total=total)
-            yield lambda count: progress.advance(task, count)
+
+            def advance(count: int) -> None:
+                progress.advance(task, count)
+                if also is not None:
+                    also(count)
+
+            yield advance
 
     return bar
 
 
-def _report(rows: Sequence[Row], outcomes: dict[str, OutcomeEvent], duplicates: int) -> int:
-    """The count per outcome status and the line of every failed (or planned) row; 3 when any failed or
-    is missing."""
+def _report(rows: Sequence[Row], outcomes: dict[str, OutcomeEvent], earlier: dict[str, OutcomeEvent]) -> int:
+    """The count per outcome status and the line of every failed (or planned) row, this run's and, for rows
+    Service Bus dropped as duplicates, the earlier run's that stands; the exit code (cli.outcomes.wait_exit_code)."""
     by_status: dict[str, int] = {}
     for event in outcomes.values():
         by_status[event.status] = by_status.get(event.status, 0) + 1
-    missing = len(rows) - len(outcomes) - duplicates
+    missing = len(rows) - len(outcomes) - len(earlier)
     summary = ", ".join(f"{status} {count}" for status, count in sorted(by_status.items()))
     console.print(f"Outcomes: {summary or 'none'}" + (f", no outcome yet {missing}" if missing else ""), markup=False)
-    if duplicates:
+    if earlier:
+        stood = ", ".join(
+            f"{status} {count}" for status, count in sorted(Counter(e.status for e in earlier.values()).items())
+        )
         console.print(
-            f"Not run again: {duplicates} request(s) ran within the {DUPLICATE_WINDOW_TEXT} duplicate-detection "
-            "window before this send, so Service Bus dropped them; their earlier outcomes stand "
-            "(`onboard status ID`).",
+            f"Not run again: {len(earlier)} request(s) ran within the {DUPLICATE_WINDOW_TEXT} duplicate-detection "
+            f"window before this send, so Service Bus dropped them; their earlier outcomes stand ({stood}; "
+            "`onboard status ID`).",
             markup=False,
         )
     for row in rows:
-        outcome = outcomes.get(row.request_id)
+        outcome = outcomes.get(row.request_id) or earlier.get(row.request_id)
+        before = " (earlier run)" if row.request_id in earlier else ""
         if outcome is not None and outcome.status is OutcomeStatus.FAILED:
-            console.print(f"  line {row.line}: {row.request_id}: {outcome.reason}", markup=False)
+            console.print(f"  line {row.line}: {row.request_id}: {outcome.reason}{before}", markup=False)
         elif outcome is not None and outcome.status is OutcomeStatus.PLANNED:
-            console.print(f"  line {row.line}: {'; '.join(outcome.changes) or 'nothing to do'}", markup=False)
-    return 3 if missing or any(o.status is OutcomeStatus.FAILED for o in outcomes.values()) else 0
+            console.print(f"  line {row.line}: {'; '.join(outcome.changes) or 'nothing to do'}{before}", markup=False)
+    return wait_exit_code(outcomes.get(row.request_id) or earlier.get(row.request_id) for row in rows)

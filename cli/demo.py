@@ -74,7 +74,10 @@ async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
     for sample in SAMPLES:
         console.print(_sample_block(sample, outcomes.get(str(sample.request.request_id))))
     console.print(history)
-    console.print("[dim]`onboard status [REQUEST_ID]` reads the same journal (ONBOARDING_JOURNAL) for any request.[/]")
+    console.print(
+        "[dim]The demo's stand-ins, host and journal stopped with it. For a pipeline that stays, to try "
+        "`onboard status` and `onboard dlq` on, run it by hand (README, By hand).[/]"
+    )
     met = [sample.met_by(outcomes.get(str(sample.request.request_id))) for sample in SAMPLES]
     console.print(f"{sum(met)} of {len(SAMPLES)} samples reached their expected outcome.")
     return all(met)

@@ -1,8 +1,8 @@
 """`onboard dlq`: see, replay and purge what the stage queues dead-lettered.
 
-Most dead letters are deferred: the dead-letter functions report each once and defer it, so it stays
-for operators (shared/dead_letters.py). Peeking shows deferred and active ones alike; a deferred one
-can then only be taken by its sequence number, an active one by receiving it.
+Dead letters stay active: the dead-letter sweep only peeks (shared/dead_letters.py). Those an
+earlier version's dead-letter functions deferred are still taken: peeking shows deferred and active
+ones alike; a deferred one can only be taken by its sequence number, an active one by receiving it.
 
 A replay is a new run of the request, not a copy of the message: the same body (request id, what
 earlier stages gathered), the next replay number, and a fresh attempt budget, so its MessageIds and
@@ -13,6 +13,7 @@ The stages are idempotent by request id, so a replay never creates a second cont
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -28,11 +29,12 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.plumbing import console, errors, fail, settings_for, with_servicebus
-from cli.upstream import PEEK_BATCH, peeked
+from cli.tables import copyable_column
 from shared import envelope
 from shared.contracts import StageName
 from shared.envelope import Delivery
 from shared.logs import mask_emails
+from shared.outbox import PEEK_BATCH, peeked
 from shared.progress import group_addresses
 from shared.reasons import REASONS
 from shared.settings import ServiceBusSettings
@@ -250,30 +252,30 @@ def _age_text(age: timedelta) -> str:
 
 
 def render_list(views: Sequence[DeadLetterView], now: datetime) -> RenderableType:
-    """Fits 80 columns: the description wraps, everything else is short."""
+    """Per queue, a table of what an operator copies (sequence number, request id, reason) whole, then each
+    description below it, wrapped: 80 columns hold a bulk request id and the longest reason side by side."""
     if not views:
         return Text("No dead letters.")
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("Queue", no_wrap=True)
-    table.add_column("Seq", justify="right", no_wrap=True)
-    table.add_column("Request", overflow="fold", max_width=20)
-    table.add_column("Reason", overflow="fold", max_width=18)
-    table.add_column("Try", justify="right", no_wrap=True)
-    table.add_column("Age", justify="right", no_wrap=True)
-    table.add_column("Description", overflow="fold", ratio=1)
-    for view in views:
-        description = view.description if len(view.description) <= 120 else view.description[:117] + "..."
-        table.add_row(
-            view.queue.value + ("*" if view.deferred else ""),
-            str(view.sequence_number),
-            Text(view.request_id),
-            Text(view.reason),
-            str(view.attempts),
-            _age_text(view.age(now)),
-            Text(description),
-        )
-    note = Text("* reported as an outcome and deferred: replay takes it by sequence number", style="dim")
-    return Group(table, note) if any(v.deferred for v in views) else table
+    parts: list[RenderableType] = []
+    for queue in dict.fromkeys(view.queue for view in views):
+        of_queue = [view for view in views if view.queue is queue]
+        parts.append(Text(f"{queue.value}/$deadletterqueue: {len(of_queue)}", style="bold"))
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        table.add_column("Seq", justify="right", no_wrap=True)
+        copyable_column(table, "Request", (view.request_id for view in of_queue))
+        copyable_column(table, "Reason", (view.reason for view in of_queue))
+        table.add_column("Try", justify="right", no_wrap=True)
+        table.add_column("Age", justify="right", no_wrap=True)
+        for view in of_queue:
+            seq = str(view.sequence_number) + ("*" if view.deferred else "")
+            table.add_row(seq, Text(view.request_id), Text(view.reason), str(view.attempts), _age_text(view.age(now)))
+        parts.append(table)
+        for view in of_queue:
+            description = view.description if len(view.description) <= 240 else view.description[:237] + "..."
+            parts.append(Text.assemble(("  ", ""), (str(view.sequence_number), "bold"), ": ", description))
+    if any(v.deferred for v in views):
+        parts.append(Text("* deferred by an earlier version: replay takes it by sequence number", style="dim"))
+    return Group(*parts)
 
 
 def render_one(queue: StageName, message: ServiceBusReceivedMessage, now: datetime) -> RenderableType:
@@ -291,7 +293,7 @@ def render_one(queue: StageName, message: ServiceBusReceivedMessage, now: dateti
         ("Description", view.description),
         ("Attempts", str(view.attempts)),
         ("Age", _age_text(view.age(now))),
-        ("State", "deferred (outcome reported)" if view.deferred else "active"),
+        ("State", "deferred (by an earlier version)" if view.deferred else "active"),
     ]
     for name, value in sorted((_text(k), _text(v)) for k, v in (message.application_properties or {}).items()):
         rows.append((f"  {name}", mask(value)))
@@ -308,7 +310,7 @@ def render_one(queue: StageName, message: ServiceBusReceivedMessage, now: dateti
 def render_done(done: Sequence[Done]) -> RenderableType:
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("Seq", justify="right", no_wrap=True)
-    table.add_column("Request", overflow="fold", max_width=24)
+    copyable_column(table, "Request", (item.view.request_id for item in done))
     table.add_column("Result", overflow="fold", ratio=1)
     for item in done:
         table.add_row(
@@ -351,15 +353,30 @@ def show_command(queue: StageName, sequence_number: int) -> int:
 def selection_of(
     sequence_numbers: Iterable[int], reason: str | None, older_than: str | None, everything: bool
 ) -> Selection:
-    """What the options select; exit 2 when they select nothing or an age is malformed."""
+    """What the options select; exit 2 when they select nothing, name a reason the app does not know, or
+    an age is malformed."""
     try:
         age = parse_age(older_than) if older_than else None
     except ValueError as error:
         raise fail(str(error), 2) from None
-    selection = Selection(frozenset(sequence_numbers), reason, age, everything)
+    selection = Selection(frozenset(sequence_numbers), reason and known_reason(reason), age, everything)
     if selection.is_empty():
         raise fail("Say which dead letters: sequence numbers, --reason, --older-than or --all.", 2)
     return selection
+
+
+def known_reason(reason: str) -> str:
+    """The reason as the app names it (any case), or exit 2 naming the closest one and every reason."""
+    names = {known.value.lower(): known.value for known in REASONS}
+    if reason.lower() in names:
+        return names[reason.lower()]
+    closest = difflib.get_close_matches(reason.lower(), names, n=1, cutoff=0.6)
+    guess = f"did you mean {names[closest[0]]}? " if closest else ""
+    raise fail(
+        f"--reason {reason} is not a dead-letter reason of this app: {guess}The reasons are {', '.join(names.values())}. "
+        "A dead letter with another reason is taken by its sequence number (`onboard dlq list`).",
+        2,
+    )
 
 
 def act_command(act: str, queues: Sequence[StageName], selection: Selection, *, confirm: bool) -> int:

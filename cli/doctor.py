@@ -219,16 +219,24 @@ async def _ask_the_app(settings: DoctorSettings, wait_seconds: float, reply_to: 
                 name="the app's own checks",
                 status=Status.WRONG,
                 detail=f"no report on {queue} within {wait_seconds:.0f} s",
-                fix="is the app running and indexed (docs/deploy.md, step 4)? A first message after an idle "
-                "period can wait about 2 minutes for an instance: try a longer --timeout",
+                fix="is the app running and indexed (docs/deploy.md, step 4)? An app that refuses to start says "
+                "why in its log, in a line with `the app cannot start`. A first message after an idle period can "
+                "wait about 2 minutes for an instance: try a longer --timeout",
             )
         ]
     return list(report.checks)
 
 
+def _held(name: str, held: bool, state: str, need: str, fix: str) -> Check:
+    """One right of the plan: held, or not, with why it is needed and the grant that gives it."""
+    if held:
+        return Check(area="rights", name=name, status=Status.OK, detail=state)
+    return Check(area="rights", name=name, status=Status.WRONG, detail=f"not {state}; {need}", fix=fix)
+
+
 async def _end_of(client: ServiceBusClient, queue: str) -> int:
     """The sequence number after the queue's last message: a report published later has a higher one."""
-    from cli.upstream import peeked
+    from shared.outbox import peeked
 
     next_sequence = 0
     async with client.get_queue_receiver(queue) as receiver:
@@ -241,7 +249,7 @@ async def _report(
     client: ServiceBusClient, queue: str, request_id: str, start: int, wait_seconds: float
 ) -> SelfCheckReport | None:
     """The app's report, peeked (it stays on the queue for whatever else reads it), or None in time."""
-    from cli.upstream import peeked
+    from shared.outbox import peeked
 
     wanted = report_message_id(request_id)
     deadline = asyncio.get_running_loop().time() + wait_seconds
@@ -308,23 +316,11 @@ def _rights_lines(plan: GrantPlan, seen: Review, *, app_half_ran: bool) -> list[
     if plan.welcome_sender:
         fix += f" --welcome-sender {plan.welcome_sender}"
     checks = [
-        Check(
-            area="rights",
-            name=f"{grant.resource}: {grant.value}",
-            status=Status.OK if seen.has_app_role(grant) else Status.WRONG,
-            detail="granted" if seen.has_app_role(grant) else f"not granted; needed to {grant.why}",
-            fix=None if seen.has_app_role(grant) else fix,
-        )
+        _held(f"{grant.resource}: {grant.value}", seen.has_app_role(grant), "granted", f"needed to {grant.why}", fix)
         for grant in plan.app_roles
     ]
     checks += [
-        Check(
-            area="rights",
-            name=f"Entra role: {role.name}",
-            status=Status.OK if seen.has_role(role) else Status.WRONG,
-            detail="assigned" if seen.has_role(role) else f"not assigned; needed for {role.why}",
-            fix=None if seen.has_role(role) else fix,
-        )
+        _held(f"Entra role: {role.name}", seen.has_role(role), "assigned", f"needed for {role.why}", fix)
         for role in plan.directory_roles
     ]
     planned = {(seen.resources[g.resource_app_id].object_id, seen.role_id(g)) for g in plan.app_roles}

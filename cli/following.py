@@ -4,6 +4,9 @@
 Following only peeks at the outcome queue, so every outcome stays there for whatever consumes it.
 Where the queue stood just before the send is noted first (cli.upstream.mark_outcomes), so an
 earlier run's outcome of the same request id is never taken for this send's.
+
+A wait that ends early (Service Bus goes away, Ctrl-C) ends after the send: the requests go on in the
+pipeline without the command, which then says so and how to follow them (`stopped_waiting`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
+from azure.core.exceptions import AzureError
 from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import ServiceBusError
 
 from cli.upstream import Followed, mark_outcomes, submit, wait_for_outcomes
 from shared.contracts import OnboardingRequest
@@ -38,6 +43,36 @@ class Narration:
     sending: Callable[[int], AbstractContextManager[Advance]] = _unshown
     sent: Callable[[list[str]], None] = _say_nothing
     following: Callable[[int], AbstractContextManager[Advance]] = _unshown
+    again: str | None = None  # how to wait for many requests once more, said when a wait ends early
+
+
+class StoppedWaiting(Exception):
+    """Every request was sent, then the wait for their outcomes failed (Service Bus went away)."""
+
+    def __init__(self, request_ids: list[str], error: AzureError, again: str | None) -> None:
+        lost = (
+            "Service Bus went away"
+            if isinstance(error, ServiceBusError)
+            else f"signing in failed ({type(error).__name__})"
+        )
+        super().__init__(f"Stopped waiting: {lost}")
+        self.request_ids = request_ids
+        self.again = again
+
+
+def stopped_waiting(request_ids: Sequence[str], why: str, *, again: str | None = None) -> str:
+    """What a waiting command says when its wait ends early: the requests were sent and go on in the
+    pipeline, and how to follow them (`again`: how to wait once more, for many requests)."""
+    if len(request_ids) == 1:
+        return (
+            f"{why}. Request {request_ids[0]} was sent and goes on in the pipeline: "
+            f"`onboard status {request_ids[0]}` shows where it stands."
+        )
+    said = (
+        f"{why}. All {len(request_ids)} requests were sent and go on in the pipeline: "
+        "`onboard status --watch` shows where they stand, `onboard status REQUEST_ID` one of them"
+    )
+    return f"{said}; {again}." if again else f"{said}."
 
 
 @dataclass(frozen=True)
@@ -66,12 +101,15 @@ async def send_and_follow(
     if mark is None or follow_seconds is None:
         return Sent(request_ids, None)
     with narration.following(len(request_ids)) as arrived:
-        followed = await wait_for_outcomes(
-            client,
-            outcome_queue,
-            dict(zip(request_ids, (request.source_system for request in requests), strict=True)),
-            mark=mark,
-            within_seconds=follow_seconds,
-            on_outcome=lambda _outcome: arrived(1),
-        )
+        try:
+            followed = await wait_for_outcomes(
+                client,
+                outcome_queue,
+                dict(zip(request_ids, (request.source_system for request in requests), strict=True)),
+                mark=mark,
+                within_seconds=follow_seconds,
+                on_outcome=lambda _outcome: arrived(1),
+            )
+        except AzureError as error:  # ServiceBusError included; the send is done, whatever comes now
+            raise StoppedWaiting(request_ids, error, narration.again) from None
     return Sent(request_ids, followed)

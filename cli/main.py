@@ -6,29 +6,66 @@ Each command's module is imported only when that command runs, so `onboard --hel
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from cli.command_rights import rights_epilog
 from cli.grant_plan import PUBLIC_GRAPH
-from cli.plumbing import DEFAULT_STATE_DIR, write_or_print
+from cli.plumbing import DEFAULT_STATE_DIR, errors, quiet_libraries, write_or_print
 from cli.settings import SETTINGS_HELP, read_env_file
 from shared.contracts import StageName
 
+PACKAGE = "m365-external-onboarding"
+# `onboard --help` lists the commands in the order a newcomer meets them: try it, run it by hand,
+# look after it, deploy it, then the reference documents.
+NEWCOMER_ORDER = (
+    "demo", "sandbox", "host", "submit", "status", "bulk", "dlq", "grant", "doctor", "schema", "asyncapi",
+)  # fmt: skip
+
+
+class _InNewcomerOrder(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:  # Any: typer's own click Context is not public
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: NEWCOMER_ORDER.index(name) if name in NEWCOMER_ORDER else len(names))
+
+
 # rich_markup_mode=None: typer's rich help shows every flag as `<bool>`; click's plain help does not.
 app = typer.Typer(
+    cls=_InNewcomerOrder,
     help=f"Onboard external people into Microsoft 365 groups. {SETTINGS_HELP}",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        try:
+            version = metadata.version(PACKAGE)
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed: pip install -e .)"
+        typer.echo(f"onboard {version}")
+        raise typer.Exit
+
+
 @app.callback()
-def _read_settings_file() -> None:
+def _read_settings_file(
+    context: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     # Before any command parses its options, so options with an environment variable see .env too.
-    read_env_file()
+    warnings = read_env_file()
+    if context.invoked_subcommand != "host":  # the app says so itself when it starts (shared/startup.py)
+        for warning in warnings:
+            errors.print(warning, markup=False, highlight=False, soft_wrap=True)
+    # None of the SDKs' own records (with their tracebacks) before a command's one-line message.
+    quiet_libraries()
 
 
 VerboseOption = Annotated[bool, typer.Option("--verbose/--quiet", "-v/-q", help="Show the pipeline's log at INFO.")]
@@ -220,9 +257,10 @@ def host(
 ) -> None:
     """Run function_app.py's triggers against the configured namespace and tenant (emulator or Azure).
 
-    Needs every app setting (README, Settings): ServiceBusConnection, ONBOARDING_TENANT_ID,
-    ONBOARDING_TENANT_DOMAIN and what the directory credential needs. If Service Bus goes away, the
-    host says so once and reconnects with backoff.
+    Needs every app setting (docs/settings.md): ServiceBusConnection, ONBOARDING_TENANT_ID and what
+    the directory credential needs; it stops before taking any message when one is wrong or the
+    policy file does not load. If Service Bus goes away, it says so once and reconnects with backoff,
+    handling messages again at most 30 s after Service Bus is back.
     """
     from cli.host import serve_host
 
@@ -261,7 +299,8 @@ def submit(
     """Validate one request and put it on queue create-contact.
 
     Needs ServiceBusConnection (or ServiceBusConnection__fullyQualifiedNamespace, signed in with az login).
-    Exit code with --wait: 0 succeeded, 3 failed or no outcome in time.
+    Exit code with --wait: 0 when it succeeded, 3 when it failed or had no outcome in time; resent
+    within 10 minutes, it counts with the outcome of its earlier run.
     """
     from cli.submit import submit_one
 
@@ -529,8 +568,9 @@ def bulk(
     Columns: external_email, display_name, group, source_system; optional first_name, last_name,
     request_id, allow_external_senders. Nothing is sent while any row is bad, unless --skip-invalid.
     Each row's request id is stable, so sending the file again within 10 minutes adds nothing.
-    Exit codes: 0 sent or, with --check, every row valid (with --wait: all succeeded), 2 bad rows or
-    file, 3 with --wait: a request failed or had no outcome in time.
+    Exit codes: 0 sent or, with --check, every row valid, 2 bad rows or file; with --wait 0 when every
+    request succeeded and 3 when any failed or had no outcome in time, a row resent within 10 minutes
+    counting with the outcome of its earlier run.
     """
     from cli.bulk import send_file
 

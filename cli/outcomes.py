@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from shared.contracts import OutcomeEvent, OutcomeStatus, RequestAction
+
+NO_SUCCESS = 3  # a waiting command's exit code when a request failed or had no outcome
+
+
+def wait_exit_code(outcomes: Iterable[OutcomeEvent | None]) -> int:
+    """The one rule for every waiting command (submit, bulk; docs/commands.md): 0 when every request
+    succeeded (or was planned), 3 when any failed or had none (None). A request Service Bus dropped as a
+    duplicate counts with the outcome of its earlier run, which stands."""
+    return NO_SUCCESS if any(o is None or o.status is OutcomeStatus.FAILED for o in outcomes) else 0
+
 
 _STATUS_STYLES = {
     OutcomeStatus.SUCCEEDED: "green",

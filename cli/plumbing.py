@@ -52,18 +52,25 @@ class _DropNormalEvents(logging.Filter):
 
 
 def configure_logging(verbose: bool, handler: logging.Handler | None = None) -> None:
-    install_safe_log_records()
+    """The log of a command that runs the app or the stand-ins (host, sandbox, demo): one line each."""
     handler = handler or logging.StreamHandler(sys.stderr)
     handler.setFormatter(CONSOLE_FORMATTER)
     handler.addFilter(_DropNormalEvents())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """For every command: addresses masked, and the libraries' own records kept from a person's terminal."""
+    install_safe_log_records()
     # The AMQP and HTTP stacks are chatty at INFO, and so are the stand-ins' servers: warnings only.
     quiet_third_party_loggers()
     for noisy in ("uvicorn", "proton"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # The SDK warns of each closed connection; the local host says once that Service Bus went away
-    # and once that it is back, and the commands report an unreachable namespace themselves.
-    logging.getLogger("azure.servicebus._pyamqp").setLevel(logging.ERROR)
+    # The Service Bus SDK logs each error it also raises (with a traceback, per link and retry): the
+    # local host says once that Service Bus went away and once that it is back, and the commands
+    # report an unreachable namespace themselves, in one line.
+    logging.getLogger("azure.servicebus").setLevel(logging.CRITICAL)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -95,13 +102,21 @@ def until_interrupted() -> asyncio.Event:
     return stop
 
 
-def talk_to_servicebus(settings: ServiceBusSettings, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work`; an unreachable or refusing namespace is one line, not the SDK's traceback."""
+def talk_to_servicebus(
+    settings: ServiceBusSettings, work: Coroutine[Any, Any, T], *, interrupted: Callable[[], str] | None = None
+) -> T:
+    """Run `work`; an unreachable or refusing namespace is one line, not the SDK's traceback.
+
+    `interrupted` says what Ctrl-C leaves behind (default: "Interrupted."); a wait for outcomes that
+    Service Bus ends says that the requests were sent and how to follow them (exit code 3: no outcome)."""
+    from cli.following import StoppedWaiting, stopped_waiting
     from cli.upstream import namespace_of
     from shared.outbox import entity_not_found
 
     try:
         return asyncio.run(work)
+    except StoppedWaiting as stopped:
+        raise fail(stopped_waiting(stopped.request_ids, str(stopped), again=stopped.again), 3) from None
     except ServiceBusError as error:
         if entity_not_found(error):
             raise fail(
@@ -118,10 +133,15 @@ def talk_to_servicebus(settings: ServiceBusSettings, work: Coroutine[Any, Any, T
             "Run `az login` with an account that has a Service Bus data role on the namespace."
         ) from None
     except KeyboardInterrupt:
-        raise fail("Interrupted.", 130) from None
+        raise fail(interrupted() if interrupted else "Interrupted.", 130) from None
 
 
-def with_servicebus(settings: ServiceBusSettings, work: Callable[[ServiceBusClient], Awaitable[T]]) -> T:
+def with_servicebus(
+    settings: ServiceBusSettings,
+    work: Callable[[ServiceBusClient], Awaitable[T]],
+    *,
+    interrupted: Callable[[], str] | None = None,
+) -> T:
     """`work` with a client of the namespace the settings name, failing as talk_to_servicebus does."""
     from cli.upstream import servicebus_client
 
@@ -129,4 +149,4 @@ def with_servicebus(settings: ServiceBusSettings, work: Callable[[ServiceBusClie
         async with servicebus_client(settings) as client:
             return await work(client)
 
-    return talk_to_servicebus(settings, connected())
+    return talk_to_servicebus(settings, connected(), interrupted=interrupted)

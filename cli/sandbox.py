@@ -51,16 +51,17 @@ def serve_sandbox(
         sandbox_knobs = Knobs.load(knobs) if knobs else None
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--knobs") from None
-    for port, option, what in (
-        (servicebus_port, "--servicebus-port", "Service Bus emulator"),
-        (servicebus_management_port, "--servicebus-management-port", "Service Bus emulator's management endpoint"),
-        (tenant_port, "--tenant-port", "tenant sandbox"),
-    ):
-        if _port_in_use(port):
-            raise fail(
-                f"Port {port} (for the {what}) is already in use, perhaps by another `onboard sandbox`: "
-                f"stop that, or pass {option}."
-            )
+    busy = [
+        (port, option, what)
+        for port, option, what in (
+            (servicebus_port, "--servicebus-port", "Service Bus emulator"),
+            (servicebus_management_port, "--servicebus-management-port", "Service Bus emulator's management endpoint"),
+            (tenant_port, "--tenant-port", "tenant sandbox"),
+        )
+        if _port_in_use(port)
+    ]
+    if busy:  # all of them at once: one try finds every port to change
+        raise fail(_ports_in_use(busy))
     state_dir.mkdir(parents=True, exist_ok=True)
 
     async def serve() -> None:
@@ -107,6 +108,20 @@ def sandbox_credential(tenant_id: str, graph_url: str) -> AsyncTokenCredential:
         )
     # The sandbox's administrator, as an operator's az login is the tenant's: its base URL is Graph's less /v1.0.
     return SandboxCredential.administrator(tenant_id, authority=graph_url.rstrip("/").removesuffix("/v1.0"))
+
+
+def _ports_in_use(busy: list[tuple[int, str, str]]) -> str:
+    if len(busy) == 1:
+        ((port, option, what),) = busy
+        return (
+            f"Port {port} (for the {what}) is already in use, perhaps by another `onboard sandbox`: "
+            f"stop that, or pass {option}."
+        )
+    ports = ", ".join(f"{port} (for the {what}; {option})" for port, option, what in busy)
+    return (
+        f"Ports {ports} are already in use, perhaps by another `onboard sandbox`: stop that, or pass other "
+        "ports with those options."
+    )
 
 
 def _port_in_use(port: int) -> bool:

@@ -3,7 +3,8 @@
 `.env` fills in only what the environment leaves unset, and goes into the process environment,
 because that is where the function app and the local host read their settings (in Azure, app
 settings are environment variables). Each command validates only the settings it needs, and a
-problem is reported by environment variable name, the name a person sets.
+problem is reported by environment variable name, the name a person sets, with where the settings
+were looked for; an ONBOARDING_* name no setting has is reported with the closest one.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from dotenv import dotenv_values, set_key
-from pydantic import AliasChoices, ValidationError
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings
+
+from shared.setting_names import describe_problems, names_of, unknown_name_warning, unknown_names
+from shared.settings import Settings
 
 ENV_FILE = Path(".env")
 SETTINGS_HELP = "Settings are read from the environment, then from ./.env for whatever the environment leaves unset."
@@ -26,10 +30,27 @@ class SettingsProblem(Exception):
     """Settings a command needs are missing or invalid; the message is one line for a person."""
 
 
-def read_env_file(path: Path = ENV_FILE) -> None:
-    for name, value in dotenv_values(path).items():
-        if value is not None:
-            os.environ.setdefault(name, value)
+def read_env_file(path: Path = ENV_FILE) -> list[str]:
+    """Fill the environment from `path`; a warning line for each ONBOARDING_* name no setting has."""
+    from_file = {name: value for name, value in dotenv_values(path).items() if value is not None}
+    for name, value in from_file.items():
+        os.environ.setdefault(name, value)
+    known = names_of(Settings)
+    in_file = unknown_names(from_file, known)
+    in_environment = unknown_names(set(os.environ) - set(from_file), known)
+    return [unknown_name_warning(name, closest, f"in {path.resolve()}") for name, closest in in_file.items()] + [
+        unknown_name_warning(name, closest, "in the environment") for name, closest in in_environment.items()
+    ]
+
+
+def where_settings_are_read(path: Path = ENV_FILE) -> str:
+    """Where a person sets what a command lacks: the .env file it read, or the directory that has none."""
+    if path.exists():
+        return f"in the environment or in {path.resolve()}"
+    return (
+        f"in the environment or in a .env file: there is none in {path.resolve().parent} (run the command "
+        "in the directory that holds it)"
+    )
 
 
 def write_env_file(environment: dict[str, str], path: Path = ENV_FILE) -> None:
@@ -37,26 +58,6 @@ def write_env_file(environment: dict[str, str], path: Path = ENV_FILE) -> None:
     path.touch(mode=0o600, exist_ok=True)
     for name, value in environment.items():
         set_key(path, name, value, quote_mode="always")
-
-
-def env_name(model: type[BaseSettings], field: str) -> str:
-    """The environment variable a field is read from: its alias, else the prefix and its name."""
-    info = model.model_fields.get(field)
-    alias = info.validation_alias if info else None
-    if isinstance(alias, AliasChoices):
-        return str(alias.choices[0])
-    if isinstance(alias, str):
-        return alias
-    return f"{model.model_config.get('env_prefix', '')}{field}".upper()
-
-
-def describe_problems(model: type[BaseSettings], error: ValidationError) -> str:
-    problems = []
-    for problem in error.errors():
-        text = "is not set" if problem["type"] == "missing" else problem["msg"].removeprefix("Value error, ")
-        location = problem["loc"]
-        problems.append(f"{env_name(model, str(location[0]))} {text}" if location else text)
-    return "; ".join(problems)
 
 
 def load_settings(model: type[SettingsT], *first: type[BaseSettings]) -> SettingsT:
@@ -75,7 +76,7 @@ def load_settings(model: type[SettingsT], *first: type[BaseSettings]) -> Setting
     if problems:
         unique = "; ".join(dict.fromkeys("; ".join(problems).split("; ")))
         raise SettingsProblem(
-            f"{unique}. Set them in the environment or .env "
-            "(`onboard sandbox --write-env` writes the local stand-ins' settings; README, Settings)."
+            f"{unique}. Set them {where_settings_are_read()} "
+            "(`onboard sandbox --write-env` writes the local stand-ins' settings; docs/settings.md)."
         )
     return settings

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -26,7 +27,8 @@ from rich.text import Text
 
 from cli.dlq import parse_age
 from cli.plumbing import DEFAULT_STATE_DIR, console, fail, talk_to_servicebus, until_interrupted, with_servicebus
-from cli.settings import SettingsProblem, load_settings
+from cli.settings import ENV_FILE, SettingsProblem, load_settings
+from cli.tables import copyable_column
 from cli.upstream import is_queued, peek_count, servicebus_client
 from shared.contracts import OutcomeStatus, StageName
 from shared.journal import Journal, RequestState, Transition, TransitionKind
@@ -51,7 +53,7 @@ _OUTCOME_STYLES = {OutcomeStatus.SUCCEEDED_WITH_WARNINGS: "yellow", OutcomeStatu
 
 def _time(at: datetime, *, milliseconds: bool = True) -> str:
     # Milliseconds tell apart transitions of one request; the year is left out so 80 columns suffice.
-    return at.strftime("%m-%d %H:%M:%S.%f")[:-3] if milliseconds else at.strftime("%Y-%m-%d %H:%M")
+    return at.strftime("%m-%d %H:%M:%S.%f")[:-3] if milliseconds else at.strftime("%m-%d %H:%M")
 
 
 def window_text(window: timedelta) -> str:
@@ -204,19 +206,19 @@ def render_summary(states: Sequence[RequestState], tally: Tally, window: timedel
     if not states:
         return Group(*parts)
 
-    latest = Table(box=box.SIMPLE_HEAD)
-    latest.add_column("Request", no_wrap=True)
-    latest.add_column("State", no_wrap=True)
-    latest.add_column("Stage", no_wrap=True)
+    # The request id whole (it is copied into `onboard status ID`); the state and stage wrap at their
+    # spaces, so at 80 columns a bulk id fits beside "finished (SucceededWithWarnings) at verify-delivery".
+    # How many steps each took is in its history (`onboard status ID`).
+    latest = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, show_edge=False)
+    copyable_column(latest, "Request", (state.request_id for state in states))
+    words = (word for state in states for word in state_of(state).split())
+    latest.add_column("State, at stage", min_width=max((len(word) for word in words), default=0))
     latest.add_column("UTC", no_wrap=True)
-    latest.add_column("Steps", justify="right")
     for state in states:
         latest.add_row(
             Text(state.request_id),
-            _state_text(state),
-            str(state.last_stage),
+            Text.assemble(_state_text(state), f" at {state.last_stage}"),
             _time(state.last_at, milliseconds=False),
-            str(state.attempts),
         )
     parts += [Text(f"The latest {_plural(len(states), 'request')}, newest first (--limit)", style="italic"), latest]
 
@@ -287,6 +289,14 @@ _BOARD_COLUMNS: tuple[tuple[str, Callable[[Where], bool]], ...] = (
     ),
     ("Plan", _finished_as(OutcomeStatus.PLANNED)),
     ("Dead", _is(TransitionKind.DEAD_LETTERED)),
+)
+
+
+BOARD_LEGEND = (
+    "Each request counts once, where its latest transition left it. Queued, DLQ: on the stage's queue and "
+    "its dead-letter queue now. Pass: passed on to the next stage. Retry: a retry is scheduled. Crash: failed "
+    "unexpectedly, Service Bus delivers it again. Done: finished. Plan: a dry run planned it. Dead: "
+    "dead-lettered, with its outcome."
 )
 
 
@@ -362,6 +372,7 @@ def render_board(
             for failure in tally.latest_failures[:LATEST_FAILURES]
         ]
         parts.append(_CutLines(lines, "Cut to one line: `onboard status REQUEST_ID` shows a cause whole."))
+    parts.append(Text(BOARD_LEGEND, style="dim"))
     if depths is None:
         parts.append(Text("Queue depths need ServiceBusConnection.", style="dim"))
     elif any(depth.capped for depth in depths.values()):
@@ -401,11 +412,7 @@ def status_command(
     try:
         local_file = sqlite_file(journal_setting)
         if local_file is not None and not local_file.exists():
-            raise fail(
-                f"No journal at {local_file}. Run `onboard sandbox` (it keeps one in {DEFAULT_STATE_DIR}/) "
-                "or set ONBOARDING_JOURNAL to the journal the app writes.",
-                2,
-            )
+            raise fail(_no_journal_at(local_file), 2)
         # Table Storage by URL signs in as the operator (DefaultAzureCredential: az login), who needs
         # "Storage Table Data Reader" on the table.
         journal = open_journal(journal_setting)
@@ -428,6 +435,22 @@ def status_command(
         if not known:
             return 1  # as for a search that finds nothing: scripts can tell
     return 0
+
+
+def _no_journal_at(local_file: Path) -> str:
+    """Where the journal was looked for, and where the settings naming it were: a command run in another
+    directory than `onboard sandbox --write-env` finds neither."""
+    if not ENV_FILE.exists():
+        return (
+            f"No journal at {local_file.resolve()}, and no .env in {Path.cwd()}: run the command in the directory "
+            "that holds the .env `onboard sandbox --write-env` wrote, or set ONBOARDING_JOURNAL (or --journal) to "
+            "the journal the app writes."
+        )
+    return (
+        f"No journal at {local_file.resolve()}: set ONBOARDING_JOURNAL (or --journal) to the journal the app "
+        f"writes, in {ENV_FILE.resolve()} or the environment (`onboard sandbox` keeps one in {DEFAULT_STATE_DIR}/ "
+        "of the directory it runs in)."
+    )
 
 
 def _watch(journal: Journal, interval: float, window: timedelta) -> int:

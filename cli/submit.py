@@ -12,16 +12,27 @@ from typing import TYPE_CHECKING
 from azure.core.exceptions import AzureError
 from pydantic import ValidationError
 
-from cli.following import Narration, send_and_follow
-from cli.outcomes import render_outcome
+from cli.following import Narration, send_and_follow, stopped_waiting
+from cli.outcomes import render_outcome, wait_exit_code
 from cli.plumbing import DUPLICATE_WINDOW_TEXT, console, errors, fail, settings_for, with_servicebus
-from cli.upstream import group_target, is_queued
-from shared.contracts import OnboardingRequest, OutcomeStatus, StageName
+from cli.upstream import group_target, is_queued, request_problems
+from shared.contracts import OnboardingRequest, StageName
 from shared.queues import DUPLICATE_WINDOW
 from shared.settings import ServiceBusSettings
 
 if TYPE_CHECKING:
     from azure.servicebus.aio import ServiceBusClient
+
+# The option a person gave each field of the request with.
+OPTIONS = {
+    "external_email": "--email",
+    "display_name": "--display-name",
+    "first_name": "--first-name",
+    "last_name": "--last-name",
+    "group": "--group",
+    "source_system": "--source-system",
+    "request_id": "--request-id",
+}
 
 
 def submit_one(
@@ -34,23 +45,27 @@ def submit_one(
     wait: bool,
     timeout: float,
 ) -> int:
-    """Send one request of `command` (its action and fields, the group as typed); the exit code: 0 sent (with
-    `wait`: succeeded), 3 with `wait`: failed, no outcome in time, or dropped as a duplicate of an earlier run."""
+    """Send one request of `command` (its action and fields, the group as typed); the exit code: 0 sent, and
+    with `wait` as cli.outcomes.wait_exit_code says."""
     settings = settings_for(command, ServiceBusSettings)
     body = {name: value for name, value in fields.items() if value is not None}
     try:
         request = OnboardingRequest.model_validate(body | {"group": group_target(group), "request_id": request_id})
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise fail(f"Invalid request: {problems}", 2) from None
+        problems = "; ".join(
+            f"{OPTIONS.get(field, field)} {reason}" for field, reason in request_problems(error).items()
+        )
+        raise fail(f"Invalid request: {problems.removesuffix('.')}.", 2) from None
     handled_at = _first_handled(request_id) if request_id is not None else None
     outcome_queue = reply_to or settings.outcome_queue
+    sent_ids: list[str] = []  # once sent: what Ctrl-C while waiting leaves behind
 
     async def send(client: ServiceBusClient) -> int:
         # Service Bus accepts a resend of a MessageId it saw within the window and drops it silently.
         waiting = request_id is not None and await is_queued(client, StageName.CREATE_CONTACT, request_id)
 
         def say_sent(request_ids: list[str]) -> None:
+            sent_ids.extend(request_ids)
             (sent_id,) = request_ids
             duplicate = _duplicate_because(waiting, handled_at)
             if duplicate:
@@ -81,9 +96,9 @@ def submit_one(
         if sent.followed is None:  # not --wait
             return 0
         if (earlier := sent.followed.duplicates.get(sent_id)) is not None:
-            errors.print(f"No new run: the earlier run of {sent_id} ended like this.", markup=False)
+            errors.print(f"No new run: the earlier run of {sent_id} ended like this, and stands.", markup=False)
             console.print(render_outcome(earlier))
-            return 3
+            return wait_exit_code([earlier])
         outcome = sent.followed.outcomes.get(sent_id)
         if outcome is None:
             errors.print(
@@ -91,11 +106,14 @@ def submit_one(
                 f"`onboard status {sent_id}` shows where it stands.",
                 markup=False,
             )
-            return 3
-        console.print(render_outcome(outcome))
-        return 3 if outcome.status is OutcomeStatus.FAILED else 0
+        else:
+            console.print(render_outcome(outcome))
+        return wait_exit_code([outcome])
 
-    return with_servicebus(settings, send)
+    def interrupted() -> str:
+        return stopped_waiting(sent_ids, "Interrupted while waiting") if sent_ids else "Interrupted; nothing was sent."
+
+    return with_servicebus(settings, send, interrupted=interrupted)
 
 
 def _duplicate_because(waiting: bool, handled_at: datetime | None) -> str | None:

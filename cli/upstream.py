@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.identity.aio import DefaultAzureCredential
-from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusReceivedMessage, ServiceBusSubQueue
-from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageBatch, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
+from pydantic import ValidationError
 
 from shared.contracts import OnboardingRequest, OutcomeEvent, StageName
 from shared.envelope import outcome_message_id
 from shared.leases import NOTICE_SUBJECT
+from shared.outbox import peeked
 from shared.queues import DUPLICATE_WINDOW
+from shared.setting_names import in_plain_words
 from shared.settings import ServiceBusSettings
 
 # A command line should fail within seconds when the namespace is unreachable, not after the
 # SDK's default three retries (about 13 s).
 CLIENT_RETRIES = 1
-PEEK_BATCH = 100
 # Service Bus Standard refuses a batch over 256 KiB as the broker counts it. The SDK fills a batch to
 # its own estimate, which came out 19 bytes short of what the emulator received (262,163 bytes for a
 # full 262,144-byte batch of 1,000 rows), and Service Bus answers "exceeds the limit (262144 bytes)"
@@ -54,15 +56,6 @@ async def servicebus_client(settings: ServiceBusSettings) -> AsyncIterator[Servi
         ServiceBusClient(str(settings.servicebus_namespace), credential, retry_total=CLIENT_RETRIES) as client,
     ):
         yield client
-
-
-async def peeked(receiver: ServiceBusReceiver, from_sequence: int = 0) -> AsyncIterator[ServiceBusReceivedMessage]:
-    """Every message from `from_sequence` to the end of the queue, in order, peeked (no lock, nothing
-    settled): Service Bus numbers a queue's messages in the order they were enqueued."""
-    while batch := await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=from_sequence):
-        for message in batch:
-            from_sequence = (message.sequence_number or 0) + 1
-            yield message
 
 
 async def is_queued(client: ServiceBusClient, queue: str, message_id: str) -> bool:
@@ -160,6 +153,28 @@ async def wait_for_outcomes(
 def group_target(group: str) -> dict[str, str]:
     """A request's `group` from what a person writes: an SMTP address, else an object id."""
     return {"smtp_address": group} if "@" in group else {"object_id": group}
+
+
+GROUP_RULE = "must be the group's SMTP address (name@domain) or its object id (a GUID), not its display name"
+# What shared/contracts.py's patterns and types mean, in words, per field (its dotted location).
+REQUEST_RULES = {
+    "group.object_id": GROUP_RULE,
+    "group.smtp_address": GROUP_RULE,
+    "source_system": "must be 1-64 letters, digits, '.', '_' or '-'",
+    "request_id": r"must be 1-128 characters without spaces, control characters, / \ # or ?",
+    "expires_at": "must be a time with its time zone, such as 2027-03-31T17:00:00Z or 2027-03-31T19:00:00+02:00",
+}
+
+
+def request_problems(error: ValidationError, fields: Sequence[str] = ()) -> dict[str, str]:
+    """Each field of a request the contract refused (the first dotted part: `group`), in plain words; a rule
+    about the whole request (display_name, to onboard) is reported at the first of `fields` its words name."""
+    problems: dict[str, str] = {}
+    for problem in error.errors():
+        named = next((name for name in fields if name in problem["msg"]), "request")
+        field = str(problem["loc"][0]) if problem["loc"] else named
+        problems.setdefault(field, in_plain_words(problem, REQUEST_RULES))
+    return problems
 
 
 def request_message(request: OnboardingRequest, request_id: str, *, reply_to: str | None = None) -> ServiceBusMessage:

@@ -7,6 +7,7 @@ loads the rest (pydantic contracts, the directory clients, azure-identity), whic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from shared.queues import StageName
@@ -28,12 +29,10 @@ async def run_stage(
     await runner.run(message, actions)
 
 
-async def report_dead_letter(
-    name: StageName, message: servicebus.ServiceBusReceivedMessage, actions: servicebus.ServiceBusMessageActions
-) -> None:
+async def sweep_dead_letters(queues: Mapping[str, StageName]) -> None:
     from shared import bootstrap  # deferred on purpose, see above
 
-    await (await bootstrap.dead_letter_reporter(name)).run(message, actions)
+    await (await bootstrap.dead_letter_sweep(queues)).run()
 
 
 async def answer_self_check(

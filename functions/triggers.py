@@ -1,15 +1,16 @@
 """Every trigger of the app: one per stage queue, in the pipeline's order (shared/queues.py, PIPELINE),
-one per stage's dead-letter sub-queue, the same two for each source's own intake queue, if any, and
+one for each source's own intake queue, if any, a timer that sweeps their dead-letter sub-queues,
 one on the `doctor` queue, where `onboard doctor` asks the app for its self-check (shared/selfcheck.py),
 and one on the `leases` queue, where leases' scheduled wake-ups arrive (shared/lease_watch.py).
 
 Thin by design. A stage's function hands its message to the runner (shared/runner.py), which
-decodes it, calls the stage in shared/stages/ and carries out its decision. A dead-letter
-function hands it to shared/dead_letters.py, which publishes the outcome of what Service Bus
-dead-lettered by itself; a message the pipeline dead-lettered itself (it already published the
-outcome) is only deferred, so it stays in the queue for operators.
+decodes it, calls the stage in shared/stages/ and carries out its decision. The sweep
+(shared/dead_letters.py) peeks every dead-letter sub-queue and publishes the outcome of what Service
+Bus dead-lettered by itself, leaving each dead letter where it is, for operators. A timer, not a
+trigger on each sub-queue: the scaler would size such a trigger by dead letters that stay there
+(docs/service-bus-facts.md, "Scaling a trigger on a dead-letter sub-queue").
 
-One function makes every trigger: the host needs a distinct named function for each, and the
+One function makes every queue trigger: the host needs a distinct named function for each, and the
 worker reads the handler's annotations to bind the SDK message type.
 """
 
@@ -20,10 +21,13 @@ from functools import partial
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from functions.invoke import answer_self_check, report_dead_letter, run_stage, watch_lease
+from functions.invoke import answer_self_check, run_stage, sweep_dead_letters, watch_lease
 from shared.queues import LEASE_QUEUE, PIPELINE, SELF_CHECK_QUEUE, SERVICEBUS_CONNECTION, StageName, intake_queues
 
-DEAD_LETTER_QUEUE = "{queue}/$deadletterqueue"  # Service Bus's path of a queue's dead-letter sub-queue
+# NCRONTAB (second minute hour day month day-of-week), UTC: every five minutes. An outcome for what Service
+# Bus dead-lettered by itself may wait that long; such a message has already waited out every delivery.
+DEAD_LETTER_SWEEP_SCHEDULE = "0 */5 * * * *"
+DEAD_LETTER_SWEEP_FUNCTION = "dead_letter_sweep"
 
 Handler = Callable[[servicebus.ServiceBusReceivedMessage, servicebus.ServiceBusMessageActions], Awaitable[None]]
 
@@ -40,21 +44,28 @@ def _trigger(bp: func.Blueprint, queue: str, function_name: str, call: Handler) 
     )(handle)
 
 
+def swept_queues(settings: Mapping[str, str] = os.environ) -> dict[str, StageName]:
+    """Each queue whose dead letters the sweep reports, and the stage that reads it: the stage queues and
+    a source's own intake queues (ONBOARDING_INTAKE_QUEUES), which create-contact reads like its own."""
+    return {stage.value: stage for stage in PIPELINE} | dict.fromkeys(intake_queues(settings), StageName.CREATE_CONTACT)
+
+
 def blueprint(settings: Mapping[str, str] = os.environ) -> func.Blueprint:
     """Every trigger, for the intake queues the settings name (read when the host indexes the app)."""
     bp = func.Blueprint()
-    for stage in PIPELINE:
-        name = stage.value.replace("-", "_")  # create_contact, add_member, verify_delivery
-        _trigger(bp, stage.value, name, partial(run_stage, stage))
-        _trigger(
-            bp, DEAD_LETTER_QUEUE.format(queue=stage.value), f"{name}_dead_letters", partial(report_dead_letter, stage)
-        )
-    # A source's own intake queue (ONBOARDING_INTAKE_QUEUES) is read by create-contact like the shared one.
-    for queue in intake_queues(settings):
-        name = "create_contact_from_" + queue.replace("-", "_").replace(".", "_")
-        _trigger(bp, queue, name, partial(run_stage, StageName.CREATE_CONTACT, intake=queue))
-        dead_letters = DEAD_LETTER_QUEUE.format(queue=queue)
-        _trigger(bp, dead_letters, f"{name}_dead_letters", partial(report_dead_letter, StageName.CREATE_CONTACT))
+    swept = swept_queues(settings)
+    for queue, stage in swept.items():
+        if queue == stage.value:
+            _trigger(bp, queue, stage.value.replace("-", "_"), partial(run_stage, stage))
+        else:
+            name = "create_contact_from_" + queue.replace("-", "_").replace(".", "_")
+            _trigger(bp, queue, name, partial(run_stage, stage, intake=queue))
+
+    async def sweep(timer: func.TimerRequest) -> None:
+        await sweep_dead_letters(swept)
+
+    sweep.__name__ = sweep.__qualname__ = DEAD_LETTER_SWEEP_FUNCTION
+    bp.timer_trigger(arg_name="timer", schedule=DEAD_LETTER_SWEEP_SCHEDULE, run_on_startup=False)(sweep)
     _trigger(bp, SELF_CHECK_QUEUE, "doctor", answer_self_check)
     _trigger(bp, LEASE_QUEUE, "leases", watch_lease)  # wake-ups of leases (shared/lease_watch.py)
     return bp

@@ -30,10 +30,6 @@ param pythonVersion string = '3.13' // docs/functions-host.md: the worker that i
 @description('ONBOARDING_TENANT_ID: GUID of the Microsoft 365 tenant whose groups the app manages.')
 param onboardingTenantId string
 
-@minLength(3)
-@description('ONBOARDING_TENANT_DOMAIN: the tenant\'s initial domain, <tenant>.onmicrosoft.com.')
-param onboardingTenantDomain string
-
 @description('ONBOARDING_LEASE_NOTICE_SECONDS: how long before a lease ends its notice event is published, so an owner can renew (docs/leases.md). Default 7 days.')
 @minValue(1)
 param leaseNoticeSeconds int = 604800
@@ -41,18 +37,74 @@ param leaseNoticeSeconds int = 604800
 @description('ONBOARDING_POLICY_FILE: path of the policy file deployed with the code (for example policy.json). Empty leaves the setting out: the app then denies every request.')
 param policyFile string = ''
 
+// Every other setting the app reads (shared/settings.py) is a parameter too: `azd provision` replaces
+// all app settings, so one set by hand would be lost. Defaults are the app's own (tests/infra checks).
+@description('ONBOARDING_WELCOME_SENDER: the mailbox that sends the welcome message (docs/deploy.md, step 10). Empty leaves the setting out: no welcome message.')
+param welcomeSender string = ''
+
+@minLength(1)
+@maxLength(255)
+@description('ONBOARDING_WELCOME_SUBJECT: the welcome message\'s subject; {group} is replaced with the group\'s name.')
+param welcomeSubject string = 'Welcome to {group}'
+
+@minValue(1)
+@maxValue(3600)
+@description('ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS: how often verify-delivery looks for the welcome message in message trace.')
+param welcomeCheckIntervalSeconds int = 300
+
+@minValue(1)
+@maxValue(10080)
+@description('ONBOARDING_WELCOME_DEADLINE_MINUTES: how long verify-delivery waits for the welcome message to be delivered.')
+param welcomeDeadlineMinutes int = 60
+
+@description('ONBOARDING_GUEST_REDIRECT_URL: where a Microsoft 365 group\'s guest lands after redeeming the invitation.')
+param guestRedirectUrl string = 'https://myapplications.microsoft.com'
+
+@minValue(1)
+@maxValue(100)
+@description('ONBOARDING_RETRY_MAX_ATTEMPTS: attempts per stage before RetriesExhausted.')
+param retryMaxAttempts int = 8
+
+@minValue(1)
+@description('ONBOARDING_RETRY_BASE_DELAY_SECONDS: the first retry\'s delay; it doubles per attempt.')
+param retryBaseDelaySeconds int = 5
+
+@minValue(1)
+@description('ONBOARDING_RETRY_MAX_DELAY_SECONDS: the longest delay between two retries.')
+param retryMaxDelaySeconds int = 900
+
+@minValue(1)
+@description('ONBOARDING_RETRY_MAX_AGE_HOURS: how long a request may keep retrying before RetriesExhausted.')
+param retryMaxAgeHours int = 24
+
+@minValue(1)
+@maxValue(999)
+@description('ONBOARDING_RETRY_MAX_THROTTLES: throttled answers (429) a request may wait out; they use no attempt.')
+param retryMaxThrottles int = 100
+
+@minValue(0)
+@maxValue(3600)
+@description('ONBOARDING_DIRECTORY_CACHE_SECONDS: how long a process remembers a resolved group and the accepted domains (0: not at all).')
+param directoryCacheSeconds int = 60
+
+@allowed(['true', 'false'])
+@description('ONBOARDING_SELF_CHECK_AT_START: run the self-check once when an instance starts, into its log (onboard doctor asks for it on demand either way).')
+param selfCheckAtStart string = 'true'
+
 // Scale that respects the tenant: every concurrent invocation may call Graph and Exchange Online.
 // Per Service Bus function, at most maximumInstanceCount x maxConcurrentCalls messages run at once
-// (docs/deploy.md, "Scale arithmetic").
+// (docs/deploy.md, "Scale arithmetic"). 40 is the lowest maximumInstanceCount every region accepts
+// (below 40 is a preview in a few regions), so the per-instance concurrency is what bounds the load:
+// 40 x 1 = 40 per function by default.
 @minValue(1)
 @maxValue(1000)
-@description('Flex Consumption maximumInstanceCount: on-demand instances per function (each Service Bus function scales on its own).')
-param maximumInstanceCount int = 4
+@description('Flex Consumption maximumInstanceCount: on-demand instances per function (each Service Bus function scales on its own). Below 40 only where the region offers it (a preview).')
+param maximumInstanceCount int = 40
 
 @minValue(1)
 @maxValue(1000)
-@description('Messages one instance processes at once: overrides host.json extensions.serviceBus.maxConcurrentCalls.')
-param maxConcurrentCalls int = 8
+@description('Messages one instance processes at once: overrides host.json extensions.serviceBus.maxConcurrentCalls (8, for the one local process).')
+param maxConcurrentCalls int = 1
 
 @minValue(0)
 @maxValue(10)
@@ -80,7 +132,7 @@ var queueProperties = {
   maxDeliveryCount: maxDeliveryCount
   lockDuration: 'PT1M'
   defaultMessageTimeToLive: 'P14D'
-  deadLetteringOnMessageExpiration: true // an expired request still gets an outcome (the dead-letter functions)
+  deadLetteringOnMessageExpiration: true // an expired request still gets an outcome (the dead-letter sweep)
   requiresDuplicateDetection: true
   duplicateDetectionHistoryTimeWindow: 'PT10M'
   requiresSession: false
@@ -180,6 +232,24 @@ var serviceBusFunctionNames = [
 var journalTableName = 'onboardingjournal'
 // Leases are kept beside the journal, in a table of their own (shared/journal/table_storage.py).
 var leaseTableName = '${journalTableName}leases'
+
+// The app's tuning settings, each from the parameter of the same meaning (above).
+var welcomeSenderSetting = empty(welcomeSender) ? {} : {
+  ONBOARDING_WELCOME_SENDER: welcomeSender
+}
+var tuningSettings = union(welcomeSenderSetting, {
+  ONBOARDING_WELCOME_SUBJECT: welcomeSubject
+  ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS: string(welcomeCheckIntervalSeconds)
+  ONBOARDING_WELCOME_DEADLINE_MINUTES: string(welcomeDeadlineMinutes)
+  ONBOARDING_GUEST_REDIRECT_URL: guestRedirectUrl
+  ONBOARDING_RETRY_MAX_ATTEMPTS: string(retryMaxAttempts)
+  ONBOARDING_RETRY_BASE_DELAY_SECONDS: string(retryBaseDelaySeconds)
+  ONBOARDING_RETRY_MAX_DELAY_SECONDS: string(retryMaxDelaySeconds)
+  ONBOARDING_RETRY_MAX_AGE_HOURS: string(retryMaxAgeHours)
+  ONBOARDING_RETRY_MAX_THROTTLES: string(retryMaxThrottles)
+  ONBOARDING_DIRECTORY_CACHE_SECONDS: string(directoryCacheSeconds)
+  ONBOARDING_SELF_CHECK_AT_START: selfCheckAtStart
+})
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -376,10 +446,10 @@ module functionApp 'app/function-app.bicep' = {
     alwaysReadyInstances: alwaysReadyInstances
     serviceBusFunctionNames: serviceBusFunctionNames
     onboardingTenantId: onboardingTenantId
-    onboardingTenantDomain: onboardingTenantDomain
     policyFile: policyFile
     leaseNoticeSeconds: leaseNoticeSeconds
     intakeQueueNames: [for intake in intakeQueues: intake.name]
+    tuningSettings: tuningSettings
   }
 }
 

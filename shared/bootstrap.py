@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,7 +20,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from pydantic import SecretStr
 
 from shared.contracts import StageName
-from shared.dead_letters import DeadLetterReporter
+from shared.dead_letters import DeadLetterReporter, DeadLetterSweep
 from shared.directory.cache import TRACE_SHARE_SECONDS, CachingExchangeDirectory, CachingGraphDirectory
 from shared.directory.credentials import build_credential
 from shared.directory.exchange import TRACE_MAX_ROWS, ExchangeOnlineClient
@@ -242,7 +242,8 @@ async def self_check_responder() -> SelfCheckResponder:
 
 async def close_services() -> None:
     """For hosts that end (the local host, tests); Azure simply recycles the process."""
-    global _services, _reporting, _start_up_check
+    global _services, _reporting, _start_up_check, _sweep
+    _sweep = None
     if _start_up_check is not None:
         _start_up_check.cancel()
         await asyncio.gather(_start_up_check, return_exceptions=True)
@@ -258,36 +259,48 @@ async def close_services() -> None:
         _overrides.clear()
 
 
-async def dead_letter_reporter(stage: StageName) -> DeadLetterReporter:
-    """The reporter of one stage's dead-letter sub-queue, which needs Service Bus and nothing else.
+async def dead_letter_sweep(queues: Mapping[str, StageName]) -> DeadLetterSweep:
+    """The process's sweep of `queues`' dead-letter sub-queues (one, so it remembers what it handled).
 
-    When the app's services cannot be built (a broken policy file, a missing setting), every stage
-    fails on every delivery and Service Bus dead-letters each message: the reporter is then the only
-    thing left that can publish an outcome, so it falls back to the Service Bus settings alone.
+    It needs Service Bus and nothing else. When the app's services cannot be built (a broken policy
+    file, a missing setting), every stage fails on every delivery and Service Bus dead-letters each
+    message: the sweep is then the only thing left that can publish an outcome, so it falls back to
+    the Service Bus settings alone.
     """
+    global _sweep
+    if _sweep is not None and _sweep.queues == queues:
+        return _sweep
     try:
         services = await get_services()
+        outbox, outcome_queue, journal = services.outbox, services.settings.outcome_queue, services.journal
+        clock = services.stage_dependencies.clock
     except Exception:
-        logger.exception("the app cannot start; the dead-letter functions publish outcomes with Service Bus alone")
+        logger.exception("the app cannot start; the dead-letter sweep publishes outcomes with Service Bus alone")
         outbox, outcome_queue, journal = await _reporting_services()
-        return DeadLetterReporter(stage, outbox, outcome_queue, utc_now, journal)
-    return DeadLetterReporter(
-        stage, services.outbox, services.settings.outcome_queue, services.stage_dependencies.clock, services.journal
-    )
+        clock = utc_now
+    if not isinstance(outbox, QueueSenders):
+        raise RuntimeError("the dead-letter sweep peeks Service Bus: it needs the app's own QueueSenders outbox")
+
+    def reporter(stage: StageName) -> DeadLetterReporter:
+        return DeadLetterReporter(stage, outbox, outcome_queue, clock, journal)
+
+    _sweep = DeadLetterSweep(outbox, queues, reporter)
+    return _sweep
 
 
 class ReportingSettings(ServiceBusSettings):
-    """What the dead-letter functions read when the app's other settings are broken."""
+    """What the dead-letter sweep reads when the app's other settings are broken."""
 
     directory_credential: str = "managed-identity"  # read leniently: it may be the broken setting
     managed_identity_client_id: str | None = None
     journal: SecretStr | None = None
 
 
-_reporting: tuple[Outbox, str, Journal | None, Callable[[], Awaitable[Any]]] | None = None
+_reporting: tuple[QueueSenders, str, Journal | None, Callable[[], Awaitable[Any]]] | None = None
+_sweep: DeadLetterSweep | None = None
 
 
-async def _reporting_services() -> tuple[Outbox, str, Journal | None]:
+async def _reporting_services() -> tuple[QueueSenders, str, Journal | None]:
     global _reporting
     async with _lock:
         if _reporting is None:
@@ -299,7 +312,7 @@ async def _reporting_services() -> tuple[Outbox, str, Journal | None]:
             try:
                 journal = open_journal(settings.journal.get_secret_value() if settings.journal else None, credential)
             except Exception as error:  # a record, never a reason to stay silent
-                logger.warning("no journal for the dead-letter functions: %s", type(error).__name__)
+                logger.warning("no journal for the dead-letter sweep: %s", type(error).__name__)
                 journal = None
 
             async def close() -> None:

@@ -93,7 +93,7 @@ class RequestAction(StrEnum):
 
 
 class DeadLetterReason(StrEnum):
-    """The documented vocabulary an operator acts on (README: "Dead-letter reasons")."""
+    """The documented vocabulary an operator acts on (docs/reasons.md)."""
 
     INVALID_REQUEST = "InvalidRequest"
     GROUP_NOT_FOUND = "GroupNotFound"
@@ -102,6 +102,7 @@ class DeadLetterReason(StrEnum):
     ADDRESS_IN_USE_INTERNALLY = "AddressInUseInternally"
     INVITATION_REFUSED = "InvitationRefused"
     GUESTS_NOT_ALLOWED = "GuestsNotAllowed"
+    ADDRESS_HELD_BY_MAIL_CONTACT = "AddressHeldByMailContact"
     PERMISSION_DENIED = "PermissionDenied"
     DIRECTORY_REJECTED = "DirectoryRejected"
     RETRIES_EXHAUSTED = "RetriesExhausted"

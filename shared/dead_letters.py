@@ -3,21 +3,25 @@
 The pipeline publishes an outcome before it dead-letters a message. Service Bus also
 dead-letters on its own: after MaxDeliveryCount deliveries (a worker that crashed or was killed
 each time; on the Functions host the app cannot even see the delivery count) and, with
-dead-lettering on expiration, when a message's time to live runs out. A function on each stage's
-dead-letter sub-queue (`<queue>/$deadletterqueue`) publishes the missing Failed outcome, with the
-request's usual outcome MessageId, so a repeat is dropped by duplicate detection.
+dead-lettering on expiration, when a message's time to live runs out. A timer-triggered sweep
+(`DeadLetterSweep`) peeks every dead-letter sub-queue (`<queue>/$deadletterqueue`) and publishes
+the missing Failed outcome, with the request's usual outcome MessageId.
 
-The message itself stays in the dead-letter queue for operators: it is deferred, not completed,
-so the function sees it once and Service Bus Explorer (or a replay tool) still finds it.
+It only peeks: every dead letter stays in its queue, active, for operators (`onboard dlq`). Not a
+trigger on the sub-queue, nor a deferral: the Functions scaler sizes a Service Bus trigger by its
+queue's message counts, and deferred dead letters still count, or hide new ones from it
+(docs/service-bus-facts.md, "Scaling a trigger on a dead-letter sub-queue"). What was reported is
+remembered by the journal (a request that ended after its message was enqueued needs no second
+outcome) and, within a process, by the sweep itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from shared import envelope
 from shared.contracts import DeadLetterReason, OnboardingRequest, StageName
@@ -30,7 +34,7 @@ from shared.outcomes import dead_letter
 from shared.progress import Progress, Turn, group_addresses
 from shared.queues import PIPELINE
 from shared.reasons import facts_of
-from shared.runner import Carrier, settle_off_loop
+from shared.runner import Carrier
 
 logger = logging.getLogger("onboarding.dead_letters")
 
@@ -44,10 +48,12 @@ class DeadLetteredMessage(envelope.ReceivedMessage, Protocol):
     def enqueued_time_utc(self) -> datetime | None: ...
 
 
-class DeadLetterActions(Protocol):
-    def defer(self, message: Any) -> None: ...
+class DeadLetterQueues(Protocol):
+    """The sweep's one view of Service Bus: a queue's dead-letter sub-queue, peeked (nothing locked or settled)."""
 
-    def abandon(self, message: Any) -> None: ...
+    def dead_letters(self, queue: str) -> AsyncIterator[DeadLetteredMessage]:
+        """Every message in `queue`'s dead-letter sub-queue, oldest first."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -62,31 +68,22 @@ class DeadLetterReporter:
     def carrier(self) -> Carrier:
         return Carrier(self.stage, self.outbox, self.outcome_queue, self.clock, self.journal)
 
-    async def run(self, message: DeadLetteredMessage, actions: DeadLetterActions) -> DeadLetter | None:
-        """The outcome published for this message, or None when the pipeline had published one already."""
+    async def report(self, message: DeadLetteredMessage) -> DeadLetter | None:
+        """The outcome published for this dead letter, or None when it needs none (the pipeline's own,
+        or a request the journal shows ended or went on); raises when the outcome could not be sent."""
         reason = message.dead_letter_reason or ""
         facts = facts_of(reason)
         if facts is not None and not facts.set_by_service_bus:  # the pipeline's own: it published the outcome
-            await _settle(actions.defer, message)
             return None
         turn, progress = self._what_is_known(message)
         with request_context(turn.delivery.request_id, turn.delivery.correlation_id, group_addresses(progress)):
             if settled_elsewhere := await self._settled_elsewhere(turn.delivery.request_id, message.enqueued_time_utc):
-                logger.warning(
-                    "%s: Service Bus dead-lettered a message (%s) but %s", self.stage, reason, settled_elsewhere
-                )
-                await _settle(actions.defer, message)
+                logger.info("%s: a dead letter (%s) needs no outcome: %s", self.stage, reason, settled_elsewhere)
                 return None
             decision = dead_letter(turn, progress, *self._explain(reason, message.dead_letter_error_description))
             carrier = self.carrier
-            try:
-                effect = await carrier.send(carrier.effect_of(decision, turn.delivery))
-            except Exception:
-                logger.exception("could not publish the outcome of a message Service Bus dead-lettered")
-                await _settle(actions.abandon, message)
-                raise
+            effect = await carrier.send(carrier.effect_of(decision, turn.delivery))
             logger.warning("%s: Service Bus dead-lettered the message (%s); outcome published", self.stage, reason)
-            await _settle(actions.defer, message)
             await carrier.record_effect(effect)
             return decision
 
@@ -159,6 +156,50 @@ def _bare_delivery(message: DeadLetteredMessage, now: datetime) -> Delivery:
     return Delivery(envelope.message_id_of(message), request_id, correlation_id or request_id, None, 1, now)
 
 
-async def _settle(settle: Callable[[Any], None], message: Any) -> None:
-    """Off the event loop (the host's calls block); a failure means the message comes back, no more."""
-    await settle_off_loop(settle, message, who="a dead-letter function")
+DeadLetterKey = tuple[int | None, str | None]  # sequence number and MessageId: one dead letter of a queue
+
+
+@dataclass
+class DeadLetterSweep:
+    """Reports every dead letter of `queues` that needs an outcome, once; run by the timer function.
+
+    `queues`: each queue whose dead-letter sub-queue is swept, and the stage that reads that queue (a
+    source's own intake queue is read by create-contact). A dead letter is handled once it needed no
+    outcome or its outcome was sent; the sweep remembers those while its process lives, so a later
+    sweep asks the journal only about what is new. One that could not be reported is tried again by
+    the next sweep; one queue that cannot be read does not stop the others.
+    """
+
+    source: DeadLetterQueues
+    queues: Mapping[str, StageName]
+    reporter: Callable[[StageName], DeadLetterReporter]
+    handled: dict[str, set[DeadLetterKey]] = field(default_factory=dict)
+
+    async def run(self) -> list[DeadLetter]:
+        """The outcomes this sweep published."""
+        published: list[DeadLetter] = []
+        for queue, stage in self.queues.items():
+            try:
+                published += await self._sweep(queue, self.reporter(stage))
+            except Exception as error:
+                logger.error("could not sweep the dead letters of %s: %s", queue, type(error).__name__)
+        return published
+
+    async def _sweep(self, queue: str, reporter: DeadLetterReporter) -> list[DeadLetter]:
+        before = self.handled.get(queue, set())
+        handled: set[DeadLetterKey] = set()  # only what is still there: a purged dead letter is forgotten
+        published: list[DeadLetter] = []
+        async for message in self.source.dead_letters(queue):
+            key = (message.sequence_number, message.message_id)
+            if key not in before:
+                try:
+                    if decision := await reporter.report(message):
+                        published.append(decision)
+                except Exception:
+                    logger.exception(
+                        "could not publish the outcome of a dead letter of %s; the next sweep tries again", queue
+                    )
+                    continue
+            handled.add(key)
+        self.handled[queue] = handled
+        return published

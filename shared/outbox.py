@@ -1,26 +1,48 @@
 """Where decisions' messages go (the `Outbox` port), and its Service Bus implementation: one client
-per process and one cached sender per queue (`QueueSenders`).
+per process and one cached sender per queue (`QueueSenders`), which also peeks the dead-letter
+sub-queues for the dead-letter sweep (shared/dead_letters.py).
 
 An aio sender opens its link lazily on first use, and two coroutines opening it at once break it
-(the SDK is not safe for concurrent use of one handler), so each queue's sender has its own lock.
+(the SDK is not safe for concurrent use of one handler), so each queue's sender has its own lock;
+a send is bounded in time, so that a sender that never answers cannot hold that lock forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.servicebus import ServiceBusMessage
-from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
-from azure.servicebus.exceptions import MessagingEntityNotFoundError, ServiceBusAuthenticationError
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver, ServiceBusSender
+from azure.servicebus.exceptions import (
+    MessagingEntityNotFoundError,
+    OperationTimeoutError,
+    ServiceBusAuthenticationError,
+)
 
 from shared.settings import ServiceBusSettings
 
+PEEK_BATCH = 100  # messages per peek
+# Far beyond a healthy send (milliseconds) or the SDK's own retries of a passing error (seconds).
+SEND_TIMEOUT_SECONDS = 30.0
+CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+async def peeked(receiver: ServiceBusReceiver, from_sequence: int = 0) -> AsyncIterator[ServiceBusReceivedMessage]:
+    """Every message from `from_sequence` to the end of the queue, in order, peeked (no lock, nothing
+    settled): Service Bus numbers a queue's messages in the order they were enqueued."""
+    while batch := await receiver.peek_messages(max_message_count=PEEK_BATCH, sequence_number=from_sequence):
+        for message in batch:
+            from_sequence = (message.sequence_number or 0) + 1
+            yield message
+
 
 class Outbox(Protocol):
-    """What the runner and the dead-letter functions send through; tests hand in a recording fake."""
+    """What the runner and the dead-letter sweep send through; tests hand in a recording fake."""
 
     async def send(self, queue: str, message: ServiceBusMessage) -> None: ...
 
@@ -37,11 +59,22 @@ class UnknownQueueError(Exception):
 
 
 class QueueSenders:
-    """The Outbox on Service Bus: a sender per queue, opened on first use and kept."""
+    """The Outbox on Service Bus: a sender per queue, opened on first use and kept.
 
-    def __init__(self, client: ServiceBusClient) -> None:
+    A send is bounded (`send_timeout`): the SDK's own timeout does not cover every wait (a link whose
+    connection never becomes ready is awaited forever, as seen after a broker restart, or against a
+    broker that accepts the connection and never answers), and a stage waiting forever holds its
+    queue's lock, so every later message to that queue would wait behind it. A send that times out is
+    tried once more on a new sender (a duplicate, should the first have gone out after all, is dropped
+    by the queue's duplicate detection: MessageIds are stable); a second timeout is an
+    OperationTimeoutError.
+    """
+
+    def __init__(self, client: ServiceBusClient, *, send_timeout: float = SEND_TIMEOUT_SECONDS) -> None:
         self._client = client
-        self._senders: dict[str, tuple[ServiceBusSender, asyncio.Lock]] = {}
+        self._send_timeout = send_timeout
+        self._senders: dict[str, ServiceBusSender] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def connect(cls, settings: ServiceBusSettings, credential: AsyncTokenCredential) -> QueueSenders:
@@ -54,33 +87,65 @@ class QueueSenders:
         assert settings.servicebus_namespace is not None  # ServiceBusSettings guarantees one of the two
         return cls(ServiceBusClient(settings.servicebus_namespace, credential))
 
-    def _sender(self, queue: str) -> tuple[ServiceBusSender, asyncio.Lock]:
-        if queue not in self._senders:  # no await in between: atomic on the event loop
-            self._senders[queue] = (self._client.get_queue_sender(queue), asyncio.Lock())
+    def _lock(self, queue: str) -> asyncio.Lock:
+        return self._locks.setdefault(queue, asyncio.Lock())  # no await in between: atomic on the event loop
+
+    def _sender(self, queue: str) -> ServiceBusSender:
+        """The queue's sender; call it holding the queue's lock, so that a replaced one is never used."""
+        if queue not in self._senders:
+            self._senders[queue] = self._client.get_queue_sender(queue)
         return self._senders[queue]
 
     async def send(self, queue: str, message: ServiceBusMessage) -> None:
-        sender, lock = self._sender(queue)
-        async with lock:
+        async with self._lock(queue):
             try:
-                await sender.send_messages(message)
+                await self._bounded(queue, lambda sender: sender.send_messages(message))
             except (MessagingEntityNotFoundError, ServiceBusAuthenticationError) as error:
                 if not entity_not_found(error):
                     raise
-                del self._senders[queue]  # a broken link must not be reused
-                await sender.close()
+                await self._drop(queue)  # a broken link must not be reused
                 raise UnknownQueueError(queue) from error
 
     async def schedule(self, queue: str, message: ServiceBusMessage, at: datetime) -> None:
-        sender, lock = self._sender(queue)
-        async with lock:
-            await sender.schedule_messages(message, at)
+        async with self._lock(queue):
+            await self._bounded(queue, lambda sender: sender.schedule_messages(message, at))
+
+    async def _bounded(self, queue: str, operation: Callable[[ServiceBusSender], Awaitable[object]]) -> None:
+        """`operation` on the queue's sender within the send timeout; once more on a new sender if not."""
+        for last_try in (False, True):
+            try:
+                await asyncio.wait_for(operation(self._sender(queue)), self._send_timeout)
+                return
+            except TimeoutError:
+                await self._drop(queue)
+                if last_try:
+                    raise OperationTimeoutError(
+                        message=f"sending to queue {queue} did not complete within {self._send_timeout:g} s, "
+                        "on a new sender either"
+                    ) from None
+
+    async def _drop(self, queue: str) -> None:
+        sender = self._senders.pop(queue, None)
+        if sender is not None:
+            await _closed(sender)
+
+    async def dead_letters(self, queue: str) -> AsyncIterator[ServiceBusReceivedMessage]:
+        """Every message in `queue`'s dead-letter sub-queue, peeked: the sweep reads, never settles."""
+        async with self._client.get_queue_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as receiver:
+            async for message in peeked(receiver):
+                yield message
 
     async def close(self) -> None:
-        for sender, _ in self._senders.values():
-            await sender.close()
+        # Together: each close waits for the broker's answer to its detach (about half a second each).
+        senders = list(self._senders.values())
         self._senders.clear()
+        await asyncio.gather(*(_closed(sender) for sender in senders))
         await self._client.close()
+
+
+async def _closed(sender: ServiceBusSender) -> None:
+    with contextlib.suppress(Exception):  # a sender that hung may hang closing too, or fail to
+        await asyncio.wait_for(sender.close(), CLOSE_TIMEOUT_SECONDS)
 
 
 def entity_not_found(error: Exception) -> bool:

@@ -1,7 +1,7 @@
 """Which source systems may put whom into which group: deny unless listed.
 
 Loaded from a JSON file (setting ONBOARDING_POLICY_FILE). Groups are named by SMTP address or
-object id; "*" means any group. The file format is in the README.
+object id; "*" means any group. The file format is in docs/settings.md.
 """
 
 from __future__ import annotations
@@ -104,12 +104,17 @@ class OnboardingPolicy(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> OnboardingPolicy:
+        """The policy in `path`; PolicyFileError says in one line why it cannot be used."""
         try:
             return cls.model_validate_json(path.read_bytes())
-        except FileNotFoundError as error:
-            raise ValueError(f"policy file {path} does not exist") from error
+        except FileNotFoundError:
+            raise PolicyFileError("the file does not exist") from None
+        except IsADirectoryError:
+            raise PolicyFileError("that is a directory, not a file") from None
+        except PermissionError:
+            raise PolicyFileError("the app may not read the file") from None
         except ValidationError as error:
-            raise ValueError(f"policy file {path} is invalid: {error}") from error
+            raise PolicyFileError("not a valid policy: " + _one_line(error)) from None
 
     def domain_blocked(self, address: str) -> bool:
         domain = normal_address(address).rsplit("@", 1)[-1]  # the same ASCII form as the entries
@@ -144,6 +149,18 @@ class OnboardingPolicy(BaseModel):
 
     def sender_authentication_fix_allowed_for(self, group_id: str, group_mail: str | None) -> bool:
         return _matches(self.sender_authentication_fix_allowed, group_id, group_mail)
+
+
+class PolicyFileError(ValueError):
+    """The policy file cannot be used; the message is one line (the caller names the file)."""
+
+
+def _one_line(error: ValidationError) -> str:
+    """pydantic's problems on one line: `sources.hr.allowed_groups: Field required; ...`."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" if problem["loc"] else problem["msg"]
+        for problem in error.errors()
+    )
 
 
 def _matches(names: frozenset[str], group_id: str, group_mail: str | None) -> bool:

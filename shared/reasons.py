@@ -1,9 +1,9 @@
 """What each dead-letter reason means, in one table: who sets it, whether it refuses the request for
 what it asked, and the operator's fix (a replay once the cause is fixed, or a new request).
 
-The runner reads it for how loud its log line is, the dead-letter functions for which reasons the
+The runner reads it for how loud its log line is, the dead-letter sweep for which reasons the
 pipeline set itself (and so already published an outcome), and `onboard dlq replay` for what it
-sends again. The README's and docs/runbook.md's reason tables are prose for people; a test checks
+sends again. docs/reasons.md's and docs/runbook.md's reason tables are prose for people; a test checks
 that they list these reasons in this order with these fixes.
 """
 
@@ -49,6 +49,9 @@ REASONS: Mapping[DeadLetterReason, ReasonFacts] = MappingProxyType(
         ),
         DeadLetterReason.GUESTS_NOT_ALLOWED: ReasonFacts(
             Fix.REPLAY, "allowing guests in the group", refuses_the_request=True
+        ),
+        DeadLetterReason.ADDRESS_HELD_BY_MAIL_CONTACT: ReasonFacts(
+            Fix.REPLAY, "removing the mail contact", refuses_the_request=True
         ),
         DeadLetterReason.PERMISSION_DENIED: ReasonFacts(Fix.REPLAY, "granting the rights"),
         DeadLetterReason.DIRECTORY_REJECTED: ReasonFacts(Fix.REPLAY, "fixing the tenant"),

@@ -2,7 +2,7 @@
 
 `Carrier` is the one place that says what a decision sends, sends it (an outcome whose ReplyTo
 queue does not exist goes to the outcome queue, saying so) and journals it; the dead-letter
-functions (shared/dead_letters.py) publish their outcomes through it too.
+sweep (shared/dead_letters.py) publishes its outcomes through it too.
 
 Order matters: the next message (or the scheduled retry, or the outcome) is sent first and the
 received message is settled second. A crash in between leaves a duplicate, which the stable
@@ -80,7 +80,7 @@ class Effect:
 
 @dataclass(frozen=True)
 class Carrier:
-    """Carries out one stage's decisions, for its runner and its dead-letter function alike: what each
+    """Carries out one stage's decisions, for its runner and the dead-letter sweep alike: what each
     decision sends, sending it (an outcome to its ReplyTo, else the outcome queue), and its journal row."""
 
     stage: StageName

@@ -24,7 +24,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -59,7 +59,7 @@ from shared.directory.rights import (
 from shared.envelope import JSON, EnvelopeError, ReceivedMessage, check_reply_to, read_body
 from shared.logs import request_context
 from shared.outbox import Outbox, UnknownQueueError
-from shared.policy import ANY_GROUP, OnboardingPolicy
+from shared.policy import ANY_GROUP, OnboardingPolicy, PolicyFileError
 from shared.powershell import quoted
 from shared.runner import settle_off_loop
 from shared.stages.admission import find_group, unsupported_kind
@@ -69,6 +69,12 @@ logger = logging.getLogger("onboarding.selfcheck")
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 EXCHANGE_SCOPE = "https://outlook.office365.com/.default"
 SUBJECT = "onboarding.selfcheck"
+# The doctor queue is outside input: anyone with send rights can fill it. A process queries message
+# trace for the self-check at most once in this spacing, so a flood of doctor messages cannot spend
+# the tenant's quota (100 queries per 5 minutes) that verify-delivery needs.
+MESSAGE_TRACE_SPACING = timedelta(minutes=5)
+_PROCESS_LAST_TRACE: list[datetime] = []  # the process's, as a responder is built per message
+AT_START = "left out at start: each query spends the tenant's quota of 100 per 5 minutes"
 GRANT_HINT = "run `onboard grant` for the group kinds in use (docs/deploy.md, step 5)"
 # The fallback docs/stand-in-differences.md names should Graph refuse `or` next to a lambda.
 OR_FILTER_FALLBACK = (
@@ -148,17 +154,24 @@ async def check_policy(policy_file: Path | None, graph: GraphDirectory) -> Polic
                     name="policy file",
                     status=Status.WRONG,
                     detail="ONBOARDING_POLICY_FILE is not set: the app denies every request",
-                    fix="write policy.json next to host.json and set ONBOARDING_POLICY_FILE (README, Policy)",
+                    fix="write policy.json next to host.json and set ONBOARDING_POLICY_FILE (docs/settings.md, Policy)",
                 )
             ],
             SUPPORTED_KINDS,
         )
     try:
         policy = OnboardingPolicy.load(policy_file)
-    except ValueError as error:  # ValidationError included: pydantic's text names the field, not the values
-        first = str(error).splitlines()[0]
+    except PolicyFileError as error:  # one line, naming fields, not values
         return PolicyFindings(
-            [Check(area="policy", name="policy file", status=Status.WRONG, detail=first, fix="fix the file")],
+            [
+                Check(
+                    area="policy",
+                    name="policy file",
+                    status=Status.WRONG,
+                    detail=f"{policy_file}: {error}",
+                    fix="fix the file",
+                )
+            ],
             SUPPORTED_KINDS,
         )
     checks = [
@@ -293,14 +306,21 @@ class SelfCheckTools:
     clock: Callable[[], datetime]
 
 
-async def run_self_check(request: SelfCheckRequest | None, tools: SelfCheckTools) -> SelfCheckReport:
-    """Every check, in order; each failure is a line of the report, never an exception."""
+async def run_self_check(
+    request: SelfCheckRequest | None, tools: SelfCheckTools, *, trace_left_out: str | None = None
+) -> SelfCheckReport:
+    """Every check, in order; each failure is a line of the report, never an exception. Message trace is
+    tried only for a request that asks for it and when `trace_left_out` gives no reason to leave it out."""
     checks: list[Check] = []
     policy = await check_policy(tools.policy_file, tools.graph)
     features = Features(policy.group_kinds, welcome=tools.welcome_sender is not None)
     checks += await _token_checks(tools, features)
     checks += await _graph_checks(tools)
-    checks += await _exchange_checks(tools, features, message_trace=request is not None and request.message_trace)
+    if request is None:
+        trace_left_out = AT_START
+    elif not request.message_trace:
+        trace_left_out = "left out: the request asked for no message-trace query"
+    checks += await _exchange_checks(tools, features, trace_left_out=trace_left_out)
     checks += policy.checks
     return SelfCheckReport(
         request_id=request.request_id if request else None, checked_at=tools.clock(), checks=tuple(checks)
@@ -397,7 +417,7 @@ async def _top_shape(tools: SelfCheckTools) -> Check:
     return Check(area="graph", name=name, status=Status.OK, detail=f"$top=1 answered {rows} row(s), {paging}")
 
 
-async def _exchange_checks(tools: SelfCheckTools, features: Features, *, message_trace: bool) -> list[Check]:
+async def _exchange_checks(tools: SelfCheckTools, features: Features, *, trace_left_out: str | None) -> list[Check]:
     exchange, probe = tools.exchange, _probe_address()
     checks = [
         await _probe(
@@ -431,7 +451,7 @@ async def _exchange_checks(tools: SelfCheckTools, features: Features, *, message
     ]
     sender = tools.welcome_sender
     if sender is not None:
-        if message_trace:
+        if trace_left_out is None:
             now = tools.clock()
             checks.append(
                 await _probe(
@@ -449,7 +469,7 @@ async def _exchange_checks(tools: SelfCheckTools, features: Features, *, message
                     area="exchange",
                     name="Get-MessageTraceV2",
                     status=Status.SKIPPED,
-                    detail="left out at start: each query spends the tenant's quota of 100 per 5 minutes",
+                    detail=trace_left_out,
                     fix="`onboard doctor --wait` tries it",
                 )
             )
@@ -507,6 +527,17 @@ class SelfCheckResponder:
     outcome_queue: str
     clock: Callable[[], datetime]
     cannot_start: str | None = None  # why the app's services could not be built
+    last_trace: list[datetime] = field(default_factory=lambda: _PROCESS_LAST_TRACE)  # when it last queried
+
+    def _trace_left_out(self, now: datetime) -> str | None:
+        """Why this report leaves message trace out, or None after claiming this spacing's one query."""
+        if self.last_trace and now - self.last_trace[-1] < MESSAGE_TRACE_SPACING:
+            return (
+                f"left out: this instance queried it less than {MESSAGE_TRACE_SPACING.seconds // 60} minutes ago "
+                "(once per 5 minutes, so doctor messages cannot spend the tenant's quota)"
+            )
+        self.last_trace[:] = [now]
+        return None
 
     async def run(self, message: ReceivedMessage, actions: SelfCheckActions) -> SelfCheckReport | None:
         try:
@@ -534,11 +565,12 @@ class SelfCheckResponder:
                 name="start",
                 status=Status.WRONG,
                 detail=f"the app cannot start: {self.cannot_start}",
-                fix="fix the setting or file it names (README, Settings), then restart the app",
+                fix="fix the setting or file it names (docs/settings.md), then restart the app",
             )
             return SelfCheckReport(request_id=request.request_id, checked_at=self.clock(), checks=(refusal,))
         async with self.tools() as tools:
-            return await run_self_check(request, tools)
+            left_out = self._trace_left_out(self.clock()) if request.message_trace else None
+            return await run_self_check(request, tools, trace_left_out=left_out)
 
     async def _publish(self, report: SelfCheckReport, message: ReceivedMessage) -> None:
         reply_to, warning = check_reply_to(message.reply_to)

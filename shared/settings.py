@@ -3,7 +3,7 @@
 Only the environment, as in Azure: the `onboard` command line reads `./.env` into the environment
 first (cli/settings.py), so a local `.env` never changes what tests or the deployed app see.
 
-Names and meanings are listed in the README's Settings table. A missing or malformed setting
+Names and meanings are listed in docs/settings.md. A missing or malformed setting
 fails at start-up with pydantic's message naming it, never halfway through a request.
 """
 

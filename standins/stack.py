@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import ExitStack, asynccontextmanager, contextmanager
@@ -20,6 +21,7 @@ import azure.functions as func
 from cli.grant_plan import GrantPlan
 from shared.bootstrap import close_services, configure_services
 from shared.settings import SERVICEBUS_CONNECTION
+from shared.startup import check_start
 from standins.local_app import LOCAL_PLAN, grant_local_app
 from standins.local_host import LocalHost, load_function_app
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
@@ -75,7 +77,6 @@ def local_stack(
         environment = {
             SERVICEBUS_CONNECTION: emulator.connection_string,
             "ONBOARDING_TENANT_ID": sandbox.tenant_id,
-            "ONBOARDING_TENANT_DOMAIN": sandbox.tenant_domain,
             "ONBOARDING_GRAPH_BASE_URL": sandbox.graph_base_url,
             "ONBOARDING_EXCHANGE_BASE_URL": sandbox.exchange_base_url,
             "ONBOARDING_DIRECTORY_CREDENTIAL": "sandbox",
@@ -131,14 +132,23 @@ def sandbox_app_credential(environment: Mapping[str, str]) -> SandboxCredential:
     )
 
 
+def start_function_app(module_name: str = "function_app") -> func.FunctionApp:
+    """function_app.py as the Functions host starts it: imported, which runs its start-up check
+    (shared/startup.py); run again here when this process imported it before, as a new worker would."""
+    if module_name in sys.modules:
+        check_start()
+    return load_function_app(module_name)
+
+
 @asynccontextmanager
 async def running_host(
     environment: Mapping[str, str], *, concurrency: int | None = None, app: func.FunctionApp | None = None
 ) -> AsyncIterator[LocalHost]:
     """The local Functions host running function_app.py (or `app`) against `environment` until the block ends."""
     with app_settings(environment):
+        started = app or start_function_app()  # before anything is set up: it may refuse to start
         supply_sandbox_credential(environment)
-        host = LocalHost(app or load_function_app(), environment=environment, concurrency=concurrency)
+        host = LocalHost(started, environment=environment, concurrency=concurrency)
         stop = asyncio.Event()
         task = asyncio.create_task(host.run(stop))
         try:

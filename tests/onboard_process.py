@@ -66,6 +66,12 @@ class RunningOnboard:
                 raise AssertionError(f"no {text!r} (x{count}) within {timeout} s:\n" + "\n".join(self.lines))
             time.sleep(0.1)
 
+    def finish(self, timeout: float = 60) -> int:
+        """The exit code, once the command ends by itself."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
     def stop(self) -> int:
         """Ctrl-C, as a person stops it; the exit code."""
         if self.process.poll() is None:

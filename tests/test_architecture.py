@@ -6,6 +6,7 @@ imports one that imports it back."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,10 @@ from pydantic import ValidationError
 from shared.bootstrap import build_services
 from shared.settings import SERVICEBUS_CONNECTION, Settings
 from tests.fakes import FailureScript, FakeExchange, FakeGraph, Recorder, RecordingJournal, RecordingOutbox
+from tools.demo import OFFLINE_APP_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
+APP_ENVIRONMENT = {**os.environ, **OFFLINE_APP_SETTINGS}  # importing function_app checks the settings
 DEPLOYED = ("function_app.py", "functions", "shared")
 PROJECT_PACKAGES = ("cli", "tools", "standins", "shared", "functions")
 # The commands that run the stand-ins; every other command also works against Azure alone.
@@ -126,7 +129,7 @@ def test_importing_the_trigger_modules_loads_no_table_storage_sdk() -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('standins', 'cli') or m.startswith('azure.data.tables')))"
     )
     child = subprocess.run(  # noqa: S603  # our own interpreter and a constant script
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, env=APP_ENVIRONMENT
     )
     assert child.stdout.strip() == "[]"
 
@@ -164,11 +167,13 @@ async def test_build_services_uses_the_adapters_it_is_given_and_closes_only_its_
     await services.close()
 
 
-def test_indexing_the_functions_loads_no_app_service_only_the_queue_names() -> None:
-    """The host imports function_app at every cold start; the services wait for the first message."""
-    deferred = ("shared.bootstrap", "shared.contracts", "pydantic", "msgraph", "azure.identity", "httpx")
+def test_indexing_the_functions_loads_no_app_service_only_the_queue_names_and_the_settings() -> None:
+    """The host imports function_app at every cold start; the services wait for the first message. The
+    settings and the policy file are read then (pydantic, and the journal setting's module), so a broken
+    one stops the app before any message is taken (shared/startup.py)."""
+    deferred = ("shared.bootstrap", "shared.runner", "msgraph", "azure.identity", "httpx")
     probe = f"import sys, function_app; print(sorted(m for m in {deferred!r} if m in sys.modules))"
     child = subprocess.run(  # noqa: S603  # our own interpreter and a constant script
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True, env=APP_ENVIRONMENT
     )
     assert child.stdout.strip() == "[]"

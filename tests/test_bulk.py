@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from azure.servicebus import ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cli.bulk import BulkFileError, check_file, check_text, spreadsheet_cell, stable_request_id, write_request_ids
 from cli.main import app
@@ -86,6 +86,11 @@ def test_ids_are_stable_per_person_and_group_and_a_repeated_row_is_reported() ->
         (HEADER.strip() + ",colour\n", "unknown column(s): colour"),
         (HEADER + 'a@b.example,"unclosed,partners@contoso.com,demo-hr\n', "not valid CSV"),
         (HEADER.strip() + ",display_name\n", "column(s) named more than once: display_name"),
+        (  # as Excel saves "CSV" where the decimal separator is a comma
+            HEADER.replace(",", ";") + "a@b.example;A;partners@contoso.com;demo-hr\n",
+            'line 1: the columns are separated by semicolons, not commas: save the file as "CSV UTF-8 (Comma '
+            'delimited)" or replace each ; with ,',
+        ),
     ],
 )
 def test_a_file_that_cannot_be_read_as_a_whole_says_why(text: str, said: str) -> None:
@@ -142,7 +147,7 @@ def test_a_file_that_is_not_utf8_names_the_line_of_the_bad_byte(tmp_path: Path) 
         check_file(csv_file)
 
 
-GROUP_RULE = "must be an SMTP address (name@domain) or a group object id (GUID)"
+GROUP_RULE = "must be the group's SMTP address (name@domain) or its object id (a GUID), not its display name"
 REQUEST_ID_RULE = r"must be 1-128 characters without spaces, control characters, / \ # or ?"
 
 
@@ -162,8 +167,8 @@ REQUEST_ID_RULE = r"must be 1-128 characters without spaces, control characters,
         ("a@fabrikam.example,A,partners@contoso.com,", "source_system", "required"),
         (
             "a@fabrikam,A,partners@contoso.com,demo-hr",
-            "external_email",  # pydantic's own words where they are plain
-            "value is not a valid email address: The part after the @-sign is not valid. It should have a period.",
+            "external_email",  # the email validator's own words: they are plain
+            "is not an email address: The part after the @-sign is not valid. It should have a period.",
         ),
         ("a@fabrikam.example,A,partners@contoso.com,demo-hr,,,has space,", "request_id", REQUEST_ID_RULE),
         ("a@fabrikam.example,A,partners@contoso.com,demo-hr,,,a/b,", "request_id", REQUEST_ID_RULE),
@@ -435,3 +440,39 @@ def test_an_offboard_or_a_renewal_row_has_its_own_stable_id_and_a_plain_row_keep
     soon = (datetime.now(UTC) + timedelta(days=30)).isoformat()
     (row,) = check_text(LIFECYCLE_HEADER + f"a@fabrikam.example,A,partners@contoso.com,demo-hr,onboard,{soon}\n").rows
     assert row.request.expires_at is not None and row.request_id != onboard
+
+
+def test_a_request_not_run_again_counts_with_its_earlier_runs_outcome_in_submit_and_bulk(
+    host_in_background: LocalStack, tmp_path: Path
+) -> None:
+    """One rule for --wait (cli.outcomes.wait_exit_code): 0 when every request succeeded, 3 when any
+    failed; a request Service Bus dropped as a duplicate counts with its earlier run's outcome."""
+    csv_file = tmp_path / "two.csv"
+    missing_group = "no-such-group@contoso.com"
+    csv_file.write_text(HEADER + good_row(7) + f"nobody@fabrikam.example,Nobody,{missing_group},demo-hr\n")
+    env = {SERVICEBUS_CONNECTION: host_in_background.environment[SERVICEBUS_CONNECTION]}
+
+    def bulk_wait() -> Result:
+        return CliRunner().invoke(app, ["bulk", str(csv_file), "--wait", "--timeout", "60"], env=env)
+
+    first, again = bulk_wait(), bulk_wait()
+    failed_id = stable_request_id("nobody@fabrikam.example", missing_group, "demo-hr")
+    assert first.exit_code == 3, first.output
+    assert f"line 3: {failed_id}: GroupNotFound" in first.output
+    assert again.exit_code == 3, again.output  # before: 0, the earlier failure unseen
+    assert "Not run again: 2 request(s)" in again.output and "(Failed 1, Succeeded 1;" in again.output
+    assert f"line 3: {failed_id}: GroupNotFound (earlier run)" in again.output
+
+    def submit_wait(email: str, group: str) -> Result:
+        request_id = stable_request_id(email, group, "demo-hr")
+        options = ["--email", email, "--display-name", "Someone", "--group", group, "--source-system", "demo-hr"]
+        return CliRunner().invoke(
+            app, ["submit", *options, "--request-id", request_id, "--wait", "--timeout", "60"], env=env
+        )
+
+    succeeded_again = submit_wait("person.7@fabrikam.example", "partners@contoso.com")
+    failed_again = submit_wait("nobody@fabrikam.example", missing_group)
+    assert succeeded_again.exit_code == 0, succeeded_again.output  # before: 3, though the run stood Succeeded
+    assert "No new run" in succeeded_again.output and "Outcome    Succeeded" in succeeded_again.output
+    assert failed_again.exit_code == 3, failed_again.output
+    assert "No new run" in failed_again.output and "Failed: GroupNotFound" in failed_again.output

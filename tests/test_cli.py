@@ -10,7 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.settings import env_name, read_env_file
+from cli.settings import read_env_file
+from shared.setting_names import env_name
 from shared.settings import SERVICEBUS_CONNECTION, Settings
 from tests.onboard_process import run_onboard
 
@@ -33,6 +34,9 @@ def test_demo_prints_one_readable_block_per_sample_quietly_and_exits_zero(tmp_pa
     # Each word whole: a wrapped line breaks between words, never inside one.
     assert "delivered (message trace)." in " ".join(line.strip() for line in result.stdout.splitlines())
     assert result.stderr == "", "the expected GroupNotFound is no ERROR in a demo that went as planned"
+    said = " ".join(result.stdout.split())
+    assert "journal stopped with it" in said and "run it by hand (README, By hand)" in said
+    assert "reads the same journal" not in said  # it was a temporary one
 
 
 @pytest.mark.parametrize("command", ["demo", "sandbox", "host", "submit", "status", "schema"])
@@ -73,8 +77,23 @@ def test_submit_refuses_an_invalid_request_before_sending(monkeypatch: pytest.Mo
         ],
     )
     assert result.exit_code == 2
-    assert result.output.startswith("Invalid request: external_email: ")
-    assert len(result.output.splitlines()) == 1
+    assert result.output == "Invalid request: --email is not an email address: An email address must have an @-sign.\n"
+
+    by_name = CliRunner().invoke(
+        app,
+        [
+            "submit",
+            *("--email", "a@fabrikam.example", "--display-name", "A", "--group", "Partners"),
+            *("--source-system", "demo hr", "--request-id", "a b"),
+        ],
+        env={"COLUMNS": "400"},
+    )
+    assert by_name.exit_code == 2
+    assert by_name.output == (  # in words, never a UUID parser's or a regular expression's
+        "Invalid request: --group must be the group's SMTP address (name@domain) or its object id (a GUID), "
+        "not its display name; --request-id must be 1-128 characters without spaces, control characters, "
+        "/ \\ # or ?; --source-system must be 1-64 letters, digits, '.', '_' or '-'.\n"
+    )
 
 
 def test_host_names_missing_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,4 +161,19 @@ def test_status_reads_its_journal_setting_from_dot_env(tmp_path: Path, monkeypat
     result = CliRunner().invoke(app, ["status"], env={"COLUMNS": "240"})
 
     assert result.exit_code == 2
-    assert result.output.startswith(f"No journal at {elsewhere}.")
+    assert result.output.startswith(f"No journal at {elsewhere}: set ONBOARDING_JOURNAL (or --journal)")
+
+
+def test_help_lists_the_commands_in_a_newcomers_order_and_there_is_a_version() -> None:
+    from importlib import metadata
+
+    from cli.main import NEWCOMER_ORDER, PACKAGE
+
+    help_text = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "120"}).output
+    listed = [line.split()[0] for line in help_text.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == list(NEWCOMER_ORDER)
+    assert set(typer.main.get_command(app).commands) == set(NEWCOMER_ORDER)  # type: ignore[attr-defined]
+    assert listed[:3] == ["demo", "sandbox", "host"], "first what a newcomer runs first"
+
+    version = CliRunner().invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output == f"onboard {metadata.version(PACKAGE)}\n"

@@ -7,9 +7,11 @@ restarting under a running host) must be one line that says what to do, with no 
 from __future__ import annotations
 
 import asyncio
+import random
 import shlex
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +19,16 @@ import pytest
 from azure.servicebus.aio import ServiceBusClient
 
 from cli.settings import write_env_file
-from cli.upstream import collect_outcomes, submit
-from shared.contracts import OnboardingRequest, OutcomeEvent, OutcomeStatus
+from cli.upstream import peek_count
+from shared.settings import SERVICEBUS_CONNECTION
+from standins.local_host import RECONNECT_MAX_DELAY_SECONDS
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from standins.servicebus_emulator.server import free_port
 from standins.stack import local_stack
 from tests.fixtures.pipeline import OUTCOMES
 from tests.onboard_process import RunningOnboard, run_onboard
-from tests.samples import PARTNERS, sample_request
+from tests.waiting import HANG_GUARD_SECONDS
+from tools.chaos import Report, count_outcomes, every_outcome, send_requests
 
 pytestmark = pytest.mark.stack
 
@@ -85,7 +89,7 @@ def test_the_readme_flow_by_hand_works_with_no_traceback_and_no_needless_error(t
         assert "drops it as a duplicate" in resent.stderr and "still waiting on the queue" in resent.stderr
 
         host = RunningOnboard("host", cwd=tmp_path)
-        host.wait_for("Local host runs 7 functions")
+        host.wait_for("Local host runs 5 functions")  # three stage queues, the doctor and the dead-letter sweep
         waited = onboard("submit", *REQUEST, "--group", "partners@contoso.com", "--request-id", "by-hand-2", "--wait")
         assert waited.returncode == 0, waited.stdout + waited.stderr
         assert "Outcome    Succeeded" in waited.stdout and "Partners (Distribution)" in waited.stdout
@@ -154,67 +158,198 @@ def test_each_command_names_only_the_settings_it_needs_by_environment_variable(t
     (line,) = lines_of(submit.stdout + submit.stderr)
     assert line.startswith("onboard submit: set exactly one of ServiceBusConnection")
     assert "TENANT" not in line
+    # Run where there is no .env (say, in docs/), each says where it looked.
+    assert f"or in a .env file: there is none in {tmp_path} (run the command in the directory that holds it)" in line
+
+    status = run_onboard("status", cwd=tmp_path)
+    assert status.returncode == 2
+    (line,) = lines_of(status.stdout + status.stderr)
+    assert line.startswith(f"No journal at {tmp_path / '.onboard' / 'journal.db'}, and no .env in {tmp_path}:")
+    assert "Run `onboard sandbox`" not in line  # it may well be running, in the directory that has the .env
+
+
+def test_a_host_whose_policy_file_is_missing_refuses_to_start_and_takes_no_message(tmp_path: Path) -> None:
+    missing = tmp_path / "policy.json"
+    with local_stack() as stack:
+        write_env_file({**stack.environment, "ONBOARDING_POLICY_FILE": str(missing)}, tmp_path / ".env")
+        waiting = run_onboard(
+            "submit", *REQUEST, "--group", "partners@contoso.com", "--request-id", "p-1", cwd=tmp_path
+        )
+        assert waiting.returncode == 0, waiting.stderr
+
+        host = run_onboard("host", cwd=tmp_path)
+
+        left = asyncio.run(peeked_requests(stack.environment[SERVICEBUS_CONNECTION]))
+    assert host.returncode == 2
+    assert lines_of(host.stdout + host.stderr) == [
+        f"onboard host: the app cannot start: ONBOARDING_POLICY_FILE={missing}: the file does not exist"
+    ]
+    assert left == [("p-1", 0)], "the request waits, never delivered"
+
+
+async def peeked_requests(connection: str) -> list[tuple[str | None, int | None]]:
+    async with (
+        ServiceBusClient.from_connection_string(connection) as client,
+        client.get_queue_receiver("create-contact") as receiver,
+    ):
+        return [(m.message_id, m.delivery_count) for m in await receiver.peek_messages(max_message_count=10)]
+
+
+def test_a_mistyped_setting_name_is_named_and_a_missing_policy_said_at_start(tmp_path: Path) -> None:
+    with local_stack() as stack:
+        environment = {name: value for name, value in stack.environment.items() if name != "ONBOARDING_POLICY_FILE"}
+        write_env_file({**environment, "ONBOARDING_POLICY_FIEL": "policy.json"}, tmp_path / ".env")
+        status = run_onboard("status", cwd=tmp_path)
+        host = RunningOnboard("host", "--quiet", cwd=tmp_path)
+        try:
+            host.wait_for("Local host runs")
+        finally:
+            code = host.stop()
+
+    typo = "ONBOARDING_POLICY_FIEL ({where}) is not a setting of this app and is ignored; did you mean ONBOARDING_POLICY_FILE?"
+    assert typo.format(where=f"in {tmp_path / '.env'}") in lines_of(status.stderr)
+    assert code == 0
+    said = [line.split(" [-] ", 1)[-1] for line in host.lines[:2]]
+    assert said == [
+        typo.format(where="among the app settings"),
+        "ONBOARDING_POLICY_FILE is not set: every request will be denied (PolicyDenied)",
+    ]
 
 
 @pytest.fixture
-def occupied_port() -> Iterator[int]:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        yield listener.getsockname()[1]
+def occupied_ports() -> Iterator[tuple[int, int]]:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as one,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as two,
+    ):
+        for listener in (one, two):
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+        yield one.getsockname()[1], two.getsockname()[1]
 
 
-def test_a_port_in_use_is_one_line_naming_the_option(tmp_path: Path, occupied_port: int) -> None:
-    result = run_onboard(
+def test_ports_in_use_are_one_line_naming_each_option(tmp_path: Path, occupied_ports: tuple[int, int]) -> None:
+    servicebus, tenant = occupied_ports
+    management = str(free_port("127.0.0.1"))
+    state = ("--servicebus-management-port", management, "--state-dir", str(tmp_path / "state"))
+    one = run_onboard(
         "sandbox",
         "--servicebus-port",
-        str(occupied_port),
+        str(servicebus),
         "--tenant-port",
         str(free_port("127.0.0.1")),
-        "--state-dir",
-        str(tmp_path / "state"),
+        *state,
         cwd=tmp_path,
     )
+    both = run_onboard(
+        "sandbox", "--servicebus-port", str(servicebus), "--tenant-port", str(tenant), *state, cwd=tmp_path
+    )
 
-    assert result.returncode == 1
-    (line,) = lines_of(result.stdout + result.stderr)
-    assert f"Port {occupied_port} (for the Service Bus emulator) is already in use" in line
-    assert "--servicebus-port" in line
+    assert (one.returncode, both.returncode) == (1, 1)
+    assert lines_of(one.stdout + one.stderr) == [
+        f"Port {servicebus} (for the Service Bus emulator) is already in use, perhaps by another `onboard sandbox`: "
+        "stop that, or pass --servicebus-port."
+    ]
+    assert lines_of(both.stdout + both.stderr) == [  # every port at once, not one per try
+        f"Ports {servicebus} (for the Service Bus emulator; --servicebus-port), {tenant} (for the tenant sandbox; "
+        "--tenant-port) are already in use, perhaps by another `onboard sandbox`: stop that, or pass other ports "
+        "with those options."
+    ]
     assert not (tmp_path / "state").exists()
 
 
-def test_a_running_host_waits_for_service_bus_and_survives_its_restart(tmp_path: Path) -> None:
-    with local_stack() as stack:
+def test_a_running_host_waits_for_service_bus_and_survives_its_restart_under_load(tmp_path: Path) -> None:
+    """Service Bus away at the start, then a broker restart while 300 requests are in flight: one line
+    when it goes and one when it is back, handling again within the backoff bound, no traceback,
+    and every request ends with exactly one outcome (nothing lost, nothing done twice)."""
+    database = tmp_path / "servicebus.db"  # durable, as `onboard sandbox` keeps it: a restart loses nothing
+    with local_stack(servicebus_database=database) as stack:
         port = stack.emulator.port
         stack.emulator.stop()  # the host starts while Service Bus is away
         write_env_file(stack.environment, tmp_path / ".env")
         host = RunningOnboard("host", "--quiet", cwd=tmp_path)
         emulators: list[ServiceBusEmulator] = []
+
+        def start_emulator() -> ServiceBusEmulator:
+            emulators.append(ServiceBusEmulator(EmulatorConfig.default(), port=port, database=database))
+            emulators[-1].start()
+            return emulators[-1]
+
+        report = Report()
         try:
             host.wait_for("Service Bus is unreachable")
-            for outage in (1, 2):
-                emulators.append(ServiceBusEmulator(EmulatorConfig.default(), port=port))
-                emulators[-1].start()
-                host.wait_for("reconnected to Service Bus", count=outage, timeout=60)
-                if outage == 1:
-                    emulators[-1].stop()
-                    host.wait_for("Service Bus is unreachable", count=2, timeout=60)
-            # After the restart the host still works: a request sent now ends with its outcome.
-            request = sample_request("after-restart-1", "ana.silva@fabrikam.example", "Ana Silva", PARTNERS)
-            outcomes = asyncio.run(submit_and_collect(emulators[-1].connection_string, request))
+            connection = start_emulator().connection_string
+            host.wait_for("reconnected to Service Bus", timeout=60)
+            ids = asyncio.run(send_requests(stack, 300, random.Random(25), 0.0, report))
+            asyncio.run(wait_for_outcomes_on_their_queue(connection, at_least=20))  # requests in flight now
+            emulators[-1].stop()
+            start_emulator()
+            back_at = time.monotonic()
+            host.wait_for("reconnected to Service Bus", count=2, timeout=120)
+            reconnected_after = time.monotonic() - back_at
+            outcomes = asyncio.run(every_outcome(stack, set(ids), time.monotonic() + HANG_GUARD_SECONDS))
+            count_outcomes(report, ids, outcomes, stack)
         finally:
             code = host.stop()  # first: the emulator's stop is no outage the host should see
             for emulator in emulators:
                 emulator.stop()
 
-    assert outcomes["after-restart-1"].status is OutcomeStatus.SUCCEEDED, outcomes
+    assert (report.lost, report.duplicated) == ([], []), report.lines()
+    assert sum(report.outcomes.values()) == 300
+    # The next try after Service Bus is back comes within the backoff's cap; a few seconds to connect.
+    assert reconnected_after < RECONNECT_MAX_DELAY_SECONDS + 10, host.output
     assert code == 0, host.output
     assert "Traceback" not in host.output
-    # One line to start, then one per outage and one per recovery, however many queues noticed.
-    assert len(host.lines) == 1 + 2 + 2, host.output
+    # One line to start, one per outage and one per recovery however many queues and invocations
+    # noticed, and one to say what stopping waits for.
+    assert len(host.lines) == 1 + 2 + 2 + 1, host.output
+    assert sum("Service Bus is unreachable" in line for line in host.lines) == 2
+    assert host.lines[-1].startswith("Stopping:")
 
 
-async def submit_and_collect(connection: str, request: OnboardingRequest) -> dict[str, OutcomeEvent]:
+async def wait_for_outcomes_on_their_queue(connection: str, *, at_least: int) -> None:
     async with ServiceBusClient.from_connection_string(connection) as client:
-        ids = await submit(client, [request])
-        return await collect_outcomes(client, OUTCOMES, ids, within_seconds=60)
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while await peek_count(client, OUTCOMES, cap=at_least) < at_least:
+            assert time.monotonic() < deadline, f"fewer than {at_least} outcomes within {HANG_GUARD_SECONDS} s"
+            await asyncio.sleep(0.5)
+
+
+def test_a_wait_that_service_bus_ends_says_the_requests_were_sent_and_how_to_follow_them(tmp_path: Path) -> None:
+    """`bulk --wait` with no host: Service Bus goes away while it waits, then comes back for `submit
+    --wait`, which is stopped with Ctrl-C. Both say what was sent and how to follow it, no traceback."""
+    emulator = ServiceBusEmulator(EmulatorConfig.default())
+    emulator.start()
+    try:
+        write_env_file({SERVICEBUS_CONNECTION: emulator.connection_string}, tmp_path / ".env")
+        (tmp_path / "people.csv").write_text(
+            "external_email,display_name,group,source_system\n"
+            "ana.silva@fabrikam.example,Ana Silva,partners@contoso.com,demo-hr\n"
+            "ben.okafor@fabrikam.example,Ben Okafor,partners@contoso.com,demo-hr\n"
+        )
+        bulk = RunningOnboard("bulk", "people.csv", "--wait", cwd=tmp_path)
+        bulk.wait_for("Sent 2 request(s)")
+        emulator.stop()
+        bulk_code = bulk.finish()
+        emulator = ServiceBusEmulator(EmulatorConfig.default(), port=emulator.port)
+        emulator.start()
+        submit = RunningOnboard(
+            "submit", *REQUEST, "--group", "partners@contoso.com", "--request-id", "w-1", "--wait", cwd=tmp_path
+        )
+        submit.wait_for("Waiting up to")
+        submit_code = submit.stop()
+    finally:
+        emulator.stop()
+
+    assert bulk_code == 3, bulk.output
+    assert bulk.lines[-1] == (
+        "Stopped waiting: Service Bus went away. All 2 requests were sent and go on in the "
+        "pipeline: `onboard status --watch` shows where they stand, `onboard status REQUEST_ID` one of them; "
+        "`onboard bulk people.csv --wait` again within 10 minutes waits for them once more and sends none twice."
+    )
+    assert submit_code == 130, submit.output
+    assert submit.lines[-1] == (
+        "Interrupted while waiting. Request w-1 was sent and goes on in the pipeline: "
+        "`onboard status w-1` shows where it stands."
+    )
+    assert "Traceback" not in bulk.output + submit.output

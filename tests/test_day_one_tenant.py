@@ -3,14 +3,21 @@ what each request ends with (the Microsoft behaviours: docs/microsoft-365-facts.
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
-from shared.contracts import OutcomeStatus, RecipientKind
-from standins.stack import LocalStack, local_stack
+import pytest
+from azure.servicebus.aio import ServiceBusClient
+
+from cli.upstream import collect_outcomes, submit
+from shared.contracts import OutcomeStatus, RecipientKind, StageName
+from shared.journal import TransitionKind
+from shared.settings import SERVICEBUS_CONNECTION
+from standins.stack import LocalStack, local_stack, running_host
 from standins.tenant_sandbox import TenantSeed
 from standins.tenant_sandbox.model import SeedUser
-from tests.fixtures.pipeline import Readback, onboard
+from tests.fixtures.pipeline import OUTCOMES, Readback, journal_history, onboard
 from tests.samples import PARTNERS, sample_request
+from tests.waiting import HANG_GUARD_SECONDS
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
@@ -102,3 +109,62 @@ async def test_a_contact_entra_does_not_have_yet_is_checked_once_it_has(stack: L
     assert not [
         e for e in stack.sandbox.request_log if e.operation.startswith("GET /v1.0/contacts") and e.status >= 400
     ]
+
+
+# --- One address, two recipients (docs/microsoft-365-facts.md §9) ----------------------------------------
+
+TWIN = "twin.person@fabrikam.example"
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_an_address_a_mail_contact_holds_is_not_invited_into_a_microsoft_365_group(
+    stack: LocalStack, dry_run: bool
+) -> None:
+    """A guest invited for a contact's address gets no SMTP address in Exchange: group mail would not reach it."""
+    stack.sandbox.set_knobs(exchange_lag_seconds=0)
+    first = (await onboard(stack, [sample_request("twin-dl", TWIN, "Twin Person", PARTNERS)]))["twin-dl"]
+    assert first.recipient is not None and first.recipient.kind is RecipientKind.MAIL_CONTACT, first.description
+    request = sample_request("twin-m365", TWIN, "Twin Person", FALCON).model_copy(update={"dry_run": dry_run})
+    outcome = (await onboard(stack, [request]))["twin-m365"]
+
+    assert _failed((outcome.status, outcome.reason), "AddressHeldByMailContact"), (outcome.reason, outcome.description)
+    assert "Remove-MailContact" in outcome.description and "distribution group" in outcome.description
+    directory = stack.sandbox.directory
+    assert directory.users_claiming(TWIN) == []  # no guest was invited
+    contact = directory.contact_holding(TWIN)
+    partners = directory.group_by_mail(PARTNERS)
+    assert contact is not None and partners is not None
+    assert contact.external_directory_object_id in partners.members  # the distribution group still has them
+
+
+async def _until_create_contact_decided(stack: LocalStack, request_id: str) -> None:
+    decided = {TransitionKind.PASSED_ON, TransitionKind.DEAD_LETTERED, TransitionKind.FINISHED}
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        while True:
+            history = await journal_history(stack, request_id)
+            if any(t.stage is StageName.CREATE_CONTACT and t.decision in decided for t in history):
+                return
+            await asyncio.sleep(0.2)
+
+
+async def test_a_guest_exchange_does_not_know_yet_joins_a_distribution_group_itself(stack: LocalStack) -> None:
+    """Exchange would take a contact for the address while it has not heard of the guest, and the guest would
+    lose its address to it: Entra is asked first, and the guest itself joins the distribution group."""
+    stack.sandbox.set_knobs(exchange_lag_seconds=3600)  # Exchange has not heard of the guest...
+    directory = stack.sandbox.directory
+    guest = directory.add_guest(TWIN, "Twin Person")
+    async with (
+        running_host(stack.environment),
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+    ):
+        ids = await submit(client, [sample_request("twin-guest-dl", TWIN, "Twin Person", PARTNERS)])
+        await _until_create_contact_decided(stack, "twin-guest-dl")
+        directory.show_to_exchange(guest)  # ...until create-contact has decided
+        outcome = (await collect_outcomes(client, OUTCOMES, ids, within_seconds=60))["twin-guest-dl"]
+
+    assert outcome.status is OutcomeStatus.SUCCEEDED, (outcome.reason, outcome.description, outcome.warnings)
+    assert outcome.recipient is not None and outcome.recipient.kind is RecipientKind.GUEST_USER
+    assert (outcome.recipient.id, outcome.recipient.created) == (guest.id, False)
+    partners = directory.group_by_mail(PARTNERS)
+    assert partners is not None and guest.id in partners.members
+    assert directory.contact_holding(TWIN) is None and not directory.users[guest.id].smtp_withheld

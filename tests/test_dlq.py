@@ -16,6 +16,7 @@ from cli.dlq import (
     DeadLetterView,
     Selection,
     confirm_question,
+    known_reason,
     list_dead_letters,
     parse_age,
     purge,
@@ -34,11 +35,11 @@ from tests.samples import PARTNERS, sample_request
 pytestmark = pytest.mark.stack
 
 
-async def _reported(client: ServiceBusClient, queue: StageName, count: int) -> list[DeadLetterView]:
-    """The dead letters once the dead-letter functions have reported and deferred `count` of them."""
+async def _dead_lettered(client: ServiceBusClient, queue: StageName, count: int) -> list[DeadLetterView]:
+    """The dead letters of `queue` once there are `count`: the pipeline publishes the outcome first."""
     async with asyncio.timeout(20):
         while True:
-            views = [v for v in await list_dead_letters(client, [queue]) if v.deferred]
+            views = await list_dead_letters(client, [queue])
             if len(views) >= count:
                 return views
             await asyncio.sleep(0.2)
@@ -55,11 +56,12 @@ async def test_a_dead_letter_replayed_after_its_cause_is_fixed_succeeds_with_one
         first = await collect_outcomes(client, OUTCOMES, [request_id], within_seconds=30)
         assert first[request_id].reason is DeadLetterReason.PERMISSION_DENIED
 
-        (view,) = await _reported(client, StageName.ADD_MEMBER, 1)
-        assert (view.request_id, view.reason, view.deferred) == (request_id, "PermissionDenied", True)
+        (view,) = await _dead_lettered(client, StageName.ADD_MEMBER, 1)
+        assert (view.request_id, view.reason, view.deferred) == (request_id, "PermissionDenied", False)
         text = _rendered(render_list([view], datetime.now(UTC)))
         assert all(len(line) <= 80 for line in text.splitlines())
-        assert "add-member*" in text and "PermissionDenied" in text and email not in text
+        assert "add-member/$deadletterqueue: 1" in text
+        assert "PermissionDenied" in text and email not in text
 
         # The role is granted (the scripted refusal is used up); the operator replays.
         (done,) = await replay(client, StageName.ADD_MEMBER, [view], datetime.now(UTC))
@@ -163,3 +165,15 @@ def test_the_commands_list_ask_before_purging_and_refuse_an_empty_selection(
     purged = CliRunner().invoke(app, ["dlq", "purge", "--all", "--yes"], env=env)
     assert purged.exit_code == 0 and "purged" in purged.output
     assert "No dead letters." in CliRunner().invoke(app, ["dlq", "list"], env=env).output
+
+
+def test_a_reason_the_app_does_not_know_is_refused_naming_the_closest_one() -> None:
+    """Before, `--reason PolicyDenid` matched nothing and said only that nothing matched."""
+    env = {"COLUMNS": "400"}
+    typo = CliRunner().invoke(app, ["dlq", "replay", "--reason", "PolicyDenid"], env=env)
+    assert typo.exit_code == 2
+    assert typo.output.startswith(
+        "--reason PolicyDenid is not a dead-letter reason of this app: did you mean PolicyDenied?"
+    )
+    assert "MaxDeliveryCountExceeded" in typo.output and "by its sequence number" in typo.output
+    assert known_reason("policydenied") == "PolicyDenied"  # any case, as the listing's matching

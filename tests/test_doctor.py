@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.servicebus import ServiceBusMessage
+from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage
 from azure.servicebus.aio import ServiceBusClient
 from typer.testing import CliRunner
 
@@ -32,6 +32,7 @@ from shared.selfcheck import (
     report_message_id,
 )
 from shared.settings import SERVICEBUS_CONNECTION
+from shared.startup import AppCannotStart
 from standins.local_app import LOCAL_PLAN, without
 from standins.servicebus_emulator import EmulatorConfig
 from standins.stack import LocalStack, local_stack, running_host
@@ -169,17 +170,20 @@ async def test_with_wait_the_deployed_app_checks_itself_and_answers_on_the_outco
     assert any("self-check: 0 of" in record.getMessage() for record in caplog.records), "no start-up run logged"
 
 
-async def test_an_app_that_cannot_start_still_answers_and_says_why(tmp_path: Path) -> None:
+async def test_an_app_that_cannot_start_gives_no_report_and_the_doctor_says_where_to_look(tmp_path: Path) -> None:
+    """A missing policy file stops the app at its start (shared/startup.py), so nothing answers on the
+    doctor queue either: the doctor says where the app says why."""
     missing = str(tmp_path / "missing.json")
     with local_stack() as stack:
-        async with running_host({**stack.environment, "ONBOARDING_POLICY_FILE": missing}):
-            # One process: the command's environment is the host's too.
-            code, report = await asyncio.to_thread(
-                doctor, stack, "--wait", "--timeout", "60", ONBOARDING_POLICY_FILE=missing
-            )
+        with pytest.raises(AppCannotStart, match=r"missing\.json: the file does not exist"):
+            async with running_host({**stack.environment, "ONBOARDING_POLICY_FILE": missing}):
+                pass
+        code, report = await asyncio.to_thread(
+            doctor, stack, "--wait", "--timeout", "3", ONBOARDING_POLICY_FILE=missing
+        )
     assert code == 1
-    start = by_name(report)["start"]
-    assert start["status"] == "wrong" and "missing.json does not exist" in start["detail"]
+    unanswered = by_name(report)["the app's own checks"]
+    assert unanswered["status"] == "wrong" and "`the app cannot start`" in unanswered["fix"]
 
 
 async def test_a_report_whose_reply_to_queue_does_not_exist_goes_to_the_outcome_queue_saying_so() -> None:
@@ -199,3 +203,26 @@ async def test_a_report_whose_reply_to_queue_does_not_exist_goes_to_the_outcome_
     report = SelfCheckReport.model_validate_json(b"".join(message.body))
     assert "'nobody-reads' does not exist" in report.checks[-1].detail
     assert {check.status for check in report.checks} <= {Status.OK, Status.WARNING}
+
+
+async def test_a_flood_of_doctor_messages_spends_one_message_trace_query_per_spacing() -> None:
+    """The doctor queue is outside input: a second report within the spacing leaves message trace out."""
+    requests = [SelfCheckRequest(request_id=f"doctor-flood-{n}") for n in range(2)]
+    with local_stack(settings=WELCOME_SETTINGS) as stack:
+        async with (
+            running_host(stack.environment),
+            ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        ):
+            async with client.get_queue_sender(SELF_CHECK_QUEUE) as sender:
+                for request in requests:
+                    await sender.send_messages(
+                        ServiceBusMessage(request.model_dump_json(), message_id=request.request_id)
+                    )
+            received: list[ServiceBusReceivedMessage] = []
+            async with client.get_queue_receiver(OUTCOMES, max_wait_time=30) as receiver:
+                while len(received) < len(requests):
+                    batch = await receiver.receive_messages(max_message_count=2, max_wait_time=30)
+                    assert batch, "a report did not arrive"
+                    received += batch
+    traces = sorted(by_name(json.loads(b"".join(message.body)))["Get-MessageTraceV2"]["status"] for message in received)
+    assert traces == ["ok", "skipped"]

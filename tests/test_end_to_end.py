@@ -72,7 +72,7 @@ async def test_unknown_group_is_dead_lettered_with_a_reason(stack: LocalStack) -
         ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
         client.get_queue_receiver("create-contact", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq,
     ):
-        # Peeked: the dead-letter function defers what it has seen, so it stays for operators.
+        # Peeked: the dead letter stays for operators.
         (dead,) = await dlq.peek_messages(max_message_count=5)
         assert dead.dead_letter_reason == "GroupNotFound"
         assert "no-such-group@contoso.com" in (dead.dead_letter_error_description or "")

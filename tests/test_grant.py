@@ -120,7 +120,7 @@ def test_mail_enabled_security_groups_print_the_role_group_steps(tenant_sandbox:
 
 
 def test_a_new_identity_is_waited_for_until_it_replicates(tenant_sandbox: TenantSandbox) -> None:
-    identity = identity_in(tenant_sandbox, visible_after_seconds=1.5)
+    identity = identity_in(tenant_sandbox, visible_after_seconds=6)  # past a slow start on a loaded machine
     result = grant(tenant_sandbox, identity.id, "--group-kinds", "distribution", "--yes", "--wait-for-identity", "30")
     assert result.exit_code == 0, result.output
     lookups = [e.status for e in tenant_sandbox.request_log if e.operation == "GET /v1.0/servicePrincipals/{id}"]

@@ -18,11 +18,12 @@ from azure.servicebus.aio import ServiceBusClient
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.upstream import peeked, submit
+from cli.upstream import submit
 from shared.contracts import LeaseNotice, OnboardingRequest, OutcomeEvent, OutcomeStatus
 from shared.journal import SqliteJournal
 from shared.journal.model import Lease, LeaseState
 from shared.leases import NOTICE_SUBJECT, NOTICE_TYPE, expiry_request_id, lease_key
+from shared.outbox import peeked
 from shared.queues import LEASE_QUEUE
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack, running_host

@@ -16,15 +16,17 @@ from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
 from azurefunctions.extensions.bindings.servicebus.serviceBusMessageActions import SettlementError
 
+from functions.triggers import DEAD_LETTER_SWEEP_FUNCTION, DEAD_LETTER_SWEEP_SCHEDULE
 from standins.local_host import (
     LocalHost,
     LocalMessageActions,
     as_the_host_hands_it,
+    discover_timers,
     discover_triggers,
     host_options,
-    load_function_app,
 )
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
+from tests.fixtures.pipeline import indexed_app
 
 Handler = Callable[[servicebus.ServiceBusReceivedMessage, servicebus.ServiceBusMessageActions], Awaitable[None]]
 
@@ -39,16 +41,40 @@ def _app_on_create_contact(handle: Handler) -> func.FunctionApp:
 
 
 def test_discovers_one_explicitly_settled_trigger_per_stage_and_the_doctors() -> None:
-    triggers = {t.queue_name: t for t in discover_triggers(load_function_app())}
-    stages = {"create-contact", "add-member", "verify-delivery"}
-    assert set(triggers) == stages | {f"{stage}/$deadletterqueue" for stage in stages} | {"doctor", "leases"}
+    triggers = {t.queue_name: t for t in discover_triggers(indexed_app())}
+    # none on a dead-letter sub-queue: a timer sweeps those
+    assert set(triggers) == {"create-contact", "add-member", "verify-delivery", "doctor", "leases"}
     for trigger in triggers.values():
         assert trigger.connection == "ServiceBusConnection"
         assert trigger.auto_complete is False
         assert trigger.message_parameter == "message"
         assert trigger.actions_parameter == "message_actions"
-        queue, _, sub_queue = trigger.queue_name.partition("/")
-        assert trigger.function_name == queue.replace("-", "_") + ("_dead_letters" if sub_queue else "")
+        assert trigger.function_name == trigger.queue_name.replace("-", "_")
+    (sweep,) = discover_timers(indexed_app())
+    assert (sweep.function_name, sweep.schedule.expression) == (DEAD_LETTER_SWEEP_FUNCTION, DEAD_LETTER_SWEEP_SCHEDULE)
+
+
+@pytest.mark.stack
+async def test_a_timer_function_runs_on_its_schedule_and_when_asked() -> None:
+    app = func.FunctionApp()
+    runs: list[str] = []
+    three = asyncio.Event()
+
+    @app.timer_trigger(arg_name="timer", schedule="* * * * * *")  # every second
+    async def every_second(timer: func.TimerRequest) -> None:
+        runs.append("asked" if not runs else "scheduled")
+        if len(runs) == 3:
+            three.set()
+
+    host = LocalHost(app, environment={})
+    stop = asyncio.Event()
+    hosting = asyncio.create_task(host.run(stop))
+    await host.run_timer("every_second")  # as the host's admin endpoint runs a function
+    async with asyncio.timeout(20):
+        await three.wait()
+    stop.set()
+    await hosting
+    assert runs[:3] == ["asked", "scheduled", "scheduled"]
 
 
 def test_concurrency_and_lock_renewal_come_from_host_json(tmp_path: Path) -> None:

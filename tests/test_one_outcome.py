@@ -12,18 +12,21 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from azure.servicebus import ServiceBusMessage, ServiceBusReceivedMessage, ServiceBusSubQueue
+from azure.servicebus import ServiceBusMessage, ServiceBusMessageState, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 from typer.testing import CliRunner
 
 from cli.main import app
 from cli.upstream import collect_outcomes
+from functions.triggers import DEAD_LETTER_SWEEP_FUNCTION
 from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, StageName
 from shared.settings import SERVICEBUS_CONNECTION
+from shared.startup import AppCannotStart
 from standins.servicebus_emulator import EmulatorConfig
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fixtures.pipeline import OUTCOMES, journal_history, keeping_every_outcome
 from tests.samples import PARTNERS, sample_request, sample_request_json
+from tools.demo import DEMO_POLICY
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
@@ -61,13 +64,17 @@ async def dead_letters(stack: LocalStack, queue: str) -> list[ServiceBusReceived
 async def run_host_until(
     stack: LocalStack, request_ids: list[str], *, within_seconds: float = 60
 ) -> list[OutcomeEvent]:
-    async with running_host(stack.environment):
+    """Every outcome while the local host runs, until each request has one; the dead-letter sweep runs
+    between looks (as its timer would, only sooner), so a repeated sweep shows as a second outcome."""
+    async with running_host(stack.environment) as host:
         async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
             await collect_outcomes(client, OUTCOMES, [], within_seconds=0)  # nothing: just let it start
         deadline = asyncio.get_running_loop().time() + within_seconds
         seen: list[OutcomeEvent] = []
         while {o.request_id for o in seen} < set(request_ids) and asyncio.get_running_loop().time() < deadline:
+            await host.run_timer(DEAD_LETTER_SWEEP_FUNCTION)
             seen += await all_outcomes(stack, settle_seconds=1)
+        await host.run_timer(DEAD_LETTER_SWEEP_FUNCTION)
         seen += await all_outcomes(stack, settle_seconds=2)  # anything that would be a duplicate
     return seen
 
@@ -93,13 +100,17 @@ async def test_what_service_bus_dead_letters_by_itself_still_ends_with_one_outco
             "TTLExpiredException",
         }
         outcomes = await run_host_until(stack, ["killed-1", "expired-1"])
+        # A new process: the sweep's own memory is gone, the journal still knows what was reported.
+        outcomes += await run_host_until(stack, [], within_seconds=0)
         kept = await dead_letters(stack, "create-contact")
     by_id = {o.request_id: o for o in outcomes}
     assert len(outcomes) == 2, outcomes
     assert by_id["killed-1"].status is OutcomeStatus.FAILED
     assert by_id["killed-1"].reason is DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED
     assert by_id["expired-1"].reason is DeadLetterReason.TTL_EXPIRED
-    assert len(kept) == 2, "the dead letters stay for operators (deferred, not completed)"
+    # They stay for operators, active: a deferred dead letter would still count for (or hide new ones
+    # from) the scaler of a trigger on the sub-queue (docs/service-bus-facts.md).
+    assert [m.state for m in kept] == [ServiceBusMessageState.ACTIVE] * 2
 
 
 async def test_a_request_the_pipeline_dead_letters_gets_one_outcome_not_two() -> None:
@@ -117,7 +128,7 @@ async def test_a_request_the_pipeline_dead_letters_gets_one_outcome_not_two() ->
         outcomes = await run_host_until(stack, ["unknown-1"])
         kept = await dead_letters(stack, "create-contact")
     assert [(o.request_id, o.reason) for o in outcomes] == [("unknown-1", DeadLetterReason.GROUP_NOT_FOUND)]
-    assert [m.dead_letter_reason for m in kept] == ["GroupNotFound"]
+    assert [(m.dead_letter_reason, m.state) for m in kept] == [("GroupNotFound", ServiceBusMessageState.ACTIVE)]
 
 
 async def test_resending_a_request_with_a_new_message_id_does_the_work_once() -> None:
@@ -178,17 +189,27 @@ async def test_hostile_envelopes_each_end_with_one_outcome() -> None:
     )
 
 
-async def test_an_app_that_cannot_start_still_ends_each_request_with_an_outcome(tmp_path: Path) -> None:
-    # A broken policy file: every stage fails before it can decide anything (so also before it could
-    # report its last delivery), and Service Bus dead-letters each message by itself.
-    broken = tmp_path / "policy.json"
-    broken.write_text('{"sources": ')
-    few_deliveries = keeping_every_outcome(EmulatorConfig.default().with_overrides(max_delivery_count=2))
-    with local_stack(emulator_config=few_deliveries, policy_file=broken) as stack:
+async def test_an_app_that_cannot_start_takes_no_message_and_handles_it_once_fixed(tmp_path: Path) -> None:
+    # A broken policy file stops the app at its start, as the Functions worker fails to index it
+    # (shared/startup.py): the request waits on its queue, never delivered, instead of crashing on
+    # every delivery until Service Bus dead-letters it; with the file fixed, it runs.
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"sources": ')
+    with local_stack(policy_file=policy) as stack:
         await send(stack, "create-contact", ServiceBusMessage(sample_request_json(request_id="broken-1")))
+        with pytest.raises(AppCannotStart, match=rf"ONBOARDING_POLICY_FILE={policy}: not a valid policy: Invalid JSON"):
+            async with running_host(stack.environment):
+                pass
+        waiting = await peeked(stack, "create-contact")
+        policy.write_text(DEMO_POLICY.read_text())
         outcomes = await run_host_until(stack, ["broken-1"])
-        kept = await dead_letters(stack, "create-contact")
-    assert [(o.request_id, o.status, o.reason) for o in outcomes] == [
-        ("broken-1", OutcomeStatus.FAILED, DeadLetterReason.MAX_DELIVERY_COUNT_EXCEEDED)
-    ]
-    assert [m.dead_letter_reason for m in kept] == ["MaxDeliveryCountExceeded"]
+    assert [message.delivery_count for message in waiting] == [0]
+    assert [(o.request_id, o.status) for o in outcomes] == [("broken-1", OutcomeStatus.SUCCEEDED)]
+
+
+async def peeked(stack: LocalStack, queue: str) -> list[ServiceBusReceivedMessage]:
+    async with (
+        ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+        client.get_queue_receiver(queue) as receiver,
+    ):
+        return list(await receiver.peek_messages(max_message_count=10))

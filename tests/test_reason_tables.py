@@ -1,4 +1,4 @@
-"""The README's and the runbook's dead-letter reason tables agree with the one table the code reads
+"""docs/reasons.md's and the runbook's dead-letter reason tables agree with the one table the code reads
 (shared/reasons.py): every reason, in its order, and in the runbook its fix and who sets it."""
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def test_the_table_describes_every_reason_once() -> None:
     assert list(REASONS) == list(DeadLetterReason)
 
 
-def test_the_readme_lists_every_reason_in_the_tables_order() -> None:
-    rows = reason_rows(ROOT / "README.md")
+def test_the_reasons_page_lists_every_reason_in_the_tables_order() -> None:
+    rows = reason_rows(ROOT / "docs" / "reasons.md")
     assert [reason_of(row[0]) for row in rows] == [reason.value for reason in REASONS]
 
 

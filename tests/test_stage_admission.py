@@ -30,6 +30,16 @@ def _forged(message: StageMessage, **changes: object) -> StageMessage:
     return message.model_copy(update=changes)
 
 
+async def _guest_message_naming_the_internal_user(world: World) -> StageMessage:
+    """An honest guest's add-member message, forged to name ceo@fabrikam.example and the internal user."""
+    message = await pass_on(world, request_body(group={"smtp_address": "falcon@contoso.com"}))
+    return _forged(
+        message,
+        request=message.request.model_copy(update={"external_email": "ceo@fabrikam.example"}),
+        recipient=message.recipient.model_copy(update={"id": INTERNAL_ID, "directory_object_id": INTERNAL_ID}),
+    )
+
+
 async def test_a_group_outside_the_policy_is_refused_before_any_change(world: World) -> None:
     world.policy = OnboardingPolicy.model_validate({"sources": {"hr": {"allowed_groups": ["partners@contoso.com"]}}})
     message = await pass_on(world, request_body())
@@ -62,15 +72,20 @@ async def test_a_recipient_that_is_not_the_requests_contact_is_refused(world: Wo
 
 async def test_an_internal_user_named_as_the_guest_is_refused(world: World) -> None:
     world.graph.users[INTERNAL_ID] = DirectoryUser(INTERNAL_ID, "ceo@fabrikam.example", "Member")
-    message = await pass_on(world, request_body(group={"smtp_address": "falcon@contoso.com"}))
-    forged = _forged(
-        message,
-        request=message.request.model_copy(update={"external_email": "ceo@fabrikam.example"}),
-        recipient=message.recipient.model_copy(update={"id": INTERNAL_ID, "directory_object_id": INTERNAL_ID}),
-    )
+    forged = await _guest_message_naming_the_internal_user(world)
     dead = assert_dead_letter(await add_member(forged, delivery(), world.deps), DeadLetterReason.POLICY_DENIED)
     assert "internal user" in dead.description
     assert INTERNAL_ID not in world.graph.members[world.m365.id]
+
+
+async def test_an_internal_user_found_by_other_mails_is_refused_not_waited_for(world: World) -> None:
+    """Entra matches an address in otherMails too (as create-contact's look-up does): no replication lag."""
+    internal = DirectoryUser(INTERNAL_ID, None, "Member")
+    world.graph.users[INTERNAL_ID] = internal
+    world.graph.other_addresses["ceo@fabrikam.example"] = internal
+    forged = await _guest_message_naming_the_internal_user(world)
+    dead = assert_dead_letter(await add_member(forged, delivery(), world.deps), DeadLetterReason.POLICY_DENIED)
+    assert "internal user" in dead.description
 
 
 async def test_a_dry_run_never_acts_in_a_later_stage(world: World) -> None:

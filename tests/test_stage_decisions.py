@@ -40,7 +40,7 @@ from tests.fakes import FailureScript, FakeExchange, FakeGraph
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 # What every later stage reads before it acts (shared/stages/admission.py): the group and the recipient.
-ADMISSION_CALLS = frozenset({"get_group", "find_mail_contact", "find_user_by_mail"})
+ADMISSION_CALLS = frozenset({"get_group", "find_mail_contact", "find_user_for_invitation"})
 
 
 class World:
@@ -237,6 +237,34 @@ async def test_a_group_refusing_guests_is_not_a_missing_right(world: World) -> N
     assert "AllowToAddGuests" in dead.description and "onboard grant" not in dead.description
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_a_mail_contacts_address_is_not_invited_into_a_microsoft_365_group(world: World, dry_run: bool) -> None:
+    """Entra would make a guest without an email address for it: refused, with the fix, before anything is written."""
+    await pass_on(world, request_body())  # a distribution group first: the contact now holds the address
+    (contact,) = world.exchange.contacts.values()
+    body = request_body(group={"object_id": world.m365.id}, dry_run=dry_run)
+    decision = await create_contact(body, delivery(), world.deps)
+    if dry_run:
+        assert isinstance(decision, Finish) and decision.outcome.reason == DeadLetterReason.ADDRESS_HELD_BY_MAIL_CONTACT
+        description = decision.outcome.description
+    else:
+        description = assert_dead_letter(decision, DeadLetterReason.ADDRESS_HELD_BY_MAIL_CONTACT).description
+    assert f"Remove-MailContact -Identity {contact.identity}" in description
+    assert "jordan.reyes" not in description
+    assert "invite_guest" not in world.script.calls and not world.graph.users
+
+
+async def test_a_guest_holding_the_address_joins_a_distribution_group_without_a_contact(world: World) -> None:
+    world.graph.users["g1"] = DirectoryUser("g1", "jordan.reyes@fabrikam.example", "Guest")
+    message = await pass_on(world, request_body())
+    assert (message.recipient.kind, message.recipient.id, message.recipient.created) == (
+        RecipientKind.GUEST_USER,
+        "g1",
+        False,
+    )
+    assert "new_mail_contact" not in world.script.calls  # Entra was asked first, not Exchange's refusal awaited
+
+
 async def test_address_in_an_accepted_domain_is_refused(world: World) -> None:
     decision = await create_contact(request_body(external_email="adele@contoso.com"), delivery(), world.deps)
     assert_dead_letter(decision, DeadLetterReason.ADDRESS_IN_USE_INTERNALLY)
@@ -383,11 +411,14 @@ async def test_verify_retries_until_membership_is_visible(world: World) -> None:
 
 
 async def test_verify_checks_membership_with_one_call_for_each_kind(world: World) -> None:
-    for group, membership_call in (
-        ("partners@contoso.com", "is_contact_member"),  # a mail contact: GET /contacts/{id}/memberOf
-        ("falcon@contoso.com", "is_group_member"),  # a guest: checkMemberGroups
+    for group, person, membership_call in (
+        ("partners@contoso.com", "jo@fabrikam.example", "is_contact_member"),  # a contact: GET /contacts/{id}/memberOf
+        ("falcon@contoso.com", "kim@tailspin.example", "is_group_member"),  # a guest: checkMemberGroups
     ):
-        message = await member_message(world, group={"smtp_address": group}, allow_external_senders=False)
+        # Two people: the contact the first makes would hold the address against a guest (AddressHeldByMailContact).
+        message = await member_message(
+            world, group={"smtp_address": group}, external_email=person, allow_external_senders=False
+        )
         assert message.recipient.directory_object_id is not None
         world.script.calls.clear()
         decision = await verify_delivery(message, delivery(), world.deps)

@@ -83,6 +83,9 @@ def test_the_board_counts_per_stage_and_lists_the_latest_failures_in_80_columns(
     (cut,) = [line for line in text.splitlines() if "r-3: PermissionDenied" in line]
     assert cut.endswith("…") and "shows a cause whole" in text
     assert "≥2000: at least" in text and "Manage rights" in text
+    legend = " ".join(text.split("shows a cause whole.")[1].split())
+    for column in ("Queued, DLQ:", "Pass:", "Retry:", "Crash:", "Done:", "Plan:", "Dead:"):  # each header said
+        assert column in legend
     assert "Queue depths need" not in text
     uncapped = {stage: QueueDepth(waiting=3, dead_letters=0, cap=2000) for stage in StageName}
     assert "at least" not in rendered(render_board(tally, uncapped, NOW))

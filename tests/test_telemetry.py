@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from shared.telemetry import INSTRUMENTED_LIBRARIES, TelemetrySettingError, configure_telemetry, ingestion_credential
+from tools.demo import OFFLINE_APP_SETTINGS
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.stack  # the tests run function_app.py in a child process
@@ -94,6 +95,7 @@ def run_child(port: int, extra_env: dict[str, str], tmp_path: Path) -> subproces
         "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",  # no SDK usage pings to Microsoft from a test
         "TMPDIR": str(tmp_path),  # the exporter's offline retry store
         "PROBE_URL": f"http://127.0.0.1:{port}/v1.0/users",
+        **OFFLINE_APP_SETTINGS,  # importing function_app checks the app's settings
         **extra_env,
     }
     return subprocess.run(  # noqa: S603  # our own interpreter and a constant script

@@ -163,7 +163,7 @@ async def run_chaos(
             host = Host(stack.environment)
             await host.start()
             try:
-                ids = await _send_all(stack, requests, rng, invalid_share, report)
+                ids = await send_requests(stack, requests, rng, invalid_share, report)
                 deadline = started + seconds
                 chaos_until = time.monotonic() + min(seconds / 2, 15 + requests * 0.05)
                 moments = sorted(rng.uniform(1, chaos_until - time.monotonic()) for _ in range(kills))
@@ -179,9 +179,9 @@ async def run_chaos(
                     await host.kill()
                     report.kills += 1
                     await host.start()
-                outcomes = await _collect(stack, lambda seen: set(ids) | _ends(report, seen), deadline, report)
+                outcomes = await every_outcome(stack, lambda seen: set(ids) | _ends(report, seen), deadline, report)
                 await host.stop()
-                _count(report, [*ids, *sorted(_ends(report, outcomes))], outcomes, stack)
+                count_outcomes(report, [*ids, *sorted(_ends(report, outcomes))], outcomes, stack)
                 report.left = await _left_in_queues(emulator.connection_string)
             finally:
                 await host.stop()
@@ -191,9 +191,10 @@ async def run_chaos(
     return report
 
 
-async def _send_all(
+async def send_requests(
     stack: LocalStack, requests: int, rng: random.Random, invalid_share: float, report: Report
 ) -> list[str]:
+    """`requests` requests on create-contact, a share of them invalid on purpose; their ids."""
     ids: list[str] = []
     async with (
         ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
@@ -235,11 +236,14 @@ def _ends(report: Report, outcomes: list[OutcomeEvent]) -> set[str]:
     }
 
 
-async def _collect(
-    stack: LocalStack, wanted: Callable[[list[OutcomeEvent]], set[str]], deadline: float, report: Report
+async def every_outcome(
+    stack: LocalStack,
+    wanted: set[str] | Callable[[list[OutcomeEvent]], set[str]],
+    deadline: float,
+    report: Report | None = None,
 ) -> list[OutcomeEvent]:
     """Every outcome until each wanted request has one (then a little longer, to see duplicates); which are
-    wanted grows with what arrives (a lease's end sends a request of its own).
+    wanted may grow with what arrives (a lease's end sends a request of its own).
 
     Counted once per sequence number: an outcome message delivered again because its completion
     was lost (a lock that ran out on this busy machine) is the same event, not a duplicate; a
@@ -257,19 +261,22 @@ async def _collect(
                         if (number := message.sequence_number or 0) not in seen:
                             seen.add(number)
                             if message.subject == NOTICE_SUBJECT:  # a lease's notice, not an outcome
-                                report.notices += 1
+                                if report is not None:
+                                    report.notices += 1
                             else:
                                 outcomes.append(OutcomeEvent.model_validate_json(b"".join(message.body)))
                         await receiver.complete_message(message)
             except Exception:  # the broker restarting under us: try again
                 await asyncio.sleep(1)
                 continue
-            if grace is None and wanted(outcomes) <= {o.request_id for o in outcomes}:
+            wanting = wanted(outcomes) if callable(wanted) else wanted
+            if grace is None and wanting <= {o.request_id for o in outcomes}:
                 grace = time.monotonic() + 5
     return outcomes
 
 
-def _count(report: Report, ids: list[str], outcomes: list[OutcomeEvent], stack: LocalStack) -> None:
+def count_outcomes(report: Report, ids: list[str], outcomes: list[OutcomeEvent], stack: LocalStack) -> None:
+    """Outcomes by status, and what was lost or duplicated: in the outcomes and in the sandbox's directory."""
     per_request = Counter(o.request_id for o in outcomes)
     report.expired = sum(1 for request_id in ids if request_id.startswith("lease-") and per_request[request_id])
     report.outcomes = Counter(str(o.status) for o in outcomes)

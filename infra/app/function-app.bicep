@@ -23,10 +23,12 @@ param maxConcurrentCalls int
 param alwaysReadyInstances int
 param serviceBusFunctionNames array
 param onboardingTenantId string
-param onboardingTenantDomain string
 param policyFile string
 param intakeQueueNames array
 param leaseNoticeSeconds int
+
+@description('The app\'s tuning settings (welcome message, retries, cache), by app setting name: infra/main.bicep.')
+param tuningSettings object
 
 // The trigger bindings' connection name (SERVICEBUS_CONNECTION in shared/settings.py) must prefix
 // the ServiceBusConnection__* settings below; tests/infra/test_function_bindings.py checks both.
@@ -46,9 +48,8 @@ var appSettings = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
   // host.json's extensions.serviceBus.maxConcurrentCalls, overridden here so scale is set per deployment.
   AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls: string(maxConcurrentCalls)
-  // The app's own settings (README, Settings).
+  // The app's own settings (docs/settings.md). ONBOARDING_TENANT_DOMAIN is not among them: the app reads none.
   ONBOARDING_TENANT_ID: onboardingTenantId
-  ONBOARDING_TENANT_DOMAIN: onboardingTenantDomain
   ONBOARDING_DIRECTORY_CREDENTIAL: 'managed-identity'
   ONBOARDING_MANAGED_IDENTITY_CLIENT_ID: identityClientId
   ONBOARDING_JOURNAL: '${storageEndpoints.table}${journalTableName}'
@@ -68,7 +69,7 @@ var intakeSetting = empty(intakeQueueNames) ? {} : {
 }
 
 // siteConfig.appSettings takes a list of name/value pairs.
-var siteAppSettings = [for setting in items(union(appSettings, policySetting, intakeSetting)): {
+var siteAppSettings = [for setting in items(union(appSettings, tuningSettings, policySetting, intakeSetting)): {
   name: setting.key
   value: setting.value
 }]

@@ -37,7 +37,6 @@ from shared.outcomes import dead_letter
 from shared.progress import Progress, Turn
 from shared.stages.dependencies import StageDependencies
 
-SUPPORTED_KINDS = frozenset({GroupKind.DISTRIBUTION, GroupKind.MAIL_ENABLED_SECURITY, GroupKind.MICROSOFT_365})
 INTERNAL_USER = "The address belongs to an internal user of this tenant; add that user to the group instead."
 _FIX_HINT_KINDS = "distribution groups, mail-enabled security groups and Microsoft 365 groups"
 
@@ -74,6 +73,21 @@ def policy_refusal_before_lookup(request: OnboardingRequest, deps: StageDependen
     return None
 
 
+def unsupported_kind(group: DirectoryGroup) -> str | None:
+    """Why the pipeline refuses this group (UnsupportedGroupKind), or None when it onboards into it."""
+    if group.is_dynamic:
+        return (
+            f"Group {group.display_name!r} has dynamic membership: its members come from a rule, so no "
+            "one can be added to it. Target a group with assigned membership."
+        )
+    if group.kind is GroupKind.SECURITY or not group.mail:
+        return (
+            f"Group {group.display_name!r} is a security group without mail; external people can only "
+            f"be onboarded into {_FIX_HINT_KINDS}."
+        )
+    return None
+
+
 def group_refusal(request: OnboardingRequest, group: DirectoryGroup, deps: StageDependencies) -> str | None:
     """Whether the policy lets this source add members to this group, as the directory names it."""
     if deps.policy.group_allowed(request.source_system, group.id, group.mail):
@@ -89,21 +103,6 @@ async def find_group(ref: GroupRef, graph: GraphDirectory) -> DirectoryGroup | N
     if ref.object_id is not None:
         return await graph.get_group(str(ref.object_id))
     return await graph.find_group_by_mail(str(ref.smtp_address))
-
-
-def unsupported_kind(group: DirectoryGroup) -> str | None:
-    """Why the pipeline refuses this group (UnsupportedGroupKind), or None when it onboards into it."""
-    if group.is_dynamic:
-        return (
-            f"Group {group.display_name!r} has dynamic membership: its members come from a rule, so no "
-            "one can be added to it. Target a group with assigned membership."
-        )
-    if group.kind is GroupKind.SECURITY or not group.mail:
-        return (
-            f"Group {group.display_name!r} is a security group without mail; external people can only "
-            f"be onboarded into {_FIX_HINT_KINDS}."
-        )
-    return None
 
 
 async def intake_group(request: OnboardingRequest, deps: StageDependencies) -> ResolvedGroup | Refused:
@@ -154,7 +153,7 @@ async def admit(message: StageMessage, deps: StageDependencies) -> Admission:
     if refusal := policy_refusal_before_lookup(request, deps):
         return _refused(refusal)
     group = await deps.graph.get_group(message.group.id)
-    if group is None or group.mail is None or group.kind not in SUPPORTED_KINDS or group.is_dynamic:
+    if group is None or group.mail is None or unsupported_kind(group):
         return _refused(
             f"The message names group id {message.group.id!r}, which is not a supported group in the directory "
             "(it may have been deleted or changed since the request was accepted)."
@@ -185,7 +184,7 @@ async def _recipient_check(
         if recipient.id.lower() != contact.identity.lower() or not _same(recipient.directory_object_id, entra_id):
             return _refused("The message names a recipient that is not the mail contact of the request's address.")
         return recipient.model_copy(update={"directory_object_id": entra_id})
-    user = await deps.graph.find_user_by_mail(address)
+    user = await deps.graph.find_user_for_invitation(address)  # as create-contact met it: otherMails and UPN too
     if user is None:
         return NotVisibleYet("the request's guest is not visible yet (replication lag)")
     if user.user_type != "Guest":

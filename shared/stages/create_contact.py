@@ -34,6 +34,13 @@ from shared.stages.offboard import offboard
 from shared.stages.update import update
 
 STAGE = StageName.CREATE_CONTACT
+_HELD_BY_MAIL_CONTACT = (
+    "A mail contact of this tenant holds the address (one made for distribution groups). Entra would invite a "
+    "guest for it without proxy addresses, so the guest would have no email address in Exchange and the "
+    "Microsoft 365 group's mail would not reach them. Remove the contact (Remove-MailContact -Identity {identity}; "
+    "it leaves its distribution groups), replay, then onboard the person into those distribution groups again "
+    "(the guest joins them itself); or onboard them into a distribution group instead."
+)
 
 
 async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: StageDependencies) -> Decision:
@@ -116,7 +123,9 @@ async def _plan(request: OnboardingRequest, address: str, group: ResolvedGroup, 
         user = await deps.graph.find_user_by_mail(address)
     if user is not None and user.user_type == "Member":
         return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, INTERNAL_USER)
-    contact = None if group.kind is GroupKind.MICROSOFT_365 else await deps.exchange.find_mail_contact(address)
+    contact = await deps.exchange.find_mail_contact(address)
+    if contact is not None and group.kind is GroupKind.MICROSOFT_365:
+        return _held_by_mail_contact(contact, run)
     if contact is not None:
         run.progress.recipient = _contact_recipient(contact, created=False)
     elif user is not None:
@@ -147,6 +156,10 @@ async def _ensure_mail_contact(request: OnboardingRequest, address: str, run: _C
     existing = await exchange.find_mail_contact(address)
     if existing is not None:
         return run.pass_on(_found_contact(existing, run))
+    # Entra first: it knows a new guest before Exchange does, and Exchange gives a contact the address of a guest
+    # it has not heard of yet, which takes the address away from the guest (docs/microsoft-365-facts.md §9).
+    if (held := await _held_by_user(address, run)) is not None:
+        return held
     for name in contact_name_candidates(request.required_display_name, address):
         try:
             contact = await exchange.new_mail_contact(
@@ -175,18 +188,28 @@ async def _address_taken(address: str, run: _ContactCreation) -> Decision:
     contact = await run.deps.exchange.find_mail_contact(address)
     if contact is not None:
         return run.pass_on(_found_contact(contact, run))
-    user = await run.deps.graph.find_user_by_mail(address)
-    if user is not None and user.user_type == "Member":
-        return run.dead_letter(
-            DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
-            INTERNAL_USER,
-        )
-    if user is not None:
-        # A guest (a mail user to Exchange) holds the address, so no contact can have it; the guest
-        # itself can join a distribution or mail-enabled security group (Add-DistributionGroupMember).
-        return run.pass_on(_guest_recipient(user, created=False))
+    if (held := await _held_by_user(address, run)) is not None:
+        return held  # a user Entra had not shown us a moment ago
     cause = "the address is in use but its mail contact is not visible yet"
     return retry_or_give_up(run.turn, run.progress, run.deps.retry, cause)
+
+
+async def _held_by_user(address: str, run: _ContactCreation) -> Decision | None:
+    """A user who holds the address, for a distribution or mail-enabled security group: an internal one is
+    refused; a guest (a mail user to Exchange, so no contact can have its address) joins the group itself
+    (Add-DistributionGroupMember takes any mail-enabled recipient). None when no user holds it."""
+    user = await run.deps.graph.find_user_by_mail(address)
+    if user is None:
+        return None
+    if user.user_type == "Member":
+        return run.dead_letter(DeadLetterReason.ADDRESS_IN_USE_INTERNALLY, INTERNAL_USER)
+    return run.pass_on(_guest_recipient(user, created=False))
+
+
+def _held_by_mail_contact(contact: MailContact, run: _ContactCreation) -> Decision:
+    return run.dead_letter(
+        DeadLetterReason.ADDRESS_HELD_BY_MAIL_CONTACT, _HELD_BY_MAIL_CONTACT.format(identity=contact.identity)
+    )
 
 
 async def _ensure_guest(request: OnboardingRequest, address: str, run: _ContactCreation) -> Decision:
@@ -198,6 +221,10 @@ async def _ensure_guest(request: OnboardingRequest, address: str, run: _ContactC
             DeadLetterReason.ADDRESS_IN_USE_INTERNALLY,
             INTERNAL_USER,
         )
+    # A contact's address makes a guest without an email address, whether it is invited now or was before.
+    contact = await run.deps.exchange.find_mail_contact(address)
+    if contact is not None:
+        return _held_by_mail_contact(contact, run)
     if user is not None:
         return run.pass_on(_guest_recipient(user, created=False))
     # An invitation for an address that is already a guest returns that guest: safe to repeat.

@@ -38,7 +38,6 @@ def serve(
         raise typer.BadParameter(str(error), param_hint="--database") from None
     # The settings a client of this sandbox needs, ready to paste into .env.
     print(f"ONBOARDING_TENANT_ID={sandbox.tenant_id}")
-    print(f"ONBOARDING_TENANT_DOMAIN={sandbox.tenant_domain}")
     print(f"ONBOARDING_GRAPH_BASE_URL={sandbox.graph_base_url}")
     print(f"ONBOARDING_EXCHANGE_BASE_URL={sandbox.exchange_base_url}")
     print("ONBOARDING_DIRECTORY_CREDENTIAL=sandbox")

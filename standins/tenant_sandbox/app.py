@@ -24,7 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
@@ -138,6 +138,11 @@ def read_token(request: Request, face: Face, tenant_id: str) -> tuple[dict[str, 
         status_code=401,
         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
     )
+
+
+async def _caller_hung_up(_request: Request, _error: Exception) -> Response:
+    """A caller that goes away mid-request (a cancelled invocation) is no error of the sandbox's."""
+    return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
 
 def _verdict_response(request: Request, face: Face, verdict: Verdict, tenant_id: str) -> Response:
@@ -383,7 +388,7 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
     async def cmdlet_of(request: Request) -> str:
         try:
             return str(json.loads(await request.body())["CmdletInput"]["CmdletName"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, ClientDisconnect):  # the route meets a hang-up again
             return "InvokeCommand"
 
     async def gate_and_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -441,6 +446,7 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
     app = Starlette(
         routes=graph_routes + exchange.routes() + tokens.routes() + admin.routes() + grants.admin_routes(ADMIN_PREFIX),
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=gate_and_log)],
+        exception_handlers={ClientDisconnect: _caller_hung_up},
     )
     graph.app = app
     app.state.grants = grants.grants

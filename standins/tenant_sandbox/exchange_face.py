@@ -131,13 +131,14 @@ def _contact_json(contact: Contact, *, in_entra: bool) -> dict[str, Any]:
 
 
 def _user_json(user: User) -> dict[str, Any]:
+    """A guest whose proxy address Entra withheld is a mail user without an SMTP address."""
     kind = "UserMailbox" if user.user_type == "Member" else "MailUser"
     return {
         "Guid": user.exchange_guid,
         "Identity": user.display_name,
         "Name": user.display_name,
         "DisplayName": user.display_name,
-        "PrimarySmtpAddress": user.mail,
+        "PrimarySmtpAddress": "" if user.smtp_withheld else user.mail,
         "ExternalDirectoryObjectId": user.id,
         "RecipientType": kind,
         "RecipientTypeDetails": "GuestMailUser" if user.user_type == "Guest" else kind,

@@ -119,7 +119,8 @@ def _user_json(user: User, initial_domain: str) -> dict[str, Any]:
     """Every property the sandbox models; _select trims it to Graph's default set or to $select.
 
     A B2B guest has mail = the invited address, that address in otherMails and as "SMTP:" in
-    proxyAddresses, and a "#EXT#" user principal name in the tenant's initial domain.
+    proxyAddresses (none when a mail contact held the address), and a "#EXT#" user principal name in the
+    tenant's initial domain.
     """
     upn = user.user_principal_name or (external_upn(user.mail, initial_domain) if user.external else user.mail)
     return {
@@ -137,7 +138,7 @@ def _user_json(user: User, initial_domain: str) -> dict[str, Any]:
         "userPrincipalName": upn,
         "userType": user.user_type,
         "otherMails": list(user.other_mails),
-        "proxyAddresses": ["SMTP:" + user.mail] if user.mail else [],
+        "proxyAddresses": ["SMTP:" + user.mail] if user.mail and not user.smtp_withheld else [],
     }
 
 

@@ -165,6 +165,9 @@ class User:
     exchange_guid: str = field(default_factory=lambda: str(uuid.uuid4()))  # Exchange's Guid, not the Entra id
     exchange_visible_at: float = 0.0  # time.time() from which Exchange knows a user made through Graph
     sponsors: list[str] = field(default_factory=list)  # object ids of users or groups (invitedUserSponsors)
+    # Entra left the user's proxyAddresses empty because a contact holds its address, so Exchange's mail
+    # user for it has no SMTP address: nothing is routed to it (docs/microsoft-365-facts.md §9).
+    smtp_withheld: bool = False
 
     def addresses(self) -> set[str]:
         """What Entra matches an invitation against, lower-case: UPN, mail, proxyAddresses, otherMails."""
@@ -404,7 +407,14 @@ class Directory:
     def exchange_user(self, identity: str) -> User | None:
         """Exchange's -Identity for a user: its Exchange Guid or address (never the Entra object id), once Exchange knows it."""
         key = identity.lower()
-        user = next((u for u in self.users.values() if key in {u.exchange_guid, u.mail.lower()}), None)
+        user = next(
+            (
+                u
+                for u in self.users.values()
+                if key == u.exchange_guid or (key == u.mail.lower() and not u.smtp_withheld)
+            ),
+            None,
+        )
         return user if user is not None and self.known_to_exchange(user) else None
 
     @_locked
@@ -456,13 +466,20 @@ class Directory:
         return None
 
     @_locked
+    def contact_holding(self, address: str) -> Contact | None:
+        """The mail contact whose external address this is (its proxy address in Entra and Exchange)."""
+        key = address.lower()
+        return next((c for c in self.contacts.values() if c.external_email_address.lower() == key), None)
+
+    @_locked
     def address_owner(self, address: str) -> str | None:
-        """The name of the object that already has this address, if any."""
-        contact = self.contact_by_identity(address)
-        if contact and contact.external_email_address.lower() == address.lower():
+        """The name of the object Exchange knows to have this address already, if any: a user made through
+        Graph only once Exchange has it, and never one whose SMTP address Entra withheld."""
+        contact = self.contact_holding(address)
+        if contact is not None:
             return contact.name
         user = self.user_by_mail(address)
-        if user:
+        if user and self.known_to_exchange(user) and not user.smtp_withheld:
             return user.display_name
         group = self.group_with_address(address)
         return group.display_name if group else None
@@ -533,6 +550,12 @@ class Directory:
             self._replicated_at(),
         )
         self._save(contact)
+        # Only reached for a guest Exchange did not know yet (else New-MailContact refused the address): Entra
+        # keeps the contact's proxy address and removes the guest's, as it does for a synchronised contact.
+        guest = self.user_by_mail(address)
+        if guest is not None and guest.user_type == "Guest":
+            guest.smtp_withheld = True
+            self._save(guest)
         return contact
 
     @_locked
@@ -550,7 +573,9 @@ class Directory:
     @_locked
     def add_guest(self, address: str, display_name: str, sponsors: tuple[str, ...] = ()) -> User:
         """What an invitation creates: a B2B guest, seen by Graph after the replication lag and by Exchange
-        after the Entra-to-Exchange lag, with the invitation's sponsors (user or group object ids)."""
+        after the Entra-to-Exchange lag, with the invitation's sponsors (user or group object ids). For an address a
+        mail contact holds, Entra creates the guest without proxyAddresses (Troubleshooting B2B collaboration): its
+        mail user in Exchange has no SMTP address."""
         guest = User(
             str(uuid.uuid4()),
             display_name,
@@ -562,9 +587,16 @@ class Directory:
             external=True,
             exchange_visible_at=time.time() + self.knobs.exchange_lag_seconds,
             sponsors=list(sponsors),
+            smtp_withheld=self.contact_holding(address) is not None,
         )
         self._save(guest)
         return guest
+
+    @_locked
+    def show_to_exchange(self, user: User) -> None:
+        """End the Entra-to-Exchange lag for this user now (a test that needs Exchange to catch up at one step)."""
+        user.exchange_visible_at = time.time()
+        self._save(user)
 
     @_locked
     def change_settings(self, /, **changes: Any) -> TenantSettings:

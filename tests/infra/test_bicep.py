@@ -19,10 +19,12 @@ from typer.testing import CliRunner
 
 from cli.command_rights import COMMAND_RIGHTS, rights_epilog
 from cli.main import app
+from functions.triggers import swept_queues
 from shared.journal.table_storage import LEASE_TABLE_SUFFIX
 from shared.queues import LEASE_QUEUE, SELF_CHECK_QUEUE, StageName, intake_queues
 from shared.settings import ServiceBusSettings
-from standins.local_host import discover_triggers, load_function_app
+from standins.local_host import discover_triggers
+from tests.fixtures.pipeline import indexed_app
 from tests.infra.bicep import INFRA, REPOSITORY, Ref, bicep_files, function_app_template, main_template, parse
 
 ROLE_IDS = {
@@ -139,7 +141,6 @@ CREATE_CONTACT = StageName.CREATE_CONTACT.value
 OUTCOME_QUEUE = ServiceBusSettings.model_fields["outcome_queue"].default
 JOURNAL_TABLE = "onboardingjournal"
 LEASE_TABLE = JOURNAL_TABLE + LEASE_TABLE_SUFFIX
-DEAD_LETTER_SUFFIX = "/$deadletterqueue"
 
 Rights = frozenset[tuple[str, str]]  # (role, queue or table)
 
@@ -179,12 +180,13 @@ OPERATOR_COMMANDS: dict[str, Rights] = {
 
 
 def _app_rights() -> Rights:
-    """What the function app's code calls: each trigger receives from its queue (a dead-letter
-    sub-queue is covered by its queue's role); a stage passes on to the next stage queue or schedules
-    a retry on its own (shared/runner.py), so it sends to every stage queue; outcomes go to the outcome
-    queue (a ReplyTo queue is its upstream's to grant); the journal is written."""
-    triggers = discover_triggers(load_function_app())
-    received = {trigger.queue_name.removesuffix(DEAD_LETTER_SUFFIX) for trigger in triggers}
+    """What the function app's code calls: each trigger receives from its queue, and the dead-letter
+    sweep peeks the same queues' dead-letter sub-queues (covered by the queue's role: functions/triggers.py
+    swept_queues); a stage passes on to the next stage queue or schedules a retry on its own
+    (shared/runner.py), so it sends to every stage queue; outcomes go to the outcome queue (a ReplyTo
+    queue is its upstream's to grant); the journal is written."""
+    triggers = discover_triggers(indexed_app())
+    received = {trigger.queue_name for trigger in triggers} | set(swept_queues())
     # Leases: the app schedules wake-ups on the leases queue and keeps leases in their table (shared/leases.py).
     sent = _on(SENDER, *STAGE_QUEUES, OUTCOME_QUEUE, LEASE_QUEUE)
     return _on(RECEIVER, *received) | sent | _on(TABLE_CONTRIBUTOR, JOURNAL_TABLE, LEASE_TABLE)
@@ -267,13 +269,21 @@ def test_app_settings_are_identity_based() -> None:
     assert settings["ONBOARDING_JOURNAL"] == "${storage.outputs.serviceEndpoints.table}onboardingjournal"
     assert settings["ONBOARDING_DIRECTORY_CREDENTIAL"] == "managed-identity"
     assert settings["ONBOARDING_TENANT_ID"] == Ref("onboardingTenantId")
-    assert settings["ONBOARDING_TENANT_DOMAIN"] == Ref("onboardingTenantDomain")
+    assert "ONBOARDING_TENANT_DOMAIN" not in settings  # the app reads none (docs/settings.md)
 
 
 def test_policy_file_setting_only_when_given() -> None:
     """An empty ONBOARDING_POLICY_FILE would be read as the path "."; without it the app denies every request."""
     assert "ONBOARDING_POLICY_FILE" not in _app_settings(policyFile="")
     assert _app_settings(policyFile="policy.json")["ONBOARDING_POLICY_FILE"] == "policy.json"
+
+
+def test_the_welcome_message_is_on_only_with_a_sender() -> None:
+    """docs/deploy.md, step 10: ONBOARDING_WELCOME_SENDER in the azd environment turns it on."""
+    assert "ONBOARDING_WELCOME_SENDER" not in _app_settings(welcomeSender="")
+    assert _app_settings(welcomeSender="welcome@contoso.com")["ONBOARDING_WELCOME_SENDER"] == "welcome@contoso.com"
+    parameters = json.loads((REPOSITORY / "infra" / "main.parameters.json").read_text())["parameters"]
+    assert parameters["welcomeSender"] == {"value": "${ONBOARDING_WELCOME_SENDER}"}
 
 
 def test_a_sources_own_intake_queue_is_read_by_the_app_and_sent_to_by_that_source_only() -> None:
@@ -296,7 +306,7 @@ def test_a_sources_own_intake_queue_is_read_by_the_app_and_sent_to_by_that_sourc
 
 def test_scale_comes_from_parameters() -> None:
     default = _site()["functionAppConfig"]["scaleAndConcurrency"]
-    assert (default["maximumInstanceCount"], default["alwaysReady"]) == (4, [])
+    assert (default["maximumInstanceCount"], default["alwaysReady"]) == (DEPLOYS_ANYWHERE, [])
     scale = _site(maximumInstanceCount=2, alwaysReadyInstances=1)["functionAppConfig"]["scaleAndConcurrency"]
     assert scale["maximumInstanceCount"] == 2
     assert scale["alwaysReady"] == [
@@ -307,10 +317,17 @@ def test_scale_comes_from_parameters() -> None:
     )
 
 
-def test_max_concurrent_calls_default_matches_host_json() -> None:
-    """host.json serves local runs; the app setting overrides it in Azure. Same number by default."""
+# Flex Consumption accepts a maximumInstanceCount below 40 only in a few regions, as a preview.
+DEPLOYS_ANYWHERE = 40
+
+
+def test_the_default_ceiling_per_function_is_the_one_the_deploy_guide_states() -> None:
+    """Instances cannot go below 40 everywhere, so the per-instance concurrency bounds the tenant's load.
+    host.json's number serves the one local process; the app setting overrides it in Azure."""
+    parameters = main_template().parameters
+    instances, calls = (parameters[name]["default"] for name in ("maximumInstanceCount", "maxConcurrentCalls"))
+    assert instances == DEPLOYS_ANYWHERE
     host = json.loads((INFRA.parent / "host.json").read_text())
-    assert (
-        main_template().parameters["maxConcurrentCalls"]["default"]
-        == host["extensions"]["serviceBus"]["maxConcurrentCalls"]
-    )
+    assert calls <= host["extensions"]["serviceBus"]["maxConcurrentCalls"]
+    guide = (REPOSITORY / "docs" / "deploy.md").read_text()
+    assert f"`{instances} \u00d7 {calls} = {instances * calls}` by default" in guide

@@ -224,6 +224,56 @@ def test_a_new_mail_contact_has_no_entra_id_until_entra_has_it(sandbox: TenantSa
     assert late.json()["value"][0]["ExternalDirectoryObjectId"]
 
 
+# --- One address, two recipients -----------------------------------------------------------------------
+
+
+def _user(sandbox: TenantSandbox, user_id: str) -> dict[str, Any]:
+    answer = httpx.get(
+        f"{sandbox.graph_base_url}/users/{user_id}",
+        params={"$select": "id,mail,otherMails,proxyAddresses,userType"},
+        headers=sandbox.authorization("graph"),
+    )
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def test_a_guest_invited_for_a_contacts_address_gets_no_proxy_address(sandbox: TenantSandbox) -> None:
+    """The invitation succeeds, but Entra leaves the guest's proxyAddresses empty: Exchange has no SMTP
+    address for the guest's mail user, and the address still resolves to the contact."""
+    sandbox.set_knobs(exchange_lag_seconds=0)
+    made = _invoke(sandbox, "New-MailContact", Name="Twin", ExternalEmailAddress="twin@fabrikam.example")
+    assert made.status_code == 200
+    answer = _invite(sandbox, "twin@fabrikam.example")
+    assert answer.status_code == 201 and answer.json()["invitedUserType"] == "Guest"
+    guest = _user(sandbox, answer.json()["invitedUser"]["id"])
+    assert guest["proxyAddresses"] == [] and guest["otherMails"] == ["twin@fabrikam.example"]
+    by_address = _invoke(sandbox, "Get-Recipient", Identity="twin@fabrikam.example").json()["value"]
+    assert [row["RecipientType"] for row in by_address] == ["MailContact"]
+    mail_user = _invoke(sandbox, "Get-Recipient", Identity=sandbox.directory.users[guest["id"]].exchange_guid)
+    assert mail_user.json()["value"][0]["PrimarySmtpAddress"] == ""
+    untouched = _user(sandbox, _invite(sandbox, "single@fabrikam.example").json()["invitedUser"]["id"])
+    assert untouched["proxyAddresses"] == ["SMTP:single@fabrikam.example"]
+
+
+def test_a_contact_for_a_guests_address_is_refused_once_exchange_knows_the_guest(sandbox: TenantSandbox) -> None:
+    sandbox.set_knobs(exchange_lag_seconds=0)
+    known = _invite(sandbox, "known@fabrikam.example").json()["invitedUser"]["id"]
+    refused = _invoke(sandbox, "New-MailContact", Name="Known", ExternalEmailAddress="known@fabrikam.example")
+    assert refused.status_code == 400
+    assert "ProxyAddressExistsException" in refused.json()["error"]["details"][0]["message"]
+    assert _user(sandbox, known)["proxyAddresses"] == ["SMTP:known@fabrikam.example"]
+
+
+def test_a_contact_made_before_exchange_knows_the_guest_takes_the_address_from_it(sandbox: TenantSandbox) -> None:
+    """Exchange checks only the recipients it has: within the Entra-to-Exchange lag New-MailContact succeeds,
+    and Entra then removes the conflicting proxy address from the guest, as for a synchronised contact."""
+    sandbox.set_knobs(exchange_lag_seconds=3600)
+    guest = _invite(sandbox, "early@fabrikam.example").json()["invitedUser"]["id"]
+    made = _invoke(sandbox, "New-MailContact", Name="Early", ExternalEmailAddress="early@fabrikam.example")
+    assert made.status_code == 200
+    assert _user(sandbox, guest)["proxyAddresses"] == []
+
+
 # --- Slow cmdlets, Rate-Limit headers, dates ------------------------------------------------------------
 
 

@@ -70,8 +70,8 @@ def index(app_dir: str) -> dict[str, Any]:
     sys.path.insert(0, app_dir)
     os.environ.setdefault("AzureWebJobsScriptRoot", app_dir)
 
-    from azure_functions_runtime import functions, loader  # type: ignore[import-not-found]
-    from azure_functions_runtime.bindings import meta  # type: ignore[import-not-found]
+    from azure_functions_runtime import functions, loader
+    from azure_functions_runtime.bindings import meta
 
     meta.load_binding_registry()
     indexed = loader.index_function_app(os.path.join(app_dir, "function_app.py"))

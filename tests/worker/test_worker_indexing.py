@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.tools import require_tool
+from tools.demo import OFFLINE_APP_SETTINGS
 
 PROBE = Path(__file__).resolve().parent / "index_probe.py"
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -33,23 +34,21 @@ EXPECTED_QUEUES = {
     "create_contact": "create-contact",
     "add_member": "add-member",
     "verify_delivery": "verify-delivery",
-    # functions/triggers.py: each stage's dead-letter sub-queue (issue 12)
-    "create_contact_dead_letters": "create-contact/$deadletterqueue",
-    "add_member_dead_letters": "add-member/$deadletterqueue",
-    "verify_delivery_dead_letters": "verify-delivery/$deadletterqueue",
     # functions/triggers.py: the app's self-check, asked for by `onboard doctor` (issue 24)
     "doctor": "doctor",
     # functions/triggers.py: leases' scheduled wake-ups (issue 26)
     "leases": "leases",
 }
+# functions/triggers.py: the timer that sweeps the dead-letter sub-queues (issue 24; no trigger on them)
+SWEEP = "dead_letter_sweep"
 
 
 def _worker_env() -> dict[str, str]:
-    # Only what an interpreter needs: no APPLICATIONINSIGHTS_*, ServiceBusConnection*, ONBOARDING_* from the
-    # developer's shell, so indexing proves the app imports without settings (as the host indexes it).
+    # Only what an interpreter needs and the app settings Azure gives the worker as it indexes (the app
+    # checks them then: shared/startup.py), the fewest it starts with: nothing from the developer's shell.
     env = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT"}}
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # leave no __pycache__ in the app tree
-    return env
+    return env | OFFLINE_APP_SETTINGS
 
 
 def _index(app_dir: Path, settings: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -88,7 +87,15 @@ def indexed() -> dict[str, Any]:
 
 
 def test_every_function_is_indexed(indexed: dict[str, Any]) -> None:
-    assert {f["name"] for f in indexed["functions"]} == set(EXPECTED_QUEUES)
+    assert {f["name"] for f in indexed["functions"]} == {*EXPECTED_QUEUES, SWEEP}
+
+
+def test_the_dead_letter_sweep_is_a_timer(indexed: dict[str, Any]) -> None:
+    function = next(f for f in indexed["functions"] if f["name"] == SWEEP)
+    assert function["raw_bindings"] == [
+        {"type": "timerTrigger", "direction": "IN", "name": "timer", "schedule": "0 */5 * * * *", "runOnStartup": False}
+    ]
+    assert function["is_async"] is True
 
 
 @pytest.mark.parametrize("function_name", sorted(EXPECTED_QUEUES))
@@ -112,16 +119,27 @@ def test_trigger_binding_metadata(indexed: dict[str, Any], function_name: str) -
 
 
 def test_a_sources_own_intake_queue_is_indexed_from_the_app_setting(indexed: dict[str, Any]) -> None:
-    """Azure gives the worker the app settings as it indexes: ONBOARDING_INTAKE_QUEUES adds two triggers."""
+    """Azure gives the worker the app settings as it indexes: ONBOARDING_INTAKE_QUEUES adds a trigger."""
     result = _index(APP_DIR, {"ONBOARDING_INTAKE_QUEUES": "intake-partner"})
     assert result.returncode == 0, result.stderr[-4000:]
-    queues = {f["name"]: f["raw_bindings"][0]["queueName"] for f in json.loads(result.stdout)["functions"]}
-    assert queues == EXPECTED_QUEUES | {
-        "create_contact_from_intake_partner": "intake-partner",
-        "create_contact_from_intake_partner_dead_letters": "intake-partner/$deadletterqueue",
-    }
+    functions = json.loads(result.stdout)["functions"]
+    queues = {f["name"]: f["raw_bindings"][0].get("queueName") for f in functions if f["name"] != SWEEP}
+    assert queues == EXPECTED_QUEUES | {"create_contact_from_intake_partner": "intake-partner"}
     refused = _index(APP_DIR, {"ONBOARDING_INTAKE_QUEUES": "add-member"})
     assert refused.returncode != 0 and "ONBOARDING_INTAKE_QUEUES" in refused.stderr
+
+
+def test_an_app_that_cannot_start_fails_its_indexing_in_one_line_naming_the_setting(
+    indexed: dict[str, Any], tmp_path: Path
+) -> None:
+    """A missing policy file fails the worker's indexing; the worker then answers the host's init with
+    that failure and the host indexes no function (docs/functions-host.md): nothing is consumed."""
+    missing = tmp_path / "policy.json"
+    refused = _index(APP_DIR, {"ONBOARDING_POLICY_FILE": str(missing)})
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"shared.startup.AppCannotStart: the app cannot start: ONBOARDING_POLICY_FILE={missing}: the file does not exist"
+    )
 
 
 def test_versions_are_the_pinned_ones(indexed: dict[str, Any]) -> None:

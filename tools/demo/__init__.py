@@ -11,6 +11,13 @@ from shared.contracts import GroupRef, OnboardingRequest, OutcomeEvent, OutcomeS
 
 # Allows source system demo-hr into the demo tenant's three onboarding groups.
 DEMO_POLICY = Path(__file__).with_name("policy.json")
+# What the app starts with when it reaches nothing: importing function_app.py checks its settings
+# (shared/startup.py), so indexing it off any stack (tests, benchmarks) needs these.
+OFFLINE_APP_SETTINGS = {
+    "ServiceBusConnection": "Endpoint=sb://localhost;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true;",
+    "ONBOARDING_TENANT_ID": "00000000-0000-0000-0000-000000000001",
+    "ONBOARDING_POLICY_FILE": str(DEMO_POLICY),
+}
 # The demo tenant's welcome mailbox; the sandbox's message trace needs seconds, not minutes.
 WELCOME_SETTINGS = {
     "ONBOARDING_WELCOME_SENDER": "welcome@contoso.com",
