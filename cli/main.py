@@ -23,7 +23,8 @@ PACKAGE = "m365-external-onboarding"
 # `onboard --help` lists the commands in the order a newcomer meets them: try it, run it by hand,
 # look after it, deploy it, then the reference documents.
 NEWCOMER_ORDER = (
-    "demo", "sandbox", "host", "submit", "status", "bulk", "dlq", "grant", "doctor", "schema", "asyncapi",
+    "demo", "sandbox", "host", "submit", "status", "bulk", "update", "offboard", "leases", "dlq", "grant", "doctor",
+    "schema", "asyncapi",
 )  # fmt: skip
 
 
