@@ -177,15 +177,29 @@ class ServiceBusHostOptions(BaseModel):
     )
 
 
-def host_options(host_json: Path = PROJECT_ROOT / "host.json") -> ServiceBusHostOptions:
+# An app setting AzureFunctionsJobHost__extensions__serviceBus__<name> overrides host.json's value, as
+# the Functions host reads it (docs/deploy.md, "Scale arithmetic"; the Bicep sets maxConcurrentCalls so).
+HOST_JSON_OVERRIDE = "AzureFunctionsJobHost__extensions__serviceBus__"
+
+
+def host_options(
+    host_json: Path = PROJECT_ROOT / "host.json", environment: Mapping[str, str] | None = None
+) -> ServiceBusHostOptions:
+    """host.json's extensions.serviceBus, with the app settings that override it."""
     try:
-        config = json.loads(host_json.read_text())
+        config = json.loads(host_json.read_text()).get("extensions", {}).get("serviceBus", {})
     except FileNotFoundError:
-        return ServiceBusHostOptions()
+        config = {}
+    overrides = {
+        name.removeprefix(HOST_JSON_OVERRIDE): value
+        for name, value in (os.environ if environment is None else environment).items()
+        if name.startswith(HOST_JSON_OVERRIDE)
+    }
     try:
-        return ServiceBusHostOptions.model_validate(config.get("extensions", {}).get("serviceBus", {}))
+        return ServiceBusHostOptions.model_validate(config | overrides)
     except ValidationError as error:
-        raise ValueError(f"{host_json}: extensions.serviceBus: {error}") from error
+        source = f"{host_json} and {HOST_JSON_OVERRIDE}* app settings" if overrides else str(host_json)
+        raise ValueError(f"{source}: extensions.serviceBus: {error}") from error
 
 
 class LocalMessageActions:
@@ -448,7 +462,7 @@ class LocalHost:
             raise RuntimeError("the function app has no Service Bus or timer triggers")
         self._timer_locks: dict[str, asyncio.Lock] = {}
         self._environment = environment
-        self._options = host_options()
+        self._options = host_options(environment=environment)
         self._concurrency = concurrency or self._options.max_concurrent_calls
         self._receive_wait = receive_wait_seconds
         self._watch = ConnectionWatch()

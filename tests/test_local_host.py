@@ -79,7 +79,7 @@ async def test_a_timer_function_runs_on_its_schedule_and_when_asked() -> None:
 
 def test_concurrency_and_lock_renewal_come_from_host_json(tmp_path: Path) -> None:
     service_bus = json.loads(Path("host.json").read_text())["extensions"]["serviceBus"]
-    options = host_options()
+    options = host_options(environment={})
     assert options.max_concurrent_calls == service_bus["maxConcurrentCalls"]
     assert options.max_auto_lock_renewal_duration == timedelta(minutes=5)
     host_json = tmp_path / "host.json"
@@ -89,8 +89,18 @@ def test_concurrency_and_lock_renewal_come_from_host_json(tmp_path: Path) -> Non
     host_json.write_text(json.dumps({"extensions": {"serviceBus": {"maxAutoLockRenewalDuration": "soon"}}}))
     with pytest.raises(ValueError, match="maxAutoLockRenewalDuration"):
         host_options(host_json)
-    defaults = host_options(tmp_path / "absent.json")
+    defaults = host_options(tmp_path / "absent.json", environment={})
     assert (defaults.max_concurrent_calls, defaults.max_auto_lock_renewal_duration) == (16, timedelta(minutes=5))
+
+
+def test_an_app_setting_overrides_host_json_as_in_azure() -> None:
+    """The Bicep sets maxConcurrentCalls per deployment as AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls."""
+    overridden = host_options(environment={"AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls": "2"})
+    assert overridden.max_concurrent_calls == 2
+    assert overridden.max_auto_lock_renewal_duration == host_options(environment={}).max_auto_lock_renewal_duration
+    refused = {"AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls": "none"}
+    with pytest.raises(ValueError, match="app settings"):
+        host_options(environment=refused)
 
 
 @pytest.mark.stack
