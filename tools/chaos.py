@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import signal
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -32,6 +29,7 @@ from rich.console import Console
 
 from shared.contracts import OutcomeEvent, StageName
 from shared.settings import SERVICEBUS_CONNECTION
+from standins.host_process import HostProcess
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from standins.stack import LocalStack, local_stack
 from standins.tenant_sandbox import Knobs
@@ -93,40 +91,6 @@ def request_body(index: int, rng: random.Random, invalid_share: float) -> tuple[
     return request_id, json.dumps(body).encode(), False
 
 
-class Host:
-    """The local Functions host as a child process, killable with SIGKILL."""
-
-    def __init__(self, environment: dict[str, str]) -> None:
-        self._environment = environment
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cli",
-            "host",
-            "--quiet",
-            env={**os.environ, **self._environment},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    async def kill(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            await self._process.wait()
-
-    async def stop(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self._process.wait(), timeout=15)
-            except TimeoutError:
-                await self.kill()
-
-
 async def run_chaos(
     *, requests: int, kills: int, emulator_restarts: int, seconds: float, seed: int, invalid_share: float = 0.05
 ) -> Report:
@@ -139,7 +103,7 @@ async def run_chaos(
         knobs = Knobs.model_validate({**UNKIND_TENANT, "random_seed": seed})
         with local_stack(emulator_config=config, servicebus_database=database, sandbox_knobs=knobs) as stack:
             emulator = stack.emulator
-            host = Host(stack.environment)
+            host = HostProcess(stack.environment)
             await host.start()
             try:
                 ids = await send_requests(stack, requests, rng, invalid_share, report)
