@@ -1,4 +1,5 @@
-"""The journal in one SQLite file (or in memory), for local runs and tests.
+"""The journal in one SQLite file (or in memory), for local runs and tests; with it, the throttle
+holds every local host process shares (shared/directory/throttle.py `SharedHolds`).
 
 sqlite3 blocks, so every call runs in a worker thread (asyncio.to_thread) on one connection
 opened with check_same_thread=False; a lock keeps those calls one at a time.
@@ -38,6 +39,10 @@ CREATE TABLE IF NOT EXISTS transitions (
     PRIMARY KEY (request_id, row_key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS transitions_by_time ON transitions (at);
+CREATE TABLE IF NOT EXISTS throttle_holds (
+    face  TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 # Plain literals (no f-strings): the queries take values only through placeholders.
@@ -49,6 +54,12 @@ _HISTORY = """
     SELECT request_id, row_key, stage, decision, attempt, cause, outcome_status, at
     FROM transitions WHERE request_id = ? ORDER BY row_key
 """
+# A throttle hold every instance shares (shared/directory/throttle.py): the later one is kept.
+_EXTEND_HOLD = """
+    INSERT INTO throttle_holds (face, until) VALUES (?, ?)
+    ON CONFLICT (face) DO UPDATE SET until = max(until, excluded.until)
+"""
+_HOLDS = "SELECT face, until FROM throttle_holds"
 # The latest row per request is the one with the greatest row_key (keys start with the time).
 _SUMMARY = """
     SELECT t.request_id, t.row_key, t.stage, t.decision, t.attempt, t.cause, t.outcome_status, t.at, counts.n
@@ -135,6 +146,13 @@ class SqliteJournal:
             for stage, decision, status, n in counted
         }
         return Tally(since, counts, [_transition(row) for row in latest])
+
+    async def read_holds(self) -> dict[str, float]:
+        rows = await self._run(lambda c: c.execute(_HOLDS).fetchall())
+        return {face: until for face, until in rows}
+
+    async def extend_hold(self, face: str, until: float) -> None:
+        await self._run(lambda c: c.execute(_EXTEND_HOLD, (face, until)))
 
     async def close(self) -> None:
         await self._run(lambda c: c.close())
