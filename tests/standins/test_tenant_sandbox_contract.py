@@ -35,8 +35,8 @@ from shared.directory.errors import (
 from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.graph import MsGraphDirectory
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
-from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER
 from standins.tenant_sandbox.credential import FullRightsCredential
+from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
