@@ -94,6 +94,7 @@ def build_services(
             tenant_id=settings.tenant_id,
             base_url=str(settings.exchange_base_url).rstrip("/"),
             gate=ThrottleGate("exchange", shared=holds),
+            max_concurrent_requests=settings.exchange_concurrent_requests,
         )
         closers.insert(0, built_exchange.close)
         # Always wrapped: message trace is shared between checks whatever the TTL (the tenant's quota).

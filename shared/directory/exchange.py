@@ -100,8 +100,12 @@ class ExchangeOnlineClient:
         max_in_process_retries: int = 1,
         max_in_process_retry_delay: float = 2.0,
         gate: ThrottleGate | None = None,
+        max_concurrent_requests: int | None = None,
     ) -> None:
+        """`max_concurrent_requests`: this instance's share of the tenant's Exchange requests in flight
+        (ONBOARDING_EXCHANGE_CONCURRENT_REQUESTS); None = no bound of its own."""
         self._credential = credential
+        self._in_flight = asyncio.Semaphore(max_concurrent_requests) if max_concurrent_requests else None
         # As the Graph client's retry handler: a short Retry-After is waited out here, a long one
         # goes back to the stage, which schedules a Service Bus retry instead of holding a worker.
         self._retries, self._max_wait = max_in_process_retries, max_in_process_retry_delay
@@ -137,7 +141,10 @@ class ExchangeOnlineClient:
         for retry in range(self._retries + 1):
             await self._gate.wait()
             try:
-                return await self._post_once(url, cmdlet, body)
+                if self._in_flight is None:
+                    return await self._post_once(url, cmdlet, body)
+                async with self._in_flight:
+                    return await self._post_once(url, cmdlet, body)
             except ThrottledError as error:
                 last = retry == self._retries
                 if isinstance(error, TooManyInFlightError) and error.retry_after is None:

@@ -95,3 +95,22 @@ async def test_the_concurrency_answer_holds_no_instance_and_the_call_tries_again
     assert await one.exchange.get_accepted_domains() == await first
     assert sorted(e.status for e in tenant_sandbox.request_log) == [200, 200, 429]
     assert await one.journal.read_holds() == {}  # nobody was told to wait
+
+
+async def test_an_instance_keeps_its_share_of_the_tenants_requests_in_flight(tenant_sandbox: TenantSandbox) -> None:
+    """ONBOARDING_EXCHANGE_CONCURRENT_REQUESTS: an instance sized to the tenant's limit queues its own
+    calls instead of collecting the concurrency answer."""
+    grant_local_app(tenant_sandbox)
+    tenant_sandbox.set_knobs(latency_ms=200, exchange_concurrency={"requests": 2})
+    exchange = ExchangeOnlineClient(
+        app_credential(tenant_sandbox),
+        tenant_id=tenant_sandbox.tenant_id,
+        base_url=tenant_sandbox.exchange_base_url,
+        max_concurrent_requests=2,
+    )
+    tenant_sandbox.request_log.clear()
+    try:
+        await asyncio.gather(*(exchange.get_accepted_domains() for _ in range(6)))
+    finally:
+        await exchange.close()
+    assert [e.status for e in tenant_sandbox.request_log] == [200] * 6
