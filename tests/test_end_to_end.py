@@ -17,6 +17,7 @@ from cli.upstream import collect_outcomes, submit
 from shared.contracts import OutcomeStatus, RecipientKind, StageName
 from shared.journal import TransitionKind
 from shared.settings import SERVICEBUS_CONNECTION
+from shared.stages.add_member import REPLICATION_PAUSES_SECONDS
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fixtures.pipeline import OUTCOMES, Readback, journal_history, onboard
 from tests.samples import sample_request as demo_request
@@ -148,7 +149,8 @@ async def test_throttling_uses_no_attempts_and_ends_at_the_throttle_limit() -> N
 
 
 async def test_replication_lag_is_waited_out_for_contacts_and_guests(stack: LocalStack, readback: Readback) -> None:
-    stack.sandbox.set_knobs(replication_lag_seconds=2)
+    # Longer than add-member's pauses within an invocation (2 s), so that a scheduled retry follows them.
+    stack.sandbox.set_knobs(replication_lag_seconds=sum(REPLICATION_PAUSES_SECONDS) + 1)
     requests = [
         demo_request("e2e-lag-dg", "noor.ali@fabrikam.example", "Noor Ali", "partners@contoso.com"),
         demo_request("e2e-lag-m365", "noor.ali@tailspin.example", "Noor Ali", "project-falcon@contoso.com"),

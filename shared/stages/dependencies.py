@@ -1,8 +1,9 @@
-"""What every stage is given: the directory ports, the policy, the retry policy and a clock."""
+"""What every stage is given: the directory ports, the policy, the retry policy, a clock and a sleep."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -34,3 +35,4 @@ class StageDependencies:
     guest_redirect_url: str
     welcome: WelcomeMail | None = None
     clock: Callable[[], datetime] = utc_now
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # a short wait within an invocation
