@@ -37,7 +37,7 @@ from standins.tenant_sandbox.authority import (
     exchange_roles,
     graph_rights,
 )
-from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER, ExchangeFace, exchange_error
+from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER, MAX_PAGE_SIZE, ExchangeFace, exchange_error
 from standins.tenant_sandbox.grants_face import Grants, GrantsFace
 from standins.tenant_sandbox.graph_face import GraphFace, graph_error
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, RateLimit, ScriptedFault, Verdict
@@ -371,9 +371,11 @@ def apply_knobs(directory: Directory, gate: Gate, knobs: Knobs) -> None:
     gate.knobs = knobs
 
 
-def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: int = 100) -> Starlette:
+def build_app(
+    directory: Directory, log: RequestLog, gate: Gate, *, page_size: int = 100, exchange_page_size: int = MAX_PAGE_SIZE
+) -> Starlette:
     graph = GraphFace(directory, page_size)
-    exchange = ExchangeFace(directory, page_size)
+    exchange = ExchangeFace(directory, page_size, exchange_page_size)
     admin = Admin(directory, gate, log)
     grants = GrantsFace(Grants(directory.store))  # what `onboard grant` calls
     graph_routes = graph.routes() + grants.routes()

@@ -461,6 +461,24 @@ async def test_exchange_refuses_requests_past_the_tenants_concurrency_limit(tena
     assert sum(isinstance(o, frozenset) for o in outcomes) == 1
 
 
+def test_exchange_pages_as_the_caller_prefers_up_to_its_largest_page() -> None:
+    """`Prefer: odata.maxpagesize=N` (ExoHelper and CIPP send it; ExoHelper caps N at 1,000) sets the page."""
+    seed = TenantSeed.demo().with_staff_in("partners@contoso.com", 30)
+    with TenantSandbox(seed, page_size=10, exchange_page_size=25) as sandbox:
+        invoke = f"{sandbox.exchange_base_url}/adminapi/beta/{sandbox.tenant_id}/InvokeCommand"
+        body = {"CmdletInput": {"CmdletName": "Get-DistributionGroupMember", "Parameters": {"Identity": "Partners"}}}
+
+        def first_page(prefer: str | None) -> int:
+            headers = sandbox.authorization("exchange") | ({"Prefer": prefer} if prefer else {})
+            answer = httpx.post(invoke, json=body, headers=headers)
+            assert "@odata.nextLink" in answer.json()
+            return len(answer.json()["value"])
+
+        assert first_page(None) == 10
+        assert first_page("odata.maxpagesize=20") == 20
+        assert first_page("odata.maxpagesize=1000") == 25
+
+
 async def test_error_rate_answers_5xx_at_random(
     tenant_sandbox: TenantSandbox, exchange_directory: ExchangeOnlineClient
 ) -> None:
