@@ -69,17 +69,26 @@ async def test_a_429_to_one_instance_holds_the_others_on_that_face(
 ) -> None:
     first, second = instances(0), instances(0)
     # One call a second per face and app, none saved up: the first call of each face takes the token.
-    tenant_sandbox.set_knobs(throttle={face: {"requests_per_second": 1, "burst": 1} for face in ("graph", "exchange")})
+    tenant_sandbox.set_knobs(throttle={"graph": {"requests_per_second": 1, "burst": 1}})
     tenant_sandbox.request_log.clear()
-    await first.exchange.get_accepted_domains()
-    with pytest.raises(ThrottledError):
-        await second.exchange.get_accepted_domains()  # told to wait: the hold is written for every instance
-    await first.exchange.get_accepted_domains()  # waits the hold out instead of collecting a 429 of its own
     assert await first.graph.get_group(PARTNERS)
     with pytest.raises(ThrottledError):
-        await second.graph.get_group(PARTNERS)
-    assert await first.graph.get_group(PARTNERS)
-    assert throttled(tenant_sandbox) == ["exchange", "graph"]
+        await second.graph.get_group(PARTNERS)  # told to wait: the hold is written for every instance
+    assert await first.graph.get_group(PARTNERS)  # waits the hold out instead of collecting a 429 of its own
+    assert throttled(tenant_sandbox) == ["graph"]
+
+
+async def test_exchanges_spent_budget_holds_every_instance_before_any_429(
+    tenant_sandbox: TenantSandbox, instances: Callable[[int], Instance]
+) -> None:
+    """Rate-Limit-Remaining: 0 to one instance holds the others until Rate-Limit-Reset, so the next
+    instance's call waits for the budget instead of spending a 429 to learn it."""
+    first, second = instances(0), instances(0)
+    tenant_sandbox.set_knobs(throttle={"exchange": {"requests_per_second": 1, "burst": 1}})
+    tenant_sandbox.request_log.clear()
+    await first.exchange.get_accepted_domains()  # takes the only token: the answer says none is left
+    await second.exchange.get_accepted_domains()
+    assert [e.status for e in tenant_sandbox.request_log] == [200, 200]
 
 
 async def test_the_concurrency_answer_holds_no_instance_and_the_call_tries_again(
