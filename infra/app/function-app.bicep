@@ -26,7 +26,7 @@ param onboardingTenantId string
 param policyFile string
 param intakeQueueNames array
 
-@description('The app\'s tuning settings (welcome message, retries, cache), by app setting name: infra/main.bicep.')
+@description('The app\'s tuning settings (welcome message, retries, cache, Exchange concurrency), by app setting name: infra/main.bicep.')
 param tuningSettings object
 
 // The trigger bindings' connection name (SERVICEBUS_CONNECTION in shared/settings.py) must prefix
