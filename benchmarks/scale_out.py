@@ -84,6 +84,9 @@ class HostsRun:
     def throttled(self) -> int:
         return sum(1 for e in self.log if e.status == THROTTLED)
 
+    def throttled_on(self, face: str) -> int:
+        return sum(1 for e in self.log if e.status == THROTTLED and e.face == face)
+
     def ceiling(self, knobs: Knobs, calls: Mapping[str, float]) -> float:
         """Onboardings/s the tenant's buckets allow over this run's time, for `calls` per onboarding
         on each face: each face's refill over the run plus what it had saved up, over the calls."""
@@ -159,11 +162,13 @@ def report(run: HostsRun, one_host: HostsRun, knobs: Knobs) -> str:
     base = one_host.throttled / max(1, one_host.succeeded)
     versus = f"{per_onboarding / base:.2f}x one host's" if base else "one host: none"
     calls = ", ".join(f"{run.calls_per_onboarding(face):.2f} {face}" for face in FACES)
+    throttled = ", ".join(f"{run.throttled_on(face)} {face}" for face in FACES)
     sizes = "/".join(run.settings.values())
     return (
         f"  {run.hosts} host(s), each {sizes}: {run.rate:.2f} onboardings/s = "
         f"{100 * run.rate / ceiling:.1f}% of the ceiling {ceiling:.2f}/s (goal >= 95%); "
-        f"429s per onboarding {per_onboarding:.2f} ({versus}; goal <= 1.5x); calls per onboarding {calls}; "
+        f"429s per onboarding {per_onboarding:.2f} ({versus}; goal <= 1.5x; {throttled}); "
+        f"calls per onboarding {calls}; "
         f"{run.succeeded}/{run.requests} succeeded, not succeeded: {dict(run.not_succeeded) or 'none'}, "
         f"RetriesExhausted {run.not_succeeded[DeadLetterReason.RETRIES_EXHAUSTED]}, "
         f"ended for throttling {run.ended_for_throttling}; {run.seconds:.0f} s"
