@@ -90,13 +90,18 @@ check: lint typecheck test
 chaos: $(STAMP)
 	$(BIN)/python -m tools.chaos
 
-# Prints numbers; nothing is asserted (docs/performance.md).
+# Prints numbers; nothing is asserted (docs/performance.md). About 90 minutes on 2 cores, most of it
+# the chaos run at CHAOS_SIZE requests beside its 1,000-request baseline.
+CHAOS_SIZE ?= 10000
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.servicebus_emulator
 	$(BIN)/python -m benchmarks.servicebus_emulator --database $(VENV)/bench-servicebus.db --messages 2000
 	rm -f $(VENV)/bench-servicebus.db*
 	$(BIN)/python -m benchmarks.tenant_sandbox
 	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.scale_out
+	$(BIN)/python -m benchmarks.latency
+	$(BIN)/python -m benchmarks.size --requests $(CHAOS_SIZE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

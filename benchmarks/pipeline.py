@@ -38,8 +38,9 @@ from shared.settings import SERVICEBUS_CONNECTION
 from standins.local_app import app_credential, grant_local_app
 from standins.stack import local_stack, running_host, sandbox_app_credential
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
+from standins.tenant_sandbox.app import LoggedRequest
 from standins.tenant_sandbox.knobs import Throttle
-from tools.demo import OFFLINE_APP_SETTINGS, demo_request
+from tools.demo import OFFLINE_APP_SETTINGS, WELCOME_SETTINGS, demo_request
 
 OUTCOMES = "onboarding-outcomes"
 GROUPS = {
@@ -111,21 +112,21 @@ async def run_pipeline(
                 outcomes = await collect_outcomes(client, OUTCOMES, ids, within_seconds=within_seconds)
                 seconds, cpu = time.perf_counter() - started, _main_thread_cpu() - cpu
         log = stand_ins.request_log()
-    calls = Counter(f"{face} {operation}" for face, operation, status in log if status != 429)
-    throttled = sum(1 for _, _, status in log if status == 429)
+    calls = Counter(f"{e.face} {e.operation}" for e in log if e.status != 429)
+    throttled = sum(1 for e in log if e.status == 429)
     dead = Counter(str(o.reason) for o in outcomes.values() if o.status not in SUCCEEDED)
     dead["(no outcome)"] += len(requests) - len(outcomes)
     succeeded = sum(1 for o in outcomes.values() if o.status in SUCCEEDED)
     return PipelineRun(len(requests), succeeded, seconds, cpu, calls, throttled, +dead)
 
 
-Logged = list[tuple[str, str, int]]  # face, operation, status of every call the sandbox answered
+Logged = list[LoggedRequest]  # every call the sandbox answered: face, operation, status, seconds
 
 
 @dataclass
 class _Running:
     environment: dict[str, str]
-    request_log: Callable[[], Logged]  # read once, at the end (apart, it also stops the stand-ins)
+    request_log: Callable[[], Logged]
     clear_log: Callable[[], None]
 
 
@@ -133,22 +134,27 @@ class _Running:
 def _in_process(knobs: Knobs, seed: TenantSeed | None, settings: dict[str, str] | None) -> Iterator[_Running]:
     with local_stack(seed=seed, sandbox_knobs=knobs, settings=settings) as stack:
         stack.sandbox.request_log.clear()
-        yield _Running(
-            stack.environment,
-            lambda: [(e.face, e.operation, e.status) for e in stack.sandbox.request_log.entries()],
-            stack.sandbox.request_log.clear,
-        )
+        yield _Running(stack.environment, stack.sandbox.request_log.entries, lambda: _start_afresh(stack.sandbox))
+
+
+def _start_afresh(sandbox: TenantSandbox) -> None:
+    """Forget the calls so far and refill the tenant's buckets (a warm-up spends neither)."""
+    sandbox.set_knobs()  # the same knobs again: full throttle buckets, as at the start
+    sandbox.request_log.clear()
 
 
 def _serve_stand_ins(connection: Connection, knobs: str, seed: str | None, settings: dict[str, str] | None) -> None:
-    """The child process: the stand-ins until told to stop, then their request log."""
+    """The child process: the stand-ins until told to stop; meanwhile their request log on demand."""
     tenant = TenantSeed.model_validate_json(seed) if seed else None
     with local_stack(seed=tenant, sandbox_knobs=Knobs.model_validate_json(knobs), settings=settings) as stack:
         connection.send((stack.environment, _groups(stack.sandbox)))
-        while connection.recv() == "clear":
-            stack.sandbox.request_log.clear()
-            connection.send("cleared")
-        connection.send([(e.face, e.operation, e.status) for e in stack.sandbox.request_log.entries()])
+        while (command := connection.recv()) != "stop":
+            if command == "clear":
+                _start_afresh(stack.sandbox)
+                connection.send("cleared")
+            else:
+                connection.send(stack.sandbox.request_log.entries())
+        connection.send("stopped")
 
 
 class StandIns:
@@ -159,26 +165,25 @@ class StandIns:
         self._connection, child = context.Pipe()
         arguments = (child, knobs.model_dump_json(), seed.model_dump_json() if seed else None, settings)
         self._process = context.Process(target=_serve_stand_ins, args=arguments, daemon=True)
-        self._stopped = False
 
     def __enter__(self) -> _Running:
         self._process.start()
         self.environment, self.groups = self._connection.recv()
-        return _Running(self.environment, self._stop, self._clear)
+        return _Running(self.environment, self._log, self._clear)
 
     def _clear(self) -> None:
         self._connection.send("clear")
         self._connection.recv()
 
-    def _stop(self) -> Logged:
-        self._stopped = True
-        self._connection.send("stop")
+    def _log(self) -> Logged:
+        self._connection.send("log")
         log: Logged = self._connection.recv()
         return log
 
     def __exit__(self, *exc: object) -> None:
-        if not self._stopped and self._process.is_alive():  # the run failed before reading the log
-            self._stop()
+        if self._process.is_alive():
+            self._connection.send("stop")
+            self._connection.recv()
         self._process.join(timeout=30)
         if self._process.is_alive():
             self._process.kill()
@@ -286,13 +291,16 @@ def calls_rows(knobs: Knobs) -> None:
         requests = requests_for(group, 24, f"c{kind[:3]}")
         cached = run(run_pipeline(requests, knobs=knobs))
         uncached = run(run_pipeline(requests, knobs=knobs, settings={"ONBOARDING_DIRECTORY_CACHE_SECONDS": "0"}))
+        welcomed = run(run_pipeline(requests, knobs=knobs, settings=WELCOME_SETTINGS))
         print(
             f"  {kind}: {cached.calls_per_onboarding():.1f} calls per onboarding (cache off, same code: "
             f"{uncached.calls_per_onboarding():.1f}; lower bound, the plain script: 2; goal <= {GOALS[kind]}); "
             f"{cached.succeeded}/{cached.onboardings} succeeded"
         )
-        busiest = ", ".join(f"{op} {n / cached.onboardings:.1f}" for op, n in cached.calls.most_common())
-        print(f"      {busiest}")
+        for label, result in (("", cached), ("with the welcome message: ", welcomed)):
+            faces = ", ".join(f"{result.calls_per_onboarding(face):.2f} {face}" for face in ("graph", "exchange"))
+            busiest = ", ".join(f"{op} {n / result.onboardings:.2f}" for op, n in result.calls.most_common())
+            print(f"      {label}{faces}: {busiest}")
 
 
 def large_group_row(members: int, knobs: Knobs) -> None:

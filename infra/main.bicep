@@ -87,6 +87,10 @@ param retryMaxThrottles int = 100
 @description('ONBOARDING_DIRECTORY_CACHE_SECONDS: how long a process remembers a resolved group and the accepted domains (0: not at all).')
 param directoryCacheSeconds int = 60
 
+// A string so that empty can leave it out, as welcomeSender; the app refuses to start on anything but 1-100.
+@description('ONBOARDING_EXCHANGE_CONCURRENT_REQUESTS: Exchange requests one instance keeps in flight at most, its share of the tenant\'s limit on requests in flight (docs/capacity.md). Empty leaves the setting out: no bound of its own.')
+param exchangeConcurrentRequests string = ''
+
 @allowed(['true', 'false'])
 @description('ONBOARDING_SELF_CHECK_AT_START: run the self-check once when an instance starts, into its log (onboard doctor asks for it on demand either way).')
 param selfCheckAtStart string = 'true'
@@ -237,7 +241,10 @@ var leaseTableName = '${journalTableName}leases'
 var welcomeSenderSetting = empty(welcomeSender) ? {} : {
   ONBOARDING_WELCOME_SENDER: welcomeSender
 }
-var tuningSettings = union(welcomeSenderSetting, {
+var exchangeConcurrencySetting = empty(exchangeConcurrentRequests) ? {} : {
+  ONBOARDING_EXCHANGE_CONCURRENT_REQUESTS: exchangeConcurrentRequests
+}
+var tuningSettings = union(welcomeSenderSetting, exchangeConcurrencySetting, {
   ONBOARDING_WELCOME_SUBJECT: welcomeSubject
   ONBOARDING_WELCOME_CHECK_INTERVAL_SECONDS: string(welcomeCheckIntervalSeconds)
   ONBOARDING_WELCOME_DEADLINE_MINUTES: string(welcomeDeadlineMinutes)

@@ -25,6 +25,7 @@ from shared.directory.cache import TRACE_SHARE_SECONDS, CachingExchangeDirectory
 from shared.directory.credentials import build_credential
 from shared.directory.exchange import TRACE_MAX_ROWS, ExchangeOnlineClient
 from shared.directory.ports import ExchangeDirectory, GraphDirectory
+from shared.directory.throttle import SharedHolds, ThrottleGate
 from shared.journal import Journal, open_journal
 from shared.journal.ports import LeaseBook
 from shared.lease_watch import LeaseWatch
@@ -76,10 +77,18 @@ def build_services(
     if credential is None:
         credential = app_credential(settings.directory_credential, settings.managed_identity_client_id)
         closers.append(credential.close)
+    if journal is None:
+        journal = open_journal(settings.journal.get_secret_value() if settings.journal else None, credential)
+        if journal is not None:
+            closers.insert(0, journal.close)
+    # Every instance's throttle gates read and write the same holds: the tenant's limits are per app.
+    holds = journal if isinstance(journal, SharedHolds) else None
     if graph is None:
         from shared.directory.graph import MsGraphDirectory  # msgraph-sdk is the heaviest import: only when used
 
-        built_graph = MsGraphDirectory(credential, base_url=str(settings.graph_base_url).rstrip("/"))
+        built_graph = MsGraphDirectory(
+            credential, base_url=str(settings.graph_base_url).rstrip("/"), gate=ThrottleGate("graph", shared=holds)
+        )
         closers.insert(0, built_graph.close)
         graph = CachingGraphDirectory(built_graph, ttl) if ttl else built_graph
     if exchange is None:
@@ -87,6 +96,8 @@ def build_services(
             credential,
             tenant_id=settings.tenant_id,
             base_url=str(settings.exchange_base_url).rstrip("/"),
+            gate=ThrottleGate("exchange", shared=holds),
+            max_concurrent_requests=settings.exchange_concurrent_requests,
         )
         closers.insert(0, built_exchange.close)
         # Always wrapped: message trace is shared between checks whatever the TTL (the tenant's quota).
@@ -101,10 +112,6 @@ def build_services(
         built_outbox = QueueSenders.connect(settings, credential)
         closers.insert(0, built_outbox.close)
         outbox = built_outbox
-    if journal is None:
-        journal = open_journal(settings.journal.get_secret_value() if settings.journal else None, credential)
-        if journal is not None:
-            closers.insert(0, journal.close)
     policy = policy or _policy(settings)
     book = journal if isinstance(journal, LeaseBook) else None
     if book is None and policy.uses_leases():

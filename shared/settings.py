@@ -88,6 +88,14 @@ class Settings(ServiceBusSettings):
     retry_max_delay_seconds: float = Field(default=900.0, gt=0)
     retry_max_age_hours: float = Field(default=24.0, gt=0)
     retry_max_throttles: int = Field(default=100, ge=1, le=999)
+    exchange_concurrent_requests: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Exchange requests one instance keeps in flight at most; unset = as many as its invocations "
+        "make. Exchange limits the tenant's requests in flight, every instance's together: size this so that "
+        "instances x this stays within that limit (docs/capacity.md).",
+    )
     directory_cache_seconds: float = Field(
         default=60.0,
         ge=0,

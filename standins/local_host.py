@@ -53,7 +53,7 @@ from azure.servicebus import ServiceBusReceivedMessage
 from azure.servicebus._pyamqp._encode import encode_payload
 from azure.servicebus._pyamqp.message import Header, Message
 from azure.servicebus._pyamqp.types import TYPE, VALUE, AMQPTypes
-from azure.servicebus.aio import AutoLockRenewer, ServiceBusClient, ServiceBusReceiver
+from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
 from azure.servicebus.exceptions import (
     MessageLockLostError,
     MessageNotFoundError,
@@ -91,6 +91,8 @@ SETTLEMENT_TIMEOUT_SECONDS = 60.0
 # attribute ...", a plain ServiceBusError).
 MESSAGE_ONLY = (MessageLockLostError, MessageNotFoundError, SessionLockLostError)
 T = TypeVar("T")
+RENEW_BEFORE_SECONDS = 10.0  # the SDK's AutoLockRenewer renews this long before a lock runs out
+RENEWAL_TIMEOUT_SECONDS = 10.0  # a renewal the broker does not answer in this time is given up
 
 
 @dataclass(frozen=True)
@@ -177,15 +179,29 @@ class ServiceBusHostOptions(BaseModel):
     )
 
 
-def host_options(host_json: Path = PROJECT_ROOT / "host.json") -> ServiceBusHostOptions:
+# An app setting AzureFunctionsJobHost__extensions__serviceBus__<name> overrides host.json's value, as
+# the Functions host reads it (docs/deploy.md, "Scale arithmetic"; the Bicep sets maxConcurrentCalls so).
+HOST_JSON_OVERRIDE = "AzureFunctionsJobHost__extensions__serviceBus__"
+
+
+def host_options(
+    host_json: Path = PROJECT_ROOT / "host.json", environment: Mapping[str, str] | None = None
+) -> ServiceBusHostOptions:
+    """host.json's extensions.serviceBus, with the app settings that override it."""
     try:
-        config = json.loads(host_json.read_text())
+        config = json.loads(host_json.read_text()).get("extensions", {}).get("serviceBus", {})
     except FileNotFoundError:
-        return ServiceBusHostOptions()
+        config = {}
+    overrides = {
+        name.removeprefix(HOST_JSON_OVERRIDE): value
+        for name, value in (os.environ if environment is None else environment).items()
+        if name.startswith(HOST_JSON_OVERRIDE)
+    }
     try:
-        return ServiceBusHostOptions.model_validate(config.get("extensions", {}).get("serviceBus", {}))
+        return ServiceBusHostOptions.model_validate(config | overrides)
     except ValidationError as error:
-        raise ValueError(f"{host_json}: extensions.serviceBus: {error}") from error
+        source = f"{host_json} and {HOST_JSON_OVERRIDE}* app settings" if overrides else str(host_json)
+        raise ValueError(f"{source}: extensions.serviceBus: {error}") from error
 
 
 class LocalMessageActions:
@@ -448,7 +464,7 @@ class LocalHost:
             raise RuntimeError("the function app has no Service Bus or timer triggers")
         self._timer_locks: dict[str, asyncio.Lock] = {}
         self._environment = environment
-        self._options = host_options()
+        self._options = host_options(environment=environment)
         self._concurrency = concurrency or self._options.max_concurrent_calls
         self._receive_wait = receive_wait_seconds
         self._watch = ConnectionWatch()
@@ -584,10 +600,6 @@ class LocalHost:
         """Receive until `stop` (then let in-flight invocations finish) or until the connection is lost
         (then end them); how many it ended."""
         receiver = client.get_queue_receiver(trigger.queue_name)
-        # As the Functions host does, locks are renewed while a function runs (maxAutoLockRenewalDuration).
-        renewer = AutoLockRenewer(
-            max_lock_renewal_duration=self._options.max_auto_lock_renewal_duration.total_seconds()
-        )
         # A sliding window, as the host's processor keeps maxConcurrentCalls handler calls going
         # (docs/functions-host.md): a free slot is filled at once, not when the slowest message of a
         # batch has finished. One message per receive: the SDK keeps pulling for 200 ms after the first
@@ -615,7 +627,7 @@ class LocalHost:
                 connection.answered = True
                 self._watch.restored()
                 for message in messages:
-                    invocation = self._invoke(trigger, receiver, message, renewer, connection, function_loop)
+                    invocation = self._invoke(trigger, receiver, message, connection, function_loop)
                     task = asyncio.create_task(invocation)
                     running.add(task)
                     task.add_done_callback(running.discard)
@@ -626,7 +638,6 @@ class LocalHost:
                     task.cancel()  # nothing they do can be settled now
             # On a stop, invocations finish and settle on this receiver before it closes.
             await asyncio.gather(*running, return_exceptions=True)
-            await _quietly(renewer.close())
             await _quietly(receiver.close())
         return ended
 
@@ -635,12 +646,11 @@ class LocalHost:
         trigger: QueueTrigger,
         receiver: ServiceBusReceiver,
         message: ServiceBusReceivedMessage,
-        renewer: AutoLockRenewer,
         connection: HostConnection,
         function_loop: asyncio.AbstractEventLoop,
     ) -> None:
-        if self._options.max_auto_lock_renewal_duration:
-            renewer.register(receiver, message)
+        # As the Functions host does, the lock is renewed while the function runs (maxAutoLockRenewalDuration).
+        renewing = asyncio.create_task(self._keep_locked(receiver, message))
         token = str(message.lock_token)
         self._in_flight[token] = message  # as the host's ActionsCache: settleable while the function runs
         actions = LocalMessageActions(
@@ -658,10 +668,31 @@ class LocalHost:
             raise
         finally:
             del self._in_flight[token]
+            renewing.cancel()
         if failed and (trigger.auto_complete or not actions.settled):
             await _settle_quietly(receiver.abandon_message(message))
         elif not failed and trigger.auto_complete:
             await _settle_quietly(receiver.complete_message(message))
+
+    async def _keep_locked(self, receiver: ServiceBusReceiver, message: ServiceBusReceivedMessage) -> None:
+        """Renew the message's lock shortly before it runs out, until cancelled or for at most
+        maxAutoLockRenewalDuration, each renewal bounded in time. (The SDK's AutoLockRenewer waits for
+        a renewal's answer without end, busy on the host's loop: a broker that went away mid-renewal
+        stopped the whole host.) A renewal that fails ends the renewing; the lock then runs out and
+        Service Bus delivers the message again, as after any lost lock."""
+        until = time.monotonic() + self._options.max_auto_lock_renewal_duration.total_seconds()
+        while True:
+            left = (message.locked_until_utc - datetime.now(UTC)).total_seconds() if message.locked_until_utc else 0.0
+            # The SDK's timing: RENEW_BEFORE_SECONDS before expiry, or at a quarter of what is left of a shorter lock.
+            wait = left - RENEW_BEFORE_SECONDS if left > RENEW_BEFORE_SECONDS + 0.5 else left / 4
+            if time.monotonic() + wait >= until:
+                return
+            await asyncio.sleep(max(wait, 0.0))
+            try:
+                await receiver.renew_message_lock(message, timeout=RENEWAL_TIMEOUT_SECONDS)
+            except Exception as error:  # the SDK raises lock, connection and timeout errors alike
+                logger.debug("lock renewal ended: %s", type(error).__name__)
+                return
 
 
 async def _call(trigger: QueueTrigger, arguments: dict[str, Any]) -> bool:

@@ -17,6 +17,7 @@ from cli.upstream import collect_outcomes, submit
 from shared.contracts import OutcomeStatus, RecipientKind, StageName
 from shared.journal import TransitionKind
 from shared.settings import SERVICEBUS_CONNECTION
+from shared.stages.add_member import REPLICATION_PAUSES_SECONDS
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fixtures.pipeline import OUTCOMES, Readback, journal_history, onboard
 from tests.samples import sample_request as demo_request
@@ -118,7 +119,7 @@ async def test_throttling_becomes_a_scheduled_retry_that_succeeds(stack: LocalSt
     outcome = (await onboard(stack, [request]))["e2e-throttled"]
     history = await journal_history(stack, "e2e-throttled")
     assert outcome.status is OutcomeStatus.SUCCEEDED, outcome
-    assert sum(1 for _, _, status, _ in stack.sandbox.request_log if status == 429) == 3
+    assert sum(1 for entry in stack.sandbox.request_log if entry.status == 429) == 3
     # Three scheduled retries, none sooner than Retry-After: the journal says "in <delay> s: <cause>".
     scheduled = [
         re.match(r"in (\d+\.\d) s: ", t.cause or "") for t in history if t.decision is TransitionKind.RETRY_SCHEDULED
@@ -148,7 +149,9 @@ async def test_throttling_uses_no_attempts_and_ends_at_the_throttle_limit() -> N
 
 
 async def test_replication_lag_is_waited_out_for_contacts_and_guests(stack: LocalStack, readback: Readback) -> None:
-    stack.sandbox.set_knobs(replication_lag_seconds=2)
+    # Longer than add-member's pauses within an invocation (2 s) plus the hop from create-contact, so that
+    # a scheduled retry follows them even when a busy machine makes that hop take seconds.
+    stack.sandbox.set_knobs(replication_lag_seconds=sum(REPLICATION_PAUSES_SECONDS) + 6)
     requests = [
         demo_request("e2e-lag-dg", "noor.ali@fabrikam.example", "Noor Ali", "partners@contoso.com"),
         demo_request("e2e-lag-m365", "noor.ali@tailspin.example", "Noor Ali", "project-falcon@contoso.com"),

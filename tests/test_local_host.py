@@ -6,18 +6,21 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 import pytest
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import OperationTimeoutError
 from azurefunctions.extensions.bindings.servicebus.serviceBusMessageActions import SettlementError
 
 from functions.triggers import DEAD_LETTER_SWEEP_FUNCTION, DEAD_LETTER_SWEEP_SCHEDULE
 from standins.local_host import (
+    RENEWAL_TIMEOUT_SECONDS,
     LocalHost,
     LocalMessageActions,
     as_the_host_hands_it,
@@ -27,6 +30,7 @@ from standins.local_host import (
 )
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from tests.fixtures.pipeline import indexed_app
+from tests.waiting import HANG_GUARD_SECONDS
 
 Handler = Callable[[servicebus.ServiceBusReceivedMessage, servicebus.ServiceBusMessageActions], Awaitable[None]]
 
@@ -79,7 +83,7 @@ async def test_a_timer_function_runs_on_its_schedule_and_when_asked() -> None:
 
 def test_concurrency_and_lock_renewal_come_from_host_json(tmp_path: Path) -> None:
     service_bus = json.loads(Path("host.json").read_text())["extensions"]["serviceBus"]
-    options = host_options()
+    options = host_options(environment={})
     assert options.max_concurrent_calls == service_bus["maxConcurrentCalls"]
     assert options.max_auto_lock_renewal_duration == timedelta(minutes=5)
     host_json = tmp_path / "host.json"
@@ -89,8 +93,18 @@ def test_concurrency_and_lock_renewal_come_from_host_json(tmp_path: Path) -> Non
     host_json.write_text(json.dumps({"extensions": {"serviceBus": {"maxAutoLockRenewalDuration": "soon"}}}))
     with pytest.raises(ValueError, match="maxAutoLockRenewalDuration"):
         host_options(host_json)
-    defaults = host_options(tmp_path / "absent.json")
+    defaults = host_options(tmp_path / "absent.json", environment={})
     assert (defaults.max_concurrent_calls, defaults.max_auto_lock_renewal_duration) == (16, timedelta(minutes=5))
+
+
+def test_an_app_setting_overrides_host_json_as_in_azure() -> None:
+    """The Bicep sets maxConcurrentCalls per deployment as AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls."""
+    overridden = host_options(environment={"AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls": "2"})
+    assert overridden.max_concurrent_calls == 2
+    assert overridden.max_auto_lock_renewal_duration == host_options(environment={}).max_auto_lock_renewal_duration
+    refused = {"AzureFunctionsJobHost__extensions__serviceBus__maxConcurrentCalls": "none"}
+    with pytest.raises(ValueError, match="app settings"):
+        host_options(environment=refused)
 
 
 @pytest.mark.stack
@@ -200,3 +214,21 @@ async def test_a_function_that_holds_its_event_loop_past_the_lock_keeps_the_lock
         stop.set()
         await running
     assert host.invocations == 1
+
+
+async def test_each_lock_renewal_is_bounded_in_time_and_a_failed_one_ends_the_renewing() -> None:
+    """The SDK's AutoLockRenewer renews without a timeout: a renewal the broker never answered (restarted
+    mid-request) kept the SDK looping on the host's loop for good. Each renewal now carries a timeout."""
+    timeouts: list[float | None] = []
+
+    class Receiver:
+        async def renew_message_lock(self, message: SimpleNamespace, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - the SDK's signature
+            timeouts.append(timeout)
+            if len(timeouts) == 2:
+                raise OperationTimeoutError(message="no answer")
+            message.locked_until_utc = datetime.now(UTC) + timedelta(seconds=0.2)
+
+    message = SimpleNamespace(locked_until_utc=datetime.now(UTC) + timedelta(seconds=0.2))
+    host = LocalHost(indexed_app(), environment={})
+    await asyncio.wait_for(host._keep_locked(Receiver(), message), timeout=HANG_GUARD_SECONDS)  # type: ignore[arg-type]
+    assert timeouts == [RENEWAL_TIMEOUT_SECONDS, RENEWAL_TIMEOUT_SECONDS]

@@ -90,7 +90,7 @@ async def test_the_gate_holds_every_caller_until_the_tenant_allows() -> None:
     gate = ThrottleGate(clock=lambda: now[0], sleep=sleep)
     await gate.wait()
     assert slept == []
-    gate.hold(7)
-    gate.hold(2)  # a shorter hold never shortens the first
+    await gate.hold(7)
+    await gate.hold(2)  # a shorter hold never shortens the first
     await gate.wait()
     assert slept == [7] and gate.closed_for() == 0

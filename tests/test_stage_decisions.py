@@ -34,6 +34,7 @@ from shared.envelope import Delivery
 from shared.policy import OnboardingPolicy
 from shared.retry import RetryPolicy
 from shared.stages import StageDependencies, add_member, create_contact, verify_delivery
+from shared.stages.add_member import REPLICATION_PAUSES_SECONDS
 from shared.stages.create_contact import contact_name_candidates
 from shared.stages.dependencies import LeaseKeeping, WelcomeMail
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
@@ -57,6 +58,7 @@ class World:
         self.welcome: WelcomeMail | None = None
         self.leases: LeaseKeeping | None = None  # no lease book, as without a journal
         self.now = NOW
+        self.paused: list[float] = []  # the stages' in-invocation waits, not waited here
 
     @property
     def deps(self) -> StageDependencies:
@@ -69,7 +71,11 @@ class World:
             welcome=self.welcome,
             clock=lambda: self.now,
             leases=self.leases,
+            sleep=self.pause,
         )
+
+    async def pause(self, seconds: float) -> None:
+        self.paused.append(seconds)
 
 
 @pytest.fixture
@@ -359,12 +365,20 @@ async def test_add_member_uses_graph_for_microsoft_365_groups(world: World) -> N
     assert "add_distribution_group_member" not in world.script.calls
 
 
-async def test_not_found_right_after_create_is_replication_lag(world: World) -> None:
+async def test_not_found_right_after_create_is_replication_lag_waited_out_briefly_then_retried(world: World) -> None:
+    """The add is tried again after each of a few short pauses within the invocation (2 s in all);
+    a lag that outlasts them becomes a scheduled retry."""
     message = await pass_on(world, request_body())
-    world.script.fail_next("add_distribution_group_member", NotFoundError("Couldn't find object", face="exchange"))
+    lag = NotFoundError("Couldn't find object", face="exchange")
+    world.script.fail_next("add_distribution_group_member", lag, lag)
+    assert isinstance(await add_member(message, delivery(), world.deps), PassOn)
+    assert world.paused == [0.25, 0.25]
+    world.paused.clear()
+    world.script.fail_next("add_distribution_group_member", *[lag] * (len(REPLICATION_PAUSES_SECONDS) + 1))
     decision = await add_member(message, delivery(), world.deps)
     assert isinstance(decision, RetryLater)
     assert "replication lag" in decision.cause
+    assert world.paused == list(REPLICATION_PAUSES_SECONDS) and sum(world.paused) == 2
 
 
 # --- verify-delivery ------------------------------------------------------------------------

@@ -12,11 +12,11 @@ queue. It exits 1 when anything was lost or duplicated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import random
-import signal
-import sys
+import resource
+import sqlite3
 import tempfile
 import time
 from collections import Counter
@@ -32,8 +32,10 @@ from azure.servicebus.aio import ServiceBusClient
 from rich.console import Console
 
 from shared.contracts import OutcomeEvent, OutcomeStatus, StageName
+from shared.journal import open_journal
 from shared.leases import NOTICE_SUBJECT, expiry_request_id, lease_key
 from shared.settings import SERVICEBUS_CONNECTION
+from standins.host_process import HostProcess
 from standins.servicebus_emulator import EmulatorConfig, ServiceBusEmulator
 from standins.stack import LocalStack, local_stack
 from standins.tenant_sandbox import Knobs
@@ -60,6 +62,31 @@ LEASE_NOTICE_SECONDS = "10"
 _DONE = {OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS}
 
 
+@dataclass(frozen=True)
+class Costs:
+    """What a run cost the stand-ins, the hosts and the journal, to see how each grows with the run's
+    size (docs/performance.md, "Size"): the emulator must not be what limits the measurement."""
+
+    emulator_cpu_seconds: float | None  # the broker's thread, every emulator of the run (None: not Linux)
+    emulator_bytes: int  # its SQLite file and write-ahead log at the end
+    journal_rows: int
+    journal_bytes: int
+    status_seconds: float  # one `onboard status --watch` count over the whole run, read at the end
+    stand_ins_cpu_seconds: float  # this process: the emulator, the sandbox and the driver
+    hosts_cpu_seconds: float  # every host process, the killed ones included
+
+    def lines(self, requests: int) -> list[str]:
+        per = 1000 / max(1, requests)  # milliseconds (or bytes per 1,000) per request
+        emulator = f"{self.emulator_cpu_seconds * per:.1f} ms" if self.emulator_cpu_seconds is not None else "n/a"
+        return [
+            f"CPU per request: emulator thread {emulator}, stand-ins' process {self.stand_ins_cpu_seconds * per:.1f} ms, "
+            f"hosts {self.hosts_cpu_seconds * per:.1f} ms",
+            f"emulator database {self.emulator_bytes / 1024:.0f} KiB at the end; journal {self.journal_rows} rows "
+            f"({self.journal_rows / max(1, requests):.1f} per request), {self.journal_bytes / 1024:.0f} KiB; "
+            f"a status count over the run {1000 * self.status_seconds:.0f} ms",
+        ]
+
+
 @dataclass
 class Report:
     sent: int = 0
@@ -74,6 +101,7 @@ class Report:
     kills: int = 0
     emulator_restarts: int = 0
     seconds: float = 0.0
+    costs: Costs | None = None
 
     @property
     def ok(self) -> bool:
@@ -90,7 +118,8 @@ class Report:
             f"duplicated: {len(self.duplicated)}" + (f" e.g. {self.duplicated[:5]}" if self.duplicated else ""),
             f"left in queues and dead-letter queues: {left}",
             f"host killed {self.kills} times, emulator restarted {self.emulator_restarts} times, "
-            f"{self.seconds:.0f} s in all",
+            f"{self.seconds:.0f} s in all ({self.sent / self.seconds if self.seconds else 0:.1f} requests/s)",
+            *(self.costs.lines(self.sent) if self.costs else []),
         ]
 
 
@@ -111,46 +140,13 @@ def request_body(index: int, rng: random.Random, invalid_share: float, requests:
     return request_id, json.dumps(body).encode(), False
 
 
-class Host:
-    """The local Functions host as a child process, killable with SIGKILL."""
-
-    def __init__(self, environment: dict[str, str]) -> None:
-        self._environment = environment
-        self._process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cli",
-            "host",
-            "--quiet",
-            env={**os.environ, **self._environment},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    async def kill(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            await self._process.wait()
-
-    async def stop(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self._process.wait(), timeout=15)
-            except TimeoutError:
-                await self.kill()
-
-
 async def run_chaos(
     *, requests: int, kills: int, emulator_restarts: int, seconds: float, seed: int, invalid_share: float = 0.05
 ) -> Report:
     rng = random.Random(seed)  # noqa: S311  # repeatable chaos, not cryptography
     report = Report()
-    started = time.monotonic()
+    started, started_at, cpu = time.monotonic(), datetime.now(UTC), _cpu_seconds()
+    emulator_cpu: list[float | None] = []  # each emulator's, read before it stops
     with tempfile.TemporaryDirectory() as folder:
         database = Path(folder) / "servicebus.db"
         config = EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=5))
@@ -160,7 +156,7 @@ async def run_chaos(
             emulator_config=config, servicebus_database=database, sandbox_knobs=knobs, settings=settings
         ) as stack:
             emulator = stack.emulator
-            host = Host(stack.environment)
+            host = HostProcess(stack.environment)
             await host.start()
             try:
                 ids = await send_requests(stack, requests, rng, invalid_share, report)
@@ -171,6 +167,7 @@ async def run_chaos(
                 origin = time.monotonic()
                 for index, moment in enumerate([*moments, None]):
                     if index in restart_at:
+                        emulator_cpu.append(emulator.cpu_seconds())
                         emulator = await _restart(emulator, config, database)
                         report.emulator_restarts += 1
                     if moment is None:
@@ -181,14 +178,56 @@ async def run_chaos(
                     await host.start()
                 outcomes = await every_outcome(stack, lambda seen: set(ids) | _ends(report, seen), deadline, report)
                 await host.stop()
+                report.seconds = time.monotonic() - started
                 count_outcomes(report, [*ids, *sorted(_ends(report, outcomes))], outcomes, stack)
                 report.left = await _left_in_queues(emulator.connection_string)
+                emulator_cpu.append(emulator.cpu_seconds())
+                report.costs = await _costs(stack, database, started_at, cpu, emulator_cpu)
             finally:
                 await host.stop()
                 if emulator is not stack.emulator:
                     emulator.stop()
-    report.seconds = time.monotonic() - started
     return report
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU time of this process and of its reaped children (the host processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _file_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+async def _costs(
+    stack: LocalStack,
+    emulator_database: Path,
+    started_at: datetime,
+    cpu_at_start: tuple[float, float],
+    emulator_cpu: list[float | None],
+) -> Costs:
+    (own, children), (own_before, children_before) = _cpu_seconds(), cpu_at_start
+    with contextlib.closing(sqlite3.connect(stack.journal_database)) as journal_db:
+        (rows,) = journal_db.execute("SELECT COUNT(*) FROM transitions").fetchone()
+    journal = open_journal(stack.environment["ONBOARDING_JOURNAL"])
+    assert journal is not None  # the local stack always journals
+    try:
+        counting = time.perf_counter()
+        await journal.tally(started_at)
+        status_seconds = time.perf_counter() - counting
+    finally:
+        await journal.close()
+    known = [seconds for seconds in emulator_cpu if seconds is not None]
+    return Costs(
+        emulator_cpu_seconds=sum(known) if len(known) == len(emulator_cpu) else None,
+        emulator_bytes=_file_bytes(emulator_database),
+        journal_rows=rows,
+        journal_bytes=_file_bytes(stack.journal_database),
+        status_seconds=status_seconds,
+        stand_ins_cpu_seconds=own - own_before,
+        hosts_cpu_seconds=children - children_before,
+    )
 
 
 async def send_requests(

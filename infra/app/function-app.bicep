@@ -27,7 +27,7 @@ param policyFile string
 param intakeQueueNames array
 param leaseNoticeSeconds int
 
-@description('The app\'s tuning settings (welcome message, retries, cache), by app setting name: infra/main.bicep.')
+@description('The app\'s tuning settings (welcome message, retries, cache, Exchange concurrency), by app setting name: infra/main.bicep.')
 param tuningSettings object
 
 // The trigger bindings' connection name (SERVICEBUS_CONNECTION in shared/settings.py) must prefix

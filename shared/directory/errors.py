@@ -48,6 +48,11 @@ class ThrottledError(TransientDirectoryError):
     """429: wait at least `retry_after` seconds."""
 
 
+class TooManyInFlightError(ThrottledError):
+    """Exchange's per-tenant concurrency answer: too many requests in flight at this moment, not too
+    many in a period. Without a Retry-After it asks only this call to wait until others have finished."""
+
+
 class NotFoundError(DirectoryError):
     """The object does not exist, or is not yet visible (replication lag)."""
 
@@ -116,7 +121,9 @@ def classify_status(
     retried for a day.
     """
     common: dict[str, Any] = {"face": face, "status": status, "code": code, "request_id": request_id}
-    if status == 429 or recognised is ThrottledError:
+    if recognised is not None and issubclass(recognised, ThrottledError):
+        return recognised(message, retry_after=retry_after, **common)
+    if status == 429:
         return ThrottledError(message, retry_after=retry_after, **common)
     if status == 408 or (status >= 500 and not (status == 500 and server_fault_is_permanent)):
         return TransientDirectoryError(message, retry_after=retry_after, **common)

@@ -10,6 +10,8 @@ of quotes or `$(...)` is stored literally. Failures are read as the mature clien
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +32,7 @@ from shared.directory.errors import (
     PermissionDeniedError,
     RejectedRequestError,
     ThrottledError,
+    TooManyInFlightError,
     TransientDirectoryError,
     classify_status,
 )
@@ -46,13 +49,16 @@ ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 # callers do (CIPP 100 s, ExoHelper 60 min), so it gets Exchange's answer instead of abandoning a cmdlet
 # that may still finish (docs/microsoft-365-facts.md, section 8).
 TIMEOUT = httpx.Timeout(100.0, connect=10.0)
-# The longest the process's gate is held on Exchange's Rate-Limit-Reset: a bound on a header that is wrong.
+# The longest the app's gate is held on Exchange's Rate-Limit-Reset: a bound on a header that is wrong.
 MAX_RATE_LIMIT_HOLD = 300.0
 MAX_PAGES = 100
 MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
 TRACE_MAX_ROWS = 5000  # Get-MessageTraceV2 -ResultSize: at most 5000 rows per query
 ROLE_FOR_BYPASS = SECURITY_GROUP_MEMBERSHIP
 CONCURRENCY_LIMIT_TEXT = "You have reached the maximum number of concurrent requests per tenant"
+# How long a call refused for the tenant's concurrency limit waits before its in-process retry:
+# about one cmdlet's time, spread so that the refused calls do not return together.
+IN_FLIGHT_PAUSE_SECONDS = (0.25, 1.0)
 # Exception types the ExchangeOnlineManagement module retries; a 500 naming any other type is a
 # cmdlet failure that repeats, not an outage (docs/microsoft-365-facts.md).
 TRANSIENT_EXCEPTIONS = frozenset(
@@ -97,8 +103,12 @@ class ExchangeOnlineClient:
         max_in_process_retries: int = 1,
         max_in_process_retry_delay: float = 2.0,
         gate: ThrottleGate | None = None,
+        max_concurrent_requests: int | None = None,
     ) -> None:
+        """`max_concurrent_requests`: this instance's share of the tenant's Exchange requests in flight
+        (ONBOARDING_EXCHANGE_CONCURRENT_REQUESTS); None = no bound of its own."""
         self._credential = credential
+        self._in_flight = asyncio.Semaphore(max_concurrent_requests) if max_concurrent_requests else None
         # As the Graph client's retry handler: a short Retry-After is waited out here, a long one
         # goes back to the stage, which schedules a Service Bus retry instead of holding a worker.
         self._retries, self._max_wait = max_in_process_retries, max_in_process_retry_delay
@@ -134,11 +144,22 @@ class ExchangeOnlineClient:
         for retry in range(self._retries + 1):
             await self._gate.wait()
             try:
-                return await self._post_once(url, cmdlet, body)
+                if self._in_flight is None:
+                    return await self._post_once(url, cmdlet, body)
+                async with self._in_flight:
+                    return await self._post_once(url, cmdlet, body)
             except ThrottledError as error:
+                last = retry == self._retries
+                if isinstance(error, TooManyInFlightError) and error.retry_after is None:
+                    # Too many in flight, tenant-wide: this call waits for some to finish; holding the
+                    # gate would stop every instance's calls and leave the tenant idle.
+                    if last:
+                        raise
+                    await asyncio.sleep(random.uniform(*IN_FLIGHT_PAUSE_SECONDS))  # noqa: S311 - spread, not secrecy
+                    continue
                 wait = error.retry_after if error.retry_after is not None else self._max_wait
-                self._gate.hold(wait)  # every invocation of this process waits, not only this one
-                if wait > self._max_wait or retry == self._retries:
+                await self._gate.hold(wait)  # every invocation of the app waits, not only this one
+                if wait > self._max_wait or last:
                     raise
         raise AssertionError("unreachable: the last try returns or raises")
 
@@ -162,8 +183,8 @@ class ExchangeOnlineClient:
             ) from error
         request_id = response.headers.get("request-id", request_id)
         if _budget_spent(response):
-            # Exchange says no request is left until Rate-Limit-Reset: none goes from this process before then.
-            self._gate.hold(min(_until_reset(response) or 0.0, MAX_RATE_LIMIT_HOLD))
+            # Exchange says no request is left until Rate-Limit-Reset: none goes from the app before then.
+            await self._gate.hold(min(_until_reset(response) or 0.0, MAX_RATE_LIMIT_HOLD))
         if response.is_success:
             page = _page(response)
             if page is None:
@@ -422,7 +443,7 @@ def _classify(cmdlet: str, response: httpx.Response, request_id: str) -> Directo
         code=failure.exception_type,
         request_id=request_id,
         retry_after=retry_after_of(response),
-        recognised=ThrottledError if concurrency_limit else recognised,
+        recognised=TooManyInFlightError if concurrency_limit else recognised,
         server_fault_is_permanent=status == 500
         and bool(failure.exception_type)
         and failure.exception_type not in TRANSIENT_EXCEPTIONS,

@@ -19,7 +19,7 @@ from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
 from kiota_http.kiota_client_factory import KiotaClientFactory
-from kiota_http.middleware import RetryHandler
+from kiota_http.middleware import BaseMiddleware, RetryHandler
 from kiota_http.middleware.options import RetryHandlerOption
 from msgraph.generated.contacts.item.member_of.member_of_request_builder import MemberOfRequestBuilder
 from msgraph.generated.directory_objects.item.check_member_groups.check_member_groups_post_request_body import (
@@ -59,11 +59,13 @@ from shared.directory.errors import (
 )
 from shared.directory.ports import DirectoryGroup, DirectoryUser
 from shared.directory.rights import GRAPH_CALLS
+from shared.directory.throttle import DEFAULT_HOLD_SECONDS, ThrottleGate
 
 SCOPE = "https://graph.microsoft.com/.default"
 DIRECTORY_OBJECTS = "https://graph.microsoft.com/v1.0/directoryObjects/"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_PAGES = 500
+THROTTLED = 429
 # Graph v1.0 returns a default property set unless $select says otherwise, and userType is not in
 # the users' default set: ask for exactly what _directory_group / _directory_user read.
 GROUP_FIELDS = ["id", "displayName", "mail", "groupTypes", "mailEnabled", "securityEnabled"]
@@ -142,6 +144,22 @@ class BriefRetryHandler(RetryHandler):
         return wait if wait <= self._max_wait else float(RetryHandlerOption.MAX_DELAY)
 
 
+class GateHandler(BaseMiddleware):
+    """Every request, retries included, waits at the app's Graph gate; a 429 shuts it for Retry-After
+    (shared/directory/throttle.py): Graph throttles per app and tenant, not per request."""
+
+    def __init__(self, gate: ThrottleGate) -> None:
+        super().__init__()
+        self._gate = gate
+
+    async def send(self, request: httpx.Request, transport: httpx.AsyncBaseTransport) -> httpx.Response:
+        await self._gate.wait()
+        response = await super().send(request, transport)
+        if response.status_code == THROTTLED:
+            await self._gate.hold(_seconds(response.headers.get("retry-after")) or DEFAULT_HOLD_SECONDS)
+        return response
+
+
 class MsGraphDirectory:
     def __init__(
         self,
@@ -151,6 +169,7 @@ class MsGraphDirectory:
         http_client: httpx.AsyncClient | None = None,
         max_in_process_retries: int = 1,
         max_in_process_retry_delay: float = 2.0,
+        gate: ThrottleGate | None = None,
     ) -> None:
         host = urlparse(base_url).hostname or "graph.microsoft.com"
         auth = AzureIdentityAuthenticationProvider(credential, scopes=[SCOPE], allowed_hosts=[host])
@@ -158,9 +177,11 @@ class MsGraphDirectory:
             RetryHandlerOption(delay=0, max_retries=max_in_process_retries, should_retry=max_in_process_retries > 0),
             max_wait=max_in_process_retry_delay,
         )
-        middleware = [
+        middleware: list[BaseMiddleware] = [
             retry if isinstance(m, RetryHandler) else m for m in KiotaClientFactory.get_default_middleware(None)
         ]
+        # After the retry handler, so that its retries wait at the gate too.
+        middleware.insert(middleware.index(retry) + 1, GateHandler(gate or ThrottleGate("graph")))
         self._owns_client = http_client is None
         self._http = GraphClientFactory.create_with_custom_middleware(
             middleware, client=http_client or httpx.AsyncClient(timeout=TIMEOUT)

@@ -1,4 +1,5 @@
-"""The journal in one SQLite file (or in memory), for local runs and tests.
+"""The journal in one SQLite file (or in memory), for local runs and tests; with it, the throttle
+holds every local host process shares (shared/directory/throttle.py `SharedHolds`).
 
 sqlite3 blocks, so every call runs in a worker thread (asyncio.to_thread) on one connection
 opened with check_same_thread=False; a lock keeps those calls one at a time.
@@ -45,6 +46,10 @@ CREATE TABLE IF NOT EXISTS leases (
     body    TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS leases_by_end ON leases (state, ends_at);
+CREATE TABLE IF NOT EXISTS throttle_holds (
+    face  TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 """
 # A lease is kept whole as its JSON (Lease.model_dump_json); state and ends_at are columns to query and to
 # make the settling update conditional.
@@ -62,6 +67,12 @@ _HISTORY = """
     SELECT request_id, row_key, stage, decision, attempt, cause, outcome_status, at
     FROM transitions WHERE request_id = ? ORDER BY row_key
 """
+# A throttle hold every instance shares (shared/directory/throttle.py): the later one is kept.
+_EXTEND_HOLD = """
+    INSERT INTO throttle_holds (face, until) VALUES (?, ?)
+    ON CONFLICT (face) DO UPDATE SET until = max(until, excluded.until)
+"""
+_HOLDS = "SELECT face, until FROM throttle_holds"
 # The latest row per request is the one with the greatest row_key (keys start with the time).
 _SUMMARY = """
     SELECT t.request_id, t.row_key, t.stage, t.decision, t.attempt, t.cause, t.outcome_status, t.at, counts.n
@@ -176,6 +187,13 @@ class SqliteJournal:
         before = _iso(ending_before) if ending_before is not None else "9999"  # ISO times sort as text
         rows = await self._run(lambda c: c.execute(_ACTIVE_LEASES, (LeaseState.ACTIVE.value, before)).fetchall())
         return [Lease.model_validate_json(body) for (body,) in rows]
+
+    async def read_holds(self) -> dict[str, float]:
+        rows = await self._run(lambda c: c.execute(_HOLDS).fetchall())
+        return {face: until for face, until in rows}
+
+    async def extend_hold(self, face: str, until: float) -> None:
+        await self._run(lambda c: c.execute(_EXTEND_HOLD, (face, until)))
 
     async def close(self) -> None:
         await self._run(lambda c: c.close())

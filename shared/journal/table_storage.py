@@ -1,4 +1,5 @@
-"""The journal in Azure Table Storage (Azurite locally and in the tests).
+"""The journal in Azure Table Storage (Azurite locally and in the tests), and with it the throttle
+holds every instance of the app shares (`HOLDS_PARTITION`).
 
 One entity per transition: PartitionKey = request id, RowKey = `Transition.key` (sortable time,
 stage, attempt, kind). A request's history is then a single-partition query, already in RowKey
@@ -38,6 +39,12 @@ _DISALLOWED_IN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 # An escaped key starts with a space: a valid request id never holds whitespace, so the two kinds
 # of key can never meet, and "a%2Fb" (a valid id) stays apart from the escaped "a/b".
 _ESCAPED = " "
+
+# The throttle holds every instance shares (shared/directory/throttle.py `SharedHolds`) live in the
+# journal's table, where the app already has its rights, under a partition no request can have: a
+# request id holds no whitespace, and an escaped one holds a percent sign. One entity per face.
+HOLDS_PARTITION = " throttle-holds"
+HOLD_WRITE_TRIES = 3  # another instance may write between a read and a conditional write
 
 _PROPERTIES = ["PartitionKey", "RowKey", "Stage", "Decision", "Attempt", "Cause", "OutcomeStatus", "At"]
 # What counting needs of each transition: no Cause (up to 2,000 characters), no At (the filter has it).
@@ -224,6 +231,49 @@ class TableStorageJournal:
         whole = await asyncio.gather(*(self._entity(partition, row) for row, partition in failed))
         return Tally(since, dict(counts), [_transition(entity) for entity in whole if entity is not None])
 
+    async def read_holds(self) -> dict[str, float]:
+        entities = self._client.query_entities(
+            "PartitionKey eq @holds", parameters={"holds": HOLDS_PARTITION}, select=["RowKey", "Until"]
+        )
+        return {str(entity["RowKey"]): float(entity["Until"]) async for entity in _unless_no_table(entities)}
+
+    async def extend_hold(self, face: str, until: float) -> None:
+        """Keep the later hold: read, then write only if ours is later, on the condition that nobody
+        wrote in between (the entity's ETag), else read again."""
+        for _ in range(HOLD_WRITE_TRIES):
+            try:
+                stored = await self._client.get_entity(HOLDS_PARTITION, face, select=["Until"])
+            except ResourceNotFoundError:  # no hold for this face yet (or no table yet)
+                if await self._create_hold(face, until):
+                    return
+                continue
+            if float(stored["Until"]) >= until:
+                return
+            entity = {"PartitionKey": HOLDS_PARTITION, "RowKey": face, "Until": until}
+            try:
+                await self._client.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=stored.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return
+            except ResourceModifiedError:  # another instance wrote first: compare with theirs
+                continue
+
+    async def _create_hold(self, face: str, until: float) -> bool:
+        """False when another instance created it first."""
+        entity = {"PartitionKey": HOLDS_PARTITION, "RowKey": face, "Until": until}
+        try:
+            await self._client.create_entity(entity)
+        except ResourceExistsError:
+            return False
+        except ResourceNotFoundError:  # no table yet (in Azure the infrastructure creates it)
+            with contextlib.suppress(ResourceExistsError):
+                await self._client.create_table()
+            return False
+        return True
+
     async def close(self) -> None:
         await self._client.close()
         if self._leases is not None:
@@ -259,6 +309,8 @@ async def _latest_per_partition(entities: AsyncIterable[Any]) -> AsyncIterator[t
     current: Any | None = None
     count = 0
     async for entity in entities:
+        if entity["PartitionKey"] == HOLDS_PARTITION:  # the throttle holds, not a request
+            continue
         if current is not None and entity["PartitionKey"] == current["PartitionKey"]:
             count += 1
             if str(entity["RowKey"]) > str(current["RowKey"]):

@@ -1,8 +1,9 @@
-"""What every stage is given: the directory ports, the policy, the retry policy and a clock."""
+"""What every stage is given: the directory ports, the policy, the retry policy, a clock and a sleep."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -51,3 +52,4 @@ class StageDependencies:
     welcome: WelcomeMail | None = None
     clock: Callable[[], datetime] = utc_now
     leases: LeaseKeeping | None = None  # None: no lease book (no journal), so a lease is refused at intake
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # a short wait within an invocation

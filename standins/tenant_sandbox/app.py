@@ -37,7 +37,7 @@ from standins.tenant_sandbox.authority import (
     exchange_roles,
     graph_rights,
 )
-from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER, ExchangeFace, exchange_error
+from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER, MAX_PAGE_SIZE, ExchangeFace, exchange_error
 from standins.tenant_sandbox.grants_face import Grants, GrantsFace
 from standins.tenant_sandbox.graph_face import GraphFace, graph_error
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, RateLimit, ScriptedFault, Verdict
@@ -65,6 +65,7 @@ class LoggedRequest(NamedTuple):
     operation: str  # a cmdlet name, or "METHOD /v1.0/route/{id}"
     status: int
     seconds: float
+    at: float = 0.0  # Unix time the request arrived (benchmarks read the log as a timeline)
 
 
 class RequestLog:
@@ -145,15 +146,18 @@ async def _caller_hung_up(_request: Request, _error: Exception) -> Response:
     return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
 
-def _verdict_response(request: Request, face: Face, verdict: Verdict, tenant_id: str) -> Response:
+def _verdict_response(request: Request, face: Face, verdict: Verdict, tenant_id: str, app: str) -> Response:
     status = verdict.status
     assert status is not None
+    if verdict.too_many_in_flight:  # Exchange's plain text, without Retry-After
+        return Response(CONCURRENCY_LIMIT_ANSWER, status_code=status, media_type="text/plain")
     if status == 429:
         if face == "graph":
             response: Response = graph_error(
                 request, 429, "TooManyRequests", "Too many requests, please retry after the time in Retry-After."
             )
-            response.headers["x-ms-throttle-scope"] = f"Tenant_Application/ReadWrite/{tenant_id}/sandbox"
+            # <Scope>/<Limit>/<ApplicationId>/<TenantId> (throttling-limits, identity and access)
+            response.headers["x-ms-throttle-scope"] = f"Tenant_Application/ReadWrite/{app}/{tenant_id}"
             response.headers["x-ms-throttle-information"] = "ResourceUnitLimitExceeded"
         else:
             response = JSONResponse(
@@ -367,9 +371,11 @@ def apply_knobs(directory: Directory, gate: Gate, knobs: Knobs) -> None:
     gate.knobs = knobs
 
 
-def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: int = 100) -> Starlette:
+def build_app(
+    directory: Directory, log: RequestLog, gate: Gate, *, page_size: int = 100, exchange_page_size: int = MAX_PAGE_SIZE
+) -> Starlette:
     graph = GraphFace(directory, page_size)
-    exchange = ExchangeFace(directory, page_size)
+    exchange = ExchangeFace(directory, page_size, exchange_page_size)
     admin = Admin(directory, gate, log)
     grants = GrantsFace(Grants(directory.store))  # what `onboard grant` calls
     graph_routes = graph.routes() + grants.routes()
@@ -394,7 +400,7 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
     async def gate_and_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if request.url.path.startswith(ADMIN_PREFIX) or "/oauth2/" in request.url.path:
             return await call_next(request)  # the admin endpoint and Entra's token endpoint: no gate
-        started = time.perf_counter()
+        started, arrived = time.perf_counter(), time.time()
         face: Face = "graph" if request.url.path.startswith("/v1.0") else "exchange"
         route = graph_route(request) if face == "graph" else None
         operation = (
@@ -403,6 +409,7 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
             else f"{request.method} {route.path if route else request.url.path}"
         )
         claims, response = read_token(request, face, tenant_id)
+        app = str(claims.get("appid", "")) if claims is not None else ""
         if claims is not None:
             caller = Caller.from_claims(claims)
             request.state.caller = caller  # a face may decide by who calls (invitations: app-only or not)
@@ -411,36 +418,53 @@ def build_app(directory: Directory, log: RequestLog, gate: Gate, *, page_size: i
             else:
                 response = authority.check_exchange(operation, caller)
                 request.state.exchange_roles = authority.roles_in_exchange(caller)
-        if response is None:
-            verdict = gate.decide(face, operation)
-            # Half the latency before the face acts and half after, as on a real network: a write
-            # is done while its caller still waits for the answer (a caller can die in between).
-            # Exchange ends a cmdlet that runs past its limit on its side, acted on or not.
-            limit = gate.knobs.exchange_cmdlet_timeout_seconds
-            half = verdict.delay_seconds / 2
-            ended = face == "exchange" and verdict.delay_seconds > limit
-            await asyncio.sleep(min(half, limit) if ended else half)
-            if ended and half >= limit:
-                response = _cmdlet_ended(limit)
-            elif verdict.status == 200 and verdict.fault is not None:
-                request.state.adminapi_warnings = verdict.fault.warnings  # the face acts, then warns
-                response = await call_next(request)
-            elif verdict.status is not None:
-                response = _verdict_response(request, face, verdict, tenant_id)
-            else:
-                response = await call_next(request)
-            if ended and half < limit:
-                await asyncio.sleep(limit - half)
-                response = _cmdlet_ended(limit)  # the cmdlet acted; its answer is lost
-            elif not ended:
-                await asyncio.sleep(half)
-            if face == "exchange" and verdict.rate_limit is not None:
-                response.headers.update(_rate_limit_headers(verdict.rate_limit))
+        if response is None and not gate.admit(face):  # past the tenant's Exchange concurrency limit
+            verdict = gate.too_many_in_flight()
+            await asyncio.sleep(verdict.delay_seconds)
+            response = _verdict_response(request, face, verdict, tenant_id, app)
+        elif response is None:
+            verdict = gate.decide(face, operation, app)
+            try:
+                response = await _answer(request, face, verdict, app, call_next)
+            finally:
+                gate.leave(face)
             if face == "graph":
                 response.headers["x-ms-resource-unit"] = "1"
                 if verdict.throttle_percentage is not None and verdict.throttle_percentage >= 80:
                     response.headers["x-ms-throttle-limit-percentage"] = f"{verdict.throttle_percentage / 100:.1f}"
-        log.append(LoggedRequest(face, operation, response.status_code, time.perf_counter() - started))
+        log.append(LoggedRequest(face, operation, response.status_code, time.perf_counter() - started, arrived))
+        return response
+
+    async def _answer(
+        request: Request,
+        face: Face,
+        verdict: Verdict,
+        app: str,
+        call_next: Callable[[Request], Awaitable[Response]],
+    ) -> Response:
+        # Half the latency before the face acts and half after, as on a real network: a write
+        # is done while its caller still waits for the answer (a caller can die in between).
+        # Exchange ends a cmdlet that runs past its limit on its side, acted on or not.
+        limit = gate.knobs.exchange_cmdlet_timeout_seconds
+        half = verdict.delay_seconds / 2
+        ended = face == "exchange" and verdict.delay_seconds > limit
+        await asyncio.sleep(min(half, limit) if ended else half)
+        if ended and half >= limit:
+            response = _cmdlet_ended(limit)
+        elif verdict.status == 200 and verdict.fault is not None:
+            request.state.adminapi_warnings = verdict.fault.warnings  # the face acts, then warns
+            response = await call_next(request)
+        elif verdict.status is not None:
+            response = _verdict_response(request, face, verdict, tenant_id, app)
+        else:
+            response = await call_next(request)
+        if ended and half < limit:
+            await asyncio.sleep(limit - half)
+            response = _cmdlet_ended(limit)  # the cmdlet acted; its answer is lost
+        elif not ended:
+            await asyncio.sleep(half)
+        if face == "exchange" and verdict.rate_limit is not None:
+            response.headers.update(_rate_limit_headers(verdict.rate_limit))
         return response
 
     app = Starlette(

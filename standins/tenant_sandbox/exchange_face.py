@@ -41,6 +41,10 @@ MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
 BYPASS_ROLES = frozenset({"Security Group Creation and Membership"})
 # The well-known system mailbox app-only callers anchor on; the sandbox also accepts any UPN: anchor.
 ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
+# The largest page a caller may ask for with `Prefer: odata.maxpagesize` (ExoHelper caps its PageSize
+# at 1,000: GreyCorbel/ExoHelper Commands/Public/Invoke-ExoCommand.ps1).
+MAX_PAGE_SIZE = 1000
+_MAX_PAGE_SIZE = re.compile(r"odata\.maxpagesize\s*=\s*(\d+)", re.IGNORECASE)
 CONCURRENCY_LIMIT_ANSWER = (
     "You have reached the maximum number of concurrent requests per tenant. Please wait and try again."
 )
@@ -187,9 +191,11 @@ def _trace_json(row: TraceRow) -> dict[str, Any]:
 
 
 class ExchangeFace:
-    def __init__(self, directory: Directory, page_size: int) -> None:
+    def __init__(self, directory: Directory, page_size: int, max_page_size: int = MAX_PAGE_SIZE) -> None:
+        """`page_size` rows a page unless `Prefer: odata.maxpagesize` asks for up to `max_page_size`."""
         self.d = directory
         self.page_size = page_size
+        self.max_page_size = max_page_size
         self.caller_roles: frozenset[str] = frozenset()
         self.trace_queries: deque[float] = deque()  # when each message-trace query of the window was accepted
         self.cmdlets: dict[str, Cmdlet] = {
@@ -246,14 +252,20 @@ class ExchangeFace:
             return exchange_error(error.status, "BadRequest", error.exception_type, error.text)
         skip_text = request.query_params.get("$skip", "0")
         skip = int(skip_text) if skip_text.isdigit() else 0
-        body: dict[str, Any] = {"value": rows[skip : skip + self.page_size]}
+        size = self._page_size(request.headers.get("Prefer", ""))
+        body: dict[str, Any] = {"value": rows[skip : skip + size]}
         if warnings := getattr(request.state, "adminapi_warnings", ()):
             body["@adminapi.warnings"] = list(warnings)
             if not body["value"]:
                 del body["value"]  # a change that printed nothing answers with the warnings alone
-        if skip + self.page_size < len(rows):
-            body["@odata.nextLink"] = f"{request.url.replace(query='')}?$skip={skip + self.page_size}"
+        if skip + size < len(rows):
+            body["@odata.nextLink"] = f"{request.url.replace(query='')}?$skip={skip + size}"
         return JSONResponse(body)
+
+    def _page_size(self, prefer: str) -> int:
+        """OData's `Prefer: odata.maxpagesize=N`, as ExoHelper and CIPP send it (1,000 at most)."""
+        asked = _MAX_PAGE_SIZE.search(prefer)
+        return min(int(asked.group(1)), self.max_page_size) if asked and int(asked.group(1)) > 0 else self.page_size
 
     def _required(self, parameters: dict[str, Any], name: str) -> str:
         value = parameters.get(name)

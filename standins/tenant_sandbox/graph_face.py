@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -197,6 +198,15 @@ def _parse_filter(text: str) -> list[tuple[str, str]] | None:
         if joined is None:
             return None
         position = joined.end()
+
+
+def _filter_addresses(request: Request) -> set[str] | None:
+    """The addresses a well-formed $filter names, lower-case and without an `smtp:` prefix: the only
+    objects it can match. None without a filter, or for one _filtered refuses (it answers alone)."""
+    clauses = _parse_filter(request.query_params.get("$filter", ""))
+    if clauses is None:
+        return None
+    return {value.lower().removeprefix("smtp:") for _, value in clauses}
 
 
 def _matches(row: dict[str, Any], clauses: list[tuple[str, str]]) -> bool:
@@ -407,7 +417,13 @@ class GraphFace:
 
     async def list_contacts(self, request: Request) -> Response:
         with self.d.lock:
-            contacts = [c for c in self.d.contacts.values() if self.d.replicated(c)]
+            addresses = _filter_addresses(request)
+            if addresses is None:
+                everyone: Iterable[Contact] = self.d.contacts.values()
+            else:  # a contact's mail and proxy address are its external address
+                found = (self.d.contact_by_identity(address) for address in addresses)
+                everyone = [c for c in found if c is not None and c.external_email_address.lower() in addresses]
+            contacts = [c for c in everyone if self.d.replicated(c)]
             return self._filtered(request, [_contact_json(c) for c in contacts], _ADDRESSED)
 
     async def get_contact(self, request: Request) -> Response:
@@ -438,7 +454,13 @@ class GraphFace:
 
     async def list_users(self, request: Request) -> Response:
         with self.d.lock:
-            users = [u for u in self.d.users.values() if self.d.replicated(u)]
+            addresses = _filter_addresses(request)
+            if addresses is None:
+                everyone: Iterable[User] = self.d.users.values()
+            else:  # every filter form names an address: only the users holding one can match
+                claiming = {u.id: u for address in addresses for u in self.d.users_claiming(address)}
+                everyone = claiming.values()
+            users = [u for u in everyone if self.d.replicated(u)]
             return self._filtered(request, [self._user_row(u) for u in users], _USER_ADDRESSED)
 
     def _user(self, id_or_mail: str) -> User | None:

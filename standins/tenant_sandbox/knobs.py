@@ -34,6 +34,15 @@ class Throttle(_Knob):
     burst: int = Field(default=1, ge=1)
 
 
+class ConcurrencyLimit(_Knob):
+    """Exchange Online's limit on requests in flight for a tenant, every app's together: a request past
+    it is answered at once with the plain-text "You have reached the maximum number of concurrent
+    requests per tenant. Please wait and try again." (docs/microsoft-365-facts.md, section 3)."""
+
+    requests: int = Field(ge=1, description="requests one tenant may have in flight at once")
+    status: Literal[429, 503] = Field(default=429, description="the answer's status; Exchange's is unconfirmed")
+
+
 class ErrorRate(_Knob):
     """A fraction of requests that fail with `status` (Microsoft's 5xx bodies), chosen at random."""
 
@@ -58,7 +67,12 @@ class Knobs(_Knob):
         gt=0,
         description="Exchange ends a cmdlet that takes longer (latency included) on its side: 504, the change made",
     )
-    throttle: dict[Face, Throttle] = Field(default_factory=dict, description="token bucket per face; absent = none")
+    throttle: dict[Face, Throttle] = Field(
+        default_factory=dict, description="token bucket per face and app (the Tenant_Application scope); absent = none"
+    )
+    exchange_concurrency: ConcurrencyLimit | None = Field(
+        default=None, description="Exchange requests in flight per tenant, all apps together; None = no limit"
+    )
     error_rate: dict[Face, ErrorRate] = Field(default_factory=dict)
     bounce_domains: tuple[str, ...] = Field(default=(), description="mail to these domains fails (trace: Failed)")
     trace_lag_seconds: float = Field(default=0, ge=0, description="a sent message shows in Get-MessageTraceV2 after")
@@ -160,6 +174,7 @@ class Verdict:
     throttle_percentage: float | None = None  # Graph's x-ms-throttle-limit-percentage, when a bucket is set
     fault: ScriptedFault | None = None  # the scripted fault that decided, for its answer's shape
     rate_limit: RateLimit | None = None  # the face's bucket after this request, when a bucket is set
+    too_many_in_flight: bool = False  # the tenant's concurrency limit refused it (Exchange's plain-text answer)
 
 
 class Gate:
@@ -168,6 +183,7 @@ class Gate:
     def __init__(self, knobs: Knobs | None = None) -> None:
         self._lock = threading.Lock()
         self._script: list[ScriptedFault] = []
+        self._exchange_in_flight = 0  # kept across knob changes: those requests are still running
         self.knobs = knobs or Knobs()
 
     @property
@@ -179,10 +195,7 @@ class Gate:
         with self._lock:
             self._knobs = knobs
             self._random = random.Random(knobs.random_seed)  # noqa: S311 - fault dice, not security
-            now = time.monotonic()
-            self._buckets = {
-                face: _Bucket(t.requests_per_second, t.burst, float(t.burst), now) for face, t in knobs.throttle.items()
-            }
+            self._buckets: dict[tuple[Face, str], _Bucket] = {}  # per face and app, filled as apps call
 
     def script(self, fault: ScriptedFault) -> None:
         with self._lock:
@@ -196,7 +209,33 @@ class Gate:
         with self._lock:
             self._script.clear()
 
-    def decide(self, face: Face, operation: str) -> Verdict:
+    def admit(self, face: Face) -> bool:
+        """Count a request in flight against the tenant's Exchange concurrency limit; False when it is
+        past the limit (not counted). Every request admitted must `leave` once answered."""
+        if face != "exchange":
+            return True
+        with self._lock:
+            limit = self._knobs.exchange_concurrency
+            if limit is not None and self._exchange_in_flight >= limit.requests:
+                return False
+            self._exchange_in_flight += 1
+            return True
+
+    def leave(self, face: Face) -> None:
+        if face == "exchange":
+            with self._lock:
+                self._exchange_in_flight -= 1
+
+    def too_many_in_flight(self) -> Verdict:
+        """The answer to a request `admit` refused: at once after the network's latency, no Retry-After."""
+        with self._lock:
+            knobs = self._knobs
+            delay = knobs.latency_ms / 1000 + self._random.uniform(0, knobs.jitter_ms / 1000)
+            limit = knobs.exchange_concurrency
+            return Verdict(delay, limit.status if limit else 429, too_many_in_flight=True)
+
+    def decide(self, face: Face, operation: str, app: str = "") -> Verdict:
+        """`app`: the caller's application id; Graph's buckets are per app and tenant."""
         with self._lock:
             knobs = self._knobs
             delay = knobs.latency_ms / 1000 + self._random.uniform(0, knobs.jitter_ms / 1000)
@@ -206,7 +245,7 @@ class Gate:
                     retry_after = 1
                 return Verdict(delay, scripted.status, retry_after, fault=scripted)
             percentage, limit = None, None
-            if (bucket := self._buckets.get(face)) is not None:
+            if (bucket := self._bucket(face, app)) is not None:
                 wait = bucket.take(time.monotonic())
                 percentage, limit = bucket.used_percentage(), bucket.state()
                 if wait is not None:
@@ -215,6 +254,14 @@ class Gate:
             if rate is not None and self._random.random() < rate.rate:
                 return Verdict(delay, rate.status, None, percentage, rate_limit=limit)
             return Verdict(delay, None, None, percentage, rate_limit=limit)
+
+    def _bucket(self, face: Face, app: str) -> _Bucket | None:
+        if (throttle := self._knobs.throttle.get(face)) is None:
+            return None
+        if (bucket := self._buckets.get((face, app))) is None:
+            bucket = _Bucket(throttle.requests_per_second, throttle.burst, float(throttle.burst), time.monotonic())
+            self._buckets[face, app] = bucket
+        return bucket
 
     def _take_scripted(self, face: Face, operation: str) -> ScriptedFault | None:
         for index, fault in enumerate(self._script):

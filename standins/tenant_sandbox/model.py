@@ -31,6 +31,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -289,6 +290,12 @@ class Directory:
         self.groups: dict[str, Group] = {}
         self.traces: dict[str, TraceRow] = {}
         self.settings = TenantSettings()
+        # Lookups by address and identity in constant time: a tenant the chaos run fills with 10,000
+        # people made every scan the slowest part of every call. The first object holding a key wins.
+        self._user_ids_by_mail: dict[str, str] = {}
+        # Contacts by each kind of -Identity, in the order Exchange's -Identity is tried (contact_by_identity).
+        self._contact_ids_by_kind: tuple[dict[str, str], ...] = ({}, {}, {})
+        self._contact_names: Counter[str] = Counter()
         stored_tenant = self.store.get_meta("tenant_id")
         if stored_tenant is None:
             self._plant(seed)
@@ -357,12 +364,31 @@ class Directory:
         match obj:
             case User():
                 self.users[obj.id] = obj
+                self._user_ids_by_mail.setdefault(obj.mail.lower(), obj.id)
             case Contact():
+                known = obj.external_directory_object_id in self.contacts
                 self.contacts[obj.external_directory_object_id] = obj
+                if known:  # a changed name or address: its old keys go
+                    self._index_contacts()
+                else:
+                    self._index_contact(obj)
             case Group():
                 self.groups[obj.id] = obj
             case TraceRow():
                 self.traces[obj.message_trace_id] = obj
+
+    def _index_contact(self, contact: Contact) -> None:
+        keys = (contact.guid, contact.external_email_address, contact.name)
+        for ids, key in zip(self._contact_ids_by_kind, keys, strict=True):
+            ids.setdefault(key.lower(), contact.external_directory_object_id)
+        self._contact_names[contact.name.lower()] += 1
+
+    def _index_contacts(self) -> None:
+        for ids in self._contact_ids_by_kind:
+            ids.clear()
+        self._contact_names.clear()
+        for contact in self.contacts.values():
+            self._index_contact(contact)
 
     def _save(self, obj: User | Contact | Group | TraceRow) -> None:
         """Write-through: the in-memory object and its SQLite row change together."""
@@ -379,7 +405,8 @@ class Directory:
 
     @_locked
     def user_by_mail(self, address: str) -> User | None:
-        return next((u for u in self.users.values() if u.mail.lower() == address.lower()), None)
+        user_id = self._user_ids_by_mail.get(address.lower())
+        return self.users[user_id] if user_id is not None else None
 
     @_locked
     def users_claiming(self, address: str) -> list[User]:
@@ -454,15 +481,9 @@ class Directory:
         """Exchange -Identity: the Guid (never the Entra object id), else the address, else the Name (the first
         kind that finds a contact wins; Exchange's own order is not documented, docs/stand-in-differences.md)."""
         key = identity.lower()
-        kinds: tuple[Callable[[Contact], set[str]], ...] = (
-            lambda c: {c.guid},
-            lambda c: {c.external_email_address.lower()},
-            lambda c: {c.name.lower()},
-        )
-        for keys_of in kinds:
-            found = next((c for c in self.contacts.values() if key in keys_of(c)), None)
-            if found is not None:
-                return found
+        for ids in self._contact_ids_by_kind:
+            if (contact_id := ids.get(key)) is not None:
+                return self.contacts[contact_id]
         return None
 
     @_locked
@@ -487,9 +508,7 @@ class Directory:
     @_locked
     def name_taken(self, name: str) -> bool:
         lowered = name.lower()
-        return any(c.name.lower() == lowered for c in self.contacts.values()) or any(
-            g.display_name.lower() == lowered for g in self.groups.values()
-        )
+        return self._contact_names[lowered] > 0 or any(g.display_name.lower() == lowered for g in self.groups.values())
 
     @_locked
     def replicated(self, obj: User | Contact) -> bool:
@@ -568,6 +587,7 @@ class Directory:
         for group in self.groups_with_member(object_id):
             self.remove_member(group, object_id)
         del self.contacts[object_id]
+        self._index_contacts()
         self.store.delete("contact", object_id)
 
     @_locked

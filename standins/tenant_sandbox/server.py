@@ -13,7 +13,7 @@ import uvicorn
 
 from standins.tenant_sandbox.app import AUDIENCES, RequestLog, apply_knobs, build_app
 from standins.tenant_sandbox.credential import full_rights_claims
-from standins.tenant_sandbox.exchange_face import ANCHOR_MAILBOX
+from standins.tenant_sandbox.exchange_face import ANCHOR_MAILBOX, MAX_PAGE_SIZE
 from standins.tenant_sandbox.grants_face import Grants
 from standins.tenant_sandbox.knobs import Face, Gate, Knobs, ScriptedFault
 from standins.tenant_sandbox.model import Directory, TenantSeed
@@ -31,10 +31,13 @@ class TenantSandbox:
         host: str = "127.0.0.1",
         port: int = 0,
         page_size: int = 100,
+        exchange_page_size: int = MAX_PAGE_SIZE,
         knobs: Knobs | None = None,
         database: Path | None = None,
     ) -> None:
-        """`database`: a SQLite file that keeps the tenant across restarts; None is a fresh in-memory tenant."""
+        """`database`: a SQLite file that keeps the tenant across restarts; None is a fresh in-memory tenant.
+        `page_size`: rows per page, both faces; `exchange_page_size`: the most an Exchange caller may ask
+        for with `Prefer: odata.maxpagesize`."""
         self.seed = seed
         self.host = host
         self.gate = Gate(knobs)
@@ -44,7 +47,9 @@ class TenantSandbox:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.port: int = self._socket.getsockname()[1]
-        app = build_app(self.directory, self.request_log, self.gate, page_size=page_size)
+        app = build_app(
+            self.directory, self.request_log, self.gate, page_size=page_size, exchange_page_size=exchange_page_size
+        )
         self.grants: Grants = app.state.grants  # service principals and role assignments
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)

@@ -172,7 +172,7 @@ async def test_unified_group_sender_restrictions(
 
 @pytest.mark.stack
 async def test_members_are_paged_with_next_link() -> None:
-    with TenantSandbox(TenantSeed.demo(), page_size=2) as sandbox:
+    with TenantSandbox(TenantSeed.demo(), page_size=2, exchange_page_size=2) as sandbox:
         grant_local_app(sandbox)
         client = ExchangeOnlineClient(
             app_credential(sandbox),

@@ -317,6 +317,13 @@ def test_scale_comes_from_parameters() -> None:
     )
 
 
+def test_exchange_share_of_the_tenant_is_a_parameter_left_out_by_default() -> None:
+    """ONBOARDING_EXCHANGE_CONCURRENT_REQUESTS (docs/capacity.md): unset unless the deployment sizes it."""
+    assert "ONBOARDING_EXCHANGE_CONCURRENT_REQUESTS" not in _app_settings()
+    settings = _app_settings(exchangeConcurrentRequests="3")
+    assert settings["ONBOARDING_EXCHANGE_CONCURRENT_REQUESTS"] == "3"
+
+
 # Flex Consumption accepts a maximumInstanceCount below 40 only in a few regions, as a preview.
 DEPLOYS_ANYWHERE = 40
 

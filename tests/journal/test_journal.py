@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from azure.data.tables.aio import TableServiceClient
 from pydantic import ValidationError
 
 from shared.contracts import OutcomeStatus, StageName
+from shared.directory.throttle import SharedHolds
 from shared.journal import (
     Journal,
     JournalSettingError,
@@ -274,3 +276,18 @@ async def test_reading_table_storage_never_creates_the_table(azurite: Azurite) -
             assert await opened.history("hr-1") == [transition("hr-1", 0)]
         finally:
             await opened.close()
+
+
+async def test_throttle_holds_keep_the_later_one_and_are_no_request(journal: Journal) -> None:
+    """Every instance's throttle gate shares its holds through the journal's store (shared/directory/throttle.py):
+    a hold is only ever extended, concurrent writers end with the latest, and the holds never show as a request."""
+    assert isinstance(journal, SharedHolds)
+    assert await journal.read_holds() == {}
+    await journal.extend_hold("exchange", 1_000.5)
+    await journal.extend_hold("exchange", 900.0)  # earlier: the later hold stays
+    await asyncio.gather(*(journal.extend_hold("graph", 950.0 + n) for n in range(5)))
+    assert await journal.read_holds() == {"exchange": 1_000.5, "graph": 954.0}
+
+    await journal.record(transition("hr-1", 0))
+    assert [state.request_id for state in await journal.summary()] == ["hr-1"]
+    assert (await journal.tally(T0 - timedelta(days=1))).total == 1

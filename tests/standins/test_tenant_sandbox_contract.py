@@ -36,6 +36,7 @@ from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.graph import MsGraphDirectory
 from standins.tenant_sandbox import Knobs, TenantSandbox, TenantSeed
 from standins.tenant_sandbox.credential import FullRightsCredential
+from standins.tenant_sandbox.exchange_face import CONCURRENCY_LIMIT_ANSWER
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
@@ -409,6 +410,75 @@ async def test_token_bucket_throttles_with_retry_after_and_graph_headers(tenant_
     finally:
         await graph.close()
     assert raised.value.retry_after is not None and raised.value.retry_after >= 1
+
+
+async def test_each_app_has_its_own_graph_bucket(
+    tenant_sandbox: TenantSandbox, graph_directory: MsGraphDirectory
+) -> None:
+    """Graph's identity limits are per application and tenant (x-ms-throttle-scope Tenant_Application/…/<app>/<tenant>)."""
+    tenant_sandbox.set_knobs(throttle={"graph": {"requests_per_second": 0.1, "burst": 1}})
+    url = f"{tenant_sandbox.graph_base_url}/users/{ADELE}"
+    async with httpx.AsyncClient() as http:
+        tester = [await http.get(url, headers=tenant_sandbox.authorization("graph")) for _ in range(2)]
+    assert [a.status_code for a in tester] == [200, 429]
+    assert (
+        tester[1].headers["x-ms-throttle-scope"]
+        == f"Tenant_Application/ReadWrite/sandbox-tester/{tenant_sandbox.tenant_id}"
+    )
+    assert await graph_directory.get_group(PARTNERS)  # the app's own bucket is still full
+
+
+async def test_exchange_refuses_requests_past_the_tenants_concurrency_limit(tenant_sandbox: TenantSandbox) -> None:
+    """Past the tenant's limit, every app's request gets the plain-text concurrency answer at once, without
+    Retry-After; the client reads it as throttling. A finished request frees its place."""
+    tenant_sandbox.set_knobs(latency_ms=400, exchange_concurrency={"requests": 2})
+    invoke = f"{tenant_sandbox.exchange_base_url}/adminapi/beta/{tenant_sandbox.tenant_id}/InvokeCommand"
+    body = {"CmdletInput": {"CmdletName": "Get-AcceptedDomain", "Parameters": {}}}
+    async with httpx.AsyncClient() as http:
+
+        async def call(delay: float) -> httpx.Response:
+            await asyncio.sleep(delay)
+            return await http.post(invoke, json=body, headers=tenant_sandbox.authorization("exchange"))
+
+        # Two start, the third and fourth arrive while both are in flight.
+        answers = await asyncio.gather(call(0), call(0), call(0.1), call(0.15))
+        assert [a.status_code for a in answers] == [200, 200, 429, 429]
+        refused = answers[2]
+        assert refused.text == CONCURRENCY_LIMIT_ANSWER and "Retry-After" not in refused.headers
+        assert (await call(0)).status_code == 200  # both finished: there is room again
+    tenant_sandbox.set_knobs(exchange_concurrency={"requests": 1, "status": 503})
+    exchange = ExchangeOnlineClient(
+        FullRightsCredential(tenant_sandbox.tenant_id),
+        tenant_id=tenant_sandbox.tenant_id,
+        base_url=tenant_sandbox.exchange_base_url,
+        max_in_process_retries=0,
+    )
+    try:
+        outcomes = await asyncio.gather(
+            exchange.get_accepted_domains(), exchange.get_accepted_domains(), return_exceptions=True
+        )
+    finally:
+        await exchange.close()
+    assert sum(isinstance(o, ThrottledError) for o in outcomes) == 1
+    assert sum(isinstance(o, frozenset) for o in outcomes) == 1
+
+
+def test_exchange_pages_as_the_caller_prefers_up_to_its_largest_page() -> None:
+    """`Prefer: odata.maxpagesize=N` (ExoHelper and CIPP send it; ExoHelper caps N at 1,000) sets the page."""
+    seed = TenantSeed.demo().with_staff_in("partners@contoso.com", 30)
+    with TenantSandbox(seed, page_size=10, exchange_page_size=25) as sandbox:
+        invoke = f"{sandbox.exchange_base_url}/adminapi/beta/{sandbox.tenant_id}/InvokeCommand"
+        body = {"CmdletInput": {"CmdletName": "Get-DistributionGroupMember", "Parameters": {"Identity": "Partners"}}}
+
+        def first_page(prefer: str | None) -> int:
+            headers = sandbox.authorization("exchange") | ({"Prefer": prefer} if prefer else {})
+            answer = httpx.post(invoke, json=body, headers=headers)
+            assert "@odata.nextLink" in answer.json()
+            return len(answer.json()["value"])
+
+        assert first_page(None) == 10
+        assert first_page("odata.maxpagesize=20") == 20
+        assert first_page("odata.maxpagesize=1000") == 25
 
 
 async def test_error_rate_answers_5xx_at_random(
