@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 from azure.core.exceptions import AzureError
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from cli.dlq import parse_age
-from cli.plumbing import DEFAULT_STATE_DIR, console, fail
+from cli.plumbing import DEFAULT_STATE_DIR, fail
 from cli.status import window_text
 from shared.journal import Journal
 from shared.journal.model import Lease
@@ -82,7 +83,7 @@ def leases_command(journal_setting: str, within: str) -> int:
         raise fail(
             f"Could not read the leases: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}", 2
         ) from None
-    console.print(render_leases(leases, now, window))
+    Console().print(render_leases(leases, now, window))  # made now: the terminal's width as it is now
     return 0
 
 
