@@ -1,6 +1,7 @@
-"""`onboard demo`: the whole product on the local stand-ins, one sample request per group kind.
+"""`onboard demo`: the whole product on the local stand-ins, one sample request per group kind, then an
+update of one sample's names and an offboard of another sample.
 
-Each sample (tools/demo) states the outcome it must reach; the demo succeeds only when every one does.
+Each step (tools/demo) states the outcome it must reach; the demo succeeds only when every one does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from shared.contracts import OutcomeEvent
 from shared.journal import SqliteJournal
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import local_stack, running_host
-from tools.demo import SAMPLES, WELCOME_SETTINGS, Sample
+from tools.demo import LIFECYCLE, SAMPLES, WELCOME_SETTINGS, Sample
 
 OUTCOME_QUEUE = "onboarding-outcomes"
 
@@ -47,7 +48,8 @@ def demo_command(*, timeout: float, verbose: bool) -> int:
 
 
 async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
-    """Start the stack, submit the samples, print their outcomes; True when every sample met its expectation."""
+    """Start the stack, submit the samples, then the lifecycle steps (an update and an offboard) once the
+    samples have their outcomes, and print every outcome; True when every step met its expectation."""
     with local_stack(settings=WELCOME_SETTINGS) as stack:
         stack.sandbox.set_knobs(trace_lag_seconds=2)  # the welcome message shows in message trace a little later
         console.print(
@@ -56,31 +58,46 @@ async def run_demo(console: Console, *, within_seconds: float = 90.0) -> bool:
         async with running_host(stack.environment) as host:
             console.print(f"[dim]Local host runs {len(host.triggers)} functions (3 stages, 3 dead-letter queues)[/]")
             async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
-                sent = await send_and_follow(
-                    client,
-                    [sample.request for sample in SAMPLES],
-                    reply_to=None,
-                    outcome_queue=OUTCOME_QUEUE,
-                    follow_seconds=within_seconds,
-                    narration=Narration(
-                        sent=lambda ids: console.print(
-                            f"Submitted {len(ids)} requests to queue create-contact; waiting for outcomes..."
-                        )
-                    ),
+                onboarded = await _send(console, client, SAMPLES, within_seconds, "requests")
+                for sample in SAMPLES:
+                    console.print(_sample_block(sample, onboarded.get(str(sample.request.request_id))))
+                console.print("Then one person's names change and another person leaves:")
+                changed = await _send(
+                    console, client, LIFECYCLE, within_seconds, "lifecycle requests (update, offboard)"
                 )
+                for sample in LIFECYCLE:
+                    console.print(_sample_block(sample, changed.get(str(sample.request.request_id))))
         first_id = str(SAMPLES[0].request.request_id)
         history = await status_report(SqliteJournal(stack.journal_database), first_id)
-    outcomes = sent.followed.outcomes if sent.followed else {}
-    for sample in SAMPLES:
-        console.print(_sample_block(sample, outcomes.get(str(sample.request.request_id))))
     console.print(history)
     console.print(
         "[dim]The demo's stand-ins, host and journal stopped with it. For a pipeline that stays, to try "
         "`onboard status` and `onboard dlq` on, run it by hand (README, By hand).[/]"
     )
-    met = [sample.met_by(outcomes.get(str(sample.request.request_id))) for sample in SAMPLES]
-    console.print(f"{sum(met)} of {len(SAMPLES)} samples reached their expected outcome.")
+    outcomes = onboarded | changed
+    steps = (*SAMPLES, *LIFECYCLE)
+    met = [sample.met_by(outcomes.get(str(sample.request.request_id))) for sample in steps]
+    console.print(f"{sum(met)} of {len(steps)} steps reached their expected outcome.")
     return all(met)
+
+
+async def _send(
+    console: Console, client: ServiceBusClient, samples: tuple[Sample, ...], within_seconds: float, what: str
+) -> dict[str, OutcomeEvent]:
+    """Send the samples' requests and wait for their outcomes, by request id."""
+    sent = await send_and_follow(
+        client,
+        [sample.request for sample in samples],
+        reply_to=None,
+        outcome_queue=OUTCOME_QUEUE,
+        follow_seconds=within_seconds,
+        narration=Narration(
+            sent=lambda ids: console.print(
+                f"Submitted {len(ids)} {what} to queue create-contact; waiting for outcomes..."
+            )
+        ),
+    )
+    return dict(sent.followed.outcomes) if sent.followed else {}
 
 
 def _sample_block(sample: Sample, outcome: OutcomeEvent | None) -> RenderableType:

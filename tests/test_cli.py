@@ -1,4 +1,4 @@
-"""The README's product command: `onboard demo` exits 0 only when every sample met its outcome."""
+"""The README's product command: `onboard demo` exits 0 only when every step met its outcome."""
 
 from __future__ import annotations
 
@@ -24,12 +24,15 @@ def no_dot_env_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.stack
 @pytest.mark.parametrize("columns", [80, 120])
-def test_demo_prints_one_readable_block_per_sample_quietly_and_exits_zero(tmp_path: Path, columns: int) -> None:
+def test_demo_prints_one_readable_block_per_step_quietly_and_exits_zero(tmp_path: Path, columns: int) -> None:
     result = run_onboard("demo", "--timeout", "60", cwd=tmp_path, columns=columns)
     assert result.returncode == 0, result.stdout + result.stderr
-    for text in ("Partners", "Suppliers (secure)", "Project Falcon", "Failed: GroupNotFound", "4 of 4 samples"):
+    for text in ("Partners", "Suppliers (secure)", "Project Falcon", "Failed: GroupNotFound", "6 of 6 steps"):
         assert text in result.stdout
-    assert result.stdout.count("✔ ") == 4
+    assert result.stdout.count("✔ ") == 6  # four samples, then an update and an offboard
+    words = " ".join(" ".join(result.stdout.split()).split())
+    assert "✔ Update: Jordan Reyes is renamed Jordan Reyes-Ortiz Outcome Succeeded Action update" in words
+    assert "Action offboard" in words and "Recipient MailContact (created by this app)" in words
     assert max(len(line) for line in result.stdout.splitlines()) <= columns
     # Each word whole: a wrapped line breaks between words, never inside one.
     assert "delivered (message trace)." in " ".join(line.strip() for line in result.stdout.splitlines())
