@@ -170,3 +170,13 @@ class Lease(BaseModel):
     @classmethod
     def _in_utc(cls, at: datetime) -> datetime:
         return at.astimezone(UTC)
+
+    def settled_as(self, kept: Lease | None) -> bool:
+        """The book holds this very lease (the same onboarding, the same end) settled already: kept again, by
+        a redelivered onboarding, it must stay settled, since its end's wake-up has acted and none would again."""
+        return (
+            kept is not None
+            and kept.state is not LeaseState.ACTIVE
+            and kept.request_id == self.request_id
+            and kept.ends_at == self.ends_at
+        )

@@ -69,7 +69,8 @@ class LeaseBook(Protocol):
         ...
 
     async def keep_lease(self, lease: Lease) -> None:
-        """Write the lease whole (the latest onboarding's end wins, also over an expired or ended one)."""
+        """Write the lease whole (the latest onboarding's end wins, also over an expired or ended one), except
+        over this very lease settled already (the same onboarding again, redelivered: Lease.settled_as)."""
         ...
 
     async def settle_lease(self, key: str, ends_at: datetime, state: LeaseState) -> bool:

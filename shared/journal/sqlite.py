@@ -166,7 +166,17 @@ class SqliteJournal:
 
     async def keep_lease(self, lease: Lease) -> None:
         row = (lease.key, lease.state.value, _iso(lease.ends_at), lease.model_dump_json())
-        await self._run(lambda c: c.execute(_KEEP_LEASE, row))
+
+        def keep(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")  # read and write in one transaction
+            try:
+                found = c.execute(_LEASE, (lease.key,)).fetchone()
+                if not lease.settled_as(None if found is None else Lease.model_validate_json(found[0])):
+                    c.execute(_KEEP_LEASE, row)
+            finally:
+                c.execute("COMMIT")
+
+        await self._run(keep)
 
     async def settle_lease(self, key: str, ends_at: datetime, state: LeaseState) -> bool:
         def settle(c: sqlite3.Connection) -> bool:

@@ -103,6 +103,9 @@ class TableStorageJournal:
         return None
 
     async def keep_lease(self, lease: Lease) -> None:
+        # Read, then write: the same onboarding is not handled twice at the same moment (one message, one lock).
+        if lease.settled_as(await self.lease(lease.key)):
+            return
         entity = {
             "PartitionKey": lease.key,
             "RowKey": _LEASE_ROW,

@@ -62,3 +62,20 @@ async def test_settling_acts_only_on_the_active_lease_with_that_end(journal: Jou
     assert kept is not None and kept.state is LeaseState.EXPIRED and kept.request_id == "hr-2"
     assert await book.leases() == []
     assert not await book.settle_lease("lease-" + "e" * 32, NOW, LeaseState.ENDED)
+
+
+async def test_the_same_onboarding_kept_again_does_not_bring_back_a_lease_that_ended(journal: Journal) -> None:
+    """A redelivered onboarding finishing after its lease's end fired must not make it active again:
+    that end's wake-up has acted, so nothing would end the membership; a new onboarding does renew it."""
+    book = _book(journal)
+    lease = _lease("lease-" + "f" * 32, 10)
+    await book.keep_lease(lease)
+    assert await book.settle_lease(lease.key, lease.ends_at, LeaseState.EXPIRED)
+    await book.keep_lease(lease)  # the same request, the same end: a redelivery
+    kept = await book.lease(lease.key)
+    assert kept is not None and kept.state is LeaseState.EXPIRED
+    assert await book.leases() == []
+    renewed = _lease(lease.key, 10, request_id="hr-3")  # a new onboarding, even with the same end
+    await book.keep_lease(renewed)
+    kept = await book.lease(lease.key)
+    assert kept is not None and kept.state is LeaseState.ACTIVE and kept.request_id == "hr-3"
