@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from azure.servicebus import ServiceBusMessage
+from azure.servicebus.exceptions import ServiceBusError
 
 from shared import envelope
 from shared.contracts import DeadLetterReason, OutcomeStatus, StageName
@@ -269,7 +270,14 @@ class StageRunner:
     ) -> Decision:
         if not self._is_last_delivery(message):
             # A bug or a passing outage: let Service Bus redeliver the message.
-            logger.exception("stage %s failed unexpectedly; abandoning for redelivery", self.stage_name)
+            if isinstance(error, ServiceBusError):  # Service Bus itself away (a broker restart): ordinary trouble
+                logger.warning(
+                    "stage %s could not reach Service Bus (%s); abandoning for redelivery",
+                    self.stage_name,
+                    (str(error).splitlines() or [type(error).__name__])[0],
+                )
+            else:
+                logger.exception("stage %s failed unexpectedly; abandoning for redelivery", self.stage_name)
             await self._settle(actions.abandon, message)
             await self.carrier.record(delivery, TransitionKind.CRASHED, f"{type(error).__name__}; redelivery follows")
             raise error

@@ -705,6 +705,10 @@ async def _call(trigger: QueueTrigger, arguments: dict[str, Any]) -> bool:
             result = trigger.user_function(**arguments)
             if inspect.isawaitable(result):
                 await result
+        except ServiceBusError as error:  # the app could not reach Service Bus: its message comes back
+            if not ended:
+                logger.warning("function %s failed: %s", trigger.function_name, (str(error).splitlines() or [""])[0])
+            return True
         except Exception:
             if not ended:
                 logger.exception("function %s failed", trigger.function_name)

@@ -224,5 +224,8 @@ async def test_a_flood_of_doctor_messages_spends_one_message_trace_query_per_spa
                     batch = await receiver.receive_messages(max_message_count=2, max_wait_time=30)
                     assert batch, "a report did not arrive"
                     received += batch
-    traces = sorted(by_name(json.loads(b"".join(message.body)))["Get-MessageTraceV2"]["status"] for message in received)
-    assert traces == ["ok", "skipped"]
+    traces = [by_name(json.loads(b"".join(message.body)))["Get-MessageTraceV2"] for message in received]
+    # At most one query: the second report leaves it out (and so may the first, when an earlier test in
+    # this process queried within the spacing: the spacing is the process's, as in Azure).
+    assert [trace["status"] for trace in traces].count("ok") <= 1
+    assert any("queried it less than 5 minutes ago" in trace["detail"] for trace in traces)

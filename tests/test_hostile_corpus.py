@@ -27,9 +27,8 @@ from shared.cloudevents import REQUEST_TYPE, REQUEST_TYPES
 from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, RequestAction
 from shared.logs import LOG_FORMAT, THIRD_PARTY_LOGGERS
 from shared.settings import SERVICEBUS_CONNECTION
-from standins.local_host import load_function_app
 from standins.stack import local_stack
-from tests.fixtures.pipeline import keeping_every_outcome
+from tests.fixtures.pipeline import indexed_app, keeping_every_outcome
 from tests.samples import PARTNERS
 from tests.test_logs import spellings
 from tests.test_one_outcome import run_host_until
@@ -343,7 +342,7 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorpusRun]:
     policy["blocked_domains"] += [BLOCKED_PUNYCODE, BLOCKED_UNICODE]
     policy_file = tmp_path_factory.mktemp("corpus") / "policy.json"
     policy_file.write_text(json.dumps(policy))
-    load_function_app()  # its import quiets the third parties: turned up again below, for this run
+    indexed_app()  # its import quiets the third parties: turned up again below, for this run
     root, handler = logging.getLogger(), _Lines()
     levels = {name: logging.getLogger(name).level for name in ("", *THIRD_PARTY_LOGGERS)}
     root.addHandler(handler)
