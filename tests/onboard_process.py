@@ -74,11 +74,17 @@ class RunningOnboard:
 
     def stop(self) -> int:
         """Ctrl-C, as a person stops it; the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            code = self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        # Ctrl-C, and once more if the first one was lost (asyncio.wait_for inside the SDK can swallow the
+        # cancellation the first one asks for; the second raises KeyboardInterrupt wherever the command is).
+        for signals_sent in range(2):
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+            try:
+                code = self.process.wait(timeout=10 if signals_sent == 0 else 20)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
             self.process.kill()
             code = self.process.wait()
         self._reader.join(timeout=5)
