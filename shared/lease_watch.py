@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from shared.envelope import EnvelopeError, ReceivedMessage, read_body
 from shared.journal.model import Lease, LeaseState
 from shared.journal.ports import LeaseBook
-from shared.leases import LeaseWake, notice_message, offboard_message
+from shared.leases import LeaseWake, notice_message, offboard_message, wake_message
 from shared.logs import request_context
 from shared.outbox import Outbox, UnknownQueueError
 from shared.policy import INTAKE_QUEUE, OnboardingPolicy
@@ -78,6 +78,12 @@ class LeaseWatch:
         lease = await self.book.lease(wake.key)
         if lease is None or lease.ends_at != wake.ends_at:
             return "superseded"  # renewed (another end) or never kept: an old schedule does nothing
+        # The queue is outside input: a wake-up before its time (forged, or a clock ahead) acts on nothing
+        # and puts the wake-up back at its time, so a genuine one that came early is not lost either.
+        due = lease.notice_at if wake.kind == "notice" else lease.ends_at
+        if self.clock() < due:
+            await self.outbox.schedule(LEASE_QUEUE, wake_message(lease, wake.kind), due)
+            return "early"
         if wake.kind == "notice":
             if lease.state is not LeaseState.ACTIVE:
                 return lease.state.value

@@ -154,7 +154,9 @@ async def test_a_wake_up_acts_only_on_the_active_lease_with_its_end_and_only_onc
     assert await _wake(book, recorder, world, LeaseWake(key=key, ends_at=first_end, kind="notice")) == "superseded"
     assert await _wake(book, recorder, world, LeaseWake(key=key, ends_at=first_end, kind="expiry")) == "superseded"
     assert recorder.sent == []
+    world.now = later_end - timedelta(days=7)  # the notice's time
     assert await _wake(book, recorder, world, LeaseWake(key=key, ends_at=later_end, kind="notice")) == "noticed"
+    world.now = later_end
     assert await _wake(book, recorder, world, LeaseWake(key=key, ends_at=later_end, kind="expiry")) == "expired"
     # A second delivery of the end's wake-up sends the same request again: Service Bus drops its MessageId.
     assert await _wake(book, recorder, world, LeaseWake(key=key, ends_at=later_end, kind="expiry")) == "expired"
@@ -162,6 +164,23 @@ async def test_a_wake_up_acts_only_on_the_active_lease_with_its_end_and_only_onc
     assert notice[0] == "onboarding-outcomes"
     assert offboard == again == ("create-contact", expiry_request_id(key, later_end))
     assert "complete" in recorder.kinds()
+
+
+async def test_a_wake_up_before_its_time_removes_nothing_and_is_put_back_at_its_time(
+    world: World, book: SqliteJournal
+) -> None:
+    """Anyone who may send to `leases` could forge the end's wake-up of a lease (its key and end are in the
+    onboarding's outcome): before the end it must not offboard the person."""
+    recorder = Recorder()
+    world.leases = _keeper(book, recorder, world)
+    end = NOW + timedelta(days=30)
+    await _onboarded(world, expires_at=end.isoformat())
+    key = lease_key("jordan.reyes@fabrikam.example", world.dl.id)
+    recorder.sent.clear()
+    assert await _wake(book, recorder, world, LeaseWake(key=key, ends_at=end, kind="expiry")) == "early"
+    assert [(queue, at) for queue, _, at in recorder.sent] == [("leases", end)]  # back at its time, nothing sent
+    lease = await book.lease(key)
+    assert lease is not None and lease.state is LeaseState.ACTIVE
 
 
 async def test_an_onboarding_without_an_end_does_not_wait_for_a_lease_book_that_is_down(
