@@ -339,15 +339,9 @@ class GraphFace:
         object_id = reference.rstrip("/").rsplit("/", 1)[-1]
         with self.d.lock:
             group = self.d.groups.get(group_id)
-            if group is None:
-                return self._missing(request, group_id)
-            if group.kind in (GroupKind.DISTRIBUTION, GroupKind.MAIL_ENABLED_SECURITY):
-                return graph_error(
-                    request,
-                    400,
-                    "Request_BadRequest",
-                    "Cannot Update a mail-enabled security groups and or distribution list.",
-                )
+            if (refusal := self._membership_refusal(request, group_id, group)) is not None:
+                return refusal
+            assert group is not None
             replica = self.d.users.get(object_id) or self.d.contacts.get(object_id)
             if not self.d.object_exists(object_id) or (replica is not None and not self.d.replicated(replica)):
                 return self._missing(request, object_id)
@@ -369,21 +363,29 @@ class GraphFace:
             self.d.add_member(group, object_id, through_graph=True)
         return Response(status_code=204)
 
+    def _membership_refusal(self, request: Request, group_id: str, group: Group | None) -> Response | None:
+        """Graph's answer when it does not change this group's members: no such group (404), or one whose
+        members are Exchange's to change (a distribution or mail-enabled security group: 400)."""
+        if group is None:
+            return self._missing(request, group_id)
+        if group.kind in (GroupKind.DISTRIBUTION, GroupKind.MAIL_ENABLED_SECURITY):
+            return graph_error(
+                request,
+                400,
+                "Request_BadRequest",
+                "Cannot Update a mail-enabled security groups and or distribution list.",
+            )
+        return None
+
     async def remove_member(self, request: Request) -> Response:
         """DELETE /groups/{id}/members/{id}/$ref: 204; a member that is not one is Graph's 404 for a
         reference it cannot find; a distribution or mail-enabled security group is Exchange's to change."""
         group_id, object_id = request.path_params["id"], request.path_params["member"]
         with self.d.lock:
             group = self.d.groups.get(group_id)
-            if group is None:
-                return self._missing(request, group_id)
-            if group.kind in (GroupKind.DISTRIBUTION, GroupKind.MAIL_ENABLED_SECURITY):
-                return graph_error(
-                    request,
-                    400,
-                    "Request_BadRequest",
-                    "Cannot Update a mail-enabled security groups and or distribution list.",
-                )
+            if (refusal := self._membership_refusal(request, group_id, group)) is not None:
+                return refusal
+            assert group is not None
             if object_id not in group.members:
                 return self._missing(request, object_id)
             self.d.remove_member(group, object_id)
