@@ -268,34 +268,43 @@ def host(
     serve_host(verbose=verbose)
 
 
+# The options every request-sending command takes, said once.
+RequestIdOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Idempotency key and MessageId; defaults to a new id. Service Bus drops a resend of the same "
+        "id within 10 minutes (duplicate detection)."
+    ),
+]
+ReplyToOption = Annotated[
+    str | None, typer.Option(help="Queue for the outcome event (default: ONBOARDING_OUTCOME_QUEUE).")
+]
+WaitOption = Annotated[
+    bool, typer.Option("--wait", help="Wait for the outcome event and print it (it stays on its queue).")
+]
+TimeoutOption = Annotated[float, typer.Option(min=1, help="Seconds --wait waits for the outcome.")]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="The pipeline checks and plans, and changes nothing (status Planned).")
+]
+SourceSystemOption = Annotated[str, typer.Option(help="Who is asking (must be listed in the policy).")]
+
+
 @app.command(epilog=rights_epilog("submit"))
 def submit(
     email: Annotated[str, typer.Option(help="The external person's email address.")],
     display_name: Annotated[str, typer.Option(help="Name shown in the address book.")],
     group: Annotated[str, typer.Option(help="Target group: SMTP address or object id.")],
-    source_system: Annotated[str, typer.Option(help="Who is asking (must be listed in the policy).")],
+    source_system: SourceSystemOption,
     first_name: Annotated[str | None, typer.Option(help="Given name of the contact or guest.")] = None,
     last_name: Annotated[str | None, typer.Option(help="Surname of the contact or guest.")] = None,
-    request_id: Annotated[
-        str | None,
-        typer.Option(
-            help="Idempotency key and MessageId; defaults to a new id. Service Bus drops a resend of the same "
-            "id within 10 minutes (duplicate detection)."
-        ),
-    ] = None,
+    request_id: RequestIdOption = None,
     no_external_senders: Annotated[
         bool, typer.Option("--no-external-senders", help="The person need not be able to mail the group.")
     ] = False,
-    reply_to: Annotated[
-        str | None, typer.Option(help="Queue for the outcome event (default: ONBOARDING_OUTCOME_QUEUE).")
-    ] = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the outcome event and print it (it stays on its queue).")
-    ] = False,
-    timeout: Annotated[float, typer.Option(min=1, help="Seconds --wait waits for the outcome.")] = 120.0,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="The pipeline checks and plans, and changes nothing (status Planned).")
-    ] = False,
+    reply_to: ReplyToOption = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 120.0,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Validate one request and put it on queue create-contact.
 
@@ -320,30 +329,11 @@ def submit(
 
 
 # The options `offboard` and `update` share with `submit`, as typer reads them.
-RequestIdOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Idempotency key and MessageId; defaults to a new id. Service Bus drops a resend of the same "
-        "id within 10 minutes (duplicate detection)."
-    ),
-]
-ReplyToOption = Annotated[
-    str | None, typer.Option(help="Queue for the outcome event (default: ONBOARDING_OUTCOME_QUEUE).")
-]
-WaitOption = Annotated[
-    bool, typer.Option("--wait", help="Wait for the outcome event and print it (it stays on its queue).")
-]
-TimeoutOption = Annotated[float, typer.Option(min=1, help="Seconds --wait waits for the outcome.")]
-DryRunOption = Annotated[
-    bool, typer.Option("--dry-run", help="The pipeline checks and plans, and changes nothing (status Planned).")
-]
-
-
 @app.command(epilog=rights_epilog("offboard"))
 def offboard(
     email: Annotated[str, typer.Option(help="The external person's email address.")],
     group: Annotated[str, typer.Option(help="The group to remove them from: SMTP address or object id.")],
-    source_system: Annotated[str, typer.Option(help="Who is asking (must be listed in the policy).")],
+    source_system: SourceSystemOption,
     request_id: RequestIdOption = None,
     reply_to: ReplyToOption = None,
     wait: WaitOption = False,
@@ -376,7 +366,7 @@ def update(
     email: Annotated[str, typer.Option(help="The external person's email address (it cannot change).")],
     display_name: Annotated[str, typer.Option(help="The new name shown in the address book.")],
     group: Annotated[str, typer.Option(help="A group of the person's that the source may manage.")],
-    source_system: Annotated[str, typer.Option(help="Who is asking (must be listed in the policy).")],
+    source_system: SourceSystemOption,
     first_name: Annotated[str | None, typer.Option(help="The new given name.")] = None,
     last_name: Annotated[str | None, typer.Option(help="The new surname.")] = None,
     request_id: RequestIdOption = None,
