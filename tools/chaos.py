@@ -3,10 +3,15 @@
 Everything runs on the local stand-ins: the emulator keeps its messages in SQLite (so a restart
 loses nothing it acknowledged), the sandbox answers with random 503s, throttling and replication
 lag, and the local host runs as a child process that is killed with SIGKILL at random moments and
-started again. At the end it counts, from the outcome queue, the tenant and the queues: requests
-sent, outcomes by status, lost (no outcome), duplicated (more than one outcome for a request, or
-more than one contact, guest or membership for one person and group), and what is left in each
-queue. It exits 1 when anything was lost or duplicated.
+started again. The requests are a person's whole stay: onboardings (some with a lease that ends
+during the kills, some with one that ends after them), offboards and updates of people onboarded
+earlier in the run (each sent once its person's onboarding has an outcome, as upstream would), and a
+few invalid on purpose. At the end it counts, from the outcome queue, the lease book, the tenant and
+the queues: requests sent by action, outcomes by status, leases that ended (with their own offboard's
+outcome) or were ended early by an offboard, lost (no outcome, or a lease that should have ended and
+did not), duplicated (more than one outcome for a request, or more than one contact, guest or
+membership for one person and group), and what is left in each queue. It exits 1 when anything was
+lost or duplicated.
 """
 
 from __future__ import annotations
@@ -20,19 +25,22 @@ import sqlite3
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from azure.servicebus import ServiceBusMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
 from rich.console import Console
 
-from shared.contracts import OutcomeEvent, OutcomeStatus, StageName
+from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, RequestAction, StageName
 from shared.journal import open_journal
+from shared.journal.model import LeaseState
+from shared.journal.ports import LeaseBook
+from shared.journal.sqlite import SqliteJournal
 from shared.leases import NOTICE_SUBJECT, expiry_request_id, lease_key
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.host_process import HostProcess
@@ -51,15 +59,113 @@ UNKIND_TENANT = {
     },
     "replication_lag_seconds": 1.0,
 }
-# A share of the valid requests carry a lease of LEASE_SECONDS (docs/leases.md): its end sends an offboard
-# request through the same chaos, whose outcome is counted like any other.
-# The end lies past the moment the run's last request is accepted (about LEASE_SECONDS_PER_REQUEST each on
-# the 2-core machine, through the chaos): an end already past at intake would be refused (InvalidRequest).
+# Of the valid requests, these shares are an offboard or an update of someone onboarded in the run
+# (each person gets at most one); half the offboards go to someone with a lease while half of the leased
+# people are left, so that an offboard ending a lease early (docs/leases.md) is part of the run too.
+OFFBOARD_SHARE = 0.1
+UPDATE_SHARE = 0.1
+LEASED_OFFBOARD_SHARE = 0.5
+# A share of the onboardings carry a lease: its end sends an offboard request through the same chaos,
+# whose outcome is counted like any other. Half are short: sent first, at the head of the queue, they
+# end a few seconds after they are accepted, while the host is being killed. The others end past the
+# moment the run's last request is accepted (about LEASE_SECONDS_PER_REQUEST each on the 2-core
+# machine, through the chaos). An end already past when its onboarding is accepted is refused
+# (InvalidRequest): one outcome too, counted apart.
 LEASED_SHARE = 0.1
+SHORT_LEASE_SHARE = 0.5
+SHORT_LEASE_SECONDS = (12.0, 20.0)
 LEASE_SECONDS = (20.0, 60.0)
 LEASE_SECONDS_PER_REQUEST = 0.25
 LEASE_NOTICE_SECONDS = "10"
 _DONE = {OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS}
+LeaseLength = Literal["short", "long"]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request of the run. A follow-up (an offboard or an update) waits for its person's onboarding."""
+
+    request_id: str
+    action: RequestAction | None  # None: invalid on purpose
+    person: int  # the person's number: their address and group
+    lease: LeaseLength | None = None
+    after: str | None = None  # the onboarding whose outcome a follow-up waits for
+
+    def body(self, requests: int, rng: random.Random) -> bytes:
+        if self.action is None:
+            return json.dumps({"request_id": self.request_id, "external_email": "nope"}).encode()
+        request: dict[str, object] = {
+            "request_id": self.request_id,
+            "action": self.action.value,
+            "external_email": person_address(self.person),
+            "group": {"smtp_address": GROUPS[self.person % len(GROUPS)]},
+            "source_system": "demo-hr",
+        }
+        if self.action is RequestAction.ONBOARD:
+            request["display_name"] = f"Chaos Person {self.person:05d}"
+        elif self.action is RequestAction.UPDATE:
+            request |= {"display_name": f"Chaos Person {self.person:05d} (renamed)", "last_name": "Renamed"}
+        if self.lease is not None:
+            seconds = (
+                rng.uniform(*SHORT_LEASE_SECONDS)
+                if self.lease == "short"
+                else rng.uniform(*LEASE_SECONDS) + requests * LEASE_SECONDS_PER_REQUEST
+            )
+            request["expires_at"] = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+        return json.dumps(request).encode()
+
+    def message(self, requests: int, rng: random.Random) -> ServiceBusMessage:
+        return ServiceBusMessage(self.body(requests, rng), message_id=self.request_id, content_type="application/json")
+
+
+def person_address(person: int) -> str:
+    return f"person{person:05d}@fabrikam.example"
+
+
+def chaos_request_id(index: int) -> str:
+    """The id of the run's request number `index`; person `index`'s onboarding when it is one."""
+    return f"chaos-{index:05d}"
+
+
+def plan_requests(requests: int, rng: random.Random, invalid_share: float, *, whole_stay: bool = True) -> list[Planned]:
+    """The run's requests, in the order of their ids; the follow-ups name whose onboarding they follow.
+    Without the `whole_stay`: onboardings only (and the invalid), every lease ending after the run."""
+    offboard_share, update_share = (OFFBOARD_SHARE, UPDATE_SHARE) if whole_stay else (0.0, 0.0)
+    actions: list[RequestAction | None] = []
+    for _ in range(requests):
+        draw = rng.random()
+        if draw < invalid_share:
+            actions.append(None)
+        elif draw < invalid_share + offboard_share:
+            actions.append(RequestAction.OFFBOARD)
+        elif draw < invalid_share + offboard_share + update_share:
+            actions.append(RequestAction.UPDATE)
+        else:
+            actions.append(RequestAction.ONBOARD)
+    leases: dict[int, LeaseLength] = {}
+    for index, action in enumerate(actions):
+        if action is RequestAction.ONBOARD and rng.random() < LEASED_SHARE:
+            leases[index] = "short" if whole_stay and rng.random() < SHORT_LEASE_SHARE else "long"
+    onboarded = [index for index, action in enumerate(actions) if action is RequestAction.ONBOARD]
+    untargeted = [index for index in onboarded if index not in leases]
+    leased = list(leases)
+    rng.shuffle(untargeted)
+    rng.shuffle(leased)
+    del leased[(len(leased) + 1) // 2 :]  # the other half's leases end untouched
+    plan: list[Planned] = []
+    for index, action in enumerate(actions):
+        request_id = chaos_request_id(index)
+        if action is None or action is RequestAction.ONBOARD:
+            plan.append(Planned(request_id, action, index, leases.get(index)))
+            continue
+        wants_leased = action is RequestAction.OFFBOARD and rng.random() < LEASED_OFFBOARD_SHARE
+        pool = leased if wants_leased and leased else untargeted or leased
+        if not pool:  # nobody left to follow: an onboarding of its own
+            plan.append(Planned(request_id, RequestAction.ONBOARD, index))
+            continue
+        person = pool.pop()
+        plan.append(Planned(request_id, action, person, after=chaos_request_id(person)))
+    return plan
 
 
 @dataclass(frozen=True)
@@ -90,9 +196,13 @@ class Costs:
 @dataclass
 class Report:
     sent: int = 0
-    invalid_sent: int = 0
-    leased: set[str] = field(default_factory=set)  # request ids sent with an end
+    actions: Counter[str] = field(default_factory=Counter)  # sent, by action ("invalid" for the invalid)
+    leased: set[str] = field(default_factory=set)  # onboardings sent with an end
+    short_leased: set[str] = field(default_factory=set)  # of those, the ones ending during the kills
+    leases_refused: int = 0  # an end already past when the onboarding was accepted (InvalidRequest)
     expired: int = 0  # leases whose end's offboard has an outcome
+    leases_offboarded: int = 0  # offboards sent for someone with a lease: it ends early, or had ended
+    superseded: set[str] = field(default_factory=set)  # onboardings whose lease an offboard ended first
     notices: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)  # by status
     lost: list[str] = field(default_factory=list)
@@ -107,12 +217,20 @@ class Report:
     def ok(self) -> bool:
         return not self.lost and not self.duplicated
 
+    @property
+    def invalid_sent(self) -> int:
+        return self.actions["invalid"]
+
     def lines(self) -> list[str]:
         statuses = ", ".join(f"{status} {count}" for status, count in sorted(self.outcomes.items()))
+        actions = ", ".join(f"{action} {count}" for action, count in sorted(self.actions.items()))
         left = ", ".join(f"{queue} {count}" for queue, count in self.left.items() if count) or "nothing"
         return [
-            f"requests sent: {self.sent} ({self.invalid_sent} invalid on purpose, {len(self.leased)} with a lease)",
-            f"leases ended: {self.expired} (their offboard's outcome counted below), notices: {self.notices}",
+            f"requests sent: {self.sent} ({actions})",
+            f"leases: {len(self.leased)} ({len(self.short_leased)} ending during the kills), "
+            f"{self.leases_refused} refused at intake (end already past), {self.expired} ended (their offboard's "
+            f"outcome counted below); {self.leases_offboarded} of the people offboarded, {len(self.superseded)} "
+            f"before their lease's end; notices: {self.notices}",
             f"outcomes: {sum(self.outcomes.values())} ({statuses})",
             f"lost (no outcome): {len(self.lost)}" + (f" e.g. {self.lost[:5]}" if self.lost else ""),
             f"duplicated: {len(self.duplicated)}" + (f" e.g. {self.duplicated[:5]}" if self.duplicated else ""),
@@ -123,30 +241,85 @@ class Report:
         ]
 
 
-def request_body(index: int, rng: random.Random, invalid_share: float, requests: int) -> tuple[str, bytes, bool]:
-    request_id = f"chaos-{index:05d}"
-    if rng.random() < invalid_share:
-        return request_id, json.dumps({"request_id": request_id, "external_email": "nope"}).encode(), True
-    body: dict[str, object] = {
-        "request_id": request_id,
-        "external_email": f"person{index:05d}@fabrikam.example",
-        "display_name": f"Chaos Person {index:05d}",
-        "group": {"smtp_address": GROUPS[index % len(GROUPS)]},
-        "source_system": "demo-hr",
-    }
-    if rng.random() < LEASED_SHARE:
-        lease = rng.uniform(*LEASE_SECONDS) + requests * LEASE_SECONDS_PER_REQUEST
-        body["expires_at"] = (datetime.now(UTC) + timedelta(seconds=lease)).isoformat()
-    return request_id, json.dumps(body).encode(), False
+class Broker:
+    """The emulator; a restart stops it and starts another on the same port and database. Each one's CPU
+    time is read before it stops, for the run's costs."""
+
+    def __init__(self, emulator: ServiceBusEmulator, config: EmulatorConfig, database: Path) -> None:
+        self.emulator = emulator
+        self._config = config
+        self._database = database
+        self._stopped_cpu_seconds: list[float | None] = []
+
+    async def restart(self) -> None:
+        self._stopped_cpu_seconds.append(self.emulator.cpu_seconds())
+        self.emulator.stop()
+        await asyncio.sleep(0.5)
+        self.emulator = ServiceBusEmulator(self._config, port=self.emulator.port, database=self._database)
+        self.emulator.start()
+
+    def cpu_seconds(self) -> float | None:
+        """Every emulator's of the run so far (None when one could not be read)."""
+        every = [*self._stopped_cpu_seconds, self.emulator.cpu_seconds()]
+        known = [seconds for seconds in every if seconds is not None]
+        return sum(known) if len(known) == len(every) else None
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the outcome collector needs to know of a chaos run: its requests, where the leases are kept,
+    and the kills and restarts (outcomes are not all in before those are over)."""
+
+    plan: list[Planned]
+    requests: int
+    rng: random.Random
+    book: LeaseBook
+    report: Report
+    chaos: asyncio.Task[None]
+
+    def follow_ups(self) -> dict[str, list[Planned]]:
+        waiting: dict[str, list[Planned]] = {}
+        for planned in self.plan:
+            if planned.after is not None:
+                waiting.setdefault(planned.after, []).append(planned)
+        return waiting
+
+    async def lease_ends(self, outcomes: list[OutcomeEvent]) -> set[str]:
+        """The offboard request each lease that began sends at its end (one per leased onboarding that
+        succeeded), unless an offboard of the person ended the lease before its end came: the lease book then
+        says ended, and no outcome has the end's request id. Which leases an offboard ended goes to the report.
+
+        Both are read anew each time: the lease book can say ended for a lease whose own end's offboard is
+        about to publish its outcome (an onboarding that finished again after its end, on a redelivery, keeps
+        its lease once more, and that offboard then ends it)."""
+        people = {planned.request_id: planned.person for planned in self.plan}
+        answered = {outcome.request_id for outcome in outcomes}
+        ends: set[str] = set()
+        superseded: set[str] = set()
+        for outcome in outcomes:
+            if outcome.request_id not in self.report.leased or outcome.status not in _DONE:
+                continue
+            if outcome.group is None or outcome.expires_at is None:
+                continue
+            key = lease_key(person_address(people[outcome.request_id]), outcome.group.id)
+            end = expiry_request_id(key, outcome.expires_at)
+            lease = None if end in answered else await self.book.lease(key)
+            if lease is not None and lease.state is LeaseState.ENDED:
+                superseded.add(outcome.request_id)
+            else:
+                ends.add(end)
+        self.report.superseded = superseded
+        return ends
 
 
 async def run_chaos(
     *, requests: int, kills: int, emulator_restarts: int, seconds: float, seed: int, invalid_share: float = 0.05
 ) -> Report:
     rng = random.Random(seed)  # noqa: S311  # repeatable chaos, not cryptography
+    plan = plan_requests(requests, rng, invalid_share)
     report = Report()
+    _note_plan(report, plan)
     started, started_at, cpu = time.monotonic(), datetime.now(UTC), _cpu_seconds()
-    emulator_cpu: list[float | None] = []  # each emulator's, read before it stops
     with tempfile.TemporaryDirectory() as folder:
         database = Path(folder) / "servicebus.db"
         config = EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=5))
@@ -155,39 +328,52 @@ async def run_chaos(
         with local_stack(
             emulator_config=config, servicebus_database=database, sandbox_knobs=knobs, settings=settings
         ) as stack:
-            emulator = stack.emulator
+            broker = Broker(stack.emulator, config, database)
             host = HostProcess(stack.environment)
+            book = SqliteJournal(stack.journal_database)
+            chaos: asyncio.Task[None] | None = None
             await host.start()
             try:
-                ids = await send_requests(stack, requests, rng, invalid_share, report)
-                deadline = started + seconds
+                # Every request but the follow-ups, the short leases first: at the head of the queue, they
+                # are accepted before their end.
+                first = sorted((planned for planned in plan if planned.after is None), key=lambda p: p.lease != "short")
+                await _send(stack, first, requests, rng)
                 chaos_until = time.monotonic() + min(seconds / 2, 15 + requests * 0.05)
                 moments = sorted(rng.uniform(1, chaos_until - time.monotonic()) for _ in range(kills))
                 restart_at = {rng.randrange(len(moments) + 1) for _ in range(emulator_restarts)}
-                origin = time.monotonic()
-                for index, moment in enumerate([*moments, None]):
-                    if index in restart_at:
-                        emulator_cpu.append(emulator.cpu_seconds())
-                        emulator = await _restart(emulator, config, database)
-                        report.emulator_restarts += 1
-                    if moment is None:
-                        break
-                    await asyncio.sleep(max(0.0, origin + moment - time.monotonic()))
-                    await host.kill()
-                    report.kills += 1
-                    await host.start()
-                outcomes = await every_outcome(stack, lambda seen: set(ids) | _ends(report, seen), deadline, report)
+                chaos = asyncio.create_task(_misbehave(host, broker, moments, restart_at, report))
+                run = Run(plan, requests, rng, book, report, chaos)
+                sent = {planned.request_id for planned in first}
+                outcomes = await every_outcome(stack, sent, started + seconds, report, run)
+                await chaos
                 await host.stop()
                 report.seconds = time.monotonic() - started
-                count_outcomes(report, [*ids, *sorted(_ends(report, outcomes))], outcomes, stack)
-                report.left = await _left_in_queues(emulator.connection_string)
-                emulator_cpu.append(emulator.cpu_seconds())
-                report.costs = await _costs(stack, database, started_at, cpu, emulator_cpu)
+                ends = await run.lease_ends(outcomes)
+                count_outcomes(report, [*(planned.request_id for planned in plan), *sorted(ends)], outcomes, stack)
+                _count_leases(report, plan, outcomes)
+                report.left = await _left_in_queues(broker.emulator.connection_string)
+                report.costs = await _costs(stack, database, started_at, cpu, broker.cpu_seconds())
             finally:
+                if chaos is not None and not chaos.done():
+                    chaos.cancel()
                 await host.stop()
-                if emulator is not stack.emulator:
-                    emulator.stop()
+                await book.close()
+                if broker.emulator is not stack.emulator:
+                    broker.emulator.stop()
     return report
+
+
+def _note_plan(report: Report, plan: list[Planned]) -> None:
+    """What is sent, by action, and which onboardings carry a lease."""
+    report.sent += len(plan)
+    report.actions += Counter(str(planned.action or "invalid") for planned in plan)
+    report.leased |= {planned.request_id for planned in plan if planned.lease is not None}
+    report.short_leased |= {planned.request_id for planned in plan if planned.lease == "short"}
+    report.leases_offboarded += sum(
+        1
+        for planned in plan
+        if planned.action is RequestAction.OFFBOARD and chaos_request_id(planned.person) in report.leased
+    )
 
 
 def _cpu_seconds() -> tuple[float, float]:
@@ -205,7 +391,7 @@ async def _costs(
     emulator_database: Path,
     started_at: datetime,
     cpu_at_start: tuple[float, float],
-    emulator_cpu: list[float | None],
+    emulator_cpu_seconds: float | None,
 ) -> Costs:
     (own, children), (own_before, children_before) = _cpu_seconds(), cpu_at_start
     with contextlib.closing(sqlite3.connect(stack.journal_database)) as journal_db:
@@ -218,9 +404,8 @@ async def _costs(
         status_seconds = time.perf_counter() - counting
     finally:
         await journal.close()
-    known = [seconds for seconds in emulator_cpu if seconds is not None]
     return Costs(
-        emulator_cpu_seconds=sum(known) if len(known) == len(emulator_cpu) else None,
+        emulator_cpu_seconds=emulator_cpu_seconds,
         emulator_bytes=_file_bytes(emulator_database),
         journal_rows=rows,
         journal_bytes=_file_bytes(stack.journal_database),
@@ -233,67 +418,66 @@ async def _costs(
 async def send_requests(
     stack: LocalStack, requests: int, rng: random.Random, invalid_share: float, report: Report
 ) -> list[str]:
-    """`requests` requests on create-contact, a share of them invalid on purpose; their ids."""
-    ids: list[str] = []
+    """`requests` onboardings on create-contact, a share of them invalid on purpose and about a tenth with a
+    lease ending after the last is accepted; their ids."""
+    plan = plan_requests(requests, rng, invalid_share, whole_stay=False)
+    _note_plan(report, plan)
+    await _send(stack, plan, requests, rng)
+    return [planned.request_id for planned in plan]
+
+
+async def _send(stack: LocalStack, planned: Iterable[Planned], requests: int, rng: random.Random) -> None:
+    """The requests on create-contact, in batches of 50; sent again, a request id keeps it one request."""
+    messages = [request.message(requests, rng) for request in planned]
     async with (
         ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
         client.get_queue_sender(StageName.CREATE_CONTACT.value) as sender,
     ):
-        batch: list[ServiceBusMessage] = []
-        for index in range(requests):
-            request_id, body, invalid = request_body(index, rng, invalid_share, requests)
-            ids.append(request_id)
-            report.invalid_sent += invalid
-            if b"expires_at" in body:
-                report.leased.add(request_id)
-            batch.append(ServiceBusMessage(body, message_id=request_id, content_type="application/json"))
-            if len(batch) == 50:
-                await sender.send_messages(batch)
-                batch = []
-        if batch:
-            await sender.send_messages(batch)
-    report.sent = len(ids)
-    return ids
+        for start in range(0, len(messages), 50):
+            await sender.send_messages(messages[start : start + 50])
 
 
-async def _restart(emulator: ServiceBusEmulator, config: EmulatorConfig, database: Path) -> ServiceBusEmulator:
-    emulator.stop()
-    await asyncio.sleep(0.5)
-    again = ServiceBusEmulator(config, port=emulator.port, database=database)
-    again.start()
-    return again
-
-
-def _ends(report: Report, outcomes: list[OutcomeEvent]) -> set[str]:
-    """The offboard request each lease that began sends at its end: one per leased onboarding that succeeded."""
-    return {
-        expiry_request_id(
-            lease_key(f"person{o.request_id.removeprefix('chaos-')}@fabrikam.example", o.group.id), o.expires_at
-        )
-        for o in outcomes
-        if o.request_id in report.leased and o.status in _DONE and o.group is not None and o.expires_at is not None
-    }
+async def _misbehave(
+    host: HostProcess, broker: Broker, moments: list[float], restart_at: set[int], report: Report
+) -> None:
+    """Kill the host at each moment (seconds from now) and start it again; restart the broker in between."""
+    origin = time.monotonic()
+    for index, moment in enumerate([*moments, None]):
+        if index in restart_at:
+            await broker.restart()
+            report.emulator_restarts += 1
+        if moment is None:
+            break
+        await asyncio.sleep(max(0.0, origin + moment - time.monotonic()))
+        await host.kill()
+        report.kills += 1
+        await host.start()
 
 
 async def every_outcome(
-    stack: LocalStack,
-    wanted: set[str] | Callable[[list[OutcomeEvent]], set[str]],
-    deadline: float,
-    report: Report | None = None,
+    stack: LocalStack, wanted: set[str], deadline: float, report: Report | None = None, run: Run | None = None
 ) -> list[OutcomeEvent]:
-    """Every outcome until each wanted request has one (then a little longer, to see duplicates); which are
-    wanted may grow with what arrives (a lease's end sends a request of its own).
+    """Every outcome until each wanted request has one (then a little longer, to see duplicates). In a chaos
+    `run`, not before its kills and restarts are over; each follow-up is sent when its person's onboarding
+    has an outcome, and is wanted too, as is each lease's end (an offboard request of its own).
 
     Counted once per sequence number: an outcome message delivered again because its completion
     was lost (a lock that ran out on this busy machine) is the same event, not a duplicate; a
     second outcome for a request is a second message, with its own sequence number.
     """
+    wanted = set(wanted)
+    waiting = run.follow_ups() if run is not None else {}
+    due: list[Planned] = []
     outcomes: list[OutcomeEvent] = []
     seen: set[int] = set()
     grace: float | None = None
     async with ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client:
         while time.monotonic() < (grace or deadline):
             try:
+                if due and run is not None:  # sent again after a broker restart: its request id keeps it one
+                    await _send(stack, due, run.requests, run.rng)
+                    wanted.update(planned.request_id for planned in due)
+                    due = []
                 async with client.get_queue_receiver(OUTCOMES) as receiver:
                     batch = await receiver.receive_messages(max_message_count=100, max_wait_time=2)
                     for message in batch:
@@ -303,14 +487,17 @@ async def every_outcome(
                                 if report is not None:
                                     report.notices += 1
                             else:
-                                outcomes.append(OutcomeEvent.model_validate_json(b"".join(message.body)))
+                                outcome = OutcomeEvent.model_validate_json(b"".join(message.body))
+                                outcomes.append(outcome)
+                                due += waiting.pop(outcome.request_id, [])
                         await receiver.complete_message(message)
             except Exception:  # the broker restarting under us: try again
                 await asyncio.sleep(1)
                 continue
-            wanting = wanted(outcomes) if callable(wanted) else wanted
-            if grace is None and wanting <= {o.request_id for o in outcomes}:
-                grace = time.monotonic() + 5
+            if grace is None and not waiting and not due and (run is None or run.chaos.done()):
+                ends = await run.lease_ends(outcomes) if run is not None else set()
+                if wanted | ends <= {outcome.request_id for outcome in outcomes}:
+                    grace = time.monotonic() + 5
     return outcomes
 
 
@@ -332,6 +519,24 @@ def count_outcomes(report: Report, ids: list[str], outcomes: list[OutcomeEvent],
         report.duplicated += [f"member {member} of {address}" for member, n in members.items() if n > 1]
 
 
+def _count_leases(report: Report, plan: list[Planned], outcomes: list[OutcomeEvent]) -> None:
+    """Leases refused at intake, and a lease ended early with no offboard of its person (a lost end)."""
+    report.leases_refused = sum(
+        1
+        for o in outcomes
+        if o.request_id in report.leased
+        and o.status is OutcomeStatus.FAILED
+        and o.reason is DeadLetterReason.INVALID_REQUEST
+    )
+    offboarded = {planned.person for planned in plan if planned.action is RequestAction.OFFBOARD}
+    people = {planned.request_id: planned.person for planned in plan}
+    report.lost += [
+        f"lease of {request_id} ended with no offboard"
+        for request_id in sorted(report.superseded)
+        if people[request_id] not in offboarded
+    ]
+
+
 async def _left_in_queues(connection_string: str) -> dict[str, int]:
     left: dict[str, int] = {}
     async with ServiceBusClient.from_connection_string(connection_string) as client:
@@ -349,7 +554,7 @@ def main(
     seconds: Annotated[float, typer.Option(help="Give up waiting for outcomes after this long.")] = 540,
     seed: Annotated[int, typer.Option(help="Random seed for the kills and the tenant's faults.")] = 7,
 ) -> None:
-    """Onboard many requests through chaos and check that none is lost or duplicated."""
+    """Onboard, offboard and update many people through chaos and check that none is lost or duplicated."""
     report = asyncio.run(
         run_chaos(requests=requests, kills=kills, emulator_restarts=emulator_restarts, seconds=seconds, seed=seed)
     )
