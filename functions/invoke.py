@@ -33,6 +33,7 @@ async def sweep_dead_letters(queues: Mapping[str, StageName]) -> None:
     from shared import bootstrap  # deferred on purpose, see above
 
     await (await bootstrap.dead_letter_sweep(queues)).run()
+    await bootstrap.catch_up_leases()  # and leases whose end's wake-up never acted
 
 
 async def answer_self_check(

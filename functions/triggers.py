@@ -1,6 +1,6 @@
 """Every trigger of the app: one per stage queue, in the pipeline's order (shared/queues.py, PIPELINE),
-one for each source's own intake queue, if any, a timer that sweeps their dead-letter sub-queues,
-one on the `doctor` queue, where `onboard doctor` asks the app for its self-check (shared/selfcheck.py),
+one for each source's own intake queue, if any, a timer that sweeps their dead-letter sub-queues (and
+leases past their end), one on the `doctor` queue, where `onboard doctor` asks the app for its self-check (shared/selfcheck.py),
 and one on the `leases` queue, where leases' scheduled wake-ups arrive (shared/lease_watch.py).
 
 Thin by design. A stage's function hands its message to the runner (shared/runner.py), which

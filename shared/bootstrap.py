@@ -343,6 +343,18 @@ async def lease_watch() -> LeaseWatch:
     return LeaseWatch(book, services.outbox, deps.policy, services.settings.outcome_queue, deps.clock)
 
 
+async def catch_up_leases() -> int:
+    """The timer sweep's second half: leases whose end's wake-up never acted (LeaseWatch.catch_up). Nothing
+    without a journal to keep leases in, or when the app cannot start (the dead-letter sweep said why)."""
+    try:
+        services = await get_services()
+    except Exception:
+        return 0
+    if not isinstance(services.journal, LeaseBook):
+        return 0
+    return await (await lease_watch()).catch_up()
+
+
 async def stage_runner(stage: Stage[Any], *, queue: str = "") -> StageRunner:
     """`queue`: a source's own intake queue the stage reads from, when not its own."""
     services = await get_services()

@@ -2,6 +2,10 @@
 
 The wake-up only says "look now"; the lease book says what is true. A wake-up for an end the lease no
 longer has (renewed), for a lease that ended early (offboarded) or already expired does nothing.
+
+The lease book is also the backstop: a lease still active well after its end had a wake-up that never
+acted (Service Bus dead-lettered it after its deliveries failed, or it was purged), so the timer's
+sweep (`catch_up`) sends that end's wake-up again. Acting twice is harmless: the end is settled once.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from azure.servicebus import ServiceBusMessage
@@ -26,6 +30,11 @@ from shared.queues import LEASE_QUEUE
 from shared.runner import settle_off_loop
 
 logger = logging.getLogger("onboarding.leases")
+
+# A wake-up acts within moments of its time while the app runs; one that has not after this was lost.
+CATCH_UP_AFTER = timedelta(minutes=15)
+# At most this many wake-ups per sweep (every five minutes): a backlog drains without a burst.
+CATCH_UP_MAX = 100
 
 
 class LeaseActions(Protocol):
@@ -73,6 +82,19 @@ class LeaseWatch:
             logger.info("lease %s, %s wake-up for the end at %s: %s", wake.key, wake.kind, wake.ends_at, done)
             await settle_off_loop(actions.complete, message, who="the lease watch")
             return done
+
+    async def catch_up(self) -> int:
+        """Send again the end's wake-up of every lease still active `CATCH_UP_AFTER` past its end; how many."""
+        overdue = await self.book.leases(ending_before=self.clock() - CATCH_UP_AFTER)
+        for lease in overdue[:CATCH_UP_MAX]:
+            with request_context(lease.key, lease.correlation_id):
+                logger.warning(
+                    "lease %s is past its end at %s and still active: its wake-up is sent again",
+                    lease.key,
+                    lease.ends_at,
+                )
+                await self.outbox.send(LEASE_QUEUE, wake_message(lease, "expiry", catch_up=True))
+        return min(len(overdue), CATCH_UP_MAX)
 
     async def _act(self, wake: LeaseWake) -> str:
         lease = await self.book.lease(wake.key)

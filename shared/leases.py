@@ -210,13 +210,14 @@ class LeaseKeeper:
         )
 
 
-def wake_message(lease: Lease, kind: WakeKind) -> ServiceBusMessage:
+def wake_message(lease: Lease, kind: WakeKind, *, catch_up: bool = False) -> ServiceBusMessage:
     """A wake-up: its MessageId names the lease, the end and the kind, so scheduling it again within the
-    duplicate-detection window keeps one."""
+    duplicate-detection window keeps one. A catch-up's (shared/lease_watch.py) has a MessageId of its own:
+    the queue may still remember the lost original's, and would drop it."""
     wake = LeaseWake(key=lease.key, ends_at=lease.ends_at, kind=kind)
     return ServiceBusMessage(
         wake.model_dump_json().encode(),
-        message_id=f"{lease.key}/{_compact(lease.ends_at)}/{kind}",
+        message_id=f"{lease.key}/{_compact(lease.ends_at)}/{kind}" + ("/catch-up" if catch_up else ""),
         correlation_id=lease.correlation_id,
         content_type=JSON,
         application_properties={REQUEST_ID: lease.request_id},

@@ -22,14 +22,17 @@ from cli.upstream import submit
 from shared.contracts import LeaseNotice, OnboardingRequest, OutcomeEvent, OutcomeStatus
 from shared.journal import SqliteJournal
 from shared.journal.model import Lease, LeaseState
+from shared.lease_watch import CATCH_UP_AFTER, LeaseWatch
 from shared.leases import NOTICE_SUBJECT, NOTICE_TYPE, expiry_request_id, lease_key
-from shared.outbox import peeked
+from shared.outbox import QueueSenders, peeked
+from shared.policy import OnboardingPolicy
 from shared.queues import LEASE_QUEUE
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, local_stack, running_host
 from tests.fixtures.pipeline import OUTCOMES, Readback
 from tests.samples import PARTNERS, sample_request
 from tests.waiting import HANG_GUARD_SECONDS
+from tools.demo import DEMO_POLICY
 
 pytestmark = pytest.mark.stack
 
@@ -124,6 +127,56 @@ async def test_a_lease_survives_a_host_restart_gives_notice_then_ends_the_member
     assert PERSON not in {(m.email_address or "").lower() for m in members}
     expired = await _lease(stack, key)
     assert expired is not None and expired.state is LeaseState.EXPIRED
+
+
+async def _lose_wake_ups(client: ServiceBusClient, expected: int) -> None:
+    """Take the lease's wake-ups off the queue unread, as Service Bus does when it dead-letters one whose
+    deliveries all failed (or an operator purges it): they appear at their time, then they are gone."""
+    lost = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_GUARD_SECONDS
+    async with client.get_queue_receiver(LEASE_QUEUE) as receiver:
+        while lost < expected and loop.time() < deadline:
+            for message in await receiver.receive_messages(max_message_count=expected, max_wait_time=2):
+                await receiver.complete_message(message)
+                lost += 1
+    assert lost == expected, f"{lost} of {expected} wake-ups appeared"
+
+
+async def test_a_lease_whose_wake_up_was_lost_is_ended_by_the_timer_sweep(
+    stack: LocalStack, readback: Readback
+) -> None:
+    ends_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=NOTICE_SECONDS + 15)
+    connection = stack.environment[SERVICEBUS_CONNECTION]
+    async with ServiceBusClient.from_connection_string(connection) as client:
+        queue = OutcomeQueue(client)
+        async with running_host(stack.environment):
+            await submit(client, [_leased("lease-lost-1", ends_at)])
+            onboarded = await queue.until("lease-lost-1")
+        assert onboarded.group is not None
+        key = lease_key(PERSON, onboarded.group.id)
+        await _lose_wake_ups(client, 2)  # the notice and the end: the host was down, nothing acted
+        still = await _lease(stack, key)
+        assert still is not None and still.state is LeaseState.ACTIVE  # past its end, and nothing will end it
+        book = SqliteJournal(str(stack.journal_database))
+        outbox = QueueSenders(ServiceBusClient.from_connection_string(connection))
+        try:
+            watch = LeaseWatch(
+                book, outbox, OnboardingPolicy.load(DEMO_POLICY), OUTCOMES, lambda: ends_at + CATCH_UP_AFTER * 2
+            )
+            sent = await watch.catch_up()  # what the timer's sweep does, at a time well past the end
+        finally:
+            await outbox.close()
+            await book.close()
+        assert sent == 1
+        async with running_host(stack.environment):
+            offboarded = await queue.until(expiry_request_id(key, ends_at))
+    assert offboarded.status in (OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS), offboarded
+    members = await readback.exchange.list_distribution_group_members(PARTNERS)
+    assert PERSON not in {(m.email_address or "").lower() for m in members}
+    expired = await _lease(stack, key)
+    assert expired is not None and expired.state is LeaseState.EXPIRED
+    assert queue.notices() == []  # the notice's wake-up was lost too; only the end is caught up
 
 
 async def test_a_renewal_extends_the_lease_and_the_old_schedule_does_nothing(
