@@ -502,10 +502,13 @@ async def every_outcome(
 
 
 def count_outcomes(report: Report, ids: list[str], outcomes: list[OutcomeEvent], stack: LocalStack) -> None:
-    """Outcomes by status, and what was lost or duplicated: in the outcomes and in the sandbox's directory."""
+    """Outcomes of `ids` by status, and what was lost or duplicated: in the outcomes and in the sandbox's
+    directory. Only `ids`' outcomes are counted: a lease that ends while the caller still listens sends an
+    offboard of its own, whose outcome is no answer to what was sent."""
     per_request = Counter(o.request_id for o in outcomes)
     report.expired = sum(1 for request_id in ids if request_id.startswith("lease-") and per_request[request_id])
-    report.outcomes = Counter(str(o.status) for o in outcomes)
+    wanted = set(ids)
+    report.outcomes = Counter(str(o.status) for o in outcomes if o.request_id in wanted)
     report.lost = [request_id for request_id in ids if per_request[request_id] == 0]
     report.duplicated = [request_id for request_id, n in per_request.items() if n > 1]
     directory = stack.sandbox.directory
