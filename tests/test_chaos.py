@@ -1,7 +1,7 @@
-"""A small chaos run inside make test: 100 requests, two SIGKILLs of the host, one broker restart, bounded at 300 s
-(it ends once every request has its outcome: about 100 s on an idle 2-core machine, three times that on a loaded one). The
-requests are onboardings (about a tenth with a lease, half of those ending during the kills), offboards and
-updates of people onboarded in the run, and a few invalid ones."""
+"""A small chaos run inside make test: 100 requests, two SIGKILLs of the host, one broker restart, bounded
+at 300 s (it ends once every request has its outcome: about 100 s on an idle 2-core machine, three times
+that on a loaded one). The requests are onboardings (about a tenth with a lease, half of those ending
+during the kills), offboards and updates of people onboarded in the run, and a few invalid ones."""
 
 from __future__ import annotations
 
