@@ -68,10 +68,16 @@ def subscribe_fix(group: ResolvedGroup, who: str) -> str:
     return f"Add-UnifiedGroupLinks -Identity {quoted(group.mail)} -LinkType Subscribers -Links {quoted(who)}"
 
 
-def not_subscribed_warning(group: ResolvedGroup, who: str) -> str:
+def not_subscribed(group: ResolvedGroup) -> str:
     return (
         f"The guest is a member of {group.display_name!r} but not subscribed to it, so the group's "
-        "conversations do not reach them by mail. The app cannot subscribe anyone (Add-UnifiedGroupLinks "
+        "conversations do not reach them by mail."
+    )
+
+
+def not_subscribed_warning(group: ResolvedGroup, who: str) -> str:
+    return (
+        f"{not_subscribed(group)} The app cannot subscribe anyone (Add-UnifiedGroupLinks "
         f"refuses app-only callers); an Exchange administrator can: {subscribe_fix(group, who)}"
     )
 
