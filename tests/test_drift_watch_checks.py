@@ -176,11 +176,12 @@ async def test_sender_rules_that_leave_the_person_out_are_seen(
     for person in members.values():
         group = directory.group_by_identity(person.group.id)
         assert group is not None
-        changes: dict[str, object] = {
+        rules: dict[str, dict[str, object]] = {
             "members-only": {"accept_messages_only_from": ["adele.vance@contoso.com"]},
             "rejected": {"reject_messages_from": [person.external_email]},
             "moderated": {"moderation_enabled": True},
-        }[rule]
+        }
+        changes = rules[rule]
         directory.change_sender_rules(group, **changes)
         (finding,) = (await checker(person.group, [person]))[person.key]
         assert finding.kind is expected and not finding.repaired
