@@ -11,10 +11,12 @@ import pytest
 from shared.contracts import GroupKind, Recipient, RecipientKind, ResolvedGroup
 from shared.directory.errors import NotFoundError, ThrottledError
 from shared.directory.ports import DirectoryGroup, DirectoryUser, MailContact, SenderRestrictions
-from shared.drift.checks import DirectoryGroupChecker
-from shared.drift.model import DriftKind, Membership, membership_key
+from shared.drift.checks import DirectoryGroupChecker, group_checker
+from shared.drift.model import DriftKind, GroupChecker, Membership, membership_key
 from shared.policy import OnboardingPolicy
 from shared.provenance import stamp
+from shared.retry import RetryPolicy
+from shared.stages.dependencies import StageDependencies
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
 
 NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
@@ -245,3 +247,19 @@ async def test_a_contact_graph_cannot_see_is_not_an_error() -> None:
     tenant.script.fail_next("is_contact_member", NotFoundError("not yet", face="graph"))
     found = await tenant.checker(people[0].group, people)
     assert kinds(found[people[2].key]) == [DriftKind.NOT_A_MEMBER]
+
+
+async def test_the_app_builds_its_checker_from_the_stages_dependencies() -> None:
+    tenant = Tenant()
+    deps = StageDependencies(
+        graph=tenant.graph,
+        exchange=tenant.exchange,
+        policy=_policy(fix_allowed=False),
+        retry=RetryPolicy(),
+        guest_redirect_url="https://myapplications.microsoft.com",
+    )
+    checker: GroupChecker = group_checker(deps)  # what the app's bootstrap asks shared.drift.checks for
+    person = tenant.contact_in_dl(1)
+    tenant.restrict(tenant.dl, require_sender_authentication=True)
+    (finding,) = (await checker(person.group, [person]))[person.key]
+    assert not finding.repaired  # the policy given, not another

@@ -33,6 +33,7 @@ from shared.mail_flow import (
 from shared.policy import OnboardingPolicy
 from shared.powershell import quoted
 from shared.provenance import CONTACT_ATTRIBUTE, created_by, stamp
+from shared.stages.dependencies import StageDependencies
 
 RESUBMIT = "Submit the person's onboarding request again: the pipeline adds what is missing and verifies it."
 
@@ -172,6 +173,11 @@ class DirectoryGroupChecker:
             "theirs).",
             repaired=True,
         )
+
+
+def group_checker(dependencies: StageDependencies) -> DirectoryGroupChecker:
+    """The app's checker: the stages' own directory clients (their throttle gates) and policy."""
+    return DirectoryGroupChecker(dependencies.graph, dependencies.exchange, dependencies.policy)
 
 
 def _entra_id(member: Membership) -> str:
