@@ -231,8 +231,8 @@ def _findings(
             DriftFinding(
                 kind=DriftKind.NOT_A_MEMBER,
                 description=f"The person is no longer a member of {group.display_name!r}.",
-                fix=f"{RESUBMIT} Or, for a mail contact: Add-DistributionGroupMember -Identity {quoted(group.mail)} "
-                f"-Member {quoted(who)}"
+                fix=f"{RESUBMIT} Or: Add-DistributionGroupMember -Identity {quoted(group.mail)} -Member {quoted(who)}"
+                + (" -BypassSecurityGroupManagerCheck" if group.kind is GroupKind.MAIL_ENABLED_SECURITY else "")
                 if contact
                 else RESUBMIT,
             )
