@@ -16,6 +16,9 @@ from pydantic import BaseModel
 from shared.cloudevents import REQUEST_TYPE, REQUEST_TYPES
 from shared.contracts import (
     CONTRACT_VERSION,
+    DriftEvent,
+    DriftFinding,
+    DriftKind,
     GroupKind,
     LeaseNotice,
     OnboardingRequest,
@@ -26,6 +29,7 @@ from shared.contracts import (
     ResolvedGroup,
     StageName,
 )
+from shared.drift.model import membership_key, period_id
 from shared.journal.model import Lease
 from shared.leases import CLOUDEVENTS_JSON, NOTICE_SOURCE, NOTICE_SUBJECT, NOTICE_TYPE, notice_message
 
@@ -142,6 +146,80 @@ LEASE_NOTICE_EXAMPLE: dict[str, Any] = {
 }
 
 
+# The drift event's CloudEvent attributes, as the drift watch publishes them (docs/drift.md).
+DRIFT_TYPE = "org.m365-external-onboarding.drift.detected.v1"
+DRIFT_SOURCE = "/m365-external-onboarding/drift"
+DRIFT_SUBJECT = "onboarding.DriftDetected"
+_DRIFT_AT = datetime(2026, 12, 8, 2, 0, 7, tzinfo=UTC)
+_DRIFT = DriftEvent(
+    membership_id=membership_key("jordan.reyes@fabrikam.example", _OUTCOME.group.id if _OUTCOME.group else ""),
+    request_id="hr-2026-0042",
+    source_system="demo-hr",
+    external_email="jordan.reyes@fabrikam.example",
+    display_name="Jordan Reyes",
+    group=_OUTCOME.group or ResolvedGroup(id="", display_name="", mail="", kind=GroupKind.DISTRIBUTION),
+    recipient=_OUTCOME.recipient or Recipient(kind=RecipientKind.MAIL_CONTACT, id="", created=True),
+    findings=(
+        DriftFinding(
+            kind=DriftKind.RECIPIENT_HIDDEN,
+            description="The person's mail contact is hidden from address lists: people in the tenant no longer "
+            "find them in the address book.",
+            fix="Set-MailContact -Identity '3b1f0a52-9c4e-4d2a-8f6b-1e2d3c4b5a69' -HiddenFromAddressListsEnabled $false",
+        ),
+        DriftFinding(
+            kind=DriftKind.SENDER_AUTHENTICATION_REQUIRED,
+            description="Group 'Partners' had been set to accept mail only from authenticated senders again (550 "
+            "5.7.133 for external senders); the watch turned RequireSenderAuthenticationEnabled off, as the policy "
+            "allows for this group.",
+            fix="Nothing to do. To stop it recurring, find who turns it back on.",
+            repaired=True,
+        ),
+    ),
+    last_seen_right_at=datetime(2026, 12, 7, 2, 0, 5, tzinfo=UTC),
+    detected_at=_DRIFT_AT,
+    description="The membership in 'Partners' is no longer as the onboarding left it (RecipientHidden, "
+    "SenderAuthenticationRequired); last seen right at 2026-12-07 02:00 UTC. Each finding says its fix.",
+)
+_DRIFT_ID = f"{_DRIFT.membership_id}/{period_id(datetime(2026, 12, 8, 2, 0, tzinfo=UTC))}/drift"
+DRIFT_EXAMPLE: dict[str, Any] = {
+    "name": "drift-detected",
+    "summary": "A day after hr-2026-0042: its contact hidden, and 5.7.133 back on the group (repaired)",
+    "headers": {"messageId": _DRIFT_ID, "correlationId": "hr-2026-0042", "contentType": CLOUDEVENTS_JSON},
+    "payload": {
+        "specversion": "1.0",
+        "type": DRIFT_TYPE,
+        "source": DRIFT_SOURCE,
+        "id": _DRIFT_ID,
+        "time": _DRIFT_AT.isoformat(),
+        "subject": _DRIFT.membership_id,
+        "datacontenttype": "application/json",
+        "data": _DRIFT.model_dump(mode="json"),
+    },
+}
+
+
+def _drift_event_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "CloudEvents 1.0, JSON event format, structured mode (docs/drift.md). Subject "
+        f"{DRIFT_SUBJECT}: tell it from outcome events by the message's subject or content type.",
+        "required": ["specversion", "type", "source", "id", "time", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "type": {"const": DRIFT_TYPE},
+            "source": {"const": DRIFT_SOURCE},
+            "id": {
+                "type": "string",
+                "description": "<membership id>/<sweep period>/drift: one per membership and period.",
+            },
+            "time": {"type": "string", "format": "date-time"},
+            "subject": {"type": "string", "description": "The membership id."},
+            "datacontenttype": {"const": "application/json"},
+            "data": {"$ref": _REF.format(model="DriftEvent")},
+        },
+    }
+
+
 def _lease_notice_schema() -> dict[str, Any]:
     return {
         "type": "object",
@@ -230,6 +308,7 @@ def asyncapi_document() -> dict[str, Any]:
     intake = StageName.CREATE_CONTACT.value
     outcome_message = {"$ref": "#/components/messages/OutcomeEvent"}
     notice_message_ref = {"$ref": "#/components/messages/LeaseNotice"}
+    drift_message_ref = {"$ref": "#/components/messages/DriftEvent"}
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -267,14 +346,24 @@ def asyncapi_document() -> dict[str, Any]:
                 "description": "One outcome event per request whose ReplyTo is empty or unusable. An operator's "
                 "`onboard doctor --wait` also leaves the app's self-check report here (subject "
                 "onboarding.selfcheck, not an outcome event): read outcome events by their subject, "
-                "onboarding.<status>. A lease's notice comes here too (subject onboarding.LeaseEnding).",
-                "messages": {"outcome": outcome_message, "leaseNotice": notice_message_ref},
+                "onboarding.<status>. A lease's notice comes here too (subject onboarding.LeaseEnding), and a drift "
+                f"event (subject {DRIFT_SUBJECT}) when the drift watch finds an onboarding undone.",
+                "messages": {
+                    "outcome": outcome_message,
+                    "leaseNotice": notice_message_ref,
+                    "driftEvent": drift_message_ref,
+                },
             },
             "replyTo": {
                 "address": "{replyTo}",
-                "description": "The queue a request names in its ReplyTo: its outcome, and its lease's notice.",
+                "description": "The queue a request names in its ReplyTo: its outcome, its lease's notice, and "
+                "its membership's drift events.",
                 "parameters": {"replyTo": {"description": "The request's AMQP reply-to."}},
-                "messages": {"outcome": outcome_message, "leaseNotice": notice_message_ref},
+                "messages": {
+                    "outcome": outcome_message,
+                    "leaseNotice": notice_message_ref,
+                    "driftEvent": drift_message_ref,
+                },
             },
         },
         "operations": {
@@ -308,6 +397,14 @@ def asyncapi_document() -> dict[str, Any]:
                 "channel": {"$ref": "#/channels/outcomes"},
                 "messages": [{"$ref": "#/channels/outcomes/messages/leaseNotice"}],
             },
+            "receiveDriftEvent": {
+                "action": "receive",
+                "title": "Receive drift events",
+                "summary": "An onboarded membership no longer works as verified: each finding says what changed, "
+                "whether the watch repaired it, and the fix.",
+                "channel": {"$ref": "#/channels/outcomes"},
+                "messages": [{"$ref": "#/channels/outcomes/messages/driftEvent"}],
+            },
         },
         "components": {
             "messages": {
@@ -340,6 +437,16 @@ def asyncapi_document() -> dict[str, Any]:
                     "correlationId": {"location": "$message.header#/correlationId"},
                     "examples": [LEASE_NOTICE_EXAMPLE],
                 },
+                "DriftEvent": {
+                    "name": "DriftEvent",
+                    "title": f"An onboarding was undone (CloudEvent {DRIFT_TYPE})",
+                    "summary": "Published when a sweep of the drift watch finds a membership newly wrong.",
+                    "contentType": CLOUDEVENTS_JSON,
+                    "headers": _headers(reply_to=False, content_types=[CLOUDEVENTS_JSON]),
+                    "payload": {"$ref": "#/components/schemas/DriftEventCloudEvent"},
+                    "correlationId": {"location": "$message.header#/correlationId"},
+                    "examples": [DRIFT_EXAMPLE],
+                },
                 "OutcomeEvent": {
                     "name": "OutcomeEvent",
                     "title": "Outcome event (contract v1)",
@@ -351,8 +458,12 @@ def asyncapi_document() -> dict[str, Any]:
                     "examples": [OUTCOME_EXAMPLE],
                 },
             },
-            "schemas": _schemas(OnboardingRequest, OutcomeEvent, LeaseNotice)
-            | {"OnboardingRequestCloudEvent": _cloudevent_schema(), "LeaseNoticeCloudEvent": _lease_notice_schema()},
+            "schemas": _schemas(OnboardingRequest, OutcomeEvent, LeaseNotice, DriftEvent)
+            | {
+                "OnboardingRequestCloudEvent": _cloudevent_schema(),
+                "LeaseNoticeCloudEvent": _lease_notice_schema(),
+                "DriftEventCloudEvent": _drift_event_schema(),
+            },
             "securitySchemes": {
                 "entraId": {
                     "type": "oauth2",

@@ -316,6 +316,53 @@ class LeaseNotice(_Contract):
     description: str
 
 
+class DriftKind(StrEnum):
+    """What undid a verified onboarding: the vocabulary of drift events and `onboard drift` (docs/drift.md)."""
+
+    GROUP_MISSING = "GroupMissing"  # the group was deleted
+    NOT_A_MEMBER = "NotAMember"  # someone removed the person from the group
+    SENDER_AUTHENTICATION_REQUIRED = "SenderAuthenticationRequired"  # 550 5.7.133 is back
+    SENDERS_RESTRICTED = "SendersRestricted"  # accepts only listed senders (members-only...), not this person
+    SENDER_REJECTED = "SenderRejected"  # on the group's reject list
+    MODERATED = "Moderated"  # the person's mail waits for a moderator
+    RECIPIENT_MISSING = "RecipientMissing"  # the contact or guest was deleted
+    RECIPIENT_NOT_OURS = "RecipientNotOurs"  # the contact's provenance stamp is gone or another's
+    RECIPIENT_HIDDEN = "RecipientHidden"  # the contact is hidden from address lists
+    GUEST_DISABLED = "GuestDisabled"  # the guest's sign-in is blocked (accountEnabled false)
+    NOT_SUBSCRIBED = "NotSubscribed"  # a Microsoft 365 group's guest no longer gets its mail
+
+
+class DriftFinding(BaseModel):
+    """One thing found wrong with one membership: what changed and the fix (no full address: masked)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: DriftKind
+    description: str = Field(min_length=1, max_length=2000)
+    fix: str = Field(min_length=1, max_length=2000, description="The command or step that puts it right.")
+    repaired: bool = Field(default=False, description="The watch put it right itself, as the policy allows.")
+
+
+class DriftEvent(BaseModel):
+    """Published when a check finds a membership newly wrong (docs/drift.md), as the data of a CloudEvent of
+    type org.m365-external-onboarding.drift.detected.v1, to the onboarding's ReplyTo, else `onboarding-outcomes`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    contract_version: ContractVersion = CONTRACT_VERSION
+    membership_id: str = Field(description="The person and group (a key of the roster; no address in it).")
+    request_id: str = Field(description="The onboarding that verified the membership.")
+    source_system: str
+    external_email: str
+    display_name: str
+    group: ResolvedGroup
+    recipient: Recipient
+    findings: tuple[DriftFinding, ...] = Field(min_length=1)
+    last_seen_right_at: datetime = Field(description="When a check (or the onboarding) last found it right.")
+    detected_at: datetime
+    description: str
+
+
 def contract_schemas() -> dict[str, Any]:
     """The JSON Schemas upstream systems and consumers validate against."""
     return {
@@ -323,4 +370,5 @@ def contract_schemas() -> dict[str, Any]:
         "StageMessage": StageMessage.model_json_schema(),
         "OutcomeEvent": OutcomeEvent.model_json_schema(),
         "LeaseNotice": LeaseNotice.model_json_schema(),
+        "DriftEvent": DriftEvent.model_json_schema(),
     }

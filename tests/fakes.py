@@ -25,8 +25,11 @@ from shared.directory.errors import (
     NotFoundError,
 )
 from shared.directory.ports import (
+    ContactDetails,
     DirectoryGroup,
     DirectoryUser,
+    EntraMembers,
+    ExchangeMembers,
     GroupMember,
     MailContact,
     SenderRestrictions,
@@ -65,6 +68,8 @@ class FakeGraph:
         self.members: dict[str, set[str]] = defaultdict(set)
         self.sent: list[tuple[str, str, str]] = []  # (sender, recipient, subject)
         self.exchange: FakeExchange | None = None  # whose distribution-group members Graph also sees
+        self.disabled: set[str] = set()  # users whose accountEnabled is false
+        self.members_page: int = 999  # rows per page of group_members_within
 
     def add_group(self, kind: GroupKind, mail: str | None, *, dynamic: bool = False) -> DirectoryGroup:
         group = DirectoryGroup(str(uuid.uuid4()), f"Group {mail}", mail, kind, dynamic)
@@ -126,6 +131,17 @@ class FakeGraph:
         self.script.check("list_group_member_ids")
         return frozenset(self.members[group_id])
 
+    async def group_members_within(self, group_id: str, max_pages: int) -> EntraMembers:
+        self.script.check("group_members_within")
+        ids = sorted(self.members[group_id])
+        shown = ids[: self.members_page * max_pages]
+        enabled = {i.lower(): (i not in self.disabled) if i in self.users else None for i in shown}
+        return EntraMembers(enabled, complete=len(shown) == len(ids))
+
+    async def user_account_enabled(self, user_id: str) -> bool | None:
+        self.script.check("user_account_enabled")
+        return None if user_id not in self.users else user_id not in self.disabled
+
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
         self.script.check("is_group_member")
         return self._member(group_id, object_id)
@@ -164,6 +180,7 @@ class FakeExchange:
         self.restrictions: dict[str, SenderRestrictions] = {}
         self.traces: list[TraceEntry] = []
         self.renamed: dict[str, tuple[str, str | None, str | None]] = {}  # Set-Contact's names, by identity
+        self.members_page: int = 1000  # rows per page of distribution_group_members_within
 
     async def get_accepted_domains(self) -> frozenset[str]:
         self.script.check("get_accepted_domains")
@@ -172,6 +189,10 @@ class FakeExchange:
     async def find_mail_contact(self, address: str) -> MailContact | None:
         self.script.check("find_mail_contact")
         return next((c for c in self.contacts.values() if c.external_email_address.lower() == address.lower()), None)
+
+    async def get_mail_contact(self, identity: str) -> MailContact | None:
+        self.script.check("get_mail_contact")
+        return self.contacts.get(identity)
 
     async def new_mail_contact(
         self,
@@ -231,6 +252,20 @@ class FakeExchange:
     async def list_distribution_group_members(self, group: str) -> list[GroupMember]:
         self.script.check("list_distribution_group_members")
         return [GroupMember(m, None, None) for m in self.members[group]]
+
+    async def distribution_group_members_within(self, group: str, max_pages: int) -> ExchangeMembers:
+        self.script.check("distribution_group_members_within")
+        ids = sorted(self.members[group])
+        shown = ids[: self.members_page * max_pages]
+        return ExchangeMembers(tuple(self._member_row(m) for m in shown), complete=len(shown) == len(ids))
+
+    def _member_row(self, identity: str) -> GroupMember:
+        """A contact's row carries its hidden flag and stamp, as Exchange's member rows do."""
+        contact = self.contacts.get(identity)
+        if contact is None:
+            return GroupMember(identity, identity, None)
+        details = ContactDetails(contact.hidden_from_address_lists, contact.provenance)
+        return GroupMember(identity, contact.external_directory_object_id, contact.external_email_address, details)
 
     async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
         self.script.check("list_unified_group_subscribers")

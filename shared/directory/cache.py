@@ -27,7 +27,9 @@ from typing import Generic, TypeVar
 from shared.directory.ports import (
     DirectoryGroup,
     DirectoryUser,
+    EntraMembers,
     ExchangeDirectory,
+    ExchangeMembers,
     GraphDirectory,
     GroupMember,
     MailContact,
@@ -122,6 +124,12 @@ class CachingGraphDirectory:
     async def contact_group_ids(self, contact_id: str) -> frozenset[str]:
         return await self.inner.contact_group_ids(contact_id)
 
+    async def group_members_within(self, group_id: str, max_pages: int) -> EntraMembers:
+        return await self.inner.group_members_within(group_id, max_pages)
+
+    async def user_account_enabled(self, user_id: str) -> bool | None:
+        return await self.inner.user_account_enabled(user_id)
+
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
         return await self.inner.is_group_member(group_id, object_id)
 
@@ -180,6 +188,9 @@ class CachingExchangeDirectory:
             last_name=last_name,
         )
 
+    async def get_mail_contact(self, identity: str) -> MailContact | None:
+        return await self.inner.get_mail_contact(identity)
+
     async def stamp_mail_contact(self, identity: str, value: str) -> None:
         await self.inner.stamp_mail_contact(identity, value)
 
@@ -203,6 +214,9 @@ class CachingExchangeDirectory:
 
     async def list_distribution_group_members(self, group: str) -> list[GroupMember]:
         return await self.inner.list_distribution_group_members(group)
+
+    async def distribution_group_members_within(self, group: str, max_pages: int) -> ExchangeMembers:
+        return await self.inner.distribution_group_members_within(group, max_pages)
 
     async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
         return await self.inner.list_unified_group_subscribers(group)

@@ -36,7 +36,15 @@ from shared.directory.errors import (
     TransientDirectoryError,
     classify_status,
 )
-from shared.directory.ports import GroupMember, MailContact, SenderRestrictions, TraceEntry, Warnings
+from shared.directory.ports import (
+    ContactDetails,
+    ExchangeMembers,
+    GroupMember,
+    MailContact,
+    SenderRestrictions,
+    TraceEntry,
+    Warnings,
+)
 from shared.directory.rights import MANAGE_AS_APP, SECURITY_GROUP_MEMBERSHIP, exchange_role_for
 from shared.directory.throttle import ThrottleGate
 from shared.provenance import CONTACT_ATTRIBUTE
@@ -90,6 +98,7 @@ class Answer:
 
     rows: list[dict[str, Any]]
     warnings: Warnings = ()
+    complete: bool = True  # False: the caller's page budget ended before the last page
 
 
 class ExchangeOnlineClient:
@@ -122,22 +131,25 @@ class ExchangeOnlineClient:
         if self._owns_client:
             await self._http.aclose()
 
-    async def invoke(self, cmdlet: str, parameters: dict[str, Any]) -> Answer:
-        """Run one cmdlet; every page of its output, and its warnings."""
+    async def invoke(self, cmdlet: str, parameters: dict[str, Any], *, max_pages: int | None = None) -> Answer:
+        """Run one cmdlet; every page of its output, and its warnings. With `max_pages`, at most that many
+        pages, the answer saying whether they were all; without, more than MAX_PAGES pages is an error."""
         body = {"CmdletInput": {"CmdletName": cmdlet, "Parameters": parameters}}
-        url: str | None = self._url
+        url = self._url
         results: list[dict[str, Any]] = []
         warnings: list[str] = []
-        for _ in range(MAX_PAGES):
-            if url is None:
-                return Answer(results, tuple(warnings))
+        for _ in range(MAX_PAGES if max_pages is None else max(1, min(max_pages, MAX_PAGES))):
             page = await self._post(url, cmdlet, body)
             results.extend(page.rows)
             warnings.extend(page.warnings)
-            url = page.next_link
-            if url is not None and httpx.URL(url).netloc != httpx.URL(self._url).netloc:
+            if page.next_link is None:
+                return Answer(results, tuple(warnings))
+            if httpx.URL(page.next_link).netloc != httpx.URL(self._url).netloc:
                 # Never send the bearer token to a host other than the one configured.
                 raise RejectedRequestError(f"{cmdlet}: @odata.nextLink points at another host", face="exchange")
+            url = page.next_link
+        if max_pages is not None:
+            return Answer(results, tuple(warnings), complete=False)
         raise RejectedRequestError(f"{cmdlet} returned more than {MAX_PAGES} pages", face="exchange")
 
     async def _post(self, url: str, cmdlet: str, body: dict[str, Any]) -> _Page:
@@ -214,6 +226,13 @@ class ExchangeOnlineClient:
         contacts = (_mail_contact(row) for row in rows)
         return next((c for c in contacts if same_address(c.external_email_address, address)), None)
 
+    async def get_mail_contact(self, identity: str) -> MailContact | None:
+        try:
+            rows = (await self.invoke("Get-MailContact", {"Identity": identity})).rows
+        except NotFoundError:
+            return None
+        return _mail_contact(rows[0]) if rows else None
+
     async def new_mail_contact(
         self,
         *,
@@ -271,6 +290,10 @@ class ExchangeOnlineClient:
     async def list_distribution_group_members(self, group: str) -> list[GroupMember]:
         rows = (await self.invoke("Get-DistributionGroupMember", {"Identity": group})).rows
         return [_group_member(row) for row in rows]
+
+    async def distribution_group_members_within(self, group: str, max_pages: int) -> ExchangeMembers:
+        answer = await self.invoke("Get-DistributionGroupMember", {"Identity": group}, max_pages=max_pages)
+        return ExchangeMembers(tuple(_group_member(row) for row in answer.rows), answer.complete)
 
     async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
         parameters = {"Identity": group, "LinkType": "Subscribers"}
@@ -371,7 +394,17 @@ def _group_member(row: dict[str, Any]) -> GroupMember:
         identity=str(row.get("Guid") or row.get("Identity") or ""),
         external_directory_object_id=_entra_id(row),
         email_address=_bare_address(row.get("PrimarySmtpAddress") or row.get("ExternalEmailAddress")),
+        contact=_contact_details(row),
     )
+
+
+def _contact_details(row: dict[str, Any]) -> ContactDetails | None:
+    """A mail contact's hidden flag and stamp, only when the row carries both fields (else None: read the
+    contact itself); a value that is not a boolean is not trusted either."""
+    hidden = row.get("HiddenFromAddressListsEnabled")
+    if row.get("RecipientType") != "MailContact" or not isinstance(hidden, bool) or CONTACT_ATTRIBUTE not in row:
+        return None
+    return ContactDetails(hidden, str(row.get(CONTACT_ATTRIBUTE) or "") or None)
 
 
 def _mail_contact(row: dict[str, Any]) -> MailContact:
@@ -385,6 +418,7 @@ def _mail_contact(row: dict[str, Any]) -> MailContact:
         external_email_address=address,
         external_directory_object_id=_entra_id(row),
         provenance=str(row.get(CONTACT_ATTRIBUTE) or "") or None,
+        hidden_from_address_lists=row.get("HiddenFromAddressListsEnabled") is True,
     )
 
 

@@ -39,6 +39,7 @@ from msgraph.generated.models.recipient import Recipient
 from msgraph.generated.models.reference_create import ReferenceCreate
 from msgraph.generated.models.user import User
 from msgraph.generated.users.item.send_mail.send_mail_post_request_body import SendMailPostRequestBody
+from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 from msgraph.graph_request_adapter import GraphRequestAdapter
 from msgraph.graph_service_client import GraphServiceClient
@@ -57,7 +58,7 @@ from shared.directory.errors import (
     TransientDirectoryError,
     classify_status,
 )
-from shared.directory.ports import DirectoryGroup, DirectoryUser
+from shared.directory.ports import DirectoryGroup, DirectoryUser, EntraMembers
 from shared.directory.rights import GRAPH_CALLS
 from shared.directory.throttle import DEFAULT_HOLD_SECONDS, ThrottleGate
 
@@ -65,6 +66,7 @@ SCOPE = "https://graph.microsoft.com/.default"
 DIRECTORY_OBJECTS = "https://graph.microsoft.com/v1.0/directoryObjects/"
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 MAX_PAGES = 500
+MEMBERS_PAGE = 999  # $top's largest value on directory-object lists (docs/microsoft-365-facts.md, drift)
 THROTTLED = 429
 # Graph v1.0 returns a default property set unless $select says otherwise, and userType is not in
 # the users' default set: ask for exactly what _directory_group / _directory_user read.
@@ -274,6 +276,39 @@ class MsGraphDirectory:
         members = self._client.groups.by_group_id(group_id).members
         query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(select=["id"])
         return await self._ids(members, RequestConfiguration(query_parameters=query))
+
+    @_names_the_right
+    async def group_members_within(self, group_id: str, max_pages: int) -> EntraMembers:
+        members = self._client.groups.by_group_id(group_id).members
+        query = MembersRequestBuilder.MembersRequestBuilderGetQueryParameters(
+            select=["id", "accountEnabled"], top=MEMBERS_PAGE
+        )
+        page = await self._call(lambda: members.get(RequestConfiguration(query_parameters=query)))
+        enabled: dict[str, bool | None] = {}
+        pages_left = max(1, min(max_pages, MAX_PAGES))
+        while True:
+            for item in page.value or [] if page else []:
+                if item.id:  # a user's accountEnabled; None for a contact or group (and for withheld fields)
+                    enabled[item.id.lower()] = item.account_enabled if isinstance(item, User) else None
+            if page is None or not page.odata_next_link:
+                return EntraMembers(enabled, complete=True)
+            pages_left -= 1
+            if pages_left == 0:
+                return EntraMembers(enabled, complete=False)
+            next_link = page.odata_next_link
+            page = await self._call(lambda link=next_link: members.with_url(link).get())  # type: ignore[misc]
+
+    @_names_the_right
+    async def user_account_enabled(self, user_id: str) -> bool | None:
+        query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id", "accountEnabled"])
+        item = self._client.users.by_user_id(user_id)
+        try:
+            user = await self._call(lambda: item.get(RequestConfiguration(query_parameters=query)))
+        except NotFoundError:
+            return None
+        if user is None or user.account_enabled is None:
+            raise RejectedRequestError("Graph returned a user without accountEnabled", face="graph")
+        return user.account_enabled
 
     @_names_the_right
     async def is_contact_member(self, group_id: str, contact_id: str) -> bool:

@@ -8,6 +8,7 @@ exchange.py) and the tests' fakes implement them. Every method raises a Director
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -43,6 +44,15 @@ class MailContact:
     external_email_address: str  # bare address, without the "SMTP:" prefix
     external_directory_object_id: str | None  # the Entra object id; None until Entra has the contact
     provenance: str | None = None  # the app's stamp (shared/provenance.py) when the app created it
+    hidden_from_address_lists: bool = False  # HiddenFromAddressListsEnabled
+
+
+@dataclass(frozen=True)
+class ContactDetails:
+    """What a member row tells of a mail contact, when it carries the fields (the drift watch's shared read)."""
+
+    hidden_from_address_lists: bool
+    provenance: str | None
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,24 @@ class GroupMember:
     identity: str
     external_directory_object_id: str | None
     email_address: str | None
+    contact: ContactDetails | None = None  # a mail contact's row with HiddenFromAddressListsEnabled and the stamp
+
+
+@dataclass(frozen=True)
+class ExchangeMembers:
+    """A distribution group's members as far as the pages read went; `complete`: every page was read."""
+
+    members: tuple[GroupMember, ...]
+    complete: bool
+
+
+@dataclass(frozen=True)
+class EntraMembers:
+    """A group's direct members in Entra as far as the pages read went: each object id (lower-case) with a
+    user's accountEnabled (None for other kinds, or when Graph withheld it); `complete`: every page was read."""
+
+    account_enabled: Mapping[str, bool | None]
+    complete: bool
 
 
 @dataclass(frozen=True)
@@ -116,6 +144,15 @@ class GraphDirectory(Protocol):
         is in few groups). Raises NotFoundError when the contact is not (yet) visible to Graph."""
         ...
 
+    async def group_members_within(self, group_id: str, max_pages: int) -> EntraMembers:
+        """GET /groups/{id}/members?$select=id,accountEnabled&$top=999, at most `max_pages` pages: one read
+        for many people of the group, cheaper than one check each while the group is not much larger."""
+        ...
+
+    async def user_account_enabled(self, user_id: str) -> bool | None:
+        """GET /users/{id}?$select=id,accountEnabled: whether the user may sign in; None when there is no such user."""
+        ...
+
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
         """For a user (a guest), one call whatever the group's size: POST /directoryObjects/{id}/checkMemberGroups.
 
@@ -143,6 +180,10 @@ class ExchangeDirectory(Protocol):
 
     async def find_mail_contact(self, address: str) -> MailContact | None:
         """The mail contact whose external address is `address` (never one that only has it as its name)."""
+        ...
+
+    async def get_mail_contact(self, identity: str) -> MailContact | None:
+        """Get-MailContact -Identity <its Guid>: the contact as it is now; None when it is gone."""
         ...
 
     async def new_mail_contact(
@@ -187,6 +228,10 @@ class ExchangeDirectory(Protocol):
         ...
 
     async def list_distribution_group_members(self, group: str) -> list[GroupMember]: ...
+
+    async def distribution_group_members_within(self, group: str, max_pages: int) -> ExchangeMembers:
+        """Get-DistributionGroupMember, at most `max_pages` pages of 1,000 (see group_members_within)."""
+        ...
 
     async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
         """Get-UnifiedGroupLinks -LinkType Subscribers: who receives a Microsoft 365 group's mail."""

@@ -40,6 +40,9 @@ GRAPH_CALLS: dict[str, str] = {
     "list_group_member_ids": GROUP_READ,
     "first_page_of_groups": GROUP_READ,
     "is_group_member": f"{USER_READ} and {GROUP_READ}",
+    # Group.Read.All lists the members; a user member's accountEnabled is returned only with User.Read.All.
+    "group_members_within": f"{GROUP_READ} and {USER_READ}",
+    "user_account_enabled": USER_READ,
     "is_contact_member": ORG_CONTACT_READ,
     "contact_group_ids": ORG_CONTACT_READ,
     # RBAC for Applications, scoped to the welcome mailbox (or Mail.Send tenant-wide, if granted so)

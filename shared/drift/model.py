@@ -17,7 +17,11 @@ from typing import Annotated, Protocol, runtime_checkable
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared.addresses import normal_address
-from shared.contracts import CONTRACT_VERSION, ContractVersion, Recipient, ResolvedGroup
+
+# The drift event is a published contract, so it and its parts live with the others (shared/contracts.py).
+from shared.contracts import DriftEvent as DriftEvent
+from shared.contracts import DriftFinding, Recipient, ResolvedGroup
+from shared.contracts import DriftKind as DriftKind
 
 # "<group id>:<digest of the address>": sorts by group; no address in a key (a digest, as lease keys).
 MEMBERSHIP_KEY_PATTERN = r"^[0-9a-z-]{1,64}:[0-9a-f]{32}$"
@@ -39,33 +43,6 @@ def period_id(started: datetime) -> str:
 class MembershipState(StrEnum):
     ACTIVE = "active"  # onboarded and not offboarded (nor expired): the sweep checks it
     OFFBOARDED = "offboarded"  # an offboard (or a lease's end) removed it: history, never checked
-
-
-class DriftKind(StrEnum):
-    """What undid a verified onboarding: the vocabulary of drift events and `onboard drift` (docs/drift.md)."""
-
-    GROUP_MISSING = "GroupMissing"  # the group was deleted
-    NOT_A_MEMBER = "NotAMember"  # someone removed the person from the group
-    SENDER_AUTHENTICATION_REQUIRED = "SenderAuthenticationRequired"  # 550 5.7.133 is back
-    SENDERS_RESTRICTED = "SendersRestricted"  # accepts only listed senders (members-only...), not this person
-    SENDER_REJECTED = "SenderRejected"  # on the group's reject list
-    MODERATED = "Moderated"  # the person's mail waits for a moderator
-    RECIPIENT_MISSING = "RecipientMissing"  # the contact or guest was deleted
-    RECIPIENT_NOT_OURS = "RecipientNotOurs"  # the contact's provenance stamp is gone or another's
-    RECIPIENT_HIDDEN = "RecipientHidden"  # the contact is hidden from address lists
-    GUEST_DISABLED = "GuestDisabled"  # the guest's sign-in is blocked (accountEnabled false)
-    NOT_SUBSCRIBED = "NotSubscribed"  # a Microsoft 365 group's guest no longer gets its mail
-
-
-class DriftFinding(BaseModel):
-    """One thing found wrong with one membership: what changed and the fix (no full address: masked)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: DriftKind
-    description: str = Field(min_length=1, max_length=2000)
-    fix: str = Field(min_length=1, max_length=2000, description="The command or step that puts it right.")
-    repaired: bool = Field(default=False, description="The watch put it right itself, as the policy allows.")
 
 
 class Membership(BaseModel):
@@ -168,23 +145,3 @@ class GroupChecker(Protocol):
     async def __call__(
         self, group: ResolvedGroup, members: Sequence[Membership]
     ) -> Mapping[str, tuple[DriftFinding, ...]]: ...
-
-
-class DriftEvent(BaseModel):
-    """Published when a check finds a membership newly wrong (docs/drift.md), as the data of a CloudEvent of
-    type org.m365-external-onboarding.drift.detected.v1, to the onboarding's ReplyTo, else `onboarding-outcomes`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    contract_version: ContractVersion = CONTRACT_VERSION
-    membership_id: str = Field(description="The person and group (a key of the roster; no address in it).")
-    request_id: str = Field(description="The onboarding that verified the membership.")
-    source_system: str
-    external_email: str
-    display_name: str
-    group: ResolvedGroup
-    recipient: Recipient
-    findings: tuple[DriftFinding, ...] = Field(min_length=1)
-    last_seen_right_at: datetime = Field(description="When a check (or the onboarding) last found it right.")
-    detected_at: datetime
-    description: str

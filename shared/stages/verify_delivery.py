@@ -36,9 +36,17 @@ from shared.contracts import (
 )
 from shared.decisions import Decision, Finish, PassOn, RetryLater
 from shared.directory.errors import DirectoryError
-from shared.directory.ports import GroupMember, SenderRestrictions, is_member
+from shared.directory.ports import is_member
 from shared.envelope import Delivery
 from shared.failures import decide_on_directory_error, retry_or_give_up
+from shared.mail_flow import (
+    accept_unauthenticated_senders,
+    is_recipient,
+    not_subscribed_warning,
+    sender_authentication_repaired,
+    sender_authentication_warning,
+    sender_problems,
+)
 from shared.outcomes import dead_letter, finish
 from shared.powershell import quoted
 from shared.progress import Progress, Turn
@@ -111,31 +119,17 @@ def _who_joined(message: StageMessage) -> str:
     return f"{recipient.kind} is a member of {group.display_name!r}."
 
 
-def _is_recipient(member: GroupMember, recipient: Recipient, address: str) -> bool:
-    """Exchange lists a member by Guid, ExternalDirectoryObjectId and address; any of them identifies ours."""
-    ours = {recipient.id.lower(), (recipient.directory_object_id or "").lower()} - {""}
-    return bool(
-        {member.identity.lower(), (member.external_directory_object_id or "").lower()} & ours
-        or (member.email_address or "").lower() == address.lower()
-    )
-
-
 async def _check_subscription(run: _Verification) -> RetryLater | None:
     """A re-check later while Exchange has not caught up with a guest this request added; else None."""
     group, recipient = run.message.group, run.message.recipient
     address = str(run.message.request.external_email)
     subscribers = await run.deps.exchange.list_unified_group_subscribers(group.mail)
-    if any(_is_recipient(member, recipient, address) for member in subscribers):
+    if any(is_recipient(member, recipient, address) for member in subscribers):
         return None
     if run.message.newly_added:
         # Exchange subscribes a guest when it is added, but learns of Entra's changes later: not there yet.
         return _wait_for_exchange(run)
-    run.progress.warnings.append(
-        f"The guest is a member of {group.display_name!r} but not subscribed to it, so the group's "
-        "conversations do not reach them by mail. The app cannot subscribe anyone (Add-UnifiedGroupLinks "
-        "refuses app-only callers); an Exchange administrator can: "
-        f"Add-UnifiedGroupLinks -Identity {quoted(group.mail)} -LinkType Subscribers -Links {quoted(address)}"
-    )
+    run.progress.warnings.append(not_subscribed_warning(group, address))
     return None
 
 
@@ -209,47 +203,14 @@ async def _is_member(run: _Verification) -> bool:
 
 async def _make_group_accept_external_mail(group: ResolvedGroup, recipient: Recipient, run: _Verification) -> None:
     exchange, progress = run.deps.exchange, run.progress
-    unified = group.kind is GroupKind.MICROSOFT_365
-    restrictions = await exchange.get_sender_restrictions(group.mail, unified=unified)
+    restrictions = await exchange.get_sender_restrictions(group.mail, unified=group.kind is GroupKind.MICROSOFT_365)
     if restrictions.require_sender_authentication:
         if run.deps.policy.sender_authentication_fix_allowed_for(group.id, group.mail):
-            security_group = group.kind is GroupKind.MAIL_ENABLED_SECURITY
-            warnings = await exchange.set_require_sender_authentication(
-                group.mail, False, unified=unified, security_group=security_group
-            )
-            progress.warnings.extend(
-                f"Set-{'UnifiedGroup' if unified else 'DistributionGroup'} warned: {w}" for w in warnings
-            )
-            progress.changes.append(
-                f"RequireSenderAuthenticationEnabled on {group.display_name!r} changed from True to False "
-                "so external senders are accepted (5.7.133 fix)."
-            )
+            progress.warnings.extend(await accept_unauthenticated_senders(exchange, group))
+            progress.changes.append(sender_authentication_repaired(group))
         else:
-            cmdlet = "Set-UnifiedGroup" if unified else "Set-DistributionGroup"
-            progress.warnings.append(
-                f"Group {group.display_name!r} accepts mail only from authenticated senders: mail from this "
-                "person bounces with 550 5.7.133. Fix, if intended: "
-                f"{cmdlet} -Identity {quoted(group.mail)} -RequireSenderAuthenticationEnabled $false "
-                "(or allow the fix for this group in the policy)."
-            )
-    progress.warnings.extend(_other_restrictions(restrictions, recipient, str(run.message.request.external_email)))
-
-
-def _other_restrictions(restrictions: SenderRestrictions, recipient: Recipient, address: str) -> list[str]:
-    """Sender lists come back as object GUIDs since May 2025 (earlier: names); match every form of ours."""
-    found: list[str] = []
-    ours = {recipient.id.lower(), (recipient.directory_object_id or "").lower(), address.lower()} - {""}
-
-    def listed(entries: tuple[str, ...]) -> bool:
-        return any(entry.lower().removeprefix("smtp:") in ours for entry in entries)
-
-    if restrictions.accept_messages_only_from and not listed(restrictions.accept_messages_only_from):
-        found.append(
-            "The group accepts mail only from listed senders (AcceptMessagesOnlyFromSendersOrMembers) "
-            "and this person is not listed: add them there if they must be able to send."
-        )
-    if listed(restrictions.reject_messages_from):
-        found.append("This person is on the group's RejectMessagesFromSendersOrMembers list.")
-    if restrictions.moderation_enabled:
-        found.append("The group is moderated: this person's mail waits for a moderator's approval.")
-    return found
+            progress.warnings.append(sender_authentication_warning(group))
+    address = str(run.message.request.external_email)
+    progress.warnings.extend(
+        problem.warning for problem in sender_problems(restrictions, group, recipient, address, who=address)
+    )

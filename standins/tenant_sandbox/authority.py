@@ -153,6 +153,11 @@ GRAPH_ROUTES: dict[tuple[str, str], Rights | Mapping[ObjectKind, Rights]] = {
 }
 
 
+# Reading a user's properties: a directory-object list (group members) shows a user member whole only to a
+# caller holding one of these; to others it gives the id and @odata.type alone ("limited information").
+USER_PROPERTIES_READ = _USER_READ
+
+
 def graph_rights(method: str, route: str, kind: ObjectKind | None) -> Rights | None:
     """The rights a Graph operation needs; None for one that needs none of its own ($batch: each inner
     request is checked by itself) or that the sandbox does not serve."""

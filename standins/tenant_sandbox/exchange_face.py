@@ -56,6 +56,7 @@ TRACE_THROTTLED = _EX + "ThrottlingException"
 # Exchange's recipient attributes for an organization's own use: CustomAttribute1 to 15, 1024 characters each.
 CUSTOM_ATTRIBUTES = tuple(f"CustomAttribute{n}" for n in range(1, 16))
 CUSTOM_ATTRIBUTE_MAX = 1024
+HIDDEN = "HiddenFromAddressListsEnabled"
 
 Cmdlet = Callable[[dict[str, Any]], list[dict[str, Any]]]
 # The date form CIPP sends ((Get-Date).ToUniversalTime().ToString('s'), optionally with a Z).
@@ -131,6 +132,7 @@ def _contact_json(contact: Contact, *, in_entra: bool) -> dict[str, Any]:
         "ExternalDirectoryObjectId": contact.external_directory_object_id if in_entra else "",
         "RecipientType": "MailContact",
         "RecipientTypeDetails": "MailContact",
+        "HiddenFromAddressListsEnabled": contact.hidden_from_address_lists,
     } | {name: contact.custom_attributes.get(name, "") for name in CUSTOM_ATTRIBUTES}
 
 
@@ -146,7 +148,8 @@ def _user_json(user: User) -> dict[str, Any]:
         "ExternalDirectoryObjectId": user.id,
         "RecipientType": kind,
         "RecipientTypeDetails": "GuestMailUser" if user.user_type == "Guest" else kind,
-    }
+        "HiddenFromAddressListsEnabled": False,
+    } | {name: "" for name in CUSTOM_ATTRIBUTES}
 
 
 def _group_json(group: Group, links: Callable[[list[str]], list[str]]) -> dict[str, Any]:
@@ -351,9 +354,13 @@ class ExchangeFace:
                 raise CmdletError(BAD_PARAMETER, f"A parameter cannot be found that matches parameter name '{name}'.")
 
     def set_mail_contact(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        self._only(parameters, {"Identity", "Name", "DisplayName", *CUSTOM_ATTRIBUTES})
+        self._only(parameters, {"Identity", "Name", "DisplayName", HIDDEN, *CUSTOM_ATTRIBUTES})
         contact = self._contact(parameters)
         self._names(contact, parameters)
+        if HIDDEN in parameters:
+            if not isinstance(parameters[HIDDEN], bool):
+                raise CmdletError(BAD_PARAMETER, "Cannot convert value to type System.Boolean.")
+            contact.hidden_from_address_lists = parameters[HIDDEN]
         for name in CUSTOM_ATTRIBUTES:
             if name in parameters:
                 value = "" if parameters[name] is None else str(parameters[name])

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from shared.contracts import GroupKind
-from standins.tenant_sandbox.authority import Caller
+from standins.tenant_sandbox.authority import USER_PROPERTIES_READ, Caller
 from standins.tenant_sandbox.model import Contact, Directory, Group, User, external_upn
 
 _LITERAL = r"'((?:[^']|'')*)'"
@@ -64,6 +64,7 @@ USER_DEFAULT_PROPERTIES = frozenset(
     }
 )
 BATCH_LIMIT = 20
+_ALWAYS_SHOWN = frozenset({"@odata.type", "id"})
 
 
 def graph_error(request: Request, status: int, code: str, message: str) -> JSONResponse:
@@ -138,6 +139,7 @@ def _user_json(user: User, initial_domain: str) -> dict[str, Any]:
         "surname": None,
         "userPrincipalName": upn,
         "userType": user.user_type,
+        "accountEnabled": user.account_enabled,
         "otherMails": list(user.other_mails),
         "proxyAddresses": ["SMTP:" + user.mail] if user.mail and not user.smtp_withheld else [],
     }
@@ -321,10 +323,14 @@ class GraphFace:
             group = self.d.groups.get(group_id)
             if group is None:
                 return self._missing(request, group_id)
+            caller: Caller | None = getattr(request.state, "caller", None)
+            whole = caller is None or USER_PROPERTIES_READ.allow(caller)
             rows: list[dict[str, Any]] = []
             for object_id in group.members:
                 if object_id in self.d.users:
-                    rows.append(self._user_row(self.d.users[object_id]))
+                    row = self._user_row(self.d.users[object_id])
+                    # "Limited information returned for inaccessible member objects": the id and type only.
+                    rows.append(row if whole else {k: v if k in _ALWAYS_SHOWN else None for k, v in row.items()})
                 elif object_id in self.d.contacts:
                     rows.append(_contact_json(self.d.contacts[object_id]))
             return self._page(request, rows)

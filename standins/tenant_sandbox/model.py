@@ -169,6 +169,7 @@ class User:
     # Entra left the user's proxyAddresses empty because a contact holds its address, so Exchange's mail
     # user for it has no SMTP address: nothing is routed to it (docs/microsoft-365-facts.md §9).
     smtp_withheld: bool = False
+    account_enabled: bool = True  # false: sign-in blocked (an admin, an access review, a lifecycle policy)
 
     def addresses(self) -> set[str]:
         """What Entra matches an invitation against, lower-case: UPN, mail, proxyAddresses, otherMails."""
@@ -187,6 +188,7 @@ class Contact:
     replicated_at: float = 0.0  # time.time() from which Graph and Add-DistributionGroupMember see it
     # CustomAttribute1..15 that hold a value (Set-MailContact writes them; Get-MailContact lists all 15).
     custom_attributes: dict[str, str] = field(default_factory=dict)
+    hidden_from_address_lists: bool = False  # HiddenFromAddressListsEnabled
 
 
 @dataclass
@@ -655,6 +657,45 @@ class Directory:
     @_locked
     def update_group(self, group: Group) -> None:
         self._save(group)
+
+    # What administrators (and policies) change after an onboarding: the drift watch's conditions.
+
+    @_locked
+    def change_sender_rules(self, group: Group, /, **changes: Any) -> None:
+        """Set-DistributionGroup / Set-UnifiedGroup as an administrator runs them: require_sender_authentication,
+        accept_messages_only_from, reject_messages_from (identities as in the seed), moderation_enabled."""
+        allowed = {"require_sender_authentication", "accept_messages_only_from", "reject_messages_from"}
+        for name, value in changes.items():
+            if name not in allowed | {"moderation_enabled"}:
+                raise ValueError(f"{name} is not a sender rule")
+            setattr(group, name, list(value) if name in allowed - {"require_sender_authentication"} else value)
+        self._save(group)
+
+    @_locked
+    def set_account_enabled(self, user: User, enabled: bool) -> None:
+        """Block or allow a user's sign-in (Entra admin center, Update-MgUser -AccountEnabled)."""
+        user.account_enabled = enabled
+        self._save(user)
+
+    @_locked
+    def hide_contact(self, contact: Contact, hidden: bool = True) -> None:
+        """Set-MailContact -HiddenFromAddressListsEnabled."""
+        contact.hidden_from_address_lists = hidden
+        self._save(contact)
+
+    @_locked
+    def remove_user(self, user: User) -> None:
+        """Delete a user (Remove-MgUser): out of every group, its subscriptions with it."""
+        for group in self.groups_with_member(user.id):
+            self.remove_member(group, user.id)
+        for group in self.groups.values():
+            if user.id in group.subscribers:
+                self.unsubscribe(group, user.id)
+        del self.users[user.id]
+        self._user_ids_by_mail = {}
+        for remaining in self.users.values():
+            self._user_ids_by_mail.setdefault(remaining.mail.lower(), remaining.id)
+        self.store.delete("user", user.id)
 
     @_locked
     def send_mail(self, sender: User, recipients: list[str], subject: str, size: int) -> str:

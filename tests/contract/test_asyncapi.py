@@ -16,7 +16,7 @@ from azure.servicebus.aio import ServiceBusClient
 
 from cli.asyncapi import asyncapi_text
 from cli.upstream import collect_outcomes
-from shared.contracts import LeaseNotice, OnboardingRequest, OutcomeEvent, OutcomeStatus, StageName
+from shared.contracts import DriftEvent, LeaseNotice, OnboardingRequest, OutcomeEvent, OutcomeStatus, StageName
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import EmulatorConfig, QueueConfig
 from standins.stack import LocalStack, local_stack, running_host
@@ -89,6 +89,9 @@ def test_every_example_is_valid_for_the_models_the_pipeline_uses() -> None:
         OutcomeEvent.model_validate(example["payload"])
     for example in messages["LeaseNotice"]["examples"]:
         LeaseNotice.model_validate(example["payload"]["data"])
+    for example in messages["DriftEvent"]["examples"]:
+        assert example["payload"]["type"] == "org.m365-external-onboarding.drift.detected.v1"
+        DriftEvent.model_validate(example["payload"]["data"])
 
 
 @pytest.fixture
