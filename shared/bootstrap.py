@@ -9,6 +9,7 @@ registers them once with `configure_services`.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -26,6 +27,10 @@ from shared.directory.credentials import build_credential
 from shared.directory.exchange import TRACE_MAX_ROWS, ExchangeOnlineClient
 from shared.directory.ports import ExchangeDirectory, GraphDirectory
 from shared.directory.throttle import SharedHolds, ThrottleGate
+from shared.drift.model import GroupChecker, Roster
+from shared.drift.roster import RosterKeeper
+from shared.drift.sweep import DriftSweeper
+from shared.drift.watch import DriftWatch
 from shared.journal import Journal, open_journal
 from shared.journal.ports import LeaseBook
 from shared.lease_watch import LeaseWatch
@@ -51,6 +56,7 @@ class Services:
     journal: Journal | None
     closers: tuple[Callable[[], Awaitable[Any]], ...] = field(default=(), repr=False)
     credential: AsyncTokenCredential | None = field(default=None, repr=False)  # the app's identity (self-check)
+    drift_checker: GroupChecker | None = field(default=None, repr=False)  # None: the drift watch does not sweep
 
     async def close(self) -> None:
         """Close everything build_services opened (not what was handed in), the credential last."""
@@ -67,6 +73,7 @@ def build_services(
     outbox: Outbox | None = None,
     journal: Journal | None = None,
     policy: OnboardingPolicy | None = None,
+    drift_checker: GroupChecker | None = None,
 ) -> Services:
     """Every adapter from the settings, except those given; `close` closes only what was built here.
 
@@ -138,8 +145,21 @@ def build_services(
         guest_redirect_url=str(settings.guest_redirect_url),
         welcome=_welcome(settings),
         leases=leases,
+        roster=RosterKeeper(journal, utc_now) if isinstance(journal, Roster) else None,
     )
-    return Services(settings, dependencies, outbox, journal, tuple(closers), credential)
+    checker = drift_checker or group_checker(dependencies)
+    return Services(settings, dependencies, outbox, journal, tuple(closers), credential, checker)
+
+
+def group_checker(dependencies: StageDependencies) -> GroupChecker | None:
+    """The drift watch's checks (shared/drift/checks.py, `group_checker`), built from the stages' directory
+    clients and policy; None while that module is not there, and then the timer starts no sweep."""
+    try:
+        checks = importlib.import_module("shared.drift.checks")
+    except ModuleNotFoundError:
+        return None
+    checker: GroupChecker = checks.group_checker(dependencies)
+    return checker
 
 
 def app_credential(kind: CredentialKind, client_id: str | None) -> AsyncTokenCredential:
@@ -353,6 +373,41 @@ async def catch_up_leases() -> int:
     if not isinstance(services.journal, LeaseBook):
         return 0
     return await (await lease_watch()).catch_up()
+
+
+def _drift_sweeper(services: Services, roster: Roster) -> DriftSweeper:
+    settings = services.settings
+    return DriftSweeper(
+        roster,
+        services.outbox,
+        settings.drift_period,
+        settings.drift_page_size,
+        settings.drift_per_minute,
+        services.stage_dependencies.clock,
+    )
+
+
+async def drift_sweeper() -> DriftSweeper | None:
+    """The drift timer's sweeper; None (and a line in the log) when there is nothing to sweep with."""
+    services = await get_services()
+    if not isinstance(services.journal, Roster):
+        logger.info("no drift sweep: ONBOARDING_JOURNAL names no journal, where the roster is kept")
+        return None
+    if services.drift_checker is None:
+        logger.warning("no drift sweep: this app has no drift checks (shared/drift/checks.py)")
+        return None
+    return _drift_sweeper(services, services.journal)
+
+
+async def drift_watch() -> DriftWatch:
+    """The `drift` queue's handler: it needs the roster and the checks, so the app's services must start."""
+    services = await get_services()
+    roster, checker = services.journal, services.drift_checker
+    if not isinstance(roster, Roster) or checker is None:
+        raise RuntimeError("drift work came, but this app keeps no roster (ONBOARDING_JOURNAL) or has no drift checks")
+    deps = services.stage_dependencies
+    sweeper = _drift_sweeper(services, roster)
+    return DriftWatch(roster, sweeper, checker, services.outbox, services.settings.outcome_queue, deps.clock)
 
 
 async def stage_runner(stage: Stage[Any], *, queue: str = "") -> StageRunner:
