@@ -448,7 +448,10 @@ def status(
         ),
     ] = "24h",
     watch: Annotated[
-        bool, typer.Option("--watch", help="Requests per stage and state, refreshed in place until Ctrl-C.")
+        bool,
+        typer.Option(
+            "--watch", help="Requests per stage and state, and the last drift sweep, refreshed in place until Ctrl-C."
+        ),
     ] = False,
     interval: Annotated[float, typer.Option(min=0.5, help="Seconds between --watch refreshes.")] = 2.0,
 ) -> None:
