@@ -141,7 +141,7 @@ async def test_a_sweep_checks_each_onboarded_person_once_reports_the_drifting_an
             # The timer again in the same period, then a page and a check delivered again (past the
             # duplicate-detection window: other MessageIds): nobody is checked twice, nothing reported twice.
             await host.run_timer(DRIFT_SWEEP_FUNCTION)
-            again = [
+            again: list[DriftPage | DriftCheck] = [
                 DriftPage(kind="page", period=period),
                 DriftCheck(kind="check", period=period, group=group.id.lower(), keys=tuple(sorted(keys))),
             ]
