@@ -426,6 +426,9 @@ def render_board(
 # Peeked per queue and refresh (20 round trips of 100 at most): more is shown as "≥2000". Exact counts
 # would need the management client's runtime properties, hence Manage rights (QueueDepth).
 WATCH_QUEUE_CAP = 2000
+# The drift line is counted from the whole roster (in Table Storage a scan of every active membership):
+# read once a minute, not every refresh. A sweep moves in minutes anyway.
+DRIFT_COUNTS_EVERY = timedelta(minutes=1)
 
 
 def status_command(
@@ -511,11 +514,15 @@ def _watch(journal: Journal, interval: float, window: timedelta) -> int:
             resources.push_async_callback(journal.close)
             client = await resources.enter_async_context(servicebus_client(bus)) if bus is not None else None
 
+            drift: tuple[datetime, SweepCounts | None] | None = None  # when read, and what
+
             async def frame() -> RenderableType:
+                nonlocal drift
                 now = datetime.now(UTC)
                 tally = await journal.tally(now - window)
-                drift = await read_drift_counts(journal)
-                return render_board(tally, await depths(client) if client else None, now, window, drift)
+                if drift is None or now - drift[0] >= DRIFT_COUNTS_EVERY:
+                    drift = (now, await read_drift_counts(journal))
+                return render_board(tally, await depths(client) if client else None, now, window, drift[1])
 
             if not console.is_terminal:
                 console.print(await frame())
