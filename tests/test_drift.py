@@ -211,3 +211,41 @@ async def test_hostile_messages_on_drift_end_in_one_dead_letter_or_nothing_each(
         assert message.dead_letter_reason == "InvalidRequest"
         assert (message.dead_letter_error_description or "").startswith("not a drift page or check: ")
     assert checker.calls == []  # the foreign period's check was completed, doing nothing
+
+
+async def test_a_sweep_in_pages_schedules_each_next_page_and_ends_its_fan_out() -> None:
+    checker = ScriptedGroupChecker()
+    people = [("cy.lin@fabrikam.example", "Cy Lin"), ("dee.ross@fabrikam.example", "Dee Ross"), (STAYS, "Ana Silva")]
+    # One person a page, the next page 0.6 s later: three scheduled pages through the broker.
+    pages = {"ONBOARDING_DRIFT_PAGE_SIZE": "1", "ONBOARDING_DRIFT_PER_MINUTE": "100"}
+    with local_stack(settings=pages) as stack:
+        async with (
+            ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+            running_host(stack.environment, adapters={"drift_checker": checker}) as host,
+        ):
+            arrivals = Arrivals(client)
+            for n, (person, name) in enumerate(people):
+                await submit(client, [sample_request(f"pages-{n}", person, name, PARTNERS)])
+            for n in range(len(people)):
+                assert (await arrivals.outcome(f"pages-{n}")).status is OutcomeStatus.SUCCEEDED
+            period = current_period()
+            await host.run_timer(DRIFT_SWEEP_FUNCTION)
+            await until(lambda: _fanned_out(stack, period), "the fan-out done")
+            await until(lambda: _checked(stack, period, len(people)), "everyone checked")
+        roster = await roster_of(stack)
+        try:
+            sweep = await roster.sweep(period)
+        finally:
+            await roster.close()
+    assert sweep is not None and (sweep.pages, sweep.fanned_out) == (len(people) + 1, len(people))
+    assert [len(keys) for _, keys in checker.calls] == [1, 1, 1]  # one check a page, each person once
+    assert len(set(checker.checked())) == len(people)
+
+
+async def _fanned_out(stack: LocalStack, period: str) -> bool:
+    roster = await roster_of(stack)
+    try:
+        sweep = await roster.sweep(period)
+    finally:
+        await roster.close()
+    return sweep is not None and sweep.fanned_out_at is not None
