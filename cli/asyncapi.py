@@ -29,6 +29,7 @@ from shared.contracts import (
     ResolvedGroup,
     StageName,
 )
+from shared.drift.events import DRIFT_SOURCE, DRIFT_SUBJECT, DRIFT_TYPE
 from shared.drift.model import membership_key, period_id
 from shared.journal.model import Lease
 from shared.leases import CLOUDEVENTS_JSON, NOTICE_SOURCE, NOTICE_SUBJECT, NOTICE_TYPE, notice_message
@@ -147,9 +148,6 @@ LEASE_NOTICE_EXAMPLE: dict[str, Any] = {
 
 
 # The drift event's CloudEvent attributes, as the drift watch publishes them (docs/drift.md).
-DRIFT_TYPE = "org.m365-external-onboarding.drift.detected.v1"
-DRIFT_SOURCE = "/m365-external-onboarding/drift"
-DRIFT_SUBJECT = "onboarding.DriftDetected"
 _DRIFT_AT = datetime(2026, 12, 8, 2, 0, 7, tzinfo=UTC)
 _DRIFT = DriftEvent(
     membership_id=membership_key("jordan.reyes@fabrikam.example", _OUTCOME.group.id if _OUTCOME.group else ""),

@@ -24,9 +24,10 @@ COMMAND_RIGHTS: dict[str, str] = {
     "status": (
         "Storage Table Data Reader on the journal table; with ServiceBusConnection set also Azure "
         "Service Bus Data Receiver on create-contact (an unknown id) and, with --watch, on every "
-        "stage queue (it peeks)."
+        "stage queue (it peeks) and Storage Table Data Reader on the roster table (the last drift sweep)."
     ),
     "leases": "Storage Table Data Reader on the lease table (the journal table's name followed by 'leases').",
+    "drift": "Storage Table Data Reader on the roster table (the journal table's name followed by 'roster').",
     "dlq list": "Azure Service Bus Data Receiver on each stage queue listed (it peeks the dead-letter sub-queue).",
     "dlq show": "Azure Service Bus Data Receiver on the --queue (it peeks the dead-letter sub-queue).",
     "dlq replay": (

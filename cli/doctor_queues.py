@@ -20,7 +20,7 @@ from azure.servicebus.aio.management import ServiceBusAdministrationClient
 from azure.servicebus.management import QueueProperties
 from pydantic import SecretStr
 
-from shared.queues import DUPLICATE_WINDOW, LEASE_QUEUE, PIPELINE, SELF_CHECK_QUEUE
+from shared.queues import DRIFT_QUEUE, DUPLICATE_WINDOW, LEASE_QUEUE, PIPELINE, SELF_CHECK_QUEUE
 from shared.selfcheck import Check, Status
 
 MANAGE_ROLE = "Azure Service Bus Data Owner"
@@ -45,7 +45,7 @@ def expected_queues(
     outcome_queue: str, max_delivery_count: int, intake: tuple[str, ...] = ()
 ) -> list[QueueExpectation]:
     """The stage queues, each source's own intake queue (read by create-contact like its own), the outcome
-    queue, the doctor's and the leases' wake-ups."""
+    queue, the doctor's, the leases' wake-ups and the drift watch's work."""
     stages = [QueueExpectation(name, True, max_delivery_count, True) for name in (*PIPELINE, *intake)]
     return [
         *stages,
@@ -53,6 +53,8 @@ def expected_queues(
         QueueExpectation(SELF_CHECK_QUEUE, None, None, None),
         # A wake-up rescheduled within the window (the same end kept again) is dropped: one pair per end.
         QueueExpectation(LEASE_QUEUE, True, None, None),
+        # A page or check sent again within the window is dropped: the drift sweep checks no one twice.
+        QueueExpectation(DRIFT_QUEUE, True, None, None),
     ]
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from azure.core.exceptions import AzureError
 from rich import box
@@ -23,6 +24,8 @@ from shared.journal import Journal
 from shared.journal.model import Lease
 from shared.journal.ports import LeaseBook
 from shared.logs import mask_emails
+
+T = TypeVar("T")
 
 
 def render_leases(leases: Sequence[Lease], now: datetime, within: timedelta) -> Table | str:
@@ -58,12 +61,27 @@ def _left(span: timedelta) -> str:
 
 def leases_command(journal_setting: str, within: str) -> int:
     """Print the active leases ending within `within`; exit 2 for a journal that cannot be named or read."""
-    from shared.journal import JournalSettingError, open_journal, sqlite_file
-
     try:
         window = parse_age(within)
     except ValueError as error:
         raise fail(f"--within: {error}", 2) from None
+    now = datetime.now(UTC)
+
+    async def read(journal: Journal) -> list[Lease]:
+        if not isinstance(journal, LeaseBook):
+            raise fail("This journal keeps no leases.", 2)
+        return await journal.leases(ending_before=now + window)
+
+    leases = read_beside_journal(journal_setting, "the leases", read)
+    Console().print(render_leases(leases, now, window))  # made now: the terminal's width as it is now
+    return 0
+
+
+def read_beside_journal(journal_setting: str, what: str, read: Callable[[Journal], Awaitable[T]]) -> T:
+    """What `read` reads from the store the journal setting names (leases, the roster), the journal closed
+    after; a journal that cannot be named, found or read is a one-line failure with exit code 2."""
+    from shared.journal import JournalSettingError, open_journal, sqlite_file
+
     try:
         local_file = sqlite_file(journal_setting)
         if local_file is not None and not local_file.exists():
@@ -73,22 +91,19 @@ def leases_command(journal_setting: str, within: str) -> int:
                 2,
             )
         journal = open_journal(journal_setting)  # Table Storage by URL signs in as the operator (az login)
-        if journal is None or not isinstance(journal, LeaseBook):
+        if journal is None:
             raise fail("No journal named: set ONBOARDING_JOURNAL or --journal.", 2)
-        now = datetime.now(UTC)
-        leases = asyncio.run(_read(journal, journal, now + window))
+        return asyncio.run(_closing(journal, read))
     except JournalSettingError as error:
         raise fail(str(error), 2) from None
     except (AzureError, sqlite3.DatabaseError) as error:
         raise fail(
-            f"Could not read the leases: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}", 2
+            f"Could not read {what}: {type(error).__name__}: {(str(error).splitlines() or [''])[0]}", 2
         ) from None
-    Console().print(render_leases(leases, now, window))  # made now: the terminal's width as it is now
-    return 0
 
 
-async def _read(book: LeaseBook, journal: Journal, before: datetime) -> list[Lease]:
+async def _closing(journal: Journal, read: Callable[[Journal], Awaitable[T]]) -> T:
     try:
-        return await book.leases(ending_before=before)
+        return await read(journal)
     finally:
         await journal.close()

@@ -23,7 +23,7 @@ PACKAGE = "m365-external-onboarding"
 # `onboard --help` lists the commands in the order a newcomer meets them: try it, run it by hand,
 # look after it, deploy it, then the reference documents.
 NEWCOMER_ORDER = (
-    "demo", "sandbox", "host", "submit", "status", "bulk", "update", "offboard", "leases", "dlq", "grant", "doctor",
+    "demo", "sandbox", "host", "submit", "status", "bulk", "update", "offboard", "leases", "drift", "dlq", "grant", "doctor",
     "schema", "asyncapi",
 )  # fmt: skip
 
@@ -193,6 +193,29 @@ def leases(
     from cli.leases import leases_command
 
     raise typer.Exit(leases_command(journal, within))
+
+
+@app.command(epilog=rights_epilog("drift"))
+def drift(
+    journal: Annotated[
+        str,
+        typer.Option(
+            envvar="ONBOARDING_JOURNAL",
+            show_envvar=True,
+            show_default=True,
+            help="The journal setting the app uses; the drift watch's roster is kept beside its transitions.",
+        ),
+    ] = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}",
+) -> None:
+    """List the open drift findings, the longest drifting first (docs/drift.md).
+
+    Each finding: the person (masked, as in the logs), the group, what changed since the onboarding
+    verified the membership, since when, when it was last seen right, and the fix. A finding the watch
+    repaired itself is not open. Exit code 1 when any finding is open, 0 when none.
+    """
+    from cli.drift import drift_command
+
+    raise typer.Exit(drift_command(journal))
 
 
 @app.command()
@@ -425,7 +448,10 @@ def status(
         ),
     ] = "24h",
     watch: Annotated[
-        bool, typer.Option("--watch", help="Requests per stage and state, refreshed in place until Ctrl-C.")
+        bool,
+        typer.Option(
+            "--watch", help="Requests per stage and state, and the last drift sweep, refreshed in place until Ctrl-C."
+        ),
     ] = False,
     interval: Annotated[float, typer.Option(min=0.5, help="Seconds between --watch refreshes.")] = 2.0,
 ) -> None:

@@ -31,6 +31,7 @@ from cli.settings import ENV_FILE, SettingsProblem, load_settings
 from cli.tables import copyable_column
 from cli.upstream import is_queued, peek_count, servicebus_client
 from shared.contracts import OutcomeStatus, StageName
+from shared.drift.model import Roster, SweepCounts
 from shared.journal import Journal, RequestState, Transition, TransitionKind
 from shared.journal.ports import LATEST_FAILURES, Tally, Where
 from shared.settings import ServiceBusSettings
@@ -337,8 +338,39 @@ def _summary_line(tally: Tally, window: timedelta) -> Text:
     return Text(head + ", ".join(said), style="italic")
 
 
+def drift_line(counts: SweepCounts) -> Text:
+    """The drift watch's last sweep (docs/drift.md), in a line: its period, how far its fan-out got, and
+    of the people it should check, how many it did, how many drift and how many it repaired."""
+    if counts.sweep is None:
+        return Text("Drift watch: no sweep yet.", style="italic")
+    sweep = counts.sweep
+    fanned = (
+        f"fanned out {sweep.fanned_out:,} (done {sweep.fanned_out_at:%H:%M})"
+        if sweep.fanned_out_at is not None
+        else f"fanning out, {sweep.fanned_out:,} so far"
+    )
+    said = (
+        f"Drift watch: sweep of {sweep.period}, started {sweep.started_at:%Y-%m-%d %H:%M}, {fanned}; "
+        f"checked {counts.checked:,} of {counts.active:,} active, {counts.drifting:,} drifting (onboard drift), "
+        f"{counts.repaired:,} repaired."
+    )
+    return Text(said, style="italic red" if counts.drifting else "italic")
+
+
+async def read_drift_counts(journal: Journal) -> SweepCounts | None:
+    """The last sweep's counts, or None when this journal keeps no roster."""
+    if not isinstance(journal, Roster):
+        return None
+    latest = await journal.latest_sweep()
+    return await journal.counts(latest.period if latest else None)
+
+
 def render_board(
-    tally: Tally, depths: dict[StageName, QueueDepth] | None, now: datetime, window: timedelta = DEFAULT_WINDOW
+    tally: Tally,
+    depths: dict[StageName, QueueDepth] | None,
+    now: datetime,
+    window: timedelta = DEFAULT_WINDOW,
+    drift: SweepCounts | None = None,
 ) -> RenderableType:
     """Requests per stage and state (where each request's latest transition left it, for every
     request of the window), the queues' depth when Service Bus is reachable, and the latest
@@ -359,6 +391,8 @@ def render_board(
         cells.append(depth.shown(depth.dead_letters) if depth else "-")
         table.add_row(str(stage), *cells)
     parts: list[RenderableType] = [table, _summary_line(tally, window)]
+    if drift is not None:  # the journal keeps the drift watch's roster
+        parts.append(drift_line(drift))
     if tally.latest_failures:
         parts.append(Text("Latest failures", style="bold"))
         lines = [
@@ -392,6 +426,9 @@ def render_board(
 # Peeked per queue and refresh (20 round trips of 100 at most): more is shown as "≥2000". Exact counts
 # would need the management client's runtime properties, hence Manage rights (QueueDepth).
 WATCH_QUEUE_CAP = 2000
+# The drift line is counted from the whole roster (in Table Storage a scan of every active membership):
+# read once a minute, not every refresh. A sweep moves in minutes anyway.
+DRIFT_COUNTS_EVERY = timedelta(minutes=1)
 
 
 def status_command(
@@ -477,10 +514,15 @@ def _watch(journal: Journal, interval: float, window: timedelta) -> int:
             resources.push_async_callback(journal.close)
             client = await resources.enter_async_context(servicebus_client(bus)) if bus is not None else None
 
+            drift: tuple[datetime, SweepCounts | None] | None = None  # when read, and what
+
             async def frame() -> RenderableType:
+                nonlocal drift
                 now = datetime.now(UTC)
                 tally = await journal.tally(now - window)
-                return render_board(tally, await depths(client) if client else None, now, window)
+                if drift is None or now - drift[0] >= DRIFT_COUNTS_EVERY:
+                    drift = (now, await read_drift_counts(journal))
+                return render_board(tally, await depths(client) if client else None, now, window, drift[1])
 
             if not console.is_terminal:
                 console.print(await frame())

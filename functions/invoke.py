@@ -50,3 +50,19 @@ async def watch_lease(
     from shared import bootstrap  # deferred on purpose, see above
 
     await (await bootstrap.lease_watch()).run(message, actions)
+
+
+async def start_drift_sweep() -> None:
+    from shared import bootstrap  # deferred on purpose, see above
+
+    sweeper = await bootstrap.drift_sweeper()
+    if sweeper is not None:
+        await sweeper.start()
+
+
+async def watch_drift(
+    message: servicebus.ServiceBusReceivedMessage, actions: servicebus.ServiceBusMessageActions
+) -> None:
+    from shared import bootstrap  # deferred on purpose, see above
+
+    await (await bootstrap.drift_watch()).run(message, actions)

@@ -1,7 +1,9 @@
 """Every trigger of the app: one per stage queue, in the pipeline's order (shared/queues.py, PIPELINE),
 one for each source's own intake queue, if any, a timer that sweeps their dead-letter sub-queues (and
-leases past their end), one on the `doctor` queue, where `onboard doctor` asks the app for its self-check (shared/selfcheck.py),
-and one on the `leases` queue, where leases' scheduled wake-ups arrive (shared/lease_watch.py).
+leases past their end), one on the `doctor` queue, where `onboard doctor` asks the app for its self-check
+(shared/selfcheck.py), one on the `leases` queue, where leases' scheduled wake-ups arrive
+(shared/lease_watch.py), and the drift watch's timer, which starts a period's sweep, and its trigger on
+queue `drift` (docs/drift.md).
 
 Thin by design. A stage's function hands its message to the runner (shared/runner.py), which
 decodes it, calls the stage in shared/stages/ and carries out its decision. The sweep
@@ -21,13 +23,30 @@ from functools import partial
 import azure.functions as func
 import azurefunctions.extensions.bindings.servicebus as servicebus
 
-from functions.invoke import answer_self_check, run_stage, sweep_dead_letters, watch_lease
-from shared.queues import LEASE_QUEUE, PIPELINE, SELF_CHECK_QUEUE, SERVICEBUS_CONNECTION, StageName, intake_queues
+from functions.invoke import (
+    answer_self_check,
+    run_stage,
+    start_drift_sweep,
+    sweep_dead_letters,
+    watch_drift,
+    watch_lease,
+)
+from shared.queues import (
+    DRIFT_QUEUE,
+    LEASE_QUEUE,
+    PIPELINE,
+    SELF_CHECK_QUEUE,
+    SERVICEBUS_CONNECTION,
+    StageName,
+    drift_schedule,
+    intake_queues,
+)
 
 # NCRONTAB (second minute hour day month day-of-week), UTC: every five minutes. An outcome for what Service
 # Bus dead-lettered by itself may wait that long; such a message has already waited out every delivery.
 DEAD_LETTER_SWEEP_SCHEDULE = "0 */5 * * * *"
 DEAD_LETTER_SWEEP_FUNCTION = "dead_letter_sweep"
+DRIFT_SWEEP_FUNCTION = "drift_sweep"
 
 Handler = Callable[[servicebus.ServiceBusReceivedMessage, servicebus.ServiceBusMessageActions], Awaitable[None]]
 
@@ -68,4 +87,11 @@ def blueprint(settings: Mapping[str, str] = os.environ) -> func.Blueprint:
     bp.timer_trigger(arg_name="timer", schedule=DEAD_LETTER_SWEEP_SCHEDULE, run_on_startup=False)(sweep)
     _trigger(bp, SELF_CHECK_QUEUE, "doctor", answer_self_check)
     _trigger(bp, LEASE_QUEUE, "leases", watch_lease)  # wake-ups of leases (shared/lease_watch.py)
+
+    async def drift_sweep(timer: func.TimerRequest) -> None:
+        await start_drift_sweep()
+
+    drift_sweep.__name__ = drift_sweep.__qualname__ = DRIFT_SWEEP_FUNCTION
+    bp.timer_trigger(arg_name="timer", schedule=drift_schedule(settings), run_on_startup=False)(drift_sweep)
+    _trigger(bp, DRIFT_QUEUE, "drift", watch_drift)  # the sweep's pages and checks (shared/drift/watch.py)
     return bp

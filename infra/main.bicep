@@ -95,6 +95,25 @@ param exchangeConcurrentRequests string = ''
 @description('ONBOARDING_SELF_CHECK_AT_START: run the self-check once when an instance starts, into its log (onboard doctor asks for it on demand either way).')
 param selfCheckAtStart string = 'true'
 
+// The drift watch (docs/drift.md): when its timer starts a period's sweep, the period, and the pace.
+@minLength(11)
+@description('ONBOARDING_DRIFT_SCHEDULE: NCRONTAB schedule (UTC, six fields) of the drift watch\'s timer, which starts each period\'s sweep.')
+param driftSchedule string = '0 15 0 * * *'
+
+@minLength(3)
+@description('ONBOARDING_DRIFT_PERIOD: how often everyone the app onboarded is re-checked (ISO 8601 duration, e.g. P1D).')
+param driftPeriod string = 'P1D'
+
+@minValue(1)
+@maxValue(1000)
+@description('ONBOARDING_DRIFT_PAGE_SIZE: roster entries one page message of the sweep fans out.')
+param driftPageSize int = 500
+
+@minValue(1)
+@maxValue(100000)
+@description('ONBOARDING_DRIFT_PER_MINUTE: people the sweep sends to be checked per minute (60: 50,000 in 14 hours; docs/drift.md).')
+param driftPerMinute int = 60
+
 // Scale that respects the tenant: every concurrent invocation may call Graph and Exchange Online.
 // Per Service Bus function, at most maximumInstanceCount x maxConcurrentCalls messages run at once
 // (docs/deploy.md, "Scale arithmetic"). 40 is the lowest maximumInstanceCount every region accepts
@@ -222,6 +241,11 @@ var queues = [
     name: 'leases'
     roleAssignments: [appReceiver, appSender]
   })
+  // The drift watch's pages and checks (docs/drift.md): the app sends and schedules them, and reads them.
+  union(queueProperties, {
+    name: 'drift'
+    roleAssignments: [appReceiver, appSender]
+  })
 ]
 var allQueues = concat(queues, intakeQueueEntities)
 
@@ -236,6 +260,8 @@ var serviceBusFunctionNames = [
 var journalTableName = 'onboardingjournal'
 // Leases are kept beside the journal, in a table of their own (shared/journal/table_storage.py).
 var leaseTableName = '${journalTableName}leases'
+// So is the drift watch's roster and its sweeps (docs/drift.md).
+var rosterTableName = '${journalTableName}roster'
 
 // The app's tuning settings, each from the parameter of the same meaning (above).
 var welcomeSenderSetting = empty(welcomeSender) ? {} : {
@@ -256,6 +282,10 @@ var tuningSettings = union(welcomeSenderSetting, exchangeConcurrencySetting, {
   ONBOARDING_RETRY_MAX_THROTTLES: string(retryMaxThrottles)
   ONBOARDING_DIRECTORY_CACHE_SECONDS: string(directoryCacheSeconds)
   ONBOARDING_SELF_CHECK_AT_START: selfCheckAtStart
+  ONBOARDING_DRIFT_SCHEDULE: driftSchedule
+  ONBOARDING_DRIFT_PERIOD: driftPeriod
+  ONBOARDING_DRIFT_PAGE_SIZE: string(driftPageSize)
+  ONBOARDING_DRIFT_PER_MINUTE: string(driftPerMinute)
 })
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -365,7 +395,7 @@ module storage 'br/public:avm/res/storage/storage-account:0.29.0' = {
     // The journal table exists before the app starts, so the app writes with rights on the table
     // alone and `onboard status` reads with Storage Table Data Reader (reading never creates it).
     tableServices: {
-      tables: [for table in [journalTableName, leaseTableName]: {
+      tables: [for table in [journalTableName, leaseTableName, rosterTableName]: {
         name: table
         roleAssignments: concat([
           {

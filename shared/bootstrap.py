@@ -26,6 +26,11 @@ from shared.directory.credentials import build_credential
 from shared.directory.exchange import TRACE_MAX_ROWS, ExchangeOnlineClient
 from shared.directory.ports import ExchangeDirectory, GraphDirectory
 from shared.directory.throttle import SharedHolds, ThrottleGate
+from shared.drift.checks import group_checker
+from shared.drift.model import GroupChecker, Roster
+from shared.drift.roster import RosterKeeper
+from shared.drift.sweep import DriftSweeper
+from shared.drift.watch import DriftWatch
 from shared.journal import Journal, open_journal
 from shared.journal.ports import LeaseBook
 from shared.lease_watch import LeaseWatch
@@ -51,6 +56,7 @@ class Services:
     journal: Journal | None
     closers: tuple[Callable[[], Awaitable[Any]], ...] = field(default=(), repr=False)
     credential: AsyncTokenCredential | None = field(default=None, repr=False)  # the app's identity (self-check)
+    drift_checker: GroupChecker | None = field(default=None, repr=False)  # None only where built by hand
 
     async def close(self) -> None:
         """Close everything build_services opened (not what was handed in), the credential last."""
@@ -67,6 +73,7 @@ def build_services(
     outbox: Outbox | None = None,
     journal: Journal | None = None,
     policy: OnboardingPolicy | None = None,
+    drift_checker: GroupChecker | None = None,
 ) -> Services:
     """Every adapter from the settings, except those given; `close` closes only what was built here.
 
@@ -138,8 +145,10 @@ def build_services(
         guest_redirect_url=str(settings.guest_redirect_url),
         welcome=_welcome(settings),
         leases=leases,
+        roster=RosterKeeper(journal, utc_now) if isinstance(journal, Roster) else None,
     )
-    return Services(settings, dependencies, outbox, journal, tuple(closers), credential)
+    checker = drift_checker or group_checker(dependencies)  # tests may pass their own
+    return Services(settings, dependencies, outbox, journal, tuple(closers), credential, checker)
 
 
 def app_credential(kind: CredentialKind, client_id: str | None) -> AsyncTokenCredential:
@@ -353,6 +362,38 @@ async def catch_up_leases() -> int:
     if not isinstance(services.journal, LeaseBook):
         return 0
     return await (await lease_watch()).catch_up()
+
+
+def _drift_sweeper(services: Services, roster: Roster) -> DriftSweeper:
+    settings = services.settings
+    return DriftSweeper(
+        roster,
+        services.outbox,
+        settings.drift_period,
+        settings.drift_page_size,
+        settings.drift_per_minute,
+        services.stage_dependencies.clock,
+    )
+
+
+async def drift_sweeper() -> DriftSweeper | None:
+    """The drift timer's sweeper; None (and a line in the log) when there is nothing to sweep with."""
+    services = await get_services()
+    if not isinstance(services.journal, Roster):
+        logger.info("no drift sweep: ONBOARDING_JOURNAL names no journal, where the roster is kept")
+        return None
+    return _drift_sweeper(services, services.journal)
+
+
+async def drift_watch() -> DriftWatch:
+    """The `drift` queue's handler: it needs the roster and the checks, so the app's services must start."""
+    services = await get_services()
+    roster, checker = services.journal, services.drift_checker
+    if not isinstance(roster, Roster) or checker is None:
+        raise RuntimeError("drift work came, but ONBOARDING_JOURNAL names no journal, where the roster is kept")
+    deps = services.stage_dependencies
+    sweeper = _drift_sweeper(services, roster)
+    return DriftWatch(roster, sweeper, checker, services.outbox, services.settings.outcome_queue, deps.clock)
 
 
 async def stage_runner(stage: Stage[Any], *, queue: str = "") -> StageRunner:

@@ -20,6 +20,8 @@ SERVICEBUS_CONNECTION = "ServiceBusConnection"
 SELF_CHECK_QUEUE = "doctor"
 # Wake-ups of leases (docs/leases.md): scheduled messages that say "look at this lease now", read by one trigger.
 LEASE_QUEUE = "leases"
+# The drift watch's work (docs/drift.md): pages of the roster to fan out and runs of one group's people to check.
+DRIFT_QUEUE = "drift"
 # The queues' DuplicateDetectionHistoryTimeWindow (infra/main.bicep, the emulator's config.json):
 # a MessageId seen within it is dropped, and the send still succeeds.
 DUPLICATE_WINDOW = timedelta(minutes=10)
@@ -60,10 +62,30 @@ def intake_queues(settings: Mapping[str, str] = os.environ) -> tuple[str, ...]:
         if not _QUEUE_NAME.match(name) or name.lower() in {stage.value for stage in StageName} | {
             SELF_CHECK_QUEUE,
             LEASE_QUEUE,
+            DRIFT_QUEUE,
         }:
             raise ValueError(
                 f"{INTAKE_QUEUES_SETTING}: {name!r} is not a queue of its own (letters, digits, '.', '_', '-'; "
-                "not a stage queue, the doctor's nor the leases')"
+                "not a stage queue, the doctor's, the leases' nor the drift watch's)"
             )
         names.append(name)
     return tuple(names)
+
+
+# When the drift watch's timer starts the period's sweep (NCRONTAB: second minute hour day month day-of-week,
+# UTC). Read when the host indexes the app, like the intake queues; a malformed one stops the app there.
+DRIFT_SCHEDULE_SETTING = "ONBOARDING_DRIFT_SCHEDULE"
+DEFAULT_DRIFT_SCHEDULE = "0 15 0 * * *"  # daily, 00:15 UTC: a quarter of an hour into the default period
+_NCRONTAB_FIELD = r"[0-9A-Za-z*/,-]+"
+_NCRONTAB = re.compile(rf"^{_NCRONTAB_FIELD}( {_NCRONTAB_FIELD}){{5}}$")
+
+
+def drift_schedule(settings: Mapping[str, str] = os.environ) -> str:
+    """The drift sweep timer's NCRONTAB schedule: six fields (the host's form, with seconds)."""
+    schedule = " ".join(settings.get(DRIFT_SCHEDULE_SETTING, "").split()) or DEFAULT_DRIFT_SCHEDULE
+    if not _NCRONTAB.match(schedule):
+        raise ValueError(
+            f"{DRIFT_SCHEDULE_SETTING}: {schedule!r} is not an NCRONTAB schedule of six fields "
+            "(second minute hour day month day-of-week), e.g. '0 15 0 * * *' for 00:15 UTC every day"
+        )
+    return schedule

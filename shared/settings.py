@@ -17,7 +17,13 @@ from pydantic import AliasChoices, EmailStr, Field, HttpUrl, SecretStr, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.journal.setting import parse_journal_setting
-from shared.queues import INTAKE_QUEUES_SETTING, intake_queues
+from shared.queues import (
+    DEFAULT_DRIFT_SCHEDULE,
+    DRIFT_SCHEDULE_SETTING,
+    INTAKE_QUEUES_SETTING,
+    drift_schedule,
+    intake_queues,
+)
 from shared.queues import SERVICEBUS_CONNECTION as SERVICEBUS_CONNECTION
 
 CredentialKind = Literal["managed-identity", "default", "sandbox"]
@@ -114,6 +120,34 @@ class Settings(ServiceBusSettings):
         le=366 * 24 * 3600,
         description="How long before a lease ends its notice event is published, so an owner can renew it.",
     )
+    drift_schedule: str = Field(
+        default=DEFAULT_DRIFT_SCHEDULE,
+        description="NCRONTAB schedule (UTC) of the drift watch's timer, which starts the period's sweep "
+        "(docs/drift.md); read when the host indexes the app.",
+    )
+    drift_period: timedelta = Field(
+        default=timedelta(days=1),
+        ge=timedelta(minutes=1),
+        le=timedelta(days=31),
+        description="How often everyone the app onboarded is re-checked: one check per person and group per "
+        "period (ISO 8601, e.g. P1D, or seconds). Periods start at multiples of it since 1970-01-01 UTC.",
+    )
+    drift_page_size: int = Field(
+        default=500, ge=1, le=1000, description="Roster entries one page message of the sweep fans out."
+    )
+    drift_per_minute: int = Field(
+        default=60,
+        ge=1,
+        le=100_000,
+        description="People the sweep sends to be checked per minute: 60 re-checks 50,000 in 14 hours "
+        "(docs/drift.md, the arithmetic).",
+    )
+
+    @field_validator("drift_schedule")
+    @classmethod
+    def _drift_schedule_form(cls, value: str) -> str:
+        return drift_schedule({DRIFT_SCHEDULE_SETTING: value})  # as the trigger is made from it
+
     self_check_at_start: bool = Field(
         default=True,
         description="Run the self-check (shared/selfcheck.py) once when a process starts, into the log.",

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 
@@ -111,10 +112,13 @@ def app_settings(environment: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def supply_sandbox_credential(environment: Mapping[str, str]) -> None:
-    """The app cannot build the sandbox's credential from settings (it is no production code): hand it over."""
+def supply_sandbox_credential(environment: Mapping[str, str], **adapters: Any) -> None:
+    """The app cannot build the sandbox's credential from settings (it is no production code): hand it over,
+    with any other adapters given (keywords of shared.bootstrap.build_services)."""
     if environment.get("ONBOARDING_DIRECTORY_CREDENTIAL") == "sandbox":
-        configure_services(credential=sandbox_app_credential(environment))
+        adapters = {"credential": sandbox_app_credential(environment), **adapters}
+    if adapters:
+        configure_services(**adapters)
 
 
 def sandbox_app_credential(environment: Mapping[str, str]) -> SandboxCredential:
@@ -142,12 +146,17 @@ def start_function_app(module_name: str = "function_app") -> func.FunctionApp:
 
 @asynccontextmanager
 async def running_host(
-    environment: Mapping[str, str], *, concurrency: int | None = None, app: func.FunctionApp | None = None
+    environment: Mapping[str, str],
+    *,
+    concurrency: int | None = None,
+    app: func.FunctionApp | None = None,
+    adapters: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[LocalHost]:
-    """The local Functions host running function_app.py (or `app`) against `environment` until the block ends."""
+    """The local Functions host running function_app.py (or `app`) against `environment` until the block ends;
+    `adapters`: what the app's services are built with besides (keywords of shared.bootstrap.build_services)."""
     with app_settings(environment):
         started = app or start_function_app()  # before anything is set up: it may refuse to start
-        supply_sandbox_credential(environment)
+        supply_sandbox_credential(environment, **(adapters or {}))
         host = LocalHost(started, environment=environment, concurrency=concurrency)
         stop = asyncio.Event()
         task = asyncio.create_task(host.run(stop))

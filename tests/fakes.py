@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.amqp import AmqpMessageBodyType
 
-from shared.contracts import GroupKind
+from shared.contracts import DriftFinding, GroupKind, ResolvedGroup
 from shared.directory.errors import (
     AddressInUseError,
     AlreadyExistsError,
@@ -36,6 +37,7 @@ from shared.directory.ports import (
     TraceEntry,
     Warnings,
 )
+from shared.drift.model import Membership
 from shared.journal import RequestState, Transition
 from shared.journal.ports import LATEST_FAILURES, Tally
 from shared.outbox import UnknownQueueError
@@ -392,3 +394,31 @@ class RecordingJournal:
 
     async def close(self) -> None:
         return None
+
+
+# --- the drift watch's group checker (shared/drift/model.py, GroupChecker) -----------------------
+
+
+class ScriptedGroupChecker:
+    """Finds what it is told for each person (by address, any spelling), nothing for the rest, and
+    remembers each call: the group and the people asked about. Told to fail, it raises that error."""
+
+    def __init__(self) -> None:
+        self.findings: dict[str, tuple[DriftFinding, ...]] = {}
+        self.calls: list[tuple[str, tuple[str, ...]]] = []  # (group id, membership keys)
+        self.failure: Exception | None = None
+
+    def find(self, address: str, *findings: DriftFinding) -> None:
+        self.findings[address.lower()] = findings
+
+    async def __call__(
+        self, group: ResolvedGroup, members: Sequence[Membership]
+    ) -> Mapping[str, tuple[DriftFinding, ...]]:
+        self.calls.append((group.id, tuple(member.key for member in members)))
+        if self.failure is not None:
+            raise self.failure
+        return {member.key: self.findings.get(member.external_email.lower(), ()) for member in members}
+
+    def checked(self) -> list[str]:
+        """Every membership key asked about, in order, as often as it was."""
+        return [key for _, keys in self.calls for key in keys]

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.contracts import GroupKind, Recipient, RecipientKind, ResolvedGroup
+from shared.contracts import DriftKind, GroupKind, Recipient, RecipientKind, ResolvedGroup
 from shared.directory.errors import NotFoundError, ThrottledError
 from shared.directory.ports import DirectoryGroup, DirectoryUser, MailContact, SenderRestrictions
 from shared.drift.checks import DirectoryGroupChecker, group_checker
-from shared.drift.model import DriftKind, GroupChecker, Membership, membership_key
+from shared.drift.model import GroupChecker, Membership, membership_key
 from shared.policy import OnboardingPolicy
 from shared.provenance import stamp
 from shared.retry import RetryPolicy

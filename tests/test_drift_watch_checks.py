@@ -10,12 +10,20 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.contracts import DriftFinding, GroupKind, OnboardingRequest, OutcomeEvent, Recipient, RecipientKind
+from shared.contracts import (
+    DriftFinding,
+    DriftKind,
+    GroupKind,
+    OnboardingRequest,
+    OutcomeEvent,
+    Recipient,
+    RecipientKind,
+)
 from shared.contracts import ResolvedGroup as Group
 from shared.directory.exchange import ExchangeOnlineClient
 from shared.directory.graph import MsGraphDirectory
 from shared.drift.checks import DirectoryGroupChecker
-from shared.drift.model import DriftKind, Membership, membership_key
+from shared.drift.model import Membership, membership_key
 from shared.policy import OnboardingPolicy
 from shared.provenance import CONTACT_ATTRIBUTE, stamp
 from standins.local_app import app_credential, grant_local_app

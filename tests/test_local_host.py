@@ -18,7 +18,8 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.servicebus.exceptions import OperationTimeoutError
 from azurefunctions.extensions.bindings.servicebus.serviceBusMessageActions import SettlementError
 
-from functions.triggers import DEAD_LETTER_SWEEP_FUNCTION, DEAD_LETTER_SWEEP_SCHEDULE
+from functions.triggers import DEAD_LETTER_SWEEP_FUNCTION, DEAD_LETTER_SWEEP_SCHEDULE, DRIFT_SWEEP_FUNCTION
+from shared.queues import DEFAULT_DRIFT_SCHEDULE
 from standins.local_host import (
     RENEWAL_TIMEOUT_SECONDS,
     LocalHost,
@@ -47,15 +48,18 @@ def _app_on_create_contact(handle: Handler) -> func.FunctionApp:
 def test_discovers_one_explicitly_settled_trigger_per_stage_and_the_doctors() -> None:
     triggers = {t.queue_name: t for t in discover_triggers(indexed_app())}
     # none on a dead-letter sub-queue: a timer sweeps those
-    assert set(triggers) == {"create-contact", "add-member", "verify-delivery", "doctor", "leases"}
+    assert set(triggers) == {"create-contact", "add-member", "verify-delivery", "doctor", "leases", "drift"}
     for trigger in triggers.values():
         assert trigger.connection == "ServiceBusConnection"
         assert trigger.auto_complete is False
         assert trigger.message_parameter == "message"
         assert trigger.actions_parameter == "message_actions"
         assert trigger.function_name == trigger.queue_name.replace("-", "_")
-    (sweep,) = discover_timers(indexed_app())
-    assert (sweep.function_name, sweep.schedule.expression) == (DEAD_LETTER_SWEEP_FUNCTION, DEAD_LETTER_SWEEP_SCHEDULE)
+    timers = {timer.function_name: timer.schedule.expression for timer in discover_timers(indexed_app())}
+    assert timers == {
+        DEAD_LETTER_SWEEP_FUNCTION: DEAD_LETTER_SWEEP_SCHEDULE,
+        DRIFT_SWEEP_FUNCTION: DEFAULT_DRIFT_SCHEDULE,
+    }
 
 
 @pytest.mark.stack

@@ -36,7 +36,7 @@ from shared.retry import RetryPolicy
 from shared.stages import StageDependencies, add_member, create_contact, verify_delivery
 from shared.stages.add_member import REPLICATION_PAUSES_SECONDS
 from shared.stages.create_contact import contact_name_candidates
-from shared.stages.dependencies import LeaseKeeping, WelcomeMail
+from shared.stages.dependencies import LeaseKeeping, RosterKeeping, WelcomeMail
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -57,6 +57,7 @@ class World:
         self.m365 = self.graph.add_group(GroupKind.MICROSOFT_365, "falcon@contoso.com")
         self.welcome: WelcomeMail | None = None
         self.leases: LeaseKeeping | None = None  # no lease book, as without a journal
+        self.roster: RosterKeeping | None = None  # no drift watch, as without a journal
         self.now = NOW
         self.paused: list[float] = []  # the stages' in-invocation waits, not waited here
 
@@ -71,6 +72,7 @@ class World:
             welcome=self.welcome,
             clock=lambda: self.now,
             leases=self.leases,
+            roster=self.roster,
             sleep=self.pause,
         )
 

@@ -50,7 +50,7 @@ from standins.tenant_sandbox import Knobs
 
 OUTCOMES = "onboarding-outcomes"
 GROUPS = ("partners@contoso.com", "suppliers-secure@contoso.com", "project-falcon@contoso.com")
-QUEUES = (*(stage.value for stage in StageName), OUTCOMES, "leases")
+QUEUES = (*(stage.value for stage in StageName), OUTCOMES, "leases", "drift")
 UNKIND_TENANT = {
     "error_rate": {"graph": {"rate": 0.05}, "exchange": {"rate": 0.05}},
     "throttle": {

@@ -19,9 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from shared.addresses import normal_address
 
 # The drift event is a published contract, so it and its parts live with the others (shared/contracts.py).
-from shared.contracts import DriftEvent as DriftEvent
 from shared.contracts import DriftFinding, Recipient, ResolvedGroup
-from shared.contracts import DriftKind as DriftKind
 
 # "<group id>:<digest of the address>": sorts by group; no address in a key (a digest, as lease keys).
 MEMBERSHIP_KEY_PATTERN = r"^[0-9a-z-]{1,64}:[0-9a-f]{32}$"

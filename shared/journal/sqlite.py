@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.contracts import OutcomeStatus, StageName
+from shared.contracts import DriftFinding, OutcomeStatus, StageName
+from shared.drift.model import Membership, MembershipState, Sweep, SweepCounts
+from shared.drift.roster import as_checked, as_ended, is_drifting, was_repaired
 from shared.journal.model import Lease, LeaseState, RequestState, Transition, TransitionKind, check_limit
 from shared.journal.ports import FAILED, LATEST_FAILURES, Tally, Where
 from shared.journal.setting import MEMORY
@@ -46,6 +48,20 @@ CREATE TABLE IF NOT EXISTS leases (
     body    TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS leases_by_end ON leases (state, ends_at);
+CREATE TABLE IF NOT EXISTS roster (
+    key            TEXT PRIMARY KEY,
+    state          TEXT NOT NULL,
+    checked_period TEXT,
+    drifting       INTEGER NOT NULL,
+    repaired       INTEGER NOT NULL,
+    drifting_since TEXT,
+    body           TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS roster_by_state ON roster (state, key);
+CREATE TABLE IF NOT EXISTS sweeps (
+    period TEXT PRIMARY KEY,
+    body   TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS throttle_holds (
     face  TEXT PRIMARY KEY,
     until REAL NOT NULL
@@ -57,6 +73,28 @@ _KEEP_LEASE = "INSERT OR REPLACE INTO leases (key, state, ends_at, body) VALUES 
 _LEASE = "SELECT body FROM leases WHERE key = ?"
 _SETTLE_LEASE = "UPDATE leases SET state = ?, body = ? WHERE key = ? AND state = ? AND ends_at = ?"
 _ACTIVE_LEASES = "SELECT body FROM leases WHERE state = ? AND ends_at < ? ORDER BY ends_at, key"
+# The drift watch's roster (shared/drift/model.py), kept like leases: the membership whole as JSON, and the
+# columns a sweep pages by (state, key), a check's condition (checked_period) and the counts read.
+_KEEP_MEMBERSHIP = """
+    INSERT OR REPLACE INTO roster (key, state, checked_period, drifting, repaired, drifting_since, body)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+_MEMBERSHIP = "SELECT body FROM roster WHERE key = ?"
+_MEMBERSHIPS = "SELECT body FROM roster WHERE state = ? AND key > ? ORDER BY key LIMIT ?"
+_END_MEMBERSHIP = "UPDATE roster SET state = ?, body = ? WHERE key = ? AND state = ?"
+# Once per period: the condition is in the one UPDATE, so two checks of one membership cannot both record.
+_RECORD_CHECK = """
+    UPDATE roster SET checked_period = ?, drifting = ?, repaired = ?, drifting_since = ?, body = ?
+    WHERE key = ? AND state = ? AND (checked_period IS NULL OR checked_period < ?)
+"""
+_DRIFTING = "SELECT body FROM roster WHERE state = ? AND drifting = 1 ORDER BY drifting_since, key"
+_ROSTER_COUNTS = """
+    SELECT COUNT(*), COALESCE(SUM(checked_period = ?), 0), COALESCE(SUM(drifting), 0), COALESCE(SUM(repaired), 0)
+    FROM roster WHERE state = ?
+"""
+_KEEP_SWEEP = "INSERT OR REPLACE INTO sweeps (period, body) VALUES (?, ?)"
+_SWEEP = "SELECT body FROM sweeps WHERE period = ?"
+_LATEST_SWEEP = "SELECT body FROM sweeps ORDER BY period DESC LIMIT 1"
 
 # Plain literals (no f-strings): the queries take values only through placeholders.
 _INSERT = """
@@ -198,6 +236,86 @@ class SqliteJournal:
         rows = await self._run(lambda c: c.execute(_ACTIVE_LEASES, (LeaseState.ACTIVE.value, before)).fetchall())
         return [Lease.model_validate_json(body) for (body,) in rows]
 
+    async def membership(self, key: str) -> Membership | None:
+        row = await self._run(lambda c: c.execute(_MEMBERSHIP, (key,)).fetchone())
+        return None if row is None else Membership.model_validate_json(row[0])
+
+    async def keep_membership(self, membership: Membership) -> None:
+        await self._run(lambda c: c.execute(_KEEP_MEMBERSHIP, _membership_row(membership)))
+
+    async def end_membership(self, key: str, at: datetime) -> bool:
+        def end(c: sqlite3.Connection) -> bool:
+            c.execute("BEGIN IMMEDIATE")  # read and conditional write in one transaction
+            try:
+                row = c.execute(_MEMBERSHIP, (key,)).fetchone()
+                if row is None:
+                    return False
+                ended = as_ended(Membership.model_validate_json(row[0]), at)
+                arguments = (ended.state.value, ended.model_dump_json(), key, MembershipState.ACTIVE.value)
+                return c.execute(_END_MEMBERSHIP, arguments).rowcount == 1
+            finally:
+                c.execute("COMMIT")
+
+        return await self._run(end)
+
+    async def memberships(self, *, after: str | None, limit: int) -> list[Membership]:
+        arguments = (MembershipState.ACTIVE.value, after or "", limit)  # "" sorts before every key
+        rows = await self._run(lambda c: c.execute(_MEMBERSHIPS, arguments).fetchall())
+        return [Membership.model_validate_json(body) for (body,) in rows]
+
+    async def record_check(
+        self, key: str, period: str, findings: Sequence[DriftFinding], at: datetime
+    ) -> Membership | None:
+        def record(c: sqlite3.Connection) -> Membership | None:
+            c.execute("BEGIN IMMEDIATE")  # the new body from the one read, written on the UPDATE's condition
+            try:
+                row = c.execute(_MEMBERSHIP, (key,)).fetchone()
+                if row is None:
+                    return None
+                checked = as_checked(Membership.model_validate_json(row[0]), period, findings, at)
+                _, _, checked_period, drifting, repaired, since, body = _membership_row(checked)
+                arguments = (checked_period, drifting, repaired, since, body, key, MembershipState.ACTIVE.value, period)
+                return checked if c.execute(_RECORD_CHECK, arguments).rowcount == 1 else None
+            finally:
+                c.execute("COMMIT")
+
+        return await self._run(record)
+
+    async def drifting(self) -> list[Membership]:
+        rows = await self._run(lambda c: c.execute(_DRIFTING, (MembershipState.ACTIVE.value,)).fetchall())
+        return [Membership.model_validate_json(body) for (body,) in rows]
+
+    async def sweep(self, period: str) -> Sweep | None:
+        row = await self._run(lambda c: c.execute(_SWEEP, (period,)).fetchone())
+        return None if row is None else Sweep.model_validate_json(row[0])
+
+    async def keep_sweep(self, sweep: Sweep) -> None:
+        await self._run(lambda c: c.execute(_KEEP_SWEEP, (sweep.period, sweep.model_dump_json())))
+
+    async def latest_sweep(self) -> Sweep | None:
+        row = await self._run(lambda c: c.execute(_LATEST_SWEEP).fetchone())
+        return None if row is None else Sweep.model_validate_json(row[0])
+
+    async def counts(self, period: str | None) -> SweepCounts:
+        arguments = (period or "", MembershipState.ACTIVE.value)
+
+        def read(c: sqlite3.Connection) -> tuple[Any, Any]:
+            c.execute("BEGIN")  # the sweep and the counts from one snapshot
+            try:
+                sweep = c.execute(_SWEEP, (period,)).fetchone() if period else None
+                return sweep, c.execute(_ROSTER_COUNTS, arguments).fetchone()
+            finally:
+                c.execute("COMMIT")
+
+        sweep, (active, checked, drifting, repaired) = await self._run(read)
+        return SweepCounts(
+            sweep=None if sweep is None else Sweep.model_validate_json(sweep[0]),
+            active=active,
+            checked=checked,
+            drifting=drifting,
+            repaired=repaired,
+        )
+
     async def read_holds(self) -> dict[str, float]:
         rows = await self._run(lambda c: c.execute(_HOLDS).fetchall())
         return {face: until for face, until in rows}
@@ -221,6 +339,20 @@ def _iso(at: datetime) -> str:
     if at.tzinfo is None:
         raise ValueError(f"a journal time must be timezone-aware, not {at!r}")
     return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _membership_row(membership: Membership) -> tuple[str, str, str | None, int, int, str | None, str]:
+    """The roster row: key, state, checked_period, drifting, repaired, drifting_since, body."""
+    since = membership.drifting_since
+    return (
+        membership.key,
+        membership.state.value,
+        membership.checked_period,
+        int(is_drifting(membership)),
+        int(was_repaired(membership)),
+        None if since is None else _iso(since),
+        membership.model_dump_json(),
+    )
 
 
 def _transition(row: tuple[Any, ...]) -> Transition:

@@ -18,7 +18,7 @@ import contextlib
 import heapq
 import re
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
@@ -29,7 +29,9 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from shared.contracts import OutcomeStatus, StageName
+from shared.contracts import DriftFinding, OutcomeStatus, StageName
+from shared.drift.model import Membership, MembershipState, Sweep, SweepCounts
+from shared.drift.roster import as_checked, as_ended, is_drifting, may_record_check, was_repaired
 from shared.journal.model import Lease, LeaseState, RequestState, Transition, TransitionKind, check_limit
 from shared.journal.ports import FAILED, LATEST_FAILURES, Tally, Where
 
@@ -60,6 +62,13 @@ class UnsortedResultsError(AzureError):
 # infra/main.bicep), so the journal's scans never meet them: one entity per lease, PartitionKey = its key.
 LEASE_TABLE_SUFFIX = "leases"
 _LEASE_ROW = "lease"
+# The drift watch's roster, likewise in a table of its own (`<table>roster`): one entity per membership,
+# PartitionKey = its key, which sorts by group, so a page of the roster is a range of keys. The sweeps live
+# in it too, under a partition no membership key can have (a key starts with a letter, digit or dash).
+ROSTER_TABLE_SUFFIX = "roster"
+_MEMBERSHIP_ROW = "membership"
+SWEEPS_PARTITION = " sweeps"
+_ROSTER_PAGE_MAX = 1000  # Table Storage returns at most 1,000 entities a page
 
 
 class TableStorageJournal:
@@ -69,9 +78,11 @@ class TableStorageJournal:
         *,
         owned_credential: AsyncTokenCredential | None = None,
         leases: TableClient | None = None,
+        roster: TableClient | None = None,
     ) -> None:
         self._client = client
         self._leases = leases
+        self._roster = roster
         self._owned_credential = owned_credential  # closed with the journal when we created it
 
     @classmethod
@@ -79,6 +90,7 @@ class TableStorageJournal:
         return cls(
             TableClient.from_connection_string(connection_string, table_name),
             leases=TableClient.from_connection_string(connection_string, table_name + LEASE_TABLE_SUFFIX),
+            roster=TableClient.from_connection_string(connection_string, table_name + ROSTER_TABLE_SUFFIX),
         )
 
     @classmethod
@@ -88,7 +100,9 @@ class TableStorageJournal:
         """`endpoint` is the account's table endpoint, e.g. https://<account>.table.core.windows.net."""
         client = TableClient(endpoint, table_name, credential=credential)
         leases = TableClient(endpoint, table_name + LEASE_TABLE_SUFFIX, credential=credential)
-        return cls(client, owned_credential=credential if owns_credential else None, leases=leases)
+        roster = TableClient(endpoint, table_name + ROSTER_TABLE_SUFFIX, credential=credential)
+        owned = credential if owns_credential else None
+        return cls(client, owned_credential=owned, leases=leases, roster=roster)
 
     @property
     def _lease_table(self) -> TableClient:
@@ -113,12 +127,7 @@ class TableStorageJournal:
             "EndsAt": lease.ends_at,
             "Body": lease.model_dump_json(),
         }
-        try:
-            await self._lease_table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        except ResourceNotFoundError:  # no table yet (in Azure the infrastructure creates it)
-            with contextlib.suppress(ResourceExistsError):
-                await self._lease_table.create_table()
-            await self._lease_table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        await _upsert_creating(self._lease_table, entity)
 
     async def settle_lease(self, key: str, ends_at: datetime, state: LeaseState) -> bool:
         try:
@@ -149,6 +158,116 @@ class TableStorageJournal:
         entities = self._lease_table.query_entities(query, parameters=parameters, select=["Body"])
         found = [Lease.model_validate_json(str(entity["Body"])) async for entity in _unless_no_table(entities)]
         return sorted(found, key=lambda lease: (lease.ends_at, lease.key))
+
+    @property
+    def _roster_table(self) -> TableClient:
+        if self._roster is None:
+            raise RuntimeError("this journal was opened without its roster table")
+        return self._roster
+
+    async def membership(self, key: str) -> Membership | None:
+        entity = await self._roster_entity(key, _MEMBERSHIP_ROW)
+        return None if entity is None else Membership.model_validate_json(str(entity["Body"]))
+
+    async def keep_membership(self, membership: Membership) -> None:
+        await _upsert_creating(self._roster_table, _membership_entity(membership))
+
+    async def end_membership(self, key: str, at: datetime) -> bool:
+        entity = await self._roster_entity(key, _MEMBERSHIP_ROW)
+        if entity is None:
+            return False
+        membership = Membership.model_validate_json(str(entity["Body"]))
+        if membership.state is not MembershipState.ACTIVE:
+            return False
+        return await self._replace_if_unchanged(entity, _membership_entity(as_ended(membership, at)))
+
+    async def memberships(self, *, after: str | None, limit: int) -> list[Membership]:
+        query = "State eq @state" + (" and PartitionKey gt @after" if after is not None else "")
+        parameters: dict[str, Any] = {"state": MembershipState.ACTIVE.value} | (
+            {"after": after} if after is not None else {}
+        )
+        entities = self._roster_table.query_entities(
+            query, parameters=parameters, select=["Body"], results_per_page=min(limit, _ROSTER_PAGE_MAX)
+        )
+        found: list[Membership] = []
+        async for entity in _unless_no_table(entities):  # PartitionKey order: the service returns it so
+            found.append(Membership.model_validate_json(str(entity["Body"])))
+            if len(found) == limit:
+                break
+        return found
+
+    async def record_check(
+        self, key: str, period: str, findings: Sequence[DriftFinding], at: datetime
+    ) -> Membership | None:
+        entity = await self._roster_entity(key, _MEMBERSHIP_ROW)
+        if entity is None:
+            return None
+        membership = Membership.model_validate_json(str(entity["Body"]))
+        if not may_record_check(membership, period):
+            return None
+        checked = as_checked(membership, period, findings, at)
+        # Only if nobody wrote the membership since it was read: a second check of the same period loses.
+        return checked if await self._replace_if_unchanged(entity, _membership_entity(checked)) else None
+
+    async def drifting(self) -> list[Membership]:
+        entities = self._roster_table.query_entities(
+            "State eq @state and Drifting eq true", parameters={"state": MembershipState.ACTIVE.value}, select=["Body"]
+        )
+        found = [Membership.model_validate_json(str(entity["Body"])) async for entity in _unless_no_table(entities)]
+        return sorted(
+            found, key=lambda membership: (membership.drifting_since or membership.updated_at, membership.key)
+        )
+
+    async def sweep(self, period: str) -> Sweep | None:
+        entity = await self._roster_entity(SWEEPS_PARTITION, period)
+        return None if entity is None else Sweep.model_validate_json(str(entity["Body"]))
+
+    async def keep_sweep(self, sweep: Sweep) -> None:
+        entity = {"PartitionKey": SWEEPS_PARTITION, "RowKey": sweep.period, "Body": sweep.model_dump_json()}
+        await _upsert_creating(self._roster_table, entity)
+
+    async def latest_sweep(self) -> Sweep | None:
+        # One sweep a period (a day by default): a few hundred a year, read whole.
+        entities = self._roster_table.query_entities(
+            "PartitionKey eq @sweeps", parameters={"sweeps": SWEEPS_PARTITION}, select=["RowKey", "Body"]
+        )
+        latest = max(
+            [entity async for entity in _unless_no_table(entities)], key=lambda e: str(e["RowKey"]), default=None
+        )
+        return None if latest is None else Sweep.model_validate_json(str(latest["Body"]))
+
+    async def counts(self, period: str | None) -> SweepCounts:
+        """A scan of the active memberships' three columns: Table Storage counts nothing itself."""
+        entities = self._roster_table.query_entities(
+            "State eq @state",
+            parameters={"state": MembershipState.ACTIVE.value},
+            select=["CheckedPeriod", "Drifting", "Repaired"],
+        )
+        active = checked = drifting = repaired = 0
+        async for entity in _unless_no_table(entities):
+            active += 1
+            checked += period is not None and entity.get("CheckedPeriod") == period
+            drifting += bool(entity.get("Drifting"))
+            repaired += bool(entity.get("Repaired"))
+        sweep = await self.sweep(period) if period else None
+        return SweepCounts(sweep=sweep, active=active, checked=checked, drifting=drifting, repaired=repaired)
+
+    async def _roster_entity(self, partition: str, row: str) -> Any | None:
+        with contextlib.suppress(ResourceNotFoundError):  # none such, or no table yet
+            return await self._roster_table.get_entity(partition, row)
+        return None
+
+    async def _replace_if_unchanged(self, read: Any, replacement: dict[str, Any]) -> bool:
+        try:
+            await self._roster_table.update_entity(
+                replacement,
+                mode=UpdateMode.REPLACE,
+                etag=read.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):  # written, or removed, since it was read
+            return False
+        return True
 
     @property
     def table_name(self) -> str:
@@ -281,6 +400,8 @@ class TableStorageJournal:
         await self._client.close()
         if self._leases is not None:
             await self._leases.close()
+        if self._roster is not None:
+            await self._roster.close()
         if self._owned_credential is not None:
             await self._owned_credential.close()
 
@@ -326,6 +447,30 @@ async def _latest_per_partition(entities: AsyncIterable[Any]) -> AsyncIterator[t
         current, count = entity, 1
     if current is not None:
         yield current, count
+
+
+async def _upsert_creating(table: TableClient, entity: dict[str, Any]) -> None:
+    try:
+        await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+    except ResourceNotFoundError:  # no table yet (in Azure the infrastructure creates it)
+        with contextlib.suppress(ResourceExistsError):
+            await table.create_table()
+        await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+
+def _membership_entity(membership: Membership) -> dict[str, Any]:
+    """The membership whole as JSON, and the columns the queries filter on."""
+    entity: dict[str, Any] = {
+        "PartitionKey": membership.key,
+        "RowKey": _MEMBERSHIP_ROW,
+        "State": membership.state.value,
+        "Drifting": is_drifting(membership),
+        "Repaired": was_repaired(membership),
+        "Body": membership.model_dump_json(),
+    }
+    if membership.checked_period is not None:
+        entity["CheckedPeriod"] = membership.checked_period
+    return entity
 
 
 def _utf16(key: str) -> bytes:

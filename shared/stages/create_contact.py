@@ -54,8 +54,11 @@ async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: S
     decision = await _decide(request, turn, progress, deps)
     if request.dry_run and isinstance(decision, DeadLetter):
         return Finish(decision.outcome)  # the Failed outcome, and nothing left in the dead-letter queue
-    if request.action is RequestAction.OFFBOARD and isinstance(decision, Finish) and deps.leases is not None:
-        return await deps.leases.offboarded(decision, request)  # an early offboard ends the lease
+    if request.action is RequestAction.OFFBOARD and isinstance(decision, Finish):
+        if deps.leases is not None:
+            decision = await deps.leases.offboarded(decision, request)  # an early offboard ends the lease
+        if deps.roster is not None:
+            decision = await deps.roster.offboarded(decision, request)  # and the drift watch stops checking it
     return decision
 
 

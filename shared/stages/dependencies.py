@@ -42,6 +42,14 @@ class LeaseKeeping(Protocol):
     async def offboarded(self, decision: Finish, request: OnboardingRequest) -> Finish: ...
 
 
+class RosterKeeping(Protocol):
+    """Keeps the drift watch's roster (shared/drift/roster.py, RosterKeeper)."""
+
+    async def finished(self, decision: Finish, message: StageMessage, delivery: Delivery) -> Finish: ...
+
+    async def offboarded(self, decision: Finish, request: OnboardingRequest) -> Finish: ...
+
+
 @dataclass(frozen=True)
 class StageDependencies:
     graph: GraphDirectory
@@ -52,4 +60,5 @@ class StageDependencies:
     welcome: WelcomeMail | None = None
     clock: Callable[[], datetime] = utc_now
     leases: LeaseKeeping | None = None  # None: no lease book (no journal), so a lease is refused at intake
+    roster: RosterKeeping | None = None  # None: no journal, so nothing is watched for drift (docs/drift.md)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # a short wait within an invocation

@@ -75,7 +75,10 @@ async def verify_delivery(message: StageMessage, delivery: Delivery, deps: Stage
     decision = await _verify(message, delivery, deps)
     if isinstance(decision, Finish) and deps.leases is not None:
         # The membership is proven: now its end, if it has one, is kept (docs/leases.md).
-        return await deps.leases.finished(decision, message, delivery, deps.policy)
+        decision = await deps.leases.finished(decision, message, delivery, deps.policy)
+    if isinstance(decision, Finish) and deps.roster is not None:
+        # ... and the drift watch re-checks it from now on (docs/drift.md).
+        decision = await deps.roster.finished(decision, message, delivery)
     return decision
 
 

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from cli.command_rights import COMMAND_RIGHTS, rights_epilog
 from cli.main import app
 from functions.triggers import swept_queues
-from shared.journal.table_storage import LEASE_TABLE_SUFFIX
-from shared.queues import LEASE_QUEUE, SELF_CHECK_QUEUE, StageName, intake_queues
+from shared.journal.table_storage import LEASE_TABLE_SUFFIX, ROSTER_TABLE_SUFFIX
+from shared.queues import DRIFT_QUEUE, LEASE_QUEUE, SELF_CHECK_QUEUE, StageName, intake_queues
 from shared.settings import ServiceBusSettings
 from standins.local_host import discover_triggers
 from tests.fixtures.pipeline import indexed_app
@@ -83,7 +83,7 @@ def test_storage_accepts_identities_only() -> None:
     assert storage["defaultToOAuthAuthentication"] is True
     assert storage["allowBlobPublicAccess"] is False
     assert storage["minimumTlsVersion"] == "TLS1_2"
-    assert [table["name"] for table in storage["tableServices"]["tables"]] == [JOURNAL_TABLE, LEASE_TABLE]
+    assert [table["name"] for table in storage["tableServices"]["tables"]] == [JOURNAL_TABLE, LEASE_TABLE, ROSTER_TABLE]
 
 
 def test_service_bus_is_standard_with_local_auth_off_and_no_sas_rule() -> None:
@@ -141,6 +141,7 @@ CREATE_CONTACT = StageName.CREATE_CONTACT.value
 OUTCOME_QUEUE = ServiceBusSettings.model_fields["outcome_queue"].default
 JOURNAL_TABLE = "onboardingjournal"
 LEASE_TABLE = JOURNAL_TABLE + LEASE_TABLE_SUFFIX
+ROSTER_TABLE = JOURNAL_TABLE + ROSTER_TABLE_SUFFIX
 
 Rights = frozenset[tuple[str, str]]  # (role, queue or table)
 
@@ -166,8 +167,10 @@ OPERATOR_COMMANDS: dict[str, Rights] = {
     "offboard": _ONE_REQUEST,  # submit's flow with action offboard (cli/submit.py)
     "update": _ONE_REQUEST,
     "bulk": _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, OUTCOME_QUEUE),
-    "status": _on(TABLE_READER, JOURNAL_TABLE) | _on(RECEIVER, *STAGE_QUEUES),
+    # --watch shows the drift watch's last sweep, read from the roster's table
+    "status": _on(TABLE_READER, JOURNAL_TABLE, ROSTER_TABLE) | _on(RECEIVER, *STAGE_QUEUES),
     "leases": _on(TABLE_READER, LEASE_TABLE),
+    "drift": _on(TABLE_READER, ROSTER_TABLE),
     "dlq list": _on(RECEIVER, *STAGE_QUEUES),
     "dlq show": _on(RECEIVER, *STAGE_QUEUES),
     "dlq replay": _on(RECEIVER, *STAGE_QUEUES) | _on(SENDER, *STAGE_QUEUES),
@@ -188,8 +191,9 @@ def _app_rights() -> Rights:
     triggers = discover_triggers(indexed_app())
     received = {trigger.queue_name for trigger in triggers} | set(swept_queues())
     # Leases: the app schedules wake-ups on the leases queue and keeps leases in their table (shared/leases.py).
-    sent = _on(SENDER, *STAGE_QUEUES, OUTCOME_QUEUE, LEASE_QUEUE)
-    return _on(RECEIVER, *received) | sent | _on(TABLE_CONTRIBUTOR, JOURNAL_TABLE, LEASE_TABLE)
+    # The drift watch: it sends and schedules its pages and checks and keeps the roster (shared/drift/).
+    sent = _on(SENDER, *STAGE_QUEUES, OUTCOME_QUEUE, LEASE_QUEUE, DRIFT_QUEUE)
+    return _on(RECEIVER, *received) | sent | _on(TABLE_CONTRIBUTOR, JOURNAL_TABLE, LEASE_TABLE, ROSTER_TABLE)
 
 
 def _data_rights(**parameters: Any) -> dict[object, Rights]:

@@ -38,9 +38,14 @@ EXPECTED_QUEUES = {
     "doctor": "doctor",
     # functions/triggers.py: leases' scheduled wake-ups (issue 26)
     "leases": "leases",
+    # functions/triggers.py: the drift watch's pages and checks (issue 27)
+    "drift": "drift",
 }
 # functions/triggers.py: the timer that sweeps the dead-letter sub-queues (issue 24; no trigger on them)
 SWEEP = "dead_letter_sweep"
+# functions/triggers.py: the timer that starts each period's drift sweep (issue 27), on ONBOARDING_DRIFT_SCHEDULE
+DRIFT_SWEEP = "drift_sweep"
+TIMERS = {SWEEP, DRIFT_SWEEP}
 
 
 def _worker_env() -> dict[str, str]:
@@ -87,7 +92,7 @@ def indexed() -> dict[str, Any]:
 
 
 def test_every_function_is_indexed(indexed: dict[str, Any]) -> None:
-    assert {f["name"] for f in indexed["functions"]} == {*EXPECTED_QUEUES, SWEEP}
+    assert {f["name"] for f in indexed["functions"]} == {*EXPECTED_QUEUES, *TIMERS}
 
 
 def test_the_dead_letter_sweep_is_a_timer(indexed: dict[str, Any]) -> None:
@@ -96,6 +101,19 @@ def test_the_dead_letter_sweep_is_a_timer(indexed: dict[str, Any]) -> None:
         {"type": "timerTrigger", "direction": "IN", "name": "timer", "schedule": "0 */5 * * * *", "runOnStartup": False}
     ]
     assert function["is_async"] is True
+
+
+def test_the_drift_sweep_is_a_timer_on_its_schedule_setting(indexed: dict[str, Any]) -> None:
+    function = next(f for f in indexed["functions"] if f["name"] == DRIFT_SWEEP)
+    assert function["raw_bindings"] == [
+        {"type": "timerTrigger", "direction": "IN", "name": "timer", "schedule": "0 15 0 * * *", "runOnStartup": False}
+    ]
+    hourly = _index(APP_DIR, {"ONBOARDING_DRIFT_SCHEDULE": "0 5 * * * *"})
+    assert hourly.returncode == 0, hourly.stderr[-2000:]
+    scheduled = next(f for f in json.loads(hourly.stdout)["functions"] if f["name"] == DRIFT_SWEEP)
+    assert scheduled["raw_bindings"][0]["schedule"] == "0 5 * * * *"
+    refused = _index(APP_DIR, {"ONBOARDING_DRIFT_SCHEDULE": "daily"})
+    assert refused.returncode != 0 and "ONBOARDING_DRIFT_SCHEDULE" in refused.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("function_name", sorted(EXPECTED_QUEUES))
@@ -123,7 +141,7 @@ def test_a_sources_own_intake_queue_is_indexed_from_the_app_setting(indexed: dic
     result = _index(APP_DIR, {"ONBOARDING_INTAKE_QUEUES": "intake-partner"})
     assert result.returncode == 0, result.stderr[-4000:]
     functions = json.loads(result.stdout)["functions"]
-    queues = {f["name"]: f["raw_bindings"][0].get("queueName") for f in functions if f["name"] != SWEEP}
+    queues = {f["name"]: f["raw_bindings"][0].get("queueName") for f in functions if f["name"] not in TIMERS}
     assert queues == EXPECTED_QUEUES | {"create_contact_from_intake_partner": "intake-partner"}
     refused = _index(APP_DIR, {"ONBOARDING_INTAKE_QUEUES": "add-member"})
     assert refused.returncode != 0 and "ONBOARDING_INTAKE_QUEUES" in refused.stderr

@@ -1,0 +1,70 @@
+"""The drift event (docs/drift.md): a structured CloudEvent, published when a check finds a membership newly
+wrong, to the onboarding's ReplyTo, else the outcome queue (as a lease's notice, shared/leases.py).
+
+Its id is the membership and the period: a check delivered twice within the duplicate-detection window
+publishes one event. A finding still open in a later period is not published again (`onboard drift` lists
+it); findings that clear are closed without an event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from azure.servicebus import ServiceBusMessage
+
+from shared.contracts import DriftEvent, DriftFinding
+from shared.drift.model import Membership
+from shared.envelope import JSON, REQUEST_ID
+from shared.leases import CLOUDEVENTS_JSON
+
+DRIFT_TYPE = "org.m365-external-onboarding.drift.detected.v1"
+DRIFT_SOURCE = "/m365-external-onboarding/drift"
+DRIFT_SUBJECT = "onboarding.DriftDetected"
+
+
+def drift_event_id(key: str, period: str) -> str:
+    return f"{key}/{period}/drift"  # at most 97 + 22 characters: a MessageId may have 128
+
+
+def drift_message(
+    membership: Membership, findings: Sequence[DriftFinding], period: str, now: datetime
+) -> ServiceBusMessage:
+    """The event for what one period's check found wrong with one membership."""
+    kinds = ", ".join(finding.kind.value for finding in findings)
+    event_data = DriftEvent(
+        membership_id=membership.key,
+        request_id=membership.request_id,
+        source_system=membership.source_system,
+        external_email=membership.external_email,
+        display_name=membership.display_name,
+        group=membership.group,
+        recipient=membership.recipient,
+        findings=tuple(findings),
+        last_seen_right_at=membership.last_seen_right_at,
+        detected_at=now,
+        description=(
+            f"The membership in {membership.group.display_name!r} is no longer as the onboarding left it ({kinds}); "
+            f"last seen right at {membership.last_seen_right_at:%Y-%m-%d %H:%M} UTC. Each finding says its fix."
+        ),
+    )
+    event_id = drift_event_id(membership.key, period)
+    event = {
+        "specversion": "1.0",
+        "type": DRIFT_TYPE,
+        "source": DRIFT_SOURCE,
+        "id": event_id,
+        "time": now.isoformat(),
+        "subject": membership.key,
+        "datacontenttype": JSON,
+        "data": event_data.model_dump(mode="json"),
+    }
+    return ServiceBusMessage(
+        json.dumps(event).encode(),
+        message_id=event_id,
+        correlation_id=membership.correlation_id,
+        content_type=CLOUDEVENTS_JSON,
+        subject=DRIFT_SUBJECT,
+        application_properties={REQUEST_ID: membership.request_id},
+    )

@@ -1,0 +1,130 @@
+"""The trigger's half of the drift watch (docs/drift.md): one message of queue `drift`, read against the roster.
+
+A message only says "look now": a page (shared/drift/sweep.py) or a check of some of one group's people.
+The roster says what is true: a check skips whoever is not active, not of that group or checked in this
+period already, asks the group checker once for the rest, publishes a drift event for each membership
+with a kind of finding that was not open before, and then records the check, the last word: a check
+redelivered before it recorded publishes the same event id again (dropped by duplicate detection), one
+after finds nobody due.
+
+A checker that fails (throttled, the directory down) records nothing: the message is abandoned and
+Service Bus delivers it again, while the throttle gate holds the directory calls back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from azure.servicebus import ServiceBusMessage
+from pydantic import ValidationError
+
+from shared.drift.events import drift_message
+from shared.drift.model import GroupChecker, Membership, Roster
+from shared.drift.roster import may_record_check, open_findings
+from shared.drift.sweep import DRIFT_WORK, DriftCheck, DriftPage, DriftSweeper
+from shared.envelope import EnvelopeError, ReceivedMessage, read_body
+from shared.outbox import Outbox, UnknownQueueError
+from shared.queues import DRIFT_QUEUE
+from shared.runner import settle_off_loop
+
+logger = logging.getLogger("onboarding.drift")
+
+
+class DriftActions(Protocol):
+    def complete(self, message: Any) -> None: ...
+
+    def abandon(self, message: Any) -> None: ...
+
+    def deadletter(
+        self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class DriftWatch:
+    """Handles one message of queue `drift`."""
+
+    roster: Roster
+    sweeper: DriftSweeper
+    checker: GroupChecker
+    outbox: Outbox
+    outcome_queue: str
+    clock: Callable[[], datetime]
+
+    async def run(self, message: ReceivedMessage, actions: DriftActions) -> str:
+        """What the message did, in a few words (for the log and the tests)."""
+        try:
+            work = DRIFT_WORK.validate_json(read_body(message))
+        except (EnvelopeError, ValidationError) as error:
+            # Not ours to act on: kept in the dead-letter queue for an operator, never guessed at.
+            logger.warning("a message on %s that is not drift work was dead-lettered", DRIFT_QUEUE)
+            await settle_off_loop(
+                actions.deadletter,
+                message,
+                who="the drift watch",
+                deadletter_reason="InvalidRequest",
+                deadletter_error_description=f"not a drift page or check: {_first_problem(error)}",
+            )
+            return "refused"
+        try:
+            done = await (self.sweeper.fan_out(work) if isinstance(work, DriftPage) else self.check(work))
+        except Exception:
+            logger.exception("the drift %s could not be done; it comes back", work.kind)
+            await settle_off_loop(actions.abandon, message, who="the drift watch")
+            raise
+        logger.info("drift %s of period %s: %s", work.kind, work.period, done)
+        await settle_off_loop(actions.complete, message, who="the drift watch")
+        return done
+
+    async def check(self, check: DriftCheck) -> str:
+        if check.period != self.sweeper.current_period():
+            return "not the current period"
+        if await self.roster.sweep(check.period) is None:
+            return "no sweep started"  # only a sweep the timer started sends checks
+        found = await asyncio.gather(*(self.roster.membership(key) for key in check.keys))
+        due = [
+            m
+            for m in found
+            if m is not None and m.group.id.lower() == check.group and may_record_check(m, check.period)
+        ]
+        if not due:
+            return "nobody due"
+        findings = await self.checker(due[0].group, due)  # once for the group: its reads are shared
+        now, reported, recorded = self.clock(), 0, 0
+        for membership in due:
+            if membership.key not in findings:
+                logger.warning("the checker said nothing of membership %s: not recorded", membership.key)
+                continue
+            found_now = findings[membership.key]
+            was_open = {finding.kind for finding in open_findings(membership)}
+            if {finding.kind for finding in found_now} - was_open:
+                await self._publish(drift_message(membership, found_now, check.period, now), membership)
+                reported += 1
+            recorded += await self.roster.record_check(membership.key, check.period, found_now, now) is not None
+        return f"checked {recorded}, reported {reported}"
+
+    async def _publish(self, message: ServiceBusMessage, membership: Membership) -> None:
+        """To the onboarding's ReplyTo, else the outcome queue (also when that ReplyTo is gone)."""
+        if membership.reply_to:
+            try:
+                await self.outbox.send(membership.reply_to, message)
+                return
+            except UnknownQueueError:
+                logger.warning(
+                    "the onboarding's ReplyTo queue does not exist; the drift event goes to the outcome queue"
+                )
+        await self.outbox.send(self.outcome_queue, message)
+
+
+def _first_problem(error: EnvelopeError | ValidationError) -> str:
+    """The reason in a line, without the message's content (a ValidationError would quote the input)."""
+    if isinstance(error, ValidationError):
+        problem = error.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        return f"{where}: {problem['msg']}"[:300] if where else str(problem["msg"])[:300]
+    return str(error)[:300]
