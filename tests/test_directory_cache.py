@@ -10,7 +10,7 @@ import pytest
 from shared.contracts import GroupKind
 from shared.directory.cache import CachingExchangeDirectory, CachingGraphDirectory, TtlCache
 from shared.directory.errors import ThrottledError
-from shared.directory.ports import TraceEntry
+from shared.directory.ports import SenderRestrictions, TraceEntry
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
 
 
@@ -149,3 +149,23 @@ async def test_a_burst_into_one_group_changes_its_sender_setting_once(clock: Clo
     clock.now += 11  # past the burst: a change asked for now is made
     await exchange.set_require_sender_authentication("partners@contoso.com", False, unified=False)
     assert script.calls.count("set_require_sender_authentication") == 4
+
+
+async def test_a_read_after_the_change_that_finds_it_undone_lets_the_next_change_through(clock: Clock) -> None:
+    """Within the burst's seconds an administrator turns sender authentication back on: a caller that reads the
+    group after the change and finds it on again (the drift watch, a later request) must really change it."""
+    script = FailureScript()
+    fake = FakeExchange(script)
+    exchange = CachingExchangeDirectory(fake, 60, max_trace_rows=5000, clock=clock)
+    await exchange.set_require_sender_authentication("partners@contoso.com", False, unified=False)
+    clock.now += 1
+    fake.restrictions["partners@contoso.com"] = SenderRestrictions(True, (), (), False)  # an administrator
+    found = await exchange.get_sender_restrictions("Partners@contoso.com", unified=False)
+    assert found.require_sender_authentication
+    await exchange.set_require_sender_authentication("partners@contoso.com", False, unified=False)
+    assert script.calls.count("set_require_sender_authentication") == 2
+    assert not fake.restrictions["partners@contoso.com"].require_sender_authentication
+    # A read that finds the change in force keeps it shared.
+    await exchange.get_sender_restrictions("partners@contoso.com", unified=False)
+    await exchange.set_require_sender_authentication("partners@contoso.com", False, unified=False)
+    assert script.calls.count("set_require_sender_authentication") == 2

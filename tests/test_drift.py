@@ -249,3 +249,43 @@ async def _fanned_out(stack: LocalStack, period: str) -> bool:
     finally:
         await roster.close()
     return sweep is not None and sweep.fanned_out_at is not None
+
+
+async def test_the_apps_own_checks_report_a_removal_and_repair_sender_authentication_where_the_policy_allows() -> None:
+    """No scripted checker: the app's checks (shared/drift/checks.py) against the sandbox, after an administrator
+    removed one person from Partners and turned sender authentication back on for it (the policy allows the fix
+    there). The removed person is reported; the other is repaired, and the group accepts external mail again."""
+    with local_stack() as stack:
+        async with (
+            ServiceBusClient.from_connection_string(stack.environment[SERVICEBUS_CONNECTION]) as client,
+            running_host(stack.environment) as host,
+        ):
+            arrivals = Arrivals(client)
+            await submit(client, [sample_request("own-1", STAYS, "Ana Silva", PARTNERS)])
+            await submit(client, [sample_request("own-2", DRIFTS, "Ben Okafor", PARTNERS)])
+            for request_id in ("own-1", "own-2"):
+                assert (await arrivals.outcome(request_id)).status is OutcomeStatus.SUCCEEDED
+            directory = stack.sandbox.directory
+            partners = directory.group_by_identity(PARTNERS)
+            assert partners is not None
+            removed = next(c for c in directory.contacts.values() if c.external_email_address.lower() == DRIFTS)
+            directory.remove_member(partners, removed.external_directory_object_id)
+            directory.change_sender_rules(partners, require_sender_authentication=True)
+
+            period = current_period()
+            await host.run_timer(DRIFT_SWEEP_FUNCTION)
+            await until(lambda: _checked(stack, period, 2), "both people checked")
+            await until(lambda: drift_queue_drained(client), "the drift queue drained")
+            await arrivals.settle()
+        repaired = directory.group_by_identity(PARTNERS)
+        roster = await roster_of(stack)
+        try:
+            drifting = await roster.drifting()
+        finally:
+            await roster.close()
+    found = {event.external_email: {(f.kind, f.repaired) for f in event.findings} for event in arrivals.drift}
+    assert found[STAYS] == {(DriftKind.SENDER_AUTHENTICATION_REQUIRED, True)}, arrivals.drift
+    assert (DriftKind.NOT_A_MEMBER, False) in found[DRIFTS], arrivals.drift
+    assert len(arrivals.drift) == 2  # one event a person
+    assert repaired is not None and not repaired.require_sender_authentication  # once for the group
+    assert [m.external_email for m in drifting] == [DRIFTS]  # a repaired finding is not open; a removal is

@@ -40,8 +40,8 @@ from shared.directory.ports import (
 
 V = TypeVar("V")
 MAX_ENTRIES = 1024  # groups a process remembers; beyond this the oldest are forgotten
-# A burst of requests into one group arrives within seconds; an administrator turning the setting back
-# within this window would be missed by a request that then reports the change (docs/performance.md).
+# A burst of requests into one group arrives within seconds: one change of its sender setting serves them
+# (docs/performance.md). A read begun after the change that finds it undone ends the sharing at once.
 SENDER_CHANGE_SHARE_SECONDS = 10.0
 # Get-MessageTraceV2 allows 100 queries per tenant in a running 5 minutes (docs/permissions.md). One
 # query per welcome sender every TRACE_SHARE_SECONDS answers every recipient's check in this process:
@@ -63,6 +63,12 @@ class TtlCache(Generic[V]):
 
     def forget(self, key: str) -> None:
         self._entries.pop(key, None)
+
+    def forget_if_kept_before(self, key: str, moment: float) -> None:
+        """Forget the answer for `key` if it was kept before `moment` (a clock reading)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] - self._ttl < moment:
+            self._entries.pop(key, None)
 
     async def get(self, key: str, load: Callable[[], Awaitable[V | None]]) -> V | None:
         entry = self._entries.get(key)
@@ -154,6 +160,7 @@ class CachingExchangeDirectory:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
+        self._clock = clock
         self._domains: TtlCache[frozenset[str]] = TtlCache(ttl, clock=clock)
         self._sender_changes: TtlCache[Warnings] = TtlCache(min(ttl, SENDER_CHANGE_SHARE_SECONDS), clock=clock)
         self._traces = SharedMessageTrace(
@@ -222,7 +229,13 @@ class CachingExchangeDirectory:
         return await self.inner.list_unified_group_subscribers(group)
 
     async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
-        return await self.inner.get_sender_restrictions(group, unified=unified)
+        asked_at = self._clock()
+        restrictions = await self.inner.get_sender_restrictions(group, unified=unified)
+        # Asked after our change was made and finding it undone: someone turned it back (an administrator,
+        # within the burst's seconds), so the next change asked for must really be made, not shared.
+        undone = f"{group.lower()}:{not restrictions.require_sender_authentication}"
+        self._sender_changes.forget_if_kept_before(undone, asked_at)
+        return restrictions
 
     async def set_require_sender_authentication(
         self, group: str, enabled: bool, *, unified: bool, security_group: bool = False
