@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from azure.servicebus import ServiceBusMessage
 from pydantic import ValidationError
 
 from shared.envelope import EnvelopeError, ReceivedMessage, read_body
@@ -24,7 +23,7 @@ from shared.journal.model import Lease, LeaseState
 from shared.journal.ports import LeaseBook
 from shared.leases import LeaseWake, notice_message, offboard_message, wake_message
 from shared.logs import request_context
-from shared.outbox import Outbox, UnknownQueueError
+from shared.outbox import Outbox, send_to_reply_to
 from shared.policy import INTAKE_QUEUE, OnboardingPolicy
 from shared.queues import LEASE_QUEUE
 from shared.runner import settle_off_loop
@@ -109,7 +108,9 @@ class LeaseWatch:
         if wake.kind == "notice":
             if lease.state is not LeaseState.ACTIVE:
                 return lease.state.value
-            await self._publish(notice_message(lease, self.clock()), lease)
+            await send_to_reply_to(
+                self.outbox, lease.reply_to, self.outcome_queue, notice_message(lease, self.clock()), what="notice"
+            )
             return "noticed"
         if lease.state is LeaseState.ACTIVE and not await self.book.settle_lease(
             lease.key, lease.ends_at, LeaseState.EXPIRED
@@ -125,13 +126,3 @@ class LeaseWatch:
         """The source's own intake queue when the policy binds it to one (else create-contact would refuse)."""
         source = self.policy.sources.get(lease.source_system)
         return source.intake_queue if source is not None else INTAKE_QUEUE
-
-    async def _publish(self, message: ServiceBusMessage, lease: Lease) -> None:
-        """To the onboarding's ReplyTo, else the outcome queue (also when that ReplyTo is gone)."""
-        if lease.reply_to:
-            try:
-                await self.outbox.send(lease.reply_to, message)
-                return
-            except UnknownQueueError:
-                logger.warning("the lease's ReplyTo queue does not exist; the notice goes to the outcome queue")
-        await self.outbox.send(self.outcome_queue, message)

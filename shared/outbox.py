@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Protocol
@@ -25,6 +26,8 @@ from azure.servicebus.exceptions import (
 )
 
 from shared.settings import ServiceBusSettings
+
+logger = logging.getLogger("onboarding.outbox")
 
 PEEK_BATCH = 100  # messages per peek
 # Far beyond a healthy send (milliseconds) or the SDK's own retries of a passing error (seconds).
@@ -47,6 +50,20 @@ class Outbox(Protocol):
     async def send(self, queue: str, message: ServiceBusMessage) -> None: ...
 
     async def schedule(self, queue: str, message: ServiceBusMessage, at: datetime) -> None: ...
+
+
+async def send_to_reply_to(
+    outbox: Outbox, reply_to: str | None, outcome_queue: str, message: ServiceBusMessage, *, what: str
+) -> None:
+    """An event about an earlier request (a lease's notice, a drift event) to that request's ReplyTo, else to
+    the outcome queue, also when that ReplyTo queue is gone (`what` names the event in the log)."""
+    if reply_to:
+        try:
+            await outbox.send(reply_to, message)
+            return
+        except UnknownQueueError:
+            logger.warning("the request's ReplyTo queue does not exist; the %s goes to the outcome queue", what)
+    await outbox.send(outcome_queue, message)
 
 
 class UnknownQueueError(Exception):

@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from azure.servicebus import ServiceBusMessage
 from pydantic import ValidationError
 
 from shared.drift.events import drift_message
-from shared.drift.model import GroupChecker, Membership, Roster
+from shared.drift.model import GroupChecker, Roster
 from shared.drift.roster import may_record_check, open_findings
 from shared.drift.sweep import DRIFT_WORK, DriftCheck, DriftPage, DriftSweeper
 from shared.envelope import EnvelopeError, ReceivedMessage, read_body
-from shared.outbox import Outbox, UnknownQueueError
+from shared.outbox import Outbox, send_to_reply_to
 from shared.queues import DRIFT_QUEUE
 from shared.runner import settle_off_loop
 
@@ -103,22 +102,11 @@ class DriftWatch:
             found_now = findings[membership.key]
             was_open = {finding.kind for finding in open_findings(membership)}
             if {finding.kind for finding in found_now} - was_open:
-                await self._publish(drift_message(membership, found_now, check.period, now), membership)
+                event = drift_message(membership, found_now, check.period, now)
+                await send_to_reply_to(self.outbox, membership.reply_to, self.outcome_queue, event, what="drift event")
                 reported += 1
             recorded += await self.roster.record_check(membership.key, check.period, found_now, now) is not None
         return f"checked {recorded}, reported {reported}"
-
-    async def _publish(self, message: ServiceBusMessage, membership: Membership) -> None:
-        """To the onboarding's ReplyTo, else the outcome queue (also when that ReplyTo is gone)."""
-        if membership.reply_to:
-            try:
-                await self.outbox.send(membership.reply_to, message)
-                return
-            except UnknownQueueError:
-                logger.warning(
-                    "the onboarding's ReplyTo queue does not exist; the drift event goes to the outcome queue"
-                )
-        await self.outbox.send(self.outcome_queue, message)
 
 
 def _first_problem(error: EnvelopeError | ValidationError) -> str:
