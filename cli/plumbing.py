@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
@@ -104,6 +105,8 @@ ASK_AGAIN_SECONDS = 1.0
 
 
 async def _ended_by_ctrl_c(work: Coroutine[Any, Any, T]) -> T:
+    if threading.current_thread() is not threading.main_thread():
+        return await work  # signals reach only the main thread (and only there can a loop handle them)
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     pressed = asyncio.Event()
