@@ -6,7 +6,6 @@ Each step (tools/demo) states the outcome it must reach; the demo succeeds only 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import logging.handlers
 import sys
@@ -17,7 +16,7 @@ from rich.text import Text
 
 from cli.following import Narration, send_and_follow
 from cli.outcomes import labelled_block, outcome_lines
-from cli.plumbing import CONSOLE_FORMATTER, configure_logging, console, fail
+from cli.plumbing import CONSOLE_FORMATTER, Interrupted, configure_logging, console, fail, run_until_ctrl_c
 from cli.status import status_report
 from shared.contracts import OutcomeEvent
 from shared.journal import SqliteJournal
@@ -36,8 +35,8 @@ def demo_command(*, timeout: float, verbose: bool) -> int:
     kept = None if verbose else logging.handlers.MemoryHandler(100_000, logging.CRITICAL + 1, stream)
     configure_logging(verbose, kept or stream)
     try:
-        succeeded = asyncio.run(run_demo(console, within_seconds=timeout))
-    except KeyboardInterrupt:
+        succeeded = run_until_ctrl_c(run_demo(console, within_seconds=timeout))
+    except (Interrupted, KeyboardInterrupt):
         raise fail("Interrupted; everything started was stopped.", 130) from None
     if kept is not None:
         if not succeeded:

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cli.plumbing import settings_for
+from cli.plumbing import Interrupted, run_until_ctrl_c, settings_for
 from shared.contracts import GroupKind
 from shared.queues import SELF_CHECK_QUEUE, intake_queues
 from shared.selfcheck import (
@@ -93,10 +93,10 @@ def doctor_command(
     settings = settings_for("doctor", DoctorSettings, ServiceBusSettings)
     console = Console()
     try:
-        checks = asyncio.run(
+        checks = run_until_ctrl_c(
             diagnose(settings, identity or settings.managed_identity_client_id, wait, timeout, reply_to, credentials)
         )
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):
         Console(stderr=True).print("Interrupted.")
         return 130
     code = exit_code(checks)

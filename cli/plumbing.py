@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
@@ -94,6 +95,54 @@ def write_or_print(output: Path | None, text: str) -> None:
         sys.stdout.write(text)
 
 
+class Interrupted(Exception):
+    """Ctrl-C ended a command's work (its exit code is 130, as for any interrupted command)."""
+
+
+# How often an interrupted command asks its work again to stop: a cancellation can be lost inside the
+# Service Bus SDK (run_until_ctrl_c), and each new one is a new chance.
+ASK_AGAIN_SECONDS = 1.0
+
+
+async def _ended_by_ctrl_c(work: Coroutine[Any, Any, T]) -> T:
+    if threading.current_thread() is not threading.main_thread():
+        return await work  # signals reach only the main thread (and only there can a loop handle them)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    pressed = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, pressed.set)
+    try:
+        ctrl_c = asyncio.ensure_future(pressed.wait())
+        try:
+            await asyncio.wait({task, ctrl_c}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ctrl_c.cancel()
+        if task.done():
+            return task.result()
+        # Cancelled from the loop, the work is suspended at an await, where asyncio.timeout lets the
+        # cancellation through; asking again covers any the SDK still drops. Closing its links is all it does.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=ASK_AGAIN_SECONDS)
+        if not task.cancelled():
+            task.exception()  # whatever closing raised: Ctrl-C decides what the command says
+        raise Interrupted
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def run_until_ctrl_c(work: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run(work), ended by the first Ctrl-C (raising Interrupted) whatever the libraries swallow.
+
+    asyncio.run's own Ctrl-C cancels the work from a signal handler, between two of its steps; if the
+    work then enters asyncio.wait_for with a budget already spent (the Service Bus SDK does: a receive's
+    max_wait_time, a link's deadline), Python's asyncio.timeout takes that cancellation for its own
+    timeout and raises TimeoutError, which the SDK treats as time being up, and the command goes on
+    waiting until a second Ctrl-C (python/cpython issue 134471). Our own handler runs in the loop instead:
+    it cancels the work while it is suspended, and keeps asking until the work has ended."""
+    return asyncio.run(_ended_by_ctrl_c(work))
+
+
 def until_interrupted() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,7 +163,7 @@ def talk_to_servicebus(
     from shared.outbox import entity_not_found
 
     try:
-        return asyncio.run(work)
+        return run_until_ctrl_c(work)
     except StoppedWaiting as stopped:
         raise fail(stopped_waiting(stopped.request_ids, str(stopped), again=stopped.again), 3) from None
     except ServiceBusError as error:
@@ -132,7 +181,7 @@ def talk_to_servicebus(
             f"Could not sign in to Service Bus at {namespace_of(settings)} ({type(error).__name__}). "
             "Run `az login` with an account that has a Service Bus data role on the namespace."
         ) from None
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):  # KeyboardInterrupt: a Ctrl-C before the loop ran
         raise fail(interrupted() if interrupted else "Interrupted.", 130) from None
 
 

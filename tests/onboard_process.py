@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.waiting import HANG_GUARD_SECONDS
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
@@ -73,18 +75,12 @@ class RunningOnboard:
         return code
 
     def stop(self) -> int:
-        """Ctrl-C, as a person stops it; the exit code."""
-        # Ctrl-C, and once more if the first one was lost (asyncio.wait_for inside the SDK can swallow the
-        # cancellation the first one asks for; the second raises KeyboardInterrupt wherever the command is).
-        for signals_sent in range(2):
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGINT)
-            try:
-                code = self.process.wait(timeout=10 if signals_sent == 0 else 20)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        else:
+        """Ctrl-C, once, as a person stops it; the exit code (the kill's, if it did not end by itself)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            code = self.process.wait(timeout=HANG_GUARD_SECONDS)
+        except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait()
         self._reader.join(timeout=5)

@@ -59,6 +59,12 @@ ANCHOR_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 TIMEOUT = httpx.Timeout(100.0, connect=10.0)
 # The longest the app's gate is held on Exchange's Rate-Limit-Reset: a bound on a header that is wrong.
 MAX_RATE_LIMIT_HOLD = 300.0
+# An answer's Rate-Limit-Remaining counts the requests that had reached Exchange; up to the tenant's
+# requests in flight (Exchange's documented default, 9) may be on their way from every instance, and
+# each would meet a spent budget with a 429. So a budget down to that many is spent for the app, but
+# never more than a tenth of Rate-Limit-Limit (a small budget is used to its end).
+ON_THEIR_WAY = 9
+MOST_OF_THE_BUDGET_UNUSED = 0.1
 MAX_PAGES = 100
 MANAGER_CHECK = "BypassSecurityGroupManagerCheck"
 TRACE_MAX_ROWS = 5000  # Get-MessageTraceV2 -ResultSize: at most 5000 rows per query
@@ -195,7 +201,8 @@ class ExchangeOnlineClient:
             ) from error
         request_id = response.headers.get("request-id", request_id)
         if _budget_spent(response):
-            # Exchange says no request is left until Rate-Limit-Reset: none goes from the app before then.
+            # What is left of Exchange's budget is for the requests on their way: none more goes from the
+            # app before Rate-Limit-Reset.
             await self._gate.hold(min(_until_reset(response) or 0.0, MAX_RATE_LIMIT_HOLD))
         if response.is_success:
             page = _page(response)
@@ -516,10 +523,16 @@ def retry_after_of(response: httpx.Response) -> float | None:
 
 
 def _budget_spent(response: httpx.Response) -> bool:
+    """Whether the requests left (Rate-Limit-Remaining) are only those already on their way."""
     try:
-        return int(response.headers["Rate-Limit-Remaining"]) <= 0
+        remaining = int(response.headers["Rate-Limit-Remaining"])
     except (KeyError, ValueError):
         return False
+    try:
+        limit = int(response.headers["Rate-Limit-Limit"])
+    except (KeyError, ValueError):
+        limit = 0
+    return remaining <= min(ON_THEIR_WAY, int(limit * MOST_OF_THE_BUDGET_UNUSED))
 
 
 def _until_reset(response: httpx.Response) -> float | None:

@@ -91,6 +91,35 @@ async def test_exchanges_spent_budget_holds_every_instance_before_any_429(
     assert [e.status for e in tenant_sandbox.request_log] == [200, 200]
 
 
+async def test_a_budget_down_to_the_requests_on_their_way_holds_every_instance(
+    tenant_sandbox: TenantSandbox, instances: Callable[[int], Instance]
+) -> None:
+    """Rate-Limit-Remaining counts the requests that reached Exchange; as many as a tenant has in flight
+    (9) may be on their way from the instances, each to meet a spent budget with a 429. An answer that
+    leaves no more than those holds every instance until Rate-Limit-Reset; one that leaves more does not."""
+    first, second = instances(0), instances(0)
+    # A budget of 100 that refills too slowly to count during the test (one request in 100 s).
+    tenant_sandbox.set_knobs(throttle={"exchange": {"requests_per_second": 0.01, "burst": 100}})
+    for _ in range(90):
+        await first.exchange.get_accepted_domains()
+    assert await second.journal.read_holds() == {}  # 10 left: more than can be on their way
+    await first.exchange.get_accepted_domains()
+    assert "exchange" in await second.journal.read_holds()  # 9 left: theirs
+
+
+async def test_a_small_budget_is_used_to_its_end(
+    tenant_sandbox: TenantSandbox, instances: Callable[[int], Instance]
+) -> None:
+    """The requests on their way are at most a tenth of the budget: a budget of 5 holds nobody until it is spent."""
+    one = instances(0)
+    tenant_sandbox.set_knobs(throttle={"exchange": {"requests_per_second": 0.01, "burst": 5}})
+    for _ in range(4):
+        await one.exchange.get_accepted_domains()
+    assert await one.journal.read_holds() == {}
+    await one.exchange.get_accepted_domains()
+    assert "exchange" in await one.journal.read_holds()
+
+
 async def test_the_concurrency_answer_holds_no_instance_and_the_call_tries_again(
     tenant_sandbox: TenantSandbox, instances: Callable[[int], Instance]
 ) -> None:
