@@ -89,7 +89,7 @@ def test_the_readme_flow_by_hand_works_with_no_traceback_and_no_needless_error(t
         assert "drops it as a duplicate" in resent.stderr and "still waiting on the queue" in resent.stderr
 
         host = RunningOnboard("host", cwd=tmp_path)
-        host.wait_for("Local host runs 6 functions")  # three stage queues, the doctor, leases and the dead-letter sweep
+        host.wait_for("Local host runs 8 functions")  # three stage queues, doctor, leases, drift and two timers
         waited = onboard("submit", *REQUEST, "--group", "partners@contoso.com", "--request-id", "by-hand-2", "--wait")
         assert waited.returncode == 0, waited.stdout + waited.stderr
         assert "Outcome    Succeeded" in waited.stdout and "Partners (Distribution)" in waited.stdout
