@@ -53,13 +53,14 @@ LARGE = ((GroupKind.DISTRIBUTION, 0.40), (GroupKind.MICROSOFT_365, 0.25), (Group
 SMALL_SIZES = (2, 5, 10, 23)  # in turn: ten people a small group on average
 SMALL_KINDS = (GroupKind.DISTRIBUTION, GroupKind.MICROSOFT_365)
 BROKEN_EVERY = 100  # one person in a hundred is broken
+FIRST_BROKEN = 7  # so that a population of ten already has one
 CONTACT_BREAKS = ("removed", "hidden", "unstamped", "deleted")
 GUEST_BREAKS = ("removed", "disabled", "unsubscribed", "deleted")
-# The sweep's fan-out as fast as the settings allow: the throttle, not the pacing, binds.
+# The fan-out as fast as the settings allow, so that the pacing does not bind (the directory or the host does).
 SETTINGS = {"ONBOARDING_DRIFT_PER_MINUTE": "100000", "ONBOARDING_DRIFT_PAGE_SIZE": "500"}
 PERIOD = timedelta(days=1)  # ONBOARDING_DRIFT_PERIOD's default
-POLL_SECONDS = 2.0
-IDLE_SECONDS = 5.0  # the host's own CPU while it waits for messages, measured before the sweep  # how often the benchmark reads the roster's counts while the sweep runs
+POLL_SECONDS = 2.0  # how often the benchmark reads the roster's counts while the sweep runs
+IDLE_SECONDS = 5.0  # the host's own CPU while it waits for messages, measured before the sweep
 
 
 def _id(*parts: object) -> str:
@@ -99,7 +100,8 @@ def _people(kinds_and_groups: Sequence[tuple[GroupKind, int]], broken_every: int
     people = []
     for number, (kind, group) in enumerate(kinds_and_groups):
         breaks = guest_breaks if kind is GroupKind.MICROSOFT_365 else contact_breaks
-        people.append(Person(number, group, kind, next(breaks) if number % broken_every == 7 % broken_every else None))
+        broken = number % broken_every == FIRST_BROKEN % broken_every
+        people.append(Person(number, group, kind, next(breaks) if broken else None))
     return tuple(people)
 
 
