@@ -101,6 +101,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.pipeline
 	$(BIN)/python -m benchmarks.scale_out
 	$(BIN)/python -m benchmarks.latency
+	$(BIN)/python -m benchmarks.drift
 	$(BIN)/python -m benchmarks.size --requests $(CHAOS_SIZE)
 
 clean:

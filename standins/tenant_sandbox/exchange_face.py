@@ -23,7 +23,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.contracts import GroupKind
-from standins.tenant_sandbox.model import Contact, Directory, Group, TenantInfo, TraceRow, User
+from standins.tenant_sandbox.model import (
+    CUSTOM_ATTRIBUTE_MAX,
+    CUSTOM_ATTRIBUTES,
+    Contact,
+    Directory,
+    Group,
+    TenantInfo,
+    TraceRow,
+    User,
+)
 
 _EX = "Microsoft.Exchange.Configuration.Tasks."
 NOT_FOUND = _EX + "ManagementObjectNotFoundException"
@@ -54,8 +63,6 @@ TRACE_DEFAULT_ROWS, TRACE_MAX_ROWS = 1000, 5000
 TRACE_QUOTA_WINDOW_SECONDS = 300.0
 TRACE_THROTTLED = _EX + "ThrottlingException"
 # Exchange's recipient attributes for an organization's own use: CustomAttribute1 to 15, 1024 characters each.
-CUSTOM_ATTRIBUTES = tuple(f"CustomAttribute{n}" for n in range(1, 16))
-CUSTOM_ATTRIBUTE_MAX = 1024
 HIDDEN = "HiddenFromAddressListsEnabled"
 
 Cmdlet = Callable[[dict[str, Any]], list[dict[str, Any]]]

@@ -10,14 +10,18 @@ Seed format (see demo_tenant.json):
      "settings"?: {"allow_invites_from"?: "none"|"adminsAndGuestInviters"|"adminsGuestInvitersAndAllMembers"|"everyone",
                    "b2b_allowed_domains"?: [str] | "b2b_blocked_domains"?: [str], "allow_to_add_guests"?: bool},
      "users": [{"id", "display_name", "mail", "user_type": "Member"|"Guest", "user_principal_name"?,
-                "other_mails"?: [str], "external"?: bool (default: guests are external, members internal)}],
+                "other_mails"?: [str], "external"?: bool (default: guests are external, members internal),
+                "account_enabled"?: bool (default true)}],
+     "contacts"?: [{"guid", "external_directory_object_id", "name", "display_name"?, "external_email_address",
+                    "first_name"?, "last_name"?, "custom_attributes"?: {"CustomAttributeN": str},
+                    "hidden_from_address_lists"?: bool}],
      "groups": [{"id", "display_name", "mail"?, "secondary_addresses"?: [str], "kind": "Microsoft365"|"Distribution"|"MailEnabledSecurity"|"Security",
                  "dynamic"?, "require_sender_authentication"?, "accept_messages_only_from"?,
                  "reject_messages_from"?, "moderation_enabled"?, "managed_by"?: [str],
                  "manager_check"?: bool (default: mail-enabled security groups only),
                  "auto_subscribe_new_members"?, "subscribers"?: [object ids] (Microsoft 365 groups),
                  "allow_to_add_guests"?: bool (Group.Unified.Guest; absent: the tenant's setting),
-                 "members"?: [object ids]}]}
+                 "members"?: [object ids (users, contacts' external_directory_object_id, groups)]}]}
 
 Entra and Exchange are two directories here as in Microsoft: users and groups have an Exchange
 `Guid` of their own (never the Entra object id), and what Graph changes reaches Exchange only after
@@ -86,6 +90,35 @@ class SeedUser(_Seed):
     user_principal_name: str | None = None  # default: the mail of an internal user, the #EXT# form of an external one
     other_mails: tuple[str, ...] = ()  # a guest's invited address is added here as Entra does
     external: bool | None = None  # a B2B user (from another organisation); default: guests are, members are not
+    account_enabled: bool = True  # false: sign-in blocked (an administrator, an access review, a lifecycle policy)
+
+
+CUSTOM_ATTRIBUTES = tuple(f"CustomAttribute{n}" for n in range(1, 16))  # Exchange's CustomAttribute1..15
+CUSTOM_ATTRIBUTE_MAX = 1024  # characters a custom attribute holds (Set-MailContact refuses more)
+
+
+class SeedContact(_Seed):
+    """A mail contact as New-MailContact (then Set-MailContact) leaves it, already replicated to Entra: for
+    tenants that start with contacts, such as the drift benchmark's thousands the app onboarded before."""
+
+    guid: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")  # Exchange's Guid
+    external_directory_object_id: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")  # the org contact's Entra id
+    name: str = Field(min_length=1, max_length=64)
+    display_name: str | None = Field(default=None, max_length=256)  # default: the name
+    external_email_address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    first_name: str | None = None
+    last_name: str | None = None
+    custom_attributes: dict[str, str] = Field(default_factory=dict)  # CustomAttribute1..15 that hold a value
+    hidden_from_address_lists: bool = False
+
+    @model_validator(mode="after")
+    def _exchange_attributes(self) -> SeedContact:
+        for name, value in self.custom_attributes.items():
+            if name not in CUSTOM_ATTRIBUTES:
+                raise ValueError(f"{name} is not one of CustomAttribute1..15")
+            if not 0 < len(value) <= CUSTOM_ATTRIBUTE_MAX:
+                raise ValueError(f"{name} must hold 1 to {CUSTOM_ATTRIBUTE_MAX} characters (empty: leave it out)")
+        return self
 
 
 class SeedGroup(_Seed):
@@ -113,6 +146,7 @@ class TenantSeed(_Seed):
     tenant: TenantInfo
     settings: SeedSettings = SeedSettings()
     users: tuple[SeedUser, ...] = ()
+    contacts: tuple[SeedContact, ...] = ()
     groups: tuple[SeedGroup, ...] = ()
 
     @classmethod
@@ -314,7 +348,22 @@ class Directory:
             other_mails = list(u.other_mails) or ([u.mail] if external else [])
             user = User(u.id, u.display_name, u.mail, u.user_type, user_principal_name=upn, other_mails=other_mails)
             user.external = external
+            user.account_enabled = u.account_enabled
             self._save(user)
+        for c in seed.contacts:
+            self._save(
+                Contact(
+                    c.guid.lower(),
+                    c.external_directory_object_id.lower(),
+                    c.name,
+                    c.display_name or c.name,
+                    c.external_email_address,
+                    c.first_name,
+                    c.last_name,
+                    custom_attributes=dict(c.custom_attributes),
+                    hidden_from_address_lists=c.hidden_from_address_lists,
+                )
+            )
         for g in seed.groups:
             self._save(
                 Group(

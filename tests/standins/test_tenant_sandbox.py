@@ -14,6 +14,7 @@ import pydantic
 import pytest
 
 from standins.tenant_sandbox import TenantSandbox, TenantSeed
+from standins.tenant_sandbox.model import SeedContact, SeedUser
 
 pytestmark = pytest.mark.stack  # every test here starts stand-ins
 
@@ -101,6 +102,99 @@ def test_org_contact_is_listed_as_org_contact_and_cannot_join_m365_group(tenant_
         headers=tenant_sandbox.authorization("graph"),
     )
     assert refused.status_code == 400 and contact_id not in falcon.members
+
+
+SEEDED_CONTACT = SeedContact(
+    guid="5d0c1b2a-0000-4e1f-9a8b-7c6d5e4f3a01",
+    external_directory_object_id="5d0c1b2a-1111-4e1f-9a8b-7c6d5e4f3a01",
+    name="Seeded Person",
+    external_email_address="seeded.person@fabrikam.example",
+    custom_attributes={"CustomAttribute15": "m365-external-onboarding;created-by=req-seeded"},
+)
+SEEDED_GUEST = SeedUser(
+    id="5d0c1b2a-2222-4e1f-9a8b-7c6d5e4f3a01",
+    display_name="Seeded Guest",
+    mail="seeded.guest@tailspin.example",
+    user_type="Guest",
+    account_enabled=False,
+)
+_IDS = {"Guid", "Identity", "Name", "DisplayName", "ExternalEmailAddress", "PrimarySmtpAddress"}
+_IDS |= {"ExternalDirectoryObjectId", "id", "displayName", "mail", "userPrincipalName", "otherMails", "proxyAddresses"}
+
+
+def _without_names(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in row.items() if key not in _IDS}
+
+
+def test_seeded_contacts_and_guests_look_as_the_pipeline_and_an_administrator_leave_them() -> None:
+    """A seeded contact is what New-MailContact, the app's stamp and Add-DistributionGroupMember make; a seeded
+    guest with account_enabled false is what an invitation, POST members/$ref and a blocked sign-in leave."""
+    demo = TenantSeed.demo()
+    groups = tuple(
+        g.model_copy(update={"members": (*g.members, SEEDED_CONTACT.external_directory_object_id)})
+        if g.display_name == "Partners"
+        else g.model_copy(
+            update={"members": (*g.members, SEEDED_GUEST.id), "subscribers": (*g.subscribers, SEEDED_GUEST.id)}
+        )
+        if g.display_name == "Project Falcon"
+        else g
+        for g in demo.groups
+    )
+    seed = demo.model_copy(
+        update={"contacts": (SEEDED_CONTACT,), "users": (*demo.users, SEEDED_GUEST), "groups": groups}
+    )
+    with TenantSandbox(seed) as sandbox:
+        made = _invoke(sandbox, "New-MailContact", Name="Made Person", ExternalEmailAddress="made@fabrikam.example")
+        stamp = SEEDED_CONTACT.custom_attributes["CustomAttribute15"].replace("req-seeded", "req-made")
+        assert _invoke(sandbox, "Set-MailContact", Identity="Made Person", CustomAttribute15=stamp).status_code == 200
+        assert _invoke(sandbox, "Add-DistributionGroupMember", Identity="Partners", Member="Made Person").is_success
+        seeded_row, made_row = (
+            _invoke(sandbox, "Get-MailContact", Identity=name).json()["value"][0]
+            for name in ("Seeded Person", "Made Person")
+        )
+        assert made.json()["value"][0]["Guid"] == made_row["Guid"]
+        assert _without_names(seeded_row) | {"CustomAttribute15": ""} == _without_names(made_row) | {
+            "CustomAttribute15": ""
+        }
+        assert seeded_row["CustomAttribute15"].endswith("req-seeded") and made_row["CustomAttribute15"].endswith(
+            "req-made"
+        )
+        listed = _invoke(sandbox, "Get-DistributionGroupMember", Identity="Partners").json()["value"]
+        by_name = {row["Name"]: row for row in listed}
+        assert _without_names(by_name["Seeded Person"]) | {"CustomAttribute15": ""} == _without_names(
+            by_name["Made Person"]
+        ) | {"CustomAttribute15": ""}
+        graph = sandbox.authorization("graph")
+        contacts = [
+            httpx.get(f"{sandbox.graph_base_url}/contacts/{row['ExternalDirectoryObjectId']}", headers=graph).json()
+            for row in (seeded_row, made_row)
+        ]
+        assert _without_names(contacts[0]) == _without_names(contacts[1])
+
+        directory = sandbox.directory
+        falcon = directory.group_by_identity("Project Falcon")
+        assert falcon is not None
+        invited = directory.add_guest("invited.guest@tailspin.example", "Invited Guest")
+        directory.show_to_exchange(invited)  # long after the invitation and the add: Exchange has caught up
+        directory.add_member(falcon, invited.id)
+        directory.set_account_enabled(invited, False)
+        select = {"$select": "id,displayName,mail,userType,accountEnabled,otherMails,userPrincipalName,proxyAddresses"}
+        users = [
+            httpx.get(f"{sandbox.graph_base_url}/users/{user_id}", params=select, headers=graph).json()
+            for user_id in (SEEDED_GUEST.id, invited.id)
+        ]
+        assert users[0]["accountEnabled"] is False and _without_names(users[0]) == _without_names(users[1])
+        assert users[0]["userPrincipalName"].endswith("#EXT#@contoso.onmicrosoft.com")
+        assert users[0]["otherMails"] == [SEEDED_GUEST.mail]
+        subscribers = _invoke(sandbox, "Get-UnifiedGroupLinks", Identity="Project Falcon", LinkType="Subscribers")
+        assert {SEEDED_GUEST.id, invited.id} <= {
+            row["ExternalDirectoryObjectId"] for row in subscribers.json()["value"]
+        }
+
+
+def test_a_seeded_contact_with_an_attribute_exchange_has_not_is_refused() -> None:
+    with pytest.raises(pydantic.ValidationError, match="CustomAttribute16"):
+        SEEDED_CONTACT.model_validate(SEEDED_CONTACT.model_dump() | {"custom_attributes": {"CustomAttribute16": "x"}})
 
 
 def test_exchange_error_shape_and_literal_parameters(tenant_sandbox: TenantSandbox) -> None:
