@@ -43,6 +43,7 @@ from rich.console import Console
 
 from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, RequestAction, StageName
 from shared.drift.events import DRIFT_SUBJECT
+from shared.drift.model import Sweep
 from shared.journal import open_journal
 from shared.journal.model import LeaseState
 from shared.journal.ports import LeaseBook
@@ -261,7 +262,7 @@ class Report:
             f"host killed {self.kills} times, emulator restarted {self.emulator_restarts} times, "
             f"{self.seconds:.0f} s in all ({self.sent / self.seconds if self.seconds else 0:.1f} requests/s)",
             *(self.costs.lines(self.sent) if self.costs else []),
-            *(self.drift.lines() if self.drift.period else []),
+            *(self.drift.lines() if self.drift.period or self.drift.active else []),
         ]
 
 
@@ -619,35 +620,43 @@ class Sweeping:
         deadline: float,
     ) -> None:
         """Until the sweep has checked everyone and its queue is empty (then a little longer, to see a second
-        event). The kills come once the timer has started the sweep, each sooner after its start than its
-        scheduled pages can reach the last person: every kill finds someone not yet checked."""
-        drift = self.report.drift
+        event). The kills and the restart come once the timer has started the sweep."""
         chaos: asyncio.Task[None] | None = None
         grace: float | None = None
-        connection = self.stack.environment[SERVICEBUS_CONNECTION]
-        try:
-            while time.monotonic() < (grace or deadline):
-                try:
-                    await self._read_outcomes(connection)
-                    if chaos is None and (sweep := await journal.latest_sweep()) is not None:
-                        drift.period = sweep.period
-                        # From the sweep's start, not from now: before its last person can be checked.
-                        since = (datetime.now(UTC) - sweep.started_at).total_seconds()
-                        window = max(2.0, 0.8 * least_fan_out_seconds(drift.active))
-                        moments = sorted(rng.uniform(0.5, window) - since for _ in range(kills))
-                        restart_at = {rng.randrange(len(moments) + 1) for _ in range(emulator_restarts)}
-                        tally = self._tally(journal)
-                        chaos = asyncio.create_task(_misbehave(host, self.broker, moments, restart_at, tally))
-                    if grace is None and chaos is not None and chaos.done() and await self._swept(journal):
-                        grace = time.monotonic() + 5
-                except Exception:  # the broker restarting under us: try again
-                    await asyncio.sleep(1)
-        finally:
-            if chaos is not None and not chaos.done():
-                chaos.cancel()
+        async with ServiceBusClient.from_connection_string(self.stack.environment[SERVICEBUS_CONNECTION]) as client:
+            try:
+                while time.monotonic() < (grace or deadline):
+                    try:
+                        await self._read_outcomes(client)
+                        if chaos is None and (sweep := await journal.latest_sweep()) is not None:
+                            chaos = self._misbehave_in(sweep, host, journal, rng, kills, emulator_restarts)
+                        if grace is None and chaos is not None and chaos.done() and await self._swept(client, journal):
+                            grace = time.monotonic() + 5
+                    except Exception:  # the broker restarting under us: try again
+                        await asyncio.sleep(1)
+                if chaos is not None and chaos.done():
+                    chaos.result()  # a kill or a restart that failed says so
+            finally:
+                if chaos is not None and not chaos.done():
+                    chaos.cancel()
 
-    def _tally(self, journal: SqliteJournal) -> Callable[[Misdeed], Awaitable[None]]:
+    def _misbehave_in(
+        self,
+        sweep: Sweep,
+        host: HostProcess,
+        journal: SqliteJournal,
+        rng: random.Random,
+        kills: int,
+        emulator_restarts: int,
+    ) -> asyncio.Task[None]:
+        """The kills and restarts of the sweep, timed from its start, not from now: each kill comes before its
+        scheduled pages can reach the last person."""
         drift = self.report.drift
+        drift.period = sweep.period
+        since = (datetime.now(UTC) - sweep.started_at).total_seconds()
+        window = max(2.0, 0.8 * least_fan_out_seconds(drift.active))
+        moments = sorted(rng.uniform(0.5, window) - since for _ in range(kills))
+        restart_at = {rng.randrange(len(moments) + 1) for _ in range(emulator_restarts)}
 
         async def tally(misdeed: Misdeed) -> None:
             if misdeed == "restart":
@@ -657,26 +666,20 @@ class Sweeping:
             counts = await journal.counts(drift.period)
             drift.kills_mid_sweep += counts.checked < counts.active
 
-        return tally
+        return asyncio.create_task(_misbehave(host, self.broker, moments, restart_at, tally))
 
-    async def _read_outcomes(self, connection: str) -> None:
-        async with (
-            ServiceBusClient.from_connection_string(connection) as client,
-            client.get_queue_receiver(OUTCOMES) as receiver,
-        ):
+    async def _read_outcomes(self, client: ServiceBusClient) -> None:
+        async with client.get_queue_receiver(OUTCOMES) as receiver:
             for message in await receiver.receive_messages(max_message_count=100, max_wait_time=1):
                 read_outcome_queue(message, self.seen, self.outcomes, self.report)
                 await receiver.complete_message(message)
 
-    async def _swept(self, journal: SqliteJournal) -> bool:
+    async def _swept(self, client: ServiceBusClient, journal: SqliteJournal) -> bool:
         """The fan-out done, every active membership checked in the period, and nothing left on `drift`."""
         counts = await journal.counts(self.report.drift.period)
         if counts.sweep is None or counts.sweep.fanned_out_at is None or counts.checked < counts.active:
             return False
-        async with (
-            ServiceBusClient.from_connection_string(self.stack.environment[SERVICEBUS_CONNECTION]) as client,
-            client.get_queue_receiver(DRIFT_QUEUE) as receiver,
-        ):
+        async with client.get_queue_receiver(DRIFT_QUEUE) as receiver:
             async for _ in peeked(receiver):
                 return False
         return True
