@@ -262,7 +262,7 @@ class Report:
             f"host killed {self.kills} times, emulator restarted {self.emulator_restarts} times, "
             f"{self.seconds:.0f} s in all ({self.sent / self.seconds if self.seconds else 0:.1f} requests/s)",
             *(self.costs.lines(self.sent) if self.costs else []),
-            *(self.drift.lines() if self.drift.period or self.drift.active else []),
+            *(self.drift.lines() if self.drift.period or self.drift.not_run else []),
         ]
 
 
@@ -386,11 +386,18 @@ async def run_chaos(
                 await host.stop()
                 report.seconds = time.monotonic() - started
                 report.costs = await _costs(stack, database, started_at, cpu, broker.cpu_seconds())
-                deadline = max(started + seconds, time.monotonic()) + SWEEP_GUARD_SECONDS
-                sweep = Sweeping(stack, broker, report, outcomes, seen)
-                await sweep.run(rng, kills=sweep_kills, emulator_restarts=sweep_emulator_restarts, deadline=deadline)
+                ids = [planned.request_id for planned in plan]
+                count_outcomes(report, [*ids, *sorted(await run.lease_ends(outcomes))], outcomes, stack)
+                if report.lost:  # requests still in flight would change the roster under the sweep
+                    report.drift.not_run = "not run: some requests have no outcome"
+                else:
+                    deadline = max(started + seconds, time.monotonic()) + SWEEP_GUARD_SECONDS
+                    sweep = Sweeping(stack, broker, report, outcomes, seen)
+                    await sweep.run(
+                        rng, kills=sweep_kills, emulator_restarts=sweep_emulator_restarts, deadline=deadline
+                    )
                 ends = await run.lease_ends(outcomes)
-                count_outcomes(report, [*(planned.request_id for planned in plan), *sorted(ends)], outcomes, stack)
+                count_outcomes(report, [*ids, *sorted(ends)], outcomes, stack)  # with what came during the sweep
                 _count_leases(report, plan, outcomes)
                 report.left = await _left_in_queues(broker.emulator.connection_string)
             finally:

@@ -134,6 +134,7 @@ class DriftReport:
     """What the run's sweep did, counted from the roster, the recorded checks and the outcome queue."""
 
     period: str = ""
+    not_run: str | None = None  # why the run did not sweep
     active: int = 0  # memberships the sweep had to check
     broken: Broken = field(default_factory=lambda: Broken(frozenset(), frozenset()))
     pages: int = 0
@@ -186,6 +187,8 @@ class DriftReport:
         def listed(name: str, keys: list[str]) -> str:
             return f"{name} {len(keys)}" + (f" e.g. {keys[:3]}" if keys else "")
 
+        if self.not_run is not None:
+            return [f"drift sweep {self.not_run}"]
         return [
             f"drift sweep of period {self.period}: {self.active} active memberships, {self.pages} pages, "
             f"{self.fanned_out} fanned out; broken {len(self.broken.keys)} ({len(self.broken.removed)} removed from "
