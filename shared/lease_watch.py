@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -26,7 +25,7 @@ from shared.logs import request_context
 from shared.outbox import Outbox, send_to_reply_to
 from shared.policy import INTAKE_QUEUE, OnboardingPolicy
 from shared.queues import LEASE_QUEUE
-from shared.runner import settle_off_loop
+from shared.runner import MessageActions, refuse, settle_off_loop
 
 logger = logging.getLogger("onboarding.leases")
 
@@ -34,16 +33,6 @@ logger = logging.getLogger("onboarding.leases")
 CATCH_UP_AFTER = timedelta(minutes=15)
 # At most this many wake-ups per sweep (every five minutes): a backlog drains without a burst.
 CATCH_UP_MAX = 100
-
-
-class LeaseActions(Protocol):
-    def complete(self, message: Any) -> None: ...
-
-    def abandon(self, message: Any) -> None: ...
-
-    def deadletter(
-        self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
-    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -56,20 +45,14 @@ class LeaseWatch:
     outcome_queue: str
     clock: Callable[[], datetime]
 
-    async def run(self, message: ReceivedMessage, actions: LeaseActions) -> str:
+    async def run(self, message: ReceivedMessage, actions: MessageActions) -> str:
         """What the wake-up did, in a word (for the log and the tests)."""
         try:
             wake = LeaseWake.model_validate_json(read_body(message))
         except (EnvelopeError, ValidationError) as error:
-            # Not ours to act on: kept in the dead-letter queue for an operator, never guessed at.
             logger.warning("a message on %s that is not a lease wake-up was dead-lettered", LEASE_QUEUE)
-            await settle_off_loop(
-                actions.deadletter,
-                message,
-                who="the lease watch",
-                deadletter_reason="InvalidRequest",
-                deadletter_error_description=f"not a lease wake-up: {type(error).__name__}",
-            )
+            description = f"not a lease wake-up: {type(error).__name__}"
+            await refuse(actions, message, who="the lease watch", description=description)
             return "refused"
         with request_context(wake.key, message.correlation_id or wake.key):
             try:

@@ -304,6 +304,18 @@ class StageRunner:
         return await settle_off_loop(settle, message, who=str(self.stage_name), **arguments)
 
 
+async def refuse(actions: MessageActions, message: Any, *, who: str, description: str) -> None:
+    """A message that is not the queue's kind of work: kept in the dead-letter queue for an operator
+    (InvalidRequest, `description` saying why without quoting it), never guessed at."""
+    await settle_off_loop(
+        actions.deadletter,
+        message,
+        who=who,
+        deadletter_reason="InvalidRequest",
+        deadletter_error_description=description,
+    )
+
+
 async def settle_off_loop(settle: Callable[..., None], message: Any, *, who: str, **arguments: Any) -> bool:
     """Settle off the event loop (the host's calls block); a failure is logged, never a crash."""
     try:

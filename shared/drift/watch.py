@@ -18,7 +18,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -29,19 +28,9 @@ from shared.drift.sweep import DRIFT_WORK, DriftCheck, DriftPage, DriftSweeper
 from shared.envelope import EnvelopeError, ReceivedMessage, read_body
 from shared.outbox import Outbox, send_to_reply_to
 from shared.queues import DRIFT_QUEUE
-from shared.runner import settle_off_loop
+from shared.runner import MessageActions, refuse, settle_off_loop
 
 logger = logging.getLogger("onboarding.drift")
-
-
-class DriftActions(Protocol):
-    def complete(self, message: Any) -> None: ...
-
-    def abandon(self, message: Any) -> None: ...
-
-    def deadletter(
-        self, message: Any, deadletter_reason: str | None = None, deadletter_error_description: str | None = None
-    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -55,20 +44,14 @@ class DriftWatch:
     outcome_queue: str
     clock: Callable[[], datetime]
 
-    async def run(self, message: ReceivedMessage, actions: DriftActions) -> str:
+    async def run(self, message: ReceivedMessage, actions: MessageActions) -> str:
         """What the message did, in a few words (for the log and the tests)."""
         try:
             work = DRIFT_WORK.validate_json(read_body(message))
         except (EnvelopeError, ValidationError) as error:
-            # Not ours to act on: kept in the dead-letter queue for an operator, never guessed at.
             logger.warning("a message on %s that is not drift work was dead-lettered", DRIFT_QUEUE)
-            await settle_off_loop(
-                actions.deadletter,
-                message,
-                who="the drift watch",
-                deadletter_reason="InvalidRequest",
-                deadletter_error_description=f"not a drift page or check: {_first_problem(error)}",
-            )
+            description = f"not a drift page or check: {_first_problem(error)}"
+            await refuse(actions, message, who="the drift watch", description=description)
             return "refused"
         try:
             done = await (self.sweeper.fan_out(work) if isinstance(work, DriftPage) else self.check(work))
