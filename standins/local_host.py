@@ -468,7 +468,8 @@ class LocalHost:
         self._concurrency = concurrency or self._options.max_concurrent_calls
         self._receive_wait = receive_wait_seconds
         self._watch = ConnectionWatch()
-        self.invocations = 0
+        self.invocations = 0  # messages handed to queue-triggered functions (redeliveries too)
+        self.timer_runs = 0  # timer functions run: apart, so a schedule that fires mid-test changes no count
         self._in_flight: dict[str, ServiceBusReceivedMessage] = {}
 
     @property
@@ -485,7 +486,7 @@ class LocalHost:
         timer = self._timers[function_name]
         lock = self._timer_locks.setdefault(function_name, asyncio.Lock())
         async with lock:
-            self.invocations += 1
+            self.timer_runs += 1
             try:
                 result = timer.user_function(**{timer.parameter: TimerRequest(past_due=past_due)})
                 if inspect.isawaitable(result):

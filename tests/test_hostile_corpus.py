@@ -368,7 +368,7 @@ async def _run_corpus(policy_file: Path, handler: _Lines) -> CorpusRun:
         ):
             for _, message, _, _ in cases:
                 await sender.send_messages(message)
-        outcomes = await run_host_until(stack, [case[0] for case in cases], within_seconds=180)
+        outcomes = await run_host_until(stack, [case[0] for case in cases], within_seconds=300)
         stored = {c.external_email_address: c.display_name for c in directory.contacts.values()}
         stored |= {u.mail: u.display_name for u in directory.users.values() if u.user_type == "Guest"}
         partners = directory.group_by_identity(PARTNERS)
@@ -390,8 +390,9 @@ def test_every_hostile_message_ends_in_exactly_one_outcome_with_its_reason(corpu
         for case, _, status, reason in cases
         if case not in by_id or (by_id[case].status, by_id[case].reason) != (status, reason)
     }
-    assert wrong == {}
-    assert set(by_id) == {case[0] for case in cases}
+    strangers = sorted(set(by_id) - {case[0] for case in cases})  # an outcome under an id no case has
+    assert wrong == {}, f"outcomes under other ids: {strangers}"
+    assert strangers == []
     for index, name in enumerate(HOSTILE_NAMES):
         assert stored[f"name-{index}@fabrikam.example"] == name, "stored literally"
     assert stored[NAMED_LIKE] == "Person named-like", "the person got a contact of their own"

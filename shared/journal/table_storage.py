@@ -46,7 +46,10 @@ _ESCAPED = " "
 # journal's table, where the app already has its rights, under a partition no request can have: a
 # request id holds no whitespace, and an escaped one holds a percent sign. One entity per face.
 HOLDS_PARTITION = " throttle-holds"
-HOLD_WRITE_TRIES = 3  # another instance may write between a read and a conditional write
+# Another instance may write between a read and a conditional write; each lost round means one did, and
+# holds only grow, so the later hold wins within as many rounds as instances write at once (three were
+# too few for five concurrent writers: the latest hold was dropped). A bound, not a wait: no sleep between.
+HOLD_WRITE_TRIES = 16
 
 _PROPERTIES = ["PartitionKey", "RowKey", "Stage", "Decision", "Attempt", "Cause", "OutcomeStatus", "At"]
 # What counting needs of each transition: no Cause (up to 2,000 characters), no At (the filter has it).
