@@ -34,7 +34,6 @@ from shared.contracts import (
     GroupRef,
     LeaseNotice,
     OnboardingRequest,
-    OutcomeStatus,
     RequestAction,
     ResolvedGroup,
     StageMessage,
@@ -44,6 +43,7 @@ from shared.envelope import JSON, REQUEST_ID, Delivery
 from shared.journal.model import Lease, LeaseState
 from shared.journal.ports import LeaseBook
 from shared.outbox import Outbox
+from shared.outcomes import DONE, with_warning
 from shared.policy import OnboardingPolicy
 from shared.queues import LEASE_QUEUE
 
@@ -98,8 +98,6 @@ def end_refusal(request: OnboardingRequest, accepted_at: datetime) -> str | None
     return None
 
 
-_DONE = frozenset({OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS})  # not Planned, not Failed
-
 NO_LEASE_BOOK = (
     "This deployment keeps no journal (ONBOARDING_JOURNAL), where leases are kept, so it could not end the "
     "membership on time: the request is refused rather than granted for good. Send it without expires_at, or "
@@ -130,7 +128,7 @@ class LeaseKeeper:
         self, decision: Finish, message: StageMessage, delivery: Delivery, policy: OnboardingPolicy
     ) -> Finish:
         """The finished onboarding with its lease kept (or an old one ended), said in the outcome."""
-        if message.request.action is not RequestAction.ONBOARD or decision.outcome.status not in _DONE:
+        if message.request.action is not RequestAction.ONBOARD or decision.outcome.status not in DONE:
             return decision
         key = lease_key(str(message.request.external_email), message.group.id)
         ends_at = requested_end(message.request, message.group, message.accepted_at, policy)
@@ -155,7 +153,7 @@ class LeaseKeeper:
         """An offboard that removed (or found no) membership ends the person's lease in that group, so its
         wake-ups do nothing. The offboard a lease's own end sent finds its lease expired already."""
         group = decision.outcome.group
-        if group is None or decision.outcome.status not in _DONE:
+        if group is None or decision.outcome.status not in DONE:
             return decision
         change = "The lease that would have ended the membership at {ends_at:%Y-%m-%d %H:%M} UTC is ended."
         return await self._end(decision, lease_key(str(request.external_email), group.id), change)
@@ -185,8 +183,7 @@ class LeaseKeeper:
                 f"Could not read the lease book ({type(error).__name__}) to end an earlier lease of this "
                 f"membership: if it had one (onboard leases; lease {key}), it still ends then."
             )
-            status = OutcomeStatus.SUCCEEDED_WITH_WARNINGS
-            return Finish(outcome.model_copy(update={"warnings": (*outcome.warnings, warning), "status": status}))
+            return Finish(with_warning(outcome, warning))
         ended = change.format(ends_at=lease.ends_at)
         return Finish(outcome.model_copy(update={"changes": (*outcome.changes, ended)}))
 

@@ -6,6 +6,15 @@ from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus
 from shared.decisions import DeadLetter, Finish
 from shared.progress import Progress, Turn
 
+# A request that did its work: what keeps a lease or a roster entry (not Planned, not Failed).
+DONE = frozenset({OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS})
+
+
+def with_warning(outcome: OutcomeEvent, warning: str) -> OutcomeEvent:
+    """The same outcome with one more warning: Succeeded becomes SucceededWithWarnings, others stay."""
+    status = OutcomeStatus.SUCCEEDED_WITH_WARNINGS if outcome.status is OutcomeStatus.SUCCEEDED else outcome.status
+    return outcome.model_copy(update={"warnings": (*outcome.warnings, warning), "status": status})
+
 
 def outcome_event(
     turn: Turn, progress: Progress, status: OutcomeStatus, description: str, reason: DeadLetterReason | None = None

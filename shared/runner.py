@@ -36,7 +36,7 @@ from shared.journal.model import CAUSE_MAX, Transition, TransitionKind
 from shared.journal.ports import Journal
 from shared.logs import mask_emails, request_context
 from shared.outbox import Outbox, UnknownQueueError
-from shared.outcomes import dead_letter
+from shared.outcomes import dead_letter, with_warning
 from shared.progress import Progress, Turn, group_addresses
 from shared.reasons import REASONS
 from shared.stages import Stage, StageDependencies
@@ -337,6 +337,4 @@ def without_reply_to(
     """The same decision for the outcome queue, with a warning that ReplyTo `queue` does not exist."""
     outcome = decision.outcome
     warning = f"ReplyTo queue {queue!r} does not exist, so the outcome went to the outcome queue."
-    status = OutcomeStatus.SUCCEEDED_WITH_WARNINGS if outcome.status is OutcomeStatus.SUCCEEDED else outcome.status
-    rerouted = outcome.model_copy(update={"warnings": (*outcome.warnings, warning), "status": status})
-    return replace(decision, outcome=rerouted), replace(delivery, reply_to=None)
+    return replace(decision, outcome=with_warning(outcome, warning)), replace(delivery, reply_to=None)

@@ -21,14 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.contracts import DriftFinding, OnboardingRequest, OutcomeStatus, RequestAction, StageMessage
+from shared.contracts import DriftFinding, OnboardingRequest, RequestAction, StageMessage
 from shared.decisions import Finish
 from shared.drift.model import Membership, MembershipState, Roster, membership_key
 from shared.envelope import Delivery
+from shared.outcomes import DONE, with_warning
 
 logger = logging.getLogger("onboarding.drift")
-
-_DONE = frozenset({OutcomeStatus.SUCCEEDED, OutcomeStatus.SUCCEEDED_WITH_WARNINGS})  # not Planned, not Failed
 
 
 def open_findings(membership: Membership) -> tuple[DriftFinding, ...]:
@@ -75,7 +74,7 @@ class RosterKeeper:
     async def finished(self, decision: Finish, message: StageMessage, delivery: Delivery) -> Finish:
         """A verified onboarding's membership, kept whole: the latest verification wins, findings cleared.
         A write that fails raises (verify-delivery runs again)."""
-        if message.request.action is not RequestAction.ONBOARD or decision.outcome.status not in _DONE:
+        if message.request.action is not RequestAction.ONBOARD or decision.outcome.status not in DONE:
             return decision
         request, now = message.request, self.clock()
         await self.roster.keep_membership(
@@ -101,7 +100,7 @@ class RosterKeeper:
         """An offboard that removed (or found no) membership ends it in the roster; a write that fails is a
         warning in the outcome, never a retry (see the module's note)."""
         group = decision.outcome.group
-        if group is None or decision.outcome.status not in _DONE:
+        if group is None or decision.outcome.status not in DONE:
             return decision
         key = membership_key(str(request.external_email), group.id)
         try:
@@ -113,6 +112,5 @@ class RosterKeeper:
                 f"Could not take the membership out of the drift watch's roster ({type(error).__name__}): the next "
                 f"sweep may report it as drift (NotAMember, membership {key}); send the offboard again to end it."
             )
-            status = OutcomeStatus.SUCCEEDED_WITH_WARNINGS
-            return Finish(outcome.model_copy(update={"warnings": (*outcome.warnings, warning), "status": status}))
+            return Finish(with_warning(outcome, warning))
         return decision
