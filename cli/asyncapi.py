@@ -31,8 +31,9 @@ from shared.contracts import (
 )
 from shared.drift.events import DRIFT_SOURCE, DRIFT_SUBJECT, DRIFT_TYPE
 from shared.drift.model import membership_key, period_id
+from shared.envelope import CLOUDEVENTS_JSON
 from shared.journal.model import Lease
-from shared.leases import CLOUDEVENTS_JSON, NOTICE_SOURCE, NOTICE_SUBJECT, NOTICE_TYPE, notice_message
+from shared.leases import NOTICE_SOURCE, NOTICE_SUBJECT, NOTICE_TYPE, notice_message
 
 OUTCOME_QUEUE = "onboarding-outcomes"
 _REF = "#/components/schemas/{model}"

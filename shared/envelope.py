@@ -8,6 +8,7 @@ re-sent message is dropped by the queue's duplicate detection instead of doing t
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from azure.servicebus import ServiceBusMessage
 from azure.servicebus.amqp import AmqpMessageBodyType
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared import cloudevents
 from shared.contracts import OnboardingRequest, OutcomeEvent, RequestId, StageMessage, StageName
@@ -457,3 +458,41 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+CLOUDEVENTS_JSON = "application/cloudevents+json"
+
+
+def published_event(
+    *,
+    event_type: str,
+    source: str,
+    event_id: str,
+    about: str,
+    data: BaseModel,
+    now: datetime,
+    subject: str,
+    correlation_id: str,
+    request_id: str,
+) -> ServiceBusMessage:
+    """An event the app publishes about an earlier request (a lease's notice, a drift event): a structured
+    CloudEvent (docs/cloudevents.md) whose id is also the MessageId, so duplicate detection drops a repeat.
+    `about` is the event's subject (what it concerns); `subject` the message's, which consumers filter on."""
+    event = {
+        "specversion": "1.0",
+        "type": event_type,
+        "source": source,
+        "id": event_id,
+        "time": now.isoformat(),
+        "subject": about,
+        "datacontenttype": JSON,
+        "data": data.model_dump(mode="json"),
+    }
+    return ServiceBusMessage(
+        json.dumps(event).encode(),
+        message_id=event_id,
+        correlation_id=correlation_id,
+        content_type=CLOUDEVENTS_JSON,
+        subject=subject,
+        application_properties={REQUEST_ID: request_id},
+    )

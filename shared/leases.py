@@ -17,7 +17,6 @@ their time-to-live starts when they appear; duplicate detection cannot guard a w
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from shared.contracts import (
     StageMessage,
 )
 from shared.decisions import Finish
-from shared.envelope import JSON, REQUEST_ID, Delivery
+from shared.envelope import JSON, REQUEST_ID, Delivery, published_event
 from shared.journal.model import Lease, LeaseState
 from shared.journal.ports import LeaseBook
 from shared.outbox import Outbox
@@ -52,7 +51,6 @@ logger = logging.getLogger("onboarding.leases")
 NOTICE_TYPE = "org.m365-external-onboarding.lease.ending.v1"
 NOTICE_SOURCE = "/m365-external-onboarding/leases"
 NOTICE_SUBJECT = "onboarding.LeaseEnding"
-CLOUDEVENTS_JSON = "application/cloudevents+json"
 WakeKind = Literal["notice", "expiry"]
 
 
@@ -239,24 +237,16 @@ def notice_message(lease: Lease, now: datetime) -> ServiceBusMessage:
             "it, send an onboarding request for the same person and group with a later expires_at."
         ),
     )
-    event_id = f"{lease.key}/{_compact(lease.ends_at)}/notice"
-    event = {
-        "specversion": "1.0",
-        "type": NOTICE_TYPE,
-        "source": NOTICE_SOURCE,
-        "id": event_id,
-        "time": now.isoformat(),
-        "subject": lease.key,
-        "datacontenttype": JSON,
-        "data": notice.model_dump(mode="json"),
-    }
-    return ServiceBusMessage(
-        json.dumps(event).encode(),
-        message_id=event_id,
-        correlation_id=lease.correlation_id,
-        content_type=CLOUDEVENTS_JSON,
+    return published_event(
+        event_type=NOTICE_TYPE,
+        source=NOTICE_SOURCE,
+        event_id=f"{lease.key}/{_compact(lease.ends_at)}/notice",
+        about=lease.key,
+        data=notice,
+        now=now,
         subject=NOTICE_SUBJECT,
-        application_properties={REQUEST_ID: lease.request_id},
+        correlation_id=lease.correlation_id,
+        request_id=lease.request_id,
     )
 
 

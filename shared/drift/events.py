@@ -8,7 +8,6 @@ it); findings that clear are closed without an event.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -16,8 +15,7 @@ from azure.servicebus import ServiceBusMessage
 
 from shared.contracts import DriftEvent, DriftFinding
 from shared.drift.model import Membership
-from shared.envelope import JSON, REQUEST_ID
-from shared.leases import CLOUDEVENTS_JSON
+from shared.envelope import published_event
 
 DRIFT_TYPE = "org.m365-external-onboarding.drift.detected.v1"
 DRIFT_SOURCE = "/m365-external-onboarding/drift"
@@ -49,22 +47,14 @@ def drift_message(
             f"last seen right at {membership.last_seen_right_at:%Y-%m-%d %H:%M} UTC. Each finding says its fix."
         ),
     )
-    event_id = drift_event_id(membership.key, period)
-    event = {
-        "specversion": "1.0",
-        "type": DRIFT_TYPE,
-        "source": DRIFT_SOURCE,
-        "id": event_id,
-        "time": now.isoformat(),
-        "subject": membership.key,
-        "datacontenttype": JSON,
-        "data": event_data.model_dump(mode="json"),
-    }
-    return ServiceBusMessage(
-        json.dumps(event).encode(),
-        message_id=event_id,
-        correlation_id=membership.correlation_id,
-        content_type=CLOUDEVENTS_JSON,
+    return published_event(
+        event_type=DRIFT_TYPE,
+        source=DRIFT_SOURCE,
+        event_id=drift_event_id(membership.key, period),
+        about=membership.key,
+        data=event_data,
+        now=now,
         subject=DRIFT_SUBJECT,
-        application_properties={REQUEST_ID: membership.request_id},
+        correlation_id=membership.correlation_id,
+        request_id=membership.request_id,
     )
