@@ -70,6 +70,19 @@ def _read_settings_file(
 
 
 VerboseOption = Annotated[bool, typer.Option("--verbose/--quiet", "-v/-q", help="Show the pipeline's log at INFO.")]
+# Where `status`, `leases` and `drift` read what the app wrote: its journal, with the lease book and the
+# drift watch's roster beside it.
+JournalOption = Annotated[
+    str,
+    typer.Option(
+        envvar="ONBOARDING_JOURNAL",
+        show_envvar=True,
+        show_default=True,
+        help="The journal setting the app uses (sqlite:<path>, https://<account>.table.core.windows.net/<table>, "
+        "tables:TableName=<table>;<connection string>); leases and the drift watch's roster are kept beside it.",
+    ),
+]
+DEFAULT_JOURNAL = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}"
 
 
 @app.command(epilog=rights_epilog("grant"))
@@ -173,15 +186,7 @@ def leases(
     within: Annotated[
         str, typer.Option(help="List the leases that end within this long: 12h, 7d, 90d.", show_default=True)
     ] = "7d",
-    journal: Annotated[
-        str,
-        typer.Option(
-            envvar="ONBOARDING_JOURNAL",
-            show_envvar=True,
-            show_default=True,
-            help="The journal setting the app uses; leases are kept beside its transitions.",
-        ),
-    ] = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}",
+    journal: JournalOption = DEFAULT_JOURNAL,
 ) -> None:
     """List the memberships that end within --within, soonest first (docs/leases.md).
 
@@ -197,15 +202,7 @@ def leases(
 
 @app.command(epilog=rights_epilog("drift"))
 def drift(
-    journal: Annotated[
-        str,
-        typer.Option(
-            envvar="ONBOARDING_JOURNAL",
-            show_envvar=True,
-            show_default=True,
-            help="The journal setting the app uses; the drift watch's roster is kept beside its transitions.",
-        ),
-    ] = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}",
+    journal: JournalOption = DEFAULT_JOURNAL,
 ) -> None:
     """List the open drift findings, the longest drifting first (docs/drift.md).
 
@@ -424,16 +421,7 @@ def status(
     request_id: Annotated[
         str | None, typer.Argument(help="One request's history; omit for a summary by state.")
     ] = None,
-    journal: Annotated[
-        str,
-        typer.Option(
-            envvar="ONBOARDING_JOURNAL",
-            show_envvar=True,
-            show_default=True,
-            help="The journal setting the app uses (sqlite:<path>, https://<account>.table.core.windows.net/<table>, "
-            "tables:TableName=<table>;<connection string>).",
-        ),
-    ] = f"sqlite:{DEFAULT_STATE_DIR / 'journal.db'}",
+    journal: JournalOption = DEFAULT_JOURNAL,
     limit: Annotated[
         int,
         typer.Option(
