@@ -28,7 +28,7 @@ from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, Requ
 from shared.logs import LOG_FORMAT, THIRD_PARTY_LOGGERS
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import local_stack
-from tests.fixtures.pipeline import indexed_app, keeping_every_outcome
+from tests.fixtures.pipeline import indexed_app, keeping_every_outcome, whereabouts
 from tests.samples import PARTNERS
 from tests.test_logs import spellings
 from tests.test_one_outcome import run_host_until
@@ -321,6 +321,7 @@ class CorpusRun:
     stored: dict[str, str]  # address -> display name, of every contact and guest
     impostor_in_partners: bool
     log_lines: list[str]
+    missing: dict[str, list[str]]  # where each request without an outcome is: the journal and the queues
     secrets: list[str]  # what no log line may hold: the connection string and its key
 
 
@@ -373,8 +374,10 @@ async def _run_corpus(policy_file: Path, handler: _Lines) -> CorpusRun:
         stored |= {u.mail: u.display_name for u in directory.users.values() if u.user_type == "Guest"}
         partners = directory.group_by_identity(PARTNERS)
         impostor_in_partners = partners is not None and impostor.guid in partners.members
+        answered = {outcome.request_id for outcome in outcomes}
+        missing = await whereabouts(stack, [case[0] for case in cases if case[0] not in answered])
     key = next(part.split("=", 1)[1] for part in connection.split(";") if part.startswith("SharedAccessKey="))
-    return CorpusRun(cases, outcomes, stored, impostor_in_partners, handler.lines, [connection, key])
+    return CorpusRun(cases, outcomes, stored, impostor_in_partners, handler.lines, missing, [connection, key])
 
 
 def test_every_hostile_message_ends_in_exactly_one_outcome_with_its_reason(corpus_run: CorpusRun) -> None:
@@ -391,7 +394,7 @@ def test_every_hostile_message_ends_in_exactly_one_outcome_with_its_reason(corpu
         if case not in by_id or (by_id[case].status, by_id[case].reason) != (status, reason)
     }
     strangers = sorted(set(by_id) - {case[0] for case in cases})  # an outcome under an id no case has
-    assert wrong == {}, f"outcomes under other ids: {strangers}"
+    assert wrong == {}, f"outcomes under other ids: {strangers}; where those without one are: {corpus_run.missing}"
     assert strangers == []
     for index, name in enumerate(HOSTILE_NAMES):
         assert stored[f"name-{index}@fabrikam.example"] == name, "stored literally"
