@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from shared.contracts import GroupKind
@@ -19,6 +20,7 @@ from standins.tenant_sandbox import TenantSandbox, TenantSeed
 from standins.tenant_sandbox.credential import FullRightsCredential
 
 REDIRECT = "https://myapps.microsoft.com"
+JSON_ANSWER = {"content-type": "application/json"}
 
 
 def _group_id(sandbox: TenantSandbox, mail_or_name: str) -> str:
@@ -150,6 +152,45 @@ async def test_list_members_follows_next_links() -> None:
             await graph.close()
         pages = [entry for entry in sandbox.request_log if entry[1].endswith("/members")]
         assert len(pages) == len(expected)
+
+
+@pytest.mark.stack
+async def test_members_within_reads_each_users_account_enabled() -> None:
+    with TenantSandbox(TenantSeed.demo()) as sandbox:
+        grant_local_app(sandbox)
+        falcon = sandbox.directory.groups[_group_id(sandbox, "Project Falcon")]
+        blocked = next(sandbox.directory.users[m] for m in falcon.members if m in sandbox.directory.users)
+        sandbox.directory.set_account_enabled(blocked, False)
+        expected = {
+            member.lower(): sandbox.directory.users[member].account_enabled
+            if member in sandbox.directory.users
+            else None
+            for member in falcon.members
+        }
+        graph = MsGraphDirectory(app_credential(sandbox), base_url=sandbox.graph_base_url)
+        try:
+            every = await graph.group_members_within(falcon.id, max_pages=1)
+        finally:
+            await graph.close()
+    assert (dict(every.account_enabled), every.complete) == (expected, True)
+    assert expected[blocked.id.lower()] is False
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"\x00\xff not json", b'{"value": "x"}', b'{"value": [{"id": 5}]}', b'{"value": [], "@odata.nextLink": 7}'],
+    ids=["undecodable", "value-not-a-list", "id-not-text", "next-link-not-text"],
+)
+async def test_a_member_list_that_is_not_one_is_rejected(answer: bytes) -> None:
+    """Graph's answer is outside input: a 200 that is not a directory-object list is refused, not read."""
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=answer, headers=JSON_ANSWER))
+    tenant = "00000000-0000-0000-0000-0000000000aa"
+    graph = MsGraphDirectory(FullRightsCredential(tenant), http_client=httpx.AsyncClient(transport=transport))
+    try:
+        with pytest.raises(RejectedRequestError, match="directory-object list"):
+            await graph.group_members_within("7c1d2e3f-0004-4b5c-8d9e-0f1a2b3c4d04", max_pages=1)
+    finally:
+        await graph.close()
 
 
 async def test_list_members_of_unknown_group_is_not_found(graph_directory: MsGraphDirectory) -> None:
