@@ -375,9 +375,16 @@ async def _run_corpus(policy_file: Path, handler: _Lines) -> CorpusRun:
         partners = directory.group_by_identity(PARTNERS)
         impostor_in_partners = partners is not None and impostor.guid in partners.members
         answered = {outcome.request_id for outcome in outcomes}
-        missing = await whereabouts(stack, [case[0] for case in cases if case[0] not in answered])
+        sent_as = {case: _message_id(message) for case, message, _, _ in cases if case not in answered}
+        missing = await whereabouts(stack, list(sent_as), sent_as)
     key = next(part.split("=", 1)[1] for part in connection.split(";") if part.startswith("SharedAccessKey="))
     return CorpusRun(cases, outcomes, stored, impostor_in_partners, handler.lines, missing, [connection, key])
+
+
+def _message_id(message: ServiceBusMessage | AmqpAnnotatedMessage) -> object:
+    if isinstance(message, ServiceBusMessage):
+        return message.message_id
+    return message.properties.message_id if message.properties else None
 
 
 def test_every_hostile_message_ends_in_exactly_one_outcome_with_its_reason(corpus_run: CorpusRun) -> None:

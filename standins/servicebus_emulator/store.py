@@ -22,6 +22,7 @@ MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 # What Service Bus sets on a message it dead-letters for expiry.
 TTL_EXPIRED = "TTLExpiredException"
 TTL_EXPIRED_DESCRIPTION = "The message expired and was dead lettered."
+TRAILS_KEPT = 50_000  # MessageIds whose trail is kept; the oldest go first
 
 
 class EntityNotFound(KeyError):
@@ -129,6 +130,20 @@ class QueueStore:
             self._queues[dead_letters] = Queue(dead_letters, queue_config, is_dead_letter_queue=True, log=log)
         self._sequence = itertools.count(1)
         self._locks: dict[uuid.UUID, tuple[str, int]] = {}
+        # What happened to each MessageId, for a test that asks where a message went (not kept on disk).
+        self._trails: dict[str, list[str]] = {}
+
+    def trail(self, message_id: str) -> list[str]:
+        """What the broker did with the messages of this MessageId (as codec.message_id_of names it), in order."""
+        return list(self._trails.get(message_id, ()))
+
+    def _note(self, queue: str, message_id: str | None, what: str, sequence_number: int | None = None) -> None:
+        if message_id is None:
+            return
+        if message_id not in self._trails and len(self._trails) >= TRAILS_KEPT:
+            del self._trails[next(iter(self._trails))]  # the oldest MessageId's trail
+        number = f" #{sequence_number}" if sequence_number is not None else ""
+        self._trails.setdefault(message_id, []).append(f"{queue}{number}: {what}")
 
     def restore(
         self,
@@ -171,6 +186,7 @@ class QueueStore:
         if queue.is_dead_letter_queue:
             raise EntityNotFound(f"{name}: cannot send to a dead-letter queue")
         if queue.is_duplicate(message_id, now):
+            self._note(name, message_id, "dropped as a duplicate")
             return None
         sequence_number = next(self._sequence)
         visible = max(now, visible_at or now)
@@ -182,6 +198,7 @@ class QueueStore:
         except OverflowError:  # TimeSpan.MaxValue, Service Bus's "never"
             expires_at = None
         queue.put(StoredMessage(sequence_number, encoded, message_id, now, visible, expires_at=expires_at))
+        self._note(name, message_id, "stored", sequence_number)
         return sequence_number
 
     def cancel_scheduled(self, name: str, sequence_numbers: list[int]) -> None:
@@ -190,6 +207,7 @@ class QueueStore:
             message = queue.messages.get(number)
             if message is not None and message.scheduled and message.lock_token is None:
                 queue.remove(message)
+                self._note(name, message.message_id, "scheduled, cancelled", number)
 
     def lock_next(self, name: str, now: datetime) -> StoredMessage | None:
         queue = self.queue(name)
@@ -203,6 +221,7 @@ class QueueStore:
         message.lock_token = uuid.uuid4()
         message.locked_until = now + queue.config.lock_duration
         self._locks[message.lock_token] = (name.lower(), message.sequence_number)
+        self._note(name, message.message_id, f"locked (delivery {message.delivery_count + 1})", message.sequence_number)
 
     def take_next(self, name: str, now: datetime) -> StoredMessage | None:
         """Receive-and-delete: the message leaves the queue as it is handed out."""
@@ -210,6 +229,7 @@ class QueueStore:
         message = next(queue.available(now), None)
         if message is not None:
             queue.remove(message)
+            self._note(name, message.message_id, "received and deleted", message.sequence_number)
         return message
 
     def receive_deferred(
@@ -248,6 +268,7 @@ class QueueStore:
         queue, message = self._locked(token)
         self._unlock(message)
         queue.remove(message)
+        self._note(queue.name, message.message_id, "completed", message.sequence_number)
 
     def abandon(self, token: uuid.UUID) -> None:
         queue, message = self._locked(token)
@@ -255,8 +276,9 @@ class QueueStore:
 
     def release(self, token: uuid.UUID) -> None:
         """AMQP released: the message was never handed to the application; no delivery is counted."""
-        _, message = self._locked(token)
+        queue, message = self._locked(token)
         self._unlock(message)
+        self._note(queue.name, message.message_id, "released", message.sequence_number)
 
     def defer(self, token: uuid.UUID) -> None:
         queue, message = self._locked(token)
@@ -295,8 +317,10 @@ class QueueStore:
                     self._move_to_dead_letters(queue, message, TTL_EXPIRED, TTL_EXPIRED_DESCRIPTION)
                 else:
                     queue.remove(message)
+                    self._note(queue.name, message.message_id, "expired", message.sequence_number)
 
     def _failed_delivery(self, queue: Queue, message: StoredMessage) -> None:
+        self._note(queue.name, message.message_id, "abandoned or lock lost", message.sequence_number)
         self._unlock(message)
         message.delivery_count += 1
         queue.save(message)
@@ -311,6 +335,7 @@ class QueueStore:
     def _move_to_dead_letters(
         self, queue: Queue, message: StoredMessage, reason: str | None, description: str | None
     ) -> None:
+        self._note(queue.name, message.message_id, f"dead-lettered ({reason})", message.sequence_number)
         self._unlock(message)
         if queue.is_dead_letter_queue:
             queue.remove(message)  # Service Bus: dead-lettering from the DLQ removes the message
