@@ -33,14 +33,12 @@ from msgraph.generated.groups.item.members.members_request_builder import Member
 from msgraph.generated.models.body_type import BodyType
 from msgraph.generated.models.directory_object import DirectoryObject
 from msgraph.generated.models.email_address import EmailAddress
-from msgraph.generated.models.group import Group
 from msgraph.generated.models.invitation import Invitation
 from msgraph.generated.models.item_body import ItemBody
 from msgraph.generated.models.message import Message
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.recipient import Recipient
 from msgraph.generated.models.reference_create import ReferenceCreate
-from msgraph.generated.models.user import User
 from msgraph.generated.users.item.send_mail.send_mail_post_request_body import SendMailPostRequestBody
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
@@ -102,7 +100,7 @@ def _names_the_right(call: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, C
     return naming
 
 
-def group_kind(group: Group) -> GroupKind:
+def group_kind(group: _DirectoryRow) -> GroupKind:
     """The table in Graph's groups overview: groupTypes, mailEnabled, securityEnabled."""
     if "Unified" in (group.group_types or []):
         return GroupKind.MICROSOFT_365
@@ -208,10 +206,10 @@ class MsGraphDirectory:
         query = GroupItemRequestBuilder.GroupItemRequestBuilderGetQueryParameters(select=GROUP_FIELDS)
         item = self._client.groups.by_group_id(group_id)
         try:
-            group = await self._call(lambda: item.get(RequestConfiguration(query_parameters=query)))
+            group = await self._read(item.to_get_request_information(RequestConfiguration(query_parameters=query)))
         except NotFoundError:
             return None
-        return _directory_group(group) if group else None
+        return _directory_group(group)
 
     @_names_the_right
     async def find_group_by_mail(self, address: str) -> DirectoryGroup | None:
@@ -219,8 +217,8 @@ class MsGraphDirectory:
         query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
             filter=by_address(address), select=GROUP_FIELDS
         )
-        page = await self._call(lambda: self._client.groups.get(RequestConfiguration(query_parameters=query)))
-        groups = page.value if page and page.value else []
+        information = self._client.groups.to_get_request_information(RequestConfiguration(query_parameters=query))
+        groups = (await self._read_page(information)).value
         return _directory_group(groups[0]) if groups else None
 
     @_names_the_right
@@ -240,8 +238,8 @@ class MsGraphDirectory:
 
     async def _users_where(self, condition: str) -> DirectoryUser | None:
         query = UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(filter=condition, select=USER_FIELDS)
-        page = await self._call(lambda: self._client.users.get(RequestConfiguration(query_parameters=query)))
-        users = [_directory_user(user) for user in (page.value if page and page.value else [])]
+        information = self._client.users.to_get_request_information(RequestConfiguration(query_parameters=query))
+        users = [_directory_user(user) for user in (await self._read_page(information)).value]
         # Should a member and a guest both carry the address, the member wins: the stages then
         # refuse (AddressInUseInternally) rather than onboard the wrong object.
         return next((user for user in users if user.user_type == "Member"), users[0] if users else None)
@@ -299,10 +297,10 @@ class MsGraphDirectory:
         query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=["id", "accountEnabled"])
         item = self._client.users.by_user_id(user_id)
         try:
-            user = await self._call(lambda: item.get(RequestConfiguration(query_parameters=query)))
+            user = await self._read(item.to_get_request_information(RequestConfiguration(query_parameters=query)))
         except NotFoundError:
             return None
-        if user is None or user.account_enabled is None:
+        if user.account_enabled is None:
             raise RejectedRequestError("Graph returned a user without accountEnabled", face="graph")
         return user.account_enabled
 
@@ -325,32 +323,31 @@ class MsGraphDirectory:
 
     async def _listed(
         self, collection: MembersRequestBuilder | MemberOfRequestBuilder, config: Any, max_pages: int
-    ) -> tuple[list[_ListedObject], bool]:
+    ) -> tuple[list[_DirectoryRow], bool]:
         """A directory-object collection's rows, following @odata.nextLink for at most `max_pages` pages
-        (at least one); True when every page was read.
-
-        Sent through the SDK (its auth, retry and throttle middleware, its error mapping), but the answer is
-        read as bytes and parsed for the fields asked: the SDK's models build every field's deserializer for
-        each object, which made a large group's listing most of the drift watch's CPU (docs/performance.md).
-        """
+        (at least one); True when every page was read."""
         information = collection.to_get_request_information(config)
-        rows: list[_ListedObject] = []
+        rows: list[_DirectoryRow] = []
         for _ in range(max(1, min(max_pages, MAX_PAGES))):
-            page = await self._page(information)
+            page = await self._read_page(information)
             rows += page.value
             if not page.next_link:
                 return rows, True
             information = collection.with_url(page.next_link).to_get_request_information()
         return rows, False
 
-    async def _page(self, information: RequestInformation) -> _ListedPage:
+    async def _read(self, information: RequestInformation) -> _DirectoryRow:
+        return _parsed(_ROW, await self._answer(information), "a directory object")
+
+    async def _read_page(self, information: RequestInformation) -> _DirectoryPage:
+        return _parsed(_PAGE, await self._answer(information), "a directory-object list")
+
+    async def _answer(self, information: RequestInformation) -> bytes:
+        """The answer's body, sent through the SDK (its auth, retry and throttle middleware, its error mapping)
+        and left as bytes for `_parsed`: the SDK's models build every field's deserializer for each object,
+        which made a large group's member list most of the drift watch's host CPU (docs/performance.md)."""
         raw = await self._call(lambda: self._adapter.send_primitive_async(information, "bytes", _ODATA_ERRORS))
-        try:
-            return _LISTED_PAGE.validate_json(raw or b"{}")
-        except ValidationError as error:
-            raise RejectedRequestError(
-                "Graph answered a directory-object list with something else", face="graph"
-            ) from error
+        return raw if isinstance(raw, bytes) else b"{}"
 
     @_names_the_right
     async def is_group_member(self, group_id: str, object_id: str) -> bool:
@@ -374,8 +371,9 @@ class MsGraphDirectory:
         """GET /groups?$top=n: how many rows the first page holds, and its @odata.nextLink (the self-check's
         look at Graph's paging; the pipeline itself never sends $top)."""
         query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(top=top, select=["id"])
-        page = await self._call(lambda: self._client.groups.get(RequestConfiguration(query_parameters=query)))
-        return (len(page.value or []), page.odata_next_link) if page else (0, None)
+        information = self._client.groups.to_get_request_information(RequestConfiguration(query_parameters=query))
+        page = await self._read_page(information)
+        return len(page.value), page.next_link
 
     @property
     def sdk(self) -> GraphServiceClient:
@@ -393,32 +391,51 @@ class MsGraphDirectory:
             raise TransientDirectoryError(f"Graph network error {type(error).__name__}", face="graph") from error
 
 
-class _ListedObject(BaseModel):
-    """One row of a directory-object list, as far as the app reads it (the rest of the row is ignored)."""
+class _DirectoryRow(BaseModel):
+    """A user, group or other directory object, as far as the app reads one (GROUP_FIELDS, USER_FIELDS, a
+    member's id and accountEnabled); the rest of Graph's answer is ignored."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str | None = None
     odata_type: str | None = Field(default=None, alias="@odata.type")
     account_enabled: bool | None = Field(default=None, alias="accountEnabled")
+    display_name: str | None = Field(default=None, alias="displayName")
+    mail: str | None = None
+    user_type: str | None = Field(default=None, alias="userType")
+    group_types: list[str] | None = Field(default=None, alias="groupTypes")
+    mail_enabled: bool | None = Field(default=None, alias="mailEnabled")
+    security_enabled: bool | None = Field(default=None, alias="securityEnabled")
 
     @property
     def is_user(self) -> bool:
         return self.odata_type == USER_TYPE
 
 
-class _ListedPage(BaseModel):
+class _DirectoryPage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    value: list[_ListedObject] = []
+    value: list[_DirectoryRow] = []
     next_link: str | None = Field(default=None, alias="@odata.nextLink")
 
 
-_LISTED_PAGE = TypeAdapter(_ListedPage)
+_ROW = TypeAdapter(_DirectoryRow)
+_PAGE = TypeAdapter(_DirectoryPage)
+
+
+def _parsed(answer: TypeAdapter[T], raw: bytes, what: str) -> T:
+    """Graph's answer read for the fields the app asks ($select): outside input, so one that is not
+    `what` is refused."""
+    try:
+        return answer.validate_json(raw)
+    except ValidationError as error:
+        raise RejectedRequestError(f"Graph answered with something that is not {what}", face="graph") from error
+
+
 _ODATA_ERRORS: dict[str, type[ParsableFactory[Any]]] = {"XXX": ODataError}  # as the generated builders map errors
 
 
-def _directory_group(group: Group) -> DirectoryGroup:
+def _directory_group(group: _DirectoryRow) -> DirectoryGroup:
     if not group.id:
         raise RejectedRequestError("Graph returned a group without id", face="graph")
     return DirectoryGroup(
@@ -430,7 +447,7 @@ def _directory_group(group: Group) -> DirectoryGroup:
     )
 
 
-def _directory_user(user: User) -> DirectoryUser:
+def _directory_user(user: _DirectoryRow) -> DirectoryUser:
     if not user.id:
         raise RejectedRequestError("Graph returned a user without id", face="graph")
     return DirectoryUser(user.id, user.mail, "Guest" if (user.user_type or "").lower() == "guest" else "Member")

@@ -193,6 +193,20 @@ async def test_a_member_list_that_is_not_one_is_rejected(answer: bytes) -> None:
         await graph.close()
 
 
+@pytest.mark.parametrize(
+    "answer", [b"<html>", b"[]", b'{"id": 5}', b'{"groupTypes": "Unified"}'], ids=["html", "array", "id", "types"]
+)
+async def test_a_group_that_is_not_one_is_rejected(answer: bytes) -> None:
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=answer, headers=JSON_ANSWER))
+    tenant = "00000000-0000-0000-0000-0000000000aa"
+    graph = MsGraphDirectory(FullRightsCredential(tenant), http_client=httpx.AsyncClient(transport=transport))
+    try:
+        with pytest.raises(RejectedRequestError, match="not a directory object"):
+            await graph.get_group("7c1d2e3f-0004-4b5c-8d9e-0f1a2b3c4d04")
+    finally:
+        await graph.close()
+
+
 async def test_list_members_of_unknown_group_is_not_found(graph_directory: MsGraphDirectory) -> None:
     with pytest.raises(NotFoundError):
         await graph_directory.list_group_member_ids("00000000-0000-0000-0000-000000000000")
