@@ -74,7 +74,19 @@ def decode(encoded: bytes) -> Message:
 
 
 def message_id_of(message: Message) -> str | None:
-    return None if message.id is None else str(message.id)
+    return message_id_text(message.id)
+
+
+def message_id_text(raw: object) -> str | None:
+    """A MessageId as the broker compares them (duplicate detection): one text per distinct id. A string is
+    itself; an id of another AMQP type is named by its type and value. Proton hands a binary id over as a
+    memoryview, whose str() is its memory address: two different ids could share one, and a message was
+    dropped as a duplicate of another."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(raw, memoryview | bytes | bytearray):
+        return f"<binary 0x{bytes(raw).hex()}>"
+    return f"<{type(raw).__name__} {raw}>"
 
 
 def scheduled_time_of(message: Message) -> datetime | None:
