@@ -176,33 +176,30 @@ async def test_members_within_reads_each_users_account_enabled() -> None:
     assert expected[blocked.id.lower()] is False
 
 
+GROUP_ID = "7c1d2e3f-0004-4b5c-8d9e-0f1a2b3c4d04"
+NOT_A_LIST = [
+    b"\x00\xff not json",
+    b'{"value": "x"}',
+    b'{"value": [{"id": 5}]}',
+    b'{"value": [], "@odata.nextLink": 7}',
+]
+NOT_A_GROUP = [b"<html>", b"[]", b'{"id": 5}', b'{"groupTypes": "Unified"}']
+
+
 @pytest.mark.parametrize(
-    "answer",
-    [b"\x00\xff not json", b'{"value": "x"}', b'{"value": [{"id": 5}]}', b'{"value": [], "@odata.nextLink": 7}'],
-    ids=["undecodable", "value-not-a-list", "id-not-text", "next-link-not-text"],
+    ("read", "answer", "refusal"),
+    [("members", answer, "not a directory-object list") for answer in NOT_A_LIST]
+    + [("group", answer, "not a directory object") for answer in NOT_A_GROUP],
 )
-async def test_a_member_list_that_is_not_one_is_rejected(answer: bytes) -> None:
-    """Graph's answer is outside input: a 200 that is not a directory-object list is refused, not read."""
+async def test_an_answer_that_is_not_what_was_asked_is_rejected(read: str, answer: bytes, refusal: str) -> None:
+    """Graph's answer is outside input: a 200 that is not the object or list asked for is refused, not read."""
     transport = httpx.MockTransport(lambda _: httpx.Response(200, content=answer, headers=JSON_ANSWER))
     tenant = "00000000-0000-0000-0000-0000000000aa"
     graph = MsGraphDirectory(FullRightsCredential(tenant), http_client=httpx.AsyncClient(transport=transport))
     try:
-        with pytest.raises(RejectedRequestError, match="directory-object list"):
-            await graph.group_members_within("7c1d2e3f-0004-4b5c-8d9e-0f1a2b3c4d04", max_pages=1)
-    finally:
-        await graph.close()
-
-
-@pytest.mark.parametrize(
-    "answer", [b"<html>", b"[]", b'{"id": 5}', b'{"groupTypes": "Unified"}'], ids=["html", "array", "id", "types"]
-)
-async def test_a_group_that_is_not_one_is_rejected(answer: bytes) -> None:
-    transport = httpx.MockTransport(lambda _: httpx.Response(200, content=answer, headers=JSON_ANSWER))
-    tenant = "00000000-0000-0000-0000-0000000000aa"
-    graph = MsGraphDirectory(FullRightsCredential(tenant), http_client=httpx.AsyncClient(transport=transport))
-    try:
-        with pytest.raises(RejectedRequestError, match="not a directory object"):
-            await graph.get_group("7c1d2e3f-0004-4b5c-8d9e-0f1a2b3c4d04")
+        reading = graph.group_members_within(GROUP_ID, max_pages=1) if read == "members" else graph.get_group(GROUP_ID)
+        with pytest.raises(RejectedRequestError, match=refusal):
+            await reading
     finally:
         await graph.close()
 
