@@ -26,7 +26,9 @@ from shared.contracts import (
     StageMessage,
     StageName,
 )
+from shared.drift.model import membership_key
 from shared.envelope import REQUEST_ID
+from shared.journal import SqliteJournal
 from shared.provenance import CONTACT_ATTRIBUTE
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.stack import LocalStack, running_host
@@ -159,6 +161,15 @@ async def test_update_sets_the_names_and_a_new_address_is_refused(stack: LocalSt
         "Lima-Costa",
     )
     assert await readback.exchange.find_mail_contact("ana@northwind.example") is None
+    # The drift watch's roster names the person as they are now (its drift events carry the name).
+    journal = SqliteJournal(str(stack.journal_database))
+    try:
+        group = outcomes["life-upd-2"].group
+        assert group is not None
+        kept = await journal.membership(membership_key(address, group.id))
+    finally:
+        await journal.close()
+    assert kept is not None and kept.display_name == "Ana Lima-Costa"
 
 
 async def test_a_forged_offboard_on_a_later_stage_queue_is_refused_and_changes_nothing(

@@ -112,6 +112,10 @@ class Roster(Protocol):
         """Mark it offboarded; True when it was active."""
         ...
 
+    async def rename_membership(self, key: str, display_name: str, at: datetime) -> bool:
+        """An update changed the person's names: the active membership's display name; True when it was active."""
+        ...
+
     async def memberships(self, *, after: str | None, limit: int) -> list[Membership]:
         """Active memberships in key order (by group), after `after`, at most `limit`."""
         ...

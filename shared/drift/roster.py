@@ -64,6 +64,10 @@ def as_ended(membership: Membership, at: datetime) -> Membership:
     return membership.model_copy(update={"state": MembershipState.OFFBOARDED, "updated_at": at})
 
 
+def as_renamed(membership: Membership, display_name: str, at: datetime) -> Membership:
+    return Membership.model_validate(membership.model_dump() | {"display_name": display_name, "updated_at": at})
+
+
 @dataclass(frozen=True)
 class RosterKeeper:
     """What the stages keep when a request finishes: the membership an onboarding verified, or its end."""
@@ -106,11 +110,32 @@ class RosterKeeper:
         try:
             await self.roster.end_membership(key, self.clock())
         except Exception as error:
-            logger.warning("could not end the membership in the roster: %s", type(error).__name__)
-            outcome = decision.outcome
-            warning = (
+            return _warned(
+                decision,
                 f"Could not take the membership out of the drift watch's roster ({type(error).__name__}): the next "
-                f"sweep may report it as drift (NotAMember, membership {key}); send the offboard again to end it."
+                f"sweep may report it as drift (NotAMember, membership {key}); send the offboard again to end it.",
             )
-            return Finish(with_warning(outcome, warning))
         return decision
+
+    async def updated(self, decision: Finish, request: OnboardingRequest) -> Finish:
+        """An update that changed the person's names renames their membership of the request's group, so that
+        its drift events name them as they are now (their other groups' entries keep the name until those
+        are onboarded or updated again). A write that fails is a warning, as for an offboard."""
+        group = decision.outcome.group
+        if group is None or decision.outcome.status not in DONE:
+            return decision
+        key = membership_key(str(request.external_email), group.id)
+        try:
+            await self.roster.rename_membership(key, request.required_display_name, self.clock())
+        except Exception as error:
+            return _warned(
+                decision,
+                f"Could not rename the membership in the drift watch's roster ({type(error).__name__}): its drift "
+                f"events name the person as before (membership {key}); send the update again to rename it.",
+            )
+        return decision
+
+
+def _warned(decision: Finish, warning: str) -> Finish:
+    logger.warning("could not change the roster: %s", warning.split(":", 1)[0])
+    return Finish(with_warning(decision.outcome, warning))

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from shared.contracts import DriftFinding, OutcomeStatus, StageName
 from shared.drift.model import Membership, MembershipState, Sweep, SweepCounts
-from shared.drift.roster import as_checked, as_ended, is_drifting, was_repaired
+from shared.drift.roster import as_checked, as_ended, as_renamed, is_drifting, was_repaired
 from shared.journal.model import Lease, LeaseState, RequestState, Transition, TransitionKind, check_limit
 from shared.journal.ports import FAILED, LATEST_FAILURES, Tally, Where
 from shared.journal.setting import MEMORY
@@ -81,7 +81,7 @@ _KEEP_MEMBERSHIP = """
 """
 _MEMBERSHIP = "SELECT body FROM roster WHERE key = ?"
 _MEMBERSHIPS = "SELECT body FROM roster WHERE state = ? AND key > ? ORDER BY key LIMIT ?"
-_END_MEMBERSHIP = "UPDATE roster SET state = ?, body = ? WHERE key = ? AND state = ?"
+_CHANGE_ACTIVE_MEMBERSHIP = "UPDATE roster SET state = ?, body = ? WHERE key = ? AND state = ?"
 # Once per period: the condition is in the one UPDATE, so two checks of one membership cannot both record.
 _RECORD_CHECK = """
     UPDATE roster SET checked_period = ?, drifting = ?, repaired = ?, drifting_since = ?, body = ?
@@ -244,19 +244,27 @@ class SqliteJournal:
         await self._run(lambda c: c.execute(_KEEP_MEMBERSHIP, _membership_row(membership)))
 
     async def end_membership(self, key: str, at: datetime) -> bool:
-        def end(c: sqlite3.Connection) -> bool:
+        return await self._change_active(key, lambda membership: as_ended(membership, at))
+
+    async def rename_membership(self, key: str, display_name: str, at: datetime) -> bool:
+        return await self._change_active(key, lambda membership: as_renamed(membership, display_name, at))
+
+    async def _change_active(self, key: str, change: Callable[[Membership], Membership]) -> bool:
+        """Write `change` of the membership if it is active; True when it was."""
+
+        def changed(c: sqlite3.Connection) -> bool:
             c.execute("BEGIN IMMEDIATE")  # read and conditional write in one transaction
             try:
                 row = c.execute(_MEMBERSHIP, (key,)).fetchone()
                 if row is None:
                     return False
-                ended = as_ended(Membership.model_validate_json(row[0]), at)
-                arguments = (ended.state.value, ended.model_dump_json(), key, MembershipState.ACTIVE.value)
-                return c.execute(_END_MEMBERSHIP, arguments).rowcount == 1
+                new = change(Membership.model_validate_json(row[0]))
+                arguments = (new.state.value, new.model_dump_json(), key, MembershipState.ACTIVE.value)
+                return c.execute(_CHANGE_ACTIVE_MEMBERSHIP, arguments).rowcount == 1
             finally:
                 c.execute("COMMIT")
 
-        return await self._run(end)
+        return await self._run(changed)
 
     async def memberships(self, *, after: str | None, limit: int) -> list[Membership]:
         arguments = (MembershipState.ACTIVE.value, after or "", limit)  # "" sorts before every key

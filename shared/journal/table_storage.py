@@ -18,7 +18,7 @@ import contextlib
 import heapq
 import re
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
@@ -31,7 +31,7 @@ from azure.data.tables.aio import TableClient
 
 from shared.contracts import DriftFinding, OutcomeStatus, StageName
 from shared.drift.model import Membership, MembershipState, Sweep, SweepCounts
-from shared.drift.roster import as_checked, as_ended, is_drifting, may_record_check, was_repaired
+from shared.drift.roster import as_checked, as_ended, as_renamed, is_drifting, may_record_check, was_repaired
 from shared.journal.model import Lease, LeaseState, RequestState, Transition, TransitionKind, check_limit
 from shared.journal.ports import FAILED, LATEST_FAILURES, Tally, Where
 
@@ -176,13 +176,20 @@ class TableStorageJournal:
         await _upsert_creating(self._roster_table, _membership_entity(membership))
 
     async def end_membership(self, key: str, at: datetime) -> bool:
+        return await self._change_active(key, lambda membership: as_ended(membership, at))
+
+    async def rename_membership(self, key: str, display_name: str, at: datetime) -> bool:
+        return await self._change_active(key, lambda membership: as_renamed(membership, display_name, at))
+
+    async def _change_active(self, key: str, change: Callable[[Membership], Membership]) -> bool:
+        """Write `change` of the membership if it is active and unchanged since it was read; True when written."""
         entity = await self._roster_entity(key, _MEMBERSHIP_ROW)
         if entity is None:
             return False
         membership = Membership.model_validate_json(str(entity["Body"]))
         if membership.state is not MembershipState.ACTIVE:
             return False
-        return await self._replace_if_unchanged(entity, _membership_entity(as_ended(membership, at)))
+        return await self._replace_if_unchanged(entity, _membership_entity(change(membership)))
 
     async def memberships(self, *, after: str | None, limit: int) -> list[Membership]:
         query = "State eq @state" + (" and PartitionKey gt @after" if after is not None else "")

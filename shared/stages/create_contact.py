@@ -59,6 +59,8 @@ async def create_contact(request: OnboardingRequest, delivery: Delivery, deps: S
             decision = await deps.leases.offboarded(decision, request)  # an early offboard ends the lease
         if deps.roster is not None:
             decision = await deps.roster.offboarded(decision, request)  # and the drift watch stops checking it
+    if request.action is RequestAction.UPDATE and isinstance(decision, Finish) and deps.roster is not None:
+        decision = await deps.roster.updated(decision, request)  # its drift events name the person anew
     return decision
 
 

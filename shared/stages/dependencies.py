@@ -49,6 +49,8 @@ class RosterKeeping(Protocol):
 
     async def offboarded(self, decision: Finish, request: OnboardingRequest) -> Finish: ...
 
+    async def updated(self, decision: Finish, request: OnboardingRequest) -> Finish: ...
+
 
 @dataclass(frozen=True)
 class StageDependencies:

@@ -76,6 +76,22 @@ async def test_memberships_page_in_key_order_active_only(journal: Journal) -> No
     assert ended is not None and ended.state is MembershipState.OFFBOARDED
 
 
+async def test_an_update_renames_an_active_membership_only(journal: Journal) -> None:
+    roster = _roster(journal)
+    kept, ended = _membership("ana@fabrikam.example"), _membership("bo@fabrikam.example")
+    for membership in (kept, ended):
+        await roster.keep_membership(membership)
+    await roster.end_membership(ended.key, NOW)
+    later = NOW + timedelta(hours=1)
+    assert await roster.rename_membership(kept.key, "Ana Lima-Costa", later) is True
+    assert await roster.rename_membership(ended.key, "Bo Renamed", later) is False
+    assert await roster.rename_membership("0000:" + "0" * 32, "Nobody", later) is False  # never kept
+    renamed = await roster.membership(kept.key)
+    assert renamed == kept.model_copy(update={"display_name": "Ana Lima-Costa", "updated_at": later})
+    still = await roster.membership(ended.key)
+    assert still is not None and still.display_name == "Ana Silva"
+
+
 async def test_a_check_is_recorded_once_per_period(journal: Journal) -> None:
     roster = _roster(journal)
     kept = _membership("ana@fabrikam.example")
