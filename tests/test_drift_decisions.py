@@ -8,9 +8,11 @@ tests/test_drift.py.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from azure.servicebus import ServiceBusMessage
@@ -30,6 +32,7 @@ from tests.fakes import FakeReceivedMessage, Recorder, RecordingActions, Recordi
 from tests.test_stage_decisions import NOW, World, delivery, pass_on, request_body
 
 OUTCOMES = "onboarding-outcomes"
+ROSTER_FILE = "roster.db"
 REMOVED = DriftFinding(kind=DriftKind.NOT_A_MEMBER, description="Not a member any more.", fix="onboard submit")
 PEOPLE = ("ana@fabrikam.example", "ben@fabrikam.example", "cy@fabrikam.example", "dee@fabrikam.example")
 
@@ -40,8 +43,8 @@ def world() -> World:
 
 
 @pytest.fixture
-async def roster() -> AsyncIterator[SqliteJournal]:
-    journal = SqliteJournal(":memory:")
+async def roster(tmp_path: Path) -> AsyncIterator[SqliteJournal]:
+    journal = SqliteJournal(str(tmp_path / ROSTER_FILE))  # a file: a test can refuse writes with a trigger
     yield journal
     await journal.close()
 
@@ -106,6 +109,7 @@ class Sweep:
     roster: SqliteJournal
     recorder: Recorder
     checker: ScriptedGroupChecker
+    database: Path
     page_size: int = 2
 
     @property
@@ -131,10 +135,10 @@ class Sweep:
         self.recorder.sent = [entry for entry in self.recorder.sent if entry[0] != queue]
         return found
 
-    async def until_quiet(self) -> list[str]:
+    async def until_quiet(self, seen: set[str] | None = None) -> list[str]:
         """Deliver every drift message sent, and those they send, as Service Bus would (duplicate
-        MessageIds dropped, as within the window); what each did."""
-        seen: set[str] = set()
+        MessageIds dropped, as within the window; `seen`: MessageIds delivered before); what each did."""
+        seen = set(seen or ())
         done = []
         while pending := self.taken(DRIFT_QUEUE):
             for message in pending:
@@ -142,6 +146,15 @@ class Sweep:
                     seen.add(str(message.message_id))
                     done.append(await self.deliver(message))
         return done
+
+    def sweep_writes_fail(self) -> None:
+        """The store refuses every write of a sweep record (a trigger in the roster's database)."""
+        with sqlite3.connect(self.database) as db:
+            db.execute("CREATE TRIGGER refuse_sweeps BEFORE INSERT ON sweeps BEGIN SELECT RAISE(ABORT, 'gone'); END")
+
+    def sweep_writes_work(self) -> None:
+        with sqlite3.connect(self.database) as db:
+            db.execute("DROP TRIGGER refuse_sweeps")
 
     def events(self) -> list[DriftEvent]:
         events = []
@@ -154,14 +167,14 @@ class Sweep:
 
 
 @pytest.fixture
-async def sweep(world: World, roster: SqliteJournal) -> Sweep:
+async def sweep(world: World, roster: SqliteJournal, tmp_path: Path) -> Sweep:
     world.roster = RosterKeeper(roster, lambda: world.now)
     for person in PEOPLE[:3]:
         await _onboarded(world, external_email=person, display_name="Someone")
     await _onboarded(world, external_email=PEOPLE[3], display_name="Someone", group={"object_id": world.m365.id})
     world.now = NOW + timedelta(hours=2)
     DescribingActions.descriptions = []
-    return Sweep(world, roster, Recorder(), ScriptedGroupChecker())
+    return Sweep(world, roster, Recorder(), ScriptedGroupChecker(), tmp_path / ROSTER_FILE)
 
 
 async def test_a_sweep_checks_each_person_once_sharing_the_groups_and_reports_only_the_drifting(
@@ -212,15 +225,33 @@ async def test_a_page_interrupted_before_it_moved_the_cursor_does_its_page_again
 ) -> None:
     await sweep.sweeper.start()
     (first_page,) = sweep.taken(DRIFT_QUEUE)
-    sweep.recorder.failing.add("schedule")  # the host dies after the checks went out, before the cursor moved
-    with pytest.raises(RuntimeError):
+    sweep.sweep_writes_fail()  # the host dies after the checks went out, before the cursor moved
+    with pytest.raises(sqlite3.IntegrityError):
         await sweep.deliver(first_page)
     assert "abandon" in sweep.recorder.kinds()
-    before = [str(message.message_id) for message in sweep.taken(DRIFT_QUEUE)]
-    sweep.recorder.failing.clear()
+    before = sweep.taken(DRIFT_QUEUE)
+    assert before and all(json.loads(b"".join(m.body))["kind"] == "check" for m in before), "no early next page"
+    sweep.sweep_writes_work()
     assert await sweep.deliver(first_page) == "fanned out a page"
     again = [str(message.message_id) for message in sweep.taken(DRIFT_QUEUE)]
-    assert before and again[: len(before)] == before  # Service Bus drops these within its window
+    assert again[: len(before)] == [str(m.message_id) for m in before]  # Service Bus drops these within its window
+
+
+async def test_a_page_interrupted_after_it_moved_the_cursor_sends_its_next_page_when_delivered_again(
+    sweep: Sweep,
+) -> None:
+    await sweep.sweeper.start()
+    (first_page,) = sweep.taken(DRIFT_QUEUE)
+    sweep.recorder.failing.add("schedule")  # the cursor moved; the host dies before the next page is sent
+    with pytest.raises(RuntimeError):
+        await sweep.deliver(first_page)
+    checks = {str(message.message_id) for message in sweep.taken(DRIFT_QUEUE)}
+    sweep.recorder.failing.clear()
+    assert await sweep.deliver(first_page) == "sent its next page again"
+    done = await sweep.until_quiet(seen=checks)  # the checks went out before the host died
+    assert done.count("fanned out the last page") == 1
+    counts = await sweep.roster.counts(sweep.sweeper.current_period())
+    assert counts.sweep is not None and counts.sweep.fanned_out == counts.active == 4
 
 
 async def test_findings_still_open_in_a_later_period_are_not_reported_again_and_clear_silently(

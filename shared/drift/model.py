@@ -80,6 +80,7 @@ class Sweep(BaseModel):
     period: PeriodId
     started_at: AwareDatetime
     cursor: MembershipKey | None = None  # the last key fanned out; the next page starts after it
+    moved_from: MembershipKey | None = None  # the `after` of the page that last moved the cursor (None: the first)
     pages: int = Field(default=0, ge=0)
     fanned_out: int = Field(default=0, ge=0)  # people sent to be checked
     fanned_out_at: AwareDatetime | None = None  # the last page was sent: the fan-out is complete

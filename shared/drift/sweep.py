@@ -5,9 +5,13 @@ reads one page of the roster after the sweep's cursor, sends one check message p
 people (at most CHECK_MAX), schedules the next page after a spacing that keeps the sweep at
 ONBOARDING_DRIFT_PER_MINUTE people a minute, and then moves the cursor. No invocation holds the roster.
 
-Resuming: a page redelivered before it moved the cursor does its page again with the same MessageIds
-(Service Bus drops the duplicates within its window; beyond it, the roster's once-per-period record of a
-check does); one redelivered after it moved the cursor finds the cursor elsewhere and does nothing.
+Resuming: a page moves the cursor before it sends the next page, so no page message exists for a page
+the cursor has not reached. A page redelivered before it moved the cursor does its page again with the
+same MessageIds (Service Bus drops the duplicates within its window; beyond it, the roster's once-per-period
+record of a check does); one redelivered after it moved the cursor sends the next page again (dropped as a
+duplicate if it had gone out) and does nothing else. (The other order, next page first, lost the sweep: a
+host killed between the two left a next page that came early, found the cursor behind it and did nothing,
+and the page's redelivery sent it again under the same MessageId, which duplicate detection dropped.)
 
 The queue is outside input: a page acts only for the current period, on a sweep the timer started, at
 that sweep's cursor, so a forged one can at most bring a page forward, never check anyone twice.
@@ -133,6 +137,10 @@ class DriftSweeper:
         sweep = await self.roster.sweep(page.period)
         if sweep is None:
             return "no sweep started"  # the timer starts a sweep; a page alone starts nothing
+        if sweep.fanned_out_at is None and sweep.pages and sweep.moved_from == page.after and sweep.cursor:
+            # This page moved the cursor; the host may have stopped before the next page was sent.
+            await self._schedule_next(page.period, sweep.cursor, self.page_size)
+            return "sent its next page again"
         if sweep.fanned_out_at is not None or sweep.cursor != page.after:
             return "done already"  # a page redelivered after it moved the cursor, or a forged one
         members = await self.roster.memberships(after=page.after, limit=self.page_size)
@@ -141,19 +149,26 @@ class DriftSweeper:
         now = self.clock()
         last = len(members) < self.page_size
         cursor = members[-1].key if members else page.after
-        if not last:
-            spacing = timedelta(minutes=len(members) / self.per_minute)
-            following = DriftPage(kind="page", period=page.period, after=cursor)
-            await self.outbox.schedule(DRIFT_QUEUE, work_message(following), now + spacing)
-        # The last word: until it is written, a redelivery does this page again (see the module's note).
+        # Until this is written, a redelivery does this page again (see the module's note).
         await self.roster.keep_sweep(
             sweep.model_copy(
                 update={
                     "cursor": cursor,
+                    "moved_from": page.after,
                     "pages": sweep.pages + 1,
                     "fanned_out": sweep.fanned_out + len(members),
                     "fanned_out_at": now if last else None,
                 }
             )
         )
-        return "fanned out the last page" if last else "fanned out a page"
+        if last:
+            return "fanned out the last page"
+        await self._schedule_next(page.period, members[-1].key, len(members))  # a full page: not empty
+        return "fanned out a page"
+
+    async def _schedule_next(self, period: str, cursor: str, people: int) -> None:
+        """The page after `cursor`, spaced by the people just sent at ONBOARDING_DRIFT_PER_MINUTE."""
+        following = DriftPage(kind="page", period=period, after=cursor)
+        await self.outbox.schedule(
+            DRIFT_QUEUE, work_message(following), self.clock() + timedelta(minutes=people / self.per_minute)
+        )
