@@ -2,8 +2,8 @@
 
 The timer starts a period's sweep once (a Sweep record) and sends the first page message. A page message
 reads one page of the roster after the sweep's cursor, sends one check message per run of one group's
-people (at most CHECK_MAX), schedules the next page after a spacing that keeps the sweep at
-ONBOARDING_DRIFT_PER_MINUTE people a minute, and then moves the cursor. No invocation holds the roster.
+people (at most CHECK_MAX), moves the cursor, and then schedules the next page after a spacing that keeps
+the sweep at ONBOARDING_DRIFT_PER_MINUTE people a minute. No invocation holds the roster.
 
 Resuming: a page moves the cursor before it sends the next page, so no page message exists for a page
 the cursor has not reached. A page redelivered before it moved the cursor does its page again with the
