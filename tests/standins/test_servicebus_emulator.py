@@ -177,6 +177,21 @@ def test_binary_message_ids_are_told_apart_by_their_bytes(servicebus_emulator: S
     assert received == ids[:-1]
 
 
+def test_the_trail_of_a_message_id_says_what_the_broker_did(servicebus_emulator: ServiceBusEmulator) -> None:
+    send(servicebus_emulator, ServiceBusMessage("one", message_id="traced"))
+    send(servicebus_emulator, ServiceBusMessage("two", message_id="traced"))
+    with client(servicebus_emulator) as sb, sb.get_queue_receiver(QUEUE) as receiver:
+        (message,) = receiver.receive_messages(max_message_count=5, max_wait_time=2)
+        receiver.complete_message(message)
+    number = message.sequence_number
+    assert servicebus_emulator.store.trail("traced") == [
+        f"{QUEUE} #{number}: stored",
+        f"{QUEUE}: dropped as a duplicate",
+        f"{QUEUE} #{number}: locked (delivery 1)",
+        f"{QUEUE} #{number}: completed",
+    ]
+
+
 def test_unknown_queue_is_refused_at_put_token_as_service_bus_does(servicebus_emulator: ServiceBusEmulator) -> None:
     no_retries = ServiceBusClient.from_connection_string(servicebus_emulator.connection_string, retry_total=0)
     with no_retries as sb:
