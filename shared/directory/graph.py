@@ -100,7 +100,7 @@ def _names_the_right(call: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, C
     return naming
 
 
-def group_kind(group: _DirectoryRow) -> GroupKind:
+def _group_kind(group: _DirectoryRow) -> GroupKind:
     """The table in Graph's groups overview: groupTypes, mailEnabled, securityEnabled."""
     if "Unified" in (group.group_types or []):
         return GroupKind.MICROSOFT_365
@@ -442,7 +442,7 @@ def _directory_group(group: _DirectoryRow) -> DirectoryGroup:
         id=group.id,
         display_name=group.display_name or "",
         mail=group.mail,
-        kind=group_kind(group),
+        kind=_group_kind(group),
         is_dynamic="DynamicMembership" in (group.group_types or []),
     )
 
