@@ -28,7 +28,10 @@ COMMAND_RIGHTS: dict[str, str] = {
     ),
     "leases": "Storage Table Data Reader on the lease table (the journal table's name followed by 'leases').",
     "drift": "Storage Table Data Reader on the roster table (the journal table's name followed by 'roster').",
-    "dlq list": "Azure Service Bus Data Receiver on each stage queue listed (it peeks the dead-letter sub-queue).",
+    "dlq list": (
+        "Azure Service Bus Data Receiver on each stage queue listed, and without --queue on drift, leases and doctor "
+        "(it peeks the dead-letter sub-queues; a queue it cannot read is named as not read)."
+    ),
     "dlq show": "Azure Service Bus Data Receiver on the --queue (it peeks the dead-letter sub-queue).",
     "dlq replay": (
         "Azure Service Bus Data Receiver and Data Sender on each stage queue replayed (it "

@@ -1,5 +1,9 @@
 """`onboard dlq`: see, replay and purge what the stage queues dead-lettered.
 
+The app's other queues carry no request (drift work, lease wake-ups, self-check requests): `dlq list`
+counts their dead letters and says what one means, since each has its own way back (OTHER_QUEUES);
+replaying one here would not be a request's new run.
+
 Dead letters stay active: the dead-letter sweep only peeks (shared/dead_letters.py). Those an
 earlier version's dead-letter functions deferred are still taken: peeking shows deferred and active
 ones alike; a deferred one can only be taken by its sequence number, an active one by receiving it.
@@ -23,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 import typer
 from azure.servicebus import ServiceBusMessageState, ServiceBusReceivedMessage, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient, ServiceBusReceiver
+from azure.servicebus.exceptions import ServiceBusError
 from pydantic_core import from_json
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -30,18 +35,28 @@ from rich.text import Text
 
 from cli.plumbing import console, errors, fail, settings_for, with_servicebus
 from cli.tables import copyable_column
+from cli.upstream import peek_count
 from shared import envelope
 from shared.contracts import StageName
 from shared.envelope import Delivery
 from shared.logs import mask_emails
 from shared.outbox import PEEK_BATCH, peeked
 from shared.progress import group_addresses
+from shared.queues import DRIFT_QUEUE, LEASE_QUEUE, SELF_CHECK_QUEUE
 from shared.reasons import REASONS
 from shared.settings import ServiceBusSettings
 
 RECEIVE_WAIT_SECONDS = 2.0
 # What a replay cannot fix (an invalid body stays invalid): the reasons table says which.
 NOT_REPLAYABLE = frozenset(reason.value for reason, facts in REASONS.items() if not facts.replayable)
+# What a dead letter on each of the app's other queues means, and how its work comes back.
+OTHER_QUEUES: dict[str, str] = {
+    DRIFT_QUEUE: "drift work that failed every delivery: its people are checked again next period (docs/drift.md)",
+    LEASE_QUEUE: "lease wake-ups: a lease still active 15 minutes past its end is woken again by the "
+    "5-minute sweep (docs/leases.md); `onboard leases` shows it OVERDUE until then",
+    SELF_CHECK_QUEUE: "self-check requests of `onboard doctor`: nothing waits on them; run it again",
+}
+OTHER_QUEUES_CAP = 100  # counted by peeking, as `onboard status` counts (its note says why)
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,32 @@ def view_of(queue: StageName, message: ServiceBusReceivedMessage) -> DeadLetterV
         enqueued_at=message.enqueued_time_utc or datetime.now(UTC),
         deferred=message.state is ServiceBusMessageState.DEFERRED,
     )
+
+
+async def count_other_dead_letters(client: ServiceBusClient) -> dict[str, int | str]:
+    """Dead letters on each of OTHER_QUEUES (up to the cap), or why a queue could not be read."""
+
+    async def count(queue: str) -> int | str:
+        try:
+            return await peek_count(client, queue, cap=OTHER_QUEUES_CAP, dead_letters=True)
+        except ServiceBusError as error:  # no such queue, or no Data Receiver right on it
+            return f"not read ({type(error).__name__})"
+
+    counts = await asyncio.gather(*(count(queue) for queue in OTHER_QUEUES))
+    return dict(zip(OTHER_QUEUES, counts, strict=True))
+
+
+def render_other_queues(counts: dict[str, int | str]) -> RenderableType | None:
+    """A line for each other queue with dead letters (or unread), saying what they are; None if none."""
+    lines: list[RenderableType] = []
+    for queue, counted in counts.items():
+        if counted == 0:
+            continue
+        shown = f"≥{OTHER_QUEUES_CAP}" if isinstance(counted, int) and counted >= OTHER_QUEUES_CAP else str(counted)
+        lines.append(Text.assemble((f"{queue}/$deadletterqueue: {shown}", "bold"), f": {OTHER_QUEUES[queue]}"))
+    if not lines:
+        return None
+    return Group(Text("Other queues (no request on them; not replayed by this command):"), *lines)
 
 
 @asynccontextmanager
@@ -324,12 +365,16 @@ def render_done(done: Sequence[Done]) -> RenderableType:
 # The commands' flows; each returns its exit code.
 
 
-def list_command(queues: Sequence[StageName]) -> int:
+def list_command(queues: Sequence[StageName], *, other_queues: bool = False) -> int:
+    """With `other_queues`, also what OTHER_QUEUES dead-lettered, counted."""
     settings = settings_for("dlq list", ServiceBusSettings)
 
     async def look(client: ServiceBusClient) -> int:
         views = await list_dead_letters(client, queues)
+        counts = await count_other_dead_letters(client) if other_queues else {}
         console.print(render_list(views, datetime.now(UTC)))
+        if (others := render_other_queues(counts)) is not None:
+            console.print(others)
         return 0
 
     return with_servicebus(settings, look)

@@ -495,10 +495,11 @@ AllOption = Annotated[bool, typer.Option("--all", help="Every dead letter of the
 
 @dlq_app.command("list", epilog=rights_epilog("dlq list"))
 def dlq_list(queue: QueueOption = None) -> None:
-    """List dead letters: queue, sequence number, request, reason, attempts, age, description."""
+    """List dead letters: queue, sequence number, request, reason, attempts, age, description. Without
+    --queue, also how many the app's other queues (drift, leases, doctor) dead-lettered, and what they mean."""
     from cli.dlq import list_command
 
-    raise typer.Exit(list_command(queue or list(StageName)))
+    raise typer.Exit(list_command(queue or list(StageName), other_queues=not queue))
 
 
 @dlq_app.command("show", epilog=rights_epilog("dlq show"))

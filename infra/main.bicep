@@ -184,7 +184,8 @@ var upstreamSenders = [for principalId in upstreamSenderPrincipalIds: {
 }]
 // The operator: submit and bulk send to create-contact; peeking (submit --wait, status, dlq list/show,
 // doctor --wait) and receiving (dlq purge, dlq replay) need Receiver; dlq replay sends back to the stage
-// queue; doctor sends its request to the doctor queue.
+// queue; doctor sends its request to the doctor queue; dlq list also counts the dead letters of doctor,
+// leases and drift (peeking: Receiver).
 var operatorReceiver = empty(operatorPrincipalId) ? [] : [
   {
     principalId: operatorPrincipalId
@@ -233,18 +234,18 @@ var queues = [
   union(queueProperties, {
     name: 'doctor'
     deadLetteringOnMessageExpiration: false
-    roleAssignments: concat([appReceiver], operatorSender)
+    roleAssignments: concat([appReceiver], operatorSender, operatorReceiver)
   })
   // Leases' scheduled wake-ups (docs/leases.md): the app schedules them and reads them. A wake-up's
   // time-to-live starts when it appears, so one months away does not expire before it.
   union(queueProperties, {
     name: 'leases'
-    roleAssignments: [appReceiver, appSender]
+    roleAssignments: concat([appReceiver, appSender], operatorReceiver)
   })
   // The drift watch's pages and checks (docs/drift.md): the app sends and schedules them, and reads them.
   union(queueProperties, {
     name: 'drift'
-    roleAssignments: [appReceiver, appSender]
+    roleAssignments: concat([appReceiver, appSender], operatorReceiver)
   })
 ]
 var allQueues = concat(queues, intakeQueueEntities)

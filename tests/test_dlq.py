@@ -21,11 +21,13 @@ from cli.dlq import (
     parse_age,
     purge,
     render_list,
+    render_other_queues,
     replay,
 )
 from cli.main import app
 from cli.upstream import collect_outcomes, submit
 from shared.contracts import DeadLetterReason, OutcomeStatus, StageName
+from shared.queues import DRIFT_QUEUE, LEASE_QUEUE
 from shared.settings import SERVICEBUS_CONNECTION
 from standins.servicebus_emulator import ServiceBusEmulator
 from standins.stack import LocalStack, running_host
@@ -165,6 +167,46 @@ def test_the_commands_list_ask_before_purging_and_refuse_an_empty_selection(
     purged = CliRunner().invoke(app, ["dlq", "purge", "--all", "--yes"], env=env)
     assert purged.exit_code == 0 and "purged" in purged.output
     assert "No dead letters." in CliRunner().invoke(app, ["dlq", "list"], env=env).output
+
+
+def test_the_list_counts_the_other_queues_dead_letters_and_says_what_they_mean(
+    servicebus_emulator: ServiceBusEmulator,
+) -> None:
+    """Drift work and lease wake-ups carry no request: counted, explained, never listed as a stage's."""
+    env = {SERVICEBUS_CONNECTION: servicebus_emulator.connection_string, "COLUMNS": "200"}
+
+    async def dead_letter(queue: str, count: int) -> None:
+        async with ServiceBusClient.from_connection_string(servicebus_emulator.connection_string) as client:
+            async with client.get_queue_sender(queue) as sender:
+                await sender.send_messages([ServiceBusMessage(b"{}", message_id=f"{queue}-{n}") for n in range(count)])
+            async with client.get_queue_receiver(queue) as receiver:
+                received: list[ServiceBusReceivedMessage] = []
+                while len(received) < count:
+                    received += await receiver.receive_messages(max_message_count=count, max_wait_time=5)
+                for message in received:
+                    await receiver.dead_letter_message(message, reason="MaxDeliveryCountExceeded")
+
+    quiet = CliRunner().invoke(app, ["dlq", "list"], env=env)
+    assert quiet.exit_code == 0 and "Other queues" not in quiet.output  # nothing there: nothing said
+
+    asyncio.run(dead_letter(DRIFT_QUEUE, 2))
+    asyncio.run(dead_letter(LEASE_QUEUE, 1))
+    listed = CliRunner().invoke(app, ["dlq", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "No dead letters." in listed.output  # the stage queues have none
+    assert "drift/$deadletterqueue: 2: drift work that failed every delivery" in listed.output
+    assert "leases/$deadletterqueue: 1: lease wake-ups" in listed.output
+    assert "doctor/$deadletterqueue" not in listed.output
+    chosen = CliRunner().invoke(app, ["dlq", "list", "--queue", "add-member"], env=env)
+    assert "drift" not in chosen.output  # a chosen stage queue is all that is asked for
+
+
+def test_a_queue_the_list_cannot_read_is_named_as_not_read() -> None:
+    """An operator without a right on a queue (or a namespace without it) sees which, not a traceback."""
+    counts: dict[str, int | str] = {DRIFT_QUEUE: 0, LEASE_QUEUE: "not read (ServiceBusAuthorizationError)"}
+    text = _rendered(render_other_queues(counts))
+    assert "leases/$deadletterqueue: not read (ServiceBusAuthorizationError)" in text and "drift" not in text
+    assert render_other_queues({DRIFT_QUEUE: 0, LEASE_QUEUE: 0}) is None
 
 
 def test_a_reason_the_app_does_not_know_is_refused_naming_the_closest_one() -> None:

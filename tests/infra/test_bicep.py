@@ -157,7 +157,7 @@ def _on(role: str, *names: str) -> Rights:
 # silent when it cannot); --wait peeks the outcome queue (upstream.mark_outcomes,
 # wait_for_outcome[s]); status reads the journal, peeks create-contact for an unknown id and, with
 # --watch, every stage queue and its dead-letter sub-queue (upstream.peek_count); dlq list and show
-# peek dead-letter sub-queues; purge receives from them; replay receives and sends back to the same
+# peek dead-letter sub-queues (list: also those of doctor, leases and drift, dlq.count_other_dead_letters); purge receives from them; replay receives and sends back to the same
 # stage queue (dlq.replay). Peeking is receiving as far as roles go.
 _ONE_REQUEST = (
     _on(SENDER, CREATE_CONTACT) | _on(RECEIVER, CREATE_CONTACT, OUTCOME_QUEUE) | _on(TABLE_READER, JOURNAL_TABLE)
@@ -171,7 +171,7 @@ OPERATOR_COMMANDS: dict[str, Rights] = {
     "status": _on(TABLE_READER, JOURNAL_TABLE, ROSTER_TABLE) | _on(RECEIVER, *STAGE_QUEUES),
     "leases": _on(TABLE_READER, LEASE_TABLE),
     "drift": _on(TABLE_READER, ROSTER_TABLE),
-    "dlq list": _on(RECEIVER, *STAGE_QUEUES),
+    "dlq list": _on(RECEIVER, *STAGE_QUEUES, SELF_CHECK_QUEUE, LEASE_QUEUE, DRIFT_QUEUE),  # counts the others' too
     "dlq show": _on(RECEIVER, *STAGE_QUEUES),
     "dlq replay": _on(RECEIVER, *STAGE_QUEUES) | _on(SENDER, *STAGE_QUEUES),
     "dlq purge": _on(RECEIVER, *STAGE_QUEUES),
