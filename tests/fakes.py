@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -272,6 +272,9 @@ class FakeExchange:
     async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
         self.script.check("list_unified_group_subscribers")
         return [GroupMember(m, m, None) for m in self.subscribers[group]]
+
+    async def is_unified_group_subscriber(self, group: str, is_them: Callable[[GroupMember], bool]) -> bool:
+        return any(is_them(member) for member in await self.list_unified_group_subscribers(group))
 
     async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
         self.script.check("get_sender_restrictions")

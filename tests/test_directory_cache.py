@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared.contracts import GroupKind
-from shared.directory.cache import CachingExchangeDirectory, CachingGraphDirectory, TtlCache
+from shared.directory.cache import (
+    SUBSCRIBERS_SHARE_SECONDS,
+    CachingExchangeDirectory,
+    CachingGraphDirectory,
+    SharedSubscriberReads,
+    TtlCache,
+)
 from shared.directory.errors import ThrottledError
-from shared.directory.ports import SenderRestrictions, TraceEntry
+from shared.directory.ports import GroupMember, SenderRestrictions, TraceEntry
 from tests.fakes import FailureScript, FakeExchange, FakeGraph
 
 
@@ -169,3 +176,85 @@ async def test_a_read_after_the_change_that_finds_it_undone_lets_the_next_change
     await exchange.get_sender_restrictions("partners@contoso.com", unified=False)
     await exchange.set_require_sender_authentication("partners@contoso.com", False, unified=False)
     assert script.calls.count("set_require_sender_authentication") == 2
+
+
+FALCON = "project-falcon@contoso.com"
+
+
+class SlowSubscribers(FakeExchange):
+    """Get-UnifiedGroupLinks that answers when `release` is set: what it lists is read when it answers."""
+
+    def __init__(self) -> None:
+        super().__init__(FailureScript())
+        self.release = asyncio.Event()
+        self.release.set()
+        self.reads = 0
+
+    async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
+        self.reads += 1
+        listed = [GroupMember(m, m, None) for m in self.subscribers[group]]  # as of the read's start
+        await self.release.wait()
+        return listed
+
+
+def _is(identity: str) -> Callable[[GroupMember], bool]:
+    return lambda member: member.identity == identity
+
+
+async def test_a_burst_of_subscription_checks_of_one_group_shares_reads(clock: Clock) -> None:
+    """Get-UnifiedGroupLinks lists the whole group: 40 checks at once cost one read each no longer."""
+    exchange = SlowSubscribers()
+    exchange.subscribers[FALCON] = {f"guest-{n}" for n in range(40)}
+    shared = SharedSubscriberReads(exchange, clock=clock)
+    exchange.release.clear()
+    checks = [asyncio.create_task(shared.has(FALCON, _is(f"guest-{n}"))) for n in range(40)]
+    await asyncio.sleep(0)
+    clock.now += 0.1  # the first read began; the other checks asked before it answers
+    exchange.release.set()
+    assert await asyncio.gather(*checks) == [True] * 40
+    assert exchange.reads == 1  # each asked no later than the read began (one clock reading)
+
+
+async def test_no_is_answered_only_by_a_read_begun_after_the_check_asked(clock: Clock) -> None:
+    """A guest added while a read was under way is not in it: the check after the add reads again."""
+    exchange = SlowSubscribers()
+    shared = SharedSubscriberReads(exchange, clock=clock)
+    exchange.release.clear()
+    before = asyncio.create_task(shared.has(FALCON, _is("guest-1")))
+    await asyncio.sleep(0)  # its read lists the group as it is now: without guest-1
+    clock.now += 0.5
+    exchange.subscribers[FALCON].add("guest-1")  # added (and subscribed) now, then verified
+    after = asyncio.create_task(shared.has(FALCON, _is("guest-1")))
+    await asyncio.sleep(0)
+    exchange.release.set()
+    assert (await before, await after) == (False, True)
+    assert exchange.reads == 2
+
+
+async def test_a_subscriber_seen_lately_needs_no_read_and_a_missing_one_always_does(clock: Clock) -> None:
+    exchange = SlowSubscribers()
+    exchange.subscribers[FALCON] = {"guest-1"}
+    shared = SharedSubscriberReads(exchange, clock=clock)
+    assert await shared.has(FALCON, _is("guest-1"))
+    clock.now += SUBSCRIBERS_SHARE_SECONDS - 1
+    assert await shared.has(FALCON.upper(), _is("guest-1"))  # the same group, by any case
+    assert exchange.reads == 1
+    assert not await shared.has(FALCON, _is("guest-2"))  # not seen: asked again, never taken from memory
+    clock.now += 0.1
+    assert not await shared.has(FALCON, _is("guest-2"))
+    assert exchange.reads == 3
+    clock.now += SUBSCRIBERS_SHARE_SECONDS
+    exchange.subscribers[FALCON].clear()  # unsubscribed by an administrator: an old read no longer answers
+    assert not await shared.has(FALCON, _is("guest-1"))
+
+
+async def test_a_failed_read_fails_its_check_and_the_next_check_reads_again(clock: Clock) -> None:
+    script = FailureScript()
+    fake = FakeExchange(script)
+    fake.subscribers[FALCON] = {"guest-1"}
+    exchange = CachingExchangeDirectory(fake, 60, max_trace_rows=5000, clock=clock)
+    script.fail_next("list_unified_group_subscribers", ThrottledError("slow down", face="exchange", status=429))
+    with pytest.raises(ThrottledError):
+        await exchange.is_unified_group_subscriber(FALCON, _is("guest-1"))
+    assert await exchange.is_unified_group_subscriber(FALCON, _is("guest-1"))
+    assert script.calls.count("list_unified_group_subscribers") == 2

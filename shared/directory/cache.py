@@ -5,6 +5,10 @@ tenant perhaps once a month, yet cost two directory calls per request, and those
 against the same per-tenant throttle as the writes. The wrappers below implement the ports and keep
 those answers for `ttl` seconds in this process (a Functions instance), nothing else.
 
+Get-UnifiedGroupLinks has no filter, so a guest's subscription check reads the group's whole subscriber
+list (a page per 1,000): checks of one group share one read that began after each of them asked, and
+a subscriber found in a read begun within SUBSCRIBERS_SHARE_SECONDS needs no new one (SharedSubscriberReads).
+
 A change that many requests make alike (turning a group's RequireSenderAuthenticationEnabled off for
 a burst of requests into it) is made once; its answer serves the others for SENDER_CHANGE_SHARE_SECONDS.
 
@@ -50,6 +54,9 @@ TRACE_SHARE_SECONDS = 120.0
 TRACE_MAX_WINDOW = timedelta(days=10)  # Get-MessageTraceV2's longest query
 TRACE_FORGET_SECONDS = 2 * 3600.0  # a check not repeated for this long (> the longest check interval) is done
 MAX_TRACED = 10_000  # recipients whose window a process remembers
+# A subscriber seen in a read begun this recently counts as subscribed (Exchange subscribes a guest when it
+# is added; one unsubscribed by hand within this time is seen by the next read, or the drift watch).
+SUBSCRIBERS_SHARE_SECONDS = 30.0
 
 
 class TtlCache(Generic[V]):
@@ -166,6 +173,7 @@ class CachingExchangeDirectory:
         self._traces = SharedMessageTrace(
             inner, share_seconds=trace_share_seconds, max_rows=max_trace_rows, clock=clock
         )
+        self._subscribers = SharedSubscriberReads(inner, clock=clock)
 
     async def get_accepted_domains(self) -> frozenset[str]:
         # A tenant always has at least its initial domain: an empty answer is not worth keeping.
@@ -227,6 +235,9 @@ class CachingExchangeDirectory:
 
     async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
         return await self.inner.list_unified_group_subscribers(group)
+
+    async def is_unified_group_subscriber(self, group: str, is_them: Callable[[GroupMember], bool]) -> bool:
+        return await self._subscribers.has(group, is_them)
 
     async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
         asked_at = self._clock()
@@ -319,3 +330,51 @@ class SharedMessageTrace:
         start = max(min(starts), end - TRACE_MAX_WINDOW)
         entries = await self._inner.message_trace(sender, None, start, end)
         return _TraceAnswer(start, end, tuple(entries), truncated=len(entries) >= self._max_rows)
+
+
+class SharedSubscriberReads:
+    """Subscription checks of one Microsoft 365 group answered by shared Get-UnifiedGroupLinks reads.
+
+    A check is answered "no" only by a read that began after it asked (so a guest added before the check
+    is in it, once Exchange has caught up); reads of one group run one at a time, each serving every
+    check that asked before it began, so a burst costs a read per read's duration, not one per check. A
+    check whose subscriber is in a read begun within `share_seconds` is answered "yes" without a read.
+    """
+
+    def __init__(
+        self,
+        inner: ExchangeDirectory,
+        *,
+        share_seconds: float = SUBSCRIBERS_SHARE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self._share_seconds = share_seconds
+        self._clock = clock
+        self._reads: dict[str, tuple[float, tuple[GroupMember, ...]]] = {}  # group -> (began, subscribers)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def has(self, group: str, is_them: Callable[[GroupMember], bool]) -> bool:
+        key, asked = group.lower(), self._clock()
+        last = self._reads.get(key)
+        if last is not None and asked - last[0] < self._share_seconds and any(map(is_them, last[1])):
+            return True
+        return any(map(is_them, await self._read_begun_after(key, group, asked)))
+
+    async def _read_begun_after(self, key: str, group: str, asked: float) -> tuple[GroupMember, ...]:
+        async with self._lock(key):
+            last = self._reads.get(key)
+            if last is not None and last[0] >= asked:  # read by a check that waited before this one
+                return last[1]
+            began = self._clock()
+            subscribers = tuple(await self._inner.list_unified_group_subscribers(group))
+            self._reads.pop(key, None)  # re-inserted last: the oldest group is the first forgotten
+            self._reads[key] = (began, subscribers)
+            if len(self._reads) > MAX_ENTRIES:
+                self._reads.pop(next(iter(self._reads)))
+            return subscribers
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        if key not in self._locks and len(self._locks) >= MAX_ENTRIES:
+            self._locks = {k: lock for k, lock in self._locks.items() if lock.locked()}
+        return self._locks.setdefault(key, asyncio.Lock())

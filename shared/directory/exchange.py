@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -305,6 +306,9 @@ class ExchangeOnlineClient:
     async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
         parameters = {"Identity": group, "LinkType": "Subscribers"}
         return [_group_member(row) for row in (await self.invoke("Get-UnifiedGroupLinks", parameters)).rows]
+
+    async def is_unified_group_subscriber(self, group: str, is_them: Callable[[GroupMember], bool]) -> bool:
+        return any(is_them(member) for member in await self.list_unified_group_subscribers(group))
 
     async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:
         cmdlet = "Get-UnifiedGroup" if unified else "Get-DistributionGroup"

@@ -8,7 +8,7 @@ exchange.py) and the tests' fakes implement them. Every method raises a Director
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -235,6 +235,11 @@ class ExchangeDirectory(Protocol):
 
     async def list_unified_group_subscribers(self, group: str) -> list[GroupMember]:
         """Get-UnifiedGroupLinks -LinkType Subscribers: who receives a Microsoft 365 group's mail."""
+        ...
+
+    async def is_unified_group_subscriber(self, group: str, is_them: Callable[[GroupMember], bool]) -> bool:
+        """Whether a subscriber `is_them`, from a Get-UnifiedGroupLinks read begun after this call (the cmdlet
+        has no filter: the read lists the whole group, so a caching directory shares it between checks)."""
         ...
 
     async def get_sender_restrictions(self, group: str, *, unified: bool) -> SenderRestrictions:

@@ -126,8 +126,7 @@ async def _check_subscription(run: _Verification) -> RetryLater | None:
     """A re-check later while Exchange has not caught up with a guest this request added; else None."""
     group, recipient = run.message.group, run.message.recipient
     address = str(run.message.request.external_email)
-    subscribers = await run.deps.exchange.list_unified_group_subscribers(group.mail)
-    if any(is_recipient(member, recipient, address) for member in subscribers):
+    if await run.deps.exchange.is_unified_group_subscriber(group.mail, lambda m: is_recipient(m, recipient, address)):
         return None
     if run.message.newly_added:
         # Exchange subscribes a guest when it is added, but learns of Entra's changes later: not there yet.
