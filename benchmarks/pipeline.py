@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import os
 import subprocess
@@ -314,6 +315,31 @@ def large_group_row(members: int, knobs: Knobs) -> None:
     )
 
 
+def large_microsoft_365_group_row(subscribers: int, knobs: Knobs, burst: int = 60) -> None:
+    """A burst of guests into a Microsoft 365 group with `subscribers` already, beside the same burst into
+    the demo's small group in the same run: Get-UnifiedGroupLinks has no filter, so each subscription check
+    reads the whole list (a page per 1,000), and the checks of one group share their reads."""
+    group = GROUPS["Microsoft 365"]
+    seed = TenantSeed.demo().with_staff_in(group, subscribers, subscribed=True)
+    small = run(run_pipeline(requests_for(group, burst, "m365-small"), knobs=knobs, warm=True))
+    large = run(run_pipeline(requests_for(group, burst, "m365-large"), knobs=knobs, seed=seed, warm=True))
+
+    def pages(result: PipelineRun) -> float:
+        return result.calls["exchange Get-UnifiedGroupLinks"] / max(1, result.onboardings)
+
+    def cpu_ms(result: PipelineRun) -> float:
+        return 1000 * result.host_cpu_seconds / max(1, result.onboardings)
+
+    print(
+        f"  {subscribers:,}-subscriber Microsoft 365 group, a burst of {burst} guests: {large.succeeded}/{burst} "
+        f"succeeded; Get-UnifiedGroupLinks {pages(large):.2f} pages per onboarding (one read of the whole list: "
+        f"{math.ceil((subscribers + burst) / 1000)} pages); host CPU {cpu_ms(large):.0f} ms per onboarding = "
+        f"{cpu_ms(large) / cpu_ms(small):.2f}x the small group's {cpu_ms(small):.0f} ms (pages "
+        f"{pages(small):.2f}); {large.calls_per_onboarding('exchange'):.2f} Exchange calls per onboarding = "
+        f"{large.calls_per_onboarding('exchange') / small.calls_per_onboarding('exchange'):.2f}x"
+    )
+
+
 async def _list_whole_group(seed: TenantSeed) -> str:
     with TenantSandbox(seed) as sandbox:
         grant_local_app(sandbox)
@@ -423,6 +449,7 @@ def main() -> None:
     parser.add_argument("--throttle", type=float, default=20, help="requests/s per face for the goodput row")
     parser.add_argument("--throttled-requests", type=int, nargs="+", default=[100, 300])
     parser.add_argument("--large-group", type=int, default=20_000)
+    parser.add_argument("--large-microsoft-365-group", type=int, default=5_000, help="its subscribers")
     arguments = parser.parse_args()
     knobs = Knobs(latency_ms=arguments.latency_ms)
     print(
@@ -436,6 +463,10 @@ def main() -> None:
     )
     section("Directory calls per onboarding (24 requests each)", lambda: calls_rows(knobs))
     section("A large distribution group", lambda: large_group_row(arguments.large_group, knobs))
+    section(
+        "A large Microsoft 365 group (subscription checks)",
+        lambda: large_microsoft_365_group_row(arguments.large_microsoft_365_group, knobs),
+    )
     section(
         "Goodput under throttling (steady state; the first and last seconds, start-up and the tail, count too)",
         lambda: throttled_rows(arguments.throttled_requests, arguments.throttle, knobs),

@@ -173,7 +173,8 @@ class CachingExchangeDirectory:
         self._traces = SharedMessageTrace(
             inner, share_seconds=trace_share_seconds, max_rows=max_trace_rows, clock=clock
         )
-        self._subscribers = SharedSubscriberReads(inner, clock=clock)
+        # A subscriber seen lately is remembered no longer than any answer (TTL 0: every check reads).
+        self._subscribers = SharedSubscriberReads(inner, share_seconds=min(SUBSCRIBERS_SHARE_SECONDS, ttl), clock=clock)
 
     async def get_accepted_domains(self) -> frozenset[str]:
         # A tenant always has at least its initial domain: an empty answer is not worth keeping.

@@ -160,8 +160,9 @@ class TenantSeed(_Seed):
     def demo(cls) -> TenantSeed:
         return cls.load(DEMO_SEED)
 
-    def with_staff_in(self, group_mail: str, count: int) -> TenantSeed:
-        """This seed plus `count` member users (staff-N@ the first domain) in the group `group_mail`.
+    def with_staff_in(self, group_mail: str, count: int, *, subscribed: bool = False) -> TenantSeed:
+        """This seed plus `count` member users (staff-N@ the first domain) in the group `group_mail`, and
+        with `subscribed` among its subscribers too (a Microsoft 365 group's).
 
         For large-group tests and benchmarks: 50,000 members seed in a second or two.
         """
@@ -174,7 +175,11 @@ class TenantSeed(_Seed):
         )
         ids = tuple(user.id for user in staff)
         groups = tuple(
-            g.model_copy(update={"members": g.members + ids}) if (g.mail or "").lower() == group_mail.lower() else g
+            g.model_copy(
+                update={"members": g.members + ids} | ({"subscribers": g.subscribers + ids} if subscribed else {})
+            )
+            if (g.mail or "").lower() == group_mail.lower()
+            else g
             for g in self.groups
         )
         if groups == self.groups:
