@@ -8,9 +8,9 @@ harmless.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from shared.contracts import DeadLetterReason, OutcomeEvent, StageMessage, StageName
+from shared.contracts import DeadLetterReason, OutcomeEvent, OutcomeStatus, StageMessage, StageName
 
 
 @dataclass(frozen=True)
@@ -42,3 +42,12 @@ class Finish:
 
 
 Decision = PassOn | RetryLater | DeadLetter | Finish
+
+
+@dataclass(frozen=True)
+class Ended:
+    """Nothing done: the journal shows this message's run of the request ended already (shared/runner.py)."""
+
+    stage: StageName
+    status: OutcomeStatus
+    at: datetime

@@ -29,8 +29,8 @@ from azure.servicebus import ServiceBusMessage
 from azure.servicebus.exceptions import ServiceBusError
 
 from shared import envelope
-from shared.contracts import DeadLetterReason, OutcomeStatus, StageName
-from shared.decisions import DeadLetter, Decision, Finish, PassOn, RetryLater
+from shared.contracts import DeadLetterReason, OnboardingRequest, OutcomeStatus, StageMessage, StageName
+from shared.decisions import DeadLetter, Decision, Ended, Finish, PassOn, RetryLater
 from shared.envelope import Delivery
 from shared.journal.model import CAUSE_MAX, Transition, TransitionKind
 from shared.journal.ports import Journal
@@ -204,7 +204,7 @@ class StageRunner:
     def carrier(self) -> Carrier:
         return Carrier(self.stage_name, self.outbox, self.outcome_queue, self.dependencies.clock, self.journal)
 
-    async def run(self, message: envelope.ReceivedMessage, actions: MessageActions) -> Decision:
+    async def run(self, message: envelope.ReceivedMessage, actions: MessageActions) -> Decision | Ended:
         now = self.dependencies.clock()
         try:
             inbound = envelope.decode_from(self.stage_name, message, now)
@@ -219,11 +219,49 @@ class StageRunner:
                 return await self._carry_out(refusal, unreadable.delivery, b"", message, actions)
         delivery = replace(inbound.delivery, queue=self.queue)
         with request_context(delivery.request_id, delivery.correlation_id, group_addresses(inbound.payload)):
+            if (ended := await self._ended_already(delivery, inbound.payload)) is not None:
+                logger.info(
+                    "%s attempt %d: nothing done, this run of the request ended at %s (%s) at %s",
+                    self.stage_name,
+                    delivery.attempt,
+                    ended.stage,
+                    ended.status,
+                    ended.at.isoformat(),
+                )
+                await self._settle(actions.complete, message)
+                return ended
             try:
                 decision = await self.stage.handle(inbound.payload, delivery, self.dependencies)
             except Exception as error:
                 return await self._after_crash(error, delivery, message, actions)
             return await self._carry_out(decision, delivery, inbound.body, message, actions)
+
+    async def _ended_already(self, delivery: Delivery, payload: OnboardingRequest | StageMessage) -> Ended | None:
+        """The outcome this message's run of the request already has, per the journal; None: go on.
+
+        A run can leave a branch behind: a delivery schedules a retry, loses its lock before it settles,
+        and the redelivery decides otherwise (the guest is subscribed now) and ends the request. The
+        retry still comes, possibly after the outcome's MessageId has left the duplicate-detection
+        window, and would act and publish a second outcome. A run began at its stage's first attempt
+        (a retry carries it) or, for a stage message of the first run, when create-contact accepted it;
+        a new run (a request sent again later, an operator's replay) begins after any earlier outcome.
+        When in doubt (no journal, or one that cannot be read) the message is handled: the window then
+        still drops a second outcome within 10 minutes.
+        """
+        if self.journal is None:
+            return None
+        began = delivery.first_attempt_at
+        if isinstance(payload, StageMessage) and delivery.replay == 0:
+            began = min(began, payload.accepted_at)
+        try:
+            history = await self.journal.history(delivery.request_id)
+        except Exception as error:
+            logger.warning("could not read the journal before stage %s: %s", self.stage_name, type(error).__name__)
+            return None
+        for transition in history:
+            if transition.outcome_status is not None and transition.at >= began:
+                return Ended(transition.stage, transition.outcome_status, transition.at)
+        return None
 
     async def _carry_out(
         self,

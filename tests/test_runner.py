@@ -26,9 +26,9 @@ from shared.contracts import (
     ResolvedGroup,
     StageName,
 )
-from shared.decisions import Decision, Finish, PassOn, RetryLater
+from shared.decisions import Decision, Ended, Finish, PassOn, RetryLater
 from shared.envelope import ATTEMPT, FIRST_ATTEMPT_AT, REQUEST_ID, Delivery
-from shared.journal import TransitionKind
+from shared.journal import Transition, TransitionKind
 from shared.outcomes import dead_letter, finish
 from shared.policy import OnboardingPolicy
 from shared.progress import Progress, Turn
@@ -78,7 +78,7 @@ class Harness:
             self.journal,
         )
 
-    async def run(self, message: FakeReceivedMessage) -> Decision:
+    async def run(self, message: FakeReceivedMessage) -> Decision | Ended:
         return await self.runner.run(message, RecordingActions(self.recorder))
 
     def outcome(self) -> OutcomeEvent:
@@ -243,6 +243,61 @@ async def test_the_pipelines_own_retry_keeps_its_attempt() -> None:
     await harness.run(FakeReceivedMessage(body, message_id="demo-hr/r-7/create-contact/3", application_properties=own))
     ((_, delivery),) = harness.seen
     assert (delivery.request_id, delivery.attempt) == ("r-7", 3)
+
+
+def _retry_of_r7(first_attempt_at: datetime) -> FakeReceivedMessage:
+    """create-contact's own retry (attempt 2) of request r-7, whose run began at `first_attempt_at`."""
+    own: dict[str | bytes, Any] = {
+        REQUEST_ID.encode(): "r-7",
+        ATTEMPT.encode(): "2",
+        FIRST_ATTEMPT_AT.encode(): first_attempt_at.isoformat(),
+    }
+    body = sample_request_json(request_id="r-7")
+    return FakeReceivedMessage(body, message_id="demo-hr/r-7/create-contact/2", application_properties=own)
+
+
+def _ended_r7(harness: Harness, at: datetime) -> None:
+    harness.journal.transitions.append(
+        Transition(
+            request_id="r-7",
+            stage=StageName.VERIFY_DELIVERY,
+            decision=TransitionKind.FINISHED,
+            attempt=1,
+            outcome_status=OutcomeStatus.SUCCEEDED,
+            at=at,
+        )
+    )
+
+
+async def test_a_retry_left_behind_by_a_run_that_ended_does_nothing_but_complete() -> None:
+    """A delivery scheduled a retry, lost its lock, and its redelivery ended the request: the retry comes
+    anyway, maybe past the outcome's duplicate-detection window, and must not act or publish again."""
+    harness = Harness(a_finish)
+    _ended_r7(harness, NOW - timedelta(minutes=1))
+    decision = await harness.run(_retry_of_r7(first_attempt_at=NOW - timedelta(minutes=20)))
+    assert decision == Ended(StageName.VERIFY_DELIVERY, OutcomeStatus.SUCCEEDED, NOW - timedelta(minutes=1))
+    assert harness.seen == [] and harness.recorder.kinds() == ["complete"]  # nothing sent, nothing journaled
+
+
+async def test_a_run_that_began_after_an_earlier_outcome_is_handled() -> None:
+    """The same request sent again later, or an operator's replay, is a new run: it gets its own outcome."""
+    harness = Harness(a_finish)
+    _ended_r7(harness, NOW - timedelta(minutes=30))
+    assert isinstance(await harness.run(_retry_of_r7(first_attempt_at=NOW - timedelta(minutes=20))), Finish)
+    again = Harness(a_finish)
+    _ended_r7(again, NOW - timedelta(minutes=1))
+    upstream = FakeReceivedMessage(sample_request_json(request_id="r-7"))  # a first attempt: begins now
+    assert isinstance(await again.run(upstream), Finish)
+
+
+async def test_a_journal_that_cannot_be_read_does_not_stop_the_stage() -> None:
+    harness = Harness(a_finish)
+
+    async def unreadable(request_id: str) -> list[Transition]:
+        raise OSError("storage is down")
+
+    harness.journal.history = unreadable  # type: ignore[method-assign]
+    assert isinstance(await harness.run(_retry_of_r7(first_attempt_at=NOW - timedelta(minutes=20))), Finish)
 
 
 async def test_a_retry_claiming_another_requests_identity_is_not_trusted() -> None:
