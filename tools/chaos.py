@@ -350,7 +350,10 @@ async def run_chaos(
     invalid_share: float = 0.05,
     sweep_kills: int = 3,
     sweep_emulator_restarts: int = 1,
+    duplicate_window: timedelta | None = None,
 ) -> Report:
+    """`duplicate_window`: the queues' duplicate-detection window instead of their 10 minutes; a short one
+    shows a second outcome that a long run's backlog would send past the window (docs/reliability.md)."""
     rng = random.Random(seed)  # noqa: S311  # repeatable chaos, not cryptography
     plan = plan_requests(requests, rng, invalid_share)
     report = Report()
@@ -359,6 +362,8 @@ async def run_chaos(
     with tempfile.TemporaryDirectory() as folder:
         database = Path(folder) / "servicebus.db"
         config = EmulatorConfig.default().with_overrides(lock_duration=timedelta(seconds=5))
+        if duplicate_window is not None:
+            config = config.with_overrides(duplicate_detection_history_time_window=duplicate_window)
         knobs = Knobs.model_validate({**UNKIND_TENANT, "random_seed": seed})
         settings = {
             "ONBOARDING_LEASE_NOTICE_SECONDS": LEASE_NOTICE_SECONDS,
@@ -750,6 +755,10 @@ def main(
     seed: Annotated[int, typer.Option(help="Random seed for the kills and the tenant's faults.")] = 7,
     sweep_kills: Annotated[int, typer.Option(help="Host kills during the drift sweep after the requests.")] = 3,
     sweep_emulator_restarts: Annotated[int, typer.Option(help="Emulator restarts during the drift sweep.")] = 1,
+    duplicate_window_seconds: Annotated[
+        float | None,
+        typer.Option(help="The queues' duplicate-detection window (default: their 600 s); short shows late repeats."),
+    ] = None,
 ) -> None:
     """Onboard, offboard and update many people through chaos, then sweep them for drift through more, and check
     that none is lost, duplicated, skipped or reported twice."""
@@ -762,6 +771,7 @@ def main(
             seed=seed,
             sweep_kills=sweep_kills,
             sweep_emulator_restarts=sweep_emulator_restarts,
+            duplicate_window=None if duplicate_window_seconds is None else timedelta(seconds=duplicate_window_seconds),
         )
     )
     console = Console()
