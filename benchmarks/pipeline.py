@@ -250,6 +250,8 @@ def script_on_fresh_sandbox(knobs: Knobs, requests: list[OnboardingRequest], *, 
             "ONBOARDING_TENANT_ID": sandbox.tenant_id,
             "ONBOARDING_GRAPH_BASE_URL": sandbox.graph_base_url,
             "ONBOARDING_EXCHANGE_BASE_URL": sandbox.exchange_base_url,
+            # The script runs as the app, with the app's rights, as the pipeline does.
+            "ONBOARDING_MANAGED_IDENTITY_CLIENT_ID": grant_local_app(sandbox),
         }
         return asyncio.run(run_script(environment, _groups(sandbox), requests))
 
