@@ -189,3 +189,38 @@ def test_an_unbound_parameter_is_refused(indexed: dict[str, Any], tmp_path: Path
     result = _index(tmp_path)
     assert result.returncode != 0
     assert "FunctionLoadError" in result.stderr
+
+
+# httpcore asks which async library runs at every lock and event it sets up, by importing sniffio; a failed
+# import is not remembered, so without sniffio installed each of those searched sys.path again (7.7 % of a
+# busy host's CPU, docs/performance.md; encode/httpcore pull request 1103). requirements.txt installs it.
+_ASYNC_LIBRARY_PROBE = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from httpcore._synchronization import current_async_library
+
+    class Looked:
+        names = []
+        def find_spec(self, name, path=None, target=None):
+            self.names.append(name)
+            return None
+
+    async def main():
+        current_async_library()  # the first call may import
+        looked = Looked()
+        sys.meta_path.insert(0, looked)
+        for _ in range(10):
+            current_async_library()
+        print(json.dumps(looked.names))
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_the_deployed_http_stack_searches_for_no_module_at_each_lock(indexed: dict[str, Any]) -> None:
+    result = subprocess.run(  # noqa: S603  # the worker venv's interpreter, a constant script
+        [WORKER_PYTHON, "-c", _ASYNC_LIBRARY_PROBE], capture_output=True, text=True, env=_worker_env(), check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == []
