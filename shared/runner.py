@@ -219,7 +219,7 @@ class StageRunner:
                 return await self._carry_out(refusal, unreadable.delivery, b"", message, actions)
         delivery = replace(inbound.delivery, queue=self.queue)
         with request_context(delivery.request_id, delivery.correlation_id, group_addresses(inbound.payload)):
-            if (ended := await self._ended_already(delivery, inbound.payload)) is not None:
+            if (ended := await self._ended_already(delivery, inbound.payload, now)) is not None:
                 logger.info(
                     "%s attempt %d: nothing done, this run of the request ended at %s (%s) at %s",
                     self.stage_name,
@@ -236,7 +236,9 @@ class StageRunner:
                 return await self._after_crash(error, delivery, message, actions)
             return await self._carry_out(decision, delivery, inbound.body, message, actions)
 
-    async def _ended_already(self, delivery: Delivery, payload: OnboardingRequest | StageMessage) -> Ended | None:
+    async def _ended_already(
+        self, delivery: Delivery, payload: OnboardingRequest | StageMessage, now: datetime
+    ) -> Ended | None:
         """The outcome this message's run of the request already has, per the journal; None: go on.
 
         A run can leave a branch behind: a delivery schedules a retry, loses its lock before it settles,
@@ -253,6 +255,8 @@ class StageRunner:
         began = delivery.first_attempt_at
         if isinstance(payload, StageMessage) and delivery.replay == 0:
             began = min(began, payload.accepted_at)
+        if began >= now:
+            return None  # a run that begins with this delivery (an upstream request's first): nothing to read
         try:
             history = await self.journal.history(delivery.request_id)
         except Exception as error:
